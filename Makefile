@@ -1,0 +1,43 @@
+# livegate — `make test` is THE test command (CI: .ci/run).
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+# rustup installs into ~/.cargo/bin, which a fresh shell may not have on PATH yet.
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+CARGO ?= cargo
+ARGS ?=
+
+.PHONY: all setup build run test bench lint fmt clean distclean
+
+all: build
+
+setup:
+	bash scripts/setup.sh
+
+build:
+	$(CARGO) build --release
+
+# Runs on the embedded default config: RTMP :1935, HTTP(-FLV) :8080.
+run: setup build
+	./target/release/livegate serve $(ARGS)
+
+test: setup
+	$(CARGO) test
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+bench:
+	$(CARGO) bench
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+clean:
+	$(CARGO) clean
+	rm -rf recordings tests/browser/*.png tests/browser/out
+
+distclean: clean
+	rm -rf tests/browser/node_modules

@@ -1,0 +1,336 @@
+//! The TOML configuration. Every key is documented in `config/livegate.toml`, which is also the embedded
+//! default, so the documentation cannot drift from what the code accepts.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::auth::KeyPair;
+use crate::hub::{CachePolicy, HubOptions};
+
+pub const DEFAULT_TOML: &str = include_str!("../config/livegate.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{0}")]
+    Parse(#[from] toml::de::Error),
+    #[error("invalid value for {key}: {detail}")]
+    Invalid { key: String, detail: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub rtmp: RtmpConfig,
+    pub http: HttpConfig,
+    pub hub: HubConfig,
+    pub play: PlayConfig,
+    #[serde(default)]
+    pub apps: BTreeMap<String, AppConfig>,
+    #[serde(default)]
+    pub webhooks: WebhookConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RtmpConfig {
+    pub listen: SocketAddr,
+    pub handshake_timeout_secs: f64,
+    pub idle_timeout_secs: f64,
+    pub publish_timeout_secs: f64,
+    pub max_connections: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    pub cors_origin: String,
+    pub api_token: String,
+    pub web_root: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubConfig {
+    pub buffer_secs: f64,
+    pub max_stream_mib: usize,
+    pub reconnect_grace_secs: f64,
+    pub allow_takeover: bool,
+    pub flush_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlayConfig {
+    pub min_cache: f64,
+    pub max_cache: f64,
+    pub rtc_min_cache: f64,
+    pub rtc_max_cache: f64,
+    pub max_skips_per_minute: u32,
+    pub stall_timeout_secs: f64,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppConfig {
+    #[serde(default)]
+    pub push_key: String,
+    #[serde(default)]
+    pub push_key_backup: String,
+    #[serde(default)]
+    pub play_key: String,
+    #[serde(default)]
+    pub play_key_backup: String,
+}
+
+impl AppConfig {
+    pub fn push_keys(&self) -> KeyPair {
+        KeyPair { key: self.push_key.clone(), backup: self.push_key_backup.clone() }
+    }
+    pub fn play_keys(&self) -> KeyPair {
+        KeyPair { key: self.play_key.clone(), backup: self.play_key_backup.clone() }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    #[serde(default)]
+    pub on_publish: Vec<String>,
+    #[serde(default)]
+    pub on_unpublish: Vec<String>,
+    #[serde(default)]
+    pub on_play: Vec<String>,
+    #[serde(default)]
+    pub on_stop: Vec<String>,
+    #[serde(default = "default_webhook_timeout")]
+    pub timeout_ms: u64,
+}
+
+fn default_webhook_timeout() -> u64 {
+    3000
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub level: String,
+}
+
+impl Config {
+    pub fn default_config() -> Self {
+        Self::parse(DEFAULT_TOML).expect("embedded default config is valid")
+    }
+
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        Self::parse(&text)
+    }
+
+    /// Parses a config. Keys left out take the embedded default's value, so a file need only say what differs.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let mut base: toml::Value = toml::from_str(DEFAULT_TOML)?;
+        let over: toml::Value = toml::from_str(text)?;
+        merge(&mut base, over);
+        let cfg: Config = base.try_into()?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, detail: String| Err(ConfigError::Invalid { key: key.into(), detail });
+        let secs = |key: &str, v: f64, min: f64, max: f64| -> Result<(), ConfigError> {
+            if !(v.is_finite() && v >= min && v <= max) {
+                return Err(ConfigError::Invalid {
+                    key: key.into(),
+                    detail: format!("{v} is outside {min}..={max} seconds"),
+                });
+            }
+            Ok(())
+        };
+        secs("rtmp.handshake_timeout_secs", self.rtmp.handshake_timeout_secs, 0.1, 600.0)?;
+        secs("rtmp.idle_timeout_secs", self.rtmp.idle_timeout_secs, 0.1, 86_400.0)?;
+        secs("rtmp.publish_timeout_secs", self.rtmp.publish_timeout_secs, 1.0, 3600.0)?;
+        secs("hub.buffer_secs", self.hub.buffer_secs, 1.0, 300.0)?;
+        secs("hub.reconnect_grace_secs", self.hub.reconnect_grace_secs, 0.0, 3600.0)?;
+        secs("play.min_cache", self.play.min_cache, 0.0, 60.0)?;
+        secs("play.max_cache", self.play.max_cache, 0.05, 60.0)?;
+        secs("play.rtc_min_cache", self.play.rtc_min_cache, 0.0, 60.0)?;
+        secs("play.rtc_max_cache", self.play.rtc_max_cache, 0.05, 60.0)?;
+        secs("play.stall_timeout_secs", self.play.stall_timeout_secs, 0.5, 3600.0)?;
+        if self.play.min_cache > self.play.max_cache {
+            return bad(
+                "play.min_cache",
+                format!("{} is larger than play.max_cache {}", self.play.min_cache, self.play.max_cache),
+            );
+        }
+        if self.play.max_cache > self.hub.buffer_secs {
+            return bad(
+                "play.max_cache",
+                format!(
+                    "{} exceeds hub.buffer_secs {}: the server cannot hold that much",
+                    self.play.max_cache, self.hub.buffer_secs
+                ),
+            );
+        }
+        if self.hub.flush_interval_ms > 1000 {
+            return bad("hub.flush_interval_ms", format!("{} is above 1000 ms", self.hub.flush_interval_ms));
+        }
+        if self.hub.max_stream_mib == 0 || self.hub.max_stream_mib > 4096 {
+            return bad("hub.max_stream_mib", format!("{} is outside 1..=4096", self.hub.max_stream_mib));
+        }
+        if self.rtmp.max_connections == 0 {
+            return bad("rtmp.max_connections", "must be at least 1".into());
+        }
+        for app in self.apps.keys() {
+            if let Err(e) = crate::names::validate("app", app) {
+                return bad(&format!("apps.{app}"), e.to_string());
+            }
+        }
+        for (key, urls) in [
+            ("webhooks.on_publish", &self.webhooks.on_publish),
+            ("webhooks.on_unpublish", &self.webhooks.on_unpublish),
+            ("webhooks.on_play", &self.webhooks.on_play),
+            ("webhooks.on_stop", &self.webhooks.on_stop),
+        ] {
+            for u in urls {
+                if !u.starts_with("http://") || u.parse::<http::Uri>().is_err() {
+                    return bad(key, format!("{u:?} is not an http:// URL"));
+                }
+            }
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return bad("log.level", format!("{:?} is not a tracing filter", self.log.level));
+        }
+        Ok(())
+    }
+
+    pub fn app(&self, name: &str) -> Option<&AppConfig> {
+        self.apps.get(name)
+    }
+
+    pub fn hub_options(&self) -> HubOptions {
+        HubOptions {
+            retention: Duration::from_secs_f64(self.hub.buffer_secs),
+            max_stream_bytes: self.hub.max_stream_mib << 20,
+            reconnect_grace: Duration::from_secs_f64(self.hub.reconnect_grace_secs),
+            allow_takeover: self.hub.allow_takeover,
+            flush_interval: Duration::from_millis(self.hub.flush_interval_ms),
+        }
+    }
+
+    /// The cache policy for a play request's query: `min_cache`, `max_cache` (seconds) and `mode=rtc`.
+    pub fn cache_policy(&self, query: &[(String, String)]) -> Result<CachePolicy, ConfigError> {
+        use crate::names::query_get;
+        let rtc = query_get(query, "mode").is_some_and(|m| m.eq_ignore_ascii_case("rtc"));
+        let (dmin, dmax) = if rtc {
+            (self.play.rtc_min_cache, self.play.rtc_max_cache)
+        } else {
+            (self.play.min_cache, self.play.max_cache)
+        };
+        let num = |key: &str, default: f64| -> Result<f64, ConfigError> {
+            match query_get(query, key) {
+                None => Ok(default),
+                Some(v) => v
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|x| x.is_finite() && *x >= 0.0 && *x <= self.hub.buffer_secs)
+                    .ok_or_else(|| ConfigError::Invalid {
+                        key: key.into(),
+                        detail: format!("{v:?} is not a number of seconds in 0..={}", self.hub.buffer_secs),
+                    }),
+            }
+        };
+        let min = num("min_cache", dmin)?;
+        let max = num("max_cache", dmax.max(min))?;
+        if max < min || max < 0.05 {
+            return Err(ConfigError::Invalid {
+                key: "max_cache".into(),
+                detail: format!("{max} must be at least min_cache ({min}) and 0.05"),
+            });
+        }
+        Ok(CachePolicy {
+            min_cache: Duration::from_secs_f64(min),
+            max_cache: Duration::from_secs_f64(max),
+            max_skips_per_minute: self.play.max_skips_per_minute,
+        })
+    }
+
+    pub fn stall_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.play.stall_timeout_secs)
+    }
+}
+
+/// Overlays `over` onto `base`, table by table. The `apps` table is replaced whole: an operator who lists
+/// apps means exactly those apps.
+fn merge(base: &mut toml::Value, over: toml::Value) {
+    match (base, over) {
+        (toml::Value::Table(b), toml::Value::Table(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(existing) if k != "apps" && existing.is_table() && v.is_table() => merge(existing, v),
+                    _ => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_parses() {
+        let c = Config::default_config();
+        assert_eq!(c.rtmp.listen.port(), 1935);
+        assert_eq!(c.http.listen.port(), 8080);
+        assert!(c.apps.contains_key("live"));
+    }
+
+    #[test]
+    fn unknown_key_is_an_error() {
+        let e = Config::parse("[rtmp]\nlisten_port = 1\n").unwrap_err().to_string();
+        assert!(e.contains("listen_port"), "{e}");
+    }
+
+    #[test]
+    fn bad_value_names_the_key() {
+        let e = Config::parse("[play]\nmin_cache = 5.0\nmax_cache = 1.0\n").unwrap_err().to_string();
+        assert!(e.contains("play.min_cache"), "{e}");
+        let e = Config::parse("[webhooks]\non_publish = [\"ftp://x\"]\n").unwrap_err().to_string();
+        assert!(e.contains("webhooks.on_publish"), "{e}");
+    }
+
+    #[test]
+    fn partial_file_overrides() {
+        let c = Config::parse("[hub]\nreconnect_grace_secs = 2.5\n[apps.cam]\npush_key = \"k\"\n").unwrap();
+        assert_eq!(c.hub.reconnect_grace_secs, 2.5);
+        assert_eq!(c.hub.buffer_secs, Config::default_config().hub.buffer_secs);
+        assert!(c.apps.contains_key("cam") && !c.apps.contains_key("live"));
+    }
+
+    #[test]
+    fn cache_policy_from_query() {
+        let c = Config::default_config();
+        let q = crate::names::parse_query("min_cache=0.5&max_cache=2");
+        let p = c.cache_policy(&q).unwrap();
+        assert_eq!(p.min_cache, Duration::from_millis(500));
+        assert_eq!(p.max_cache, Duration::from_secs(2));
+        let rtc = c.cache_policy(&crate::names::parse_query("mode=rtc")).unwrap();
+        assert!(rtc.max_cache < Duration::from_secs(1));
+        assert!(c.cache_policy(&crate::names::parse_query("max_cache=abc")).is_err());
+        assert!(c.cache_policy(&crate::names::parse_query("min_cache=3&max_cache=1")).is_err());
+    }
+}

@@ -1,0 +1,192 @@
+//! The control API under `/api/v1` (documented in `docs/openapi.yaml`).
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use http::{header, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde_json::{json, Value};
+
+use super::{error, json, Body};
+use crate::hub::{HubError, Protocol, Stream, StreamKey};
+use crate::media::aac::AudioSpecificConfig;
+use crate::media::avc::{self, AvcDecoderConfig};
+use crate::server::AppState;
+
+pub async fn handle(state: &Arc<AppState>, addr: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+    if let Err(resp) = authorize(state, addr, &req) {
+        return resp;
+    }
+    let path = req.uri().path().trim_end_matches('/').to_owned();
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let method = req.method().clone();
+    match (method, parts.as_slice()) {
+        (Method::GET, ["api", "v1", "streams"]) => {
+            let streams: Vec<Value> = state.hub.streams().iter().map(|s| stream_json(s)).collect();
+            json(StatusCode::OK, &json!({ "streams": streams }))
+        }
+        (Method::GET, ["api", "v1", "streams", app, name]) => match state.hub.get(&StreamKey::new(app, name)) {
+            Some(s) => json(StatusCode::OK, &stream_json(&s)),
+            None => not_found_stream(app, name),
+        },
+        (Method::DELETE, ["api", "v1", "streams", app, name]) => {
+            let key = StreamKey::new(app, name);
+            match state.hub.kick_publisher(&key, "kicked through the API") {
+                Ok(()) => {
+                    tracing::info!(stream = %key, "publisher kicked through the API");
+                    json(StatusCode::OK, &json!({ "stream": key.to_string(), "kicked": true }))
+                }
+                Err(HubError::NotFound(_)) => not_found_stream(app, name),
+                Err(e) => error(StatusCode::CONFLICT, "conflict", &e.to_string()),
+            }
+        }
+        (Method::GET, ["api", "v1", "clients"]) => {
+            let clients: Vec<Value> = state.hub.clients().iter().map(|c| client_json(c)).collect();
+            json(StatusCode::OK, &json!({ "clients": clients }))
+        }
+        (Method::GET, ["api", "v1", "clients", id]) => match id.parse().ok().and_then(|id| state.hub.client(id)) {
+            Some(c) => json(StatusCode::OK, &client_json(&c)),
+            None => error(StatusCode::NOT_FOUND, "client_not_found", &format!("no client with id {id}")),
+        },
+        (Method::DELETE, ["api", "v1", "clients", id]) => match id.parse().ok().and_then(|id| state.hub.client(id)) {
+            Some(c) => {
+                c.kick("kicked through the API");
+                tracing::info!(client = c.id, "client kicked through the API");
+                json(StatusCode::OK, &json!({ "client_id": c.id, "kicked": true }))
+            }
+            None => error(StatusCode::NOT_FOUND, "client_not_found", &format!("no client with id {id}")),
+        },
+        (m, ["api", "v1", "streams" | "clients", ..]) => {
+            error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", &format!("{m} is not allowed on {path}"))
+        }
+        _ => error(StatusCode::NOT_FOUND, "not_found", &format!("no API route {path}")),
+    }
+}
+
+fn not_found_stream(app: &str, name: &str) -> Response<Body> {
+    error(StatusCode::NOT_FOUND, "stream_not_found", &format!("stream {app}/{name} is not being published"))
+}
+
+/// Without a token the API answers loopback clients only; with one, mutating calls must present it.
+#[allow(clippy::result_large_err)]
+fn authorize(state: &AppState, addr: SocketAddr, req: &Request<Incoming>) -> Result<(), Response<Body>> {
+    let token = &state.config.http.api_token;
+    if token.is_empty() {
+        if !addr.ip().is_loopback() {
+            return Err(error(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "the API answers loopback clients only while http.api_token is empty",
+            ));
+        }
+        return Ok(());
+    }
+    let mutating = !matches!(*req.method(), Method::GET | Method::HEAD);
+    if mutating {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let ok = given.is_some_and(|g| subtle::ConstantTimeEq::ct_eq(g.as_bytes(), token.as_bytes()).into());
+        if !ok {
+            let mut r = error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "this call needs Authorization: Bearer <http.api_token>",
+            );
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("static"));
+            return Err(r);
+        }
+    }
+    Ok(())
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn client_json(c: &crate::hub::ClientHandle) -> Value {
+    let st = c.info.lock().clone();
+    json!({
+        "id": c.id,
+        "protocol": c.protocol,
+        "addr": c.addr.map(|a| a.to_string()),
+        "role": st.role,
+        "stream": st.stream,
+        "since": unix(c.since),
+        "bytes_in": c.bytes_in.load(Ordering::Relaxed),
+        "bytes_out": c.bytes_out.load(Ordering::Relaxed),
+    })
+}
+
+pub fn stream_json(s: &Stream) -> Value {
+    let headers = s.headers();
+    let (in_bps, out_bps, fps) = s.rates();
+    let publisher = s.publisher();
+    let video = headers.slots[1].as_ref().map(|p| {
+        let cfg = AvcDecoderConfig::parse(&p.frame.payload).ok();
+        let sps = cfg.as_ref().and_then(|c| c.sps.first()).and_then(|sps| avc::parse_sps(sps).ok());
+        json!({
+            "codec": "H264",
+            "profile": sps.as_ref().map(|s| profile_name(s.profile_idc)),
+            "level": sps.as_ref().map(|s| s.level_idc as f64 / 10.0),
+            "width": sps.as_ref().map(|s| s.width),
+            "height": sps.as_ref().map(|s| s.height),
+            "fps": if fps > 0.0 { Some((fps * 100.0).round() / 100.0) } else { sps.as_ref().and_then(|s| s.fps) },
+        })
+    });
+    let audio = headers.slots[2].as_ref().map(|p| {
+        let asc = AudioSpecificConfig::parse(&p.frame.payload).ok();
+        json!({
+            "codec": "AAC",
+            "object_type": asc.as_ref().map(|a| a.object_type),
+            "sample_rate": asc.as_ref().map(|a| a.sample_rate),
+            "channels": asc.as_ref().map(|a| a.channels),
+        })
+    });
+    let readers: serde_json::Map<String, Value> = Protocol::ALL
+        .iter()
+        .map(|p| (p.as_str().to_owned(), json!(s.stats.readers[*p as usize].load(Ordering::Relaxed))))
+        .collect();
+    let published = s.state.lock().published_wall;
+    json!({
+        "app": s.key.app,
+        "stream": s.key.name,
+        "id": s.id,
+        "state": if publisher.is_some() { "live" } else { "waiting" },
+        "publisher": publisher.map(|p| json!({
+            "client_id": p.client_id,
+            "protocol": p.protocol,
+            "addr": p.addr.map(|a| a.to_string()),
+            "param": p.param,
+        })),
+        "video": video,
+        "audio": audio,
+        "bitrate_in_kbps": (in_bps / 1000.0).round(),
+        "bitrate_out_kbps": (out_bps / 1000.0).round(),
+        "gop_ms": s.stats.last_key_interval_ms.load(Ordering::Relaxed),
+        "readers": readers,
+        "readers_total": s.reader_count(),
+        "skips": s.stats.skips.load(Ordering::Relaxed),
+        "bytes_in": s.stats.bytes_in.load(Ordering::Relaxed),
+        "bytes_out": s.stats.bytes_out.load(Ordering::Relaxed),
+        "published_at": unix(published),
+        "uptime_secs": s.created.elapsed().as_secs(),
+    })
+}
+
+fn profile_name(idc: u8) -> &'static str {
+    match idc {
+        66 => "Baseline",
+        77 => "Main",
+        88 => "Extended",
+        100 => "High",
+        110 => "High 10",
+        122 => "High 4:2:2",
+        244 => "High 4:4:4",
+        _ => "other",
+    }
+}

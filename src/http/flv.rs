@@ -1,0 +1,207 @@
+//! HTTP-FLV playback: `GET /{app}/{stream}.flv[?min_cache=&max_cache=&mode=rtc&txSecret=&txTime=]`.
+//!
+//! The response body pulls straight from the hub reader: each poll hands hyper the stream's shared FLV tags
+//! (one `Bytes` clone per tag, no copy), and hyper writes whatever is queued with one `writev`.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{header, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::{Frame, Incoming};
+use parking_lot::Mutex;
+
+use super::{error, Body};
+use crate::events::Event;
+use crate::hub::{ClientGuard, ClientHandle, EndReason, HubError, Packet, Protocol, Reader, StreamKey};
+use crate::media::flv;
+use crate::metrics;
+use crate::names;
+use crate::server::AccessError;
+use crate::server::AppState;
+
+/// What the connection watchdog needs to tell a stalled or kicked player from an idle one.
+pub struct Watch {
+    handle: Arc<ClientHandle>,
+    progress: Arc<Progress>,
+    stream: Arc<crate::hub::Stream>,
+}
+
+#[derive(Default)]
+pub struct Progress {
+    /// Milliseconds since `epoch` of the body's last poll.
+    last_poll_ms: AtomicU64,
+    /// The stream's frame counter at that poll.
+    frames_at_poll: AtomicU64,
+    epoch: Option<Instant>,
+}
+
+pub fn play(
+    state: &Arc<AppState>,
+    addr: SocketAddr,
+    req: Request<Incoming>,
+    watch: Arc<Mutex<Option<Watch>>>,
+) -> Response<Body> {
+    let path = req.uri().path();
+    let query = names::parse_query(req.uri().query().unwrap_or(""));
+    let Some((app, name)) = path.trim_start_matches('/').strip_suffix(".flv").and_then(|p| p.split_once('/')) else {
+        return error(StatusCode::BAD_REQUEST, "bad_path", "expected /{app}/{stream}.flv");
+    };
+    let key = StreamKey::new(app, name);
+    if let Err(e) = state.authorize_play(&key, &query) {
+        metrics::global().play_refused.fetch_add(1, Ordering::Relaxed);
+        let (status, code) = match e {
+            AccessError::Auth(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            AccessError::UnknownApp(_) => (StatusCode::NOT_FOUND, "unknown_app"),
+            _ => (StatusCode::BAD_REQUEST, "bad_name"),
+        };
+        return error(status, code, &e.to_string());
+    }
+    let policy = match state.config.cache_policy(&query) {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_parameter", &e.to_string()),
+    };
+    let guard = state.hub.register_client(Protocol::HttpFlv, Some(addr));
+    let reader = match state.hub.subscribe(&key, Protocol::HttpFlv, policy, guard.handle.clone()) {
+        Ok(r) => r,
+        Err(e @ HubError::NotFound(_)) => {
+            metrics::global().play_refused.fetch_add(1, Ordering::Relaxed);
+            return error(StatusCode::NOT_FOUND, "stream_not_found", &e.to_string());
+        }
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", &e.to_string()),
+    };
+    tracing::info!(client = guard.handle.id, peer = %addr, stream = %key, "http-flv playing");
+    let progress = Arc::new(Progress { epoch: Some(Instant::now()), ..Default::default() });
+    *watch.lock() =
+        Some(Watch { handle: guard.handle.clone(), progress: progress.clone(), stream: reader.stream().clone() });
+    let is_head = req.method() == http::Method::HEAD;
+    let mut resp = if is_head {
+        Response::new(super::empty())
+    } else {
+        Response::new(
+            FlvBody {
+                state: state.clone(),
+                reader,
+                guard,
+                pending: VecDeque::new(),
+                batch: Vec::new(),
+                started: false,
+                progress,
+                ended: None,
+            }
+            .boxed(),
+        )
+    };
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, "video/x-flv".parse().expect("static"));
+    h.insert(header::CACHE_CONTROL, "no-cache, no-store".parse().expect("static"));
+    h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, "Content-Type".parse().expect("static"));
+    resp
+}
+
+struct FlvBody {
+    state: Arc<AppState>,
+    reader: Reader,
+    guard: ClientGuard,
+    pending: VecDeque<Bytes>,
+    batch: Vec<Arc<Packet>>,
+    started: bool,
+    progress: Arc<Progress>,
+    ended: Option<String>,
+}
+
+impl hyper::body::Body for FlvBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        if let Some(epoch) = this.progress.epoch {
+            this.progress.last_poll_ms.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+            this.progress
+                .frames_at_poll
+                .store(this.reader.stream().stats.frames_in.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        if let Some(b) = this.pending.pop_front() {
+            return Poll::Ready(Some(Ok(Frame::data(b))));
+        }
+        match this.reader.poll_batch(cx, &mut this.batch) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(())) => {
+                if !this.started {
+                    let (a, v) = this.reader.tracks();
+                    this.pending.push_back(Bytes::copy_from_slice(&flv::file_header(a, v)));
+                    this.started = true;
+                }
+                let mut n = 0;
+                if let Some(p) = this.batch.first() {
+                    metrics::global().observe_latency(p.received.elapsed());
+                }
+                for p in this.batch.drain(..) {
+                    let tag = p.flv_tag().clone();
+                    n += tag.len();
+                    this.pending.push_back(tag);
+                }
+                this.reader.add_bytes_out(n);
+                this.guard.handle.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+                Poll::Ready(this.pending.pop_front().map(|b| Ok(Frame::data(b))))
+            }
+            Poll::Ready(Err(reason)) => {
+                let clean = reason == EndReason::StreamClosed;
+                if let EndReason::TooSlow(_) = reason {
+                    metrics::global().disconnects_slow.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(client = this.guard.handle.id, %reason, "http-flv player disconnected");
+                }
+                this.ended = Some(reason.to_string());
+                if clean {
+                    Poll::Ready(None)
+                } else {
+                    Poll::Ready(Some(Err(std::io::Error::other(reason.to_string()))))
+                }
+            }
+        }
+    }
+}
+
+impl Drop for FlvBody {
+    fn drop(&mut self) {
+        let reason = self.ended.take().unwrap_or_else(|| "client closed".into());
+        tracing::info!(client = self.guard.handle.id, stream = %self.reader.stream().key, %reason, "http-flv stopped");
+        self.state.hub.events().send(Event::Stop {
+            stream: self.reader.stream().key.to_string(),
+            client_id: self.guard.handle.id,
+            protocol: Protocol::HttpFlv,
+            reason,
+            bytes: self.guard.handle.bytes_out.load(Ordering::Relaxed),
+        });
+    }
+}
+
+/// Resolves when the connection's player must go: kicked, or its socket accepted nothing for `stall` while
+/// the stream kept producing (hyper stops polling a body whose socket is full, so the body cannot notice).
+pub async fn watchdog(watch: Arc<Mutex<Option<Watch>>>, stall: Duration) -> String {
+    let tick = (stall / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
+    loop {
+        tokio::time::sleep(tick).await;
+        let w = watch.lock();
+        let Some(w) = w.as_ref() else { continue };
+        if let Some(r) = w.handle.kicked() {
+            metrics::global().disconnects_kicked.fetch_add(1, Ordering::Relaxed);
+            return format!("kicked: {r}");
+        }
+        let Some(epoch) = w.progress.epoch else { continue };
+        let since = epoch.elapsed().as_millis() as u64 - w.progress.last_poll_ms.load(Ordering::Relaxed);
+        let frames_then = w.progress.frames_at_poll.load(Ordering::Relaxed);
+        let stream_moved = w.stream.stats.frames_in.load(Ordering::Relaxed) > frames_then;
+        if since > stall.as_millis() as u64 && stream_moved {
+            metrics::global().disconnects_slow.fetch_add(1, Ordering::Relaxed);
+            return format!("stalled: socket accepted nothing for {:.1}s", since as f64 / 1000.0);
+        }
+    }
+}

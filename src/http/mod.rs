@@ -1,0 +1,141 @@
+//! The HTTP port: HTTP-FLV playback, the control API, `/metrics` and `/healthz` (hyper, HTTP/1.1).
+
+pub mod api;
+pub mod flv;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
+use tokio::net::TcpListener;
+
+use crate::metrics;
+use crate::netio;
+use crate::server::AppState;
+
+pub type Body = BoxBody<Bytes, std::io::Error>;
+
+/// Accepts HTTP connections until `shutdown` fires.
+pub async fn serve(listener: TcpListener, state: Arc<AppState>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        let (sock, addr) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "http accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let Some(permit) = state.try_connection() else {
+            tracing::warn!(peer = %addr, "http connection refused: connection limit reached");
+            continue;
+        };
+        metrics::global().connections.fetch_add(1, Ordering::Relaxed);
+        // Small send buffer: a stalled player's backlog stays in the hub, where max_cache can skip it.
+        netio::tune_media_socket(&sock, Some(128 * 1024));
+        let state = state.clone();
+        tokio::spawn(async move {
+            let watch: Arc<Mutex<Option<flv::Watch>>> = Arc::default();
+            let svc_watch = watch.clone();
+            let svc_state = state.clone();
+            let svc = service_fn(move |req| {
+                let state = svc_state.clone();
+                let watch = svc_watch.clone();
+                async move { Ok::<_, Infallible>(route(state, addr, req, watch).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .writev(true)
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(sock), svc);
+            tokio::select! {
+                r = conn => {
+                    if let Err(e) = r {
+                        tracing::debug!(peer = %addr, error = %e, "http connection error");
+                    }
+                }
+                reason = flv::watchdog(watch, state.config.stall_timeout()) => {
+                    tracing::info!(peer = %addr, %reason, "http-flv player disconnected");
+                }
+            }
+            drop(permit);
+        });
+    }
+}
+
+use std::sync::atomic::Ordering;
+
+async fn route(
+    state: Arc<AppState>,
+    addr: SocketAddr,
+    req: Request<Incoming>,
+    watch: Arc<Mutex<Option<flv::Watch>>>,
+) -> Response<Body> {
+    let path = req.uri().path().to_owned();
+    let mut resp = if req.method() == Method::OPTIONS {
+        preflight()
+    } else if path == "/healthz" {
+        json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
+    } else if path == "/metrics" && req.method() == Method::GET {
+        let text = metrics::global().render(&state.hub);
+        let mut r = Response::new(full(text));
+        r.headers_mut().insert(header::CONTENT_TYPE, "text/plain; version=0.0.4".parse().expect("static"));
+        r
+    } else if path.starts_with("/api/") {
+        api::handle(&state, addr, req).await
+    } else if path.ends_with(".flv") && (req.method() == Method::GET || req.method() == Method::HEAD) {
+        flv::play(&state, addr, req, watch)
+    } else if path == "/" {
+        json(
+            StatusCode::OK,
+            &serde_json::json!({"name": "livegate", "version": env!("CARGO_PKG_VERSION"), "api": "/api/v1/streams", "play": "/{app}/{stream}.flv"}),
+        )
+    } else {
+        error(StatusCode::NOT_FOUND, "not_found", &format!("no route for {} {}", req.method(), path))
+    };
+    let cors = state.config.http.cors_origin.parse().unwrap_or(header::HeaderValue::from_static("*"));
+    resp.headers_mut().insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, cors);
+    resp
+}
+
+fn preflight() -> Response<Body> {
+    let mut r = Response::new(empty());
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    let h = r.headers_mut();
+    h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, "GET, HEAD, POST, PATCH, DELETE, OPTIONS".parse().expect("static"));
+    h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, "Authorization, Content-Type, Range".parse().expect("static"));
+    h.insert(header::ACCESS_CONTROL_MAX_AGE, "86400".parse().expect("static"));
+    r
+}
+
+pub fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).map_err(|never: Infallible| match never {}).boxed()
+}
+
+pub fn empty() -> Body {
+    full(Bytes::new())
+}
+
+pub fn json(status: StatusCode, v: &serde_json::Value) -> Response<Body> {
+    let mut r = Response::new(full(serde_json::to_vec_pretty(v).unwrap_or_default()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, "application/json".parse().expect("static"));
+    r
+}
+
+/// The error shape every HTTP error uses: `{"error": code, "detail": human-readable reason}`.
+pub fn error(status: StatusCode, code: &str, detail: &str) -> Response<Body> {
+    json(status, &serde_json::json!({"error": code, "detail": detail}))
+}

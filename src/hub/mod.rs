@@ -1,0 +1,448 @@
+//! The registry of live streams and connected clients (ARCHITECTURE: one publisher, N readers per stream).
+
+pub mod packet;
+pub mod reader;
+pub mod stream;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::Waker;
+use std::time::{Duration, Instant, SystemTime};
+
+use parking_lot::{Mutex, RwLock};
+use serde::Serialize;
+use tokio::sync::Notify;
+
+use crate::events::{Event, EventBus};
+use crate::media::{Frame, MediaKind};
+pub use packet::{HeaderSet, Packet};
+pub use reader::{CachePolicy, EndReason, Reader};
+pub use stream::{PublisherInfo, Stream};
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct StreamKey {
+    pub app: String,
+    pub name: String,
+}
+
+impl StreamKey {
+    pub fn new(app: &str, name: &str) -> Self {
+        Self { app: app.to_owned(), name: name.to_owned() }
+    }
+}
+
+impl std::fmt::Display for StreamKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.app, self.name)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Protocol {
+    Rtmp,
+    HttpFlv,
+}
+
+impl Protocol {
+    pub const COUNT: usize = 2;
+    pub const ALL: [Protocol; Self::COUNT] = [Protocol::Rtmp, Protocol::HttpFlv];
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Protocol::Rtmp => "rtmp",
+            Protocol::HttpFlv => "http-flv",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Connecting,
+    Publisher,
+    Player,
+}
+
+/// A connection's identity and its off switch, shared between its task and the API.
+#[derive(Debug)]
+pub struct ClientHandle {
+    pub id: u64,
+    pub protocol: Protocol,
+    pub addr: Option<SocketAddr>,
+    pub since: SystemTime,
+    kicked: AtomicBool,
+    reason: Mutex<String>,
+    /// For connection tasks that `select!` on being kicked.
+    pub notify: Notify,
+    waker: Mutex<Option<Waker>>,
+    pub info: Mutex<ClientState>,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ClientState {
+    pub role: Role,
+    pub stream: Option<String>,
+}
+
+impl ClientHandle {
+    pub fn kick(&self, reason: &str) {
+        *self.reason.lock() = reason.to_owned();
+        self.kicked.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+        self.notify.notify_one();
+        if let Some(w) = self.waker.lock().take() {
+            w.wake();
+        }
+    }
+
+    pub fn kicked(&self) -> Option<String> {
+        self.kicked.load(Ordering::Acquire).then(|| self.reason.lock().clone())
+    }
+
+    pub(crate) fn register_waker(&self, w: &Waker) {
+        let mut slot = self.waker.lock();
+        if !slot.as_ref().is_some_and(|x| x.will_wake(w)) {
+            *slot = Some(w.clone());
+        }
+    }
+
+    pub fn set_state(&self, role: Role, stream: Option<&StreamKey>) {
+        *self.info.lock() = ClientState { role, stream: stream.map(|s| s.to_string()) };
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum HubError {
+    #[error("stream {0} is already being published")]
+    AlreadyPublishing(String),
+    #[error("stream {0} is not being published")]
+    NotFound(String),
+    #[error("server is shutting down")]
+    ShuttingDown,
+}
+
+/// Tunables the hub needs (from `[hub]` and `[play]` in the config).
+#[derive(Debug, Clone)]
+pub struct HubOptions {
+    pub retention: Duration,
+    pub max_stream_bytes: usize,
+    pub reconnect_grace: Duration,
+    pub allow_takeover: bool,
+    pub flush_interval: Duration,
+}
+
+impl Default for HubOptions {
+    fn default() -> Self {
+        Self {
+            retention: Duration::from_secs(10),
+            max_stream_bytes: 64 << 20,
+            reconnect_grace: Duration::from_secs(10),
+            allow_takeover: false,
+            flush_interval: Duration::from_millis(10),
+        }
+    }
+}
+
+struct HubInner {
+    opts: HubOptions,
+    streams: RwLock<HashMap<StreamKey, Arc<Stream>>>,
+    clients: RwLock<HashMap<u64, Arc<ClientHandle>>>,
+    next_id: AtomicU64,
+    events: EventBus,
+    shutting_down: AtomicBool,
+}
+
+/// The registry: cheap to clone, shared by every task.
+#[derive(Clone)]
+pub struct Hub(Arc<HubInner>);
+
+impl Hub {
+    pub fn new(opts: HubOptions, events: EventBus) -> Self {
+        Hub(Arc::new(HubInner {
+            opts,
+            streams: RwLock::new(HashMap::new()),
+            clients: RwLock::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            events,
+            shutting_down: AtomicBool::new(false),
+        }))
+    }
+
+    pub fn options(&self) -> &HubOptions {
+        &self.0.opts
+    }
+
+    pub fn events(&self) -> &EventBus {
+        &self.0.events
+    }
+
+    /// Registers a connection; it is listed by the API until the returned guard drops.
+    pub fn register_client(&self, protocol: Protocol, addr: Option<SocketAddr>) -> ClientGuard {
+        let id = self.0.next_id.fetch_add(1, Ordering::Relaxed);
+        let handle = Arc::new(ClientHandle {
+            id,
+            protocol,
+            addr,
+            since: SystemTime::now(),
+            kicked: AtomicBool::new(false),
+            reason: Mutex::new(String::new()),
+            notify: Notify::new(),
+            waker: Mutex::new(None),
+            info: Mutex::new(ClientState { role: Role::Connecting, stream: None }),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+        });
+        self.0.clients.write().insert(id, handle.clone());
+        ClientGuard { hub: self.clone(), handle }
+    }
+
+    pub fn clients(&self) -> Vec<Arc<ClientHandle>> {
+        let mut v: Vec<_> = self.0.clients.read().values().cloned().collect();
+        v.sort_by_key(|c| c.id);
+        v
+    }
+
+    pub fn client(&self, id: u64) -> Option<Arc<ClientHandle>> {
+        self.0.clients.read().get(&id).cloned()
+    }
+
+    pub fn get(&self, key: &StreamKey) -> Option<Arc<Stream>> {
+        self.0.streams.read().get(key).cloned()
+    }
+
+    pub fn streams(&self) -> Vec<Arc<Stream>> {
+        let mut v: Vec<_> = self.0.streams.read().values().cloned().collect();
+        v.sort_by(|a, b| a.key.cmp(&b.key));
+        v
+    }
+
+    /// Claims a stream for a publisher. A stream in its reconnect grace is resumed: its readers carry on.
+    pub fn publish(
+        &self,
+        key: StreamKey,
+        info: PublisherInfo,
+        handle: Arc<ClientHandle>,
+    ) -> Result<Publisher, HubError> {
+        if self.0.shutting_down.load(Ordering::Acquire) {
+            return Err(HubError::ShuttingDown);
+        }
+        let mut streams = self.0.streams.write();
+        let stream = match streams.get(&key) {
+            Some(s) if !s.is_closed() => s.clone(),
+            _ => {
+                let id = self.0.next_id.fetch_add(1, Ordering::Relaxed);
+                let s = Arc::new(Stream::new(
+                    key.clone(),
+                    id,
+                    self.0.opts.retention,
+                    self.0.opts.max_stream_bytes,
+                    self.0.opts.flush_interval,
+                ));
+                if !s.flush_interval.is_zero() {
+                    tokio::spawn(s.clone().run_flusher());
+                }
+                streams.insert(key.clone(), s.clone());
+                s
+            }
+        };
+        drop(streams);
+        let resumed;
+        let generation;
+        {
+            let mut st = stream.state.lock();
+            if let Some((old, old_handle)) = &st.publisher {
+                if !self.0.opts.allow_takeover {
+                    return Err(HubError::AlreadyPublishing(key.to_string()));
+                }
+                tracing::info!(stream = %key, old = old.client_id, new = info.client_id, "publisher taken over");
+                old_handle.kick("another publisher took over the stream");
+            }
+            resumed = stream.last_dts().is_some();
+            st.generation += 1;
+            generation = st.generation;
+            st.publisher = Some((info.clone(), handle.clone()));
+            st.published_at = Instant::now();
+            st.published_wall = SystemTime::now();
+        }
+        handle.set_state(Role::Publisher, Some(&key));
+        self.0.events.send(Event::Publish {
+            stream: key.to_string(),
+            client_id: info.client_id,
+            protocol: info.protocol,
+            addr: info.addr.map(|a| a.to_string()),
+            param: info.param.clone(),
+        });
+        tracing::info!(stream = %key, client = info.client_id, resumed, "publish started");
+        Ok(Publisher {
+            hub: self.clone(),
+            stream,
+            generation,
+            info,
+            offset: None,
+            unwrap_last: None,
+            waiting_for_key: true,
+        })
+    }
+
+    /// Attaches a reader. Readers may join a stream in its reconnect grace; a stream nobody publishes is 404.
+    pub fn subscribe(
+        &self,
+        key: &StreamKey,
+        protocol: Protocol,
+        policy: CachePolicy,
+        handle: Arc<ClientHandle>,
+    ) -> Result<Reader, HubError> {
+        let stream = self.get(key).filter(|s| !s.is_closed()).ok_or_else(|| HubError::NotFound(key.to_string()))?;
+        handle.set_state(Role::Player, Some(key));
+        self.0.events.send(Event::Play {
+            stream: key.to_string(),
+            client_id: handle.id,
+            protocol,
+            addr: handle.addr.map(|a| a.to_string()),
+        });
+        Ok(Reader::new(stream, protocol, policy, handle))
+    }
+
+    /// Kicks a stream's publisher. Readers then wait out the reconnect grace as for any drop.
+    pub fn kick_publisher(&self, key: &StreamKey, reason: &str) -> Result<(), HubError> {
+        let stream = self.get(key).ok_or_else(|| HubError::NotFound(key.to_string()))?;
+        let st = stream.state.lock();
+        match &st.publisher {
+            Some((_, h)) => {
+                h.kick(reason);
+                Ok(())
+            }
+            None => Err(HubError::NotFound(key.to_string())),
+        }
+    }
+
+    fn unpublish(&self, stream: &Arc<Stream>, generation: u64, client_id: u64) {
+        {
+            let mut st = stream.state.lock();
+            if st.generation != generation {
+                return;
+            }
+            st.publisher = None;
+        }
+        self.0.events.send(Event::Unpublish { stream: stream.key.to_string(), client_id });
+        let grace =
+            if self.0.shutting_down.load(Ordering::Acquire) { Duration::ZERO } else { self.0.opts.reconnect_grace };
+        tracing::info!(stream = %stream.key, client = client_id, grace_secs = grace.as_secs_f64(), "publisher left");
+        if grace.is_zero() {
+            self.expire(stream, generation);
+            return;
+        }
+        let hub = self.clone();
+        let stream = stream.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                tokio::time::sleep(grace).await;
+                hub.expire(&stream, generation);
+            });
+        }
+    }
+
+    /// Ends a stream whose publisher did not come back.
+    fn expire(&self, stream: &Arc<Stream>, generation: u64) {
+        {
+            let st = stream.state.lock();
+            if st.generation != generation || st.publisher.is_some() {
+                return;
+            }
+        }
+        let mut streams = self.0.streams.write();
+        if streams.get(&stream.key).is_some_and(|s| Arc::ptr_eq(s, stream)) {
+            streams.remove(&stream.key);
+        }
+        drop(streams);
+        stream.close();
+        tracing::info!(stream = %stream.key, "stream closed");
+        self.0.events.send(Event::StreamClosed { stream: stream.key.to_string() });
+    }
+
+    /// SIGTERM: refuse new publishers, end every stream (readers get a clean end), kick publishers.
+    pub fn shutdown(&self) {
+        self.0.shutting_down.store(true, Ordering::Release);
+        for s in self.streams() {
+            if let Some((_, h)) = &s.state.lock().publisher {
+                h.kick("server shutting down");
+            }
+            s.close();
+        }
+        self.0.streams.write().clear();
+    }
+}
+
+/// Removes a client from the registry when its connection ends.
+pub struct ClientGuard {
+    hub: Hub,
+    pub handle: Arc<ClientHandle>,
+}
+
+impl Drop for ClientGuard {
+    fn drop(&mut self) {
+        self.hub.0.clients.write().remove(&self.handle.id);
+    }
+}
+
+/// A publisher's hold on a stream. Maps the session's timestamps onto the stream's continuous timeline;
+/// dropping it starts the reconnect grace.
+pub struct Publisher {
+    hub: Hub,
+    stream: Arc<Stream>,
+    generation: u64,
+    info: PublisherInfo,
+    /// Added to session timestamps so a resumed stream's timeline continues where it stopped.
+    offset: Option<i64>,
+    unwrap_last: Option<(u32, i64)>,
+    waiting_for_key: bool,
+}
+
+impl Publisher {
+    pub fn stream(&self) -> &Arc<Stream> {
+        &self.stream
+    }
+
+    /// Extends a 32-bit wrapping millisecond timestamp to 64 bits (RTMP wraps after ~49.7 days).
+    fn unwrap_ts(&mut self, ts: u32) -> i64 {
+        let v = match self.unwrap_last {
+            None => ts as i64,
+            Some((last_raw, last)) => last + (ts.wrapping_sub(last_raw) as i32) as i64,
+        };
+        self.unwrap_last = Some((ts, v));
+        v
+    }
+
+    /// Pushes a frame whose `dts` is the session's raw 32-bit timestamp.
+    pub fn push_raw(&mut self, mut frame: Frame, session_ts: u32, received: Instant) {
+        let ts = self.unwrap_ts(session_ts);
+        let offset = *self.offset.get_or_insert_with(|| match self.stream.last_dts() {
+            // Resume 10 ms after the previous session's last frame: continuous for players, no visible gap.
+            Some(last) => last + 10 - ts,
+            None => 0,
+        });
+        if frame.kind == MediaKind::Video && !frame.config {
+            // Readers must start on a keyframe; a session that begins mid-GOP has nothing decodable yet.
+            if self.waiting_for_key && !frame.keyframe {
+                return;
+            }
+            self.waiting_for_key = false;
+        }
+        frame.dts = ts + offset;
+        self.stream.push(frame, received);
+    }
+
+    pub fn info(&self) -> &PublisherInfo {
+        &self.info
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        self.hub.unpublish(&self.stream, self.generation, self.info.client_id);
+    }
+}

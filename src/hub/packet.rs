@@ -1,0 +1,92 @@
+//! A frame as it sits in a stream's ring, with each egress format's serialization built at most once.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::media::{flv, Frame, MediaKind};
+use crate::rtmp::chunk;
+
+/// Outbound RTMP chunk size for every connection livegate serves. One fixed value is what lets one chunked
+/// serialization of a frame serve every RTMP reader.
+pub const RTMP_OUT_CHUNK_SIZE: u32 = 60_000;
+/// The message stream id livegate hands out from `createStream` (one media stream per connection).
+pub const RTMP_MEDIA_STREAM_ID: u32 = 1;
+const CSID_AUDIO: u32 = 4;
+const CSID_VIDEO: u32 = 6;
+const CSID_DATA: u32 = 5;
+
+#[derive(Debug)]
+pub struct Packet {
+    pub seq: u64,
+    pub frame: Frame,
+    /// When ingest handed the frame to the hub; egress measures added latency from here.
+    pub received: Instant,
+    flv: OnceLock<Bytes>,
+    rtmp: OnceLock<Bytes>,
+}
+
+impl Packet {
+    pub fn new(seq: u64, frame: Frame, received: Instant) -> Arc<Self> {
+        Arc::new(Self { seq, frame, received, flv: OnceLock::new(), rtmp: OnceLock::new() })
+    }
+
+    /// Codec configuration or stream metadata: what a joining reader must receive before media.
+    pub fn is_header(&self) -> bool {
+        self.frame.config
+    }
+
+    /// The slot this header occupies in a [`HeaderSet`].
+    pub fn header_slot(&self) -> usize {
+        match self.frame.kind {
+            MediaKind::Data => 0,
+            MediaKind::Video => 1,
+            MediaKind::Audio => 2,
+        }
+    }
+
+    /// The complete FLV tag, shared by every HTTP-FLV reader (and recorder).
+    pub fn flv_tag(&self) -> &Bytes {
+        self.flv.get_or_init(|| flv::build_tag(&self.frame))
+    }
+
+    /// The complete chunked RTMP message, shared by every RTMP reader.
+    pub fn rtmp_chunks(&self) -> &Bytes {
+        self.rtmp.get_or_init(|| {
+            let f = &self.frame;
+            let (prefix, plen) = flv::body_prefix(f);
+            let csid = match f.kind {
+                MediaKind::Audio => CSID_AUDIO,
+                MediaKind::Video => CSID_VIDEO,
+                MediaKind::Data => CSID_DATA,
+            };
+            let mut out = Vec::new();
+            chunk::encode_message(
+                &mut out,
+                RTMP_OUT_CHUNK_SIZE,
+                csid,
+                f.dts as u32,
+                flv::tag_type(f),
+                RTMP_MEDIA_STREAM_ID,
+                &[&prefix[..plen], &f.payload],
+            );
+            Bytes::from(out)
+        })
+    }
+}
+
+/// The headers a reader needs before media: metadata, video config, audio config (by `header_slot`).
+#[derive(Debug, Default, Clone)]
+pub struct HeaderSet {
+    pub slots: [Option<Arc<Packet>>; 3],
+}
+
+impl HeaderSet {
+    pub fn has_video(&self) -> bool {
+        self.slots[1].is_some()
+    }
+    pub fn has_audio(&self) -> bool {
+        self.slots[2].is_some()
+    }
+}

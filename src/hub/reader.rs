@@ -1,0 +1,265 @@
+//! A reader's view of a stream: a cursor into the ring plus the latency policy (min/max-cache).
+//!
+//! Readers hold no copy of media: each poll hands back `Arc<Packet>`s from the ring. A reader's backlog is the
+//! media time between its cursor and the newest packet, so "too far behind" is measured in seconds of media,
+//! not bytes, and a reader that falls behind jumps to a keyframe without the publisher noticing.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use super::packet::Packet;
+use super::stream::{KeyEntry, Ring, Stream};
+use super::{ClientHandle, Protocol};
+use crate::metrics;
+
+/// Per-reader latency policy.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CachePolicy {
+    /// Start this far behind live (seconds of media), on the newest keyframe at or before that point.
+    pub min_cache: Duration,
+    /// Never be more than this far behind: skip to a newer keyframe instead.
+    pub max_cache: Duration,
+    /// A reader that has to skip more often than this within a minute cannot keep up and is disconnected.
+    pub max_skips_per_minute: u32,
+}
+
+/// Why a reader stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndReason {
+    /// The publisher left and did not come back within the grace period, or the server is shutting down.
+    StreamClosed,
+    Kicked(String),
+    TooSlow(String),
+}
+
+impl std::fmt::Display for EndReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EndReason::StreamClosed => write!(f, "stream closed"),
+            EndReason::Kicked(r) => write!(f, "kicked: {r}"),
+            EndReason::TooSlow(r) => write!(f, "too slow: {r}"),
+        }
+    }
+}
+
+/// Most packets handed out per poll: bounds one write batch (and the iovecs it needs).
+const MAX_BATCH: usize = 512;
+
+pub struct Reader {
+    stream: Arc<Stream>,
+    protocol: Protocol,
+    policy: CachePolicy,
+    handle: Arc<ClientHandle>,
+    cursor: Option<u64>,
+    /// Just joined or just skipped: the next batch is a deliberate burst, not a backlog.
+    fresh: bool,
+    sent_headers: [Option<Arc<Packet>>; 3],
+    skip_times: VecDeque<Instant>,
+    pub skips: u64,
+    tracks: (bool, bool),
+}
+
+impl std::fmt::Debug for Reader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reader").field("stream", &self.stream.key).field("cursor", &self.cursor).finish()
+    }
+}
+
+impl Reader {
+    pub(crate) fn new(stream: Arc<Stream>, protocol: Protocol, policy: CachePolicy, handle: Arc<ClientHandle>) -> Self {
+        stream.stats.readers[protocol as usize].fetch_add(1, Ordering::Relaxed);
+        metrics::global().readers_inc(protocol);
+        Self {
+            stream,
+            protocol,
+            policy,
+            handle,
+            cursor: None,
+            fresh: true,
+            sent_headers: Default::default(),
+            skip_times: VecDeque::new(),
+            skips: 0,
+            tracks: (false, false),
+        }
+    }
+
+    pub fn stream(&self) -> &Arc<Stream> {
+        &self.stream
+    }
+
+    pub fn handle(&self) -> &Arc<ClientHandle> {
+        &self.handle
+    }
+
+    /// (has_audio, has_video) as known when the reader joined; valid after the first batch.
+    pub fn tracks(&self) -> (bool, bool) {
+        self.tracks
+    }
+
+    pub fn joined(&self) -> bool {
+        self.cursor.is_some()
+    }
+
+    /// Records bytes this reader delivered (for stream and global counters).
+    pub fn add_bytes_out(&self, n: usize) {
+        self.stream.stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+        metrics::global().bytes_out(self.protocol, n as u64);
+    }
+
+    /// Fills `out` with the next packets (headers first after a join or skip). `Ready(Ok)` with a non-empty
+    /// `out`, `Ready(Err)` when the reader must stop, `Pending` until the stream has more.
+    pub fn poll_batch(&mut self, cx: &mut Context<'_>, out: &mut Vec<Arc<Packet>>) -> Poll<Result<(), EndReason>> {
+        if let Some(reason) = self.handle.kicked() {
+            return Poll::Ready(Err(EndReason::Kicked(reason)));
+        }
+        match self.try_read(out) {
+            Ok(true) => return Poll::Ready(Ok(())),
+            Ok(false) => {}
+            Err(e) => return Poll::Ready(Err(e)),
+        }
+        // Register, then look again: a push between the first look and the registration is not lost.
+        self.stream.register_waker(cx.waker());
+        self.handle.register_waker(cx.waker());
+        if let Some(reason) = self.handle.kicked() {
+            return Poll::Ready(Err(EndReason::Kicked(reason)));
+        }
+        match self.try_read(out) {
+            Ok(true) => Poll::Ready(Ok(())),
+            Ok(false) => Poll::Pending,
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    /// Async form of [`poll_batch`](Self::poll_batch).
+    pub async fn next_batch(&mut self, out: &mut Vec<Arc<Packet>>) -> Result<(), EndReason> {
+        std::future::poll_fn(|cx| self.poll_batch(cx, out)).await
+    }
+
+    fn try_read(&mut self, out: &mut Vec<Arc<Packet>>) -> Result<bool, EndReason> {
+        let stream = self.stream.clone();
+        let ring = stream.ring.read();
+        let start_len = out.len();
+        match self.cursor {
+            None => {
+                let Some(entry) = self.join_point(&ring) else {
+                    return self.closed_or_nothing();
+                };
+                self.tracks =
+                    (ring.has_audio || entry.headers.has_audio(), ring.has_video || entry.headers.has_video());
+                self.jump(&entry, out);
+            }
+            Some(c) if c < ring.first_seq => {
+                // The ring moved past us (we were blocked writing for longer than it keeps).
+                let Some(entry) = ring.keys.back().cloned() else {
+                    return self.closed_or_nothing();
+                };
+                self.count_skip()?;
+                self.jump(&entry, out);
+            }
+            Some(c) if !self.fresh => {
+                let backlog = ring.get(c).map(|p| ring.head_dts - p.frame.dts).unwrap_or(0);
+                if backlog > self.policy.max_cache.as_millis() as i64 {
+                    if let Some(entry) = ring.keys.iter().rev().find(|k| k.seq > c).cloned() {
+                        self.count_skip()?;
+                        self.jump(&entry, out);
+                    }
+                }
+            }
+            Some(_) => {}
+        }
+        self.collect(&ring, out, start_len)
+    }
+
+    fn closed_or_nothing(&self) -> Result<bool, EndReason> {
+        if self.stream.is_closed() {
+            Err(EndReason::StreamClosed)
+        } else {
+            Ok(false)
+        }
+    }
+
+    fn collect(&mut self, ring: &Ring, out: &mut Vec<Arc<Packet>>, start_len: usize) -> Result<bool, EndReason> {
+        let Some(mut c) = self.cursor else { return Ok(false) };
+        let end = ring.next_seq();
+        while c < end && out.len() - start_len < MAX_BATCH {
+            if let Some(p) = ring.get(c) {
+                if p.is_header() {
+                    self.sent_headers[p.header_slot()] = Some(p.clone());
+                }
+                out.push(p.clone());
+            }
+            c += 1;
+        }
+        self.cursor = Some(c);
+        if out.len() > start_len {
+            // Only after the burst has been handed out does a backlog count against max_cache.
+            if c >= end {
+                self.fresh = false;
+            }
+            return Ok(true);
+        }
+        if self.stream.is_closed() {
+            return Err(EndReason::StreamClosed);
+        }
+        Ok(false)
+    }
+
+    /// Where a new reader starts: the newest start point at or before (live - min_cache), moved forward if
+    /// that is more than max_cache behind; the newest start point if even that is too old.
+    fn join_point(&self, ring: &Ring) -> Option<KeyEntry> {
+        let head = ring.head_dts;
+        let min = self.policy.min_cache.as_millis() as i64;
+        let max = self.policy.max_cache.as_millis() as i64;
+        let target = head - min;
+        let mut pick = ring.keys.iter().rev().find(|k| k.dts <= target).or(ring.keys.front())?;
+        if head - pick.dts > max {
+            pick = ring.keys.iter().find(|k| head - k.dts <= max).unwrap_or(ring.keys.back()?);
+        }
+        Some(pick.clone())
+    }
+
+    /// Moves the cursor to a start point, emitting whichever of its headers this reader has not seen.
+    fn jump(&mut self, entry: &KeyEntry, out: &mut Vec<Arc<Packet>>) {
+        for (slot, h) in entry.headers.slots.iter().enumerate() {
+            if let Some(h) = h {
+                let seen = self.sent_headers[slot].as_ref().is_some_and(|s| Arc::ptr_eq(s, h));
+                if !seen {
+                    out.push(h.clone());
+                    self.sent_headers[slot] = Some(h.clone());
+                }
+            }
+        }
+        self.cursor = Some(entry.seq);
+        self.fresh = true;
+    }
+
+    fn count_skip(&mut self) -> Result<(), EndReason> {
+        let now = Instant::now();
+        self.skips += 1;
+        self.stream.stats.skips.fetch_add(1, Ordering::Relaxed);
+        metrics::global().skip(self.protocol);
+        self.skip_times.push_back(now);
+        while self.skip_times.front().is_some_and(|t| now.duration_since(*t) > Duration::from_secs(60)) {
+            self.skip_times.pop_front();
+        }
+        if self.skip_times.len() as u32 > self.policy.max_skips_per_minute {
+            return Err(EndReason::TooSlow(format!(
+                "skipped to a keyframe {} times in the last minute (max_cache {:.1}s)",
+                self.skip_times.len(),
+                self.policy.max_cache.as_secs_f64()
+            )));
+        }
+        tracing::debug!(stream = %self.stream.key, client = self.handle.id, skips = self.skips, "reader skipped to keyframe");
+        Ok(())
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.stream.stats.readers[self.protocol as usize].fetch_sub(1, Ordering::Relaxed);
+        metrics::global().readers_dec(self.protocol);
+    }
+}

@@ -1,0 +1,328 @@
+//! One live stream: its ring of recent packets (which is also the GOP cache), the keyframe index readers join
+//! at, and the wakers of readers waiting for more.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::Waker;
+use std::time::{Duration, Instant, SystemTime};
+
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::Notify;
+
+use super::packet::{HeaderSet, Packet};
+use super::{ClientHandle, Protocol, StreamKey};
+use crate::media::{Frame, MediaKind};
+
+/// A point a reader can start at: a video keyframe (or, in an audio-only stream, any audio frame), with the
+/// headers that were in force there.
+#[derive(Debug, Clone)]
+pub(crate) struct KeyEntry {
+    pub seq: u64,
+    pub dts: i64,
+    pub headers: Arc<HeaderSet>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Ring {
+    pub packets: VecDeque<Arc<Packet>>,
+    /// Sequence number of `packets[0]`; the next packet gets `first_seq + packets.len()`.
+    pub first_seq: u64,
+    pub keys: VecDeque<KeyEntry>,
+    pub headers: Arc<HeaderSet>,
+    pub bytes: usize,
+    pub has_video: bool,
+    pub has_audio: bool,
+    pub head_dts: i64,
+}
+
+impl Ring {
+    pub fn next_seq(&self) -> u64 {
+        self.first_seq + self.packets.len() as u64
+    }
+
+    pub fn get(&self, seq: u64) -> Option<&Arc<Packet>> {
+        seq.checked_sub(self.first_seq).and_then(|i| self.packets.get(i as usize))
+    }
+}
+
+/// What the hub keeps about who is publishing.
+#[derive(Debug, Clone)]
+pub struct PublisherInfo {
+    pub client_id: u64,
+    pub protocol: Protocol,
+    pub addr: Option<SocketAddr>,
+    /// The query string of the publish URL (signature parameters removed).
+    pub param: String,
+}
+
+#[derive(Debug)]
+pub(crate) struct PublishState {
+    pub publisher: Option<(PublisherInfo, Arc<ClientHandle>)>,
+    /// Bumped on every publish, so a grace timer knows whether the publisher it waited for came back.
+    pub generation: u64,
+    pub published_at: Instant,
+    pub published_wall: SystemTime,
+}
+
+/// Counters the API and metrics read; written with relaxed atomics on the hot path.
+#[derive(Debug, Default)]
+pub struct StreamStats {
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub frames_in: AtomicU64,
+    pub video_frames: AtomicU64,
+    pub last_key_interval_ms: AtomicI64,
+    pub readers: [AtomicUsize; Protocol::COUNT],
+    pub skips: AtomicU64,
+}
+
+/// Bytes-per-second over the last full second, computed lazily from totals.
+#[derive(Debug)]
+pub(crate) struct RateMeter {
+    pub at: Instant,
+    pub in_total: u64,
+    pub out_total: u64,
+    pub frames: u64,
+    pub in_rate: f64,
+    pub out_rate: f64,
+    pub fps: f64,
+}
+
+pub struct Stream {
+    pub key: StreamKey,
+    pub id: u64,
+    pub(crate) ring: RwLock<Ring>,
+    wakers: Mutex<Vec<Waker>>,
+    /// Tells the stream's flusher task that packets arrived; it wakes readers at most once per flush interval.
+    pub(crate) flush_signal: Notify,
+    pub(crate) flush_interval: Duration,
+    pub(crate) state: Mutex<PublishState>,
+    pub(crate) rate: Mutex<RateMeter>,
+    pub stats: StreamStats,
+    closed: AtomicBool,
+    last_dts: AtomicI64,
+    retention_ms: i64,
+    max_bytes: usize,
+    pub created: Instant,
+}
+
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stream").field("key", &self.key).field("id", &self.id).finish()
+    }
+}
+
+impl Stream {
+    pub(crate) fn new(
+        key: StreamKey,
+        id: u64,
+        retention: Duration,
+        max_bytes: usize,
+        flush_interval: Duration,
+    ) -> Self {
+        let now = Instant::now();
+        Self {
+            key,
+            id,
+            ring: RwLock::new(Ring {
+                packets: VecDeque::new(),
+                first_seq: 0,
+                keys: VecDeque::new(),
+                headers: Arc::new(HeaderSet::default()),
+                bytes: 0,
+                has_video: false,
+                has_audio: false,
+                head_dts: 0,
+            }),
+            wakers: Mutex::new(Vec::new()),
+            flush_signal: Notify::new(),
+            flush_interval,
+            state: Mutex::new(PublishState {
+                publisher: None,
+                generation: 0,
+                published_at: now,
+                published_wall: SystemTime::now(),
+            }),
+            rate: Mutex::new(RateMeter {
+                at: now,
+                in_total: 0,
+                out_total: 0,
+                frames: 0,
+                in_rate: 0.0,
+                out_rate: 0.0,
+                fps: 0.0,
+            }),
+            stats: StreamStats::default(),
+            closed: AtomicBool::new(false),
+            last_dts: AtomicI64::new(i64::MIN),
+            retention_ms: retention.as_millis() as i64,
+            max_bytes,
+            created: now,
+        }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Ends the stream for every reader (they drain nothing more and close cleanly).
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.flush_signal.notify_one();
+        self.wake_readers();
+    }
+
+    /// Newest dts pushed so far, if any.
+    pub fn last_dts(&self) -> Option<i64> {
+        let v = self.last_dts.load(Ordering::Acquire);
+        (v != i64::MIN).then_some(v)
+    }
+
+    pub fn headers(&self) -> Arc<HeaderSet> {
+        self.ring.read().headers.clone()
+    }
+
+    pub fn publisher(&self) -> Option<PublisherInfo> {
+        self.state.lock().publisher.as_ref().map(|(p, _)| p.clone())
+    }
+
+    /// Adds a frame. Never blocks on readers: the ring lock is held only to append and trim.
+    pub fn push(&self, frame: Frame, received: Instant) {
+        let len = frame.payload.len() as u64;
+        self.stats.bytes_in.fetch_add(len, Ordering::Relaxed);
+        self.stats.frames_in.fetch_add(1, Ordering::Relaxed);
+        if frame.kind == MediaKind::Video && !frame.config {
+            self.stats.video_frames.fetch_add(1, Ordering::Relaxed);
+        }
+        {
+            let mut ring = self.ring.write();
+            let seq = ring.next_seq();
+            let dts = frame.dts;
+            let packet = Packet::new(seq, frame, received);
+            let f = &packet.frame;
+            if f.config {
+                let same =
+                    ring.headers.slots[packet.header_slot()].as_ref().is_some_and(|p| p.frame.payload == f.payload);
+                if same {
+                    // A republish usually resends identical headers: forwarding them would only reset decoders.
+                    return;
+                }
+                let mut hs = (*ring.headers).clone();
+                hs.slots[packet.header_slot()] = Some(packet.clone());
+                ring.headers = Arc::new(hs);
+            } else {
+                match f.kind {
+                    MediaKind::Video => ring.has_video = true,
+                    MediaKind::Audio => ring.has_audio = true,
+                    MediaKind::Data => {}
+                }
+                let is_key = match f.kind {
+                    MediaKind::Video => f.keyframe,
+                    MediaKind::Audio => !ring.has_video,
+                    MediaKind::Data => false,
+                };
+                if is_key {
+                    if f.kind == MediaKind::Video {
+                        if let Some(prev) = ring.keys.back() {
+                            self.stats.last_key_interval_ms.store(dts - prev.dts, Ordering::Relaxed);
+                        }
+                        // Audio-only start points are useless once video flows: a reader starting there
+                        // would get video that begins mid-GOP.
+                        let Ring { keys, packets, first_seq, .. } = &mut *ring;
+                        keys.retain(|k| ring_is_video_key(packets, *first_seq, k.seq));
+                    }
+                    let headers = ring.headers.clone();
+                    ring.keys.push_back(KeyEntry { seq, dts, headers });
+                }
+                ring.head_dts = ring.head_dts.max(dts);
+            }
+            ring.bytes += packet.frame.payload.len();
+            ring.packets.push_back(packet);
+            self.trim(&mut ring);
+            self.last_dts.fetch_max(dts, Ordering::AcqRel);
+        }
+        if self.flush_interval.is_zero() {
+            self.wake_readers();
+        } else {
+            self.flush_signal.notify_one();
+        }
+    }
+
+    /// Drops what no reader may still need: everything before the newest keyframe that is at least the
+    /// retention window old, and (for streams with absurd GOPs) whatever exceeds the byte cap.
+    fn trim(&self, ring: &mut Ring) {
+        let horizon = ring.head_dts - self.retention_ms;
+        while ring.keys.len() >= 2 && ring.keys[1].dts <= horizon {
+            ring.keys.pop_front();
+        }
+        let keep_from = match ring.keys.front() {
+            Some(k) => k.seq,
+            None => ring.first_seq,
+        };
+        while ring.first_seq < keep_from || (ring.bytes > self.max_bytes && ring.packets.len() > 1) {
+            let Some(p) = ring.packets.pop_front() else { break };
+            ring.bytes -= p.frame.payload.len();
+            ring.first_seq += 1;
+        }
+        while ring.keys.front().is_some_and(|k| k.seq < ring.first_seq) {
+            ring.keys.pop_front();
+        }
+    }
+
+    pub(crate) fn register_waker(&self, waker: &Waker) {
+        let mut w = self.wakers.lock();
+        if !w.iter().any(|x| x.will_wake(waker)) || w.len() > 4096 {
+            w.push(waker.clone());
+        }
+    }
+
+    pub(crate) fn wake_readers(&self) {
+        let wakers = std::mem::take(&mut *self.wakers.lock());
+        for w in wakers {
+            w.wake();
+        }
+    }
+
+    /// Runs for the stream's life: turns bursts of pushes into one reader wake-up per flush interval, so a
+    /// reader writes once per interval rather than once per frame.
+    pub(crate) async fn run_flusher(self: Arc<Self>) {
+        loop {
+            self.flush_signal.notified().await;
+            self.wake_readers();
+            if self.is_closed() {
+                return;
+            }
+            tokio::time::sleep(self.flush_interval).await;
+        }
+    }
+
+    pub fn reader_count(&self) -> usize {
+        self.stats.readers.iter().map(|r| r.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Current rates, recomputed when the last sample is at least a second old.
+    pub fn rates(&self) -> (f64, f64, f64) {
+        let mut r = self.rate.lock();
+        let now = Instant::now();
+        let elapsed = now.duration_since(r.at).as_secs_f64();
+        if elapsed >= 1.0 {
+            let inb = self.stats.bytes_in.load(Ordering::Relaxed);
+            let outb = self.stats.bytes_out.load(Ordering::Relaxed);
+            let frames = self.stats.video_frames.load(Ordering::Relaxed);
+            r.in_rate = (inb - r.in_total) as f64 * 8.0 / elapsed;
+            r.out_rate = (outb - r.out_total) as f64 * 8.0 / elapsed;
+            r.fps = (frames - r.frames) as f64 / elapsed;
+            r.in_total = inb;
+            r.out_total = outb;
+            r.frames = frames;
+            r.at = now;
+        }
+        (r.in_rate, r.out_rate, r.fps)
+    }
+}
+
+fn ring_is_video_key(packets: &VecDeque<Arc<Packet>>, first_seq: u64, seq: u64) -> bool {
+    seq.checked_sub(first_seq).and_then(|i| packets.get(i as usize)).is_some_and(|p| p.frame.kind == MediaKind::Video)
+}

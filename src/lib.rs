@@ -1,0 +1,17 @@
+//! livegate: a self-hosted media gateway for WeChat mini programs and browsers.
+//!
+//! The crate is cut the way `ARCHITECTURE.md` describes: pure protocol code in `media` and `rtmp::{chunk,
+//! handshake, message}`, the stream registry and fan-out in `hub`, and thin socket adapters (`rtmp::server`,
+//! `http`) around them.
+
+pub mod auth;
+pub mod config;
+pub mod events;
+pub mod http;
+pub mod hub;
+pub mod media;
+pub mod metrics;
+pub mod names;
+pub mod netio;
+pub mod rtmp;
+pub mod server;

@@ -1,0 +1,126 @@
+//! `livegate` command line: serve, check a config, sign URLs.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use livegate::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "livegate",
+    version,
+    about = "Media gateway for WeChat mini programs and browsers: RTMP, HTTP-FLV, control API"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the server (on the embedded default config unless --config is given).
+    Serve {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a config file and exit (non-zero with the reason if it is invalid).
+    CheckConfig { file: PathBuf },
+    /// Print signed push and play URLs (txSecret/txTime) for a stream.
+    Sign {
+        #[arg(long, default_value = "live")]
+        app: String,
+        #[arg(long)]
+        stream: String,
+        /// How long the URL stays valid: 90s, 30m, 1h, 7d.
+        #[arg(long, default_value = "1h")]
+        expire: String,
+        /// Sign the play URLs (with play_key) instead of the push URL (push_key).
+        #[arg(long)]
+        play: bool,
+        /// Host (and optional port) to put in the URLs.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        /// Use this key instead of the one in the config.
+        #[arg(long)]
+        key: Option<String>,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn load(config: Option<&PathBuf>) -> anyhow::Result<Config> {
+    match config {
+        Some(p) => Config::load(p).with_context(|| format!("config {}", p.display())),
+        None => Ok(Config::default_config()),
+    }
+}
+
+fn parse_duration(s: &str) -> anyhow::Result<Duration> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().with_context(|| format!("{s:?} is not a duration like 90s, 30m, 1h, 7d"))?;
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => anyhow::bail!("{s:?}: unknown unit {unit:?} (use s, m, h or d)"),
+    };
+    Ok(Duration::from_secs(n * mult))
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd.unwrap_or(Cmd::Serve { config: None }) {
+        Cmd::Serve { config } => {
+            let cfg = load(config.as_ref())?;
+            let filter = std::env::var("RUST_LOG").ok().unwrap_or_else(|| cfg.log.level.clone());
+            tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new(filter)).init();
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            rt.block_on(livegate::server::run(cfg))?;
+            // Connections still draining are not worth waiting for once the deadline passed.
+            rt.shutdown_timeout(Duration::from_secs(1));
+            Ok(())
+        }
+        Cmd::CheckConfig { file } => {
+            Config::load(&file).with_context(|| format!("config {}", file.display()))?;
+            println!("{}: ok", file.display());
+            Ok(())
+        }
+        Cmd::Sign { app, stream, expire, play, host, key, config } => {
+            let cfg = load(config.as_ref())?;
+            livegate::names::validate("app", &app)?;
+            livegate::names::validate("stream", &stream)?;
+            let key = match key {
+                Some(k) => k,
+                None => {
+                    let a = cfg.app(&app).with_context(|| format!("app {app:?} is not in the config"))?;
+                    if play {
+                        a.play_key.clone()
+                    } else {
+                        a.push_key.clone()
+                    }
+                }
+            };
+            anyhow::ensure!(
+                !key.is_empty(),
+                "app {app:?} has no {} configured (pass --key)",
+                if play { "play_key" } else { "push_key" }
+            );
+            let expiry = livegate::auth::unix_now() + parse_duration(&expire)?.as_secs();
+            let tx_time = format!("{expiry:X}");
+            let secret = livegate::auth::sign(&key, &stream, &tx_time);
+            let q = format!("txSecret={secret}&txTime={tx_time}");
+            let (rtmp_port, http_port) = (cfg.rtmp.listen.port(), cfg.http.listen.port());
+            if play {
+                println!("rtmp://{host}:{rtmp_port}/{app}/{stream}?{q}");
+                println!("http://{host}:{http_port}/{app}/{stream}.flv?{q}");
+            } else {
+                println!("rtmp://{host}:{rtmp_port}/{app}/{stream}?{q}");
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! The one media model every ingest produces and every egress reads (ARCHITECTURE invariant 1).
+
+pub mod aac;
+pub mod amf0;
+pub mod avc;
+pub mod flv;
+
+use bytes::Bytes;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MediaKind {
+    Audio,
+    Video,
+    /// Script data such as `onMetaData`.
+    Data,
+}
+
+/// Codec of a track, as far as the hub needs to know it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    H264,
+    Aac,
+    /// An audio codec carried through untouched (MP3, G.711, Speex ...). The FLV sound byte is kept so FLV
+    /// egress can rebuild the tag exactly.
+    OtherAudio {
+        flv_sound_byte: u8,
+    },
+    /// Script data (AMF0).
+    Amf0,
+}
+
+impl Codec {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Codec::H264 => "H264",
+            Codec::Aac => "AAC",
+            Codec::OtherAudio { flv_sound_byte } => match flv_sound_byte >> 4 {
+                2 | 14 => "MP3",
+                7 => "PCMA",
+                8 => "PCMU",
+                11 => "Speex",
+                _ => "audio",
+            },
+            Codec::Amf0 => "AMF0",
+        }
+    }
+}
+
+/// One access unit (or codec configuration) on the stream's timeline.
+///
+/// `payload` is codec-level data: AVCC length-prefixed NAL units for H.264 (the AVC decoder configuration
+/// record when `config` is set), raw AAC frames (the AudioSpecificConfig when `config` is set), AMF0 bytes for
+/// script data. Container framing (FLV tags, RTMP chunks) is added by each egress format, once per frame.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Frame {
+    pub kind: MediaKind,
+    pub codec: Codec,
+    /// Decode timestamp in milliseconds on the stream's continuous timeline.
+    pub dts: i64,
+    /// Composition offset (pts - dts) in milliseconds; non-zero means B-frames.
+    pub cts: i32,
+    pub keyframe: bool,
+    /// Codec configuration (sequence header) rather than media.
+    pub config: bool,
+    pub payload: Bytes,
+}
+
+impl Frame {
+    pub fn pts(&self) -> i64 {
+        self.dts + self.cts as i64
+    }
+}

@@ -1,0 +1,149 @@
+//! Process-wide counters rendered in the Prometheus text format at `GET /metrics`.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use crate::hub::{Hub, Protocol};
+
+/// Upper bounds (seconds) of the ingest→egress latency histogram.
+const LATENCY_BUCKETS: [f64; 12] = [0.001, 0.002, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56];
+
+#[derive(Default)]
+pub struct Metrics {
+    readers: [AtomicI64; Protocol::COUNT],
+    bytes_out: [AtomicU64; Protocol::COUNT],
+    skips: [AtomicU64; Protocol::COUNT],
+    pub bytes_in: AtomicU64,
+    pub connections: AtomicU64,
+    pub disconnects_slow: AtomicU64,
+    pub disconnects_kicked: AtomicU64,
+    pub disconnects_error: AtomicU64,
+    pub publish_refused: AtomicU64,
+    pub play_refused: AtomicU64,
+    latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    latency_count: AtomicU64,
+    latency_sum_us: AtomicU64,
+}
+
+pub fn global() -> &'static Metrics {
+    static M: OnceLock<Metrics> = OnceLock::new();
+    M.get_or_init(Metrics::default)
+}
+
+impl Metrics {
+    pub fn readers_inc(&self, p: Protocol) {
+        self.readers[p as usize].fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn readers_dec(&self, p: Protocol) {
+        self.readers[p as usize].fetch_sub(1, Ordering::Relaxed);
+    }
+    pub fn bytes_out(&self, p: Protocol, n: u64) {
+        self.bytes_out[p as usize].fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn skip(&self, p: Protocol) {
+        self.skips[p as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One observation of the time from ingest to the write that delivered a frame.
+    pub fn observe_latency(&self, d: Duration) {
+        let s = d.as_secs_f64();
+        if let Some(i) = LATENCY_BUCKETS.iter().position(|b| s <= *b) {
+            self.latency_buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.latency_count.fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_us.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    pub fn render(&self, hub: &Hub) -> String {
+        let mut o = String::with_capacity(4096);
+        let streams = hub.streams();
+        let live = streams.iter().filter(|s| s.publisher().is_some()).count();
+        let _ = writeln!(o, "# HELP livegate_streams Streams in the hub (live = with a publisher).");
+        let _ = writeln!(o, "# TYPE livegate_streams gauge");
+        let _ = writeln!(o, "livegate_streams{{state=\"live\"}} {live}");
+        let _ = writeln!(o, "livegate_streams{{state=\"waiting\"}} {}", streams.len() - live);
+        let _ = writeln!(o, "# HELP livegate_clients Connected clients.");
+        let _ = writeln!(o, "# TYPE livegate_clients gauge");
+        let _ = writeln!(o, "livegate_clients {}", hub.clients().len());
+        let _ = writeln!(o, "# HELP livegate_readers Attached readers by protocol.");
+        let _ = writeln!(o, "# TYPE livegate_readers gauge");
+        for p in Protocol::ALL {
+            let _ = writeln!(
+                o,
+                "livegate_readers{{protocol=\"{}\"}} {}",
+                p.as_str(),
+                self.readers[p as usize].load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(o, "# HELP livegate_bytes_in_total Media payload bytes received from publishers.");
+        let _ = writeln!(o, "# TYPE livegate_bytes_in_total counter");
+        let _ = writeln!(o, "livegate_bytes_in_total {}", self.bytes_in.load(Ordering::Relaxed));
+        let _ = writeln!(o, "# HELP livegate_bytes_out_total Bytes delivered to readers.");
+        let _ = writeln!(o, "# TYPE livegate_bytes_out_total counter");
+        for p in Protocol::ALL {
+            let _ = writeln!(
+                o,
+                "livegate_bytes_out_total{{protocol=\"{}\"}} {}",
+                p.as_str(),
+                self.bytes_out[p as usize].load(Ordering::Relaxed)
+            );
+        }
+        let _ =
+            writeln!(o, "# HELP livegate_reader_skips_total Times a reader over its max_cache skipped to a keyframe.");
+        let _ = writeln!(o, "# TYPE livegate_reader_skips_total counter");
+        for p in Protocol::ALL {
+            let _ = writeln!(
+                o,
+                "livegate_reader_skips_total{{protocol=\"{}\"}} {}",
+                p.as_str(),
+                self.skips[p as usize].load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(o, "# HELP livegate_disconnects_total Connections ended by livegate, by reason.");
+        let _ = writeln!(o, "# TYPE livegate_disconnects_total counter");
+        let _ = writeln!(
+            o,
+            "livegate_disconnects_total{{reason=\"too_slow\"}} {}",
+            self.disconnects_slow.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            o,
+            "livegate_disconnects_total{{reason=\"kicked\"}} {}",
+            self.disconnects_kicked.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            o,
+            "livegate_disconnects_total{{reason=\"error\"}} {}",
+            self.disconnects_error.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(o, "# HELP livegate_connections_total Connections accepted.");
+        let _ = writeln!(o, "# TYPE livegate_connections_total counter");
+        let _ = writeln!(o, "livegate_connections_total {}", self.connections.load(Ordering::Relaxed));
+        let _ = writeln!(
+            o,
+            "# HELP livegate_refused_total Publish and play requests refused (auth, name, busy, not found)."
+        );
+        let _ = writeln!(o, "# TYPE livegate_refused_total counter");
+        let _ =
+            writeln!(o, "livegate_refused_total{{op=\"publish\"}} {}", self.publish_refused.load(Ordering::Relaxed));
+        let _ = writeln!(o, "livegate_refused_total{{op=\"play\"}} {}", self.play_refused.load(Ordering::Relaxed));
+        let _ = writeln!(o, "# HELP livegate_egress_latency_seconds Time from a frame's arrival at ingest to the write that delivered it.");
+        let _ = writeln!(o, "# TYPE livegate_egress_latency_seconds histogram");
+        let mut cum = 0;
+        for (i, b) in LATENCY_BUCKETS.iter().enumerate() {
+            cum += self.latency_buckets[i].load(Ordering::Relaxed);
+            let _ = writeln!(o, "livegate_egress_latency_seconds_bucket{{le=\"{b}\"}} {cum}");
+        }
+        let count = self.latency_count.load(Ordering::Relaxed);
+        let _ = writeln!(o, "livegate_egress_latency_seconds_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            o,
+            "livegate_egress_latency_seconds_sum {}",
+            self.latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(o, "livegate_egress_latency_seconds_count {count}");
+        o
+    }
+}

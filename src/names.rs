@@ -1,0 +1,113 @@
+//! Validation of app and stream names, which end up in URLs, logs and (later) file paths.
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum NameError {
+    #[error("{0} name is empty")]
+    Empty(&'static str),
+    #[error("{what} name is {len} characters long (at most {MAX_NAME_LEN})")]
+    TooLong { what: &'static str, len: usize },
+    #[error("{what} name contains {ch:?}: only letters, digits, '-', '_' and '.' are allowed")]
+    BadChar { what: &'static str, ch: char },
+    #[error("{0} name may not start with '.' or contain \"..\"")]
+    Dots(&'static str),
+}
+
+pub const MAX_NAME_LEN: usize = 128;
+
+/// Checks an app or stream name: a single path segment of safe characters.
+pub fn validate(what: &'static str, name: &str) -> Result<(), NameError> {
+    if name.is_empty() {
+        return Err(NameError::Empty(what));
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(NameError::TooLong { what, len: name.len() });
+    }
+    if let Some(ch) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))) {
+        return Err(NameError::BadChar { what, ch });
+    }
+    if name.starts_with('.') || name.contains("..") {
+        return Err(NameError::Dots(what));
+    }
+    Ok(())
+}
+
+/// Splits `name?query` into its parts.
+pub fn split_query(s: &str) -> (&str, &str) {
+    match s.split_once('?') {
+        Some((a, b)) => (a, b),
+        None => (s, ""),
+    }
+}
+
+/// Decodes `k=v&k2=v2` (percent-decoding values); later keys win.
+pub fn parse_query(q: &str) -> Vec<(String, String)> {
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+pub fn query_get<'a>(q: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    q.iter().rev().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v.as_str())
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+                match hex {
+                    Some(v) => {
+                        out.push(v);
+                        i += 3;
+                    }
+                    None => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(validate("stream", "test").is_ok());
+        assert!(validate("stream", "room-1_a.b").is_ok());
+        assert_eq!(validate("stream", ""), Err(NameError::Empty("stream")));
+        assert_eq!(validate("stream", "../etc"), Err(NameError::BadChar { what: "stream", ch: '/' }));
+        assert_eq!(validate("stream", "a..b"), Err(NameError::Dots("stream")));
+        assert_eq!(validate("stream", ".hidden"), Err(NameError::Dots("stream")));
+        assert_eq!(validate("stream", "a\0b"), Err(NameError::BadChar { what: "stream", ch: '\0' }));
+        assert!(matches!(validate("stream", &"x".repeat(500)), Err(NameError::TooLong { len: 500, .. })));
+    }
+
+    #[test]
+    fn queries() {
+        let q = parse_query("txSecret=abc&txTime=5C271099&x=a%20b&y=%zz");
+        assert_eq!(query_get(&q, "txsecret"), Some("abc"));
+        assert_eq!(query_get(&q, "x"), Some("a b"));
+        assert_eq!(query_get(&q, "y"), Some("%zz"));
+        assert_eq!(split_query("test?a=1"), ("test", "a=1"));
+    }
+}

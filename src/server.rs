@@ -1,0 +1,181 @@
+//! Process wiring: shared state, access checks, the listeners, and graceful shutdown.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+
+use crate::auth::{self, AuthError};
+use crate::config::Config;
+use crate::events::{Event, EventBus, WebhookError, Webhooks};
+use crate::hub::{Hub, PublisherInfo, StreamKey};
+use crate::names::{self, NameError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Publish,
+    Play,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AccessError {
+    #[error("unknown app {0:?}: it is not configured under [apps]")]
+    UnknownApp(String),
+    #[error("{0}")]
+    BadName(#[from] NameError),
+    #[error("signature check failed: {0}")]
+    Auth(#[from] AuthError),
+    #[error("on_publish webhook refused: {0}")]
+    Webhook(#[from] WebhookError),
+}
+
+pub struct AppState {
+    pub hub: Hub,
+    pub config: Arc<Config>,
+    pub webhooks: Webhooks,
+    started: Instant,
+    connections: Arc<AtomicUsize>,
+}
+
+/// Counts a connection against `rtmp.max_connections` until dropped.
+pub struct ConnPermit(Arc<AtomicUsize>);
+
+impl Drop for ConnPermit {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl AppState {
+    pub fn new(config: Config) -> Arc<Self> {
+        let events = EventBus::new();
+        let hub = Hub::new(config.hub_options(), events);
+        let webhooks = Webhooks::new(config.webhooks.clone());
+        Arc::new(Self {
+            hub,
+            config: Arc::new(config),
+            webhooks,
+            started: Instant::now(),
+            connections: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    pub fn uptime_ms(&self) -> u32 {
+        self.started.elapsed().as_millis() as u32
+    }
+
+    pub fn try_connection(&self) -> Option<ConnPermit> {
+        let n = self.connections.fetch_add(1, Ordering::Relaxed);
+        let permit = ConnPermit(self.connections.clone());
+        (n < self.config.rtmp.max_connections).then_some(permit)
+    }
+
+    pub fn check_app(&self, app: &str) -> Result<(), AccessError> {
+        names::validate("app", app)?;
+        if self.config.app(app).is_none() {
+            return Err(AccessError::UnknownApp(app.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Name, app, signature and (for publish) the on_publish webhook.
+    pub async fn authorize(
+        &self,
+        op: Op,
+        key: &StreamKey,
+        query: &[(String, String)],
+        info: &PublisherInfo,
+    ) -> Result<(), AccessError> {
+        match op {
+            Op::Play => self.authorize_play(key, query),
+            Op::Publish => {
+                self.check_app(&key.app)?;
+                names::validate("stream", &key.name)?;
+                let app = self.config.app(&key.app).ok_or_else(|| AccessError::UnknownApp(key.app.clone()))?;
+                auth::verify(
+                    &app.push_keys(),
+                    &key.name,
+                    names::query_get(query, "txSecret"),
+                    names::query_get(query, "txTime"),
+                    auth::unix_now(),
+                )?;
+                let event = Event::Publish {
+                    stream: key.to_string(),
+                    client_id: info.client_id,
+                    protocol: info.protocol,
+                    addr: info.addr.map(|a| a.to_string()),
+                    param: info.param.clone(),
+                };
+                self.webhooks.authorize_publish(&event).await?;
+                Ok(())
+            }
+        }
+    }
+
+    pub fn authorize_play(&self, key: &StreamKey, query: &[(String, String)]) -> Result<(), AccessError> {
+        self.check_app(&key.app)?;
+        names::validate("stream", &key.name)?;
+        let app = self.config.app(&key.app).ok_or_else(|| AccessError::UnknownApp(key.app.clone()))?;
+        auth::verify(
+            &app.play_keys(),
+            &key.name,
+            names::query_get(query, "txSecret"),
+            names::query_get(query, "txTime"),
+            auth::unix_now(),
+        )?;
+        Ok(())
+    }
+}
+
+/// Raises the open-file limit to its hard maximum: every player is a socket.
+pub fn raise_fd_limit() {
+    unsafe {
+        let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
+}
+
+/// Binds the listeners, serves until SIGTERM/SIGINT, then drains: stop accepting, end every stream so
+/// readers close cleanly, give connections a moment to flush, return.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    raise_fd_limit();
+    let state = AppState::new(config);
+    let rtmp = TcpListener::bind(state.config.rtmp.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen for RTMP on {}: {e}", state.config.rtmp.listen))?;
+    let http = TcpListener::bind(state.config.http.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen for HTTP on {}: {e}", state.config.http.listen))?;
+    tracing::info!(rtmp = %rtmp.local_addr()?, http = %http.local_addr()?, "livegate listening");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(state.webhooks.clone().run(state.hub.events().clone()));
+    let rtmp_task = tokio::spawn(crate::rtmp::server::serve(rtmp, state.clone(), stop_rx.clone()));
+    let http_task = tokio::spawn(crate::http::serve(http, state.clone(), stop_rx.clone()));
+
+    wait_for_signal().await;
+    tracing::info!("shutting down: draining connections");
+    let _ = stop_tx.send(true);
+    let _ = rtmp_task.await;
+    let _ = http_task.await;
+    state.hub.shutdown();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !state.hub.clients().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tracing::info!(remaining = state.hub.clients().len(), "stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

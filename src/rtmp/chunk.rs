@@ -207,7 +207,8 @@ impl ChunkDecoder {
                 return Err(ChunkError::TooMuchPending(pending_after));
             }
             self.pending = pending_after;
-            cs.partial = Some(BytesMut::with_capacity(cs.length as usize));
+            // Grow with the data rather than trusting the announced length up front.
+            cs.partial = Some(BytesMut::with_capacity((cs.length as usize).min(1 << 20)));
         }
         buf.advance(pos);
         let data = buf.split_to(take);
@@ -366,7 +367,8 @@ mod tests {
         let mut d = ChunkDecoder::new();
         let mut err = None;
         for csid in 3..40u8 {
-            let mut buf = BytesMut::from(&[csid, 0, 0, 0, 0xFF, 0xFF, 0xFF, 9, 1, 0, 0, 0, 1][..]);
+            let mut buf = BytesMut::from(&[csid, 0, 0, 0, 0xFF, 0xFF, 0xFF, 9, 1, 0, 0, 0][..]);
+            buf.extend_from_slice(&[0u8; 128]);
             if let Err(e) = d.decode(&mut buf) {
                 err = Some(e);
                 break;

@@ -1,0 +1,238 @@
+//! Who may publish and play: signed URLs, one publisher per stream, kicks, API access, webhooks, the CLI.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use livegate::auth::sign;
+
+const KEY: &str = "e12c46f2612d5106e2034781ab261ca3";
+const BACKUP: &str = "0123456789abcdef0123456789abcdef";
+
+fn signed(key: &str, stream: &str, expiry: u64) -> String {
+    let t = format!("{expiry:X}");
+    format!("txSecret={}&txTime={t}", sign(key, stream, &t))
+}
+
+fn now() -> u64 {
+    livegate::auth::unix_now()
+}
+
+#[test]
+fn push_signatures_good_wrong_expired_and_backup() {
+    let srv = Server::start(&format!(
+        "[apps.live]\npush_key = \"{KEY}\"\npush_key_backup = \"{BACKUP}\"\nplay_key = \"{KEY}\"\n"
+    ));
+    let src = media("360p");
+    // Wrong key and expired signatures are refused, and ffmpeg prints the server's reason.
+    for (q, why) in [
+        (signed("not-the-key", "s1", now() + 3600), "txSecret does not match"),
+        (signed(KEY, "s1", now() - 10), "expired"),
+        (String::new(), "missing txSecret"),
+    ] {
+        let mut p = push(&src, &format!("{}?{q}", srv.rtmp_url("s1")));
+        let st = p.wait(Duration::from_secs(20)).expect("refused publisher exits");
+        assert!(!st.success());
+        assert!(p.stderr().contains(why), "expected {why:?} in ffmpeg's output: {}", p.stderr());
+    }
+    assert!(srv.stream_json("s1").is_none());
+
+    // The primary key works, on the stream name ...
+    let _ok = push(&src, &format!("{}?{}", srv.rtmp_url("s1"), signed(KEY, "s1", now() + 3600)));
+    srv.wait_live("s1");
+    // ... and the backup key works too, here with the query on the app (tcUrl) instead.
+    let url = format!("rtmp://127.0.0.1:{}/live?{}/s2", srv.rtmp_port, signed(BACKUP, "s2", now() + 3600));
+    let _ok2 = push(&src, &url);
+    srv.wait_live("s2");
+
+    // Playing needs the play signature: 403 JSON without it, media with it.
+    let r = http_get(srv.http_port, "/live/s1.flv").unwrap();
+    assert_eq!(r.status, 403);
+    assert_eq!(r.json()["error"], "forbidden");
+    assert!(r.json()["detail"].as_str().unwrap().contains("txSecret"), "{}", r.json());
+    let mut c = FlvClient::connect(srv.http_port, &format!("/live/s1.flv?{}", signed(KEY, "s1", now() + 60)), None);
+    assert_eq!(c.status, 200);
+    assert!(c.next_tag(Duration::from_secs(5)).is_some());
+}
+
+#[test]
+fn second_publisher_is_refused_and_takeover_is_configurable() {
+    let srv = Server::start("");
+    let src = media("360p");
+    let mut first = push(&src, &srv.rtmp_url("one"));
+    srv.wait_live("one");
+    let mut second = push(&src, &srv.rtmp_url("one"));
+    let st = second.wait(Duration::from_secs(20)).expect("second publisher refused");
+    assert!(!st.success());
+    assert!(second.stderr().contains("already being published"), "{}", second.stderr());
+    assert!(first.running(), "the first publisher is untouched");
+
+    let srv2 = Server::start("[hub]\nallow_takeover = true\n");
+    let mut a = push(&src, &srv2.rtmp_url("t"));
+    srv2.wait_live("t");
+    let publisher_a = srv2.stream_json("t").unwrap()["publisher"]["client_id"].clone();
+    let mut b = push(&src, &srv2.rtmp_url("t"));
+    assert!(wait_until(Duration::from_secs(10), || !a.running()), "old publisher kicked on takeover");
+    assert!(b.running());
+    assert!(wait_until(Duration::from_secs(10), || {
+        srv2.stream_json("t").is_some_and(|j| j["publisher"]["client_id"] != publisher_a && j["state"] == "live")
+    }));
+}
+
+#[test]
+fn api_lists_kicks_and_guards() {
+    let srv = Server::start("[hub]\nreconnect_grace_secs = 30.0\n");
+    let mut p = push(&media("360p"), &srv.rtmp_url("api"));
+    srv.wait_live("api");
+    let mut c = FlvClient::connect(srv.http_port, "/live/api.flv", None);
+    c.read_for(Duration::from_millis(1500));
+
+    let list = srv.api("GET", "/api/v1/streams").json();
+    let s = &list["streams"][0];
+    assert_eq!(s["stream"], "api");
+    assert_eq!(s["readers"]["http-flv"], 1);
+    assert_eq!(s["video"]["codec"], "H264");
+    assert!(s["publisher"]["addr"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert!(s["bytes_out"].as_u64().unwrap() > 0);
+
+    let clients = srv.api("GET", "/api/v1/clients").json();
+    let player =
+        clients["clients"].as_array().unwrap().iter().find(|c| c["role"] == "player").expect("player listed").clone();
+    assert_eq!(player["protocol"], "http-flv");
+
+    // Kick the player: its connection closes.
+    let r = srv.api("DELETE", &format!("/api/v1/clients/{}", player["id"]));
+    assert_eq!(r.status, 200);
+    assert!(wait_until(Duration::from_secs(5), || {
+        c.read_for(Duration::from_millis(100));
+        c.eof
+    }));
+
+    // Kick the publisher: ffmpeg exits, the stream waits out its grace.
+    let r = srv.api("DELETE", "/api/v1/streams/live/api");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert!(p.wait(Duration::from_secs(10)).is_some(), "publisher disconnected");
+    assert!(wait_until(Duration::from_secs(5), || srv.stream_json("api").is_some_and(|j| j["state"] == "waiting")));
+
+    assert_eq!(srv.api("DELETE", "/api/v1/streams/live/nope").status, 404);
+    assert_eq!(srv.api("GET", "/api/v1/streams/live/nope").json()["error"], "stream_not_found");
+    assert_eq!(srv.api("DELETE", "/api/v1/clients/999999").status, 404);
+    let m = String::from_utf8(srv.api("GET", "/metrics").body).unwrap();
+    assert!(m.contains("livegate_readers{protocol=\"http-flv\"}"), "{m}");
+    assert!(m.contains("livegate_egress_latency_seconds_bucket"), "{m}");
+    assert!(m.contains("livegate_disconnects_total{reason=\"kicked\"} 1"), "{m}");
+
+    // With a token, mutating calls need it.
+    let srv = Server::start("[http]\napi_token = \"sekret\"\n");
+    assert_eq!(srv.api("GET", "/api/v1/streams").status, 200);
+    let r = srv.api("DELETE", "/api/v1/streams/live/x");
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["error"], "unauthorized");
+    let r =
+        http_request(srv.http_port, "DELETE", "/api/v1/streams/live/x", &[("Authorization", "Bearer sekret")]).unwrap();
+    assert_eq!(r.status, 404);
+}
+
+/// A one-thread HTTP server that records webhook bodies and answers with a fixed status.
+fn webhook_receiver(status: u16) -> (u16, Arc<Mutex<Vec<serde_json::Value>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let g = got.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut len = 0;
+            let mut line = String::new();
+            loop {
+                line.clear();
+                if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; len];
+            let _ = r.read_exact(&mut body);
+            if let Ok(v) = serde_json::from_slice(&body) {
+                g.lock().unwrap().push(v);
+            }
+            let mut s = s;
+            let _ = write!(s, "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    (port, got)
+}
+
+#[test]
+fn webhooks_can_refuse_a_publish_and_hear_the_rest() {
+    let (deny_port, denied) = webhook_receiver(403);
+    let srv = Server::start(&format!("[webhooks]\non_publish = [\"http://127.0.0.1:{deny_port}/hook\"]\n"));
+    let mut p = push(&media("360p"), &srv.rtmp_url("hooked"));
+    assert!(p.wait(Duration::from_secs(20)).is_some_and(|s| !s.success()));
+    assert!(p.stderr().contains("webhook refused"), "{}", p.stderr());
+    assert_eq!(denied.lock().unwrap()[0]["action"], "on_publish");
+    assert_eq!(denied.lock().unwrap()[0]["stream"], "live/hooked");
+
+    let (port, got) = webhook_receiver(200);
+    let hook = format!("\"http://127.0.0.1:{port}/h\"");
+    let srv = Server::start(&format!(
+        "[hub]\nreconnect_grace_secs = 0.5\n[webhooks]\non_publish = [{hook}]\non_unpublish = [{hook}]\non_play = [{hook}]\non_stop = [{hook}]\n"
+    ));
+    let mut p = push(&media("360p"), &format!("{}?room=7", srv.rtmp_url("hooked")));
+    srv.wait_live("hooked");
+    let mut c = FlvClient::connect(srv.http_port, "/live/hooked.flv", None);
+    c.read_for(Duration::from_millis(500));
+    drop(c);
+    p.kill();
+    let actions = || got.lock().unwrap().iter().map(|v| v["action"].as_str().unwrap().to_owned()).collect::<Vec<_>>();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let a = actions();
+            ["on_publish", "on_play", "on_stop", "on_unpublish"].iter().all(|x| a.iter().any(|y| y == x))
+        }),
+        "{:?}",
+        actions()
+    );
+    let publish = got.lock().unwrap().iter().find(|v| v["action"] == "on_publish").cloned().unwrap();
+    assert_eq!(publish["param"], "room=7");
+}
+
+#[test]
+fn cli_signs_urls_and_checks_configs() {
+    let dir = tempdir::TempDir::new("cli");
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, format!("[apps.live]\npush_key = \"{KEY}\"\n")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_livegate"))
+        .args(["sign", "--app", "live", "--stream", "test", "--expire", "1h", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let url = String::from_utf8(out.stdout).unwrap();
+    let q = url.trim().split_once('?').unwrap().1;
+    let params = livegate::names::parse_query(q);
+    let t = livegate::names::query_get(&params, "txTime").unwrap();
+    let expiry = u64::from_str_radix(t, 16).unwrap();
+    assert!(expiry > now() + 3500 && expiry <= now() + 3600);
+    assert_eq!(livegate::names::query_get(&params, "txSecret").unwrap(), sign(KEY, "test", t));
+
+    // The signed URL really publishes.
+    let srv = Server::start(&format!("[apps.live]\npush_key = \"{KEY}\"\n"));
+    let _p = push(&media("360p"), &format!("{}?{q}", srv.rtmp_url("test")));
+    srv.wait_live("test");
+
+    let ok = Command::new(env!("CARGO_BIN_EXE_livegate")).arg("check-config").arg(&cfg).output().unwrap();
+    assert!(ok.status.success());
+    std::fs::write(&cfg, "[hub]\nbuffer_secs = 0.1\nbogus = 1\n").unwrap();
+    let bad = Command::new(env!("CARGO_BIN_EXE_livegate")).arg("check-config").arg(&cfg).output().unwrap();
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("bogus"), "{err}");
+}

@@ -1,0 +1,699 @@
+//! Shared harness for the end-to-end tests: a real livegate process on free loopback ports, real ffmpeg /
+//! ffprobe / GStreamer clients, and small protocol clients built from livegate's own pure protocol code.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use livegate::media::amf0::Amf0Value;
+use livegate::media::flv::{FlvParser, Tag};
+use livegate::rtmp::{chunk, handshake, message};
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A livegate process with its own config, on free loopback ports; killed on drop.
+pub struct Server {
+    pub child: Child,
+    pub rtmp_port: u16,
+    pub http_port: u16,
+    pub dir: tempdir::TempDir,
+    log: PathBuf,
+}
+
+pub mod tempdir {
+    use std::path::{Path, PathBuf};
+    pub struct TempDir(PathBuf);
+    impl TempDir {
+        pub fn new(tag: &str) -> Self {
+            let p = std::env::temp_dir().join(format!(
+                "livegate-test-{tag}-{}-{}",
+                std::process::id(),
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+            ));
+            std::fs::create_dir_all(&p).unwrap();
+            TempDir(p)
+        }
+        pub fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+impl Server {
+    /// Starts livegate with the default config plus `extra` TOML (tables merge key by key).
+    pub fn start(extra: &str) -> Server {
+        let dir = tempdir::TempDir::new("srv");
+        let rtmp_port = free_port();
+        let http_port = free_port();
+        let cfg = format!(
+            "[rtmp]\nlisten = \"127.0.0.1:{rtmp_port}\"\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n[log]\nlevel = \"livegate=debug,info\"\n{extra}"
+        );
+        // `extra` may repeat a table header ([rtmp] ...): merge by re-parsing is livegate's job, so write
+        // the overrides as a second file layer is not supported; instead tests put ports-only tables here.
+        let path = dir.path().join("livegate.toml");
+        std::fs::write(&path, dedupe_tables(&cfg)).unwrap();
+        let log = dir.path().join("livegate.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_livegate"))
+            .args(["serve", "--config"])
+            .arg(&path)
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
+            .stderr(Stdio::from(std::fs::File::options().append(true).open(&log).unwrap()))
+            .spawn()
+            .expect("spawn livegate");
+        let s = Server { child, rtmp_port, http_port, dir, log };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while http_get(s.http_port, "/healthz").map(|r| r.status) != Some(200) {
+            assert!(Instant::now() < deadline, "livegate did not come up:\n{}", s.log_text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        s
+    }
+
+    pub fn rtmp_url(&self, stream: &str) -> String {
+        format!("rtmp://127.0.0.1:{}/live/{stream}", self.rtmp_port)
+    }
+
+    pub fn flv_url(&self, stream: &str) -> String {
+        format!("http://127.0.0.1:{}/live/{stream}.flv", self.http_port)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    pub fn api(&self, method: &str, path: &str) -> HttpResponse {
+        http_request(self.http_port, method, path, &[]).expect("API request")
+    }
+
+    pub fn stream_json(&self, name: &str) -> Option<serde_json::Value> {
+        let r = self.api("GET", &format!("/api/v1/streams/live/{name}"));
+        (r.status == 200).then(|| r.json())
+    }
+
+    /// Waits until the stream is live in the hub (publisher connected and media flowing).
+    pub fn wait_live(&self, name: &str) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(j) = self.stream_json(name) {
+                if j["state"] == "live" && j["video"].is_object() && j["bytes_in"].as_u64().unwrap_or(0) > 0 {
+                    return j;
+                }
+            }
+            assert!(Instant::now() < deadline, "stream {name} never went live:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(Instant::now() < deadline, "livegate did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- livegate log ----\n{}", self.log_text());
+        }
+    }
+}
+
+/// Merges repeated `[table]` sections so tests can add keys to tables the harness already opened.
+fn dedupe_tables(toml_text: &str) -> String {
+    let mut v: toml::Table = toml::Table::new();
+    let mut sections: Vec<(Option<String>, String)> = vec![(None, String::new())];
+    for line in toml_text.lines() {
+        let t = line.trim();
+        if t.starts_with('[') && !t.starts_with("[[") {
+            sections.push((Some(t.trim_matches(|c| c == '[' || c == ']').to_owned()), String::new()));
+        } else {
+            sections.last_mut().unwrap().1.push_str(&format!("{line}\n"));
+        }
+    }
+    for (name, body) in sections {
+        let t: toml::Table = toml::from_str(&body).expect("test config");
+        let mut target = &mut v;
+        if let Some(n) = &name {
+            for part in n.split('.') {
+                target = target
+                    .entry(part.trim().to_owned())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                    .as_table_mut()
+                    .unwrap();
+            }
+        }
+        for (k, val) in t {
+            target.insert(k, val);
+        }
+    }
+    toml::to_string(&v).unwrap()
+}
+
+/// Test media made once per machine with ffmpeg (H.264 + AAC FLV), cached under target/.
+pub fn media(kind: &str) -> PathBuf {
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-media");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{kind}.flv"));
+    if path.exists() {
+        return path;
+    }
+    // 30 fps, keyframe every 2 s (60 frames), no B-frames unless asked: what live-pusher sends.
+    let args: Vec<&str> = match kind {
+        "360p" => vec![
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=640x360:rate=30",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:sample_rate=44100",
+            "-t",
+            "30",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-b:v",
+            "600k",
+            "-g",
+            "60",
+            "-keyint_min",
+            "60",
+            "-sc_threshold",
+            "0",
+            "-bf",
+            "0",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:a",
+            "aac",
+            "-b:a",
+            "64k",
+            "-ac",
+            "2",
+        ],
+        "short" => vec![
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=320x240:rate=30",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:sample_rate=44100",
+            "-t",
+            "6",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-g",
+            "60",
+            "-keyint_min",
+            "60",
+            "-sc_threshold",
+            "0",
+            "-bf",
+            "0",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:a",
+            "aac",
+            "-b:a",
+            "64k",
+        ],
+        other => panic!("unknown test media {other}"),
+    };
+    let tmp = dir.join(format!("{kind}.{}.tmp.flv", std::process::id()));
+    let out = Command::new("ffmpeg")
+        .args(["-y", "-loglevel", "error"])
+        .args(&args)
+        .args(["-f", "flv"])
+        .arg(&tmp)
+        .output()
+        .expect("run ffmpeg");
+    assert!(out.status.success(), "ffmpeg failed: {}", String::from_utf8_lossy(&out.stderr));
+    std::fs::rename(&tmp, &path).unwrap();
+    path
+}
+
+/// A running ffmpeg publisher (`-re -c copy`, as a pre-encoded live-pusher stand-in); killed on drop.
+pub struct Proc {
+    pub child: Child,
+    pub stderr_path: PathBuf,
+    _dir: tempdir::TempDir,
+}
+
+impl Proc {
+    pub fn spawn(cmd: &mut Command) -> Proc {
+        let dir = tempdir::TempDir::new("proc");
+        let stderr_path = dir.path().join("stderr.txt");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(&stderr_path).unwrap()))
+            .spawn()
+            .expect("spawn client");
+        Proc { child, stderr_path, _dir: dir }
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Waits for exit (killing it after `limit`) and returns whether it exited successfully.
+    pub fn wait(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn push(file: &Path, url: &str) -> Proc {
+    push_args(file, url, &[])
+}
+
+pub fn push_args(file: &Path, url: &str, extra_in: &[&str]) -> Proc {
+    Proc::spawn(
+        Command::new("ffmpeg")
+            .args(["-hide_banner", "-loglevel", "warning", "-re"])
+            .args(extra_in)
+            .arg("-i")
+            .arg(file)
+            .args(["-c", "copy", "-f", "flv", url]),
+    )
+}
+
+pub fn ffprobe(url: &str, args: &[&str]) -> Output {
+    Command::new("timeout")
+        .arg("30")
+        .arg("ffprobe")
+        .args(["-v", "error"])
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("ffprobe")
+}
+
+/// Codec name, width and height of each stream ffprobe sees.
+pub fn probe_streams(url: &str) -> Vec<serde_json::Value> {
+    let out = ffprobe(url, &["-show_entries", "stream=codec_name,codec_type,width,height,profile", "-of", "json"]);
+    assert!(out.status.success(), "ffprobe {url} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    j["streams"].as_array().cloned().unwrap_or_default()
+}
+
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+pub fn http_get(port: u16, path: &str) -> Option<HttpResponse> {
+    http_request(port, "GET", path, &[])
+}
+
+/// A minimal HTTP/1.0 client for API calls (the server closes after the response).
+pub fn http_request(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> Option<HttpResponse> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let mut req = format!("{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).ok()?;
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line).ok()?;
+    let status = line.split_whitespace().nth(1)?.parse().ok()?;
+    let mut hdrs = Vec::new();
+    loop {
+        line.clear();
+        r.read_line(&mut line).ok()?;
+        let t = line.trim_end();
+        if t.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = t.split_once(':') {
+            hdrs.push((k.trim().to_owned(), v.trim().to_owned()));
+        }
+    }
+    let mut body = Vec::new();
+    r.read_to_end(&mut body).ok()?;
+    Some(HttpResponse { status, headers: hdrs, body })
+}
+
+/// An HTTP-FLV reader that parses tags as they arrive (HTTP/1.1, chunked transfer decoded).
+pub struct FlvClient {
+    sock: TcpStream,
+    raw: Vec<u8>,
+    chunked: bool,
+    chunk_left: usize,
+    parser: FlvParser,
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub eof: bool,
+}
+
+impl FlvClient {
+    pub fn connect(port: u16, path: &str, rcvbuf: Option<usize>) -> FlvClient {
+        let sock = match rcvbuf {
+            Some(n) => {
+                let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+                s.set_recv_buffer_size(n).unwrap();
+                let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+                s.connect(&addr.into()).unwrap();
+                TcpStream::from(s)
+            }
+            None => TcpStream::connect(("127.0.0.1", port)).unwrap(),
+        };
+        sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        let mut s = sock.try_clone().unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+        let mut c = FlvClient {
+            sock,
+            raw: Vec::new(),
+            chunked: false,
+            chunk_left: 0,
+            parser: FlvParser::new(),
+            status: 0,
+            headers: Vec::new(),
+            eof: false,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !c.raw.windows(4).any(|w| w == b"\r\n\r\n") {
+            assert!(Instant::now() < deadline && !c.eof, "no HTTP response header");
+            c.fill();
+        }
+        let end = c.raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        let head = String::from_utf8_lossy(&c.raw[..end]).into_owned();
+        c.raw.drain(..end + 4);
+        let mut lines = head.lines();
+        c.status = lines.next().unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+        for l in lines {
+            if let Some((k, v)) = l.split_once(':') {
+                c.headers.push((k.trim().to_owned(), v.trim().to_owned()));
+            }
+        }
+        c.chunked = c.headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+        c
+    }
+
+    fn fill(&mut self) -> usize {
+        let mut buf = [0u8; 65536];
+        match self.sock.read(&mut buf) {
+            Ok(0) => {
+                self.eof = true;
+                0
+            }
+            Ok(n) => {
+                self.raw.extend_from_slice(&buf[..n]);
+                n
+            }
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => 0,
+            Err(_) => {
+                self.eof = true;
+                0
+            }
+        }
+    }
+
+    /// Moves de-chunked body bytes from `raw` into the FLV parser.
+    fn pump(&mut self) {
+        if !self.chunked {
+            self.parser.feed(&self.raw);
+            self.raw.clear();
+            return;
+        }
+        loop {
+            if self.chunk_left > 0 {
+                let n = self.chunk_left.min(self.raw.len());
+                if n == 0 {
+                    return;
+                }
+                self.parser.feed(&self.raw[..n]);
+                self.raw.drain(..n);
+                self.chunk_left -= n;
+                if self.chunk_left == 0 {
+                    // The CRLF after the chunk data is consumed with the next size line.
+                }
+                continue;
+            }
+            let s = if self.raw.starts_with(b"\r\n") { 2 } else { 0 };
+            let Some(pos) = self.raw[s..].windows(2).position(|w| w == b"\r\n") else { return };
+            let line = String::from_utf8_lossy(&self.raw[s..s + pos]).into_owned();
+            let size = usize::from_str_radix(line.trim(), 16).expect("chunk size");
+            self.raw.drain(..s + pos + 2);
+            if size == 0 {
+                self.eof = true;
+                return;
+            }
+            self.chunk_left = size;
+        }
+    }
+
+    /// The next tag, waiting at most `limit`; None on EOF or timeout.
+    pub fn next_tag(&mut self, limit: Duration) -> Option<Tag> {
+        let deadline = Instant::now() + limit;
+        loop {
+            self.pump();
+            if let Some(t) = self.parser.next_tag().expect("valid FLV") {
+                return Some(t);
+            }
+            if self.eof || Instant::now() > deadline {
+                return None;
+            }
+            self.fill();
+        }
+    }
+
+    /// Reads every tag that arrives within `d`.
+    pub fn read_for(&mut self, d: Duration) -> Vec<(Instant, Tag)> {
+        let deadline = Instant::now() + d;
+        let mut v = Vec::new();
+        while Instant::now() < deadline {
+            match self.next_tag(deadline.saturating_duration_since(Instant::now())) {
+                Some(t) => v.push((Instant::now(), t)),
+                None if self.eof => break,
+                None => {}
+            }
+        }
+        v
+    }
+}
+
+pub fn is_video_keyframe(t: &Tag) -> bool {
+    t.tag_type == 9 && t.body.len() > 1 && t.body[0] == 0x17 && t.body[1] == 1
+}
+
+pub fn is_video_frame(t: &Tag) -> bool {
+    t.tag_type == 9 && t.body.len() > 1 && t.body[1] == 1
+}
+
+pub fn is_seq_header(t: &Tag) -> bool {
+    t.body.len() > 1
+        && ((t.tag_type == 9 && t.body[1] == 0) || (t.tag_type == 8 && t.body[0] >> 4 == 10 && t.body[1] == 0))
+}
+
+/// A small RTMP client built on livegate's pure protocol code, for tests that need to see exact replies.
+pub struct RtmpClient {
+    pub sock: TcpStream,
+    dec: chunk::ChunkDecoder,
+    buf: BytesMut,
+    pub chunk_size: u32,
+}
+
+impl RtmpClient {
+    pub fn connect(port: u16, digest: bool) -> std::io::Result<RtmpClient> {
+        let mut sock = TcpStream::connect(("127.0.0.1", port))?;
+        sock.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut rng = rand::thread_rng();
+        let c0c1 = handshake::client_c0c1(digest, &mut rng);
+        sock.write_all(&c0c1)?;
+        let mut s = vec![0u8; 3073];
+        sock.read_exact(&mut s)?;
+        let c2 = handshake::client_c2(&c0c1, &s, &mut rng).map_err(std::io::Error::other)?;
+        sock.write_all(&c2)?;
+        Ok(RtmpClient { sock, dec: chunk::ChunkDecoder::new(), buf: BytesMut::new(), chunk_size: 128 })
+    }
+
+    pub fn send_command(&mut self, stream_id: u32, vals: &[Amf0Value]) {
+        let body = livegate::media::amf0::encode_all(vals);
+        self.send_raw_message(3, message::COMMAND_AMF0, stream_id, 0, &body);
+    }
+
+    pub fn send_raw_message(&mut self, csid: u32, type_id: u8, stream_id: u32, ts: u32, body: &[u8]) {
+        let mut out = Vec::new();
+        chunk::encode_message(&mut out, self.chunk_size, csid, ts, type_id, stream_id, &[body]);
+        let _ = self.sock.write_all(&out);
+    }
+
+    pub fn connect_app(&mut self, app: &str) -> Vec<chunk::Message> {
+        self.send_command(
+            0,
+            &[
+                Amf0Value::String("connect".into()),
+                Amf0Value::Number(1.0),
+                Amf0Value::object(&[
+                    ("app", Amf0Value::String(app.into())),
+                    ("tcUrl", Amf0Value::String(format!("rtmp://127.0.0.1/{app}"))),
+                ]),
+            ],
+        );
+        self.read_until_command("_result", Duration::from_secs(5))
+    }
+
+    /// Next message, or None on timeout / EOF.
+    pub fn next_message(&mut self, limit: Duration) -> Option<chunk::Message> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(m) = self.dec.decode(&mut self.buf).expect("valid chunks from livegate") {
+                if m.type_id == message::SET_CHUNK_SIZE {
+                    let v = u32::from_be_bytes([m.payload[0], m.payload[1], m.payload[2], m.payload[3]]);
+                    self.dec.set_chunk_size(v).unwrap();
+                }
+                return Some(m);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            let mut b = [0u8; 65536];
+            self.sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+            match self.sock.read(&mut b) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&b[..n]),
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Reads messages until a command named `name` (or `_error`/`onStatus` error) arrives; returns all read.
+    pub fn read_until_command(&mut self, name: &str, limit: Duration) -> Vec<chunk::Message> {
+        let deadline = Instant::now() + limit;
+        let mut v = Vec::new();
+        while let Some(m) = self.next_message(deadline.saturating_duration_since(Instant::now())) {
+            let done = command_of(&m).is_some_and(|c| c.name == name || c.name == "_error");
+            v.push(m);
+            if done {
+                break;
+            }
+        }
+        v
+    }
+
+    /// True once the server has closed the connection.
+    pub fn closed_within(&mut self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        self.sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        let mut b = [0u8; 4096];
+        while Instant::now() < deadline {
+            match self.sock.read(&mut b) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(_) => return true,
+            }
+        }
+        false
+    }
+}
+
+pub fn command_of(m: &chunk::Message) -> Option<message::Command> {
+    matches!(m.type_id, message::COMMAND_AMF0 | message::COMMAND_AMF3)
+        .then(|| message::Command::parse(m.type_id, &m.payload).ok())
+        .flatten()
+}
+
+/// The `code` and `description` of every onStatus / _error in `msgs`.
+pub fn statuses(msgs: &[chunk::Message]) -> Vec<(String, String)> {
+    msgs.iter()
+        .filter_map(command_of)
+        .filter(|c| c.name == "onStatus" || c.name == "_error")
+        .filter_map(|c| {
+            let info = c.args.first()?;
+            Some((
+                info.get("code")?.as_str()?.to_owned(),
+                info.get("description").and_then(|d| d.as_str()).unwrap_or("").to_owned(),
+            ))
+        })
+        .collect()
+}
+
+/// Wall-clock assertions have no place in tests; this only bounds how long a test waits for something.
+pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    f()
+}

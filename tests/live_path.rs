@@ -1,0 +1,326 @@
+//! RTMP publish → RTMP / HTTP-FLV play with real ffmpeg, ffprobe, GStreamer and Chromium clients.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+#[test]
+fn ffprobe_sees_source_codecs_over_rtmp_and_http_flv() {
+    let srv = Server::start("");
+    let _pub = push(&media("360p"), &srv.rtmp_url("probe"));
+    let info = srv.wait_live("probe");
+    assert_eq!(info["video"]["width"], 640);
+    assert_eq!(info["video"]["height"], 360);
+    assert_eq!(info["audio"]["codec"], "AAC");
+    for url in [srv.rtmp_url("probe"), srv.flv_url("probe")] {
+        let streams = probe_streams(&url);
+        let v = streams.iter().find(|s| s["codec_type"] == "video").unwrap_or_else(|| panic!("no video in {url}"));
+        assert_eq!(v["codec_name"], "h264", "{url}");
+        assert_eq!((v["width"].as_u64(), v["height"].as_u64()), (Some(640), Some(360)), "{url}");
+        let a = streams.iter().find(|s| s["codec_type"] == "audio").unwrap_or_else(|| panic!("no audio in {url}"));
+        assert_eq!(a["codec_name"], "aac", "{url}");
+    }
+}
+
+/// Counts video frames ffprobe decodes in a file.
+fn count_frames(path: &std::path::Path) -> u64 {
+    let out = ffprobe(
+        path.to_str().unwrap(),
+        &["-select_streams", "v:0", "-count_frames", "-show_entries", "stream=nb_read_frames", "-of", "csv=p=0"],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+#[test]
+fn whole_push_arrives_over_both_protocols_frame_for_frame() {
+    // A 6 s source; readers ask for a 10 s cache so they start at the first keyframe, and a short grace
+    // ends their stream soon after the publisher finishes.
+    let srv = Server::start("[hub]\nreconnect_grace_secs = 1.0\n");
+    let src = media("short");
+    let expected = count_frames(&src);
+    let _pub = push(&src, &srv.rtmp_url("whole"));
+    srv.wait_live("whole");
+    let dir = tempdir::TempDir::new("whole");
+    let mut readers = Vec::new();
+    for (i, url) in [
+        format!("{}?min_cache=10&max_cache=10", srv.flv_url("whole")),
+        format!("{}?min_cache=10&max_cache=10", srv.rtmp_url("whole")),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let out = dir.path().join(format!("r{i}.flv"));
+        let p = Proc::spawn(
+            Command::new("ffmpeg")
+                .args(["-hide_banner", "-loglevel", "warning", "-i", url, "-c", "copy", "-f", "flv"])
+                .arg(&out),
+        );
+        readers.push((p, out));
+    }
+    for (p, out) in &mut readers {
+        let st = p.wait(Duration::from_secs(30)).expect("reader ends when the stream does");
+        assert!(st.success(), "reader failed: {}", p.stderr());
+        let got = count_frames(out);
+        // The readers joined within a second of the start, so the GOP cache gave them the very first
+        // keyframe: every frame of the source arrives.
+        assert!(got + 2 >= expected && got <= expected, "got {got} of {expected} frames in {}", out.display());
+    }
+}
+
+#[test]
+fn mid_stream_joiner_starts_with_headers_then_a_cached_keyframe() {
+    let srv = Server::start("");
+    let _pub = push(&media("360p"), &srv.rtmp_url("join"));
+    srv.wait_live("join");
+    std::thread::sleep(Duration::from_millis(3300)); // mid-GOP: keyframes every 2 s
+    let mut c = FlvClient::connect(srv.http_port, "/live/join.flv", None);
+    assert_eq!(c.status, 200);
+    assert_eq!(
+        c.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("access-control-allow-origin")).map(|(_, v)| v.as_str()),
+        Some("*")
+    );
+    // Whatever arrives within 300 ms of wall time: the cached burst plus a little live media.
+    let tags: Vec<_> = c.read_for(Duration::from_millis(300)).into_iter().map(|(_, t)| t).collect();
+    assert!(tags.len() > 10, "only {} tags", tags.len());
+    assert_eq!(tags[0].tag_type, 18, "metadata first");
+    let first_media = tags.iter().position(|t| !is_seq_header(t) && t.tag_type != 18).unwrap();
+    assert!(
+        tags[..first_media].iter().any(|t| t.tag_type == 9 && is_seq_header(t)),
+        "AVC sequence header before media"
+    );
+    assert!(
+        tags[..first_media].iter().any(|t| t.tag_type == 8 && is_seq_header(t)),
+        "AAC sequence header before media"
+    );
+    let first_video = tags.iter().find(|t| is_video_frame(t)).unwrap();
+    assert!(is_video_keyframe(first_video), "first video frame must be a keyframe");
+    // It came from the cache: the burst spans more than a second of media (default min_cache = 1 s),
+    // so the player did not wait for the next keyframe.
+    let last_ts = tags.iter().map(|t| t.timestamp).max().unwrap();
+    assert!(last_ts - first_video.timestamp >= 1000, "burst spans {} ms", last_ts - first_video.timestamp);
+
+    // The same over RTMP, with livegate's digest handshake.
+    let mut r = RtmpClient::connect(srv.rtmp_port, true).unwrap();
+    r.connect_app("live");
+    r.send_command(
+        0,
+        &[
+            livegate::media::amf0::Amf0Value::String("createStream".into()),
+            2.0.into(),
+            livegate::media::amf0::Amf0Value::Null,
+        ],
+    );
+    r.read_until_command("_result", Duration::from_secs(5));
+    r.send_command(
+        1,
+        &[
+            livegate::media::amf0::Amf0Value::String("play".into()),
+            0.0.into(),
+            livegate::media::amf0::Amf0Value::Null,
+            "join".into(),
+        ],
+    );
+    let mut seen_header = false;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(Instant::now() < deadline, "no video over RTMP");
+        let Some(m) = r.next_message(Duration::from_secs(5)) else { panic!("rtmp reader got nothing") };
+        if m.type_id != 9 {
+            continue;
+        }
+        if m.payload[1] == 0 {
+            seen_header = true;
+            continue;
+        }
+        assert!(seen_header, "sequence header precedes video");
+        assert_eq!(m.payload[0], 0x17, "first RTMP video frame is a keyframe");
+        break;
+    }
+}
+
+#[test]
+fn slow_reader_skips_to_live_while_a_normal_reader_gets_every_frame() {
+    let srv = Server::start("");
+    let _pub = push(&media("360p"), &srv.rtmp_url("slow"));
+    srv.wait_live("slow");
+    let mut normal = FlvClient::connect(srv.http_port, "/live/slow.flv", None);
+    // A small receive buffer so the pause is felt by the server rather than absorbed by the kernel.
+    let mut slow = FlvClient::connect(srv.http_port, "/live/slow.flv?max_cache=1", Some(16 * 1024));
+    let mut normal_tags = normal.read_for(Duration::from_secs(2));
+    let _ = slow.read_for(Duration::from_secs(2));
+    // The slow reader stops reading for 5 s; the normal one keeps reading.
+    normal_tags.extend(normal.read_for(Duration::from_secs(5)));
+    // Resume: drain what the kernel buffered, then compare how far behind live each is.
+    let resumed = slow.read_for(Duration::from_secs(3));
+    normal_tags.extend(normal.read_for(Duration::from_millis(100)));
+    let live_ts = normal_tags.iter().map(|(_, t)| t.timestamp).max().unwrap();
+    let slow_ts = resumed.iter().map(|(_, t)| t.timestamp).max().unwrap();
+    assert!(
+        live_ts <= slow_ts + 1000 + 2000 + 500,
+        "slow reader is {} ms behind live after resuming",
+        live_ts as i64 - slow_ts as i64
+    );
+    let json = srv.stream_json("slow").unwrap();
+    assert!(json["skips"].as_u64().unwrap() >= 1, "the slow reader skipped: {json}");
+    // The normal reader lost nothing: video timestamps advance one frame at a time.
+    let video: Vec<u32> = normal_tags.iter().filter(|(_, t)| is_video_frame(t)).map(|(_, t)| t.timestamp).collect();
+    assert!(video.len() > 200, "{} video frames", video.len());
+    for w in video.windows(2) {
+        assert!(w[1] > w[0] && w[1] - w[0] <= 34, "normal reader has a gap {} -> {}", w[0], w[1]);
+    }
+}
+
+#[test]
+fn publisher_reconnect_within_grace_keeps_an_http_flv_reader() {
+    let srv = Server::start("[hub]\nreconnect_grace_secs = 4.0\n");
+    let src = media("360p");
+    let mut p1 = push(&src, &srv.rtmp_url("rc"));
+    srv.wait_live("rc");
+    let mut c = FlvClient::connect(srv.http_port, "/live/rc.flv", None);
+    let before = c.read_for(Duration::from_secs(2));
+    p1.kill();
+    std::thread::sleep(Duration::from_millis(1500));
+    let _p2 = push(&src, &srv.rtmp_url("rc"));
+    let after = c.read_for(Duration::from_secs(4));
+    assert!(!c.eof, "reader was disconnected during the reconnect");
+    let last_before = before.iter().map(|(_, t)| t.timestamp).max().unwrap();
+    let video_after: Vec<u32> = after.iter().filter(|(_, t)| is_video_frame(t)).map(|(_, t)| t.timestamp).collect();
+    assert!(video_after.len() > 30, "media resumed on the same connection");
+    // The timeline continues instead of restarting at 0.
+    assert!(
+        video_after.iter().all(|ts| *ts >= last_before.saturating_sub(2000)),
+        "timestamps went back: {last_before} -> {video_after:?}"
+    );
+    assert!(after.iter().any(|(_, t)| is_seq_header(t)) || after.iter().any(|(_, t)| is_video_keyframe(t)));
+}
+
+#[test]
+fn readers_close_cleanly_after_the_grace() {
+    let srv = Server::start("[hub]\nreconnect_grace_secs = 1.0\n");
+    let mut p = push(&media("360p"), &srv.rtmp_url("bye"));
+    srv.wait_live("bye");
+    let mut c = FlvClient::connect(srv.http_port, "/live/bye.flv", None);
+    let mut r = RtmpClient::connect(srv.rtmp_port, false).unwrap();
+    r.connect_app("live");
+    r.send_command(1, &["play".into(), 0.0.into(), livegate::media::amf0::Amf0Value::Null, "bye".into()]);
+    c.read_for(Duration::from_secs(1));
+    p.kill();
+    // HTTP-FLV: the chunked body ends with its terminator (clean EOF), not a reset.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !c.eof && Instant::now() < deadline {
+        c.read_for(Duration::from_millis(200));
+    }
+    assert!(c.eof, "http-flv reader not closed after the grace");
+    // RTMP: UnpublishNotify then close.
+    let msgs = r.read_until_command("__never__", Duration::from_secs(6));
+    let codes: Vec<String> = statuses(&msgs).into_iter().map(|(c, _)| c).collect();
+    assert!(codes.contains(&"NetStream.Play.UnpublishNotify".to_owned()), "{codes:?}");
+    assert!(srv.stream_json("bye").is_none(), "stream removed");
+}
+
+#[test]
+fn gstreamer_publishes_and_plays() {
+    let srv = Server::start("");
+    let url = srv.rtmp_url("gst");
+    let _p = Proc::spawn(Command::new("gst-launch-1.0").args([
+        "-q",
+        "videotestsrc",
+        "is-live=true",
+        "!",
+        "video/x-raw,width=320,height=240,framerate=30/1",
+        "!",
+        "x264enc",
+        "tune=zerolatency",
+        "key-int-max=60",
+        "!",
+        "h264parse",
+        "!",
+        "queue",
+        "!",
+        "mux.",
+        "audiotestsrc",
+        "is-live=true",
+        "!",
+        "audioconvert",
+        "!",
+        "avenc_aac",
+        "!",
+        "aacparse",
+        "!",
+        "queue",
+        "!",
+        "mux.",
+        "flvmux",
+        "name=mux",
+        "streamable=true",
+        "!",
+        "rtmp2sink",
+        &format!("location={url}"),
+    ]));
+    let info = srv.wait_live("gst");
+    assert_eq!(info["video"]["width"], 320);
+    let out = Command::new("timeout")
+        .args(["30", "gst-launch-1.0", "-q", "rtmp2src"])
+        .arg(format!("location={url}"))
+        .args([
+            "!",
+            "flvdemux",
+            "name=d",
+            "d.video",
+            "!",
+            "queue",
+            "!",
+            "h264parse",
+            "!",
+            "avdec_h264",
+            "!",
+            "fakesink",
+            "num-buffers=30",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "gst rtmp2src play failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn mpegts_js_plays_http_flv_in_headless_chromium() {
+    let srv = Server::start("");
+    let _pub = push(&media("360p"), &srv.rtmp_url("web"));
+    srv.wait_live("web");
+    let shot = srv.dir.path().join("flv.png");
+    let out = Command::new("node")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/flv_play.mjs"))
+        .arg(srv.flv_url("web"))
+        .arg(&shot)
+        .arg("3")
+        .output()
+        .expect("node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "mpegts.js playback failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let line = stdout.lines().rev().find(|l| l.starts_with('{')).expect("JSON result line");
+    let j: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(j["ok"], true);
+    assert_eq!(j["width"], 640);
+    assert!(j["frames"].as_u64().unwrap() > 30, "{j}");
+    assert!(std::fs::metadata(&shot).unwrap().len() > 1000, "screenshot written");
+}
+
+#[test]
+fn sigterm_drains_readers_and_exits_zero() {
+    let mut srv = Server::start("");
+    let _pub = push(&media("360p"), &srv.rtmp_url("drain"));
+    srv.wait_live("drain");
+    let mut c = FlvClient::connect(srv.http_port, "/live/drain.flv", None);
+    c.read_for(Duration::from_millis(500));
+    let st = srv.terminate();
+    assert!(st.success(), "exit status {st:?}\n{}", srv.log_text());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !c.eof && Instant::now() < deadline {
+        c.read_for(Duration::from_millis(100));
+    }
+    assert!(c.eof, "reader closed on shutdown");
+}

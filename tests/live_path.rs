@@ -324,3 +324,29 @@ fn sigterm_drains_readers_and_exits_zero() {
     }
     assert!(c.eof, "reader closed on shutdown");
 }
+
+#[test]
+fn demo_page_lists_and_plays_a_stream() {
+    let srv = Server::start("");
+    let _pub = push(&media("360p"), &srv.rtmp_url("demo"));
+    srv.wait_live("demo");
+    let shot = srv.dir.path().join("demo.png");
+    let out = Command::new("node")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/demo_page.mjs"))
+        .arg(format!("http://127.0.0.1:{}", srv.http_port))
+        .arg("live/demo")
+        .arg(&shot)
+        .output()
+        .expect("node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "demo page failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let j: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(j["listed"], true);
+    assert_eq!(j["width"], 640);
+    // Static files stay inside web_root.
+    assert_eq!(http_get(srv.http_port, "/vendor/../Cargo.toml").unwrap().status, 404);
+    assert_eq!(http_get(srv.http_port, "/.git/config").unwrap().status, 404);
+    let js = http_get(srv.http_port, "/vendor/mpegts.js").unwrap();
+    assert_eq!(js.status, 200);
+    assert!(js.header("content-type").unwrap().starts_with("text/javascript"));
+}

@@ -97,17 +97,52 @@ async fn route(
         api::handle(&state, addr, req).await
     } else if path.ends_with(".flv") && (req.method() == Method::GET || req.method() == Method::HEAD) {
         flv::play(&state, addr, req, watch)
-    } else if path == "/" {
-        json(
-            StatusCode::OK,
-            &serde_json::json!({"name": "livegate", "version": env!("CARGO_PKG_VERSION"), "api": "/api/v1/streams", "play": "/{app}/{stream}.flv"}),
-        )
+    } else if req.method() == Method::GET || req.method() == Method::HEAD {
+        static_file(&state.config.http.web_root, &path).await
     } else {
         error(StatusCode::NOT_FOUND, "not_found", &format!("no route for {} {}", req.method(), path))
     };
     let cors = state.config.http.cors_origin.parse().unwrap_or(header::HeaderValue::from_static("*"));
     resp.headers_mut().insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, cors);
     resp
+}
+
+/// Serves the demo page and its assets from `http.web_root`.
+async fn static_file(root: &str, path: &str) -> Response<Body> {
+    let rel = if path == "/" { "index.html" } else { path.trim_start_matches('/') };
+    // Only plain relative paths: no traversal, no hidden files, no absolute paths.
+    let safe = rel.split('/').all(|seg| !seg.is_empty() && !seg.starts_with('.') && !seg.contains('\\'));
+    if !safe {
+        return error(StatusCode::NOT_FOUND, "not_found", &format!("no file {path}"));
+    }
+    let file = std::path::Path::new(root).join(rel);
+    match tokio::fs::read(&file).await {
+        Ok(data) => {
+            let ctype = match file.extension().and_then(|e| e.to_str()) {
+                Some("html") => "text/html; charset=utf-8",
+                Some("js" | "mjs") => "text/javascript; charset=utf-8",
+                Some("css") => "text/css; charset=utf-8",
+                Some("png") => "image/png",
+                Some("svg") => "image/svg+xml",
+                Some("json") => "application/json",
+                _ => "application/octet-stream",
+            };
+            let mut r = Response::new(full(data));
+            r.headers_mut().insert(header::CONTENT_TYPE, ctype.parse().expect("static"));
+            r
+        }
+        Err(_) if path == "/" => json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "name": "livegate",
+                "version": env!("CARGO_PKG_VERSION"),
+                "api": "/api/v1/streams",
+                "play": "/{app}/{stream}.flv",
+                "note": format!("no demo page: {root}/index.html not found (http.web_root)"),
+            }),
+        ),
+        Err(_) => error(StatusCode::NOT_FOUND, "not_found", &format!("no file {path}")),
+    }
 }
 
 fn preflight() -> Response<Body> {

@@ -48,10 +48,12 @@ fn serialize(c: &mut Criterion) {
 
 fn fanout(c: &mut Criterion) {
     const READERS: usize = 1000;
-    let hub = Hub::new(HubOptions { flush_interval: std::time::Duration::ZERO, ..HubOptions::default() }, EventBus::new());
+    let hub =
+        Hub::new(HubOptions { flush_interval: std::time::Duration::ZERO, ..HubOptions::default() }, EventBus::new());
     let key = StreamKey::new("live", "bench");
     let pub_client = hub.register_client(Protocol::Rtmp, None);
-    let info = PublisherInfo { client_id: pub_client.handle.id, protocol: Protocol::Rtmp, addr: None, param: String::new() };
+    let info =
+        PublisherInfo { client_id: pub_client.handle.id, protocol: Protocol::Rtmp, addr: None, param: String::new() };
     let mut publisher = hub.publish(key.clone(), info, pub_client.handle.clone()).unwrap();
     publisher.push_raw(video_frame(0, true, 6 * 1024), 0, Instant::now());
     let policy = CachePolicy {

@@ -48,8 +48,14 @@ fn serialize(c: &mut Criterion) {
 
 fn fanout(c: &mut Criterion) {
     const READERS: usize = 1000;
-    let hub =
-        Hub::new(HubOptions { flush_interval: std::time::Duration::ZERO, ..HubOptions::default() }, EventBus::new());
+    let hub = Hub::new(
+        HubOptions {
+            flush_interval: std::time::Duration::ZERO,
+            audio_hold: std::time::Duration::ZERO,
+            ..HubOptions::default()
+        },
+        EventBus::new(),
+    );
     let key = StreamKey::new("live", "bench");
     let pub_client = hub.register_client(Protocol::Rtmp, None);
     let info =

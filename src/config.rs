@@ -64,6 +64,7 @@ pub struct HubConfig {
     pub reconnect_grace_secs: f64,
     pub allow_takeover: bool,
     pub flush_interval_ms: u64,
+    pub audio_hold_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -181,6 +182,9 @@ impl Config {
                 ),
             );
         }
+        if self.hub.audio_hold_ms > 1000 {
+            return bad("hub.audio_hold_ms", format!("{} is above 1000 ms", self.hub.audio_hold_ms));
+        }
         if self.hub.flush_interval_ms > 1000 {
             return bad("hub.flush_interval_ms", format!("{} is above 1000 ms", self.hub.flush_interval_ms));
         }
@@ -224,6 +228,7 @@ impl Config {
             reconnect_grace: Duration::from_secs_f64(self.hub.reconnect_grace_secs),
             allow_takeover: self.hub.allow_takeover,
             flush_interval: Duration::from_millis(self.hub.flush_interval_ms),
+            audio_hold: Duration::from_millis(self.hub.audio_hold_ms),
         }
     }
 

@@ -72,6 +72,8 @@ pub struct ReaderResult {
     pub tags: u64,
     /// (video timestamp, receive instant) of every video frame.
     pub samples: Vec<(u32, u64)>,
+    /// (audio timestamp, receive instant) of every AAC frame.
+    pub audio_samples: Vec<(u32, u64)>,
     pub outcome: Outcome,
     pub anomalies: Anomalies,
 }
@@ -124,9 +126,14 @@ impl Sink {
             TAG_AUDIO if body.len() >= 2 && body[0] >> 4 == 10 => {
                 if body[1] == 0 {
                     self.seen_audio_seq = true;
-                } else if !self.seen_audio_seq {
-                    r.anomalies.audio_without_seq += 1;
-                    self.seen_audio_seq = true; // count once
+                } else {
+                    if !self.seen_audio_seq {
+                        r.anomalies.audio_without_seq += 1;
+                        self.seen_audio_seq = true; // count once
+                    }
+                    if r.audio_samples.len() < r.audio_samples.capacity() {
+                        r.audio_samples.push((ts, now));
+                    }
                 }
             }
             TAG_VIDEO | TAG_AUDIO | TAG_SCRIPT => {}
@@ -146,6 +153,7 @@ pub async fn run(cfg: &ReaderCfg) -> ReaderResult {
             media_bytes: 0,
             tags: 0,
             samples: Vec::with_capacity(cfg.sample_cap),
+            audio_samples: Vec::with_capacity(cfg.sample_cap * 3 / 2),
             outcome: Outcome::Ran,
             anomalies: Anomalies::default(),
         },

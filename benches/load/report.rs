@@ -38,6 +38,13 @@ pub fn print(args: &Args, run: &Run, pub_log: &PubLog, livegate_exit: Option<&st
     let mut video: Vec<(u32, u64)> =
         sends.iter().filter(|s| s.tag_type == TAG_VIDEO && !s.header).map(|s| (s.timestamp, s.at_ns)).collect();
     video.sort_unstable();
+    let mut audio: Vec<(u32, u64)> = sends
+        .iter()
+        .filter(|s| s.tag_type == livegate::media::flv::TAG_AUDIO && !s.header)
+        .map(|s| (s.timestamp, s.at_ns))
+        .collect();
+    audio.sort_unstable();
+    let mut alat = Vec::new();
     let published_in_run = cum_at(run.run_end_ns) - cum_at(run.run_start_ns);
 
     let mut wire = 0u64;
@@ -77,6 +84,14 @@ pub fn print(args: &Args, run: &Run, pub_log: &PubLog, livegate_exit: Option<&st
             anomalous_readers += 1;
         }
         let Some(first_key) = r.first_key_ns else { continue };
+        for &(ts, recv) in &r.audio_samples {
+            if let Ok(i) = audio.binary_search_by_key(&ts, |v| v.0) {
+                let sent = audio[i].1;
+                if sent >= first_key && recv >= sent {
+                    alat.push(recv - sent);
+                }
+            }
+        }
         for &(ts, recv) in &r.samples {
             let Ok(i) = video.binary_search_by_key(&ts, |v| v.0) else {
                 unmatched += 1;
@@ -94,6 +109,7 @@ pub fn print(args: &Args, run: &Run, pub_log: &PubLog, livegate_exit: Option<&st
     }
     ttfk.sort_unstable();
     lat.sort_unstable();
+    alat.sort_unstable();
     let mb = wire as f64 / 1e6;
     let cpu_us_per_mb = if mb > 0.0 { run.lg_cpu * 1e6 / mb } else { 0.0 };
     let grow_kib = run.hwm_end_kib.saturating_sub(run.rss_before_kib);
@@ -130,6 +146,14 @@ pub fn print(args: &Args, run: &Run, pub_log: &PubLog, livegate_exit: Option<&st
     );
     println!("  readers behind     {behind} (< {}% of published media bytes over their life)", args.behind_pct);
     println!("  added latency      p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} samples; {} join-burst excluded; {} unmatched ts; {} negative)", ms(pct(&lat, 50.0)), ms(pct(&lat, 95.0)), ms(pct(&lat, 99.0)), ms(pct(&lat, 100.0)), lat.len(), burst, unmatched, negative);
+    println!(
+        "  audio latency      p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} samples)",
+        ms(pct(&alat, 50.0)),
+        ms(pct(&alat, 95.0)),
+        ms(pct(&alat, 99.0)),
+        ms(pct(&alat, 100.0)),
+        alat.len()
+    );
     println!(
         "  outcome            {ran} ran to the end, {closed} closed by livegate, {} errors, {} panics",
         errors.values().sum::<usize>(),
@@ -175,6 +199,7 @@ pub fn print(args: &Args, run: &Run, pub_log: &PubLog, livegate_exit: Option<&st
         "readers_without_keyframe": no_key,
         "readers_behind": behind,
         "latency_ms": {"p50": ms(pct(&lat, 50.0)), "p95": ms(pct(&lat, 95.0)), "p99": ms(pct(&lat, 99.0)), "max": ms(pct(&lat, 100.0)), "samples": lat.len(), "unmatched": unmatched},
+        "audio_latency_ms": {"p50": ms(pct(&alat, 50.0)), "p95": ms(pct(&alat, 95.0)), "p99": ms(pct(&alat, 99.0)), "max": ms(pct(&alat, 100.0)), "samples": alat.len()},
         "disconnects": disconnects,
         "closed_by_server": closed,
         "errors": errors.values().sum::<usize>() + run.panics,

@@ -133,6 +133,7 @@ pub struct HubOptions {
     pub reconnect_grace: Duration,
     pub allow_takeover: bool,
     pub flush_interval: Duration,
+    pub audio_hold: Duration,
 }
 
 impl Default for HubOptions {
@@ -142,7 +143,8 @@ impl Default for HubOptions {
             max_stream_bytes: 64 << 20,
             reconnect_grace: Duration::from_secs(10),
             allow_takeover: false,
-            flush_interval: Duration::from_millis(10),
+            flush_interval: Duration::ZERO,
+            audio_hold: Duration::from_millis(40),
         }
     }
 }
@@ -241,8 +243,9 @@ impl Hub {
                     self.0.opts.retention,
                     self.0.opts.max_stream_bytes,
                     self.0.opts.flush_interval,
+                    self.0.opts.audio_hold,
                 ));
-                if !s.flush_interval.is_zero() {
+                if s.uses_flusher() {
                     tokio::spawn(s.clone().run_flusher());
                 }
                 streams.insert(key.clone(), s.clone());

@@ -59,6 +59,7 @@ pub struct Reader {
     sent_headers: [Option<Arc<Packet>>; 3],
     skip_times: VecDeque<Instant>,
     pub skips: u64,
+    wake_gen: u64,
     tracks: (bool, bool),
 }
 
@@ -82,6 +83,7 @@ impl Reader {
             sent_headers: Default::default(),
             skip_times: VecDeque::new(),
             skips: 0,
+            wake_gen: u64::MAX,
             tracks: (false, false),
         }
     }
@@ -121,7 +123,7 @@ impl Reader {
             Err(e) => return Poll::Ready(Err(e)),
         }
         // Register, then look again: a push between the first look and the registration is not lost.
-        self.stream.register_waker(cx.waker());
+        self.stream.register_waker(cx.waker(), &mut self.wake_gen);
         self.handle.register_waker(cx.waker());
         if let Some(reason) = self.handle.kicked() {
             return Poll::Ready(Err(EndReason::Kicked(reason)));

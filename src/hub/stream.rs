@@ -95,9 +95,18 @@ pub struct Stream {
     pub id: u64,
     pub(crate) ring: RwLock<Ring>,
     wakers: Mutex<Vec<Waker>>,
-    /// Tells the stream's flusher task that packets arrived; it wakes readers at most once per flush interval.
+    /// Bumped on every wake-up, so a reader registers its waker once per wake-up rather than once per poll.
+    pub(crate) wake_gen: AtomicU64,
+    /// Tells the stream's flusher task that packets arrived.
     pub(crate) flush_signal: Notify,
+    /// Minimum spacing of reader wake-ups.
     pub(crate) flush_interval: Duration,
+    /// How long audio may wait for the next video frame before readers are woken for it anyway.
+    pub(crate) audio_hold: Duration,
+    /// Something that should go out now (video, headers, audio of an audio-only stream) is pending.
+    urgent: AtomicBool,
+    /// Milliseconds since `created` (+1) of the oldest audio frame held back for the next video frame; 0 = none.
+    audio_since: AtomicU64,
     pub(crate) state: Mutex<PublishState>,
     pub(crate) rate: Mutex<RateMeter>,
     pub stats: StreamStats,
@@ -121,6 +130,7 @@ impl Stream {
         retention: Duration,
         max_bytes: usize,
         flush_interval: Duration,
+        audio_hold: Duration,
     ) -> Self {
         let now = Instant::now();
         Self {
@@ -137,8 +147,12 @@ impl Stream {
                 head_dts: 0,
             }),
             wakers: Mutex::new(Vec::new()),
+            wake_gen: AtomicU64::new(0),
             flush_signal: Notify::new(),
             flush_interval,
+            audio_hold,
+            urgent: AtomicBool::new(false),
+            audio_since: AtomicU64::new(0),
             state: Mutex::new(PublishState {
                 publisher: None,
                 generation: 0,
@@ -190,6 +204,7 @@ impl Stream {
 
     /// Adds a frame. Never blocks on readers: the ring lock is held only to append and trim.
     pub fn push(&self, frame: Frame, received: Instant) {
+        let urgent;
         let len = frame.payload.len() as u64;
         self.stats.bytes_in.fetch_add(len, Ordering::Relaxed);
         self.stats.frames_in.fetch_add(1, Ordering::Relaxed);
@@ -198,6 +213,8 @@ impl Stream {
         }
         {
             let mut ring = self.ring.write();
+            // Audio rides with the next video frame: one write per video frame instead of one per packet.
+            urgent = !(frame.kind == MediaKind::Audio && !frame.config && ring.has_video);
             let seq = ring.next_seq();
             let dts = frame.dts;
             let packet = Packet::new(seq, frame, received);
@@ -243,11 +260,22 @@ impl Stream {
             self.trim(&mut ring);
             self.last_dts.fetch_max(dts, Ordering::AcqRel);
         }
-        if self.flush_interval.is_zero() {
+        if !self.uses_flusher() {
             self.wake_readers();
-        } else {
+        } else if urgent {
+            self.urgent.store(true, Ordering::Release);
             self.flush_signal.notify_one();
+        } else {
+            let now = self.created.elapsed().as_millis() as u64 + 1;
+            if self.audio_since.compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                self.flush_signal.notify_one();
+            }
         }
+    }
+
+    /// Without batching or audio holding every push wakes readers directly and no flusher task runs.
+    pub(crate) fn uses_flusher(&self) -> bool {
+        !(self.flush_interval.is_zero() && self.audio_hold.is_zero())
     }
 
     /// Drops what no reader may still need: everything before the newest keyframe that is at least the
@@ -271,30 +299,54 @@ impl Stream {
         }
     }
 
-    pub(crate) fn register_waker(&self, waker: &Waker) {
+    /// Registers a reader's waker for the next wake-up; `gen` is the reader's record of the wake-up it last
+    /// registered for, so repeated polls between two wake-ups cost one atomic load.
+    pub(crate) fn register_waker(&self, waker: &Waker, gen: &mut u64) {
         let mut w = self.wakers.lock();
-        if !w.iter().any(|x| x.will_wake(waker)) || w.len() > 4096 {
+        let current = self.wake_gen.load(Ordering::Acquire);
+        if *gen != current {
             w.push(waker.clone());
+            *gen = current;
         }
     }
 
     pub(crate) fn wake_readers(&self) {
-        let wakers = std::mem::take(&mut *self.wakers.lock());
+        let wakers = {
+            let mut w = self.wakers.lock();
+            self.wake_gen.fetch_add(1, Ordering::AcqRel);
+            let n = w.len();
+            std::mem::replace(&mut *w, Vec::with_capacity(n))
+        };
         for w in wakers {
             w.wake();
         }
     }
 
-    /// Runs for the stream's life: turns bursts of pushes into one reader wake-up per flush interval, so a
-    /// reader writes once per interval rather than once per frame.
+    /// Runs for the stream's life: wakes readers when a video frame (or anything urgent) arrives, lets audio
+    /// wait up to `audio_hold` for the next video frame, and spaces wake-ups by at least `flush_interval`.
+    /// Each wake-up is one write per reader, so this sets the syscall rate of the whole fan-out.
     pub(crate) async fn run_flusher(self: Arc<Self>) {
         loop {
             self.flush_signal.notified().await;
+            if !self.urgent.load(Ordering::Acquire) && !self.is_closed() {
+                let since = self.audio_since.load(Ordering::Acquire);
+                if since != 0 {
+                    let at = self.created + Duration::from_millis(since - 1) + self.audio_hold;
+                    tokio::select! {
+                        _ = self.flush_signal.notified() => {}
+                        _ = tokio::time::sleep_until(at.into()) => {}
+                    }
+                }
+            }
+            self.urgent.store(false, Ordering::Release);
+            self.audio_since.store(0, Ordering::Release);
             self.wake_readers();
             if self.is_closed() {
                 return;
             }
-            tokio::time::sleep(self.flush_interval).await;
+            if !self.flush_interval.is_zero() {
+                tokio::time::sleep(self.flush_interval).await;
+            }
         }
     }
 

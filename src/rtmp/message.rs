@@ -75,14 +75,19 @@ fn control(out: &mut Vec<u8>, type_id: u8, body: &[u8]) {
     chunk::encode_message(out, RTMP_OUT_CHUNK_SIZE, CSID_CONTROL, 0, type_id, 0, &[body]);
 }
 
-/// Protocol control messages sent right after `connect`, in the order Flash Media Server sends them. The
-/// Set Chunk Size is encoded with the default chunk size (it takes effect after itself).
+/// The first message livegate sends after the handshake: every later message (including a refusal of
+/// `connect`) is chunked at this size, so the peer must learn it before anything else. It is itself encoded at
+/// the default chunk size of 128.
+pub fn set_chunk_size(out: &mut Vec<u8>) {
+    chunk::encode_message(out, 128, CSID_CONTROL, 0, SET_CHUNK_SIZE, 0, &[&RTMP_OUT_CHUNK_SIZE.to_be_bytes()]);
+}
+
+/// Protocol control messages sent in answer to `connect`, in the order Flash Media Server sends them.
 pub fn connect_preamble(out: &mut Vec<u8>) {
     control(out, WINDOW_ACK_SIZE, &WINDOW_SIZE.to_be_bytes());
     let mut bw = WINDOW_SIZE.to_be_bytes().to_vec();
     bw.push(2);
     control(out, SET_PEER_BANDWIDTH, &bw);
-    chunk::encode_message(out, 128, CSID_CONTROL, 0, SET_CHUNK_SIZE, 0, &[&RTMP_OUT_CHUNK_SIZE.to_be_bytes()]);
 }
 
 pub fn ack(out: &mut Vec<u8>, received: u32) {

@@ -107,6 +107,9 @@ struct Session {
     last_ack: u64,
     peer_window: u32,
     warned_codec: bool,
+    idle_since: Instant,
+    last_input: Instant,
+    last_media: Instant,
 }
 
 impl Session {
@@ -124,6 +127,9 @@ impl Session {
             last_ack: 0,
             peer_window: 0,
             warned_codec: false,
+            idle_since: Instant::now(),
+            last_input: Instant::now(),
+            last_media: Instant::now(),
         }
     }
 
@@ -183,6 +189,9 @@ impl Session {
         sock.write_all(&reply).await?;
         let mut c2 = vec![0u8; HANDSHAKE_SIZE];
         sock.read_exact(&mut c2).await?;
+        msg::set_chunk_size(&mut self.out);
+        sock.write_all(&self.out).await?;
+        self.out.clear();
         tracing::debug!(?kind, "handshake done");
         Ok(())
     }
@@ -195,15 +204,15 @@ impl Session {
         let publish_timeout = Duration::from_secs_f64(self.state.config.rtmp.publish_timeout_secs);
         let stall = self.state.config.stall_timeout();
         let handle = self.handle.clone();
-        let mut last_input = Instant::now();
         loop {
-            let timeout = match self.role {
-                Role::Idle => idle,
-                Role::Publishing(_) => publish_timeout,
-                // Players send little (acks, pings); only a broken connection is silent this long.
-                Role::Playing(_) => Duration::from_secs(3600),
+            // Idle connections get a fixed deadline (trickling bytes does not extend it); publishers must keep
+            // sending media; players send little (acks, pings), so only a dead connection is silent that long.
+            let (since, timeout) = match self.role {
+                Role::Idle => (self.idle_since, idle),
+                Role::Publishing(_) => (self.last_media, publish_timeout),
+                Role::Playing(_) => (self.last_input, Duration::from_secs(3600)),
             };
-            let deadline = tokio::time::Instant::from_std(last_input + timeout);
+            let deadline = tokio::time::Instant::from_std(since + timeout);
             let reader = match &mut self.role {
                 Role::Playing(r) => Some(r),
                 _ => None,
@@ -228,7 +237,7 @@ impl Session {
                     if n == 0 {
                         return Err(SessionError::Eof);
                     }
-                    last_input = Instant::now();
+                    self.last_input = Instant::now();
                     self.received += n as u64;
                     self.handle.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
                     while let Some(m) = self.decoder.decode(&mut buf)? {
@@ -312,6 +321,7 @@ impl Session {
 
     fn on_media(&mut self, m: super::chunk::Message) {
         let Role::Publishing(publisher) = &mut self.role else { return };
+        self.last_media = Instant::now();
         let len = m.payload.len();
         metrics::global().bytes_in.fetch_add(len as u64, Ordering::Relaxed);
         match flv::frame_from_tag(m.type_id, 0, m.payload) {
@@ -350,7 +360,12 @@ impl Session {
         tracing::debug!(name = %cmd.name, txn = cmd.transaction, "command");
         match cmd.name.as_str() {
             "connect" => {
-                let app_raw = cmd.object.get("app").and_then(|v| v.as_str()).unwrap_or("").trim_end_matches('/');
+                let Some(app_raw) = cmd.object.get("app").and_then(|v| v.as_str()) else {
+                    let e = "connect carries no command object with a string \"app\"";
+                    msg::error(&mut self.out, cmd.transaction, "NetConnection.Connect.Rejected", e);
+                    return Err(SessionError::Refused(e.into()));
+                };
+                let app_raw = app_raw.trim_end_matches('/');
                 let tc_url = cmd.object.get("tcUrl").and_then(|v| v.as_str()).unwrap_or("");
                 let (app, q) = names::split_query(app_raw);
                 self.app = app.to_owned();
@@ -395,6 +410,7 @@ impl Session {
 
     fn stop_publishing(&mut self) {
         if let Role::Publishing(p) = std::mem::replace(&mut self.role, Role::Idle) {
+            self.idle_since = Instant::now();
             tracing::info!(stream = %p.stream().key, "unpublished by client");
             msg::on_status(&mut self.out, "status", "NetStream.Unpublish.Success", "stream is now unpublished");
         }
@@ -439,6 +455,7 @@ impl Session {
         match self.state.hub.publish(key.clone(), info, self.handle.clone()) {
             Ok(p) => {
                 self.role = Role::Publishing(p);
+                self.last_media = Instant::now();
                 msg::user_control(&mut self.out, 0, &RTMP_MEDIA_STREAM_ID.to_be_bytes());
                 msg::on_status(&mut self.out, "status", "NetStream.Publish.Start", &format!("{key} is now published"));
                 Ok(())

@@ -44,6 +44,10 @@ pub async fn write_all_vectored<W: AsyncWrite + Unpin>(w: &mut W, bufs: &[Bytes]
     Ok(total)
 }
 
+/// Send buffer of a player's socket: about a second of a 1 Mbit/s stream. Anything larger only hides a
+/// stalled player's backlog from the max_cache policy (and ~128 KiB still fills a 10 Mbit/s, 100 ms path).
+pub const PLAYER_SEND_BUFFER: usize = 128 * 1024;
+
 /// Sets the socket options every media connection wants: no Nagle delay (a keyframe must not wait 40 ms for
 /// an ACK) and a bounded send buffer, so a stalled player's backlog stays in the hub's ring, where max_cache
 /// can skip it, instead of piling up in the kernel.

@@ -350,3 +350,38 @@ fn demo_page_lists_and_plays_a_stream() {
     assert_eq!(js.status, 200);
     assert!(js.header("content-type").unwrap().starts_with("text/javascript"));
 }
+
+#[test]
+fn a_player_that_stops_reading_is_disconnected_with_a_reason() {
+    use livegate::media::amf0::Amf0Value;
+    let srv = Server::start("[play]\nstall_timeout_secs = 2.0\n");
+    let _pub = push(&media("360p"), &srv.rtmp_url("stall"));
+    srv.wait_live("stall");
+    let mut healthy = FlvClient::connect(srv.http_port, "/live/stall.flv", None);
+    // Neither of these reads a byte after the request: their socket buffers fill and livegate's writes stop.
+    let stuck_flv = FlvClient::connect(srv.http_port, "/live/stall.flv", Some(4096));
+    let mut stuck_rtmp = RtmpClient::connect(srv.rtmp_port, false).unwrap();
+    stuck_rtmp.connect_app("live");
+    stuck_rtmp.send_command(1, &["play".into(), 0.0.into(), Amf0Value::Null, "stall".into()]);
+    let mut tags = healthy.read_for(Duration::from_secs(3));
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            tags.extend(healthy.read_for(Duration::from_millis(200)));
+            let log = srv.log_text();
+            log.contains("http-flv player disconnected") && log.contains("player stalled")
+        }),
+        "stalled players not disconnected:\n{}",
+        srv.log_text()
+    );
+    assert!(wait_until(Duration::from_secs(5), || {
+        tags.extend(healthy.read_for(Duration::from_millis(200)));
+        srv.stream_json("stall").unwrap()["readers_total"] == 1
+    }));
+    let metrics = String::from_utf8(srv.api("GET", "/metrics").body).unwrap();
+    assert!(!metrics.contains("livegate_disconnects_total{reason=\"too_slow\"} 0"), "{metrics}");
+    // The healthy reader beside them lost nothing.
+    let video: Vec<u32> = tags.iter().filter(|(_, t)| is_video_frame(t)).map(|(_, t)| t.timestamp).collect();
+    assert!(video.len() > 150);
+    assert!(video.windows(2).all(|w| w[1] > w[0] && w[1] - w[0] <= 34));
+    drop(stuck_flv);
+}

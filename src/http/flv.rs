@@ -40,6 +40,8 @@ pub struct Progress {
     /// The stream's frame counter at that poll.
     frames_at_poll: AtomicU64,
     epoch: Option<Instant>,
+    /// Set by the watchdog when it ends the connection, so the stop event carries the real reason.
+    reason: Mutex<Option<String>>,
 }
 
 pub fn play(
@@ -171,7 +173,8 @@ impl hyper::body::Body for FlvBody {
 
 impl Drop for FlvBody {
     fn drop(&mut self) {
-        let reason = self.ended.take().unwrap_or_else(|| "client closed".into());
+        let reason =
+            self.ended.take().or_else(|| self.progress.reason.lock().take()).unwrap_or_else(|| "client closed".into());
         tracing::info!(client = self.guard.handle.id, stream = %self.reader.stream().key, %reason, "http-flv stopped");
         self.state.hub.events().send(Event::Stop {
             stream: self.reader.stream().key.to_string(),
@@ -193,7 +196,9 @@ pub async fn watchdog(watch: Arc<Mutex<Option<Watch>>>, stall: Duration) -> Stri
         let Some(w) = w.as_ref() else { continue };
         if let Some(r) = w.handle.kicked() {
             metrics::global().disconnects_kicked.fetch_add(1, Ordering::Relaxed);
-            return format!("kicked: {r}");
+            let reason = format!("kicked: {r}");
+            *w.progress.reason.lock() = Some(reason.clone());
+            return reason;
         }
         let Some(epoch) = w.progress.epoch else { continue };
         let since = epoch.elapsed().as_millis() as u64 - w.progress.last_poll_ms.load(Ordering::Relaxed);
@@ -201,7 +206,9 @@ pub async fn watchdog(watch: Arc<Mutex<Option<Watch>>>, stall: Duration) -> Stri
         let stream_moved = w.stream.stats.frames_in.load(Ordering::Relaxed) > frames_then;
         if since > stall.as_millis() as u64 && stream_moved {
             metrics::global().disconnects_slow.fetch_add(1, Ordering::Relaxed);
-            return format!("stalled: socket accepted nothing for {:.1}s", since as f64 / 1000.0);
+            let reason = format!("stalled: socket accepted nothing for {:.1}s", since as f64 / 1000.0);
+            *w.progress.reason.lock() = Some(reason.clone());
+            return reason;
         }
     }
 }

@@ -44,7 +44,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, mut shutdown: to
         };
         metrics::global().connections.fetch_add(1, Ordering::Relaxed);
         // Small send buffer: a stalled player's backlog stays in the hub, where max_cache can skip it.
-        netio::tune_media_socket(&sock, Some(128 * 1024));
+        netio::tune_media_socket(&sock, Some(netio::PLAYER_SEND_BUFFER));
         let state = state.clone();
         tokio::spawn(async move {
             let watch: Arc<Mutex<Option<flv::Watch>>> = Arc::default();

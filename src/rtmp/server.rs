@@ -48,7 +48,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, mut shutdown: to
         tokio::spawn(async move {
             let guard = state.hub.register_client(Protocol::Rtmp, Some(addr));
             let handle = guard.handle.clone();
-            let span = tracing::info_span!("rtmp", client = handle.id, peer = %addr);
+            let span = tracing::info_span!("rtmp", client = handle.id, peer = %addr, stream = tracing::field::Empty);
             let result = Session::new(state, handle, addr).run(sock).instrument(span.clone()).await;
             let _e = span.enter();
             match result {
@@ -108,6 +108,7 @@ struct Session {
     peer_window: u32,
     warned_codec: bool,
     idle_since: Instant,
+    became_player: bool,
     last_input: Instant,
     last_media: Instant,
 }
@@ -128,6 +129,7 @@ impl Session {
             peer_window: 0,
             warned_codec: false,
             idle_since: Instant::now(),
+            became_player: false,
             last_input: Instant::now(),
             last_media: Instant::now(),
         }
@@ -250,6 +252,9 @@ impl Session {
                     if self.peer_window > 0 && self.received - self.last_ack >= self.peer_window as u64 {
                         msg::ack(&mut self.out, self.received as u32);
                         self.last_ack = self.received;
+                    }
+                    if std::mem::take(&mut self.became_player) {
+                        netio::tune_media_socket(wr.as_ref(), Some(netio::PLAYER_SEND_BUFFER));
                     }
                     if !self.out.is_empty() {
                         wr.write_all(&self.out).await?;
@@ -441,7 +446,8 @@ impl Session {
             Ok(t) => t,
             Err(e) => return self.refuse_publish("NetStream.Publish.BadName", e),
         };
-        let span = tracing::info_span!("publish", stream = %key);
+        tracing::Span::current().record("stream", tracing::field::display(&key));
+        let span = tracing::info_span!("publish");
         let info = PublisherInfo {
             client_id: self.handle.id,
             protocol: Protocol::Rtmp,
@@ -480,6 +486,7 @@ impl Session {
             Ok(t) => t,
             Err(e) => return self.refuse_play("NetStream.Play.BadName", e),
         };
+        tracing::Span::current().record("stream", tracing::field::display(&key));
         if let Err(e) = self.state.authorize_play(&key, &query) {
             let code = match e {
                 AccessError::UnknownApp(_) | AccessError::BadName(_) => "NetStream.Play.BadName",
@@ -495,6 +502,7 @@ impl Session {
             Ok(reader) => {
                 tracing::info!(stream = %key, min_cache = ?policy.min_cache, max_cache = ?policy.max_cache, "playing");
                 self.role = Role::Playing(Box::new(reader));
+                self.became_player = true;
                 msg::user_control(&mut self.out, 0, &RTMP_MEDIA_STREAM_ID.to_be_bytes());
                 msg::on_status(
                     &mut self.out,

@@ -109,13 +109,14 @@ fn run_parallel(srv: &Server, cases: &[Case]) {
 
 /// The reason livegate logged for ending the RTMP connection from local port `port`.
 fn logged_end(srv: &Server, port: u16) -> String {
-    let tag = format!("peer=127.0.0.1:{port}}}");
+    // The span reads `rtmp{client=N peer=ADDR}` or, once a stream is named, `... peer=ADDR stream=KEY}`.
+    let tags = [format!("peer=127.0.0.1:{port}}}"), format!("peer=127.0.0.1:{port} ")];
     let mut reason = None;
     let found = wait_until(Duration::from_secs(10), || {
         reason = srv
             .log_text()
             .lines()
-            .find(|l| l.contains(&tag) && l.contains("connection ended"))
+            .find(|l| tags.iter().any(|t| l.contains(t.as_str())) && l.contains("connection ended"))
             .and_then(|l| l.split_once("reason=").map(|(_, r)| r.to_owned()));
         reason.is_some()
     });

@@ -34,6 +34,7 @@ pub struct Config {
     pub apps: BTreeMap<String, AppConfig>,
     #[serde(default)]
     pub webhooks: WebhookConfig,
+    pub hls: crate::hls::HlsConfig,
     pub log: LogConfig,
 }
 
@@ -190,6 +191,9 @@ impl Config {
         }
         if self.hub.max_stream_mib == 0 || self.hub.max_stream_mib > 4096 {
             return bad("hub.max_stream_mib", format!("{} is outside 1..=4096", self.hub.max_stream_mib));
+        }
+        if let Err(detail) = self.hls.validate() {
+            return bad("hls", detail);
         }
         if self.rtmp.max_connections == 0 {
             return bad("rtmp.max_connections", "must be at least 1".into());

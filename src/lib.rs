@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod config;
 pub mod events;
+pub mod hls;
 pub mod http;
 pub mod hub;
 pub mod media;

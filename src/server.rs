@@ -32,6 +32,7 @@ pub enum AccessError {
 
 pub struct AppState {
     pub hub: Hub,
+    pub hls: Arc<crate::hls::Hls>,
     pub config: Arc<Config>,
     pub webhooks: Webhooks,
     started: Instant,
@@ -52,8 +53,10 @@ impl AppState {
         let events = EventBus::new();
         let hub = Hub::new(config.hub_options(), events);
         let webhooks = Webhooks::new(config.webhooks.clone());
+        let hls = crate::hls::Hls::new(hub.clone(), config.hls.clone());
         Arc::new(Self {
             hub,
+            hls,
             config: Arc::new(config),
             webhooks,
             started: Instant::now(),

@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod flv;
+pub mod hls;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -97,6 +98,8 @@ async fn route(
         api::handle(&state, addr, req).await
     } else if path.ends_with(".flv") && (req.method() == Method::GET || req.method() == Method::HEAD) {
         flv::play(&state, addr, req, watch)
+    } else if (path.ends_with(".m3u8") || path.ends_with(".ts")) && req.method() == Method::GET {
+        hls::handle(&state, &req).await
     } else if req.method() == Method::GET || req.method() == Method::HEAD {
         static_file(&state.config.http.web_root, &path).await
     } else {

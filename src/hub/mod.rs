@@ -44,15 +44,18 @@ impl std::fmt::Display for StreamKey {
 pub enum Protocol {
     Rtmp,
     HttpFlv,
+    /// The stream's HLS segmenter (one per stream, however many HLS clients fetch its segments).
+    Hls,
 }
 
 impl Protocol {
-    pub const COUNT: usize = 2;
-    pub const ALL: [Protocol; Self::COUNT] = [Protocol::Rtmp, Protocol::HttpFlv];
+    pub const COUNT: usize = 3;
+    pub const ALL: [Protocol; Self::COUNT] = [Protocol::Rtmp, Protocol::HttpFlv, Protocol::Hls];
     pub fn as_str(&self) -> &'static str {
         match self {
             Protocol::Rtmp => "rtmp",
             Protocol::HttpFlv => "http-flv",
+            Protocol::Hls => "hls",
         }
     }
 }

@@ -1,0 +1,57 @@
+//! HLS over HTTP: `GET /{app}/{stream}.m3u8` and `GET /{app}/{stream}/{instance}-{seq}.ts`.
+
+use std::sync::Arc;
+
+use http::{header, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use super::{error, full, Body};
+use crate::hls::HlsError;
+use crate::hub::StreamKey;
+use crate::names;
+use crate::server::{AccessError, AppState};
+
+pub async fn handle(state: &Arc<AppState>, req: &Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().trim_start_matches('/');
+    let query_str = req.uri().query().unwrap_or("");
+    let query = names::parse_query(query_str);
+    let parts: Vec<&str> = path.split('/').collect();
+    let (key, segment) = match parts.as_slice() {
+        [app, file] if file.ends_with(".m3u8") => (StreamKey::new(app, file.trim_end_matches(".m3u8")), None),
+        [app, stream, file] if file.ends_with(".ts") => (StreamKey::new(app, stream), Some(*file)),
+        _ => return error(StatusCode::BAD_REQUEST, "bad_path", "expected /{app}/{stream}.m3u8"),
+    };
+    if let Err(e) = state.authorize_play(&key, &query) {
+        let (status, code) = match e {
+            AccessError::Auth(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            AccessError::UnknownApp(_) => (StatusCode::NOT_FOUND, "unknown_app"),
+            _ => (StatusCode::BAD_REQUEST, "bad_name"),
+        };
+        return error(status, code, &e.to_string());
+    }
+    match segment {
+        None => match state.hls.playlist(&key, query_str).await {
+            Ok(text) => {
+                let mut r = Response::new(full(text));
+                let h = r.headers_mut();
+                h.insert(header::CONTENT_TYPE, "application/vnd.apple.mpegurl".parse().expect("static"));
+                // Live playlists change every segment: let a CDN hold one for a second at most.
+                h.insert(header::CACHE_CONTROL, "public, max-age=1".parse().expect("static"));
+                r
+            }
+            Err(e @ HlsError::NotFound(_)) => error(StatusCode::NOT_FOUND, "stream_not_found", &e.to_string()),
+            Err(e @ HlsError::NotReady(_)) => error(StatusCode::SERVICE_UNAVAILABLE, "not_ready", &e.to_string()),
+        },
+        Some(file) => match state.hls.segment(&key, file) {
+            Some(data) => {
+                let mut r = Response::new(full(data));
+                let h = r.headers_mut();
+                h.insert(header::CONTENT_TYPE, "video/mp2t".parse().expect("static"));
+                // A segment URL names one immutable piece of media (the instance id changes per segmenter run).
+                h.insert(header::CACHE_CONTROL, "public, max-age=86400, immutable".parse().expect("static"));
+                r
+            }
+            None => error(StatusCode::NOT_FOUND, "segment_not_found", &format!("no segment {file} for {key}")),
+        },
+    }
+}

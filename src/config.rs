@@ -35,6 +35,7 @@ pub struct Config {
     #[serde(default)]
     pub webhooks: WebhookConfig,
     pub hls: crate::hls::HlsConfig,
+    pub record: crate::record::RecordConfig,
     pub log: LogConfig,
 }
 
@@ -90,6 +91,9 @@ pub struct AppConfig {
     pub play_key: String,
     #[serde(default)]
     pub play_key_backup: String,
+    /// Record every push to this app in these formats.
+    #[serde(default)]
+    pub record: Vec<String>,
 }
 
 impl AppConfig {
@@ -194,6 +198,17 @@ impl Config {
         }
         if let Err(detail) = self.hls.validate() {
             return bad("hls", detail);
+        }
+        if let Err(detail) = self.record.validate() {
+            return bad("record", detail);
+        }
+        for (name, app) in &self.apps {
+            if let Some(f) = app.record.iter().find(|f| !crate::record::FORMATS.contains(&f.as_str())) {
+                return bad(
+                    &format!("apps.{name}.record"),
+                    format!("{f:?} is not a supported format (supported: flv)"),
+                );
+            }
         }
         if self.rtmp.max_connections == 0 {
             return bad("rtmp.max_connections", "must be at least 1".into());

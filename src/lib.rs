@@ -14,5 +14,6 @@ pub mod media;
 pub mod metrics;
 pub mod names;
 pub mod netio;
+pub mod record;
 pub mod rtmp;
 pub mod server;

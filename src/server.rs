@@ -33,6 +33,7 @@ pub enum AccessError {
 pub struct AppState {
     pub hub: Hub,
     pub hls: Arc<crate::hls::Hls>,
+    pub recorder: Arc<crate::record::Recorder>,
     pub config: Arc<Config>,
     pub webhooks: Webhooks,
     started: Instant,
@@ -54,9 +55,11 @@ impl AppState {
         let hub = Hub::new(config.hub_options(), events);
         let webhooks = Webhooks::new(config.webhooks.clone());
         let hls = crate::hls::Hls::new(hub.clone(), config.hls.clone());
+        let recorder = crate::record::Recorder::new(hub.clone(), config.record.clone(), config.http.listen);
         Arc::new(Self {
             hub,
             hls,
+            recorder,
             config: Arc::new(config),
             webhooks,
             started: Instant::now(),
@@ -153,6 +156,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let http = TcpListener::bind(state.config.http.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen for HTTP on {}: {e}", state.config.http.listen))?;
+    state
+        .recorder
+        .check_root()
+        .map_err(|e| anyhow::anyhow!("recording directory {} is not writable: {e}", state.recorder.root().display()))?;
+    let auto: std::collections::HashMap<String, Vec<String>> =
+        state.config.apps.iter().map(|(k, v)| (k.clone(), v.record.clone())).collect();
+    state.recorder.spawn(auto);
     tracing::info!(rtmp = %rtmp.local_addr()?, http = %http.local_addr()?, "livegate listening");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(state.webhooks.clone().run(state.hub.events().clone()));

@@ -2,10 +2,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
@@ -138,41 +135,9 @@ fn api_lists_kicks_and_guards() {
     assert_eq!(r.status, 404);
 }
 
-/// A one-thread HTTP server that records webhook bodies and answers with a fixed status.
-fn webhook_receiver(status: u16) -> (u16, Arc<Mutex<Vec<serde_json::Value>>>) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    let got = Arc::new(Mutex::new(Vec::new()));
-    let g = got.clone();
-    std::thread::spawn(move || {
-        for s in l.incoming().flatten() {
-            let mut r = BufReader::new(s.try_clone().unwrap());
-            let mut len = 0;
-            let mut line = String::new();
-            loop {
-                line.clear();
-                if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap_or(0);
-                }
-            }
-            let mut body = vec![0; len];
-            let _ = r.read_exact(&mut body);
-            if let Ok(v) = serde_json::from_slice(&body) {
-                g.lock().unwrap().push(v);
-            }
-            let mut s = s;
-            let _ = write!(s, "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-        }
-    });
-    (port, got)
-}
-
 #[test]
 fn webhooks_can_refuse_a_publish_and_hear_the_rest() {
-    let (deny_port, denied) = webhook_receiver(403);
+    let (deny_port, denied) = http_receiver(403);
     let srv = Server::start(&format!("[webhooks]\non_publish = [\"http://127.0.0.1:{deny_port}/hook\"]\n"));
     let mut p = push(&media("360p"), &srv.rtmp_url("hooked"));
     assert!(p.wait(Duration::from_secs(20)).is_some_and(|s| !s.success()));
@@ -180,7 +145,7 @@ fn webhooks_can_refuse_a_publish_and_hear_the_rest() {
     assert_eq!(denied.lock().unwrap()[0]["action"], "on_publish");
     assert_eq!(denied.lock().unwrap()[0]["stream"], "live/hooked");
 
-    let (port, got) = webhook_receiver(200);
+    let (port, got) = http_receiver(200);
     let hook = format!("\"http://127.0.0.1:{port}/h\"");
     let srv = Server::start(&format!(
         "[hub]\nreconnect_grace_secs = 0.5\n[webhooks]\non_publish = [{hook}]\non_unpublish = [{hook}]\non_play = [{hook}]\non_stop = [{hook}]\n"

@@ -13,7 +13,9 @@ use super::{error, json, Body};
 use crate::hub::{HubError, Protocol, Stream, StreamKey};
 use crate::media::aac::AudioSpecificConfig;
 use crate::media::avc::{self, AvcDecoderConfig};
+use crate::record::RecordError;
 use crate::server::AppState;
+use http_body_util::BodyExt;
 
 pub async fn handle(state: &Arc<AppState>, addr: SocketAddr, req: Request<Incoming>) -> Response<Body> {
     if let Err(resp) = authorize(state, addr, &req) {
@@ -58,10 +60,71 @@ pub async fn handle(state: &Arc<AppState>, addr: SocketAddr, req: Request<Incomi
             }
             None => error(StatusCode::NOT_FOUND, "client_not_found", &format!("no client with id {id}")),
         },
-        (m, ["api", "v1", "streams" | "clients", ..]) => {
+        (Method::GET, ["api", "v1", "recordings"]) => {
+            let q = crate::names::parse_query(req.uri().query().unwrap_or(""));
+            let get = |k: &str| crate::names::query_get(&q, k).filter(|v| !v.is_empty());
+            let num = |k: &str| get(k).and_then(|v| v.parse::<u64>().ok());
+            let files = state.recorder.list(get("app"), get("stream"), num("from"), num("to"));
+            let running: Vec<Value> = state
+                .recorder
+                .running()
+                .into_iter()
+                .map(|(id, key)| json!({"record_id": id, "app": key.app, "stream": key.name}))
+                .collect();
+            json(StatusCode::OK, &json!({ "recordings": files, "running": running }))
+        }
+        (Method::POST, ["api", "v1", "recordings"]) => start_recording(state, req).await,
+        (Method::DELETE, ["api", "v1", "recordings", "files", file_id]) => match state.recorder.delete(file_id) {
+            Ok(info) => json(StatusCode::OK, &json!({ "deleted": info })),
+            Err(RecordError::NotFound(d)) => error(StatusCode::NOT_FOUND, "recording_not_found", &d),
+            Err(e) => error(StatusCode::CONFLICT, "conflict", &e.to_string()),
+        },
+        (Method::DELETE, ["api", "v1", "recordings", record_id]) => {
+            if state.recorder.stop(record_id) {
+                json(StatusCode::OK, &json!({ "record_id": record_id, "stopping": true }))
+            } else {
+                error(StatusCode::NOT_FOUND, "recording_not_found", &format!("no running recording {record_id}"))
+            }
+        }
+        (m, ["api", "v1", "streams" | "clients" | "recordings", ..]) => {
             error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", &format!("{m} is not allowed on {path}"))
         }
         _ => error(StatusCode::NOT_FOUND, "not_found", &format!("no API route {path}")),
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StartRecording {
+    app: String,
+    stream: String,
+    #[serde(default)]
+    formats: Option<Vec<String>>,
+    fragment_secs: Option<u64>,
+    record_id: Option<String>,
+}
+
+async fn start_recording(state: &Arc<AppState>, req: Request<Incoming>) -> Response<Body> {
+    let body = match http_body_util::Limited::new(req.into_body(), 64 * 1024).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_body", &format!("cannot read the request body: {e}")),
+    };
+    let r: StartRecording = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_json", &e.to_string()),
+    };
+    for (what, name) in [("app", &r.app), ("stream", &r.stream)] {
+        if let Err(e) = crate::names::validate(what, name) {
+            return error(StatusCode::BAD_REQUEST, "invalid_field", &format!("invalid {what}: {e}"));
+        }
+    }
+    let key = StreamKey::new(&r.app, &r.stream);
+    let formats = r.formats.unwrap_or_else(|| vec!["flv".into()]);
+    match state.recorder.start(key, formats, r.fragment_secs, r.record_id) {
+        Ok(id) => json(StatusCode::CREATED, &json!({ "record_id": id })),
+        Err(e @ RecordError::NotFound(_)) => error(StatusCode::NOT_FOUND, "stream_not_found", &e.to_string()),
+        Err(e @ RecordError::Invalid { .. }) => error(StatusCode::BAD_REQUEST, "invalid_field", &e.to_string()),
+        Err(e @ RecordError::Exists(_)) => error(StatusCode::CONFLICT, "conflict", &e.to_string()),
     }
 }
 

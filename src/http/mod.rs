@@ -1,6 +1,7 @@
 //! The HTTP port: HTTP-FLV playback, the control API, `/metrics` and `/healthz` (hyper, HTTP/1.1).
 
 pub mod api;
+pub mod files;
 pub mod flv;
 pub mod hls;
 
@@ -94,6 +95,8 @@ async fn route(
         let mut r = Response::new(full(text));
         r.headers_mut().insert(header::CONTENT_TYPE, "text/plain; version=0.0.4".parse().expect("static"));
         r
+    } else if path.starts_with("/recordings/") && (req.method() == Method::GET || req.method() == Method::HEAD) {
+        files::serve(state.recorder.root(), path.trim_start_matches("/recordings/"), &req).await
     } else if path.starts_with("/api/") {
         api::handle(&state, addr, req).await
     } else if path.ends_with(".flv") && (req.method() == Method::GET || req.method() == Method::HEAD) {

@@ -46,16 +46,19 @@ pub enum Protocol {
     HttpFlv,
     /// The stream's HLS segmenter (one per stream, however many HLS clients fetch its segments).
     Hls,
+    /// A recording.
+    Record,
 }
 
 impl Protocol {
-    pub const COUNT: usize = 3;
-    pub const ALL: [Protocol; Self::COUNT] = [Protocol::Rtmp, Protocol::HttpFlv, Protocol::Hls];
+    pub const COUNT: usize = 4;
+    pub const ALL: [Protocol; Self::COUNT] = [Protocol::Rtmp, Protocol::HttpFlv, Protocol::Hls, Protocol::Record];
     pub fn as_str(&self) -> &'static str {
         match self {
             Protocol::Rtmp => "rtmp",
             Protocol::HttpFlv => "http-flv",
             Protocol::Hls => "hls",
+            Protocol::Record => "record",
         }
     }
 }
@@ -439,7 +442,7 @@ impl Publisher {
             self.waiting_for_key = false;
         }
         frame.dts = ts + offset;
-        self.stream.push(frame, received);
+        self.stream.push_session(frame, received, self.generation);
     }
 
     pub fn info(&self) -> &PublisherInfo {

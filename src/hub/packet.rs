@@ -20,6 +20,8 @@ const CSID_DATA: u32 = 5;
 #[derive(Debug)]
 pub struct Packet {
     pub seq: u64,
+    /// The publish session (hub generation) the frame came from: recorders start a new file when it changes.
+    pub session: u64,
     pub frame: Frame,
     /// When ingest handed the frame to the hub; egress measures added latency from here.
     pub received: Instant,
@@ -29,7 +31,11 @@ pub struct Packet {
 
 impl Packet {
     pub fn new(seq: u64, frame: Frame, received: Instant) -> Arc<Self> {
-        Arc::new(Self { seq, frame, received, flv: OnceLock::new(), rtmp: OnceLock::new() })
+        Self::with_session(seq, 0, frame, received)
+    }
+
+    pub fn with_session(seq: u64, session: u64, frame: Frame, received: Instant) -> Arc<Self> {
+        Arc::new(Self { seq, session, frame, received, flv: OnceLock::new(), rtmp: OnceLock::new() })
     }
 
     /// Codec configuration or stream metadata: what a joining reader must receive before media.

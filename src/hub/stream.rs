@@ -204,6 +204,11 @@ impl Stream {
 
     /// Adds a frame. Never blocks on readers: the ring lock is held only to append and trim.
     pub fn push(&self, frame: Frame, received: Instant) {
+        self.push_session(frame, received, 0)
+    }
+
+    /// Adds a frame from publish session `session` (see [`Packet::session`]).
+    pub fn push_session(&self, frame: Frame, received: Instant, session: u64) {
         let urgent;
         let len = frame.payload.len() as u64;
         self.stats.bytes_in.fetch_add(len, Ordering::Relaxed);
@@ -217,7 +222,7 @@ impl Stream {
             urgent = !(frame.kind == MediaKind::Audio && !frame.config && ring.has_video);
             let seq = ring.next_seq();
             let dts = frame.dts;
-            let packet = Packet::new(seq, frame, received);
+            let packet = Packet::with_session(seq, session, frame, received);
             let f = &packet.frame;
             if f.config {
                 let same =

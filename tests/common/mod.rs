@@ -57,8 +57,10 @@ impl Server {
         let dir = tempdir::TempDir::new("srv");
         let rtmp_port = free_port();
         let http_port = free_port();
+        let rec = dir.path().join("recordings");
         let cfg = format!(
-            "[rtmp]\nlisten = \"127.0.0.1:{rtmp_port}\"\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n[log]\nlevel = \"livegate=debug,info\"\n{extra}"
+            "[rtmp]\nlisten = \"127.0.0.1:{rtmp_port}\"\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n[record]\nroot = \"{}\"\n[log]\nlevel = \"livegate=debug,info\"\n{extra}",
+            rec.display()
         );
         // `extra` may repeat a table header ([rtmp] ...): merge by re-parsing is livegate's job, so write
         // the overrides as a second file layer is not supported; instead tests put ports-only tables here.
@@ -372,6 +374,30 @@ impl HttpResponse {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
+}
+
+/// A request with a JSON body.
+pub fn http_request_body(port: u16, method: &str, path: &str, body: &str) -> HttpResponse {
+    let len = body.len().to_string();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n{body}"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("response head");
+    let head = String::from_utf8_lossy(&raw[..end]).into_owned();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    HttpResponse { status, headers, body: raw[end + 4..].to_vec() }
 }
 
 pub fn http_get(port: u16, path: &str) -> Option<HttpResponse> {
@@ -696,4 +722,41 @@ pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(100));
     }
     f()
+}
+
+/// A one-thread HTTP server on a free port that records JSON bodies POSTed to it and answers `status`.
+pub fn http_receiver(status: u16) -> (u16, std::sync::Arc<Mutex<Vec<serde_json::Value>>>) {
+    let port = free_port();
+    (port, http_receiver_on(port, status))
+}
+
+/// The same on a given port (to start a receiver late, on the port a config already names).
+pub fn http_receiver_on(port: u16, status: u16) -> std::sync::Arc<Mutex<Vec<serde_json::Value>>> {
+    let l = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let got = std::sync::Arc::new(Mutex::new(Vec::new()));
+    let g = got.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut len = 0;
+            let mut line = String::new();
+            loop {
+                line.clear();
+                if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; len];
+            let _ = r.read_exact(&mut body);
+            if let Ok(v) = serde_json::from_slice(&body) {
+                g.lock().unwrap().push(v);
+            }
+            let mut s = s;
+            let _ = write!(s, "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    got
 }

@@ -1,0 +1,594 @@
+//! Cloud recording: each recording is a hub reader whose frames a writer thread appends to FLV files, cut
+//! into fragments on keyframes, with a JSON sidecar per file (the metadata the API lists and the callback
+//! sends) and completion callbacks in an on-disk outbox.
+//!
+//! MP4 and HLS recording come next; this module records FLV.
+
+pub mod flv_file;
+pub mod naming;
+pub mod outbox;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use crate::auth::unix_now;
+use crate::events::Event;
+use crate::hub::{CachePolicy, Hub, HubError, Packet, Protocol, StreamKey};
+use crate::media::MediaKind;
+use flv_file::FlvFile;
+use outbox::Outbox;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordConfig {
+    pub root: String,
+    pub template: String,
+    pub fragment_secs: u64,
+    pub resume_secs: f64,
+    pub min_secs: f64,
+    pub sync_secs: f64,
+    pub callback_urls: Vec<String>,
+    pub callback_key: String,
+    pub callback_retries: u32,
+    pub callback_interval_secs: f64,
+    pub public_url: String,
+    pub fragment_unit_ms: u64,
+}
+
+pub const FORMATS: [&str; 1] = ["flv"];
+pub const FRAGMENT_RANGE: std::ops::RangeInclusive<u64> = 60..=7200;
+
+impl RecordConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        naming::validate(&self.template).map_err(|e| format!("record.template: {e}"))?;
+        if !FRAGMENT_RANGE.contains(&self.fragment_secs) {
+            return Err(format!("record.fragment_secs {} is outside 60..=7200", self.fragment_secs));
+        }
+        if !(1..=1000).contains(&self.fragment_unit_ms) {
+            return Err(format!("record.fragment_unit_ms {} is outside 1..=1000", self.fragment_unit_ms));
+        }
+        for (k, v) in [("resume_secs", self.resume_secs), ("min_secs", self.min_secs), ("sync_secs", self.sync_secs)] {
+            if !(v.is_finite() && (0.0..=86_400.0).contains(&v)) {
+                return Err(format!("record.{k} {v} is out of range"));
+            }
+        }
+        for u in &self.callback_urls {
+            if !u.starts_with("http://") {
+                return Err(format!("record.callback_urls: {u:?} is not an http:// URL"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What livegate knows about one recorded file: the sidecar's content, the API's listing entry and (with `t`
+/// and `sign` added) the completion callback's body, in the field names Tencent's recording callbacks use.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RecordInfo {
+    pub event_type: u32,
+    pub app: String,
+    pub appname: String,
+    pub stream_id: String,
+    pub channel_id: String,
+    pub file_id: String,
+    pub file_format: String,
+    pub task_id: String,
+    pub record_id: String,
+    pub start_time: u64,
+    pub end_time: u64,
+    pub duration: f64,
+    pub file_size: u64,
+    pub stream_param: String,
+    pub video_url: String,
+    /// recording | complete | failed
+    pub status: String,
+    /// Path relative to the recording root.
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RecordError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("invalid {field}: {detail}")]
+    Invalid { field: &'static str, detail: String },
+    #[error("recording {0} already exists")]
+    Exists(String),
+}
+
+struct Task {
+    key: StreamKey,
+    stop: Arc<Notify>,
+    auto: bool,
+}
+
+pub struct Recorder {
+    hub: Hub,
+    cfg: RecordConfig,
+    root: PathBuf,
+    base_url: String,
+    outbox: Outbox,
+    tasks: Mutex<HashMap<String, Task>>,
+}
+
+impl Recorder {
+    pub fn new(hub: Hub, cfg: RecordConfig, http_listen: std::net::SocketAddr) -> Arc<Self> {
+        let root = PathBuf::from(&cfg.root);
+        let base_url = if cfg.public_url.is_empty() {
+            let host =
+                if http_listen.ip().is_unspecified() { "127.0.0.1".to_string() } else { http_listen.ip().to_string() };
+            format!("http://{host}:{}/recordings", http_listen.port())
+        } else {
+            cfg.public_url.trim_end_matches('/').to_owned()
+        };
+        let outbox = Outbox::new(&root, cfg.callback_retries, Duration::from_secs_f64(cfg.callback_interval_secs));
+        Arc::new(Self { hub, cfg, root, base_url, outbox, tasks: Mutex::new(HashMap::new()) })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Checks the root is writable (a clear error at start rather than at the first publish).
+    pub fn check_root(&self) -> std::io::Result<()> {
+        std::fs::create_dir_all(&self.root)?;
+        let probe = self.root.join(".write-test");
+        std::fs::write(&probe, b"ok")?;
+        std::fs::remove_file(probe)
+    }
+
+    /// Background work: callback delivery, finishing files a crash left open, and auto-recording on publish.
+    pub fn spawn(self: &Arc<Self>, auto_apps: HashMap<String, Vec<String>>) {
+        tokio::spawn(self.outbox.clone().run());
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.recover());
+        let this = self.clone();
+        let mut rx = self.hub.events().subscribe();
+        tokio::spawn(async move {
+            loop {
+                match rx.recv().await {
+                    Ok(Event::Publish { stream, .. }) => {
+                        let Some((app, name)) = stream.split_once('/') else { continue };
+                        let Some(formats) = auto_apps.get(app).filter(|f| !f.is_empty()) else { continue };
+                        let key = StreamKey::new(app, name);
+                        let running = this.tasks.lock().values().any(|t| t.auto && t.key == key);
+                        if !running {
+                            let id = format!("auto-{}", short_id());
+                            if let Err(e) = this.start_task(key, formats.clone(), this.cfg.fragment_secs, id, true) {
+                                tracing::warn!(error = %e, "auto recording not started");
+                            }
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(_) => return,
+                }
+            }
+        });
+    }
+
+    /// Starts recording a live stream (the API's `POST /api/v1/recordings`).
+    pub fn start(
+        self: &Arc<Self>,
+        key: StreamKey,
+        formats: Vec<String>,
+        fragment_secs: Option<u64>,
+        record_id: Option<String>,
+    ) -> Result<String, RecordError> {
+        if formats.is_empty() {
+            return Err(RecordError::Invalid { field: "formats", detail: "at least one format is needed".into() });
+        }
+        if let Some(f) = formats.iter().find(|f| !FORMATS.contains(&f.as_str())) {
+            return Err(RecordError::Invalid {
+                field: "formats",
+                detail: format!("{f:?} is not supported (supported: {})", FORMATS.join(", ")),
+            });
+        }
+        let fragment = fragment_secs.unwrap_or(self.cfg.fragment_secs);
+        if !FRAGMENT_RANGE.contains(&fragment) {
+            return Err(RecordError::Invalid {
+                field: "fragment_secs",
+                detail: format!("{fragment} is outside 60..=7200"),
+            });
+        }
+        let id = match record_id {
+            Some(id) => {
+                crate::names::validate("record_id", &id)
+                    .map_err(|e| RecordError::Invalid { field: "record_id", detail: e.to_string() })?;
+                id
+            }
+            None => short_id(),
+        };
+        if self.tasks.lock().contains_key(&id) {
+            return Err(RecordError::Exists(id));
+        }
+        self.start_task(key, formats, fragment, id.clone(), false)?;
+        Ok(id)
+    }
+
+    fn start_task(
+        self: &Arc<Self>,
+        key: StreamKey,
+        formats: Vec<String>,
+        fragment_secs: u64,
+        record_id: String,
+        auto: bool,
+    ) -> Result<(), RecordError> {
+        let stream = self
+            .hub
+            .get(&key)
+            .filter(|s| !s.is_closed())
+            .ok_or_else(|| RecordError::NotFound(format!("stream {key} is not being published")))?;
+        let guard = self.hub.register_client(Protocol::Record, None);
+        // From the oldest cached keyframe (the start of the push when it began just now), never skipping.
+        let retention = self.hub.options().retention;
+        let policy = CachePolicy { min_cache: retention, max_cache: retention, max_skips_per_minute: u32::MAX };
+        let mut reader =
+            self.hub.subscribe(&key, Protocol::Record, policy, guard.handle.clone()).map_err(|e| match e {
+                HubError::NotFound(m) => RecordError::NotFound(m),
+                other => RecordError::NotFound(other.to_string()),
+            })?;
+        let stop = Arc::new(Notify::new());
+        self.tasks.lock().insert(record_id.clone(), Task { key: key.clone(), stop: stop.clone(), auto });
+        let (tx, rx) = tokio::sync::mpsc::channel::<Vec<Arc<Packet>>>(256);
+        let param = stream.publisher().map(|p| p.param).unwrap_or_default();
+        let writer = Writer {
+            rec: self.clone(),
+            key: key.clone(),
+            record_id: record_id.clone(),
+            task_id: short_id(),
+            formats,
+            fragment_ms: fragment_secs as i64 * self.cfg.fragment_unit_ms as i64,
+            param,
+        };
+        let handle = tokio::task::spawn_blocking(move || writer.run(rx));
+        let this = self.clone();
+        tokio::spawn(async move {
+            let _client = guard;
+            tracing::info!(stream = %key, record_id = %record_id, "recording started");
+            let mut batch = Vec::new();
+            loop {
+                tokio::select! {
+                    r = reader.next_batch(&mut batch) => {
+                        if r.is_err() {
+                            break;
+                        }
+                        if tx.send(std::mem::take(&mut batch)).await.is_err() {
+                            break; // the writer stopped (disk error)
+                        }
+                    }
+                    _ = stop.notified() => break,
+                }
+            }
+            drop(tx);
+            let _ = handle.await;
+            this.tasks.lock().remove(&record_id);
+            tracing::info!(stream = %key, record_id = %record_id, "recording stopped");
+        });
+        Ok(())
+    }
+
+    /// Stops a recording; its current file is finished and called back as usual.
+    pub fn stop(&self, record_id: &str) -> bool {
+        match self.tasks.lock().get(record_id) {
+            Some(t) => {
+                t.stop.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn running(&self) -> Vec<(String, StreamKey)> {
+        self.tasks.lock().iter().map(|(id, t)| (id.clone(), t.key.clone())).collect()
+    }
+
+    /// All recorded files (from their sidecars), filtered; newest first.
+    pub fn list(&self, app: Option<&str>, stream: Option<&str>, from: Option<u64>, to: Option<u64>) -> Vec<RecordInfo> {
+        let mut out = Vec::new();
+        walk_sidecars(&self.root, &mut |_, info| {
+            let keep = app.is_none_or(|a| info.app == a)
+                && stream.is_none_or(|s| info.stream_id == s)
+                && from.is_none_or(|f| info.end_time >= f || info.status == "recording")
+                && to.is_none_or(|t| info.start_time <= t);
+            if keep {
+                out.push(info);
+            }
+        });
+        out.sort_by(|a, b| b.start_time.cmp(&a.start_time).then(b.file_id.cmp(&a.file_id)));
+        out
+    }
+
+    /// Deletes a finished file and its sidecar.
+    pub fn delete(&self, file_id: &str) -> Result<RecordInfo, RecordError> {
+        let mut found = None;
+        walk_sidecars(&self.root, &mut |p, info| {
+            if info.file_id == file_id {
+                found = Some((p.to_path_buf(), info));
+            }
+        });
+        let (sidecar, info) =
+            found.ok_or_else(|| RecordError::NotFound(format!("no recording with file_id {file_id}")))?;
+        if info.status == "recording" {
+            return Err(RecordError::Invalid { field: "file_id", detail: "the file is still being recorded".into() });
+        }
+        let _ = std::fs::remove_file(self.root.join(&info.path));
+        let _ = std::fs::remove_file(sidecar);
+        Ok(info)
+    }
+
+    /// At start-up: files left "recording" by a crash are cut at their last whole tag, finished and called back.
+    fn recover(&self) {
+        let mut open = Vec::new();
+        walk_sidecars(&self.root, &mut |p, info| {
+            if info.status == "recording" {
+                open.push((p.to_path_buf(), info));
+            }
+        });
+        for (sidecar, mut info) in open {
+            let path = self.root.join(&info.path);
+            match flv_file::repair(&path) {
+                Ok((duration, size)) => {
+                    info.duration = duration;
+                    info.file_size = size;
+                    info.end_time = info.start_time + duration.round() as u64;
+                    info.status = "complete".into();
+                    tracing::info!(file = %info.path, duration, "unfinished recording recovered");
+                }
+                Err(e) => {
+                    info.status = "failed".into();
+                    info.error = Some(format!("recovery failed: {e}"));
+                }
+            }
+            let _ = write_json(&sidecar, &info);
+            self.callback(&info);
+        }
+    }
+
+    fn callback(&self, info: &RecordInfo) {
+        let t = unix_now() + 86_400;
+        let mut body = serde_json::to_value(info).unwrap_or_default();
+        body["t"] = serde_json::json!(t);
+        body["sign"] = serde_json::json!(crate::auth::sign(&self.cfg.callback_key, "", &t.to_string()));
+        if let Err(e) = self.outbox.enqueue(&info.file_id, &self.cfg.callback_urls, body) {
+            tracing::error!(error = %e, file = %info.path, "cannot store the recording callback");
+        }
+    }
+}
+
+fn short_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+fn write_json(path: &Path, info: &RecordInfo) -> std::io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(info).unwrap_or_default())?;
+    std::fs::rename(tmp, path)
+}
+
+fn walk_sidecars(dir: &Path, f: &mut dyn FnMut(&Path, RecordInfo)) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let p = e.path();
+        let name = e.file_name();
+        if name.to_string_lossy().starts_with('.') {
+            continue;
+        }
+        if p.is_dir() {
+            walk_sidecars(&p, f);
+        } else if name.to_string_lossy().ends_with(".rec.json") {
+            if let Ok(info) = std::fs::read(&p).map_err(|_| ()).and_then(|b| serde_json::from_slice(&b).map_err(|_| ()))
+            {
+                f(&p, info);
+            }
+        }
+    }
+}
+
+/// The file a recording is writing now.
+struct Open {
+    file: FlvFile,
+    info: RecordInfo,
+    sidecar: PathBuf,
+    first_dts: i64,
+    last_flush: Instant,
+    last_sync: Instant,
+}
+
+/// Runs on a blocking thread: disk writes never stall the runtime.
+struct Writer {
+    rec: Arc<Recorder>,
+    key: StreamKey,
+    record_id: String,
+    task_id: String,
+    formats: Vec<String>,
+    fragment_ms: i64,
+    param: String,
+}
+
+impl Writer {
+    fn run(self, mut rx: tokio::sync::mpsc::Receiver<Vec<Arc<Packet>>>) {
+        debug_assert!(self.formats.iter().all(|f| f == "flv"));
+        let resume = Duration::from_secs_f64(self.rec.cfg.resume_secs);
+        let mut headers: [Option<Arc<Packet>>; 3] = Default::default();
+        let mut has_video = false;
+        let mut has_audio = false;
+        let mut cur: Option<Open> = None;
+        let mut last: Option<(u64, Instant)> = None;
+        while let Some(batch) = rx.blocking_recv() {
+            for p in batch {
+                let f = &p.frame;
+                if f.config {
+                    headers[p.header_slot()] = Some(p.clone());
+                    match f.kind {
+                        MediaKind::Video => has_video = true,
+                        MediaKind::Audio => has_audio = true,
+                        MediaKind::Data => continue,
+                    }
+                    // New codec configuration mid-file: FLV carries it in-band.
+                    if let Some(o) = cur.as_mut() {
+                        if let Err(e) = o.file.write(f) {
+                            return self.fail(cur.take(), e);
+                        }
+                    }
+                    continue;
+                }
+                if f.kind == MediaKind::Data {
+                    continue;
+                }
+                has_video |= f.kind == MediaKind::Video;
+                has_audio |= f.kind == MediaKind::Audio;
+                // A push interruption longer than resume_secs starts a new file.
+                if let Some((session, at)) = last {
+                    if session != p.session && p.received.duration_since(at) > resume {
+                        if let Some(o) = cur.take() {
+                            self.finish(o);
+                        }
+                    }
+                }
+                last = Some((p.session, p.received));
+                let boundary = if has_video { f.kind == MediaKind::Video && f.keyframe } else { true };
+                if let Some(o) = cur.as_ref() {
+                    if boundary && f.dts - o.first_dts >= self.fragment_ms {
+                        if let Some(o) = cur.take() {
+                            self.finish(o);
+                        }
+                    }
+                }
+                if cur.is_none() {
+                    if !boundary {
+                        continue; // files start on a keyframe
+                    }
+                    match self.open(f.dts, has_video, has_audio, &headers) {
+                        Ok(o) => cur = Some(o),
+                        Err(e) => return self.fail(None, e),
+                    }
+                }
+                let o = cur.as_mut().expect("opened above");
+                if let Err(e) = o.file.write(f) {
+                    return self.fail(cur.take(), e);
+                }
+                if o.last_flush.elapsed() >= Duration::from_millis(500) {
+                    let sync = o.last_sync.elapsed().as_secs_f64() >= self.rec.cfg.sync_secs;
+                    if let Err(e) = o.file.flush(sync) {
+                        return self.fail(cur.take(), e);
+                    }
+                    o.last_flush = Instant::now();
+                    if sync {
+                        o.last_sync = Instant::now();
+                    }
+                }
+            }
+        }
+        if let Some(o) = cur.take() {
+            self.finish(o);
+        }
+    }
+
+    fn open(
+        &self,
+        dts: i64,
+        has_video: bool,
+        has_audio: bool,
+        headers: &[Option<Arc<Packet>>; 3],
+    ) -> std::io::Result<Open> {
+        let file_id = short_id();
+        let start = unix_now();
+        let rel = naming::render(
+            &self.rec.cfg.template,
+            &naming::NameParts {
+                app: &self.key.app,
+                stream: &self.key.name,
+                record_id: &self.record_id,
+                file_id: &file_id,
+                ext: "flv",
+                start,
+            },
+        )
+        .map_err(std::io::Error::other)?;
+        // Two fragments within one second would share a name: keep both.
+        let mut rel = rel;
+        if self.rec.root.join(&rel).exists() {
+            rel = rel.replace(".flv", &format!("_{}.flv", &file_id[..8]));
+        }
+        let path = self.rec.root.join(&rel);
+        let mut file = FlvFile::create(&path, has_video, has_audio)?;
+        for h in headers.iter().skip(1).flatten() {
+            let mut fr = h.frame.clone();
+            fr.dts = dts;
+            file.write(&fr)?;
+        }
+        let info = RecordInfo {
+            event_type: 100,
+            app: self.key.app.clone(),
+            appname: self.key.app.clone(),
+            stream_id: self.key.name.clone(),
+            channel_id: self.key.name.clone(),
+            file_id,
+            file_format: "flv".into(),
+            task_id: self.task_id.clone(),
+            record_id: self.record_id.clone(),
+            start_time: start,
+            end_time: start,
+            duration: 0.0,
+            file_size: 0,
+            stream_param: self.param.clone(),
+            video_url: format!("{}/{}", self.rec.base_url, rel),
+            status: "recording".into(),
+            path: rel.clone(),
+            error: None,
+        };
+        let sidecar = path.with_extension("rec.json");
+        write_json(&sidecar, &info)?;
+        tracing::info!(stream = %self.key, file = %rel, "recording file opened");
+        Ok(Open { file, info, sidecar, first_dts: dts, last_flush: Instant::now(), last_sync: Instant::now() })
+    }
+
+    fn finish(&self, o: Open) {
+        let Open { file, mut info, sidecar, .. } = o;
+        let size = file.bytes;
+        match file.finish(33) {
+            Ok(duration) => {
+                if duration < self.rec.cfg.min_secs {
+                    // Too short to be a recording (a failed push attempt): leave nothing behind.
+                    let _ = std::fs::remove_file(self.rec.root.join(&info.path));
+                    let _ = std::fs::remove_file(&sidecar);
+                    tracing::info!(file = %info.path, duration, "recording shorter than record.min_secs discarded");
+                    return;
+                }
+                info.duration = duration;
+                info.file_size = size;
+                info.end_time = info.start_time + duration.round() as u64;
+                info.status = "complete".into();
+            }
+            Err(e) => {
+                info.status = "failed".into();
+                info.error = Some(e.to_string());
+            }
+        }
+        let _ = write_json(&sidecar, &info);
+        tracing::info!(file = %info.path, duration = info.duration, status = %info.status, "recording file finished");
+        self.rec.callback(&info);
+    }
+
+    /// A write failed (disk full, directory gone): this recording stops; the stream and others go on.
+    fn fail(&self, open: Option<Open>, e: std::io::Error) {
+        tracing::error!(stream = %self.key, record_id = %self.record_id, error = %e, "recording failed");
+        if let Some(o) = open {
+            let mut info = o.info;
+            info.status = "failed".into();
+            info.error = Some(e.to_string());
+            info.file_size = o.file.bytes;
+            let _ = write_json(&o.sidecar, &info);
+            self.rec.callback(&info);
+        }
+    }
+}

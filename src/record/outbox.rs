@@ -1,0 +1,122 @@
+//! Completion callbacks kept on disk until delivered (ARCHITECTURE invariant 8): one JSON file per pending
+//! callback under `{root}/.outbox/`, retried with a fixed interval, moved to `.outbox/failed/` after the last try.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Pending {
+    urls: Vec<String>,
+    body: serde_json::Value,
+    attempts: u32,
+    /// Unix seconds before which the next attempt must not happen.
+    not_before: u64,
+}
+
+#[derive(Clone)]
+pub struct Outbox {
+    dir: PathBuf,
+    retries: u32,
+    interval: Duration,
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+impl Outbox {
+    pub fn new(root: &Path, retries: u32, interval: Duration) -> Self {
+        Self { dir: root.join(".outbox"), retries, interval }
+    }
+
+    /// Stores a callback for delivery (blocking file I/O: call from the writer thread or spawn_blocking).
+    pub fn enqueue(&self, id: &str, urls: &[String], body: serde_json::Value) -> std::io::Result<()> {
+        if urls.is_empty() {
+            return Ok(());
+        }
+        std::fs::create_dir_all(&self.dir)?;
+        let p = Pending { urls: urls.to_vec(), body, attempts: 0, not_before: 0 };
+        let tmp = self.dir.join(format!("{id}.json.tmp"));
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&p).unwrap_or_default())?;
+        // Rename is atomic: the delivery loop never sees half a file.
+        std::fs::rename(&tmp, self.dir.join(format!("{id}.json")))
+    }
+
+    /// Delivers pending callbacks forever, scanning the outbox once a second.
+    pub async fn run(self) {
+        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let Ok(entries) = std::fs::read_dir(&self.dir) else { continue };
+            for e in entries.flatten() {
+                let path = e.path();
+                if path.extension().and_then(|x| x.to_str()) != Some("json") {
+                    continue;
+                }
+                let Ok(text) = std::fs::read(&path) else { continue };
+                let Ok(mut p) = serde_json::from_slice::<Pending>(&text) else {
+                    tracing::warn!(file = %path.display(), "unreadable outbox entry moved aside");
+                    let _ = self.fail(&path);
+                    continue;
+                };
+                if p.not_before > now() {
+                    continue;
+                }
+                let body = serde_json::to_vec(&p.body).unwrap_or_default();
+                let mut ok = true;
+                for url in &p.urls {
+                    if let Err(e) = post(&client, url, body.clone()).await {
+                        tracing::warn!(%url, attempt = p.attempts + 1, error = %e, "recording callback not delivered");
+                        ok = false;
+                    }
+                }
+                if ok {
+                    let _ = std::fs::remove_file(&path);
+                    continue;
+                }
+                p.attempts += 1;
+                if p.attempts >= self.retries {
+                    tracing::error!(file = %path.display(), "recording callback given up after {} attempts", p.attempts);
+                    let _ = self.fail(&path);
+                    continue;
+                }
+                p.not_before = now() + self.interval.as_secs().max(1);
+                let _ = std::fs::write(&path, serde_json::to_vec_pretty(&p).unwrap_or_default());
+            }
+        }
+    }
+
+    fn fail(&self, path: &Path) -> std::io::Result<()> {
+        let failed = self.dir.join("failed");
+        std::fs::create_dir_all(&failed)?;
+        std::fs::rename(path, failed.join(path.file_name().unwrap_or_default()))
+    }
+}
+
+async fn post(
+    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    url: &str,
+    body: Vec<u8>,
+) -> Result<(), String> {
+    let req = http::Request::post(url)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| e.to_string())?;
+    let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+        .await
+        .map_err(|_| "no answer within 10 s".to_string())?
+        .map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let _ = resp.into_body().collect().await;
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!("answered {status}"))
+    }
+}

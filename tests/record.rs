@@ -1,0 +1,217 @@
+//! FLV recording with real clients: ffmpeg pushes, ffprobe checks the files, callbacks reach a receiver.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+fn probe_duration(path: &std::path::Path) -> f64 {
+    let out = ffprobe(path.to_str().unwrap(), &["-show_entries", "format=duration", "-of", "csv=p=0"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+fn first_frame_is_key(path: &std::path::Path) -> bool {
+    let out = ffprobe(
+        path.to_str().unwrap(),
+        &["-select_streams", "v:0", "-show_entries", "frame=key_frame", "-read_intervals", "%+#1", "-of", "csv=p=0"],
+    );
+    String::from_utf8_lossy(&out.stdout).lines().next().map(|l| l.trim_end_matches(',')) == Some("1")
+}
+
+/// Complete recordings listed by the API.
+fn complete(srv: &Server, stream: &str) -> Vec<serde_json::Value> {
+    let j = srv.api("GET", &format!("/api/v1/recordings?stream={stream}")).json();
+    j["recordings"].as_array().unwrap().iter().filter(|r| r["status"] == "complete").cloned().collect()
+}
+
+fn push_secs(srv: &Server, name: &str, secs: f64) -> Proc {
+    push_args(&media("360p"), &srv.rtmp_url(name), &["-t", &secs.to_string()])
+}
+
+#[test]
+fn a_push_is_recorded_whole_fragments_add_up_and_short_pushes_leave_nothing() {
+    let (cb_port, callbacks) = http_receiver(200);
+    // fragment_unit_ms = 100 makes fragment_secs = 60 mean 6 s, so the cut logic runs in a short test.
+    let srv = Server::start(&format!(
+        "[apps.live]\nrecord = [\"flv\"]\n[hub]\nreconnect_grace_secs = 1.0\n[record]\nfragment_secs = 60\nfragment_unit_ms = 100\ncallback_urls = [\"http://127.0.0.1:{cb_port}/cb\"]\ncallback_key = \"cbkey\"\n"
+    ));
+    let root = srv.dir.path().join("recordings");
+    let mut p = push_secs(&srv, "whole", 20.0);
+    let mut short = push_secs(&srv, "short", 0.5);
+    assert!(p.wait(Duration::from_secs(40)).is_some_and(|s| s.success()), "{}", p.stderr());
+    let _ = short.wait(Duration::from_secs(10));
+    assert!(
+        wait_until(Duration::from_secs(15), || complete(&srv, "whole").len() == 4),
+        "{:?}",
+        complete(&srv, "whole")
+    );
+    let mut files = complete(&srv, "whole");
+    files.sort_by_key(|f| f["path"].as_str().unwrap().to_owned());
+    let mut total = 0.0;
+    for f in &files {
+        let path = srv.dir.path().join("recordings").join(f["path"].as_str().unwrap());
+        let d = probe_duration(&path);
+        assert!((d - f["duration"].as_f64().unwrap()).abs() < 0.05, "{d} vs {f}");
+        assert!(first_frame_is_key(&path), "{} starts with a keyframe", path.display());
+        let decode =
+            Command::new("ffmpeg").args(["-v", "error", "-i"]).arg(&path).args(["-f", "null", "-"]).output().unwrap();
+        assert!(decode.stderr.is_empty(), "{}", String::from_utf8_lossy(&decode.stderr));
+        total += d;
+    }
+    // Cuts land on the 2 s keyframes after each 6 s.
+    let durs: Vec<f64> = files.iter().map(|f| f["duration"].as_f64().unwrap()).collect();
+    assert!(durs[..3].iter().all(|d| (d - 6.0).abs() < 0.1), "{durs:?}");
+    // 20 s were pushed: the fragments add up to that within one frame + 50 ms.
+    assert!((total - 20.0).abs() <= 0.034 + 0.05, "fragments total {total} s");
+    // The 0.5 s push left no file behind.
+    assert!(complete(&srv, "short").is_empty());
+    assert!(!root.join("live/short").exists() || std::fs::read_dir(root.join("live/short")).unwrap().next().is_none());
+
+    // One callback per file, with the fields users know and a valid signature.
+    assert!(wait_until(Duration::from_secs(10), || callbacks.lock().unwrap().len() >= 4));
+    let cbs = callbacks.lock().unwrap().clone();
+    for cb in &cbs {
+        assert_eq!(cb["event_type"], 100);
+        assert_eq!(cb["app"], "live");
+        assert_eq!(cb["stream_id"], "whole");
+        assert_eq!(cb["file_format"], "flv");
+        for k in
+            ["file_id", "task_id", "record_id", "start_time", "end_time", "duration", "file_size", "video_url", "t"]
+        {
+            assert!(!cb[k].is_null(), "callback lacks {k}: {cb}");
+        }
+        let t = cb["t"].as_u64().unwrap().to_string();
+        assert_eq!(cb["sign"], livegate::auth::sign("cbkey", "", &t));
+        // video_url serves the file, with ranges.
+        let url = cb["video_url"].as_str().unwrap();
+        let path = url.split_once("/recordings/").unwrap().1;
+        let r = http_request(srv.http_port, "GET", &format!("/recordings/{path}"), &[("Range", "bytes=0-12")]).unwrap();
+        assert_eq!(r.status, 206);
+        assert_eq!(&r.body[..3], b"FLV");
+        assert_eq!(r.body.len(), 13);
+        assert_eq!(r.header("content-range").unwrap(), format!("bytes 0-12/{}", cb["file_size"]));
+    }
+}
+
+#[test]
+fn reconnects_split_files_unless_resumed_and_the_api_starts_and_stops() {
+    let srv = Server::start("[hub]\nreconnect_grace_secs = 8.0\n[record]\nresume_secs = 0.0\n");
+    // Started through the API, with bad requests first.
+    let bad = |body: &str| {
+        let r = http_request_body(srv.http_port, "POST", "/api/v1/recordings", body);
+        (r.status, r.json())
+    };
+    let (s, j) = bad(r#"{"app":"live","stream":"nobody"}"#);
+    assert_eq!((s, j["error"].as_str()), (404, Some("stream_not_found")));
+    let mut p1 = push_secs(&srv, "rc", 30.0);
+    srv.wait_live("rc");
+    let (s, j) = bad(r#"{"app":"live","stream":"rc","formats":["avi"]}"#);
+    assert_eq!(s, 400);
+    assert!(j["detail"].as_str().unwrap().contains("formats"), "{j}");
+    let (s, j) = bad(r#"{"app":"live","stream":"rc","fragment_secs":5}"#);
+    assert_eq!(s, 400);
+    assert!(j["detail"].as_str().unwrap().contains("fragment_secs"), "{j}");
+    let (s, j) = bad(r#"{"app":"live","stream":"rc","record_id":"rec1"}"#);
+    assert_eq!(s, 201, "{j}");
+    assert_eq!(bad(r#"{"app":"live","stream":"rc","record_id":"rec1"}"#).0, 409);
+    std::thread::sleep(Duration::from_secs(3));
+    p1.kill();
+    std::thread::sleep(Duration::from_secs(2));
+    let _p2 = push_secs(&srv, "rc", 30.0);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(srv.api("DELETE", "/api/v1/recordings/rec1").status, 200);
+    assert_eq!(srv.api("DELETE", "/api/v1/recordings/nope").status, 404);
+    assert!(wait_until(Duration::from_secs(10), || complete(&srv, "rc").len() == 2), "{:?}", complete(&srv, "rc"));
+
+    // With resume_secs, the same interruption continues the file.
+    let srv = Server::start(
+        "[apps.live]\nrecord = [\"flv\"]\n[hub]\nreconnect_grace_secs = 8.0\n[record]\nresume_secs = 5.0\n",
+    );
+    let mut p1 = push_secs(&srv, "rs", 30.0);
+    srv.wait_live("rs");
+    std::thread::sleep(Duration::from_secs(3));
+    p1.kill();
+    std::thread::sleep(Duration::from_secs(2));
+    let mut p2 = push_secs(&srv, "rs", 3.0);
+    assert!(p2.wait(Duration::from_secs(20)).is_some());
+    assert!(wait_until(Duration::from_secs(15), || complete(&srv, "rs").len() == 1), "{:?}", complete(&srv, "rs"));
+    let f = &complete(&srv, "rs")[0];
+    assert!(f["duration"].as_f64().unwrap() > 5.0, "one file spans both sessions: {f}");
+
+    // Deleting a file removes it.
+    let id = f["file_id"].as_str().unwrap();
+    assert_eq!(srv.api("DELETE", &format!("/api/v1/recordings/files/{id}")).status, 200);
+    assert!(complete(&srv, "rs").is_empty());
+}
+
+#[test]
+fn kill_minus_nine_leaves_playable_files_and_callbacks_survive_a_restart() {
+    let cb_port = free_port();
+    let dir = tempdir::TempDir::new("crash");
+    let root = dir.path().join("rec");
+    let cfg = format!(
+        "[apps.live]\nrecord = [\"flv\"]\n[record]\nroot = \"{}\"\ncallback_urls = [\"http://127.0.0.1:{cb_port}/cb\"]\ncallback_interval_secs = 1.0\n",
+        root.display()
+    );
+    let mut srv = Server::start(&cfg);
+    let _p = push_secs(&srv, "crash", 30.0);
+    srv.wait_live("crash");
+    std::thread::sleep(Duration::from_secs(5));
+    unsafe {
+        libc::kill(srv.child.id() as i32, libc::SIGKILL);
+    }
+    let _ = srv.child.wait();
+    // Before any restart: the file on disk plays up to (about) the kill.
+    let files: Vec<_> = walk(&root).into_iter().filter(|p| p.extension().is_some_and(|e| e == "flv")).collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let d = probe_duration(&files[0]);
+    assert!(d >= 3.5, "only {d} s survived the kill");
+    let decode =
+        Command::new("ffmpeg").args(["-v", "error", "-i"]).arg(&files[0]).args(["-f", "null", "-"]).output().unwrap();
+    assert!(decode.status.success());
+
+    // Restart (the callback receiver still down): the file is finished; the callback waits in the outbox.
+    let srv = Server::start(&cfg);
+    assert!(wait_until(Duration::from_secs(10), || complete(&srv, "crash").len() == 1));
+    let info = complete(&srv, "crash")[0].clone();
+    assert!(info["duration"].as_f64().unwrap() >= 3.5);
+    std::thread::sleep(Duration::from_secs(2));
+    let got = http_receiver_on(cb_port, 200);
+    assert!(wait_until(Duration::from_secs(10), || !got.lock().unwrap().is_empty()), "callback never delivered");
+    std::thread::sleep(Duration::from_secs(2));
+    let cbs = got.lock().unwrap().clone();
+    assert_eq!(cbs.len(), 1, "delivered once: {cbs:?}");
+    assert_eq!(cbs[0]["file_id"], info["file_id"]);
+    drop(srv);
+}
+
+#[test]
+fn an_unwritable_recording_directory_is_a_clear_start_error() {
+    let dir = tempdir::TempDir::new("ro");
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, b"x").unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, format!("[record]\nroot = \"{}/sub\"\n", file.display())).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_livegate")).args(["serve", "--config"]).arg(&cfg).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("recording directory") && err.contains("not writable"), "{err}");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut v = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                v.extend(walk(&p));
+            } else {
+                v.push(p);
+            }
+        }
+    }
+    v
+}

@@ -206,7 +206,7 @@ impl Config {
             if let Some(f) = app.record.iter().find(|f| !crate::record::FORMATS.contains(&f.as_str())) {
                 return bad(
                     &format!("apps.{name}.record"),
-                    format!("{f:?} is not a supported format (supported: flv)"),
+                    format!("{f:?} is not a supported format (supported: flv, hls)"),
                 );
             }
         }

@@ -55,7 +55,12 @@ impl AppState {
         let hub = Hub::new(config.hub_options(), events);
         let webhooks = Webhooks::new(config.webhooks.clone());
         let hls = crate::hls::Hls::new(hub.clone(), config.hls.clone());
-        let recorder = crate::record::Recorder::new(hub.clone(), config.record.clone(), config.http.listen);
+        let recorder = crate::record::Recorder::new(
+            hub.clone(),
+            config.record.clone(),
+            config.http.listen,
+            config.hls.segment_secs,
+        );
         Arc::new(Self {
             hub,
             hls,

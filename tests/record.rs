@@ -215,3 +215,44 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     v
 }
+
+#[test]
+fn hls_recording_is_one_playlist_per_push_continued_after_a_discontinuity() {
+    let srv = Server::start(
+        "[apps.live]\nrecord = [\"flv\", \"hls\"]\n[hub]\nreconnect_grace_secs = 8.0\n[record]\nresume_secs = 5.0\n",
+    );
+    let mut p1 = push_secs(&srv, "hr", 30.0);
+    srv.wait_live("hr");
+    std::thread::sleep(Duration::from_secs(4));
+    p1.kill();
+    std::thread::sleep(Duration::from_secs(2));
+    let mut p2 = push_secs(&srv, "hr", 4.0);
+    assert!(p2.wait(Duration::from_secs(20)).is_some());
+    assert!(wait_until(Duration::from_secs(15), || complete(&srv, "hr").len() == 2), "{:?}", complete(&srv, "hr"));
+    let files = complete(&srv, "hr");
+    let hls = files.iter().find(|f| f["file_format"] == "hls").expect("an HLS recording");
+    assert!(files.iter().any(|f| f["file_format"] == "flv"));
+    let playlist = srv.dir.path().join("recordings").join(hls["path"].as_str().unwrap());
+    let text = std::fs::read_to_string(&playlist).unwrap();
+    assert!(text.contains("#EXT-X-ENDLIST"), "{text}");
+    assert!(text.contains("#EXT-X-DISCONTINUITY"), "resumed push continues after a discontinuity: {text}");
+    let d = probe_duration(&playlist);
+    assert!((d - hls["duration"].as_f64().unwrap()).abs() < 0.5 && d > 6.0, "{d} vs {hls}");
+    // The playlist and its segments are served like any recording.
+    let url = hls["video_url"].as_str().unwrap();
+    let streams = probe_streams(url);
+    assert!(streams.iter().any(|s| s["codec_name"] == "h264"), "{streams:?}");
+    // Deleting removes the segments too.
+    let seg_count = || {
+        std::fs::read_dir(playlist.parent().unwrap())
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "ts"))
+            .count()
+    };
+    assert!(seg_count() > 0);
+    assert_eq!(
+        srv.api("DELETE", &format!("/api/v1/recordings/files/{}", hls["file_id"].as_str().unwrap())).status,
+        200
+    );
+    assert_eq!(seg_count(), 0);
+}

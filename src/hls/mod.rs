@@ -42,11 +42,11 @@ impl HlsConfig {
 }
 
 #[derive(Debug, Clone)]
-struct Segment {
-    seq: u64,
-    duration: f64,
-    discontinuity: bool,
-    data: Bytes,
+pub(crate) struct Segment {
+    pub seq: u64,
+    pub duration: f64,
+    pub discontinuity: bool,
+    pub data: Bytes,
 }
 
 #[derive(Default)]
@@ -265,7 +265,7 @@ impl Segmenter {
 
 /// Cuts the packet sequence into segments: on a keyframe once the target duration is reached (on any audio
 /// frame for audio-only streams), and at a codec change or timestamp jump, which also marks a discontinuity.
-struct Cutter {
+pub(crate) struct Cutter {
     target_ms: i64,
     keep: usize,
     muxer: Option<TsMuxer>,
@@ -279,6 +279,18 @@ struct Cutter {
 }
 
 impl Cutter {
+    /// A cutter whose track layout is known up front (recordings know it when they open a playlist).
+    pub(crate) fn with_tracks(target_secs: f64, has_video: bool, has_audio: bool) -> Self {
+        let mut c = Self::new(target_secs, 0);
+        c.muxer = Some(TsMuxer::new(has_video, has_audio));
+        c
+    }
+
+    /// The next segment starts a new timeline (a resumed push).
+    pub(crate) fn mark_discontinuity(&mut self) {
+        self.discontinuity = true;
+    }
+
     fn new(target_secs: f64, keep: usize) -> Self {
         Self {
             target_ms: (target_secs * 1000.0) as i64,
@@ -294,7 +306,7 @@ impl Cutter {
         }
     }
 
-    fn push(&mut self, p: &Packet) -> Option<Segment> {
+    pub(crate) fn push(&mut self, p: &Packet) -> Option<Segment> {
         let f = &p.frame;
         let mut done = None;
         if f.config && f.kind == MediaKind::Video {
@@ -358,7 +370,7 @@ impl Cutter {
         Some(Segment { seq, duration: ((end_dts - start).max(1)) as f64 / 1000.0, discontinuity, data })
     }
 
-    fn finish(&mut self) -> Option<Segment> {
+    pub(crate) fn finish(&mut self) -> Option<Segment> {
         let end = self.last_dts + 33;
         self.close(end)
     }

@@ -2,9 +2,10 @@
 //! into fragments on keyframes, with a JSON sidecar per file (the metadata the API lists and the callback
 //! sends) and completion callbacks in an on-disk outbox.
 //!
-//! MP4 and HLS recording come next; this module records FLV.
+//! Formats: FLV (fragmented by time) and HLS (one playlist per push). MP4 comes next.
 
 pub mod flv_file;
+pub mod hls_file;
 pub mod naming;
 pub mod outbox;
 
@@ -22,6 +23,7 @@ use crate::events::Event;
 use crate::hub::{CachePolicy, Hub, HubError, Packet, Protocol, StreamKey};
 use crate::media::MediaKind;
 use flv_file::FlvFile;
+use hls_file::HlsFile;
 use outbox::Outbox;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -41,7 +43,7 @@ pub struct RecordConfig {
     pub fragment_unit_ms: u64,
 }
 
-pub const FORMATS: [&str; 1] = ["flv"];
+pub const FORMATS: [&str; 2] = ["flv", "hls"];
 pub const FRAGMENT_RANGE: std::ops::RangeInclusive<u64> = 60..=7200;
 
 impl RecordConfig {
@@ -117,10 +119,11 @@ pub struct Recorder {
     base_url: String,
     outbox: Outbox,
     tasks: Mutex<HashMap<String, Task>>,
+    segment_secs: f64,
 }
 
 impl Recorder {
-    pub fn new(hub: Hub, cfg: RecordConfig, http_listen: std::net::SocketAddr) -> Arc<Self> {
+    pub fn new(hub: Hub, cfg: RecordConfig, http_listen: std::net::SocketAddr, segment_secs: f64) -> Arc<Self> {
         let root = PathBuf::from(&cfg.root);
         let base_url = if cfg.public_url.is_empty() {
             let host =
@@ -130,7 +133,7 @@ impl Recorder {
             cfg.public_url.trim_end_matches('/').to_owned()
         };
         let outbox = Outbox::new(&root, cfg.callback_retries, Duration::from_secs_f64(cfg.callback_interval_secs));
-        Arc::new(Self { hub, cfg, root, base_url, outbox, tasks: Mutex::new(HashMap::new()) })
+        Arc::new(Self { hub, cfg, root, base_url, outbox, tasks: Mutex::new(HashMap::new()), segment_secs })
     }
 
     pub fn root(&self) -> &Path {
@@ -320,7 +323,7 @@ impl Recorder {
         if info.status == "recording" {
             return Err(RecordError::Invalid { field: "file_id", detail: "the file is still being recorded".into() });
         }
-        let _ = std::fs::remove_file(self.root.join(&info.path));
+        remove_recording(&self.root, &info);
         let _ = std::fs::remove_file(sidecar);
         Ok(info)
     }
@@ -335,7 +338,8 @@ impl Recorder {
         });
         for (sidecar, mut info) in open {
             let path = self.root.join(&info.path);
-            match flv_file::repair(&path) {
+            let repaired = if info.file_format == "hls" { hls_file::repair(&path) } else { flv_file::repair(&path) };
+            match repaired {
                 Ok((duration, size)) => {
                     info.duration = duration;
                     info.file_size = size;
@@ -393,14 +397,35 @@ fn walk_sidecars(dir: &Path, f: &mut dyn FnMut(&Path, RecordInfo)) {
     }
 }
 
-/// The file a recording is writing now.
+/// What a recording is writing now, per format.
+enum Sink {
+    Flv(FlvFile),
+    Hls(Box<HlsFile>),
+}
+
 struct Open {
-    file: FlvFile,
+    sink: Sink,
     info: RecordInfo,
     sidecar: PathBuf,
     first_dts: i64,
     last_flush: Instant,
     last_sync: Instant,
+}
+
+impl Open {
+    fn bytes(&self) -> u64 {
+        match &self.sink {
+            Sink::Flv(f) => f.bytes,
+            Sink::Hls(h) => h.bytes,
+        }
+    }
+
+    fn write(&mut self, p: &Packet) -> std::io::Result<()> {
+        match &mut self.sink {
+            Sink::Flv(f) => f.write(&p.frame),
+            Sink::Hls(h) => h.push(p),
+        }
+    }
 }
 
 /// Runs on a blocking thread: disk writes never stall the runtime.
@@ -416,12 +441,12 @@ struct Writer {
 
 impl Writer {
     fn run(self, mut rx: tokio::sync::mpsc::Receiver<Vec<Arc<Packet>>>) {
-        debug_assert!(self.formats.iter().all(|f| f == "flv"));
         let resume = Duration::from_secs_f64(self.rec.cfg.resume_secs);
         let mut headers: [Option<Arc<Packet>>; 3] = Default::default();
         let mut has_video = false;
         let mut has_audio = false;
-        let mut cur: Option<Open> = None;
+        // One slot per format, in `formats` order.
+        let mut open: Vec<Option<Open>> = self.formats.iter().map(|_| None).collect();
         let mut last: Option<(u64, Instant)> = None;
         while let Some(batch) = rx.blocking_recv() {
             for p in batch {
@@ -433,10 +458,12 @@ impl Writer {
                         MediaKind::Audio => has_audio = true,
                         MediaKind::Data => continue,
                     }
-                    // New codec configuration mid-file: FLV carries it in-band.
-                    if let Some(o) = cur.as_mut() {
-                        if let Err(e) = o.file.write(f) {
-                            return self.fail(cur.take(), e);
+                    // New codec configuration mid-file: FLV and TS carry it in-band.
+                    for slot in open.iter_mut() {
+                        if let Some(o) = slot.as_mut() {
+                            if let Err(e) = o.write(&p) {
+                                return self.fail(slot.take(), e);
+                            }
                         }
                     }
                     continue;
@@ -446,86 +473,118 @@ impl Writer {
                 }
                 has_video |= f.kind == MediaKind::Video;
                 has_audio |= f.kind == MediaKind::Audio;
-                // A push interruption longer than resume_secs starts a new file.
                 if let Some((session, at)) = last {
-                    if session != p.session && p.received.duration_since(at) > resume {
-                        if let Some(o) = cur.take() {
-                            self.finish(o);
+                    if session != p.session {
+                        if p.received.duration_since(at) > resume {
+                            // A push interruption: every format starts a new file.
+                            for slot in open.iter_mut() {
+                                if let Some(o) = slot.take() {
+                                    self.finish(o);
+                                }
+                            }
+                        } else {
+                            for o in open.iter_mut().flatten() {
+                                if let Sink::Hls(h) = &mut o.sink {
+                                    h.discontinuity();
+                                }
+                            }
                         }
                     }
                 }
                 last = Some((p.session, p.received));
                 let boundary = if has_video { f.kind == MediaKind::Video && f.keyframe } else { true };
-                if let Some(o) = cur.as_ref() {
-                    if boundary && f.dts - o.first_dts >= self.fragment_ms {
-                        if let Some(o) = cur.take() {
+                for (i, slot) in open.iter_mut().enumerate() {
+                    // FLV (and MP4) files are cut into fragments; an HLS recording is one playlist per push.
+                    let fragment_due = slot.as_ref().is_some_and(|o| {
+                        matches!(o.sink, Sink::Flv(_)) && boundary && f.dts - o.first_dts >= self.fragment_ms
+                    });
+                    if fragment_due {
+                        if let Some(o) = slot.take() {
                             self.finish(o);
                         }
                     }
-                }
-                if cur.is_none() {
-                    if !boundary {
-                        continue; // files start on a keyframe
+                    if slot.is_none() {
+                        if !boundary {
+                            continue; // files start on a keyframe
+                        }
+                        match self.open(&self.formats[i], &p, has_video, has_audio, &headers) {
+                            Ok(o) => *slot = Some(o),
+                            Err(e) => return self.fail(None, e),
+                        }
                     }
-                    match self.open(f.dts, has_video, has_audio, &headers) {
-                        Ok(o) => cur = Some(o),
-                        Err(e) => return self.fail(None, e),
+                    let o = slot.as_mut().expect("opened above");
+                    if let Err(e) = o.write(&p) {
+                        return self.fail(slot.take(), e);
                     }
-                }
-                let o = cur.as_mut().expect("opened above");
-                if let Err(e) = o.file.write(f) {
-                    return self.fail(cur.take(), e);
-                }
-                if o.last_flush.elapsed() >= Duration::from_millis(500) {
-                    let sync = o.last_sync.elapsed().as_secs_f64() >= self.rec.cfg.sync_secs;
-                    if let Err(e) = o.file.flush(sync) {
-                        return self.fail(cur.take(), e);
-                    }
-                    o.last_flush = Instant::now();
-                    if sync {
-                        o.last_sync = Instant::now();
+                    if let Sink::Flv(file) = &mut o.sink {
+                        if o.last_flush.elapsed() >= Duration::from_millis(500) {
+                            let sync = o.last_sync.elapsed().as_secs_f64() >= self.rec.cfg.sync_secs;
+                            if let Err(e) = file.flush(sync) {
+                                return self.fail(slot.take(), e);
+                            }
+                            o.last_flush = Instant::now();
+                            if sync {
+                                o.last_sync = Instant::now();
+                            }
+                        }
                     }
                 }
             }
         }
-        if let Some(o) = cur.take() {
-            self.finish(o);
+        for slot in open.iter_mut() {
+            if let Some(o) = slot.take() {
+                self.finish(o);
+            }
         }
     }
 
     fn open(
         &self,
-        dts: i64,
+        format: &str,
+        first: &Packet,
         has_video: bool,
         has_audio: bool,
         headers: &[Option<Arc<Packet>>; 3],
     ) -> std::io::Result<Open> {
         let file_id = short_id();
         let start = unix_now();
-        let rel = naming::render(
+        let ext = if format == "hls" { "m3u8" } else { format };
+        let mut rel = naming::render(
             &self.rec.cfg.template,
             &naming::NameParts {
                 app: &self.key.app,
                 stream: &self.key.name,
                 record_id: &self.record_id,
                 file_id: &file_id,
-                ext: "flv",
+                ext,
                 start,
             },
         )
         .map_err(std::io::Error::other)?;
-        // Two fragments within one second would share a name: keep both.
-        let mut rel = rel;
+        // Two files within one second would share a name: keep both.
         if self.rec.root.join(&rel).exists() {
-            rel = rel.replace(".flv", &format!("_{}.flv", &file_id[..8]));
+            rel = rel.replace(&format!(".{ext}"), &format!("_{}.{ext}", &file_id[..8]));
         }
         let path = self.rec.root.join(&rel);
-        let mut file = FlvFile::create(&path, has_video, has_audio)?;
-        for h in headers.iter().skip(1).flatten() {
-            let mut fr = h.frame.clone();
-            fr.dts = dts;
-            file.write(&fr)?;
-        }
+        let dts = first.frame.dts;
+        let sink = match format {
+            "hls" => {
+                let mut h = HlsFile::create(&path, has_video, has_audio, self.rec.segment_secs)?;
+                for hp in headers.iter().skip(1).flatten() {
+                    h.push(hp)?;
+                }
+                Sink::Hls(Box::new(h))
+            }
+            _ => {
+                let mut file = FlvFile::create(&path, has_video, has_audio)?;
+                for h in headers.iter().skip(1).flatten() {
+                    let mut fr = h.frame.clone();
+                    fr.dts = dts;
+                    file.write(&fr)?;
+                }
+                Sink::Flv(file)
+            }
+        };
         let info = RecordInfo {
             event_type: 100,
             app: self.key.app.clone(),
@@ -533,7 +592,7 @@ impl Writer {
             stream_id: self.key.name.clone(),
             channel_id: self.key.name.clone(),
             file_id,
-            file_format: "flv".into(),
+            file_format: format.into(),
             task_id: self.task_id.clone(),
             record_id: self.record_id.clone(),
             start_time: start,
@@ -546,20 +605,26 @@ impl Writer {
             path: rel.clone(),
             error: None,
         };
-        let sidecar = path.with_extension("rec.json");
+        let sidecar = sidecar_path(&path);
         write_json(&sidecar, &info)?;
         tracing::info!(stream = %self.key, file = %rel, "recording file opened");
-        Ok(Open { file, info, sidecar, first_dts: dts, last_flush: Instant::now(), last_sync: Instant::now() })
+        Ok(Open { sink, info, sidecar, first_dts: dts, last_flush: Instant::now(), last_sync: Instant::now() })
     }
 
     fn finish(&self, o: Open) {
-        let Open { file, mut info, sidecar, .. } = o;
-        let size = file.bytes;
-        match file.finish(33) {
-            Ok(duration) => {
+        let Open { sink, mut info, sidecar, .. } = o;
+        let result = match sink {
+            Sink::Flv(file) => {
+                let size = file.bytes;
+                file.finish(33).map(|d| (d, size))
+            }
+            Sink::Hls(h) => (*h).finish(),
+        };
+        match result {
+            Ok((duration, size)) => {
                 if duration < self.rec.cfg.min_secs {
                     // Too short to be a recording (a failed push attempt): leave nothing behind.
-                    let _ = std::fs::remove_file(self.rec.root.join(&info.path));
+                    remove_recording(&self.rec.root, &info);
                     let _ = std::fs::remove_file(&sidecar);
                     tracing::info!(file = %info.path, duration, "recording shorter than record.min_secs discarded");
                     return;
@@ -583,12 +648,33 @@ impl Writer {
     fn fail(&self, open: Option<Open>, e: std::io::Error) {
         tracing::error!(stream = %self.key, record_id = %self.record_id, error = %e, "recording failed");
         if let Some(o) = open {
-            let mut info = o.info;
+            let mut info = o.info.clone();
             info.status = "failed".into();
             info.error = Some(e.to_string());
-            info.file_size = o.file.bytes;
+            info.file_size = o.bytes();
             let _ = write_json(&o.sidecar, &info);
             self.rec.callback(&info);
         }
     }
+}
+
+/// The sidecar of a recording file: `name.ext` → `name.ext.rec.json` (unique even when one push is
+/// recorded in several formats under the same name).
+fn sidecar_path(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".rec.json");
+    PathBuf::from(s)
+}
+
+/// Deletes a recording's media: the file, and for HLS its segments too.
+fn remove_recording(root: &Path, info: &RecordInfo) {
+    let path = root.join(&info.path);
+    if info.file_format == "hls" {
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            for l in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+                let _ = std::fs::remove_file(path.with_file_name(l));
+            }
+        }
+    }
+    let _ = std::fs::remove_file(path);
 }

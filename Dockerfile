@@ -32,7 +32,8 @@ RUN apt-get update \
 COPY --from=build /out/livegate /usr/local/bin/livegate
 USER livegate
 WORKDIR /var/lib/livegate
-# RTMP, HTTP (HTTP-FLV, API). WebRTC UDP ports get added when WebRTC lands.
-EXPOSE 1935 8080
+# RTMP, HTTP (HTTP-FLV, HLS, WHEP signalling, API), and one UDP port per WebRTC viewer ([webrtc] range;
+# set webrtc.ice_ip to the host's address, e.g. with --config).
+EXPOSE 1935 8080 20000-20999/udp
 ENTRYPOINT ["/usr/bin/tini", "--"]
 CMD ["livegate", "serve"]

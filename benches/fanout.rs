@@ -82,7 +82,7 @@ fn fanout(c: &mut Criterion) {
     g.throughput(Throughput::Elements(READERS as u64));
     g.bench_function("one_frame_to_1000_flv_readers", |b| {
         b.iter(|| {
-            publisher.push_raw(video_frame(0, ts % 2000 == 0, 6 * 1024), ts, Instant::now());
+            publisher.push_raw(video_frame(0, ts.is_multiple_of(2000), 6 * 1024), ts, Instant::now());
             ts += 33;
             let mut bytes = 0;
             for r in &mut readers {

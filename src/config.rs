@@ -36,6 +36,7 @@ pub struct Config {
     pub webhooks: WebhookConfig,
     pub hls: crate::hls::HlsConfig,
     pub record: crate::record::RecordConfig,
+    pub webrtc: crate::webrtc::WebrtcConfig,
     pub log: LogConfig,
 }
 
@@ -198,6 +199,9 @@ impl Config {
         }
         if let Err(detail) = self.hls.validate() {
             return bad("hls", detail);
+        }
+        if let Err(detail) = self.webrtc.validate() {
+            return bad("webrtc", detail);
         }
         if let Err(detail) = self.record.validate() {
             return bad("record", detail);

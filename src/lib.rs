@@ -17,3 +17,4 @@ pub mod netio;
 pub mod record;
 pub mod rtmp;
 pub mod server;
+pub mod webrtc;

@@ -34,6 +34,7 @@ pub struct AppState {
     pub hub: Hub,
     pub hls: Arc<crate::hls::Hls>,
     pub recorder: Arc<crate::record::Recorder>,
+    pub whep: Arc<crate::webrtc::Whep>,
     pub config: Arc<Config>,
     pub webhooks: Webhooks,
     started: Instant,
@@ -61,10 +62,12 @@ impl AppState {
             config.http.listen,
             config.hls.segment_secs,
         );
+        let whep = crate::webrtc::Whep::new(hub.clone(), config.webrtc.clone());
         Arc::new(Self {
             hub,
             hls,
             recorder,
+            whep,
             config: Arc::new(config),
             webhooks,
             started: Instant::now(),

@@ -4,6 +4,7 @@ pub mod api;
 pub mod files;
 pub mod flv;
 pub mod hls;
+pub mod whep;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -97,6 +98,8 @@ async fn route(
         r
     } else if path.starts_with("/recordings/") && (req.method() == Method::GET || req.method() == Method::HEAD) {
         files::serve(state.recorder.root(), path.trim_start_matches("/recordings/"), &req).await
+    } else if path.starts_with("/whep/") && req.method() != Method::OPTIONS {
+        whep::handle(&state, addr, req).await
     } else if path.starts_with("/api/") {
         api::handle(&state, addr, req).await
     } else if path.ends_with(".flv") && (req.method() == Method::GET || req.method() == Method::HEAD) {

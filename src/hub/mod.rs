@@ -48,17 +48,21 @@ pub enum Protocol {
     Hls,
     /// A recording.
     Record,
+    /// A WebRTC (WHEP) viewer.
+    Whep,
 }
 
 impl Protocol {
-    pub const COUNT: usize = 4;
-    pub const ALL: [Protocol; Self::COUNT] = [Protocol::Rtmp, Protocol::HttpFlv, Protocol::Hls, Protocol::Record];
+    pub const COUNT: usize = 5;
+    pub const ALL: [Protocol; Self::COUNT] =
+        [Protocol::Rtmp, Protocol::HttpFlv, Protocol::Hls, Protocol::Record, Protocol::Whep];
     pub fn as_str(&self) -> &'static str {
         match self {
             Protocol::Rtmp => "rtmp",
             Protocol::HttpFlv => "http-flv",
             Protocol::Hls => "hls",
             Protocol::Record => "record",
+            Protocol::Whep => "whep",
         }
     }
 }

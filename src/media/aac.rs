@@ -117,7 +117,7 @@ struct BitWriter {
 impl BitWriter {
     fn bits(&mut self, v: u32, n: u32) {
         for i in (0..n).rev() {
-            if self.nbits % 8 == 0 {
+            if self.nbits.is_multiple_of(8) {
                 self.out.push(0);
             }
             if (v >> i) & 1 == 1 {

@@ -420,6 +420,39 @@ impl<'a> BitReader<'a> {
     }
 }
 
+/// Appends an AVCC access unit to `out` as Annex-B (start-code delimited) NAL units. With `aud`, an access unit
+/// delimiter comes first (MPEG-TS wants one); on a keyframe without in-band SPS/PPS, the configuration's
+/// parameter sets are inserted so the access unit decodes on its own.
+pub fn avcc_to_annexb(
+    payload: &[u8],
+    cfg: &AvcDecoderConfig,
+    keyframe: bool,
+    aud: bool,
+    out: &mut Vec<u8>,
+) -> Result<(), AvcError> {
+    const START: [u8; 4] = [0, 0, 0, 1];
+    let nalus: Vec<&[u8]> = avcc_nalus(payload, cfg.nal_length_size).collect::<Result<_, _>>()?;
+    if aud {
+        out.extend_from_slice(&[0, 0, 0, 1, 0x09, 0xF0]);
+    }
+    let has_params = nalus.iter().any(|n| matches!(n.first().map(|b| b & 0x1F), Some(7 | 8)));
+    if keyframe && !has_params {
+        for p in cfg.sps.iter().chain(cfg.pps.iter()) {
+            out.extend_from_slice(&START);
+            out.extend_from_slice(p);
+        }
+    }
+    for n in nalus {
+        // Delimiters are the caller's choice; drop any the encoder put in.
+        if n.first().map(|b| b & 0x1F) == Some(9) {
+            continue;
+        }
+        out.extend_from_slice(&START);
+        out.extend_from_slice(n);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -623,7 +656,7 @@ mod tests {
     impl BitWriter {
         fn bits(&mut self, v: u64, n: u32) {
             for i in (0..n).rev() {
-                if self.nbits % 8 == 0 {
+                if self.nbits.is_multiple_of(8) {
                     self.out.push(0);
                 }
                 if (v >> i) & 1 == 1 {

@@ -5,7 +5,7 @@
 //! decodes on its own; AAC gets an ADTS header per frame.
 
 use super::aac::AudioSpecificConfig;
-use super::avc::{avcc_nalus, AvcDecoderConfig};
+use super::avc::AvcDecoderConfig;
 use super::{Frame, MediaKind};
 
 pub const PACKET_SIZE: usize = 188;
@@ -134,30 +134,8 @@ impl TsMuxer {
     fn annex_b(&self, frame: &Frame) -> Result<Vec<u8>, TsError> {
         let cfg = self.avc.as_ref().ok_or(TsError::NoVideoConfig)?;
         let mut es = Vec::with_capacity(frame.payload.len() + 64);
-        es.extend_from_slice(&[0, 0, 0, 1, 0x09, 0xF0]);
-        let mut has_params = false;
-        let nalus: Vec<&[u8]> = avcc_nalus(&frame.payload, cfg.nal_length_size)
-            .collect::<Result<_, _>>()
+        super::avc::avcc_to_annexb(&frame.payload, cfg, frame.keyframe, true, &mut es)
             .map_err(|e| TsError::BadNalus(e.to_string()))?;
-        for n in &nalus {
-            if matches!(n.first().map(|b| b & 0x1F), Some(7 | 8)) {
-                has_params = true;
-            }
-        }
-        if frame.keyframe && !has_params {
-            for p in cfg.sps.iter().chain(cfg.pps.iter()) {
-                es.extend_from_slice(&[0, 0, 0, 1]);
-                es.extend_from_slice(p);
-            }
-        }
-        for n in nalus {
-            // The delimiter is ours; drop any the encoder put in.
-            if n.first().map(|b| b & 0x1F) == Some(9) {
-                continue;
-            }
-            es.extend_from_slice(&[0, 0, 0, 1]);
-            es.extend_from_slice(n);
-        }
         Ok(es)
     }
 

@@ -92,8 +92,12 @@ impl Server {
         format!("http://127.0.0.1:{}/live/{stream}.flv", self.http_port)
     }
 
+    /// The log's complete lines (livegate may be halfway through writing the last one).
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        let mut text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let end = text.rfind('\n').map_or(0, |i| i + 1);
+        text.truncate(end);
+        text
     }
 
     pub fn is_running(&mut self) -> bool {
@@ -379,13 +383,26 @@ impl HttpResponse {
 /// A request with a JSON body.
 pub fn http_request_body(port: u16, method: &str, path: &str, body: &str) -> HttpResponse {
     let len = body.len().to_string();
+    http_request_with_body(port, method, path, &[("Content-Type", "application/json"), ("Content-Length", &len)], body)
+}
+
+/// A request with a body and the given headers.
+pub fn http_request_with_body(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> HttpResponse {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n{body}"
-    )
-    .unwrap();
+    let mut req = format!("{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).unwrap();
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).unwrap();
     let end = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("response head");

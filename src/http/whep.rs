@@ -1,0 +1,92 @@
+//! WHEP signalling: `POST /whep/{app}/{stream}` (SDP offer → 201 + answer + Location),
+//! `DELETE /whep/session/{id}`, `PATCH` → 405 (livegate is ICE-lite and puts every candidate in its answer).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use super::{error, full, Body};
+use crate::hub::StreamKey;
+use crate::names;
+use crate::server::{AccessError, AppState};
+use crate::webrtc::WhepError;
+
+pub async fn handle(state: &Arc<AppState>, addr: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().trim_start_matches('/').to_owned();
+    let parts: Vec<&str> = path.split('/').collect();
+    match (req.method().clone(), parts.as_slice()) {
+        (Method::DELETE, ["whep", "session", id]) => {
+            if state.whep.delete(id).await {
+                Response::new(super::empty())
+            } else {
+                error(StatusCode::NOT_FOUND, "session_not_found", &format!("no WHEP session {id}"))
+            }
+        }
+        (Method::PATCH, ["whep", "session", _]) => {
+            let mut r = error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "trickle_not_supported",
+                "livegate is ICE-lite and sends all its candidates in the answer; trickle ICE is not needed",
+            );
+            r.headers_mut().insert(header::ALLOW, "DELETE, OPTIONS".parse().expect("static"));
+            r
+        }
+        (Method::POST, ["whep", app, stream]) => play(state, addr, StreamKey::new(app, stream), req).await,
+        (m, ["whep", ..]) => {
+            error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", &format!("{m} is not allowed on /{path}"))
+        }
+        _ => error(StatusCode::NOT_FOUND, "not_found", &format!("no route /{path}")),
+    }
+}
+
+async fn play(state: &Arc<AppState>, addr: SocketAddr, key: StreamKey, req: Request<Incoming>) -> Response<Body> {
+    let ctype = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !ctype.starts_with("application/sdp") {
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "the offer must be Content-Type: application/sdp",
+        );
+    }
+    // Signatures ride in the query or, WHEP-style, as the bearer token ("txSecret=..&txTime=..").
+    let mut query = names::parse_query(req.uri().query().unwrap_or(""));
+    if let Some(bearer) =
+        req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "))
+    {
+        query.extend(names::parse_query(bearer));
+    }
+    if let Err(e) = state.authorize_play(&key, &query) {
+        let (status, code) = match e {
+            AccessError::Auth(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            AccessError::UnknownApp(_) => (StatusCode::NOT_FOUND, "unknown_app"),
+            _ => (StatusCode::BAD_REQUEST, "bad_name"),
+        };
+        return error(status, code, &e.to_string());
+    }
+    let policy = match state.config.cache_policy(&query) {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_parameter", &e.to_string()),
+    };
+    let offer = match http_body_util::Limited::new(req.into_body(), 64 * 1024).collect().await {
+        Ok(b) => String::from_utf8_lossy(&b.to_bytes()).into_owned(),
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_body", &format!("cannot read the offer: {e}")),
+    };
+    match state.whep.play(&key, offer, policy, Some(addr)).await {
+        Ok((id, answer)) => {
+            let mut r = Response::new(full(answer));
+            *r.status_mut() = StatusCode::CREATED;
+            let h = r.headers_mut();
+            h.insert(header::CONTENT_TYPE, "application/sdp".parse().expect("static"));
+            h.insert(header::LOCATION, format!("/whep/session/{id}").parse().expect("valid"));
+            h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, "Location".parse().expect("static"));
+            r
+        }
+        Err(e @ WhepError::NotFound(_)) => error(StatusCode::NOT_FOUND, "stream_not_found", &e.to_string()),
+        Err(e @ WhepError::BadOffer(_)) => error(StatusCode::BAD_REQUEST, "bad_offer", &e.to_string()),
+        Err(e @ WhepError::NoCodec) => error(StatusCode::NOT_ACCEPTABLE, "no_usable_codec", &e.to_string()),
+        Err(e @ WhepError::Internal(_)) => error(StatusCode::INTERNAL_SERVER_ERROR, "webrtc_error", &e.to_string()),
+    }
+}

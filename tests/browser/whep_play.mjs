@@ -1,0 +1,84 @@
+#!/usr/bin/env node
+// Plays a stream over WHEP in headless Chromium and checks that video frames are decoded.
+// usage: node tests/browser/whep_play.mjs <whep-url> <screenshot.png> [seconds=4]
+// Prints one JSON line {ok, status, framesDecoded, width, height, location, deleteStatus, message}; exit 0 ok, 1 failure.
+import { launchChromium, startStaticServer, HARD_TIMEOUT_MS } from './lib.mjs';
+
+const [url, shot, secondsArg] = process.argv.slice(2);
+if (!url || !shot) {
+  console.error('usage: whep_play.mjs <whep-url> <screenshot.png> [seconds]');
+  process.exit(2);
+}
+const seconds = Number(secondsArg || 4);
+const html = `<!doctype html><meta charset="utf-8"><title>WHEP check</title>
+<video id="v" muted autoplay playsinline style="width:640px;height:360px;background:#000"></video>
+<script>
+window.__state = { status: 0, framesDecoded: 0, width: 0, height: 0, errors: [] };
+window.__start = async (url) => {
+  const pc = new RTCPeerConnection();
+  window.__pc = pc;
+  pc.addTransceiver('video', { direction: 'recvonly' });
+  pc.addTransceiver('audio', { direction: 'recvonly' });
+  pc.ontrack = (e) => { const v = document.getElementById('v'); if (!v.srcObject) v.srcObject = e.streams[0] || new MediaStream([e.track]); };
+  const offer = await pc.createOffer();
+  await pc.setLocalDescription(offer);
+  const r = await fetch(url, { method: 'POST', headers: { 'Content-Type': 'application/sdp' }, body: offer.sdp });
+  window.__state.status = r.status;
+  window.__state.location = r.headers.get('Location');
+  const body = await r.text();
+  if (r.status !== 201) { window.__state.errors.push('POST ' + r.status + ': ' + body); return; }
+  await pc.setRemoteDescription({ type: 'answer', sdp: body });
+};
+window.__poll = async () => {
+  const v = document.getElementById('v');
+  const stats = await window.__pc.getStats();
+  stats.forEach((s) => { if (s.type === 'inbound-rtp' && s.kind === 'video') window.__state.framesDecoded = s.framesDecoded || 0; });
+  window.__state.width = v.videoWidth; window.__state.height = v.videoHeight;
+  window.__state.connection = window.__pc.connectionState;
+  return window.__state;
+};
+window.__delete = async (base) => {
+  const r = await fetch(base + window.__state.location, { method: 'DELETE' });
+  return r.status;
+};
+</script>`;
+
+const result = { ok: false };
+const { server } = await startStaticServer({ '/': { body: html } });
+const browser = await launchChromium();
+const done = async (ok, message) => {
+  result.ok = ok;
+  if (message) result.message = message;
+  await browser.page.screenshot({ path: shot }).catch(() => {});
+  await browser.close();
+  server.close();
+  console.log(JSON.stringify(result));
+  process.exit(ok ? 0 : 1);
+};
+setTimeout(() => done(false, `timeout after ${HARD_TIMEOUT_MS / 1000}s`), HARD_TIMEOUT_MS).unref();
+async function main() {
+  const { page } = browser;
+  await page.goto(`http://127.0.0.1:${server.address().port}/`);
+  await page.evaluate((u) => window.__start(u), url);
+  let first = null;
+  const deadline = Date.now() + 20_000;
+  while (Date.now() < deadline) {
+    const s = await page.evaluate(() => window.__poll());
+    Object.assign(result, s);
+    if (s.errors.length) return done(false, s.errors[0]);
+    if (first === null && s.framesDecoded > 0) first = { t: Date.now(), frames: s.framesDecoded };
+    if (first && Date.now() - first.t >= seconds * 1000 && s.width > 0) {
+      result.fps = Number(((s.framesDecoded - first.frames) / ((Date.now() - first.t) / 1000)).toFixed(1));
+      const origin = new URL(url).origin;
+      result.deleteStatus = await page.evaluate((o) => window.__delete(o), origin);
+      return done(true);
+    }
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  await done(false, `no video decoded (framesDecoded=${result.framesDecoded}, connection=${result.connection})`);
+}
+try {
+  await main();
+} catch (e) {
+  await done(false, String(e.message || e).split('\n')[0]);
+}

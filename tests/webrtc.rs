@@ -1,0 +1,92 @@
+//! WHEP playback in headless Chromium, and WHEP's error answers.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+fn node(script: &str, args: &[&str]) -> std::process::Output {
+    Command::new("node")
+        .arg(format!("{}/tests/browser/{script}", env!("CARGO_MANIFEST_DIR")))
+        .args(args)
+        .output()
+        .expect("node")
+}
+
+#[test]
+fn chromium_plays_an_rtmp_stream_over_whep() {
+    let srv = Server::start("[webrtc]\nudp_port_min = 0\nudp_port_max = 0\n");
+    let _pub = push(&media("360p"), &srv.rtmp_url("wv"));
+    srv.wait_live("wv");
+    let shot = srv.dir.path().join("whep.png");
+    let url = format!("http://127.0.0.1:{}/whep/live/wv", srv.http_port);
+    let out = node("whep_play.mjs", &[&url, shot.to_str().unwrap(), "4"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "WHEP playback failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let j: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(j["status"], 201);
+    assert_eq!(j["width"], 640);
+    // Frames decoded keep rising at about the source's 30 fps.
+    assert!(j["fps"].as_f64().unwrap() > 20.0, "{j}");
+    assert!(j["location"].as_str().unwrap().starts_with("/whep/session/"));
+    assert_eq!(j["deleteStatus"], 200, "DELETE ends the session");
+    assert!(std::fs::metadata(&shot).unwrap().len() > 1000);
+}
+
+#[test]
+fn whep_errors_are_precise_and_unconnected_sessions_are_reaped() {
+    let srv = Server::start("[webrtc]\nconnect_timeout_secs = 2.0\n");
+    let _pub = push(&media("360p"), &srv.rtmp_url("we"));
+    srv.wait_live("we");
+    let post = |path: &str, ctype: &str, body: &str| {
+        let len = body.len().to_string();
+        let r = http_request_with_body(
+            srv.http_port,
+            "POST",
+            path,
+            &[("Content-Type", ctype), ("Content-Length", &len)],
+            body,
+        );
+        (r.status, r.json())
+    };
+    let (s, j) = post("/whep/live/we", "application/sdp", "garbage");
+    assert_eq!((s, j["error"].as_str()), (400, Some("bad_offer")), "{j}");
+    let (s, j) = post("/whep/live/we", "text/plain", "v=0");
+    assert_eq!(s, 415, "{j}");
+    let audio_only = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n";
+    let (s, j) = post("/whep/live/we", "application/sdp", audio_only);
+    assert_eq!(s, 406, "{j}");
+    assert!(j["detail"].as_str().unwrap().contains("H.264"), "names the codec it supports: {j}");
+
+    let offer = String::from_utf8(node("make_offer.mjs", &[]).stdout).unwrap();
+    assert!(offer.starts_with("v=0"), "{offer}");
+    let (s, j) = post("/whep/live/nobody", "application/sdp", &offer);
+    assert_eq!((s, j["error"].as_str()), (404, Some("stream_not_found")));
+    assert_eq!(http_request(srv.http_port, "DELETE", "/whep/session/0000", &[]).unwrap().status, 404);
+    assert_eq!(http_request(srv.http_port, "PATCH", "/whep/session/0000", &[]).unwrap().status, 405);
+
+    // A valid offer whose peer never does ICE: answered, then reaped after connect_timeout_secs.
+    let r = http_request_with_body(
+        srv.http_port,
+        "POST",
+        "/whep/live/we",
+        &[("Content-Type", "application/sdp"), ("Content-Length", &offer.len().to_string())],
+        &offer,
+    );
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let answer = String::from_utf8_lossy(&r.body).into_owned();
+    assert!(answer.contains("a=ice-lite") && answer.contains("127.0.0.1"), "{answer}");
+    let whep_clients = || {
+        srv.api("GET", "/api/v1/clients").json()["clients"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["protocol"] == "whep")
+            .count()
+    };
+    assert_eq!(whep_clients(), 1);
+    assert!(wait_until(Duration::from_secs(10), || whep_clients() == 0), "unconnected session not reaped");
+    assert!(srv.log_text().contains("not connected within"));
+}

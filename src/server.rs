@@ -142,6 +142,39 @@ impl AppState {
     }
 }
 
+/// Accepts connections until `shutdown` fires, counting each against the connection limit, and hands each
+/// accepted socket (with its permit) to `on_conn`, which spawns the connection's task.
+pub async fn accept_loop<F>(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    what: &'static str,
+    mut on_conn: F,
+) where
+    F: FnMut(tokio::net::TcpStream, std::net::SocketAddr, ConnPermit),
+{
+    loop {
+        let (sock, addr) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "{what} accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let Some(permit) = state.try_connection() else {
+            tracing::warn!(peer = %addr, "{what} connection refused: rtmp.max_connections reached");
+            continue;
+        };
+        crate::metrics::global().connections.fetch_add(1, Ordering::Relaxed);
+        on_conn(sock, addr, permit);
+    }
+}
+
 /// Raises the open-file limit to its hard maximum: every player is a socket.
 pub fn raise_fd_limit() {
     unsafe {

@@ -23,7 +23,6 @@ use crate::hub::{ClientGuard, ClientHandle, EndReason, HubError, Packet, Protoco
 use crate::media::flv;
 use crate::metrics;
 use crate::names;
-use crate::server::AccessError;
 use crate::server::AppState;
 
 /// What the connection watchdog needs to tell a stalled or kicked player from an idle one.
@@ -57,13 +56,7 @@ pub fn play(
     };
     let key = StreamKey::new(app, name);
     if let Err(e) = state.authorize_play(&key, &query) {
-        metrics::global().play_refused.fetch_add(1, Ordering::Relaxed);
-        let (status, code) = match e {
-            AccessError::Auth(_) => (StatusCode::FORBIDDEN, "forbidden"),
-            AccessError::UnknownApp(_) => (StatusCode::NOT_FOUND, "unknown_app"),
-            _ => (StatusCode::BAD_REQUEST, "bad_name"),
-        };
-        return error(status, code, &e.to_string());
+        return super::access_error(&e);
     }
     let policy = match state.config.cache_policy(&query) {
         Ok(p) => p,

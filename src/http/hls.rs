@@ -9,7 +9,7 @@ use super::{error, full, Body};
 use crate::hls::HlsError;
 use crate::hub::StreamKey;
 use crate::names;
-use crate::server::{AccessError, AppState};
+use crate::server::AppState;
 
 pub async fn handle(state: &Arc<AppState>, req: &Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().trim_start_matches('/');
@@ -22,12 +22,7 @@ pub async fn handle(state: &Arc<AppState>, req: &Request<Incoming>) -> Response<
         _ => return error(StatusCode::BAD_REQUEST, "bad_path", "expected /{app}/{stream}.m3u8"),
     };
     if let Err(e) = state.authorize_play(&key, &query) {
-        let (status, code) = match e {
-            AccessError::Auth(_) => (StatusCode::FORBIDDEN, "forbidden"),
-            AccessError::UnknownApp(_) => (StatusCode::NOT_FOUND, "unknown_app"),
-            _ => (StatusCode::BAD_REQUEST, "bad_name"),
-        };
-        return error(status, code, &e.to_string());
+        return super::access_error(&e);
     }
     match segment {
         None => match state.hls.playlist(&key, query_str).await {

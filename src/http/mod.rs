@@ -28,27 +28,12 @@ use crate::server::AppState;
 pub type Body = BoxBody<Bytes, std::io::Error>;
 
 /// Accepts HTTP connections until `shutdown` fires.
-pub async fn serve(listener: TcpListener, state: Arc<AppState>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-    loop {
-        let (sock, addr) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "http accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => return,
-        };
-        let Some(permit) = state.try_connection() else {
-            tracing::warn!(peer = %addr, "http connection refused: connection limit reached");
-            continue;
-        };
-        metrics::global().connections.fetch_add(1, Ordering::Relaxed);
+pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: tokio::sync::watch::Receiver<bool>) {
+    let st = state.clone();
+    crate::server::accept_loop(listener, state, shutdown, "http", move |sock, addr, permit| {
+        let state = st.clone();
         // Small send buffer: a stalled player's backlog stays in the hub, where max_cache can skip it.
         netio::tune_media_socket(&sock, Some(netio::PLAYER_SEND_BUFFER));
-        let state = state.clone();
         tokio::spawn(async move {
             let watch: Arc<Mutex<Option<flv::Watch>>> = Arc::default();
             let svc_watch = watch.clone();
@@ -75,7 +60,8 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, mut shutdown: to
             }
             drop(permit);
         });
-    }
+    })
+    .await;
 }
 
 use std::sync::atomic::Ordering;
@@ -177,6 +163,18 @@ pub fn json(status: StatusCode, v: &serde_json::Value) -> Response<Body> {
     *r.status_mut() = status;
     r.headers_mut().insert(header::CONTENT_TYPE, "application/json".parse().expect("static"));
     r
+}
+
+/// The answer to a refused play request (signature, unknown app, bad name), the same for every protocol.
+pub fn access_error(e: &crate::server::AccessError) -> Response<Body> {
+    use crate::server::AccessError;
+    crate::metrics::global().play_refused.fetch_add(1, Ordering::Relaxed);
+    let (status, code) = match e {
+        AccessError::Auth(_) => (StatusCode::FORBIDDEN, "forbidden"),
+        AccessError::UnknownApp(_) => (StatusCode::NOT_FOUND, "unknown_app"),
+        _ => (StatusCode::BAD_REQUEST, "bad_name"),
+    };
+    error(status, code, &e.to_string())
 }
 
 /// The error shape every HTTP error uses: `{"error": code, "detail": human-readable reason}`.

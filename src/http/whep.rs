@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 use super::{error, full, Body};
 use crate::hub::StreamKey;
 use crate::names;
-use crate::server::{AccessError, AppState};
+use crate::server::AppState;
 use crate::webrtc::WhepError;
 
 pub async fn handle(state: &Arc<AppState>, addr: SocketAddr, req: Request<Incoming>) -> Response<Body> {
@@ -59,12 +59,7 @@ async fn play(state: &Arc<AppState>, addr: SocketAddr, key: StreamKey, req: Requ
         query.extend(names::parse_query(bearer));
     }
     if let Err(e) = state.authorize_play(&key, &query) {
-        let (status, code) = match e {
-            AccessError::Auth(_) => (StatusCode::FORBIDDEN, "forbidden"),
-            AccessError::UnknownApp(_) => (StatusCode::NOT_FOUND, "unknown_app"),
-            _ => (StatusCode::BAD_REQUEST, "bad_name"),
-        };
-        return error(status, code, &e.to_string());
+        return super::access_error(&e);
     }
     let policy = match state.config.cache_policy(&query) {
         Ok(p) => p,

@@ -25,26 +25,10 @@ use crate::netio;
 use crate::server::{AccessError, AppState, Op};
 
 /// Accepts RTMP connections until `shutdown` fires.
-pub async fn serve(listener: TcpListener, state: Arc<AppState>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-    loop {
-        let (sock, addr) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "rtmp accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => return,
-        };
-        let Some(permit) = state.try_connection() else {
-            tracing::warn!(peer = %addr, "rtmp connection refused: rtmp.max_connections reached");
-            continue;
-        };
-        metrics::global().connections.fetch_add(1, Ordering::Relaxed);
-        let state = state.clone();
+pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: tokio::sync::watch::Receiver<bool>) {
+    let st = state.clone();
+    crate::server::accept_loop(listener, state, shutdown, "rtmp", move |sock, addr, permit| {
+        let state = st.clone();
         tokio::spawn(async move {
             let guard = state.hub.register_client(Protocol::Rtmp, Some(addr));
             let handle = guard.handle.clone();
@@ -57,7 +41,8 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, mut shutdown: to
             }
             drop(permit);
         });
-    }
+    })
+    .await;
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -194,77 +194,20 @@ pub fn media(kind: &str) -> PathBuf {
         return path;
     }
     // 30 fps, keyframe every 2 s (60 frames), no B-frames unless asked: what live-pusher sends.
-    let args: Vec<&str> = match kind {
-        "360p" => vec![
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=640x360:rate=30",
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=440:sample_rate=44100",
-            "-t",
-            "30",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "veryfast",
-            "-b:v",
-            "600k",
-            "-g",
-            "60",
-            "-keyint_min",
-            "60",
-            "-sc_threshold",
-            "0",
-            "-bf",
-            "0",
-            "-pix_fmt",
-            "yuv420p",
-            "-c:a",
-            "aac",
-            "-b:a",
-            "64k",
-            "-ac",
-            "2",
-        ],
-        "short" => vec![
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=320x240:rate=30",
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=440:sample_rate=44100",
-            "-t",
-            "6",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "veryfast",
-            "-g",
-            "60",
-            "-keyint_min",
-            "60",
-            "-sc_threshold",
-            "0",
-            "-bf",
-            "0",
-            "-pix_fmt",
-            "yuv420p",
-            "-c:a",
-            "aac",
-            "-b:a",
-            "64k",
-        ],
+    let (size, secs, extra) = match kind {
+        "360p" => ("640x360", 30, "-b:v 600k -ac 2"),
+        "short" => ("320x240", 6, ""),
         other => panic!("unknown test media {other}"),
     };
+    let args = format!(
+        "-f lavfi -i testsrc2=size={size}:rate=30 -f lavfi -i sine=frequency=440:sample_rate=44100 -t {secs} \
+         -c:v libx264 -preset veryfast -g 60 -keyint_min 60 -sc_threshold 0 -bf 0 -pix_fmt yuv420p \
+         -c:a aac -b:a 64k {extra}"
+    );
     let tmp = dir.join(format!("{kind}.{}.tmp.flv", std::process::id()));
     let out = Command::new("ffmpeg")
         .args(["-y", "-loglevel", "error"])
-        .args(&args)
+        .args(args.split_whitespace())
         .args(["-f", "flv"])
         .arg(&tmp)
         .output()
@@ -394,27 +337,7 @@ pub fn http_request_with_body(
     headers: &[(&str, &str)],
     body: &str,
 ) -> HttpResponse {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut req = format!("{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    req.push_str(body);
-    s.write_all(req.as_bytes()).unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("response head");
-    let head = String::from_utf8_lossy(&raw[..end]).into_owned();
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let headers = head
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-        .collect();
-    HttpResponse { status, headers, body: raw[end + 4..].to_vec() }
+    try_request(port, method, path, headers, body).expect("HTTP request")
 }
 
 pub fn http_get(port: u16, path: &str) -> Option<HttpResponse> {
@@ -423,6 +346,10 @@ pub fn http_get(port: u16, path: &str) -> Option<HttpResponse> {
 
 /// A minimal HTTP/1.0 client for API calls (the server closes after the response).
 pub fn http_request(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> Option<HttpResponse> {
+    try_request(port, method, path, headers, "")
+}
+
+fn try_request(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Option<HttpResponse> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     let mut req = format!("{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n");
@@ -430,26 +357,20 @@ pub fn http_request(port: u16, method: &str, path: &str, headers: &[(&str, &str)
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("\r\n");
+    req.push_str(body);
     s.write_all(req.as_bytes()).ok()?;
-    let mut r = BufReader::new(s);
-    let mut line = String::new();
-    r.read_line(&mut line).ok()?;
-    let status = line.split_whitespace().nth(1)?.parse().ok()?;
-    let mut hdrs = Vec::new();
-    loop {
-        line.clear();
-        r.read_line(&mut line).ok()?;
-        let t = line.trim_end();
-        if t.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = t.split_once(':') {
-            hdrs.push((k.trim().to_owned(), v.trim().to_owned()));
-        }
-    }
-    let mut body = Vec::new();
-    r.read_to_end(&mut body).ok()?;
-    Some(HttpResponse { status, headers: hdrs, body })
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).ok()?;
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&raw[..end]).into_owned();
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    let headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    Some(HttpResponse { status, headers, body: raw[end + 4..].to_vec() })
 }
 
 /// An HTTP-FLV reader that parses tags as they arrive (HTTP/1.1, chunked transfer decoded).

@@ -30,6 +30,9 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --create-home --home-dir /var/lib/livegate --shell /usr/sbin/nologin livegate
 COPY --from=build /out/livegate /usr/local/bin/livegate
+# The demo page served at / and the pipeline templates (the built-in ones are compiled in; these can be edited).
+COPY --chown=livegate web /var/lib/livegate/web
+COPY --chown=livegate pipelines /var/lib/livegate/pipelines
 USER livegate
 WORKDIR /var/lib/livegate
 # RTMP, HTTP (HTTP-FLV, HLS, WHEP signalling, API), and one UDP port per WebRTC viewer ([webrtc] range;

@@ -37,6 +37,7 @@ pub struct Config {
     pub hls: crate::hls::HlsConfig,
     pub record: crate::record::RecordConfig,
     pub webrtc: crate::webrtc::WebrtcConfig,
+    pub transcode: crate::transcode::TranscodeConfig,
     pub log: LogConfig,
 }
 
@@ -199,6 +200,15 @@ impl Config {
         }
         if let Err(detail) = self.hls.validate() {
             return bad("hls", detail);
+        }
+        if !(6_000..=510_000).contains(&self.transcode.opus_bitrate) {
+            return bad(
+                "transcode.opus_bitrate",
+                format!("{} is outside 6000..=510000 bit/s", self.transcode.opus_bitrate),
+            );
+        }
+        if !(self.transcode.idle_stop_secs.is_finite() && (0.5..=3600.0).contains(&self.transcode.idle_stop_secs)) {
+            return bad("transcode.idle_stop_secs", format!("{} is outside 0.5..=3600", self.transcode.idle_stop_secs));
         }
         if let Err(detail) = self.webrtc.validate() {
             return bad("webrtc", detail);

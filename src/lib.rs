@@ -17,4 +17,5 @@ pub mod netio;
 pub mod record;
 pub mod rtmp;
 pub mod server;
+pub mod transcode;
 pub mod webrtc;

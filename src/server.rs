@@ -35,6 +35,7 @@ pub struct AppState {
     pub hls: Arc<crate::hls::Hls>,
     pub recorder: Arc<crate::record::Recorder>,
     pub whep: Arc<crate::webrtc::Whep>,
+    pub transcoders: Arc<crate::transcode::Transcoders>,
     pub config: Arc<Config>,
     pub webhooks: Webhooks,
     started: Instant,
@@ -51,7 +52,7 @@ impl Drop for ConnPermit {
 }
 
 impl AppState {
-    pub fn new(config: Config) -> Arc<Self> {
+    pub fn new(config: Config) -> Result<Arc<Self>, crate::transcode::TranscodeError> {
         let events = EventBus::new();
         let hub = Hub::new(config.hub_options(), events);
         let webhooks = Webhooks::new(config.webhooks.clone());
@@ -62,17 +63,19 @@ impl AppState {
             config.http.listen,
             config.hls.segment_secs,
         );
-        let whep = crate::webrtc::Whep::new(hub.clone(), config.webrtc.clone());
-        Arc::new(Self {
+        let transcoders = crate::transcode::Transcoders::new(hub.clone(), config.transcode.clone())?;
+        let whep = crate::webrtc::Whep::new(hub.clone(), config.webrtc.clone(), transcoders.clone());
+        Ok(Arc::new(Self {
             hub,
             hls,
             recorder,
             whep,
+            transcoders,
             config: Arc::new(config),
             webhooks,
             started: Instant::now(),
             connections: Arc::new(AtomicUsize::new(0)),
-        })
+        }))
     }
 
     pub fn uptime_ms(&self) -> u32 {
@@ -190,7 +193,7 @@ pub fn raise_fd_limit() {
 /// readers close cleanly, give connections a moment to flush, return.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     raise_fd_limit();
-    let state = AppState::new(config);
+    let state = AppState::new(config).map_err(|e| anyhow::anyhow!("cannot start transcoders: {e}"))?;
     let rtmp = TcpListener::bind(state.config.rtmp.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen for RTMP on {}: {e}", state.config.rtmp.listen))?;

@@ -32,6 +32,11 @@ fn chromium_plays_an_rtmp_stream_over_whep() {
     assert!(j["fps"].as_f64().unwrap() > 20.0, "{j}");
     assert!(j["location"].as_str().unwrap().starts_with("/whep/session/"));
     assert_eq!(j["deleteStatus"], 200, "DELETE ends the session");
+    // AAC from the publisher arrives as Opus (one shared transcoder), and it is not silent.
+    assert!(j["audioPackets"].as_u64().unwrap_or(0) > 50, "{j}");
+    assert!(j["audioRms"].as_f64().unwrap_or(0.0) > 0.01, "audio is silent: {j}");
+    let rendition = srv.stream_json("wv@opus");
+    assert!(rendition.is_some(), "the Opus rendition is a hub stream");
     assert!(std::fs::metadata(&shot).unwrap().len() > 1000);
 }
 
@@ -89,4 +94,26 @@ fn whep_errors_are_precise_and_unconnected_sessions_are_reaped() {
     assert_eq!(whep_clients(), 1);
     assert!(wait_until(Duration::from_secs(10), || whep_clients() == 0), "unconnected session not reaped");
     assert!(srv.log_text().contains("not connected within"));
+}
+
+#[test]
+fn a_broken_pipeline_template_stops_start_up_with_its_name() {
+    let dir = tempdir::TempDir::new("tpl");
+    std::fs::write(dir.path().join("aac_to_opus.pipeline"), "appsrc name=src ! nosuchelement ! appsink name=sink\n").unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[rtmp]\nlisten = \"127.0.0.1:{}\"\n[http]\nlisten = \"127.0.0.1:{}\"\n[record]\nroot = \"{}\"\n[transcode]\npipelines_dir = \"{}\"\n",
+            free_port(),
+            free_port(),
+            dir.path().join("rec").display(),
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_livegate")).args(["serve", "--config"]).arg(&cfg).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("aac_to_opus") && err.contains("nosuchelement"), "{err}");
 }

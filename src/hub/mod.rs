@@ -50,12 +50,14 @@ pub enum Protocol {
     Record,
     /// A WebRTC (WHEP) viewer.
     Whep,
+    /// A transcoder making a rendition (it reads the source and publishes the derived stream).
+    Transcode,
 }
 
 impl Protocol {
-    pub const COUNT: usize = 5;
+    pub const COUNT: usize = 6;
     pub const ALL: [Protocol; Self::COUNT] =
-        [Protocol::Rtmp, Protocol::HttpFlv, Protocol::Hls, Protocol::Record, Protocol::Whep];
+        [Protocol::Rtmp, Protocol::HttpFlv, Protocol::Hls, Protocol::Record, Protocol::Whep, Protocol::Transcode];
     pub fn as_str(&self) -> &'static str {
         match self {
             Protocol::Rtmp => "rtmp",
@@ -63,6 +65,7 @@ impl Protocol {
             Protocol::Hls => "hls",
             Protocol::Record => "record",
             Protocol::Whep => "whep",
+            Protocol::Transcode => "transcode",
         }
     }
 }

@@ -154,7 +154,8 @@ pub fn body_prefix(frame: &Frame) -> ([u8; 5], usize) {
             p[0] = flv_sound_byte;
             (p, 1)
         }
-        Codec::Amf0 => (p, 0),
+        // Not representable in classic FLV; renditions carrying it are never served as FLV/RTMP.
+        Codec::Opus | Codec::Amf0 => (p, 0),
     }
 }
 

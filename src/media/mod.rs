@@ -26,6 +26,8 @@ pub enum Codec {
     OtherAudio {
         flv_sound_byte: u8,
     },
+    /// Opus (WebRTC audio, made by the AAC→Opus rendition). FLV cannot carry it.
+    Opus,
     /// Script data (AMF0).
     Amf0,
 }
@@ -42,6 +44,7 @@ impl Codec {
                 11 => "Speex",
                 _ => "audio",
             },
+            Codec::Opus => "Opus",
             Codec::Amf0 => "AMF0",
         }
     }

@@ -2,8 +2,9 @@
 //!
 //! Video passes through: the hub's AVCC access units become Annex-B and are packetized into RTP with the
 //! source's presentation time. A viewer starts at the cached keyframe like any reader, and a slow viewer
-//! skips to a newer keyframe by the same max_cache policy. Audio (AAC → Opus) needs the transcoder that the
-//! WebRTC issue adds next; until then the answer carries video only. See `docs/notes/webrtc-rs-0.21.md`.
+//! skips to a newer keyframe by the same max_cache policy. Audio comes from the stream's shared AAC→Opus
+//! rendition (`crate::transcode`), one transcoder per stream however many viewers. See
+//! `docs/notes/webrtc-rs-0.21.md`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -82,6 +83,16 @@ pub enum WhepError {
 
 const MTU: usize = 1200;
 
+fn opus_codec() -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: "audio/opus".into(),
+        clock_rate: 48_000,
+        channels: 2,
+        sdp_fmtp_line: "minptime=10;useinbandfec=1".into(),
+        rtcp_feedback: vec![],
+    }
+}
+
 fn h264_codec() -> RTCRtpCodec {
     RTCRtpCodec {
         mime_type: "video/H264".into(),
@@ -118,14 +129,15 @@ struct Session {
 pub struct Whep {
     hub: Hub,
     cfg: WebrtcConfig,
+    transcoders: Arc<crate::transcode::Transcoders>,
     sessions: Mutex<HashMap<String, Session>>,
     next_port: AtomicU16,
 }
 
 impl Whep {
-    pub fn new(hub: Hub, cfg: WebrtcConfig) -> Arc<Self> {
+    pub fn new(hub: Hub, cfg: WebrtcConfig, transcoders: Arc<crate::transcode::Transcoders>) -> Arc<Self> {
         let start = cfg.udp_port_min;
-        Arc::new(Self { hub, cfg, sessions: Mutex::new(HashMap::new()), next_port: AtomicU16::new(start) })
+        Arc::new(Self { hub, cfg, transcoders, sessions: Mutex::new(HashMap::new()), next_port: AtomicU16::new(start) })
     }
 
     pub fn session_count(&self) -> usize {
@@ -150,7 +162,20 @@ impl Whep {
         if self.hub.get(key).filter(|s| !s.is_closed()).is_none() {
             return Err(WhepError::NotFound(format!("stream {key} is not being published")));
         }
-        let (pc, track, sender, ssrc, mut state_rx, answer) = self.negotiate(offer).await?;
+        // Audio: the stream's shared Opus rendition, when the browser takes Opus and the stream has AAC.
+        let wants_opus = offer.to_ascii_lowercase().contains("opus/48000");
+        let opus_key = if wants_opus {
+            match self.transcoders.opus(key) {
+                Ok(k) => k,
+                Err(e) => {
+                    tracing::warn!(stream = %key, error = %e, "no WebRTC audio for this viewer");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let (pc, track, sender, audio, ssrc, mut state_rx, answer) = self.negotiate(offer, opus_key.is_some()).await?;
         let guard = self.hub.register_client(Protocol::Whep, addr);
         let reader = match self.hub.subscribe(key, Protocol::Whep, policy, guard.handle.clone()) {
             Ok(r) => r,
@@ -174,8 +199,16 @@ impl Whep {
                     .is_ok_and(|r| r.is_ok());
             let reason = match connected {
                 true => {
-                    tracing::info!(session = %sid, client = guard.handle.id, "whep connected");
-                    pump(reader, &track, &sender, ssrc, &mut state_rx, &guard).await
+                    tracing::info!(session = %sid, client = guard.handle.id, audio = opus_key.is_some(), "whep connected");
+                    let audio_task = match (audio, opus_key) {
+                        (Some(a), Some(k)) => this.spawn_audio(k, a, &guard),
+                        _ => None,
+                    };
+                    let r = pump(reader, &track, &sender, ssrc, &mut state_rx, &guard).await;
+                    if let Some(t) = audio_task {
+                        t.abort();
+                    }
+                    r
                 }
                 false => format!("not connected within {connect_timeout:?}"),
             };
@@ -215,11 +248,13 @@ impl Whep {
     async fn negotiate(
         &self,
         offer: String,
+        with_audio: bool,
     ) -> Result<
         (
             Arc<dyn PeerConnection>,
             Arc<TrackLocalStaticRTP>,
             Arc<dyn RtpSender>,
+            Option<AudioOut>,
             u32,
             watch::Receiver<RTCPeerConnectionState>,
             String,
@@ -240,6 +275,13 @@ impl Whep {
                 RtpCodecKind::Video,
             )
             .map_err(internal)?;
+            if with_audio {
+                me.register_codec(
+                    RTCRtpCodecParameters { rtp_codec: opus_codec(), payload_type: 111 },
+                    RtpCodecKind::Audio,
+                )
+                .map_err(internal)?;
+            }
             let registry = register_default_interceptors(Registry::new(), &mut me).map_err(internal)?;
             let se = SettingEngineBuilder::new()
                 .with_lite(true)
@@ -288,6 +330,26 @@ impl Whep {
             Ok(s) => s,
             Err(e) => return fail(pc, internal(e)).await,
         };
+        let audio = if with_audio {
+            let assrc: u32 = rand::random();
+            let atrack = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+                "livegate".into(),
+                "audio".into(),
+                "audio".into(),
+                RtpCodecKind::Audio,
+                vec![RTCRtpEncodingParameters {
+                    rtp_coding_parameters: RTCRtpCodingParameters { ssrc: Some(assrc), ..Default::default() },
+                    codec: opus_codec(),
+                    ..Default::default()
+                }],
+            )));
+            match pc.add_track(atrack.clone() as Arc<dyn TrackLocal>).await {
+                Ok(sender) => Some(AudioOut { track: atrack, sender, ssrc: assrc }),
+                Err(e) => return fail(pc, internal(e)).await,
+            }
+        } else {
+            None
+        };
         let offer = match RTCSessionDescription::offer(offer) {
             Ok(o) => o,
             Err(e) => return fail(pc, WhepError::BadOffer(e.to_string())).await,
@@ -311,7 +373,53 @@ impl Whep {
         if !local.sdp.lines().any(|l| l.starts_with("m=video") && !l.starts_with("m=video 0 ")) {
             return fail(pc, WhepError::NoCodec).await;
         }
-        Ok((pc, track, sender, ssrc, s_rx, local.sdp))
+        Ok((pc, track, sender, audio, ssrc, s_rx, local.sdp))
+    }
+}
+
+/// The audio side of a session: an Opus track fed from the stream's Opus rendition.
+struct AudioOut {
+    track: Arc<TrackLocalStaticRTP>,
+    sender: Arc<dyn RtpSender>,
+    ssrc: u32,
+}
+
+impl Whep {
+    fn spawn_audio(&self, key: StreamKey, a: AudioOut, guard: &ClientGuard) -> Option<tokio::task::JoinHandle<()>> {
+        // Audio follows live closely: start at the newest packet, keep at most half a second of backlog.
+        let policy = CachePolicy {
+            min_cache: Duration::ZERO,
+            max_cache: Duration::from_millis(500),
+            max_skips_per_minute: u32::MAX,
+        };
+        let mut reader = self.hub.subscribe(&key, Protocol::Whep, policy, guard.handle.clone()).ok()?;
+        Some(tokio::spawn(async move {
+            let Some(pt) = negotiated_pt(&a.sender).await else { return };
+            let mut seq: u16 = rand::random();
+            let base: u32 = rand::random();
+            let mut batch: Vec<Arc<Packet>> = Vec::new();
+            while reader.next_batch(&mut batch).await.is_ok() {
+                for p in batch.drain(..) {
+                    let f = &p.frame;
+                    if f.kind != MediaKind::Audio || f.config {
+                        continue;
+                    }
+                    let header = rtc::rtp::header::Header {
+                        version: 2,
+                        marker: false,
+                        payload_type: pt,
+                        sequence_number: seq,
+                        timestamp: base.wrapping_add((f.dts as u32).wrapping_mul(48)),
+                        ssrc: a.ssrc,
+                        ..Default::default()
+                    };
+                    seq = seq.wrapping_add(1);
+                    if a.track.write_rtp(rtc::rtp::Packet { header, payload: f.payload.clone() }).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }))
     }
 }
 
@@ -379,8 +487,9 @@ async fn pump(
                     ..Default::default()
                 };
                 seq = seq.wrapping_add(1);
-                if let Err(e) = track.write_rtp(rtc::rtp::Packet { header, payload }).await {
-                    return format!("write failed: {e}");
+                if track.write_rtp(rtc::rtp::Packet { header, payload }).await.is_err() {
+                    // The error carries the whole packet: the useful fact is that the connection is gone.
+                    return "peer connection closed".into();
                 }
             }
         }

@@ -19,7 +19,21 @@ window.__start = async (url) => {
   window.__pc = pc;
   pc.addTransceiver('video', { direction: 'recvonly' });
   pc.addTransceiver('audio', { direction: 'recvonly' });
-  pc.ontrack = (e) => { const v = document.getElementById('v'); if (!v.srcObject) v.srcObject = e.streams[0] || new MediaStream([e.track]); };
+  pc.ontrack = (e) => {
+    if (e.track.kind === 'audio') {
+      // A muted element keeps the remote track flowing; an AnalyserNode reads its level.
+      const a = document.createElement('audio');
+      a.muted = true; a.autoplay = true; a.srcObject = new MediaStream([e.track]);
+      document.body.appendChild(a);
+      const ctx = new AudioContext();
+      const an = ctx.createAnalyser();
+      ctx.createMediaStreamSource(new MediaStream([e.track])).connect(an);
+      window.__analyser = an;
+      return;
+    }
+    const v = document.getElementById('v');
+    if (!v.srcObject) v.srcObject = new MediaStream([e.track]);
+  };
   const offer = await pc.createOffer();
   await pc.setLocalDescription(offer);
   const r = await fetch(url, { method: 'POST', headers: { 'Content-Type': 'application/sdp' }, body: offer.sdp });
@@ -32,7 +46,16 @@ window.__start = async (url) => {
 window.__poll = async () => {
   const v = document.getElementById('v');
   const stats = await window.__pc.getStats();
-  stats.forEach((s) => { if (s.type === 'inbound-rtp' && s.kind === 'video') window.__state.framesDecoded = s.framesDecoded || 0; });
+  stats.forEach((s) => {
+    if (s.type === 'inbound-rtp' && s.kind === 'video') window.__state.framesDecoded = s.framesDecoded || 0;
+    if (s.type === 'inbound-rtp' && s.kind === 'audio') window.__state.audioPackets = s.packetsReceived || 0;
+  });
+  if (window.__analyser) {
+    const buf = new Float32Array(window.__analyser.fftSize);
+    window.__analyser.getFloatTimeDomainData(buf);
+    const rms = Math.sqrt(buf.reduce((a, x) => a + x * x, 0) / buf.length);
+    window.__state.audioRms = Math.max(window.__state.audioRms || 0, rms);
+  }
   window.__state.width = v.videoWidth; window.__state.height = v.videoHeight;
   window.__state.connection = window.__pc.connectionState;
   return window.__state;

@@ -207,6 +207,9 @@ impl Config {
                 format!("{} is outside 6000..=510000 bit/s", self.transcode.opus_bitrate),
             );
         }
+        if !(100..=50_000).contains(&self.transcode.video_kbps) {
+            return bad("transcode.video_kbps", format!("{} is outside 100..=50000 kbit/s", self.transcode.video_kbps));
+        }
         if !(self.transcode.idle_stop_secs.is_finite() && (0.5..=3600.0).contains(&self.transcode.idle_stop_secs)) {
             return bad("transcode.idle_stop_secs", format!("{} is outside 0.5..=3600", self.transcode.idle_stop_secs));
         }

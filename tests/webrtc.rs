@@ -41,6 +41,28 @@ fn chromium_plays_an_rtmp_stream_over_whep() {
 }
 
 #[test]
+fn a_b_frame_source_reaches_chromium_through_one_shared_baseline_transcode() {
+    let srv = Server::start("[webrtc]\nudp_port_min = 0\nudp_port_max = 0\n");
+    let _pub = push(&media("bframes"), &srv.rtmp_url("bf"));
+    srv.wait_live("bf");
+    let url = format!("http://127.0.0.1:{}/whep/live/bf", srv.http_port);
+    let shot = srv.dir.path().join("bf.png");
+    let out = node("whep_play.mjs", &[&url, shot.to_str().unwrap(), "4"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "WHEP playback of a B-frame source failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(j["width"], 640);
+    assert!(j["fps"].as_f64().unwrap() > 20.0, "smooth, not choppy: {j}");
+    let rendition = srv.stream_json("bf@cb").expect("the constrained-baseline rendition is a hub stream");
+    assert_eq!(rendition["video"]["profile"], "Baseline", "{rendition}");
+    assert!(srv.log_text().contains("source has B-frames"));
+}
+
+#[test]
 fn whep_errors_are_precise_and_unconnected_sessions_are_reaped() {
     let srv = Server::start("[webrtc]\nconnect_timeout_secs = 2.0\n");
     let _pub = push(&media("360p"), &srv.rtmp_url("we"));
@@ -99,7 +121,8 @@ fn whep_errors_are_precise_and_unconnected_sessions_are_reaped() {
 #[test]
 fn a_broken_pipeline_template_stops_start_up_with_its_name() {
     let dir = tempdir::TempDir::new("tpl");
-    std::fs::write(dir.path().join("aac_to_opus.pipeline"), "appsrc name=src ! nosuchelement ! appsink name=sink\n").unwrap();
+    std::fs::write(dir.path().join("aac_to_opus.pipeline"), "appsrc name=src ! nosuchelement ! appsink name=sink\n")
+        .unwrap();
     let cfg = dir.path().join("c.toml");
     std::fs::write(
         &cfg,

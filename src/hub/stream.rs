@@ -111,6 +111,8 @@ pub struct Stream {
     pub(crate) rate: Mutex<RateMeter>,
     pub stats: StreamStats,
     closed: AtomicBool,
+    /// A video frame with a non-zero composition offset was seen: the stream has B-frames.
+    bframes: AtomicBool,
     last_dts: AtomicI64,
     retention_ms: i64,
     max_bytes: usize,
@@ -170,11 +172,17 @@ impl Stream {
             }),
             stats: StreamStats::default(),
             closed: AtomicBool::new(false),
+            bframes: AtomicBool::new(false),
             last_dts: AtomicI64::new(i64::MIN),
             retention_ms: retention.as_millis() as i64,
             max_bytes,
             created: now,
         }
+    }
+
+    /// Whether the stream's video uses B-frames (WebRTC receivers need them transcoded away).
+    pub fn has_bframes(&self) -> bool {
+        self.bframes.load(Ordering::Relaxed)
     }
 
     pub fn is_closed(&self) -> bool {
@@ -215,6 +223,9 @@ impl Stream {
         self.stats.frames_in.fetch_add(1, Ordering::Relaxed);
         if frame.kind == MediaKind::Video && !frame.config {
             self.stats.video_frames.fetch_add(1, Ordering::Relaxed);
+            if frame.cts != 0 {
+                self.bframes.store(true, Ordering::Relaxed);
+            }
         }
         {
             let mut ring = self.ring.write();

@@ -5,7 +5,7 @@
 //! templates (`pipelines/*.pipeline`, gst-launch syntax with `{placeholders}`), validated at start-up, so an
 //! operator can swap elements without recompiling.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,6 +21,7 @@ use crate::hub::{CachePolicy, Hub, Packet, Protocol, PublisherInfo, StreamKey};
 use crate::media::{Codec, Frame, MediaKind};
 
 const AAC_TO_OPUS: &str = include_str!("../../pipelines/aac_to_opus.pipeline");
+const H264_TO_BASELINE: &str = include_str!("../../pipelines/h264_to_baseline.pipeline");
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -29,6 +30,8 @@ pub struct TranscodeConfig {
     pub pipelines_dir: String,
     /// Opus bitrate for WebRTC audio, bit/s.
     pub opus_bitrate: u32,
+    /// Bitrate of the H.264 constrained-baseline rendition (for B-frame sources), kbit/s.
+    pub video_kbps: u32,
     /// A rendition nobody reads is stopped after this long.
     pub idle_stop_secs: f64,
 }
@@ -101,16 +104,25 @@ impl Template {
     }
 }
 
-struct Running {
-    derived: StreamKey,
-}
+/// What comes out of a pipeline's appsink: payload, pts and dts (ms from the pipeline's start), keyframe,
+/// and the AVC decoder configuration when the output caps carry one.
+type Out = (Bytes, i64, i64, bool, Option<Bytes>);
 
 /// Starts and shares renditions.
 pub struct Transcoders {
     hub: Hub,
     cfg: TranscodeConfig,
     aac_to_opus: Template,
-    running: Mutex<HashMap<StreamKey, Running>>,
+    h264_to_baseline: Template,
+    /// Derived streams whose transcoder runs.
+    running: Mutex<HashSet<StreamKey>>,
+}
+
+/// Which rendition of a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    Opus,
+    Baseline,
 }
 
 impl Transcoders {
@@ -120,35 +132,54 @@ impl Transcoders {
         let aac_to_opus = Template::load(Path::new(&cfg.pipelines_dir), "aac_to_opus", AAC_TO_OPUS)?;
         let (p, _, _) = aac_to_opus.build(&[("bitrate", cfg.opus_bitrate.to_string())])?;
         let _ = p.set_state(gst::State::Null);
-        Ok(Arc::new(Self { hub, cfg, aac_to_opus, running: Mutex::new(HashMap::new()) }))
+        let h264_to_baseline = Template::load(Path::new(&cfg.pipelines_dir), "h264_to_baseline", H264_TO_BASELINE)?;
+        let (p, _, _) = h264_to_baseline.build(&[("bitrate", cfg.video_kbps.to_string()), ("gop", "60".into())])?;
+        let _ = p.set_state(gst::State::Null);
+        Ok(Arc::new(Self { hub, cfg, aac_to_opus, h264_to_baseline, running: Mutex::new(HashSet::new()) }))
     }
 
     /// The Opus rendition of `key` (started if needed). `None` when the stream has no AAC audio.
     pub fn opus(self: &Arc<Self>, key: &StreamKey) -> Result<Option<StreamKey>, TranscodeError> {
+        self.rendition(key, Kind::Opus)
+    }
+
+    /// The constrained-baseline H.264 rendition of `key` (for B-frame sources). `None` without H.264 video.
+    pub fn baseline(self: &Arc<Self>, key: &StreamKey) -> Result<Option<StreamKey>, TranscodeError> {
+        self.rendition(key, Kind::Baseline)
+    }
+
+    fn rendition(self: &Arc<Self>, key: &StreamKey, kind: Kind) -> Result<Option<StreamKey>, TranscodeError> {
+        let suffix = match kind {
+            Kind::Opus => "opus",
+            Kind::Baseline => "cb",
+        };
+        let derived = StreamKey::new(&key.app, &format!("{}@{suffix}", key.name));
         let mut running = self.running.lock();
-        if let Some(r) = running.get(key) {
-            if self.hub.get(&r.derived).is_some_and(|s| !s.is_closed()) {
-                return Ok(Some(r.derived.clone()));
-            }
+        if running.contains(&derived) && self.hub.get(&derived).is_some_and(|s| !s.is_closed()) {
+            return Ok(Some(derived));
         }
         let source = self
             .hub
             .get(key)
             .filter(|s| !s.is_closed())
             .ok_or_else(|| TranscodeError::NotFound(format!("stream {key} is not being published")))?;
-        let Some(asc) =
-            source.headers().slots[2].as_ref().filter(|p| p.frame.codec == Codec::Aac).map(|p| p.frame.payload.clone())
+        let headers = source.headers();
+        let (slot, codec) = match kind {
+            Kind::Opus => (2, Codec::Aac),
+            Kind::Baseline => (1, Codec::H264),
+        };
+        let Some(config) =
+            headers.slots[slot].as_ref().filter(|p| p.frame.codec == codec).map(|p| p.frame.payload.clone())
         else {
             return Ok(None);
         };
-        let derived = StreamKey::new(&key.app, &format!("{}@opus", key.name));
-        let (pipeline, src, sink) = self.aac_to_opus.build(&[("bitrate", self.cfg.opus_bitrate.to_string())])?;
-        let caps = gst::Caps::builder("audio/mpeg")
-            .field("mpegversion", 4i32)
-            .field("stream-format", "raw")
-            .field("codec_data", gst::Buffer::from_slice(asc.to_vec()))
-            .build();
-        src.set_caps(Some(&caps));
+        let (pipeline, src, sink) = match kind {
+            Kind::Opus => self.aac_to_opus.build(&[("bitrate", self.cfg.opus_bitrate.to_string())])?,
+            Kind::Baseline => {
+                self.h264_to_baseline.build(&[("bitrate", self.cfg.video_kbps.to_string()), ("gop", "60".into())])?
+            }
+        };
+        src.set_caps(Some(&input_caps(kind, &config)));
         let guard = self.hub.register_client(Protocol::Transcode, None);
         let policy = CachePolicy {
             min_cache: Duration::ZERO,
@@ -169,15 +200,22 @@ impl Transcoders {
             .hub
             .publish(derived.clone(), info, guard.handle.clone())
             .map_err(|e| TranscodeError::Gst(e.to_string()))?;
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(Bytes, i64)>();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Out>();
         sink.set_callbacks(
             gst_app::AppSinkCallbacks::builder()
                 .new_sample(move |s| {
                     let sample = s.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                    let codec_data = sample
+                        .caps()
+                        .and_then(|c| c.structure(0))
+                        .and_then(|st| st.get::<gst::Buffer>("codec_data").ok())
+                        .and_then(|b| b.map_readable().ok().map(|m| Bytes::copy_from_slice(m.as_slice())));
                     if let Some(buf) = sample.buffer() {
                         let pts = buf.pts().map(|t| t.mseconds() as i64).unwrap_or(0);
+                        let dts = buf.dts().map(|t| t.mseconds() as i64).unwrap_or(pts);
+                        let key = !buf.flags().contains(gst::BufferFlags::DELTA_UNIT);
                         if let Ok(map) = buf.map_readable() {
-                            let _ = tx.send((Bytes::copy_from_slice(map.as_slice()), pts));
+                            let _ = tx.send((Bytes::copy_from_slice(map.as_slice()), pts, dts, key, codec_data));
                         }
                     }
                     Ok(gst::FlowSuccess::Ok)
@@ -185,32 +223,30 @@ impl Transcoders {
                 .build(),
         );
         pipeline.set_state(gst::State::Playing).map_err(|e| TranscodeError::Gst(e.to_string()))?;
-        running.insert(key.clone(), Running { derived: derived.clone() });
+        running.insert(derived.clone());
         drop(running);
-        tracing::info!(stream = %key, rendition = %derived, "AAC→Opus transcoder started");
+        tracing::info!(stream = %key, rendition = %derived, "transcoder started");
         let this = self.clone();
         let key = key.clone();
         let d = derived.clone();
         tokio::spawn(async move {
             let _client = guard;
-            let reason = this.run(reader, publisher, &src, rx, &d).await;
+            let reason = this.run(kind, reader, publisher, &src, rx, &d).await;
             let _ = src.end_of_stream();
             let _ = pipeline.set_state(gst::State::Null);
-            let mut running = this.running.lock();
-            if running.get(&key).is_some_and(|r| r.derived == d) {
-                running.remove(&key);
-            }
-            tracing::info!(stream = %key, rendition = %d, %reason, "AAC→Opus transcoder stopped");
+            this.running.lock().remove(&d);
+            tracing::info!(stream = %key, rendition = %d, %reason, "transcoder stopped");
         });
         Ok(Some(derived))
     }
 
     async fn run(
         &self,
+        kind: Kind,
         mut reader: crate::hub::Reader,
         mut publisher: crate::hub::Publisher,
         src: &gst_app::AppSrc,
-        mut rx: tokio::sync::mpsc::UnboundedReceiver<(Bytes, i64)>,
+        mut rx: tokio::sync::mpsc::UnboundedReceiver<Out>,
         derived: &StreamKey,
     ) -> String {
         let idle = Duration::from_secs_f64(self.cfg.idle_stop_secs);
@@ -218,6 +254,11 @@ impl Transcoders {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut batch: Vec<Arc<Packet>> = Vec::new();
         let mut base: Option<i64> = None;
+        let mut out_config: Option<Bytes> = None;
+        let (want_kind, want_codec) = match kind {
+            Kind::Opus => (MediaKind::Audio, Codec::Aac),
+            Kind::Baseline => (MediaKind::Video, Codec::H264),
+        };
         loop {
             tokio::select! {
                 r = reader.next_batch(&mut batch) => {
@@ -226,24 +267,46 @@ impl Transcoders {
                     }
                     for p in batch.drain(..) {
                         let f = &p.frame;
-                        if f.kind != MediaKind::Audio || f.config || f.codec != Codec::Aac {
+                        if f.kind != want_kind || f.codec != want_codec {
+                            continue;
+                        }
+                        if f.config {
+                            // A new decoder configuration (the publisher changed resolution): new caps.
+                            src.set_caps(Some(&input_caps(kind, &f.payload)));
                             continue;
                         }
                         // GStreamer timestamps start near zero; the hub timeline is restored on the way out.
                         let b = *base.get_or_insert(f.dts);
                         let mut buf = gst::Buffer::from_slice(f.payload.clone());
                         if let Some(m) = buf.get_mut() {
-                            m.set_pts(gst::ClockTime::from_mseconds((f.dts - b).max(0) as u64));
+                            m.set_pts(gst::ClockTime::from_mseconds((f.pts() - b).max(0) as u64));
+                            m.set_dts(gst::ClockTime::from_mseconds((f.dts - b).max(0) as u64));
+                            if f.kind == MediaKind::Video && !f.keyframe {
+                                m.set_flags(gst::BufferFlags::DELTA_UNIT);
+                            }
                         }
                         if src.push_buffer(buf).is_err() {
                             return "pipeline stopped".into();
                         }
                     }
                 }
-                Some((data, pts)) = rx.recv() => {
+                Some((data, pts, dts, key, codec_data)) = rx.recv() => {
                     let b = base.unwrap_or(0);
-                    let frame = Frame { kind: MediaKind::Audio, codec: Codec::Opus, dts: 0, cts: 0, keyframe: false, config: false, payload: data };
-                    publisher.push_raw(frame, (b + pts) as u32, Instant::now());
+                    match kind {
+                        Kind::Opus => {
+                            let frame = Frame { kind: MediaKind::Audio, codec: Codec::Opus, dts: 0, cts: 0, keyframe: false, config: false, payload: data };
+                            publisher.push_raw(frame, (b + pts) as u32, Instant::now());
+                        }
+                        Kind::Baseline => {
+                            if let Some(cd) = codec_data.filter(|cd| out_config.as_ref() != Some(cd)) {
+                                let cfg = Frame { kind: MediaKind::Video, codec: Codec::H264, dts: 0, cts: 0, keyframe: false, config: true, payload: cd.clone() };
+                                publisher.push_raw(cfg, (b + dts) as u32, Instant::now());
+                                out_config = Some(cd);
+                            }
+                            let frame = Frame { kind: MediaKind::Video, codec: Codec::H264, dts: 0, cts: (pts - dts) as i32, keyframe: key, config: false, payload: data };
+                            publisher.push_raw(frame, (b + dts) as u32, Instant::now());
+                        }
+                    }
                 }
                 _ = tick.tick() => {
                     let readers = self.hub.get(derived).map(|s| s.reader_count()).unwrap_or(0);
@@ -255,5 +318,21 @@ impl Transcoders {
                 }
             }
         }
+    }
+}
+
+fn input_caps(kind: Kind, config: &[u8]) -> gst::Caps {
+    let cd = gst::Buffer::from_slice(config.to_vec());
+    match kind {
+        Kind::Opus => gst::Caps::builder("audio/mpeg")
+            .field("mpegversion", 4i32)
+            .field("stream-format", "raw")
+            .field("codec_data", cd)
+            .build(),
+        Kind::Baseline => gst::Caps::builder("video/x-h264")
+            .field("stream-format", "avc")
+            .field("alignment", "au")
+            .field("codec_data", cd)
+            .build(),
     }
 }

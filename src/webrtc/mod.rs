@@ -175,9 +175,24 @@ impl Whep {
         } else {
             None
         };
+        // Video: passthrough, unless the source has B-frames, which WebRTC receivers play badly: then the
+        // stream's shared constrained-baseline rendition.
+        let source_has_bframes = self.hub.get(key).is_some_and(|s| s.has_bframes());
+        let video_key = if source_has_bframes {
+            match self.transcoders.baseline(key) {
+                Ok(Some(k)) => {
+                    tracing::info!(stream = %key, rendition = %k, "source has B-frames: WebRTC video is transcoded");
+                    k
+                }
+                Ok(None) => key.clone(),
+                Err(e) => return Err(WhepError::Internal(format!("cannot transcode B-frame video: {e}"))),
+            }
+        } else {
+            key.clone()
+        };
         let (pc, track, sender, audio, ssrc, mut state_rx, answer) = self.negotiate(offer, opus_key.is_some()).await?;
         let guard = self.hub.register_client(Protocol::Whep, addr);
-        let reader = match self.hub.subscribe(key, Protocol::Whep, policy, guard.handle.clone()) {
+        let reader = match self.hub.subscribe(&video_key, Protocol::Whep, policy, guard.handle.clone()) {
             Ok(r) => r,
             Err(e) => {
                 let _ = pc.close().await;

@@ -343,6 +343,7 @@ fn demo_page_lists_and_plays_a_stream() {
     let j: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     assert_eq!(j["listed"], true);
     assert_eq!(j["width"], 640);
+    assert_eq!(j["whepWidth"], 640, "the page's WebRTC button plays too: {j}");
     // Static files stay inside web_root.
     assert_eq!(http_get(srv.http_port, "/vendor/../Cargo.toml").unwrap().status, 404);
     assert_eq!(http_get(srv.http_port, "/.git/config").unwrap().status, 404);

@@ -35,10 +35,29 @@ try {
       return { currentTime: v.currentTime, frames: q.totalVideoFrames, width: v.videoWidth, height: v.videoHeight };
     });
     Object.assign(result, s);
-    if (s.currentTime > 2 && s.frames > 30 && s.width > 0) await done(true);
+    if (s.currentTime > 2 && s.frames > 30 && s.width > 0) break;
     await new Promise((r) => setTimeout(r, 200));
   }
-  await done(false, 'video did not play');
+  if (!(result.currentTime > 2)) await done(false, 'HTTP-FLV video did not play');
+  // Then the same stream over WebRTC, from the page's WHEP button.
+  await page.locator('#whep').click();
+  const until = Date.now() + 20_000;
+  let start = null;
+  while (Date.now() < until) {
+    const w = await page.evaluate(() => {
+      const v = document.getElementById('video');
+      return { t: v.currentTime, w: v.videoWidth, webrtc: v.srcObject !== null };
+    });
+    if (w.webrtc && w.w > 0 && w.t > 0) {
+      if (start === null) start = w.t;
+      if (w.t - start > 2) {
+        result.whepWidth = w.w;
+        await done(true);
+      }
+    }
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  await done(false, 'WebRTC video did not play');
 } catch (e) {
   await done(false, String(e.message || e).split('\n')[0]);
 }

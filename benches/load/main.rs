@@ -1,9 +1,13 @@
-//! livegate-load: end-to-end load test of livegate (RTMP publish -> N HTTP-FLV or RTMP readers).
+//! livegate-load: end-to-end load test of livegate (RTMP publish -> N HTTP-FLV, RTMP or HLS readers; or N
+//! publishers with livegate recording every stream).
 //!
 //! Starts livegate on free loopback ports, publishes a pre-encoded FLV in real time, connects N readers and
 //! reports delivered bytes, livegate's CPU per delivered MB, RSS per reader, time to first keyframe, readers
 //! falling behind, and added latency (publisher send instant -> reader receive instant of the same tag).
+//! With `--readers 0`: N publishers (ingest.rs), optionally auto-recorded (`--record`).
 
+mod hls;
+mod ingest;
 mod input;
 mod publisher;
 mod reader;
@@ -11,7 +15,7 @@ mod report;
 mod rtmp_client;
 mod sys;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -40,7 +44,19 @@ wall-clock instant each tag left the publisher, and added latency = instant a re
 - instant the publisher sent the tag with the same timestamp.
 
 Added latency is taken over video frames the publisher sent after the reader had its first keyframe (the \
-GOP-cache burst a joining reader gets is old media by design). MB = 10^6 bytes.";
+GOP-cache burst a joining reader gets is old media by design). MB = 10^6 bytes.
+
+--proto hls: each reader polls http://.../live/NAME.m3u8 every hls.segment_secs / 2 and GETs every segment \
+that appeared since its previous poll (the newest one only on its first poll), on one keep-alive HTTP/1.1 \
+connection; reported: delivered MB, livegate CPU per delivered MB and per reader, segment fetch times, \
+segments missed, failed readers.
+
+--readers 0 --publishers N [--record flv|hls|flv,hls]: N publishers of the input (streams NAME-0 .. NAME-{N-1}, \
+all tasks of one thread, connecting --ramp-ms apart) and no readers; with --record livegate auto-records \
+every push to app live into a temporary directory (deleted at the end unless --keep-recordings). Reported: \
+livegate CPU per recorded stream-second (and the streams one core would sustain at that rate), bytes on disk \
+(summed after livegate's graceful stop) vs media bytes the publishers sent, recorded vs published seconds, \
+peak RSS, and late publisher tags. Without --record the same run gives the ingest-only baseline.";
 
 #[derive(Parser, Debug)]
 #[command(name = "livegate-load", about = "End-to-end load test of livegate (acts as the `ffmpeg -re -c copy` publisher)", long_about = LONG_ABOUT)]
@@ -51,13 +67,26 @@ pub struct Args {
     /// Pre-encoded FLV to publish. Default: target/load-input-720p.flv, created with ffmpeg if missing.
     #[arg(long)]
     input: Option<PathBuf>,
-    /// Number of readers.
+    /// Number of readers. 0: publishers only (see --publishers, --record).
     #[arg(long, default_value_t = 1000)]
     readers: usize,
+    /// Concurrent publishers of the input, on streams NAME-0, NAME-1, ... (only with --readers 0).
+    #[arg(long, default_value_t = 1)]
+    publishers: usize,
+    /// livegate auto-records every push to app `live` in these formats (comma-separated), into a temporary
+    /// directory deleted at the end.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    record: Vec<RecordFormat>,
+    /// Keep the temporary recording directory (its path is printed).
+    #[arg(long)]
+    keep_recordings: bool,
+    /// Passes `[hls] segment_secs` to livegate; HLS readers poll every half of it (default: livegate's 2 s).
+    #[arg(long)]
+    segment_secs: Option<f64>,
     /// Reader protocol.
     #[arg(long, value_enum, default_value = "flv")]
     proto: Proto,
-    /// Milliseconds between reader connects.
+    /// Milliseconds between reader connects (between publisher connects with --readers 0).
     #[arg(long, default_value_t = 5)]
     ramp_ms: u64,
     /// Measurement seconds after the last reader started connecting.
@@ -92,11 +121,79 @@ pub struct Args {
     read_buf: usize,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+pub enum RecordFormat {
+    Flv,
+    Hls,
+}
+
+impl RecordFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            RecordFormat::Flv => "flv",
+            RecordFormat::Hls => "hls",
+        }
+    }
+}
+
+/// The temporary recording root: created by livegate, removed (with everything in it) when dropped.
+pub struct RecordDir {
+    pub path: Option<PathBuf>,
+    keep: bool,
+}
+
+impl RecordDir {
+    fn new(args: &Args) -> Self {
+        let path = (!args.record.is_empty())
+            .then(|| std::env::temp_dir().join(format!("livegate-load-{}-rec", std::process::id())));
+        Self { path, keep: args.keep_recordings }
+    }
+}
+
+impl Drop for RecordDir {
+    fn drop(&mut self) {
+        match (&self.path, self.keep) {
+            (Some(p), true) => eprintln!("recordings kept in {}", p.display()),
+            (Some(p), false) => {
+                let _ = std::fs::remove_dir_all(p);
+            }
+            (None, _) => {}
+        }
+    }
+}
+
+/// The config tables the tool adds to livegate's (besides the listeners and the log level).
+fn config_extra(args: &Args, record_root: Option<&Path>) -> String {
+    let mut c = String::new();
+    if let Some(ms) = args.flush_ms {
+        c.push_str(&format!("[hub]\nflush_interval_ms = {ms}\n\n"));
+    }
+    if let Some(s) = args.segment_secs {
+        c.push_str(&format!("[hls]\nsegment_secs = {s:?}\n\n"));
+    }
+    if let Some(root) = record_root {
+        let mut formats: Vec<&str> = args.record.iter().map(|f| f.name()).collect();
+        formats.dedup();
+        let list = formats.iter().map(|f| format!("{f:?}")).collect::<Vec<_>>().join(", ");
+        // [apps] is replaced whole by a config file: `live` is the only app, as in the default.
+        c.push_str(&format!("[apps.live]\nrecord = [{list}]\n\n[record]\nroot = {:?}\n\n", root.display().to_string()));
+    }
+    c
+}
+
 fn main() -> Result<()> {
-    let args = Args::parse();
+    let mut args = Args::parse();
     now_ns();
+    args.record.sort_by_key(|f| f.name());
+    args.record.dedup();
+    if args.publishers == 0 {
+        bail!("--publishers must be at least 1");
+    }
+    if args.readers > 0 && args.publishers != 1 {
+        bail!("--publishers N runs without readers: pass --readers 0 (readers runs have one publisher)");
+    }
     let (soft, hard) = sys::raise_nofile(&args.rlimit)?;
-    if (soft as usize) < args.readers * 2 + 64 {
+    if (soft as usize) < (args.readers + args.publishers) * 2 + 64 {
         eprintln!(
             "warning: RLIMIT_NOFILE is {soft} (hard {hard}); {} readers may run out of descriptors",
             args.readers
@@ -104,7 +201,8 @@ fn main() -> Result<()> {
     }
     let path = input::ensure(args.input.as_deref())?;
     let input = Arc::new(input::load(&path)?);
-    let mut lg = sys::Livegate::spawn(&args.livegate, args.flush_ms, &args.log_level)?;
+    let rec = RecordDir::new(&args);
+    let mut lg = sys::Livegate::spawn(&args.livegate, &config_extra(&args, rec.path.as_deref()), &args.log_level)?;
     let pid = lg.pid_str();
     eprintln!(
         "livegate pid {pid}: rtmp {} http {} (flush_ms {}); input {} ({} tags, {:.1} MB, loop {} ms); nofile {soft}",
@@ -116,11 +214,15 @@ fn main() -> Result<()> {
         input.bytes as f64 / 1e6,
         input.loop_ms
     );
+    if args.readers == 0 {
+        return ingest::run(&args, lg, input, rec.path.as_deref());
+    }
 
     // Publisher.
     let stop_pub = Arc::new(AtomicBool::new(false));
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let pub_thread = publisher::spawn(input.clone(), lg.rtmp, args.stream.clone(), stop_pub.clone(), ready_tx);
+    let pub_thread =
+        publisher::spawn(input.clone(), lg.rtmp, vec![args.stream.clone()], Duration::ZERO, stop_pub.clone(), ready_tx);
 
     let rt = if args.threads <= 1 {
         tokio::runtime::Builder::new_current_thread().enable_all().build()?
@@ -139,24 +241,49 @@ fn main() -> Result<()> {
         readers_phase(&args, &pid, &lg, &input, cpu_pub0).await
     });
     stop_pub.store(true, Ordering::Relaxed);
-    let pub_log = pub_thread.join().map_err(|_| anyhow!("publisher thread panicked"))?;
+    let pub_log = pub_thread.join().map_err(|_| anyhow!("publisher thread panicked"))?.pop().unwrap_or_default();
     let exited = lg.exited();
-    lg.stop();
+    if rec.path.is_some() {
+        // Let the recorder take the last frames, then a graceful stop finishes the files.
+        std::thread::sleep(Duration::from_secs(1));
+        lg.stop_within(Duration::from_secs(30));
+    } else {
+        lg.stop();
+    }
     let run = run?;
     let log_lines = lg.log_lines();
-    report::print(&args, &run, &pub_log, exited.as_deref(), &log_lines);
+    if args.proto == Proto::Hls {
+        report::print_hls(&args, &run, &pub_log, exited.as_deref(), &log_lines);
+    } else {
+        report::print(&args, &run, &pub_log, exited.as_deref(), &log_lines);
+    }
+    if let Some(dir) = &rec.path {
+        let u = sys::dir_usage(dir);
+        println!(
+            "  recordings         {:.1} MB on disk ({} media files) vs {:.1} MB media published: {:.3}x; sidecars {:?}",
+            u.total_bytes() as f64 / 1e6,
+            u.media_files,
+            pub_log.media_bytes() as f64 / 1e6,
+            u.total_bytes() as f64 / pub_log.media_bytes().max(1) as f64,
+            u.statuses
+        );
+    }
     Ok(())
 }
 
 /// Everything measured during the readers phase.
 pub struct Run {
     pub results: Vec<reader::ReaderResult>,
+    /// --proto hls: the HLS readers' results (`results` is empty).
+    pub hls: Vec<hls::HlsResult>,
     pub panics: usize,
     pub wall_secs: f64,
     pub lg_cpu: f64,
     /// livegate CPU seconds per second while only the publisher ran (warmup).
     pub lg_cpu_idle_rate: f64,
     pub tool_cpu: f64,
+    /// CPUs the whole machine kept busy during the run (livegate, the tool and anything else).
+    pub machine_busy: Option<f64>,
     pub rss_before_kib: u64,
     pub hwm_before_kib: u64,
     pub hwm_end_kib: u64,
@@ -179,6 +306,7 @@ async fn readers_phase(
     let rss_before_kib = sys::status_kib(pid, "VmRSS").unwrap_or(0);
     let hwm_before_kib = sys::status_kib(pid, "VmHWM").unwrap_or(0);
     let tool0 = sys::cpu_secs("self").unwrap_or(0.0);
+    let machine0 = sys::machine_jiffies();
 
     let t0 = tokio::time::Instant::now();
     let run_start_ns = now_ns();
@@ -197,6 +325,7 @@ async fn readers_phase(
         stop_at,
         read_buf: args.read_buf,
         sample_cap,
+        poll: Duration::from_secs_f64(args.segment_secs.unwrap_or(2.0) / 2.0),
     });
 
     let pid_w = pid.to_owned();
@@ -228,13 +357,19 @@ async fn readers_phase(
     });
 
     let mut handles = Vec::with_capacity(args.readers);
+    let mut hls_handles = Vec::new();
     for i in 0..args.readers {
         tokio::time::sleep_until(t0 + ramp * i as u32).await;
         let cfg = cfg.clone();
-        handles.push(tokio::spawn(async move { reader::run(&cfg).await }));
+        if args.proto == Proto::Hls {
+            hls_handles.push(tokio::spawn(async move { hls::run(&cfg).await }));
+        } else {
+            handles.push(tokio::spawn(async move { reader::run(&cfg).await }));
+        }
     }
     tokio::time::sleep_until(stop_at).await;
     let lg_cpu = sys::cpu_secs(pid).unwrap_or(cpu0) - cpu0;
+    let machine_busy = sys::busy_cpus(machine0, sys::machine_jiffies());
     let hwm_end_kib = sys::status_kib(pid, "VmHWM").unwrap_or(0);
     let rss_end_kib = sys::status_kib(pid, "VmRSS").unwrap_or(0);
     let tool_cpu = sys::cpu_secs("self").unwrap_or(tool0) - tool0;
@@ -256,13 +391,22 @@ async fn readers_phase(
             Err(_) => panics += 1,
         }
     }
+    let mut hls_results = Vec::with_capacity(hls_handles.len());
+    for h in hls_handles {
+        match h.await {
+            Ok(r) => hls_results.push(r),
+            Err(_) => panics += 1,
+        }
+    }
     Ok(Run {
         results,
+        hls: hls_results,
         panics,
         wall_secs,
         lg_cpu,
         lg_cpu_idle_rate,
         tool_cpu,
+        machine_busy,
         rss_before_kib,
         hwm_before_kib,
         hwm_end_kib,

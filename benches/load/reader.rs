@@ -23,6 +23,8 @@ pub static KEYED: AtomicUsize = AtomicUsize::new(0);
 pub enum Proto {
     Flv,
     Rtmp,
+    /// Live HLS: playlist polls and segment GETs (hls.rs).
+    Hls,
 }
 
 pub struct ReaderCfg {
@@ -34,6 +36,8 @@ pub struct ReaderCfg {
     pub stop_at: tokio::time::Instant,
     pub read_buf: usize,
     pub sample_cap: usize,
+    /// HLS readers: playlist poll interval.
+    pub poll: std::time::Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,6 +169,7 @@ pub async fn run(cfg: &ReaderCfg) -> ReaderResult {
     let res = match cfg.proto {
         Proto::Flv => run_flv(cfg, &mut sink).await,
         Proto::Rtmp => run_rtmp(cfg, &mut sink).await,
+        Proto::Hls => Err(anyhow!("HLS readers are hls::run")),
     };
     sink.r.outcome = match res {
         Ok(o) => o,

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use livegate::media::flv::TAG_VIDEO;
 use serde_json::json;
 
+use crate::ingest::{self, Ending, IngestRun};
 use crate::publisher::PubLog;
 use crate::reader::{Anomalies, Outcome};
 use crate::{Args, Run};
@@ -130,12 +131,7 @@ pub fn print(args: &Args, run: &Run, pub_log: &PubLog, livegate_exit: Option<&st
         published_in_run as f64 / 1e6
     );
     println!("  livegate CPU       {:.2} s ({:.0}% of a core); {cpu_us_per_mb:.0} CPU-us per delivered MB; publisher-only {:.1} ms/s", run.lg_cpu, 100.0 * run.lg_cpu / run.wall_secs, run.lg_cpu_idle_rate * 1e3);
-    println!(
-        "  tool CPU           {:.2} s ({:.0}% of a core, {} thread(s))",
-        run.tool_cpu,
-        100.0 * run.tool_cpu / run.wall_secs,
-        args.threads
-    );
+    print_tool_cpu(args, run.tool_cpu, run.lg_cpu, run.wall_secs, run.machine_busy);
     println!("  livegate RSS       before readers {} KiB (HWM {}), peak {} KiB, now {} KiB -> {per_reader_kib:.1} KiB per reader", run.rss_before_kib, run.hwm_before_kib, run.hwm_end_kib, run.rss_end_kib);
     println!(
         "  first keyframe     p50 {:.1} ms, p95 {:.1} ms, max {:.1} ms ({} readers without one)",
@@ -170,17 +166,7 @@ pub fn print(args: &Args, run: &Run, pub_log: &PubLog, livegate_exit: Option<&st
         pub_log.late,
         if pub_log.errors.is_empty() { String::new() } else { format!(", ERRORS: {:?}", pub_log.errors) }
     );
-    match (livegate_exit, run.livegate_died_at) {
-        (None, _) => println!("  livegate           running at the end; {} log lines", log_lines.len()),
-        (Some(how), at) => println!(
-            "  livegate           DIED: {how}, {}; {} log lines",
-            at.map_or("after the run".to_owned(), |t| format!("{t:.1} s into the readers phase")),
-            log_lines.len()
-        ),
-    }
-    for l in log_lines.iter().take(8) {
-        println!("    | {}", l.chars().take(240).collect::<String>());
-    }
+    print_livegate_end(livegate_exit, run.livegate_died_at, "readers phase", log_lines);
     let j = json!({
         "readers": n,
         "proto": format!("{:?}", args.proto).to_lowercase(),
@@ -192,6 +178,7 @@ pub fn print(args: &Args, run: &Run, pub_log: &PubLog, livegate_exit: Option<&st
         "cpu_us_per_mb": cpu_us_per_mb,
         "livegate_publisher_only_cpu_ms_per_s": run.lg_cpu_idle_rate * 1e3,
         "tool_cpu_s": run.tool_cpu,
+        "machine_busy_cpus": run.machine_busy,
         "rss_before_kib": run.rss_before_kib,
         "rss_peak_kib": run.hwm_end_kib,
         "rss_per_reader_kib": per_reader_kib,
@@ -208,6 +195,280 @@ pub fn print(args: &Args, run: &Run, pub_log: &PubLog, livegate_exit: Option<&st
         "livegate_alive": livegate_exit.is_none(),
         "livegate_exit": livegate_exit,
         "livegate_died_at_s": run.livegate_died_at,
+    });
+    println!("{j}");
+}
+
+fn print_tool_cpu(args: &Args, tool_cpu: f64, lg_cpu: f64, wall: f64, machine_busy: Option<f64>) {
+    let machine = machine_busy.map_or(String::new(), |b| {
+        let other = (b - (lg_cpu + tool_cpu) / wall).max(0.0);
+        format!("; whole machine {b:.2} CPUs busy, {other:.2} of them neither livegate nor the tool")
+    });
+    println!(
+        "  tool CPU           {tool_cpu:.2} s ({:.0}% of a core, {} thread(s)){machine}",
+        100.0 * tool_cpu / wall,
+        if args.readers == 0 { 1 } else { args.threads }
+    );
+}
+
+fn print_livegate_end(exit: Option<&str>, died_at: Option<f64>, phase: &str, log_lines: &[String]) {
+    match (exit, died_at) {
+        (None, _) => println!("  livegate           running at the end; {} log lines", log_lines.len()),
+        (Some(how), at) => println!(
+            "  livegate           DIED: {how}, {}; {} log lines",
+            at.map_or("after the run".to_owned(), |t| format!("{t:.1} s into the {phase}")),
+            log_lines.len()
+        ),
+    }
+    for l in log_lines.iter().take(8) {
+        println!("    | {}", l.chars().take(240).collect::<String>());
+    }
+}
+
+/// `--proto hls`.
+pub fn print_hls(args: &Args, run: &Run, pub_log: &PubLog, livegate_exit: Option<&str>, log_lines: &[String]) {
+    let n = run.hls.len() + run.panics;
+    let sends = &pub_log.sends;
+    let cum_at = |t: u64| sends[..sends.partition_point(|s| s.at_ns <= t)].last().map_or(0, |s| s.cum_bytes);
+    let published_in_run = cum_at(run.run_end_ns) - cum_at(run.run_start_ns);
+    let (mut wire, mut seg_bytes, mut segments, mut playlists, mut connects) = (0u64, 0u64, 0u64, 0u64, 0u64);
+    let (mut missed, mut seg_errors, mut bad_ts, mut behind) = (0u64, 0u64, 0u64, 0usize);
+    let (mut ran, mut closed) = (0usize, 0usize);
+    let mut errors: BTreeMap<String, usize> = BTreeMap::new();
+    let mut first = Vec::new();
+    let mut no_segment = 0usize;
+    let mut fetch = Vec::new();
+    for r in &run.hls {
+        wire += r.wire_bytes;
+        seg_bytes += r.segment_bytes;
+        segments += r.segments as u64;
+        playlists += r.playlists as u64;
+        connects += r.connects as u64;
+        missed += r.missed as u64;
+        seg_errors += r.segment_errors as u64;
+        bad_ts += r.bad_ts as u64;
+        if r.missed + r.segment_errors > 0 {
+            behind += 1;
+        }
+        match &r.outcome {
+            Outcome::Ran => ran += 1,
+            Outcome::Closed => closed += 1,
+            Outcome::Error(e) => *errors.entry(e.chars().take(160).collect()).or_default() += 1,
+        }
+        match r.first_segment_ns {
+            Some(t) => first.push(t - r.start_ns),
+            None => no_segment += 1,
+        }
+        fetch.extend(r.fetch_us.iter().map(|&us| us as u64 * 1000));
+    }
+    first.sort_unstable();
+    fetch.sort_unstable();
+    let failed = errors.values().sum::<usize>() + run.panics;
+    let mb = wire as f64 / 1e6;
+    let cpu_us_per_mb = if mb > 0.0 { run.lg_cpu * 1e6 / mb } else { 0.0 };
+    let ms_per_reader_s = if n > 0 { run.lg_cpu * 1e3 / (n as f64 * run.wall_secs) } else { 0.0 };
+    let readers_per_core = if ms_per_reader_s > 0.0 { 1e3 / ms_per_reader_s } else { 0.0 };
+    let grow_kib = run.hwm_end_kib.saturating_sub(run.rss_before_kib);
+    let per_reader_kib = if n > 0 { grow_kib as f64 / n as f64 } else { 0.0 };
+    let poll = args.segment_secs.unwrap_or(2.0) / 2.0;
+    println!(
+        "livegate-load: {n} HLS readers, {:.1} s (ramp {} ms, measure {} s), playlist poll every {poll} s",
+        run.wall_secs, args.ramp_ms, args.secs
+    );
+    println!(
+        "  delivered          {mb:.1} MB ({:.1} MB/s): {segments} segments ({:.1} MB), {playlists} playlist polls; publisher sent {:.2} MB media in the same window",
+        mb / run.wall_secs,
+        seg_bytes as f64 / 1e6,
+        published_in_run as f64 / 1e6
+    );
+    println!(
+        "  livegate CPU       {:.2} s ({:.0}% of a core); {cpu_us_per_mb:.0} CPU-us per delivered MB; {ms_per_reader_s:.3} CPU-ms per reader-second (-> {readers_per_core:.0} readers per core); publisher-only {:.1} ms/s",
+        run.lg_cpu,
+        100.0 * run.lg_cpu / run.wall_secs,
+        run.lg_cpu_idle_rate * 1e3
+    );
+    print_tool_cpu(args, run.tool_cpu, run.lg_cpu, run.wall_secs, run.machine_busy);
+    println!(
+        "  livegate RSS       before readers {} KiB, peak {} KiB, now {} KiB -> {per_reader_kib:.1} KiB per reader",
+        run.rss_before_kib, run.hwm_end_kib, run.rss_end_kib
+    );
+    println!(
+        "  first segment      p50 {:.0} ms, p95 {:.0} ms, max {:.0} ms after the reader started ({no_segment} readers without one)",
+        ms(pct(&first, 50.0)),
+        ms(pct(&first, 95.0)),
+        ms(pct(&first, 100.0))
+    );
+    println!(
+        "  segment fetch      p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, max {:.1} ms (request to last byte)",
+        ms(pct(&fetch, 50.0)),
+        ms(pct(&fetch, 95.0)),
+        ms(pct(&fetch, 99.0)),
+        ms(pct(&fetch, 100.0))
+    );
+    println!(
+        "  readers behind     {behind} ({missed} segments missed, {seg_errors} segment GETs not 200); {bad_ts} segments not whole TS packets"
+    );
+    println!(
+        "  outcome            {ran} ran to the end, {closed} saw the playlist end, {failed} failed; {connects} TCP connections for {n} readers"
+    );
+    for (e, c) in errors.iter().take(6) {
+        println!("    {c} x {e}");
+    }
+    println!(
+        "  publisher          {} tags, {} loops, {} late > 50 ms{}",
+        sends.len(),
+        pub_log.loops,
+        pub_log.late,
+        if pub_log.errors.is_empty() { String::new() } else { format!(", ERRORS: {:?}", pub_log.errors) }
+    );
+    print_livegate_end(livegate_exit, run.livegate_died_at, "readers phase", log_lines);
+    let j = json!({
+        "readers": n,
+        "proto": "hls",
+        "seconds": run.wall_secs,
+        "delivered_mb": mb,
+        "segment_mb": seg_bytes as f64 / 1e6,
+        "segments": segments,
+        "playlist_polls": playlists,
+        "published_mb": published_in_run as f64 / 1e6,
+        "livegate_cpu_s": run.lg_cpu,
+        "cpu_us_per_mb": cpu_us_per_mb,
+        "cpu_ms_per_reader_s": ms_per_reader_s,
+        "readers_per_core": readers_per_core,
+        "tool_cpu_s": run.tool_cpu,
+        "machine_busy_cpus": run.machine_busy,
+        "rss_before_kib": run.rss_before_kib,
+        "rss_peak_kib": run.hwm_end_kib,
+        "rss_per_reader_kib": per_reader_kib,
+        "first_segment_ms": {"p50": ms(pct(&first, 50.0)), "p95": ms(pct(&first, 95.0)), "max": ms(pct(&first, 100.0))},
+        "fetch_ms": {"p50": ms(pct(&fetch, 50.0)), "p95": ms(pct(&fetch, 95.0)), "p99": ms(pct(&fetch, 99.0)), "max": ms(pct(&fetch, 100.0))},
+        "readers_behind": behind,
+        "segments_missed": missed,
+        "segment_errors": seg_errors,
+        "bad_ts": bad_ts,
+        "failed_readers": failed,
+        "connections": connects,
+        "publisher_late": pub_log.late,
+        "livegate_alive": livegate_exit.is_none(),
+        "livegate_exit": livegate_exit,
+    });
+    println!("{j}");
+}
+
+/// `--readers 0`: publishers, optionally recorded.
+pub fn print_ingest(args: &Args, run: &IngestRun, logs: &[PubLog], end: &Ending, log_lines: &[String]) {
+    let n = logs.len();
+    let t = ingest::totals(logs, run);
+    let formats: Vec<&str> = args.record.iter().map(|f| f.name()).collect();
+    let formats = if formats.is_empty() { "none (ingest only)".to_owned() } else { formats.join(",") };
+    let cpu_ms_per_ss = if t.stream_secs > 0.0 { run.lg_cpu * 1e3 / t.stream_secs } else { 0.0 };
+    let per_core = if cpu_ms_per_ss > 0.0 { 1e3 / cpu_ms_per_ss } else { 0.0 };
+    let published_secs: f64 = logs.iter().map(|l| l.media_ms_between(0, u64::MAX) as f64 / 1e3).sum();
+    let wall_secs = (run.run_end_ns - run.run_start_ns) as f64 / 1e9;
+    println!(
+        "livegate-load: {n} publishers, record {formats}, {:.1} s measured (ramp {} ms, warmup {} s)",
+        run.wall_secs, args.ramp_ms, args.warmup_secs
+    );
+    println!(
+        "  livegate CPU       {:.2} s ({:.0}% of a core) for {:.0} stream-seconds: {cpu_ms_per_ss:.2} CPU-ms per stream-second (ingest{}) -> {per_core:.0} such streams per core",
+        run.lg_cpu,
+        100.0 * run.lg_cpu / run.wall_secs,
+        t.stream_secs,
+        if args.record.is_empty() { "" } else { " + recording" }
+    );
+    print_tool_cpu(args, run.tool_cpu, run.lg_cpu, run.wall_secs, run.machine_busy);
+    println!(
+        "  publishers         {n} ({} failed); {:.1} MB media sent in all; late tags {} from {} publishers (max {:.1} ms behind due){}",
+        t.failed,
+        t.media_bytes as f64 / 1e6,
+        t.late,
+        t.late_publishers,
+        t.max_late_ms,
+        if t.stream_secs < n as f64 * wall_secs * 0.98 {
+            format!("; BEHIND: {:.0} media s sent in {:.0} stream-s of wall time", t.stream_secs, n as f64 * wall_secs)
+        } else {
+            String::new()
+        }
+    );
+    for e in logs.iter().flat_map(|l| l.errors.iter()).take(4) {
+        println!("    {e}");
+    }
+    let mut disk = serde_json::Value::Null;
+    if let Some(u) = &end.usage {
+        let total = u.total_bytes();
+        let ratio = total as f64 / t.media_bytes.max(1) as f64;
+        println!(
+            "  disk               {:.1} MB under the record root ({}): {:.1} MB in {} .flv/.ts files + {:.2} MB playlists + {:.2} MB sidecars/other; media sent {:.1} MB -> {ratio:.3}x",
+            total as f64 / 1e6,
+            end.fs_type,
+            u.media_bytes as f64 / 1e6,
+            u.media_files,
+            u.playlist_bytes as f64 / 1e6,
+            u.other_bytes as f64 / 1e6,
+            t.media_bytes as f64 / 1e6
+        );
+        let prefix = format!("{}-", args.stream);
+        let missing: Vec<&str> = logs
+            .iter()
+            .map(|l| l.stream.as_str())
+            .filter(|s| s.starts_with(&prefix) && !u.streams.contains(*s))
+            .collect();
+        println!(
+            "  recordings         sidecars {:?}; {:.0} s recorded vs {:.0} s published; {} of {n} streams have none{}",
+            u.statuses,
+            u.recorded_secs,
+            published_secs * args.record.len() as f64,
+            missing.len(),
+            if missing.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", missing[..missing.len().min(5)].join(", "))
+            }
+        );
+        disk = json!({
+            "bytes": total, "media_bytes": u.media_bytes, "media_files": u.media_files,
+            "playlist_bytes": u.playlist_bytes, "other_bytes": u.other_bytes, "ratio_to_sent": ratio,
+            "statuses": u.statuses, "recorded_secs": u.recorded_secs, "streams_without_recording": missing.len(),
+            "fs": end.fs_type,
+        });
+    }
+    let grow = run.hwm_end_kib.saturating_sub(run.rss_idle_kib);
+    println!(
+        "  livegate RSS       idle {} KiB, all publishing {} KiB, peak {} KiB, end {} KiB -> {:.0} KiB per stream",
+        run.rss_idle_kib,
+        run.rss_before_kib,
+        run.hwm_end_kib,
+        run.rss_end_kib,
+        grow as f64 / n.max(1) as f64
+    );
+    match end.shutdown_secs {
+        Some(s) => println!("  livegate stop      exited {s:.1} s after SIGTERM"),
+        None if end.exited.is_none() => println!("  livegate stop      KILLED: still running 30 s after SIGTERM"),
+        None => {}
+    }
+    print_livegate_end(end.exited.as_deref(), run.livegate_died_at, "measurement", log_lines);
+    let j = json!({
+        "publishers": n,
+        "record": args.record.iter().map(|f| f.name()).collect::<Vec<_>>(),
+        "seconds": run.wall_secs,
+        "stream_seconds": t.stream_secs,
+        "livegate_cpu_s": run.lg_cpu,
+        "cpu_ms_per_stream_s": cpu_ms_per_ss,
+        "streams_per_core": per_core,
+        "tool_cpu_s": run.tool_cpu,
+        "machine_busy_cpus": run.machine_busy,
+        "media_sent_bytes": t.media_bytes,
+        "late_tags": t.late,
+        "late_publishers": t.late_publishers,
+        "max_late_ms": t.max_late_ms,
+        "failed_publishers": t.failed,
+        "disk": disk,
+        "rss_idle_kib": run.rss_idle_kib,
+        "rss_publishing_kib": run.rss_before_kib,
+        "rss_peak_kib": run.hwm_end_kib,
+        "shutdown_secs": end.shutdown_secs,
+        "livegate_alive": end.exited.is_none(),
+        "livegate_exit": end.exited,
     });
     println!("{j}");
 }

@@ -80,7 +80,8 @@ fn free_ports() -> Result<(u16, u16)> {
 }
 
 impl Livegate {
-    pub fn spawn(bin: &Path, flush_ms: Option<u64>, log_level: &str) -> Result<Self> {
+    /// Starts livegate; `extra` is appended to its config (whole TOML tables other than [rtmp], [http], [log]).
+    pub fn spawn(bin: &Path, extra: &str, log_level: &str) -> Result<Self> {
         if !bin.exists() {
             bail!("{} not found (build it with `cargo build --release`, or pass --livegate)", bin.display());
         }
@@ -88,9 +89,7 @@ impl Livegate {
         let rtmp: SocketAddr = ([127, 0, 0, 1], rp).into();
         let http: SocketAddr = ([127, 0, 0, 1], hp).into();
         let mut cfg = format!("[rtmp]\nlisten = \"{rtmp}\"\n\n[http]\nlisten = \"{http}\"\n\n");
-        if let Some(ms) = flush_ms {
-            cfg.push_str(&format!("[hub]\nflush_interval_ms = {ms}\n\n"));
-        }
+        cfg.push_str(extra);
         cfg.push_str(&format!("[log]\nlevel = \"{log_level}\"\n"));
         let tmp = std::env::temp_dir();
         let me = std::process::id();
@@ -141,20 +140,27 @@ impl Livegate {
 
     /// SIGTERM, then SIGKILL if it has not exited within 3 s.
     pub fn stop(&mut self) {
+        self.stop_within(Duration::from_secs(3));
+    }
+
+    /// SIGTERM, then SIGKILL if it has not exited within `limit`. Returns how long it took to exit after
+    /// SIGTERM, or None if it had to be killed (or had exited before).
+    pub fn stop_within(&mut self, limit: Duration) -> Option<Duration> {
         if let Ok(Some(_)) = self.child.try_wait() {
-            return;
+            return None;
         }
         // SAFETY: kill with a pid we spawned and still own (not yet reaped).
         unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGTERM) };
         let t = Instant::now();
-        while t.elapsed() < Duration::from_secs(3) {
+        while t.elapsed() < limit {
             if let Ok(Some(_)) = self.child.try_wait() {
-                return;
+                return Some(t.elapsed());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        None
     }
 
     /// None while livegate is still running (it should be, until `stop`), else how it ended.
@@ -193,4 +199,100 @@ impl Drop for Livegate {
         self.stop();
         let _ = std::fs::remove_file(&self.cfg_path);
     }
+}
+
+/// What a recording directory holds: bytes by kind, and the sidecars' statuses.
+#[derive(Default, Debug)]
+pub struct DirUsage {
+    /// .flv and .ts files.
+    pub media_bytes: u64,
+    pub media_files: u64,
+    /// .m3u8 playlists.
+    pub playlist_bytes: u64,
+    /// .rec.json sidecars and anything else (the callback outbox).
+    pub other_bytes: u64,
+    /// Sidecar `status` -> count (recording, complete, failed).
+    pub statuses: std::collections::BTreeMap<String, u64>,
+    /// Sum of the sidecars' `duration`, seconds.
+    pub recorded_secs: f64,
+    /// Stream names (`stream_id`) that have at least one sidecar.
+    pub streams: std::collections::BTreeSet<String>,
+}
+
+impl DirUsage {
+    pub fn total_bytes(&self) -> u64 {
+        self.media_bytes + self.playlist_bytes + self.other_bytes
+    }
+}
+
+/// Walks `dir` recursively, adding up file sizes (apparent sizes) and reading the recording sidecars.
+pub fn dir_usage(dir: &Path) -> DirUsage {
+    fn walk(dir: &Path, u: &mut DirUsage) {
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for e in entries.flatten() {
+            let Ok(meta) = e.metadata() else { continue };
+            let p = e.path();
+            if meta.is_dir() {
+                walk(&p, u);
+                continue;
+            }
+            let name = e.file_name().to_string_lossy().into_owned();
+            let len = meta.len();
+            if name.ends_with(".flv") || name.ends_with(".ts") {
+                u.media_bytes += len;
+                u.media_files += 1;
+            } else if name.ends_with(".m3u8") {
+                u.playlist_bytes += len;
+            } else {
+                u.other_bytes += len;
+            }
+            if name.ends_with(".rec.json") {
+                let v: serde_json::Value =
+                    std::fs::read(&p).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+                let status = v["status"].as_str().unwrap_or("unreadable").to_owned();
+                *u.statuses.entry(status).or_default() += 1;
+                u.recorded_secs += v["duration"].as_f64().unwrap_or(0.0);
+                if let Some(s) = v["stream_id"].as_str() {
+                    u.streams.insert(s.to_owned());
+                }
+            }
+        }
+    }
+    let mut u = DirUsage::default();
+    walk(dir, &mut u);
+    u
+}
+
+/// The filesystem type a path is on (from /proc/self/mounts: the longest mount point that prefixes it).
+pub fn fs_type(path: &Path) -> String {
+    let path = path.canonicalize().unwrap_or_else(|_| path.to_owned());
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 3 && path.starts_with(f[1])).then(|| (f[1].len(), f[2].to_owned()))
+        })
+        .max_by_key(|(len, _)| *len)
+        .map_or_else(|| "unknown".into(), |(_, t)| t)
+}
+
+/// (busy, total) jiffies of all CPUs together, from the first line of /proc/stat.
+pub fn machine_jiffies() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let v: Vec<u64> = stat.lines().next()?.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal (guest time is already inside user).
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3)? + v.get(4).copied().unwrap_or(0);
+    Some((total - idle, total))
+}
+
+/// CPUs kept busy between two `machine_jiffies` samples.
+pub fn busy_cpus(a: Option<(u64, u64)>, b: Option<(u64, u64)>) -> Option<f64> {
+    let ((b0, t0), (b1, t1)) = (a?, b?);
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ncpu =
+        stat.lines().filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit)).count();
+    let ncpu = ncpu.max(1) as f64;
+    (t1 > t0).then(|| (b1 - b0) as f64 / (t1 - t0) as f64 * ncpu)
 }

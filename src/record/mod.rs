@@ -252,17 +252,34 @@ impl Recorder {
             fragment_ms: fragment_secs as i64 * self.cfg.fragment_unit_ms as i64,
             param,
         };
-        let handle = tokio::task::spawn_blocking(move || writer.run(rx));
+        // A dedicated thread per recording, not the blocking pool: that pool is capped (512) and a recording
+        // waiting for a slot would fall behind the hub's buffer and lose media.
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        let spawned =
+            std::thread::Builder::new().name(format!("rec-{record_id}")).stack_size(256 * 1024).spawn(move || {
+                writer.run(rx);
+                let _ = done_tx.send(());
+            });
+        if let Err(e) = spawned {
+            self.tasks.lock().remove(&record_id);
+            return Err(RecordError::NotFound(format!("cannot start a recording thread: {e}")));
+        }
         let this = self.clone();
         tokio::spawn(async move {
             let _client = guard;
             tracing::info!(stream = %key, record_id = %record_id, "recording started");
             let mut batch = Vec::new();
+            let mut skips = 0;
             loop {
                 tokio::select! {
                     r = reader.next_batch(&mut batch) => {
                         if r.is_err() {
                             break;
+                        }
+                        if reader.skips != skips {
+                            // The writer could not keep up with the hub's buffer: media is missing from the file.
+                            skips = reader.skips;
+                            tracing::warn!(stream = %key, record_id = %record_id, skips, "recording fell behind and lost media");
                         }
                         if tx.send(std::mem::take(&mut batch)).await.is_err() {
                             break; // the writer stopped (disk error)
@@ -272,7 +289,7 @@ impl Recorder {
                 }
             }
             drop(tx);
-            let _ = handle.await;
+            let _ = done_rx.await;
             this.tasks.lock().remove(&record_id);
             tracing::info!(stream = %key, record_id = %record_id, "recording stopped");
         });

@@ -159,14 +159,7 @@ pub fn print(args: &Args, run: &Run, pub_log: &PubLog, livegate_exit: Option<&st
         println!("    {c} x {e}");
     }
     println!("  stream anomalies   {anomalous_readers} readers: {an:?}");
-    println!(
-        "  publisher          {} tags, {} loops, {} late > 50 ms{}",
-        sends.len(),
-        pub_log.loops,
-        pub_log.late,
-        if pub_log.errors.is_empty() { String::new() } else { format!(", ERRORS: {:?}", pub_log.errors) }
-    );
-    print_livegate_end(livegate_exit, run.livegate_died_at, "readers phase", log_lines);
+    print_publisher_and_end(sends.len(), pub_log, livegate_exit, run.livegate_died_at, log_lines);
     let j = json!({
         "readers": n,
         "proto": format!("{:?}", args.proto).to_lowercase(),
@@ -314,14 +307,7 @@ pub fn print_hls(args: &Args, run: &Run, pub_log: &PubLog, livegate_exit: Option
     for (e, c) in errors.iter().take(6) {
         println!("    {c} x {e}");
     }
-    println!(
-        "  publisher          {} tags, {} loops, {} late > 50 ms{}",
-        sends.len(),
-        pub_log.loops,
-        pub_log.late,
-        if pub_log.errors.is_empty() { String::new() } else { format!(", ERRORS: {:?}", pub_log.errors) }
-    );
-    print_livegate_end(livegate_exit, run.livegate_died_at, "readers phase", log_lines);
+    print_publisher_and_end(sends.len(), pub_log, livegate_exit, run.livegate_died_at, log_lines);
     let j = json!({
         "readers": n,
         "proto": "hls",
@@ -471,4 +457,22 @@ pub fn print_ingest(args: &Args, run: &IngestRun, logs: &[PubLog], end: &Ending,
         "livegate_exit": end.exited,
     });
     println!("{j}");
+}
+
+/// The publisher line and livegate's end state, shared by the reader reports.
+fn print_publisher_and_end(
+    tags: usize,
+    pub_log: &PubLog,
+    livegate_exit: Option<&str>,
+    died_at: Option<f64>,
+    log_lines: &[String],
+) {
+    println!(
+        "  publisher          {} tags, {} loops, {} late > 50 ms{}",
+        tags,
+        pub_log.loops,
+        pub_log.late,
+        if pub_log.errors.is_empty() { String::new() } else { format!(", ERRORS: {:?}", pub_log.errors) }
+    );
+    print_livegate_end(livegate_exit, died_at, "readers phase", log_lines);
 }

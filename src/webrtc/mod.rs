@@ -103,6 +103,21 @@ fn h264_codec() -> RTCRtpCodec {
     }
 }
 
+/// A track we packetize ourselves; both tracks share one stream id so the browser puts them in one MediaStream.
+fn rtp_track(kind: RtpCodecKind, id: &str, codec: RTCRtpCodec, ssrc: u32) -> Arc<TrackLocalStaticRTP> {
+    Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+        "livegate".into(),
+        id.into(),
+        id.into(),
+        kind,
+        vec![RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters { ssrc: Some(ssrc), ..Default::default() },
+            codec,
+            ..Default::default()
+        }],
+    )))
+}
+
 struct Handler {
     gathered: watch::Sender<bool>,
     state: watch::Sender<RTCPeerConnectionState>,
@@ -326,17 +341,7 @@ impl Whep {
             None => return Err(WhepError::Internal(format!("no UDP port available: {last_err:?}"))),
         };
         let ssrc: u32 = rand::random();
-        let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
-            "livegate".into(),
-            "video".into(),
-            "video".into(),
-            RtpCodecKind::Video,
-            vec![RTCRtpEncodingParameters {
-                rtp_coding_parameters: RTCRtpCodingParameters { ssrc: Some(ssrc), ..Default::default() },
-                codec: h264_codec(),
-                ..Default::default()
-            }],
-        )));
+        let track = rtp_track(RtpCodecKind::Video, "video", h264_codec(), ssrc);
         let fail = |pc: Arc<dyn PeerConnection>, e: WhepError| async move {
             let _ = pc.close().await;
             Err(e)
@@ -347,17 +352,7 @@ impl Whep {
         };
         let audio = if with_audio {
             let assrc: u32 = rand::random();
-            let atrack = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
-                "livegate".into(),
-                "audio".into(),
-                "audio".into(),
-                RtpCodecKind::Audio,
-                vec![RTCRtpEncodingParameters {
-                    rtp_coding_parameters: RTCRtpCodingParameters { ssrc: Some(assrc), ..Default::default() },
-                    codec: opus_codec(),
-                    ..Default::default()
-                }],
-            )));
+            let atrack = rtp_track(RtpCodecKind::Audio, "audio", opus_codec(), assrc);
             match pc.add_track(atrack.clone() as Arc<dyn TrackLocal>).await {
                 Ok(sender) => Some(AudioOut { track: atrack, sender, ssrc: assrc }),
                 Err(e) => return fail(pc, internal(e)).await,

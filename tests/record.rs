@@ -256,3 +256,69 @@ fn hls_recording_is_one_playlist_per_push_continued_after_a_discontinuity() {
     );
     assert_eq!(seg_count(), 0);
 }
+
+#[test]
+fn timestamps_that_jump_by_hours_or_backwards_keep_players_and_files_continuous() {
+    use livegate::media::amf0::Amf0Value;
+    use livegate::media::flv::FlvParser;
+    let srv = Server::start("[apps.live]\nrecord = [\"flv\"]\n[hub]\nreconnect_grace_secs = 0.5\n");
+    // A publisher whose clock jumps 3 hours ahead after 2 s, then 3 hours back after 4 s.
+    let mut p = RtmpClient::connect(srv.rtmp_port, false).unwrap();
+    p.connect_app("live");
+    p.send_command(0, &["createStream".into(), 2.0.into(), Amf0Value::Null]);
+    p.read_until_command("_result", Duration::from_secs(5));
+    p.send_command(1, &["publish".into(), 0.0.into(), Amf0Value::Null, "jumpy".into(), "live".into()]);
+    let msgs = p.read_until_command("onStatus", Duration::from_secs(5));
+    assert_eq!(statuses(&msgs)[0].0, "NetStream.Publish.Start");
+    let mut parser = FlvParser::new();
+    parser.feed(&std::fs::read(media("short")).unwrap());
+    let mut tags = Vec::new();
+    while let Ok(Some(t)) = parser.next_tag() {
+        tags.push(t);
+    }
+    let reader = std::thread::scope(|s| {
+        let r = s.spawn(|| {
+            // Join once media flows; a 10 s min_cache starts at the first keyframe.
+            assert!(wait_until(Duration::from_secs(10), || srv
+                .stream_json("jumpy")
+                .is_some_and(|j| j["video"].is_object())));
+            let mut c = FlvClient::connect(srv.http_port, "/live/jumpy.flv?min_cache=10&max_cache=10", None);
+            c.read_for(Duration::from_secs(9))
+        });
+        let start = std::time::Instant::now();
+        for t in &tags {
+            let due = Duration::from_millis(t.timestamp as u64);
+            if let Some(wait) = due.checked_sub(start.elapsed()) {
+                std::thread::sleep(wait);
+            }
+            let ts = match t.timestamp {
+                0..=1999 => t.timestamp,
+                2000..=3999 => t.timestamp + 3 * 3600 * 1000,
+                _ => t.timestamp,
+            };
+            let csid = if t.tag_type == 9 { 6 } else { 4 };
+            p.send_raw_message(csid, t.tag_type, 1, ts, &t.body);
+        }
+        r.join().unwrap()
+    });
+    drop(p);
+    let video: Vec<u32> = reader.iter().filter(|(_, t)| is_video_frame(t)).map(|(_, t)| t.timestamp).collect();
+    assert!(video.len() > 150, "{} video frames", video.len());
+    for w in video.windows(2) {
+        assert!(w[1] >= w[0] && w[1] - w[0] < 1000, "a reader saw a jump {} -> {}", w[0], w[1]);
+    }
+    assert!(srv.log_text().contains("publisher timestamps jumped"));
+    // The recording is one playable file of about the pushed length.
+    assert!(
+        wait_until(Duration::from_secs(10), || complete(&srv, "jumpy").len() == 1),
+        "{:?}",
+        complete(&srv, "jumpy")
+    );
+    let f = &complete(&srv, "jumpy")[0];
+    let path = srv.dir.path().join("recordings").join(f["path"].as_str().unwrap());
+    let d = probe_duration(&path);
+    assert!((5.0..7.0).contains(&d), "recorded {d} s of a 6 s push");
+    let decode =
+        Command::new("ffmpeg").args(["-v", "error", "-i"]).arg(&path).args(["-f", "null", "-"]).output().unwrap();
+    assert!(decode.status.success(), "{}", String::from_utf8_lossy(&decode.stderr));
+}

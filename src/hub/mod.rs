@@ -301,6 +301,8 @@ impl Hub {
             offset: None,
             unwrap_last: None,
             waiting_for_key: true,
+            adjust: [0; 3],
+            last: [None; 3],
         })
     }
 
@@ -416,6 +418,10 @@ pub struct Publisher {
     offset: Option<i64>,
     unwrap_last: Option<(u32, i64)>,
     waiting_for_key: bool,
+    /// Per kind (video, audio, data): corrections applied after timestamp jumps, and the last frame's
+    /// timeline position and arrival.
+    adjust: [i64; 3],
+    last: [Option<(i64, Instant)>; 3],
 }
 
 impl Publisher {
@@ -448,7 +454,33 @@ impl Publisher {
             }
             self.waiting_for_key = false;
         }
-        frame.dts = ts + offset;
+        let slot = match frame.kind {
+            MediaKind::Video => 0,
+            MediaKind::Audio => 1,
+            MediaKind::Data => 2,
+        };
+        let mut dts = ts + offset + self.adjust[slot];
+        if slot < 2 && !frame.config {
+            if let Some((prev, at)) = self.last[slot] {
+                // An encoder whose clock jumps (backwards, or far beyond the time that passed) would give
+                // players a frozen picture and recordings hours of nothing: continue from where the timeline
+                // was, advanced by the wall-clock time that passed.
+                let wall = received.saturating_duration_since(at).as_millis() as i64;
+                if dts < prev - 1000 || dts > prev + wall + 10_000 {
+                    let target = prev + wall.max(1);
+                    tracing::warn!(
+                        stream = %self.stream.key,
+                        kind = ?frame.kind,
+                        jump_ms = dts - prev,
+                        "publisher timestamps jumped; timeline continued"
+                    );
+                    self.adjust[slot] += target - dts;
+                    dts = target;
+                }
+            }
+            self.last[slot] = Some((dts, received));
+        }
+        frame.dts = dts;
         self.stream.push_session(frame, received, self.generation);
     }
 

@@ -75,7 +75,7 @@ pub enum SessionError {
 
 enum Role {
     Idle,
-    Publishing(crate::hub::Publisher),
+    Publishing(Box<crate::hub::Publisher>),
     Playing(Box<Reader>),
 }
 
@@ -445,7 +445,7 @@ impl Session {
         }
         match self.state.hub.publish(key.clone(), info, self.handle.clone()) {
             Ok(p) => {
-                self.role = Role::Publishing(p);
+                self.role = Role::Publishing(Box::new(p));
                 self.last_media = Instant::now();
                 msg::user_control(&mut self.out, 0, &RTMP_MEDIA_STREAM_ID.to_be_bytes());
                 msg::on_status(&mut self.out, "status", "NetStream.Publish.Start", &format!("{key} is now published"));

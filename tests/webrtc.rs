@@ -64,7 +64,9 @@ fn a_b_frame_source_reaches_chromium_through_one_shared_baseline_transcode() {
 
 #[test]
 fn whep_errors_are_precise_and_unconnected_sessions_are_reaped() {
-    let srv = Server::start("[webrtc]\nconnect_timeout_secs = 2.0\n");
+    let srv = Server::start(
+        "[webrtc]\nconnect_timeout_secs = 2.0\nice_servers = [\"stun:stun.example.org:3478\", \"turn:turn.example.org:3478\"]\nturn_username = \"u\"\nturn_credential = \"p\"\n",
+    );
     let _pub = push(&media("360p"), &srv.rtmp_url("we"));
     srv.wait_live("we");
     let post = |path: &str, ctype: &str, body: &str| {
@@ -103,6 +105,12 @@ fn whep_errors_are_precise_and_unconnected_sessions_are_reaped() {
         &offer,
     );
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let links: Vec<&str> =
+        r.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case("link")).map(|(_, v)| v.as_str()).collect();
+    assert!(links.contains(&"<stun:stun.example.org:3478>; rel=\"ice-server\""), "{links:?}");
+    assert!(links.iter().any(|l| l.starts_with("<turn:") && l.contains("username=\"u\"")), "{links:?}");
+    let opts = http_request(srv.http_port, "OPTIONS", "/whep/live/we", &[]).unwrap();
+    assert_eq!(opts.header("accept-post"), Some("application/sdp"));
     let answer = String::from_utf8_lossy(&r.body).into_owned();
     assert!(answer.contains("a=ice-lite") && answer.contains("127.0.0.1"), "{answer}");
     let whep_clients = || {

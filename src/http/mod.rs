@@ -74,7 +74,18 @@ async fn route(
 ) -> Response<Body> {
     let path = req.uri().path().to_owned();
     let mut resp = if req.method() == Method::OPTIONS {
-        preflight()
+        let mut r = preflight();
+        if path.starts_with("/whep/") {
+            // WHEP clients learn the offer type and the ICE servers before they POST.
+            let h = r.headers_mut();
+            h.insert("accept-post", "application/sdp".parse().expect("static"));
+            for link in state.config.webrtc.link_headers() {
+                if let Ok(v) = link.parse() {
+                    h.append(header::LINK, v);
+                }
+            }
+        }
+        r
     } else if path == "/healthz" {
         json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
     } else if path == "/metrics" && req.method() == Method::GET {

@@ -76,7 +76,12 @@ async fn play(state: &Arc<AppState>, addr: SocketAddr, key: StreamKey, req: Requ
             let h = r.headers_mut();
             h.insert(header::CONTENT_TYPE, "application/sdp".parse().expect("static"));
             h.insert(header::LOCATION, format!("/whep/session/{id}").parse().expect("valid"));
-            h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, "Location".parse().expect("static"));
+            h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, "Location, Link".parse().expect("static"));
+            for link in state.config.webrtc.link_headers() {
+                if let Ok(v) = link.parse() {
+                    h.append(header::LINK, v);
+                }
+            }
             r
         }
         Err(e @ WhepError::NotFound(_)) => error(StatusCode::NOT_FOUND, "stream_not_found", &e.to_string()),

@@ -46,9 +46,34 @@ pub struct WebrtcConfig {
     pub udp_port_max: u16,
     /// A session that has not connected by then is closed.
     pub connect_timeout_secs: f64,
+    /// STUN/TURN servers announced to WHEP clients in `Link: <url>; rel="ice-server"` headers (RFC 9725 §4.6).
+    #[serde(default)]
+    pub ice_servers: Vec<String>,
+    /// Credentials sent with `turn:`/`turns:` entries.
+    #[serde(default)]
+    pub turn_username: String,
+    #[serde(default)]
+    pub turn_credential: String,
 }
 
 impl WebrtcConfig {
+    /// The `Link` header values announcing the configured ICE servers.
+    pub fn link_headers(&self) -> Vec<String> {
+        self.ice_servers
+            .iter()
+            .map(|u| {
+                if u.starts_with("turn") && !self.turn_username.is_empty() {
+                    format!(
+                        "<{u}>; rel=\"ice-server\"; username=\"{}\"; credential=\"{}\"; credential-type=\"password\"",
+                        self.turn_username, self.turn_credential
+                    )
+                } else {
+                    format!("<{u}>; rel=\"ice-server\"")
+                }
+            })
+            .collect()
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         if self.ice_ip.is_unspecified() {
             return Err("webrtc.ice_ip must be a concrete address browsers can reach, not 0.0.0.0".into());
@@ -61,6 +86,13 @@ impl WebrtcConfig {
         }
         if (self.udp_port_min == 0) != (self.udp_port_max == 0) {
             return Err("webrtc.udp_port_min and udp_port_max are both 0 (any port) or both set".into());
+        }
+        for u in &self.ice_servers {
+            if !["stun:", "stuns:", "turn:", "turns:"].iter().any(|p| u.starts_with(p))
+                || u.contains(['<', '>', '"', ' '])
+            {
+                return Err(format!("webrtc.ice_servers: {u:?} is not a stun:/turn: URL"));
+            }
         }
         if !(self.connect_timeout_secs.is_finite() && (1.0..=300.0).contains(&self.connect_timeout_secs)) {
             return Err(format!("webrtc.connect_timeout_secs {} is outside 1..=300", self.connect_timeout_secs));

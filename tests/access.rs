@@ -204,16 +204,12 @@ fn cli_signs_urls_and_checks_configs() {
 
 #[test]
 fn silent_publishers_and_idle_connections_time_out() {
-    use livegate::media::amf0::Amf0Value;
     let srv = Server::start(
         "[rtmp]\npublish_timeout_secs = 1.0\nidle_timeout_secs = 1.0\n[hub]\nreconnect_grace_secs = 0.0\n",
     );
     let mut p = RtmpClient::connect(srv.rtmp_port, false).unwrap();
     p.connect_app("live");
-    p.send_command(0, &["createStream".into(), 2.0.into(), Amf0Value::Null]);
-    p.read_until_command("_result", Duration::from_secs(5));
-    p.send_command(1, &["publish".into(), 0.0.into(), Amf0Value::Null, "quiet".into(), "live".into()]);
-    let msgs = p.read_until_command("onStatus", Duration::from_secs(5));
+    let msgs = p.publish("quiet");
     assert_eq!(statuses(&msgs)[0].0, "NetStream.Publish.Start");
     assert!(srv.stream_json("quiet").is_some());
     assert!(p.closed_within(Duration::from_secs(10)), "silent publisher not timed out");

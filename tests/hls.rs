@@ -74,17 +74,8 @@ fn hls_playlist_and_segments_play_in_ffprobe_and_hls_js() {
     assert!(streams.iter().any(|s| s["codec_name"] == "aac"));
 
     let shot = srv.dir.path().join("hls.png");
-    let out = Command::new("node")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/hls_play.mjs"))
-        .arg(format!("http://127.0.0.1:{}/live/h.m3u8", srv.http_port))
-        .arg(&shot)
-        .arg("3")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "hls.js playback failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let j: serde_json::Value =
-        serde_json::from_str(stdout.lines().rev().find(|l| l.starts_with('{')).unwrap()).unwrap();
+    let url = format!("http://127.0.0.1:{}/live/h.m3u8", srv.http_port);
+    let j = browser_check("hls_play.mjs", &[&url, shot.to_str().unwrap(), "3"]);
     assert_eq!(j["width"], 640);
     assert!(j["frames"].as_u64().unwrap() > 30);
 

@@ -292,17 +292,7 @@ fn mpegts_js_plays_http_flv_in_headless_chromium() {
     let _pub = push(&media("360p"), &srv.rtmp_url("web"));
     srv.wait_live("web");
     let shot = srv.dir.path().join("flv.png");
-    let out = Command::new("node")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/flv_play.mjs"))
-        .arg(srv.flv_url("web"))
-        .arg(&shot)
-        .arg("3")
-        .output()
-        .expect("node");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "mpegts.js playback failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let line = stdout.lines().rev().find(|l| l.starts_with('{')).expect("JSON result line");
-    let j: serde_json::Value = serde_json::from_str(line).unwrap();
+    let j = browser_check("flv_play.mjs", &[&srv.flv_url("web"), shot.to_str().unwrap(), "3"]);
     assert_eq!(j["ok"], true);
     assert_eq!(j["width"], 640);
     assert!(j["frames"].as_u64().unwrap() > 30, "{j}");
@@ -331,16 +321,8 @@ fn demo_page_lists_and_plays_a_stream() {
     let _pub = push(&media("360p"), &srv.rtmp_url("demo"));
     srv.wait_live("demo");
     let shot = srv.dir.path().join("demo.png");
-    let out = Command::new("node")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/demo_page.mjs"))
-        .arg(format!("http://127.0.0.1:{}", srv.http_port))
-        .arg("live/demo")
-        .arg(&shot)
-        .output()
-        .expect("node");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "demo page failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let j: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let origin = format!("http://127.0.0.1:{}", srv.http_port);
+    let j = browser_check("demo_page.mjs", &[&origin, "live/demo", shot.to_str().unwrap()]);
     assert_eq!(j["listed"], true);
     assert_eq!(j["width"], 640);
     assert_eq!(j["whepWidth"], 640, "the page's WebRTC button plays too: {j}");

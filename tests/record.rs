@@ -259,16 +259,12 @@ fn hls_recording_is_one_playlist_per_push_continued_after_a_discontinuity() {
 
 #[test]
 fn timestamps_that_jump_by_hours_or_backwards_keep_players_and_files_continuous() {
-    use livegate::media::amf0::Amf0Value;
     use livegate::media::flv::FlvParser;
     let srv = Server::start("[apps.live]\nrecord = [\"flv\"]\n[hub]\nreconnect_grace_secs = 0.5\n");
     // A publisher whose clock jumps 3 hours ahead after 2 s, then 3 hours back after 4 s.
     let mut p = RtmpClient::connect(srv.rtmp_port, false).unwrap();
     p.connect_app("live");
-    p.send_command(0, &["createStream".into(), 2.0.into(), Amf0Value::Null]);
-    p.read_until_command("_result", Duration::from_secs(5));
-    p.send_command(1, &["publish".into(), 0.0.into(), Amf0Value::Null, "jumpy".into(), "live".into()]);
-    let msgs = p.read_until_command("onStatus", Duration::from_secs(5));
+    let msgs = p.publish("jumpy");
     assert_eq!(statuses(&msgs)[0].0, "NetStream.Publish.Start");
     let mut parser = FlvParser::new();
     parser.feed(&std::fs::read(media("short")).unwrap());

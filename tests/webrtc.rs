@@ -7,14 +7,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn node(script: &str, args: &[&str]) -> std::process::Output {
-    Command::new("node")
-        .arg(format!("{}/tests/browser/{script}", env!("CARGO_MANIFEST_DIR")))
-        .args(args)
-        .output()
-        .expect("node")
-}
-
 #[test]
 fn chromium_plays_an_rtmp_stream_over_whep() {
     let srv = Server::start("[webrtc]\nudp_port_min = 0\nudp_port_max = 0\n");
@@ -22,10 +14,7 @@ fn chromium_plays_an_rtmp_stream_over_whep() {
     srv.wait_live("wv");
     let shot = srv.dir.path().join("whep.png");
     let url = format!("http://127.0.0.1:{}/whep/live/wv", srv.http_port);
-    let out = node("whep_play.mjs", &[&url, shot.to_str().unwrap(), "4"]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "WHEP playback failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let j: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let j = browser_check("whep_play.mjs", &[&url, shot.to_str().unwrap(), "4"]);
     assert_eq!(j["status"], 201);
     assert_eq!(j["width"], 640);
     // Frames decoded keep rising at about the source's 30 fps.

@@ -27,6 +27,7 @@ pub struct Packet {
     pub received: Instant,
     flv: OnceLock<Bytes>,
     rtmp: OnceLock<Bytes>,
+    rtp: OnceLock<Vec<Bytes>>,
 }
 
 impl Packet {
@@ -35,7 +36,15 @@ impl Packet {
     }
 
     pub fn with_session(seq: u64, session: u64, frame: Frame, received: Instant) -> Arc<Self> {
-        Arc::new(Self { seq, session, frame, received, flv: OnceLock::new(), rtmp: OnceLock::new() })
+        Arc::new(Self {
+            seq,
+            session,
+            frame,
+            received,
+            flv: OnceLock::new(),
+            rtmp: OnceLock::new(),
+            rtp: OnceLock::new(),
+        })
     }
 
     /// Codec configuration or stream metadata: what a joining reader must receive before media.
@@ -79,6 +88,15 @@ impl Packet {
             );
             Bytes::from(out)
         })
+    }
+}
+
+impl Packet {
+    /// RTP payloads of the frame, packetized once and shared by every WebRTC viewer (each viewer adds only
+    /// its own 12-byte headers). `build` runs for the first viewer only; every viewer of a stream uses the
+    /// same codec configuration and MTU, so the result is the same for all.
+    pub fn rtp_payloads(&self, build: impl FnOnce(&Frame) -> Vec<Bytes>) -> &[Bytes] {
+        self.rtp.get_or_init(|| build(&self.frame))
     }
 }
 

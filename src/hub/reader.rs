@@ -101,10 +101,6 @@ impl Reader {
         self.tracks
     }
 
-    pub fn joined(&self) -> bool {
-        self.cursor.is_some()
-    }
-
     /// Records bytes this reader delivered (for stream and global counters).
     pub fn add_bytes_out(&self, n: usize) {
         self.stream.stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);

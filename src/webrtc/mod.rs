@@ -187,10 +187,6 @@ impl Whep {
         Arc::new(Self { hub, cfg, transcoders, sessions: Mutex::new(HashMap::new()), next_port: AtomicU16::new(start) })
     }
 
-    pub fn session_count(&self) -> usize {
-        self.sessions.lock().len()
-    }
-
     /// Answers a recvonly offer for `key`. Returns (session id, answer SDP).
     pub async fn play(
         self: &Arc<Self>,
@@ -478,12 +474,10 @@ async fn pump(
         Some(pt) => pt,
         None => return "no negotiated payload type".into(),
     };
-    let mut pay = H264Payloader::default();
     let mut cfg: Option<AvcDecoderConfig> = None;
     let mut seq: u16 = rand::random();
     let ts_base: u32 = rand::random();
     let mut batch: Vec<Arc<Packet>> = Vec::new();
-    let mut annexb = Vec::new();
     loop {
         tokio::select! {
             r = reader.next_batch(&mut batch) => {
@@ -510,14 +504,10 @@ async fn pump(
                 continue;
             }
             let Some(c) = cfg.as_ref() else { continue };
-            annexb.clear();
-            if avc::avcc_to_annexb(&f.payload, c, f.keyframe, false, &mut annexb).is_err() {
-                continue;
-            }
-            let Ok(parts) = pay.payload(MTU - 12, &Bytes::copy_from_slice(&annexb)) else { continue };
+            let parts = p.rtp_payloads(|f| h264_payloads(f, c));
             let ts = ts_base.wrapping_add((f.pts() as u32).wrapping_mul(90));
             let last = parts.len().saturating_sub(1);
-            for (i, payload) in parts.into_iter().enumerate() {
+            for (i, payload) in parts.iter().enumerate() {
                 sent += payload.len() + 12;
                 let header = rtc::rtp::header::Header {
                     version: 2,
@@ -529,7 +519,7 @@ async fn pump(
                     ..Default::default()
                 };
                 seq = seq.wrapping_add(1);
-                if track.write_rtp(rtc::rtp::Packet { header, payload }).await.is_err() {
+                if track.write_rtp(rtc::rtp::Packet { header, payload: payload.clone() }).await.is_err() {
                     // The error carries the whole packet: the useful fact is that the connection is gone.
                     return "peer connection closed".into();
                 }
@@ -538,6 +528,17 @@ async fn pump(
         reader.add_bytes_out(sent);
         guard.handle.bytes_out.fetch_add(sent as u64, Ordering::Relaxed);
     }
+}
+
+/// An access unit as H.264 RTP payloads (STAP-A for parameter sets, FU-A above the MTU); empty when the
+/// frame cannot be converted.
+fn h264_payloads(f: &crate::media::Frame, cfg: &AvcDecoderConfig) -> Vec<Bytes> {
+    let mut annexb = Vec::with_capacity(f.payload.len() + 64);
+    if avc::avcc_to_annexb(&f.payload, cfg, f.keyframe, false, &mut annexb).is_err() {
+        return Vec::new();
+    }
+    // A fresh payloader per access unit: no state leaks from one frame to the next, so the result can be shared.
+    H264Payloader::default().payload(MTU - 12, &Bytes::from(annexb)).unwrap_or_default()
 }
 
 /// The payload type the answer settled on: the browser's number for H.264, not the one registered here.

@@ -575,6 +575,14 @@ impl RtmpClient {
         self.read_until_command("_result", Duration::from_secs(5))
     }
 
+    /// `createStream` then `publish` of `name` on app `live`; returns what the server answered.
+    pub fn publish(&mut self, name: &str) -> Vec<chunk::Message> {
+        self.send_command(0, &[Amf0Value::String("createStream".into()), Amf0Value::Number(2.0), Amf0Value::Null]);
+        self.read_until_command("_result", Duration::from_secs(5));
+        self.send_command(1, &["publish".into(), Amf0Value::Number(0.0), Amf0Value::Null, name.into(), "live".into()]);
+        self.read_until_command("onStatus", Duration::from_secs(5))
+    }
+
     /// Next message, or None on timeout / EOF.
     pub fn next_message(&mut self, limit: Duration) -> Option<chunk::Message> {
         let deadline = Instant::now() + limit;
@@ -699,4 +707,22 @@ pub fn http_receiver_on(port: u16, status: u16) -> std::sync::Arc<Mutex<Vec<serd
         }
     });
     got
+}
+
+/// Runs `node tests/browser/{script} args…`.
+pub fn node(script: &str, args: &[&str]) -> Output {
+    Command::new("node")
+        .arg(format!("{}/tests/browser/{script}", env!("CARGO_MANIFEST_DIR")))
+        .args(args)
+        .output()
+        .expect("node")
+}
+
+/// Runs a browser check script and returns its JSON result line; fails with the script's output if it failed.
+pub fn browser_check(script: &str, args: &[&str]) -> serde_json::Value {
+    let out = node(script, args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{script} failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let line = stdout.lines().rev().find(|l| l.starts_with('{')).expect("JSON result line");
+    serde_json::from_str(line).unwrap()
 }

@@ -35,6 +35,7 @@ pub struct AppState {
     pub hls: Arc<crate::hls::Hls>,
     pub recorder: Arc<crate::record::Recorder>,
     pub whep: Arc<crate::webrtc::Whep>,
+    pub whip: Arc<crate::webrtc::Whip>,
     pub transcoders: Arc<crate::transcode::Transcoders>,
     pub config: Arc<Config>,
     pub webhooks: Webhooks,
@@ -64,12 +65,21 @@ impl AppState {
             config.hls.segment_secs,
         );
         let transcoders = crate::transcode::Transcoders::new(hub.clone(), config.transcode.clone())?;
-        let whep = crate::webrtc::Whep::new(hub.clone(), config.webrtc.clone(), transcoders.clone());
+        let peers = Arc::new(crate::webrtc::PeerFactory::new(config.webrtc.clone()));
+        let whep = crate::webrtc::Whep::new(hub.clone(), config.webrtc.clone(), transcoders.clone(), peers.clone());
+        let whip = crate::webrtc::Whip::new(
+            hub.clone(),
+            config.webrtc.clone(),
+            peers,
+            &config.transcode.pipelines_dir,
+            Duration::from_secs_f64(config.rtmp.idle_timeout_secs),
+        )?;
         Ok(Arc::new(Self {
             hub,
             hls,
             recorder,
             whep,
+            whip,
             transcoders,
             config: Arc::new(config),
             webhooks,

@@ -5,6 +5,7 @@ pub mod files;
 pub mod flv;
 pub mod hls;
 pub mod whep;
+pub mod whip;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -75,8 +76,8 @@ async fn route(
     let path = req.uri().path().to_owned();
     let mut resp = if req.method() == Method::OPTIONS {
         let mut r = preflight();
-        if path.starts_with("/whep/") {
-            // WHEP clients learn the offer type and the ICE servers before they POST.
+        if path.starts_with("/whep/") || path.starts_with("/whip/") {
+            // WHEP/WHIP clients learn the offer type and the ICE servers before they POST.
             let h = r.headers_mut();
             h.insert("accept-post", "application/sdp".parse().expect("static"));
             for link in state.config.webrtc.link_headers() {
@@ -95,8 +96,10 @@ async fn route(
         r
     } else if path.starts_with("/recordings/") && (req.method() == Method::GET || req.method() == Method::HEAD) {
         files::serve(state.recorder.root(), path.trim_start_matches("/recordings/"), &req).await
-    } else if path.starts_with("/whep/") && req.method() != Method::OPTIONS {
+    } else if path.starts_with("/whep/") {
         whep::handle(&state, addr, req).await
+    } else if path.starts_with("/whip/") {
+        whip::handle(&state, addr, req).await
     } else if path.starts_with("/api/") {
         api::handle(&state, addr, req).await
     } else if path.ends_with(".flv") && (req.method() == Method::GET || req.method() == Method::HEAD) {

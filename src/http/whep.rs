@@ -25,21 +25,24 @@ pub async fn handle(state: &Arc<AppState>, addr: SocketAddr, req: Request<Incomi
                 error(StatusCode::NOT_FOUND, "session_not_found", &format!("no WHEP session {id}"))
             }
         }
-        (Method::PATCH, ["whep", "session", _]) => {
-            let mut r = error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "trickle_not_supported",
-                "livegate is ICE-lite and sends all its candidates in the answer; trickle ICE is not needed",
-            );
-            r.headers_mut().insert(header::ALLOW, "DELETE, OPTIONS".parse().expect("static"));
-            r
-        }
+        (Method::PATCH, ["whep", "session", _]) => trickle_not_supported(),
         (Method::POST, ["whep", app, stream]) => play(state, addr, StreamKey::new(app, stream), req).await,
         (m, ["whep", ..]) => {
             error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", &format!("{m} is not allowed on /{path}"))
         }
         _ => error(StatusCode::NOT_FOUND, "not_found", &format!("no route /{path}")),
     }
+}
+
+/// PATCH on a session: livegate is ICE-lite and has nothing to trickle (WHIP/WHEP allow 405 here).
+pub(super) fn trickle_not_supported() -> Response<Body> {
+    let mut r = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "trickle_not_supported",
+        "livegate is ICE-lite and sends all its candidates in the answer; trickle ICE is not needed",
+    );
+    r.headers_mut().insert(header::ALLOW, "DELETE, OPTIONS".parse().expect("static"));
+    r
 }
 
 async fn play(state: &Arc<AppState>, addr: SocketAddr, key: StreamKey, req: Request<Incoming>) -> Response<Body> {

@@ -50,14 +50,23 @@ pub enum Protocol {
     Record,
     /// A WebRTC (WHEP) viewer.
     Whep,
+    /// A WebRTC (WHIP) publisher.
+    Whip,
     /// A transcoder making a rendition (it reads the source and publishes the derived stream).
     Transcode,
 }
 
 impl Protocol {
-    pub const COUNT: usize = 6;
-    pub const ALL: [Protocol; Self::COUNT] =
-        [Protocol::Rtmp, Protocol::HttpFlv, Protocol::Hls, Protocol::Record, Protocol::Whep, Protocol::Transcode];
+    pub const COUNT: usize = 7;
+    pub const ALL: [Protocol; Self::COUNT] = [
+        Protocol::Rtmp,
+        Protocol::HttpFlv,
+        Protocol::Hls,
+        Protocol::Record,
+        Protocol::Whep,
+        Protocol::Whip,
+        Protocol::Transcode,
+    ];
     pub fn as_str(&self) -> &'static str {
         match self {
             Protocol::Rtmp => "rtmp",
@@ -65,6 +74,7 @@ impl Protocol {
             Protocol::Hls => "hls",
             Protocol::Record => "record",
             Protocol::Whep => "whep",
+            Protocol::Whip => "whip",
             Protocol::Transcode => "transcode",
         }
     }

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use super::packet::Packet;
 use super::stream::{KeyEntry, Ring, Stream};
 use super::{ClientHandle, Protocol};
+use crate::media::MediaKind;
 use crate::metrics;
 
 /// Per-reader latency policy.
@@ -56,6 +57,9 @@ pub struct Reader {
     cursor: Option<u64>,
     /// Just joined or just skipped: the next batch is a deliberate burst, not a backlog.
     fresh: bool,
+    /// After a join or skip: audio stamped before the start keyframe is left out, so every track starts at
+    /// the same time (audio from a transcoder lands in the ring after video of the same instant).
+    audio_floor: Option<i64>,
     sent_headers: [Option<Arc<Packet>>; 3],
     skip_times: VecDeque<Instant>,
     pub skips: u64,
@@ -80,6 +84,7 @@ impl Reader {
             handle,
             cursor: None,
             fresh: true,
+            audio_floor: None,
             sent_headers: Default::default(),
             skip_times: VecDeque::new(),
             skips: 0,
@@ -186,6 +191,12 @@ impl Reader {
             if let Some(p) = ring.get(c) {
                 if p.is_header() {
                     self.sent_headers[p.header_slot()] = Some(p.clone());
+                } else if let Some(floor) = self.audio_floor.filter(|_| p.frame.kind == MediaKind::Audio) {
+                    if p.frame.dts < floor {
+                        c += 1;
+                        continue;
+                    }
+                    self.audio_floor = None;
                 }
                 out.push(p.clone());
             }
@@ -232,6 +243,7 @@ impl Reader {
         }
         self.cursor = Some(entry.seq);
         self.fresh = true;
+        self.audio_floor = Some(entry.dts);
     }
 
     fn count_skip(&mut self) -> Result<(), EndReason> {

@@ -48,13 +48,13 @@ pub enum TranscodeError {
 
 /// A pipeline template: gst-launch text with `{name}` placeholders; `#` lines are comments.
 #[derive(Debug, Clone)]
-pub struct Template {
+pub(crate) struct Template {
     pub name: String,
     text: String,
 }
 
 impl Template {
-    fn load(dir: &Path, name: &str, builtin: &str) -> Result<Self, TranscodeError> {
+    pub(crate) fn load(dir: &Path, name: &str, builtin: &str) -> Result<Self, TranscodeError> {
         let path = dir.join(format!("{name}.pipeline"));
         let raw = match std::fs::read_to_string(&path) {
             Ok(t) => t,
@@ -84,7 +84,7 @@ impl Template {
     }
 
     /// Builds the pipeline and finds its `src` appsrc and `sink` appsink.
-    fn build(
+    pub(crate) fn build(
         &self,
         vars: &[(&str, String)],
     ) -> Result<(gst::Pipeline, gst_app::AppSrc, gst_app::AppSink), TranscodeError> {
@@ -106,7 +106,7 @@ impl Template {
 
 /// What comes out of a pipeline's appsink: payload, pts and dts (ms from the pipeline's start), keyframe,
 /// and the AVC decoder configuration when the output caps carry one.
-type Out = (Bytes, i64, i64, bool, Option<Bytes>);
+pub(crate) type Out = (Bytes, i64, i64, bool, Option<Bytes>);
 
 /// Starts and shares renditions.
 pub struct Transcoders {
@@ -155,7 +155,9 @@ impl Transcoders {
         };
         let derived = StreamKey::new(&key.app, &format!("{}@{suffix}", key.name));
         let mut running = self.running.lock();
-        if running.contains(&derived) && self.hub.get(&derived).is_some_and(|s| !s.is_closed()) {
+        let live = self.hub.get(&derived).is_some_and(|s| !s.is_closed());
+        // Running here, or published by someone else: a WHIP session publishes its browser's own Opus.
+        if live && (running.contains(&derived) || self.hub.get(&derived).is_some_and(|s| s.publisher().is_some())) {
             return Ok(Some(derived));
         }
         let source = self
@@ -201,27 +203,7 @@ impl Transcoders {
             .publish(derived.clone(), info, guard.handle.clone())
             .map_err(|e| TranscodeError::Gst(e.to_string()))?;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Out>();
-        sink.set_callbacks(
-            gst_app::AppSinkCallbacks::builder()
-                .new_sample(move |s| {
-                    let sample = s.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                    let codec_data = sample
-                        .caps()
-                        .and_then(|c| c.structure(0))
-                        .and_then(|st| st.get::<gst::Buffer>("codec_data").ok())
-                        .and_then(|b| b.map_readable().ok().map(|m| Bytes::copy_from_slice(m.as_slice())));
-                    if let Some(buf) = sample.buffer() {
-                        let pts = buf.pts().map(|t| t.mseconds() as i64).unwrap_or(0);
-                        let dts = buf.dts().map(|t| t.mseconds() as i64).unwrap_or(pts);
-                        let key = !buf.flags().contains(gst::BufferFlags::DELTA_UNIT);
-                        if let Ok(map) = buf.map_readable() {
-                            let _ = tx.send((Bytes::copy_from_slice(map.as_slice()), pts, dts, key, codec_data));
-                        }
-                    }
-                    Ok(gst::FlowSuccess::Ok)
-                })
-                .build(),
-        );
+        sink_to_channel(&sink, tx);
         pipeline.set_state(gst::State::Playing).map_err(|e| TranscodeError::Gst(e.to_string()))?;
         running.insert(derived.clone());
         drop(running);
@@ -319,6 +301,31 @@ impl Transcoders {
             }
         }
     }
+}
+
+/// Sends every sample of `sink` (payload, pts, dts, keyframe, codec_data of the caps) to `tx`.
+pub(crate) fn sink_to_channel(sink: &gst_app::AppSink, tx: tokio::sync::mpsc::UnboundedSender<Out>) {
+    sink.set_callbacks(
+        gst_app::AppSinkCallbacks::builder()
+            .new_sample(move |s| {
+                let sample = s.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                let codec_data = sample
+                    .caps()
+                    .and_then(|c| c.structure(0))
+                    .and_then(|st| st.get::<gst::Buffer>("codec_data").ok())
+                    .and_then(|b| b.map_readable().ok().map(|m| Bytes::copy_from_slice(m.as_slice())));
+                if let Some(buf) = sample.buffer() {
+                    let pts = buf.pts().map(|t| t.mseconds() as i64).unwrap_or(0);
+                    let dts = buf.dts().map(|t| t.mseconds() as i64).unwrap_or(pts);
+                    let key = !buf.flags().contains(gst::BufferFlags::DELTA_UNIT);
+                    if let Ok(map) = buf.map_readable() {
+                        let _ = tx.send((Bytes::copy_from_slice(map.as_slice()), pts, dts, key, codec_data));
+                    }
+                }
+                Ok(gst::FlowSuccess::Ok)
+            })
+            .build(),
+    );
 }
 
 fn input_caps(kind: Kind, config: &[u8]) -> gst::Caps {

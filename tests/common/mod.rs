@@ -243,6 +243,23 @@ impl Proc {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 
+    /// Like `spawn`, but keeps stdout too (read it with `stdout`).
+    pub fn spawn_capture(cmd: &mut Command) -> Proc {
+        let dir = tempdir::TempDir::new("proc");
+        let stderr_path = dir.path().join("stderr.txt");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(std::fs::File::create(dir.path().join("stdout.txt")).unwrap()))
+            .stderr(Stdio::from(std::fs::File::create(&stderr_path).unwrap()))
+            .spawn()
+            .expect("spawn client");
+        Proc { child, stderr_path, _dir: dir }
+    }
+
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(self.stderr_path.with_file_name("stdout.txt")).unwrap_or_default()
+    }
+
     /// Waits for exit (killing it after `limit`) and returns whether it exited successfully.
     pub fn wait(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + limit;
@@ -716,6 +733,22 @@ pub fn node(script: &str, args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("node")
+}
+
+/// Starts `node tests/browser/{script} args…` in the background, stdout kept.
+pub fn node_bg(script: &str, args: &[&str]) -> Proc {
+    Proc::spawn_capture(
+        Command::new("node").arg(format!("{}/tests/browser/{script}", env!("CARGO_MANIFEST_DIR"))).args(args),
+    )
+}
+
+/// Waits for a background browser script to finish and returns its final JSON line; fails if it failed.
+pub fn browser_result(p: &mut Proc, limit: Duration) -> serde_json::Value {
+    let st = p.wait(limit);
+    let stdout = p.stdout();
+    assert!(st.is_some_and(|s| s.success()), "browser script failed: {stdout}\n{}", p.stderr());
+    let line = stdout.lines().rev().find(|l| l.starts_with('{')).expect("JSON result line");
+    serde_json::from_str(line).unwrap()
 }
 
 /// Runs a browser check script and returns its JSON result line; fails with the script's output if it failed.

@@ -1,0 +1,88 @@
+//! WHIP signalling (RFC 9725): `POST /whip/{app}/{stream}` (sendonly SDP offer → 201 + answer + Location),
+//! `DELETE /whip/session/{id}`, `PATCH` → 405 (livegate is ICE-lite and puts every candidate in its answer).
+//! Publishing rules are RTMP's: signed URLs (query, or the query string as the bearer token), the on_publish
+//! webhook, and one publisher per stream (409).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use super::{error, full, Body};
+use crate::hub::{Protocol, PublisherInfo, StreamKey};
+use crate::names;
+use crate::server::{AppState, Op};
+use crate::webrtc::WhipError;
+
+pub async fn handle(state: &Arc<AppState>, addr: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().trim_start_matches('/').to_owned();
+    let parts: Vec<&str> = path.split('/').collect();
+    match (req.method().clone(), parts.as_slice()) {
+        (Method::DELETE, ["whip", "session", id]) => {
+            if state.whip.delete(id).await {
+                Response::new(super::empty())
+            } else {
+                error(StatusCode::NOT_FOUND, "session_not_found", &format!("no WHIP session {id}"))
+            }
+        }
+        (Method::PATCH, ["whip", "session", _]) => super::whep::trickle_not_supported(),
+        (Method::POST, ["whip", app, stream]) => publish(state, addr, StreamKey::new(app, stream), req).await,
+        (m, ["whip", ..]) => {
+            error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", &format!("{m} is not allowed on /{path}"))
+        }
+        _ => error(StatusCode::NOT_FOUND, "not_found", &format!("no route /{path}")),
+    }
+}
+
+async fn publish(state: &Arc<AppState>, addr: SocketAddr, key: StreamKey, req: Request<Incoming>) -> Response<Body> {
+    let ctype = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !ctype.starts_with("application/sdp") {
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "the offer must be Content-Type: application/sdp",
+        );
+    }
+    let mut query_str = req.uri().query().unwrap_or("").to_owned();
+    if let Some(bearer) =
+        req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "))
+    {
+        if !query_str.is_empty() {
+            query_str.push('&');
+        }
+        query_str.push_str(bearer);
+    }
+    let query = names::parse_query(&query_str);
+    let guard = state.hub.register_client(Protocol::Whip, Some(addr));
+    let info =
+        PublisherInfo { client_id: guard.handle.id, protocol: Protocol::Whip, addr: Some(addr), param: query_str };
+    if let Err(e) = state.authorize(Op::Publish, &key, &query, &info).await {
+        return super::access_error(&e);
+    }
+    let offer = match http_body_util::Limited::new(req.into_body(), 64 * 1024).collect().await {
+        Ok(b) => String::from_utf8_lossy(&b.to_bytes()).into_owned(),
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_body", &format!("cannot read the offer: {e}")),
+    };
+    match state.whip.publish(key, offer, guard, info).await {
+        Ok((id, answer)) => {
+            let mut r = Response::new(full(answer));
+            *r.status_mut() = StatusCode::CREATED;
+            let h = r.headers_mut();
+            h.insert(header::CONTENT_TYPE, "application/sdp".parse().expect("static"));
+            h.insert(header::LOCATION, format!("/whip/session/{id}").parse().expect("valid"));
+            h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, "Location, Link".parse().expect("static"));
+            for link in state.config.webrtc.link_headers() {
+                if let Ok(v) = link.parse() {
+                    h.append(header::LINK, v);
+                }
+            }
+            r
+        }
+        Err(e @ WhipError::Taken(_)) => error(StatusCode::CONFLICT, "stream_busy", &e.to_string()),
+        Err(e @ WhipError::BadOffer(_)) => error(StatusCode::BAD_REQUEST, "bad_offer", &e.to_string()),
+        Err(e @ WhipError::NoCodec(_)) => error(StatusCode::NOT_ACCEPTABLE, "no_usable_codec", &e.to_string()),
+        Err(e @ WhipError::Internal(_)) => error(StatusCode::INTERNAL_SERVER_ERROR, "webrtc_error", &e.to_string()),
+    }
+}

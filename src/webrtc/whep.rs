@@ -1,0 +1,355 @@
+//! WHEP playback (draft-ietf-wish-whep) on webrtc-rs 0.21: one PeerConnection per viewer, fed by a hub reader.
+//!
+//! Video passes through: the hub's AVCC access units become Annex-B and are packetized into RTP with the
+//! source's presentation time. A viewer starts at the cached keyframe like any reader, and a slow viewer
+//! skips to a newer keyframe by the same max_cache policy. Audio comes from the stream's shared AAC→Opus
+//! rendition (`crate::transcode`), one transcoder per stream however many viewers. See
+//! `docs/notes/webrtc-rs-0.21.md`.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use rtc::rtp::codec::h264::H264Payloader;
+use rtc::rtp::packetizer::Payloader;
+use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
+use tokio::sync::watch;
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_local::TrackLocal;
+use webrtc::peer_connection::{PeerConnection, RTCPeerConnectionState};
+use webrtc::rtp_transceiver::RtpSender;
+
+use super::{answer, h264_codec, has_active_media, opus_codec, rtp_track, AnswerError, PeerFactory, WebrtcConfig, MTU};
+use crate::hub::{CachePolicy, ClientGuard, Hub, HubError, Packet, Protocol, StreamKey};
+use crate::media::avc::{self, AvcDecoderConfig};
+use crate::media::MediaKind;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WhepError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("invalid SDP offer: {0}")]
+    BadOffer(String),
+    #[error("the offer has no video this server can send (it sends H.264, packetization-mode 1)")]
+    NoCodec,
+    #[error("WebRTC failure: {0}")]
+    Internal(String),
+}
+
+struct Session {
+    pc: Arc<dyn PeerConnection>,
+    key: StreamKey,
+}
+
+/// All WHEP sessions.
+pub struct Whep {
+    hub: Hub,
+    cfg: WebrtcConfig,
+    transcoders: Arc<crate::transcode::Transcoders>,
+    sessions: Mutex<HashMap<String, Session>>,
+    peers: Arc<PeerFactory>,
+}
+
+impl Whep {
+    pub fn new(
+        hub: Hub,
+        cfg: WebrtcConfig,
+        transcoders: Arc<crate::transcode::Transcoders>,
+        peers: Arc<PeerFactory>,
+    ) -> Arc<Self> {
+        Arc::new(Self { hub, cfg, transcoders, sessions: Mutex::new(HashMap::new()), peers })
+    }
+
+    /// Answers a recvonly offer for `key`. Returns (session id, answer SDP).
+    pub async fn play(
+        self: &Arc<Self>,
+        key: &StreamKey,
+        offer: String,
+        policy: CachePolicy,
+        addr: Option<std::net::SocketAddr>,
+    ) -> Result<(String, String), WhepError> {
+        if !offer.starts_with("v=0") {
+            return Err(WhepError::BadOffer("an SDP offer starts with \"v=0\"".into()));
+        }
+        if !offer.lines().any(|l| l.starts_with("m=video")) || !offer.to_ascii_lowercase().contains("h264/90000") {
+            return Err(WhepError::NoCodec);
+        }
+        // Refuse before doing any WebRTC work when the stream does not exist.
+        if self.hub.get(key).filter(|s| !s.is_closed()).is_none() {
+            return Err(WhepError::NotFound(format!("stream {key} is not being published")));
+        }
+        // Audio: the stream's shared Opus rendition, when the browser takes Opus and the stream has AAC.
+        let wants_opus = offer.to_ascii_lowercase().contains("opus/48000");
+        let opus_key = if wants_opus {
+            match self.transcoders.opus(key) {
+                Ok(k) => k,
+                Err(e) => {
+                    tracing::warn!(stream = %key, error = %e, "no WebRTC audio for this viewer");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        // Video: passthrough, unless the source has B-frames, which WebRTC receivers play badly: then the
+        // stream's shared constrained-baseline rendition.
+        let source_has_bframes = self.hub.get(key).is_some_and(|s| s.has_bframes());
+        let video_key = if source_has_bframes {
+            match self.transcoders.baseline(key) {
+                Ok(Some(k)) => {
+                    tracing::info!(stream = %key, rendition = %k, "source has B-frames: WebRTC video is transcoded");
+                    k
+                }
+                Ok(None) => key.clone(),
+                Err(e) => return Err(WhepError::Internal(format!("cannot transcode B-frame video: {e}"))),
+            }
+        } else {
+            key.clone()
+        };
+        let (pc, track, sender, audio, ssrc, mut state_rx, answer) = self.negotiate(offer, opus_key.is_some()).await?;
+        let guard = self.hub.register_client(Protocol::Whep, addr);
+        let reader = match self.hub.subscribe(&video_key, Protocol::Whep, policy, guard.handle.clone()) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = pc.close().await;
+                return Err(match e {
+                    HubError::NotFound(m) => WhepError::NotFound(m),
+                    other => WhepError::Internal(other.to_string()),
+                });
+            }
+        };
+        let id = format!("{:016x}", rand::random::<u64>());
+        self.sessions.lock().insert(id.clone(), Session { pc: pc.clone(), key: key.clone() });
+        let this = self.clone();
+        let sid = id.clone();
+        let connect_timeout = Duration::from_secs_f64(self.cfg.connect_timeout_secs);
+        tokio::spawn(async move {
+            let connected =
+                tokio::time::timeout(connect_timeout, state_rx.wait_for(|s| *s == RTCPeerConnectionState::Connected))
+                    .await
+                    .is_ok_and(|r| r.is_ok());
+            let reason = match connected {
+                true => {
+                    tracing::info!(session = %sid, client = guard.handle.id, audio = opus_key.is_some(), "whep connected");
+                    let audio_task = match (audio, opus_key) {
+                        (Some(a), Some(k)) => this.spawn_audio(k, a, &guard),
+                        _ => None,
+                    };
+                    let r = pump(reader, &track, &sender, ssrc, &mut state_rx, &guard).await;
+                    if let Some(t) = audio_task {
+                        t.abort();
+                    }
+                    r
+                }
+                false => format!("not connected within {connect_timeout:?}"),
+            };
+            tracing::info!(session = %sid, client = guard.handle.id, %reason, "whep session ended");
+            // Our own close fires no Closed event: clean up here.
+            this.sessions.lock().remove(&sid);
+            let _ = pc.close().await;
+        });
+        Ok((id, answer))
+    }
+
+    /// Ends a session (WHEP DELETE). False when there is no such session.
+    pub async fn delete(&self, id: &str) -> bool {
+        let s = self.sessions.lock().remove(id);
+        match s {
+            Some(s) => {
+                tracing::info!(session = %id, stream = %s.key, "whep session deleted by the client");
+                let _ = s.pc.close().await;
+                true
+            }
+            None => false,
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    async fn negotiate(
+        &self,
+        offer: String,
+        with_audio: bool,
+    ) -> Result<
+        (
+            Arc<dyn PeerConnection>,
+            Arc<TrackLocalStaticRTP>,
+            Arc<dyn RtpSender>,
+            Option<AudioOut>,
+            u32,
+            watch::Receiver<RTCPeerConnectionState>,
+            String,
+        ),
+        WhepError,
+    > {
+        let mut codecs = vec![(102, h264_codec(), RtpCodecKind::Video)];
+        if with_audio {
+            codecs.push((111, opus_codec(), RtpCodecKind::Audio));
+        }
+        let mut peer = self.peers.build(&codecs, None).await.map_err(WhepError::Internal)?;
+        let pc = peer.pc.clone();
+        let internal = |e: webrtc::error::Error| WhepError::Internal(e.to_string());
+        let fail = |pc: Arc<dyn PeerConnection>, e: WhepError| async move {
+            let _ = pc.close().await;
+            Err(e)
+        };
+        let ssrc: u32 = rand::random();
+        let track = rtp_track(RtpCodecKind::Video, "video", h264_codec(), ssrc);
+        let sender = match pc.add_track(track.clone() as Arc<dyn TrackLocal>).await {
+            Ok(s) => s,
+            Err(e) => return fail(pc, internal(e)).await,
+        };
+        let audio = if with_audio {
+            let assrc: u32 = rand::random();
+            let atrack = rtp_track(RtpCodecKind::Audio, "audio", opus_codec(), assrc);
+            match pc.add_track(atrack.clone() as Arc<dyn TrackLocal>).await {
+                Ok(sender) => Some(AudioOut { track: atrack, sender, ssrc: assrc }),
+                Err(e) => return fail(pc, internal(e)).await,
+            }
+        } else {
+            None
+        };
+        let sdp = match answer(&mut peer, offer).await {
+            Ok(sdp) => sdp,
+            Err(AnswerError::BadOffer(e)) => return Err(WhepError::BadOffer(e)),
+            Err(AnswerError::Internal(e)) => return Err(WhepError::Internal(e)),
+        };
+        if !has_active_media(&sdp, "video") {
+            return fail(pc, WhepError::NoCodec).await;
+        }
+        Ok((pc, track, sender, audio, ssrc, peer.state, sdp))
+    }
+}
+
+/// The audio side of a session: an Opus track fed from the stream's Opus rendition.
+struct AudioOut {
+    track: Arc<TrackLocalStaticRTP>,
+    sender: Arc<dyn RtpSender>,
+    ssrc: u32,
+}
+
+impl Whep {
+    fn spawn_audio(&self, key: StreamKey, a: AudioOut, guard: &ClientGuard) -> Option<tokio::task::JoinHandle<()>> {
+        // Audio follows live closely: start at the newest packet, keep at most half a second of backlog.
+        let policy = CachePolicy {
+            min_cache: Duration::ZERO,
+            max_cache: Duration::from_millis(500),
+            max_skips_per_minute: u32::MAX,
+        };
+        let mut reader = self.hub.subscribe(&key, Protocol::Whep, policy, guard.handle.clone()).ok()?;
+        Some(tokio::spawn(async move {
+            let Some(pt) = negotiated_pt(&a.sender).await else { return };
+            let mut seq: u16 = rand::random();
+            let base: u32 = rand::random();
+            let mut batch: Vec<Arc<Packet>> = Vec::new();
+            while reader.next_batch(&mut batch).await.is_ok() {
+                for p in batch.drain(..) {
+                    let f = &p.frame;
+                    if f.kind != MediaKind::Audio || f.config {
+                        continue;
+                    }
+                    let header = rtc::rtp::header::Header {
+                        version: 2,
+                        marker: false,
+                        payload_type: pt,
+                        sequence_number: seq,
+                        timestamp: base.wrapping_add((f.dts as u32).wrapping_mul(48)),
+                        ssrc: a.ssrc,
+                        ..Default::default()
+                    };
+                    seq = seq.wrapping_add(1);
+                    if a.track.write_rtp(rtc::rtp::Packet { header, payload: f.payload.clone() }).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }))
+    }
+}
+
+/// Sends the stream's video to one viewer until the stream ends, the viewer goes away or a write fails.
+async fn pump(
+    mut reader: crate::hub::Reader,
+    track: &TrackLocalStaticRTP,
+    sender: &Arc<dyn RtpSender>,
+    ssrc: u32,
+    state: &mut watch::Receiver<RTCPeerConnectionState>,
+    guard: &ClientGuard,
+) -> String {
+    let pt = match negotiated_pt(sender).await {
+        Some(pt) => pt,
+        None => return "no negotiated payload type".into(),
+    };
+    let mut cfg: Option<AvcDecoderConfig> = None;
+    let mut seq: u16 = rand::random();
+    let ts_base: u32 = rand::random();
+    let mut batch: Vec<Arc<Packet>> = Vec::new();
+    loop {
+        tokio::select! {
+            r = reader.next_batch(&mut batch) => {
+                if let Err(reason) = r {
+                    return reason.to_string();
+                }
+            }
+            changed = state.changed() => {
+                let s = *state.borrow();
+                if changed.is_err() || matches!(s, RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed | RTCPeerConnectionState::Disconnected) {
+                    return format!("peer connection {s:?}");
+                }
+                continue;
+            }
+        }
+        let mut sent = 0usize;
+        for p in batch.drain(..) {
+            let f = &p.frame;
+            if f.kind != MediaKind::Video {
+                continue;
+            }
+            if f.config {
+                cfg = AvcDecoderConfig::parse(&f.payload).ok();
+                continue;
+            }
+            let Some(c) = cfg.as_ref() else { continue };
+            let parts = p.rtp_payloads(|f| h264_payloads(f, c));
+            let ts = ts_base.wrapping_add((f.pts() as u32).wrapping_mul(90));
+            let last = parts.len().saturating_sub(1);
+            for (i, payload) in parts.iter().enumerate() {
+                sent += payload.len() + 12;
+                let header = rtc::rtp::header::Header {
+                    version: 2,
+                    marker: i == last,
+                    payload_type: pt,
+                    sequence_number: seq,
+                    timestamp: ts,
+                    ssrc,
+                    ..Default::default()
+                };
+                seq = seq.wrapping_add(1);
+                if track.write_rtp(rtc::rtp::Packet { header, payload: payload.clone() }).await.is_err() {
+                    // The error carries the whole packet: the useful fact is that the connection is gone.
+                    return "peer connection closed".into();
+                }
+            }
+        }
+        reader.add_bytes_out(sent);
+        guard.handle.bytes_out.fetch_add(sent as u64, Ordering::Relaxed);
+    }
+}
+
+/// An access unit as H.264 RTP payloads (STAP-A for parameter sets, FU-A above the MTU); empty when the
+/// frame cannot be converted.
+fn h264_payloads(f: &crate::media::Frame, cfg: &AvcDecoderConfig) -> Vec<Bytes> {
+    let mut annexb = Vec::with_capacity(f.payload.len() + 64);
+    if avc::avcc_to_annexb(&f.payload, cfg, f.keyframe, false, &mut annexb).is_err() {
+        return Vec::new();
+    }
+    // A fresh payloader per access unit: no state leaks from one frame to the next, so the result can be shared.
+    H264Payloader::default().payload(MTU - 12, &Bytes::from(annexb)).unwrap_or_default()
+}
+
+/// The payload type the answer settled on: the browser's number for H.264, not the one registered here.
+async fn negotiated_pt(sender: &Arc<dyn RtpSender>) -> Option<u8> {
+    sender.get_parameters().await.ok()?.rtp_parameters.codecs.first().map(|c| c.payload_type)
+}

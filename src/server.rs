@@ -72,7 +72,7 @@ impl AppState {
             config.webrtc.clone(),
             peers,
             &config.transcode.pipelines_dir,
-            Duration::from_secs_f64(config.rtmp.idle_timeout_secs),
+            Duration::from_secs_f64(config.rtmp.publish_timeout_secs),
         )?;
         Ok(Arc::new(Self {
             hub,

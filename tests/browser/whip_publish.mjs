@@ -58,6 +58,10 @@ window.__play = async (url) => {
   pc.addTransceiver('audio', { direction: 'recvonly' });
   pc.ontrack = (e) => {
     if (e.track.kind === 'audio') {
+      // Chromium feeds a remote track to WebAudio only while a media element plays it (muted is enough).
+      const a = document.createElement('audio');
+      a.muted = true; a.autoplay = true; a.srcObject = new MediaStream([e.track]);
+      document.body.appendChild(a);
       const ctx = new AudioContext();
       const an = ctx.createAnalyser();
       ctx.createMediaStreamSource(new MediaStream([e.track])).connect(an);

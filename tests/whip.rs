@@ -210,7 +210,7 @@ fn a_browser_that_vanishes_unpublishes_its_stream_and_readers_are_told() {
     let srv = Server::start("[webrtc]\nudp_port_min = 0\nudp_port_max = 0\n[hub]\nreconnect_grace_secs = 1.0\n");
     let whip = format!("http://127.0.0.1:{}/whip/live/gone", srv.http_port);
     // Its own process group, so the browser can be killed with node, as a crashed tab or lost laptop would go.
-    let mut browser = Proc::spawn_capture(
+    let browser = Proc::spawn_capture(
         Command::new("node")
             .arg(format!("{}/tests/browser/whip_publish.mjs", env!("CARGO_MANIFEST_DIR")))
             .args([&whip, "60"])

@@ -317,7 +317,7 @@ fn sigterm_drains_readers_and_exits_zero() {
 
 #[test]
 fn demo_page_lists_and_plays_a_stream() {
-    let srv = Server::start("");
+    let srv = Server::start("[webrtc]\nudp_port_min = 0\nudp_port_max = 0\n");
     let _pub = push(&media("360p"), &srv.rtmp_url("demo"));
     srv.wait_live("demo");
     let shot = srv.dir.path().join("demo.png");
@@ -326,6 +326,11 @@ fn demo_page_lists_and_plays_a_stream() {
     assert_eq!(j["listed"], true);
     assert_eq!(j["width"], 640);
     assert_eq!(j["whepWidth"], 640, "the page's WebRTC button plays too: {j}");
+    assert_eq!(j["hlsWidth"], 640, "and its HLS button: {j}");
+    // The page published the fake camera over WHIP and played it back over HTTP-FLV.
+    assert_eq!((j["camWidth"].as_u64(), j["camHeight"].as_u64()), (Some(640), Some(480)), "{j}");
+    assert!(j["pubStatus"].as_str().unwrap_or("").contains("connected"), "{j}");
+    assert!(std::fs::metadata(&shot).unwrap().len() > 10_000, "the screenshot shows the page with video");
     // Static files stay inside web_root.
     assert_eq!(http_get(srv.http_port, "/vendor/../Cargo.toml").unwrap().status, 404);
     assert_eq!(http_get(srv.http_port, "/.git/config").unwrap().status, 404);

@@ -1,5 +1,7 @@
 #!/usr/bin/env node
-// Loads livegate's demo page, clicks "play" on the listed stream and checks the video plays.
+// Loads livegate's demo page, clicks "play" on the listed stream and checks the video plays over HTTP-FLV,
+// WebRTC (WHEP) and HLS; then publishes the fake camera with the page's WHIP button as live/cam and plays that
+// back over HTTP-FLV.
 // usage: node tests/browser/demo_page.mjs <livegate-origin> <stream app/name> <screenshot.png>
 // Prints one JSON line {ok, listed, currentTime, frames, width, height, message}; exit 0 ok, 1 failure.
 import { launchChromium, HARD_TIMEOUT_MS } from './lib.mjs';
@@ -10,6 +12,25 @@ if (!origin || !stream || !shot) {
   process.exit(2);
 }
 const result = { ok: false, listed: false, currentTime: 0, frames: 0, width: 0, height: 0 };
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const videoState = (page) => page.evaluate(() => {
+  const v = document.getElementById('video');
+  return { t: v.currentTime, w: v.videoWidth, h: v.videoHeight, webrtc: v.srcObject !== null };
+});
+// Waits until the page's <video> has advanced `secs` seconds of media; returns its last state or null.
+async function playsFor(page, secs, pred = () => true) {
+  const until = Date.now() + 25_000;
+  let start = null;
+  while (Date.now() < until) {
+    const w = await videoState(page);
+    if (pred(w) && w.w > 0 && w.t > 0) {
+      if (start === null) start = w.t;
+      if (w.t - start > secs) return w;
+    }
+    await sleep(200);
+  }
+  return null;
+}
 const browser = await launchChromium({ viewport: { width: 1000, height: 900 } });
 const done = async (ok, message) => {
   result.ok = ok;
@@ -20,7 +41,7 @@ const done = async (ok, message) => {
   process.exit(ok ? 0 : 1);
 };
 setTimeout(() => done(false, `timeout after ${HARD_TIMEOUT_MS / 1000}s`), HARD_TIMEOUT_MS).unref();
-try {
+async function main() {
   const { page } = browser;
   await page.goto(`${origin}/`, { waitUntil: 'load', timeout: 10_000 });
   const row = page.locator('#streams tr', { hasText: stream });
@@ -38,26 +59,32 @@ try {
     if (s.currentTime > 2 && s.frames > 30 && s.width > 0) break;
     await new Promise((r) => setTimeout(r, 200));
   }
-  if (!(result.currentTime > 2)) await done(false, 'HTTP-FLV video did not play');
+  if (!(result.currentTime > 2)) return await done(false, 'HTTP-FLV video did not play');
   // Then the same stream over WebRTC, from the page's WHEP button.
   await page.locator('#whep').click();
-  const until = Date.now() + 20_000;
-  let start = null;
-  while (Date.now() < until) {
-    const w = await page.evaluate(() => {
-      const v = document.getElementById('video');
-      return { t: v.currentTime, w: v.videoWidth, webrtc: v.srcObject !== null };
-    });
-    if (w.webrtc && w.w > 0 && w.t > 0) {
-      if (start === null) start = w.t;
-      if (w.t - start > 2) {
-        result.whepWidth = w.w;
-        await done(true);
-      }
-    }
-    await new Promise((r) => setTimeout(r, 200));
-  }
-  await done(false, 'WebRTC video did not play');
+  const w = await playsFor(page, 2, (x) => x.webrtc);
+  if (!w) return await done(false, 'WebRTC video did not play');
+  result.whepWidth = w.w;
+  // And over HLS (hls.js).
+  await page.locator('#hls').click();
+  const h = await playsFor(page, 1, (x) => !x.webrtc);
+  if (!h) return await done(false, 'HLS video did not play');
+  result.hlsWidth = h.w;
+  // Publish the camera with WHIP, then play it like a mini program would (HTTP-FLV).
+  await page.locator('#pubname').fill('live/cam');
+  await page.locator('#publish').click();
+  await page.locator('#streams tr', { hasText: 'live/cam' }).first().waitFor({ timeout: 15_000 });
+  result.pubStatus = await page.locator('#pubstatus').textContent();
+  await page.locator('#name').fill('live/cam');
+  await page.locator('#play').click();
+  const c = await playsFor(page, 2, (x) => !x.webrtc);
+  if (!c) return await done(false, 'the WHIP-published camera did not play over HTTP-FLV');
+  result.camWidth = c.w;
+  result.camHeight = c.h;
+  await done(true);
+}
+try {
+  await main();
 } catch (e) {
   await done(false, String(e.message || e).split('\n')[0]);
 }

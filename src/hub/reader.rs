@@ -60,6 +60,7 @@ pub struct Reader {
     /// After a join or skip: audio stamped before the start keyframe is left out, so every track starts at
     /// the same time (audio from a transcoder lands in the ring after video of the same instant).
     audio_floor: Option<i64>,
+    asked_keyframe: bool,
     sent_headers: [Option<Arc<Packet>>; 3],
     skip_times: VecDeque<Instant>,
     pub skips: u64,
@@ -85,6 +86,7 @@ impl Reader {
             cursor: None,
             fresh: true,
             audio_floor: None,
+            asked_keyframe: false,
             sent_headers: Default::default(),
             skip_times: VecDeque::new(),
             skips: 0,
@@ -148,6 +150,11 @@ impl Reader {
         match self.cursor {
             None => {
                 let Some(entry) = self.join_point(&ring) else {
+                    if !self.asked_keyframe {
+                        // Nothing to start on: a publisher that can make a keyframe on demand should.
+                        self.asked_keyframe = true;
+                        stream.request_keyframe();
+                    }
                     return self.closed_or_nothing();
                 };
                 self.tracks =

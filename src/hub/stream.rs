@@ -99,6 +99,9 @@ pub struct Stream {
     pub(crate) wake_gen: AtomicU64,
     /// Tells the stream's flusher task that packets arrived.
     pub(crate) flush_signal: Notify,
+    /// A reader wants a keyframe now (a WebRTC viewer's PLI, or a player joining a stream whose cache holds
+    /// none). Publishers that can make one listen: a WHIP session asks its browser, a transcoder its encoder.
+    keyframe_wanted: Notify,
     /// Minimum spacing of reader wake-ups.
     pub(crate) flush_interval: Duration,
     /// How long audio may wait for the next video frame before readers are woken for it anyway.
@@ -151,6 +154,7 @@ impl Stream {
             wakers: Mutex::new(Vec::new()),
             wake_gen: AtomicU64::new(0),
             flush_signal: Notify::new(),
+            keyframe_wanted: Notify::new(),
             flush_interval,
             audio_hold,
             urgent: AtomicBool::new(false),
@@ -181,6 +185,16 @@ impl Stream {
     }
 
     /// Whether the stream's video uses B-frames (WebRTC receivers need them transcoded away).
+    /// Asks the stream's publisher for a keyframe, if it can make one (coalesced: one pending request).
+    pub fn request_keyframe(&self) {
+        self.keyframe_wanted.notify_one();
+    }
+
+    /// Resolves when a reader asked for a keyframe.
+    pub async fn keyframe_requested(&self) {
+        self.keyframe_wanted.notified().await
+    }
+
     pub fn has_bframes(&self) -> bool {
         self.bframes.load(Ordering::Relaxed)
     }

@@ -213,7 +213,7 @@ impl Transcoders {
         let d = derived.clone();
         tokio::spawn(async move {
             let _client = guard;
-            let reason = this.run(kind, reader, publisher, &src, rx, &d).await;
+            let reason = this.run(kind, reader, publisher, &src, &sink, rx, &d).await;
             let _ = src.end_of_stream();
             let _ = pipeline.set_state(gst::State::Null);
             this.running.lock().remove(&d);
@@ -222,12 +222,14 @@ impl Transcoders {
         Ok(Some(derived))
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn run(
         &self,
         kind: Kind,
         mut reader: crate::hub::Reader,
         mut publisher: crate::hub::Publisher,
         src: &gst_app::AppSrc,
+        sink: &gst_app::AppSink,
         mut rx: tokio::sync::mpsc::UnboundedReceiver<Out>,
         derived: &StreamKey,
     ) -> String {
@@ -237,6 +239,8 @@ impl Transcoders {
         let mut batch: Vec<Arc<Packet>> = Vec::new();
         let mut base: Option<i64> = None;
         let mut out_config: Option<Bytes> = None;
+        let derived_stream = publisher.stream().clone();
+        let mut last_forced: Option<Instant> = None;
         let (want_kind, want_codec) = match kind {
             Kind::Opus => (MediaKind::Audio, Codec::Aac),
             Kind::Baseline => (MediaKind::Video, Codec::H264),
@@ -290,6 +294,14 @@ impl Transcoders {
                         }
                     }
                 }
+                _ = derived_stream.keyframe_requested(), if kind == Kind::Baseline => {
+                    // Many viewers may ask at once (a network hiccup): one keyframe per 500 ms is plenty.
+                    if last_forced.is_none_or(|t| t.elapsed() >= Duration::from_millis(500)) {
+                        tracing::debug!(rendition = %derived, "keyframe requested by a reader");
+                        force_keyframe(sink);
+                        last_forced = Some(Instant::now());
+                    }
+                }
                 _ = tick.tick() => {
                     let readers = self.hub.get(derived).map(|s| s.reader_count()).unwrap_or(0);
                     if readers > 0 {
@@ -300,6 +312,15 @@ impl Transcoders {
                 }
             }
         }
+    }
+}
+
+/// Asks the encoder upstream of `sink` for a keyframe (GstForceKeyUnit, which x264enc and every
+/// GstVideoEncoder honour), so a WebRTC viewer that lost a picture gets a fresh one instead of waiting a GOP.
+pub(crate) fn force_keyframe(sink: &gst_app::AppSink) {
+    let s = gst::Structure::builder("GstForceKeyUnit").field("all-headers", true).build();
+    if !sink.send_event(gst::event::CustomUpstream::new(s)) {
+        tracing::debug!("no element took the keyframe request");
     }
 }
 

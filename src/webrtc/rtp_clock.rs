@@ -24,7 +24,8 @@ pub struct TrackClock {
     arrival_anchor: Option<(i64, f64)>,
     /// (extended RTP time, sender NTP ms) of the latest sender report.
     report: Option<(i64, f64)>,
-    last_out: Option<i64>,
+    /// (extended RTP time, ms) of the last frame stamped.
+    last_out: Option<(i64, i64)>,
 }
 
 impl TrackClock {
@@ -32,7 +33,8 @@ impl TrackClock {
         Self { rate: clock_rate as f64, unwrap_last: None, arrival_anchor: None, report: None, last_out: None }
     }
 
-    fn unwrap(&mut self, ts: u32) -> i64 {
+    /// Extends a 32-bit RTP timestamp to 64 bits (near the newest seen).
+    pub fn unwrap(&mut self, ts: u32) -> i64 {
         let v = match self.unwrap_last {
             None => ts as i64,
             Some((raw, ext)) => ext + ts.wrapping_sub(raw) as i32 as i64,
@@ -47,21 +49,34 @@ impl TrackClock {
         (ext - anchor) as f64 * 1000.0 / self.rate
     }
 
-    /// Timeline milliseconds of a packet with RTP time `ts` that arrived at `arrival_ms` on the timeline.
-    /// Never goes backwards for a track.
+    /// Timeline milliseconds of a frame with RTP time `ts` that arrived at `arrival_ms` on the timeline.
+    /// Strictly increasing per frame (a new RTP time): when a track switches from arrival to sender-report
+    /// timing it may step back by its arrival-time error (video arrives an encode later than its audio), and
+    /// players and muxers refuse equal or falling timestamps, so such frames are squeezed 1 ms apart until the
+    /// timeline catches up.
     pub fn to_ms(&mut self, ts: u32, arrival_ms: f64, sync: &SyncOffset) -> i64 {
         let ext = self.unwrap(ts);
-        let (a_ext, a_ms) = *self.arrival_anchor.get_or_insert((ext, arrival_ms));
-        let ms = match (self.report, sync.0) {
+        self.arrival_anchor.get_or_insert((ext, arrival_ms));
+        let ms = self.map_ext(ext, sync).unwrap_or(arrival_ms);
+        let mut out = ms.round() as i64;
+        if let Some((last_ext, last)) = self.last_out {
+            out = match ext == last_ext {
+                true => last,
+                false => out.max(last + 1),
+            };
+        }
+        self.last_out = Some((ext, out));
+        out
+    }
+
+    /// Timeline milliseconds (unrounded, unclamped) of an extended RTP time, once the track has a packet.
+    /// For media that went through a transcoder stamped in RTP time: its output is mapped back here.
+    pub fn map_ext(&self, ext: i64, sync: &SyncOffset) -> Option<f64> {
+        let (a_ext, a_ms) = self.arrival_anchor?;
+        Some(match (self.report, sync.0) {
             (Some((r_ext, r_ntp)), Some(k)) => r_ntp + self.ms_since(ext, r_ext) - k,
             _ => a_ms + self.ms_since(ext, a_ext),
-        };
-        let mut out = ms.round() as i64;
-        if let Some(last) = self.last_out {
-            out = out.max(last);
-        }
-        self.last_out = Some(out);
-        out
+        })
     }
 
     pub fn has_report(&self) -> bool {
@@ -119,12 +134,30 @@ mod tests {
     }
 
     #[test]
+    fn a_step_back_at_the_switch_never_repeats_a_timestamp() {
+        let mut sync = SyncOffset::default();
+        let mut audio = TrackClock::new(48_000);
+        let mut video = TrackClock::new(90_000);
+        // Audio reports first; video arrived 50 ms late (encode time), so its report moves it back 50 ms,
+        // more than a frame interval.
+        assert_eq!(audio.to_ms(0, 0.0, &sync), 0);
+        audio.sender_report(0, ntp(5000.0), &mut sync);
+        assert_eq!(video.to_ms(0, 50.0, &sync), 50);
+        assert_eq!(video.to_ms(3000, 83.0, &sync), 83);
+        video.sender_report(3000, ntp(5000.0 + 100.0 / 3.0), &mut sync);
+        let next: Vec<i64> = (2..6).map(|i| video.to_ms(3000 * i, 0.0, &sync)).collect();
+        assert_eq!(next, vec![84, 100, 133, 167], "squeezed 1 ms apart until the sender's clock catches up");
+    }
+
+    #[test]
     fn wraps_and_never_goes_backwards() {
         let sync = SyncOffset::default();
         let mut c = TrackClock::new(90_000);
         assert_eq!(c.to_ms(u32::MAX - 89, 0.0, &sync), 0);
         assert_eq!(c.to_ms(90 * 10 - 90, 0.0, &sync), 10);
-        // An older (reordered) timestamp does not take the timeline back.
-        assert_eq!(c.to_ms(u32::MAX - 89, 0.0, &sync), 10);
+        // An older (reordered) timestamp does not take the timeline back, nor stamp two frames alike.
+        assert_eq!(c.to_ms(u32::MAX - 89, 0.0, &sync), 11);
+        // Packets of one frame share its time.
+        assert_eq!(c.to_ms(u32::MAX - 89, 0.0, &sync), 11);
     }
 }

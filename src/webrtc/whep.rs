@@ -18,7 +18,7 @@ use rtc::rtp::packetizer::Payloader;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use tokio::sync::watch;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
-use webrtc::media_stream::track_local::TrackLocal;
+use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::peer_connection::{PeerConnection, RTCPeerConnectionState};
 use webrtc::rtp_transceiver::RtpSender;
 
@@ -123,6 +123,17 @@ impl Whep {
         };
         let id = format!("{:016x}", rand::random::<u64>());
         self.sessions.lock().insert(id.clone(), Session { pc: pc.clone(), key: key.clone() });
+        // PLI/FIR from the viewer: the stream's publisher makes a keyframe if it can (a transcoder's encoder,
+        // a WHIP browser); a passthrough RTMP source cannot, and the viewer waits for the next GOP.
+        let (kf_track, kf_stream) = (track.clone(), reader.stream().clone());
+        tokio::spawn(async move {
+            while let Some(ev) = kf_track.poll().await {
+                if let TrackLocalEvent::OnRtcpPacket(_) = ev {
+                    tracing::debug!(stream = %kf_stream.key, "keyframe requested by a WebRTC viewer");
+                    kf_stream.request_keyframe();
+                }
+            }
+        });
         let this = self.clone();
         let sid = id.clone();
         let connect_timeout = Duration::from_secs_f64(self.cfg.connect_timeout_secs);

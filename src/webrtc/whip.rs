@@ -253,6 +253,7 @@ impl Whip {
             Err(e) => return format!("cannot start a transcoder: {e}"),
         };
         let mut tick = tokio::time::interval(Duration::from_millis(20));
+        let stream = ingest.publisher.stream().clone();
         let reason = loop {
             tokio::select! {
                 Some(track) = tracks.recv() => {
@@ -279,6 +280,7 @@ impl Whip {
                         break format!("peer connection {s:?}");
                     }
                 }
+                _ = stream.keyframe_requested() => ingest.keyframe_asked(Instant::now()),
                 _ = stop.changed() => break "deleted by the client".into(),
             }
         };
@@ -313,6 +315,7 @@ async fn read_track(track: Arc<dyn TrackRemote>, kind: RtpCodecKind, tx: mpsc::S
 struct Pipe {
     pipeline: gst::Pipeline,
     src: gst_app::AppSrc,
+    sink: gst_app::AppSink,
     /// The codec_data last published, to publish a new sequence header only when it changes.
     config: Option<Bytes>,
 }
@@ -334,7 +337,7 @@ impl Pipe {
             }
         });
         pipeline.set_state(gst::State::Playing).map_err(|e| TranscodeError::Gst(e.to_string()))?;
-        Ok(Self { pipeline, src, config: None })
+        Ok(Self { pipeline, src, sink, config: None })
     }
 
     fn push(&self, data: Bytes, ms: i64, delta: bool) {
@@ -384,6 +387,15 @@ struct Ingest {
     /// A frame was lost: drop until the next keyframe.
     need_key: bool,
     pending_loss: bool,
+    /// Extended RTP time of the first audio packet: the Opus→AAC transcoder's zero.
+    audio_ext0: Option<i64>,
+    last_aac_ms: Option<i64>,
+    /// First timestamp into the VP8→H.264 transcoder, and how far its output is shifted from its input.
+    vp8_in0: Option<i64>,
+    vp8_out_offset: Option<i64>,
+    /// AAC waiting for the (transcoded, later) video of the same instant, and the newest video published.
+    held_audio: std::collections::VecDeque<(Frame, i64)>,
+    last_video_ms: Option<i64>,
     last_key: Option<Instant>,
     last_pli: Option<Instant>,
     keyframe_interval: Duration,
@@ -431,6 +443,12 @@ impl Ingest {
             config_sent: false,
             need_key: true,
             pending_loss: false,
+            audio_ext0: None,
+            last_aac_ms: None,
+            vp8_in0: None,
+            vp8_out_offset: None,
+            held_audio: Default::default(),
+            last_video_ms: None,
             last_key: None,
             last_pli: None,
             keyframe_interval: Duration::from_secs_f64(whip.cfg.whip_keyframe_interval_secs),
@@ -515,6 +533,7 @@ impl Ingest {
                     self.last_key = Some(at);
                 }
                 let ms = self.video.clock.to_ms(f.rtp_ts, self.arrival_ms(at), &self.sync);
+                self.vp8_in0.get_or_insert(ms);
                 if let Some(pipe) = &self.vp8_pipe {
                     pipe.push(f.data, ms, !f.keyframe);
                 }
@@ -602,6 +621,8 @@ impl Ingest {
             return;
         }
         let ms = self.audio.clock.to_ms(p.header.timestamp, self.arrival_ms(at), &self.sync);
+        let ext = self.audio.clock.unwrap(p.header.timestamp);
+        let ext0 = *self.audio_ext0.get_or_insert(ext);
         if let Some(pubr) = self.opus_pub.as_mut() {
             let frame = Frame {
                 kind: MediaKind::Audio,
@@ -614,30 +635,76 @@ impl Ingest {
             };
             pubr.push_raw(frame, ms as u32, at);
         }
+        // The transcoder is stamped in the track's own RTP time, which is gapless (the sender-report
+        // correction would otherwise reach the encoder as a jump); its output is mapped back in on_transcoded.
         if let Some(pipe) = &self.aac_pipe {
-            pipe.push(p.payload, ms, false);
+            pipe.push(p.payload, (ext - ext0) / 48, false);
         }
     }
 
     /// AAC from the Opus transcoder, or H.264 from the VP8 one.
     fn on_transcoded(&mut self, kind: MediaKind, (data, pts, dts, key, codec_data): Out) {
         let now = Instant::now();
-        let (pipe, codec) = match kind {
-            MediaKind::Audio => (self.aac_pipe.as_mut(), Codec::Aac),
-            _ => (self.vp8_pipe.as_mut(), Codec::H264),
+        let cts = (pts - dts) as i32;
+        let (ts, codec) = match kind {
+            MediaKind::Audio => {
+                let Some(ext0) = self.audio_ext0 else { return };
+                let Some(ms) = self.audio.clock.map_ext(ext0 + dts * 48, &self.sync) else { return };
+                // AAC frames are 21.3 ms apart; a backward step of the mapping must not repeat or reverse one.
+                let ms = (ms.round() as i64).max(self.last_aac_ms.map_or(i64::MIN, |l| l + 1));
+                (ms, Codec::Aac)
+            }
+            _ => {
+                // GstVideoEncoder shifts its output by an arbitrary constant (1000 hours, to keep DTS positive):
+                // measure it on the first frame out, which is the first frame in.
+                let Some(in0) = self.vp8_in0 else { return };
+                let off = *self.vp8_out_offset.get_or_insert(dts - in0);
+                (dts - off, Codec::H264)
+            }
+        };
+        let pipe = match kind {
+            MediaKind::Audio => self.aac_pipe.as_mut(),
+            _ => self.vp8_pipe.as_mut(),
         };
         let Some(pipe) = pipe else { return };
         if let Some(cd) = codec_data.filter(|cd| pipe.config.as_ref() != Some(cd)) {
             let cfg = Frame { kind, codec, dts: 0, cts: 0, keyframe: false, config: true, payload: cd.clone() };
-            self.publisher.push_raw(cfg, dts as u32, now);
+            self.publisher.push_raw(cfg, ts as u32, now);
             pipe.config = Some(cd);
         }
         if pipe.config.is_none() {
             return;
         }
         let keyframe = kind == MediaKind::Video && key;
-        let frame = Frame { kind, codec, dts: 0, cts: (pts - dts) as i32, keyframe, config: false, payload: data };
-        self.publisher.push_raw(frame, dts as u32, now);
+        let frame = Frame { kind, codec, dts: 0, cts, keyframe, config: false, payload: data };
+        if kind == MediaKind::Audio {
+            self.last_aac_ms = Some(ts);
+            if self.vp8_pipe.is_some() {
+                // The VP8→H.264 transcode delays video by ~100 ms more than audio: hold audio back so the
+                // stream stays in timestamp order, and a player joining at a keyframe gets the audio of
+                // that instant right after it.
+                self.held_audio.push_back((frame, ts));
+                self.release_audio(now, false);
+                return;
+            }
+        }
+        self.publisher.push_raw(frame, ts as u32, now);
+        if kind == MediaKind::Video {
+            self.last_video_ms = Some(ts);
+            self.release_audio(now, false);
+        }
+    }
+
+    /// Publishes held audio up to the newest video, or all of it when video stalls (half a second behind).
+    fn release_audio(&mut self, now: Instant, all: bool) {
+        while let Some((_, ts)) = self.held_audio.front() {
+            let behind = self.held_audio.back().map_or(0, |(_, last)| last - ts);
+            if !(all || behind > 500 || self.last_video_ms.is_some_and(|v| *ts <= v)) {
+                break;
+            }
+            let (frame, ts) = self.held_audio.pop_front().expect("front exists");
+            self.publisher.push_raw(frame, ts as u32, now);
+        }
     }
 
     fn on_tick(&mut self, now: Instant) {
@@ -661,6 +728,24 @@ impl Ingest {
         }
     }
 
+    /// A reader asked (a WebRTC viewer's PLI, a player with nothing to start on): pass it on, at most every
+    /// 500 ms however many viewers ask — to the browser for H.264 passthrough, to the H.264 encoder on the
+    /// VP8 path (whose keyframes are its own, not the browser's).
+    fn keyframe_asked(&mut self, now: Instant) {
+        let since = self.last_pli.map_or(Duration::MAX, |t| now.saturating_duration_since(t));
+        if since < Duration::from_millis(500) {
+            return;
+        }
+        tracing::debug!("a reader asked for a keyframe");
+        match &self.vp8_pipe {
+            Some(pipe) => {
+                crate::transcode::force_keyframe(&pipe.sink);
+                self.last_pli = Some(now);
+            }
+            None => self.request_keyframe(now),
+        }
+    }
+
     fn request_keyframe(&mut self, now: Instant) {
         let (Some(track), Some(ssrc)) = (self.video_track.clone(), self.video_ssrc) else { return };
         self.last_pli = Some(now);
@@ -673,6 +758,7 @@ impl Ingest {
     }
 
     fn stop(&mut self) {
+        self.release_audio(Instant::now(), true);
         tracing::info!(
             video_lost_packets = self.video.reorder.lost,
             audio_lost_packets = self.audio.reorder.lost,

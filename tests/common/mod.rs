@@ -14,8 +14,16 @@ use livegate::media::amf0::Amf0Value;
 use livegate::media::flv::{FlvParser, Tag};
 use livegate::rtmp::{chunk, handshake, message};
 
+/// A port that was free just now, below Linux's ephemeral range (32768+): a port the kernel handed out with
+/// bind(0) is soon reused as the source port of some client connection, and the server that wanted it
+/// then fails with "Address already in use".
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    loop {
+        let p = rand::random::<u16>() % 12_000 + 10_000;
+        if TcpListener::bind(("127.0.0.1", p)).is_ok() && std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
 }
 
 /// A livegate process with its own config, on free loopback ports; killed on drop.
@@ -54,6 +62,18 @@ pub mod tempdir {
 impl Server {
     /// Starts livegate with the default config plus `extra` TOML (tables merge key by key).
     pub fn start(extra: &str) -> Server {
+        // Another test may take a port between our check and livegate's bind: try again on fresh ports.
+        for _ in 0..4 {
+            match Self::try_start(extra) {
+                Ok(s) => return s,
+                Err(log) if log.contains("Address already in use") => continue,
+                Err(log) => panic!("livegate did not come up:\n{log}"),
+            }
+        }
+        panic!("livegate found no free ports");
+    }
+
+    fn try_start(extra: &str) -> Result<Server, String> {
         let dir = tempdir::TempDir::new("srv");
         let rtmp_port = free_port();
         let http_port = free_port();
@@ -75,13 +95,15 @@ impl Server {
             .stderr(Stdio::from(std::fs::File::options().append(true).open(&log).unwrap()))
             .spawn()
             .expect("spawn livegate");
-        let s = Server { child, rtmp_port, http_port, dir, log };
+        let mut s = Server { child, rtmp_port, http_port, dir, log };
         let deadline = Instant::now() + Duration::from_secs(20);
         while http_get(s.http_port, "/healthz").map(|r| r.status) != Some(200) {
-            assert!(Instant::now() < deadline, "livegate did not come up:\n{}", s.log_text());
+            if Instant::now() > deadline || !s.is_running() {
+                return Err(s.log_text());
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
-        s
+        Ok(s)
     }
 
     pub fn rtmp_url(&self, stream: &str) -> String {

@@ -3,7 +3,8 @@
 # Idempotent and fast (< 2 s) when everything is present: `make test` / `make run` call it every time.
 #
 # Environment:
-#   LIVEGATE_SETUP_PROFILE=full   (default) build + test tools: ffmpeg, GStreamer, Chromium, Node, npm deps
+#   LIVEGATE_SETUP_PROFILE=full   (default) build + test tools: ffmpeg, GStreamer, Chromium, Node, npm deps,
+#                                 aiortc (PyPI) in the project-local virtualenv tests/aiortc/.venv
 #   LIVEGATE_SETUP_PROFILE=build  only what `cargo build` needs (used by the Dockerfile build stage)
 set -euo pipefail
 
@@ -29,7 +30,7 @@ if [ "$PROFILE" = full ]; then
   PKGS+=(ffmpeg
          gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
          gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-nice
-         chromium fonts-dejavu-core python3)
+         chromium fonts-dejavu-core python3 python3-venv)
   # Node: Debian's nodejs + npm only if there is no node at all (a NodeSource node ships its own npm).
   if ! command -v node >/dev/null 2>&1; then
     PKGS+=(nodejs npm)
@@ -80,6 +81,23 @@ if [ "$PROFILE" = full ]; then
       (cd "$BDIR" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
       touch "$stamp"
     fi
+  fi
+fi
+
+# ---------------------------------------------------------------- aiortc for the non-browser WebRTC tests
+# Debian's python3 is "externally managed" (PEP 668): aiortc goes into a virtualenv of the project's own,
+# made with Debian's /usr/bin/python3 (not whatever python3 comes first on PATH). The stamp is a copy of the
+# requirements it was installed from: a changed requirements.txt reinstalls, an unchanged one costs a cmp.
+if [ "$PROFILE" = full ]; then
+  ADIR="$ROOT/tests/aiortc"
+  VENV="$ADIR/.venv"
+  stamp="$VENV/.requirements.installed"
+  if [ ! -x "$VENV/bin/python" ] || ! cmp -s "$ADIR/requirements.txt" "$stamp"; then
+    log "installing aiortc into tests/aiortc/.venv"
+    [ -x "$VENV/bin/python" ] || /usr/bin/python3 -m venv "$VENV"
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-input -r "$ADIR/requirements.txt"
+    "$VENV/bin/python" -c 'import aiortc, av, numpy' || die "aiortc does not import in $VENV"
+    cp "$ADIR/requirements.txt" "$stamp"
   fi
 fi
 

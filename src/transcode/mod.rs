@@ -335,9 +335,17 @@ pub(crate) fn sink_to_channel(sink: &gst_app::AppSink, tx: tokio::sync::mpsc::Un
                     .and_then(|c| c.structure(0))
                     .and_then(|st| st.get::<gst::Buffer>("codec_data").ok())
                     .and_then(|b| b.map_readable().ok().map(|m| Bytes::copy_from_slice(m.as_slice())));
+                // Running time, not raw buffer time: x264enc (GstVideoEncoder's min-pts) shifts its output
+                // buffers and segment by 1000 hours so that a DTS can never be negative. Raw, that put a WHIP
+                // VP8 stream's H.264 1000 h away from its AAC. Segments here are live, forward, rate 1.0, so
+                // running time = buffer time - segment start + segment base.
+                let shift = sample.segment().and_then(|seg| seg.downcast_ref::<gst::ClockTime>()).map_or(0, |seg| {
+                    let ms = |t: Option<gst::ClockTime>| t.map_or(0, |t| t.mseconds() as i64);
+                    ms(seg.start()) - ms(seg.base())
+                });
                 if let Some(buf) = sample.buffer() {
-                    let pts = buf.pts().map(|t| t.mseconds() as i64).unwrap_or(0);
-                    let dts = buf.dts().map(|t| t.mseconds() as i64).unwrap_or(pts);
+                    let pts = buf.pts().map(|t| t.mseconds() as i64 - shift).unwrap_or(0);
+                    let dts = buf.dts().map(|t| t.mseconds() as i64 - shift).unwrap_or(pts);
                     let key = !buf.flags().contains(gst::BufferFlags::DELTA_UNIT);
                     if let Ok(map) = buf.map_readable() {
                         let _ = tx.send((Bytes::copy_from_slice(map.as_slice()), pts, dts, key, codec_data));

@@ -120,6 +120,14 @@ impl WebrtcConfig {
 
 const MTU: usize = 1200;
 
+/// How long a connected peer may send no STUN before ICE calls it Disconnected (sessions end then).
+/// An ICE-lite server never sends checks, and webrtc-rs 0.21 counts only inbound STUN as a sign of life
+/// (DTLS/SRTP from the peer does not refresh it), so this must outlast the client's consent checks.
+/// Chrome pings a stable pair every 2.5 s, but RFC 7675 clients (aiortc/aioice, libnice) check every
+/// 5 s randomized to 4–6 s, and do not retransmit a lost check: 5 s here dropped aiortc sessions within
+/// seconds of connecting. 13 s outlasts one lost check at the longest interval (2 × 6 s) plus a second.
+const ICE_DISCONNECTED_TIMEOUT: Duration = Duration::from_secs(13);
+
 fn opus_codec() -> RTCRtpCodec {
     RTCRtpCodec {
         mime_type: "audio/opus".into(),
@@ -297,7 +305,7 @@ impl PeerFactory {
                 .with_lite(true)
                 .with_multicast_dns_mode(MulticastDnsMode::Disabled)
                 .with_network_types(vec![NetworkType::Udp4, NetworkType::Udp6])
-                .with_ice_timeouts(Some(Duration::from_secs(5)), Some(Duration::from_secs(10)), None)
+                .with_ice_timeouts(Some(ICE_DISCONNECTED_TIMEOUT), Some(Duration::from_secs(10)), None)
                 .build();
             let r = PeerConnectionBuilder::new()
                 .with_configuration(RTCConfigurationBuilder::new().build())

@@ -6,11 +6,24 @@
 //! from then on it follows the sender's clock. The first report fixes the offset between the sender's clock
 //! and the output timeline, so the switch does not move the track that reported first, and the other
 //! track moves by exactly its arrival-time error when its own report comes.
+//!
+//! Not every sender's reports are exact. aiortc pairs the NTP time at which it *sent* its last packet with
+//! that packet's RTP (capture) time, so each report is late by a varying encode/send delay (tens of ms, more
+//! when its event loop stalls). Since that error only ever makes a report late, a track follows the report
+//! of its recent ones that puts it earliest (the lower envelope).
+//!
+//! A track never moves back: frames already sent would overlap the next ones (clamped, several frames got
+//! one timestamp, which FLV readers reject). When a report would move a track back, the shared offset moves
+//! instead, so that track stays put and the tracks already on the sender's clock jump ahead by as much: a
+//! gap, which players take, and A/V stay in sync.
 
 /// Converts a 64-bit NTP timestamp (RFC 3550 §4) to milliseconds.
 pub fn ntp_to_ms(ntp: u64) -> f64 {
     (ntp >> 32) as f64 * 1000.0 + (ntp & 0xFFFF_FFFF) as f64 * 1000.0 / 4_294_967_296.0
 }
+
+/// How many recent sender reports a track picks its mapping from (about 5–40 s of them).
+const REPORT_WINDOW: usize = 8;
 
 /// Shared by a session's tracks: sender wall clock (ms) minus output timeline (ms), once known.
 #[derive(Debug, Default, Clone, Copy)]
@@ -22,15 +35,23 @@ pub struct TrackClock {
     unwrap_last: Option<(u32, i64)>,
     /// (extended RTP time, timeline ms) of the first packet.
     arrival_anchor: Option<(i64, f64)>,
-    /// (extended RTP time, sender NTP ms) of the latest sender report.
+    /// (extended RTP time, sender NTP ms) of the report the track follows: the earliest-mapping of `recent`.
     report: Option<(i64, f64)>,
-    /// (extended RTP time, ms) of the last frame stamped.
+    recent: std::collections::VecDeque<(i64, f64)>,
+    /// (newest extended RTP time, its timeline ms) handed out.
     last_out: Option<(i64, i64)>,
 }
 
 impl TrackClock {
     pub fn new(clock_rate: u32) -> Self {
-        Self { rate: clock_rate as f64, unwrap_last: None, arrival_anchor: None, report: None, last_out: None }
+        Self {
+            rate: clock_rate as f64,
+            unwrap_last: None,
+            arrival_anchor: None,
+            report: None,
+            recent: Default::default(),
+            last_out: None,
+        }
     }
 
     /// Extends a 32-bit RTP timestamp to 64 bits (near the newest seen).
@@ -49,34 +70,38 @@ impl TrackClock {
         (ext - anchor) as f64 * 1000.0 / self.rate
     }
 
-    /// Timeline milliseconds of a frame with RTP time `ts` that arrived at `arrival_ms` on the timeline.
-    /// Strictly increasing per frame (a new RTP time): when a track switches from arrival to sender-report
-    /// timing it may step back by its arrival-time error (video arrives an encode later than its audio), and
-    /// players and muxers refuse equal or falling timestamps, so such frames are squeezed 1 ms apart until the
-    /// timeline catches up.
+    /// Timeline milliseconds of a packet with RTP time `ts` that arrived at `arrival_ms` on the timeline.
+    /// Never goes backwards for a track, and a later RTP time always gets a later millisecond.
     pub fn to_ms(&mut self, ts: u32, arrival_ms: f64, sync: &SyncOffset) -> i64 {
         let ext = self.unwrap(ts);
         self.arrival_anchor.get_or_insert((ext, arrival_ms));
-        let ms = self.map_ext(ext, sync).unwrap_or(arrival_ms);
-        let mut out = ms.round() as i64;
-        if let Some((last_ext, last)) = self.last_out {
-            out = match ext == last_ext {
-                true => last,
-                false => out.max(last + 1),
-            };
+        let mut out = self.map(ext, sync.0).unwrap_or(arrival_ms).round() as i64;
+        match self.last_out {
+            // A later packet gets a later millisecond.
+            Some((last_ext, last)) if ext > last_ext => {
+                out = out.max(last + 1);
+                self.last_out = Some((ext, out));
+            }
+            // The same frame's other packets, or an older (reordered) packet: never back in time.
+            Some((_, last)) => out = out.max(last),
+            None => self.last_out = Some((ext, out)),
         }
-        self.last_out = Some((ext, out));
         out
     }
 
-    /// Timeline milliseconds (unrounded, unclamped) of an extended RTP time, once the track has a packet.
-    /// For media that went through a transcoder stamped in RTP time: its output is mapped back here.
+    /// Timeline ms of extended RTP time `ext` by the current mapping (sender's clock once reported).
+    fn map(&self, ext: i64, k: Option<f64>) -> Option<f64> {
+        match (self.report, k, self.arrival_anchor) {
+            (Some((r_ext, r_ntp)), Some(k), _) => Some(r_ntp + self.ms_since(ext, r_ext) - k),
+            (_, _, Some((a_ext, a_ms))) => Some(a_ms + self.ms_since(ext, a_ext)),
+            _ => None,
+        }
+    }
+
+    /// Timeline milliseconds (unrounded, unclamped) of an extended RTP time by the current mapping, once the
+    /// track has a packet. For media stamped in RTP time through a transcoder: its output is mapped back here.
     pub fn map_ext(&self, ext: i64, sync: &SyncOffset) -> Option<f64> {
-        let (a_ext, a_ms) = self.arrival_anchor?;
-        Some(match (self.report, sync.0) {
-            (Some((r_ext, r_ntp)), Some(k)) => r_ntp + self.ms_since(ext, r_ext) - k,
-            _ => a_ms + self.ms_since(ext, a_ext),
-        })
+        self.map(ext, sync.0)
     }
 
     pub fn has_report(&self) -> bool {
@@ -95,7 +120,21 @@ impl TrackClock {
             }
         }
         if sync.0.is_some() {
-            self.report = Some((ext, ntp_ms));
+            // A report is never early, only late by the sender's delay: follow the one of the last few that
+            // maps the track earliest (ntp − rtp smallest). A window, so that clock drift is still followed.
+            self.recent.push_back((ext, ntp_ms));
+            if self.recent.len() > REPORT_WINDOW {
+                self.recent.pop_front();
+            }
+            let offset = |&(e, n): &(i64, f64)| n - e as f64 * 1000.0 / self.rate;
+            let before = self.last_out.and_then(|(e, _)| Some((e, self.map(e, sync.0)?)));
+            self.report = self.recent.iter().copied().min_by(|a, b| offset(a).total_cmp(&offset(b)));
+            if let (Some((e, before)), Some(k)) = (before, sync.0) {
+                let back = before - self.map(e, Some(k)).unwrap_or(before);
+                if back > 0.0 {
+                    sync.0 = Some(k - back);
+                }
+            }
         }
     }
 }
@@ -127,26 +166,12 @@ mod tests {
         // Video report: RTP 5000 + 90*1000 at sender 1_001_000.
         video.sender_report(5000 + 90_000, ntp(1_001_000.0), &mut sync);
         assert_eq!(video.to_ms(5000 + 90_000, 1100.0, &sync), 1100, "the first reporter does not move");
-        // Audio report: RTP 777 + 48*1000 at sender 1_001_000: audio now lines up with video.
+        // Audio report: RTP 777 + 48*1000 at sender 1_001_000: audio lines up with video. Audio would move
+        // 40 ms back, so video moves 40 ms ahead instead.
+        assert_eq!(audio.to_ms(777 + 48_000, 1140.0, &sync), 1140);
         audio.sender_report(777 + 48_000, ntp(1_001_000.0), &mut sync);
-        assert_eq!(audio.to_ms(777 + 48_000 + 960, 1200.0, &sync), 1120);
-        assert_eq!(video.to_ms(5000 + 90_000 + 1800, 1200.0, &sync), 1120);
-    }
-
-    #[test]
-    fn a_step_back_at_the_switch_never_repeats_a_timestamp() {
-        let mut sync = SyncOffset::default();
-        let mut audio = TrackClock::new(48_000);
-        let mut video = TrackClock::new(90_000);
-        // Audio reports first; video arrived 50 ms late (encode time), so its report moves it back 50 ms,
-        // more than a frame interval.
-        assert_eq!(audio.to_ms(0, 0.0, &sync), 0);
-        audio.sender_report(0, ntp(5000.0), &mut sync);
-        assert_eq!(video.to_ms(0, 50.0, &sync), 50);
-        assert_eq!(video.to_ms(3000, 83.0, &sync), 83);
-        video.sender_report(3000, ntp(5000.0 + 100.0 / 3.0), &mut sync);
-        let next: Vec<i64> = (2..6).map(|i| video.to_ms(3000 * i, 0.0, &sync)).collect();
-        assert_eq!(next, vec![84, 100, 133, 167], "squeezed 1 ms apart until the sender's clock catches up");
+        assert_eq!(audio.to_ms(777 + 48_000 + 960, 1200.0, &sync), 1160);
+        assert_eq!(video.to_ms(5000 + 90_000 + 1800, 1200.0, &sync), 1160);
     }
 
     #[test]
@@ -155,9 +180,41 @@ mod tests {
         let mut c = TrackClock::new(90_000);
         assert_eq!(c.to_ms(u32::MAX - 89, 0.0, &sync), 0);
         assert_eq!(c.to_ms(90 * 10 - 90, 0.0, &sync), 10);
-        // An older (reordered) timestamp does not take the timeline back, nor stamp two frames alike.
-        assert_eq!(c.to_ms(u32::MAX - 89, 0.0, &sync), 11);
-        // Packets of one frame share its time.
-        assert_eq!(c.to_ms(u32::MAX - 89, 0.0, &sync), 11);
+        // An older (reordered) timestamp does not take the timeline back.
+        assert_eq!(c.to_ms(u32::MAX - 89, 0.0, &sync), 10);
+    }
+
+    #[test]
+    fn a_report_that_moves_a_track_back_keeps_its_frames_apart() {
+        let mut sync = SyncOffset::default();
+        let mut audio = TrackClock::new(48_000);
+        let mut video = TrackClock::new(90_000);
+        // Audio arrives on time and reports first; video's first frame arrived 70 ms late (slow first encode).
+        assert_eq!(audio.to_ms(0, 0.0, &sync), 0);
+        audio.sender_report(0, ntp(1_000_000.0), &mut sync);
+        let f = |n: u32| n * 3000; // 30 fps at 90 kHz
+        assert_eq!(video.to_ms(f(0), 70.0, &sync), 70);
+        assert_eq!(video.to_ms(f(1), 103.0, &sync), 103);
+        assert_eq!(video.to_ms(f(1), 103.0, &sync), 103, "another packet of the same frame");
+        // Video's report: frame 0 was captured at sender time 1_000_000, so the track belongs 70 ms earlier.
+        video.sender_report(f(0), ntp(1_000_000.0), &mut sync);
+        // Video stays where it was; audio, already on the sender's clock, moves 70 ms ahead to match.
+        let next: Vec<i64> = (2..5).map(|n| video.to_ms(f(n), 0.0, &sync)).collect();
+        assert_eq!(next, vec![137, 170, 203]);
+        assert_eq!(audio.to_ms(48_000, 0.0, &sync), 1070);
+    }
+
+    #[test]
+    fn late_reports_do_not_move_a_track() {
+        let mut sync = SyncOffset::default();
+        let mut audio = TrackClock::new(48_000);
+        assert_eq!(audio.to_ms(0, 0.0, &sync), 0);
+        audio.sender_report(0, ntp(1_000_000.0), &mut sync);
+        // Each second a report, late by the sender's send delay (up to 200 ms): the track keeps its timing.
+        for (i, late) in [15.0, 200.0, 5.0, 60.0].into_iter().enumerate() {
+            let n = i as u32 + 1;
+            audio.sender_report(n * 48_000, ntp(1_000_000.0 + n as f64 * 1000.0 + late), &mut sync);
+            assert_eq!(audio.to_ms(n * 48_000 + 960, 0.0, &sync), n as i64 * 1000 + 20, "report {n}");
+        }
     }
 }

@@ -390,9 +390,6 @@ struct Ingest {
     /// Extended RTP time of the first audio packet: the Opus→AAC transcoder's zero.
     audio_ext0: Option<i64>,
     last_aac_ms: Option<i64>,
-    /// First timestamp into the VP8→H.264 transcoder, and how far its output is shifted from its input.
-    vp8_in0: Option<i64>,
-    vp8_out_offset: Option<i64>,
     /// AAC waiting for the (transcoded, later) video of the same instant, and the newest video published.
     held_audio: std::collections::VecDeque<(Frame, i64)>,
     last_video_ms: Option<i64>,
@@ -445,8 +442,6 @@ impl Ingest {
             pending_loss: false,
             audio_ext0: None,
             last_aac_ms: None,
-            vp8_in0: None,
-            vp8_out_offset: None,
             held_audio: Default::default(),
             last_video_ms: None,
             last_key: None,
@@ -533,7 +528,6 @@ impl Ingest {
                     self.last_key = Some(at);
                 }
                 let ms = self.video.clock.to_ms(f.rtp_ts, self.arrival_ms(at), &self.sync);
-                self.vp8_in0.get_or_insert(ms);
                 if let Some(pipe) = &self.vp8_pipe {
                     pipe.push(f.data, ms, !f.keyframe);
                 }
@@ -654,13 +648,8 @@ impl Ingest {
                 let ms = (ms.round() as i64).max(self.last_aac_ms.map_or(i64::MIN, |l| l + 1));
                 (ms, Codec::Aac)
             }
-            _ => {
-                // GstVideoEncoder shifts its output by an arbitrary constant (1000 hours, to keep DTS positive):
-                // measure it on the first frame out, which is the first frame in.
-                let Some(in0) = self.vp8_in0 else { return };
-                let off = *self.vp8_out_offset.get_or_insert(dts - in0);
-                (dts - off, Codec::H264)
-            }
+            // In the input's time: sink_to_channel hands out running time.
+            _ => (dts, Codec::H264),
         };
         let pipe = match kind {
             MediaKind::Audio => self.aac_pipe.as_mut(),

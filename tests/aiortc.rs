@@ -1,0 +1,171 @@
+//! aiortc (Python WebRTC, from PyPI) as a second, non-browser WHEP/WHIP client. Its SDP, ICE and RTCP differ
+//! from Chromium's: other payload types (Opus 96, H.264 99/101), two H.264 profiles offered, and RFC 7675
+//! consent checks every 4–6 s as its only STUN once connected (the clients pin that to the slowest, 6 s).
+//! The scripts are in `tests/aiortc/`; `scripts/setup.sh` installs aiortc into `tests/aiortc/.venv`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use common::*;
+
+const WEBRTC: &str = "[webrtc]\nudp_port_min = 0\nudp_port_max = 0\n";
+
+/// One aiortc test at a time: each one encodes or decodes real-time video on a 2-core machine.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `tests/aiortc/.venv/bin/python <script> args…`, ready to run.
+fn aiortc(script: &str, args: &[&str]) -> Command {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/aiortc");
+    let python = dir.join(".venv/bin/python");
+    assert!(python.exists(), "{} is missing: run scripts/setup.sh (it installs aiortc)", python.display());
+    let mut c = Command::new("timeout");
+    c.arg("90").arg(python).arg(dir.join(script)).args(args);
+    c
+}
+
+/// The last JSON line a script printed.
+fn last_json(stdout: &str) -> serde_json::Value {
+    let line = stdout.lines().rev().find(|l| l.starts_with('{')).unwrap_or_else(|| panic!("no JSON in {stdout:?}"));
+    serde_json::from_str(line).unwrap()
+}
+
+#[test]
+fn aiortc_plays_an_rtmp_stream_over_whep_and_decodes_video_and_audio() {
+    let _g = serial();
+    let srv = Server::start(WEBRTC);
+    let _pub = push(&media("360p"), &srv.rtmp_url("aw"));
+    srv.wait_live("aw");
+    let url = format!("http://127.0.0.1:{}/whep/live/aw", srv.http_port);
+    // 8 s of decoding: longer than the 6 s between two of the client's consent checks.
+    let out = aiortc("whep_play.py", &[&url, "8"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "whep_play.py failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let j = last_json(&stdout);
+    assert_eq!(j["status"], 201, "{j}");
+    assert_eq!(j["offerCandidates"][0], "127.0.0.1", "the offer carries a loopback host candidate: {j}");
+    assert_eq!(j["videoCodec"], "H264", "{j}");
+    assert_eq!((j["width"].as_u64(), j["height"].as_u64()), (Some(640), Some(360)), "{j}");
+    // Decoded frames keep rising at about the source's 30 fps.
+    assert!(j["fps"].as_f64().unwrap() >= 20.0, "{j}");
+    // The publisher's AAC arrives as Opus (the shared transcoder), decodes, and is a tone, not silence.
+    assert!(j["audioFrames"].as_u64().unwrap() > 200, "{j}");
+    assert!(j["audioRms"].as_f64().unwrap() > 0.01, "audio is silent: {j}");
+    // Still connected after the window (ICE liveness from consent checks alone), and DELETE ends it.
+    assert_eq!(j["connection"], "connected", "{j}");
+    assert!(j["location"].as_str().unwrap().contains("/whep/session/"), "{j}");
+    assert_eq!(j["deleteStatus"], 200, "{j}");
+    let log = srv.log_text();
+    assert!(log.contains("whep session deleted by the client"), "{log}");
+    assert!(!log.contains("reason=peer connection Disconnected"), "{log}");
+}
+
+/// Records `secs` of each URL to an FLV file with ffmpeg (stream copy), all at once.
+fn capture_all(srv: &Server, urls: &[(&str, String)], secs: u32) -> Vec<PathBuf> {
+    let children: Vec<_> = urls
+        .iter()
+        .map(|(name, url)| {
+            let out = srv.dir.path().join(format!("{name}.flv"));
+            let child = Command::new("timeout")
+                .arg("40")
+                .arg("ffmpeg")
+                .args(["-v", "error", "-y", "-i", url, "-t", &secs.to_string(), "-map", "0", "-c", "copy"])
+                .arg(&out)
+                .stdin(Stdio::null())
+                .spawn()
+                .unwrap();
+            (url, out, child)
+        })
+        .collect();
+    children
+        .into_iter()
+        .map(|(url, out, mut child)| {
+            assert!(child.wait().unwrap().success(), "ffmpeg could not read {url}");
+            out
+        })
+        .collect()
+}
+
+fn probe_json(file: &Path, entries: &str) -> serde_json::Value {
+    let o = ffprobe(file.to_str().unwrap(), &["-show_entries", entries, "-of", "json"]);
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+fn whip_case(codec: &str) {
+    let _g = serial();
+    let srv = Server::start(WEBRTC);
+    let stream = format!("aiortc-{codec}");
+    let url = format!("http://127.0.0.1:{}/whip/live/{stream}", srv.http_port);
+    let mut client = Proc::spawn_capture(&mut aiortc("whip_publish.py", &[&url, "11", codec]));
+    assert!(
+        wait_until(Duration::from_secs(20), || client.stdout().contains("\"event\":\"connected\"")),
+        "aiortc did not connect over WHIP: {}\n{}",
+        client.stdout(),
+        client.stderr()
+    );
+    let info = srv.wait_live(&stream);
+    assert_eq!(info["publisher"]["protocol"], "whip", "{info}");
+    assert!(srv.stream_json(&format!("{stream}@opus")).is_some(), "aiortc's Opus is published as a rendition");
+    // HTTP-FLV and RTMP readers, at once, get H.264 + AAC that decode for 6 s, audio and video in step.
+    let files = capture_all(&srv, &[("flv", srv.flv_url(&stream)), ("rtmp", srv.rtmp_url(&stream))], 6);
+    for file in &files {
+        let j = probe_json(file, "stream=codec_name,width,height,start_time:format=duration");
+        let streams = j["streams"].as_array().cloned().unwrap_or_default();
+        let find = |c: &str| streams.iter().find(|s| s["codec_name"] == c).cloned();
+        let (Some(v), Some(a)) = (find("h264"), find("aac")) else {
+            panic!("no H.264 + AAC in {}: {j}", file.display())
+        };
+        assert_eq!((v["width"].as_u64(), v["height"].as_u64()), (Some(640), Some(360)), "{v}");
+        let dec =
+            Command::new("ffmpeg").args(["-v", "error", "-i"]).arg(file).args(["-f", "null", "-"]).output().unwrap();
+        assert!(
+            dec.status.success() && dec.stderr.is_empty(),
+            "decode errors in {}: {}",
+            file.display(),
+            String::from_utf8_lossy(&dec.stderr)
+        );
+        let start = |s: &serde_json::Value| s["start_time"].as_str().unwrap().parse::<f64>().unwrap();
+        let skew = (start(&v) - start(&a)).abs();
+        assert!(skew <= 0.05, "A/V start times {skew:.3}s apart in {}: {j}", file.display());
+        let dur: f64 = j["format"]["duration"].as_str().unwrap().parse().unwrap();
+        assert!(dur >= 5.0, "{dur}s read from {}", file.display());
+        let frames = ffprobe(
+            file.to_str().unwrap(),
+            &["-select_streams", "v", "-count_frames", "-show_entries", "stream=nb_read_frames", "-of", "csv=p=0"],
+        );
+        let n: u64 = String::from_utf8_lossy(&frames.stdout).trim().parse().unwrap();
+        assert!(n as f64 >= dur * 20.0, "{n} video frames in {dur}s from {}", file.display());
+    }
+    let st = client.wait(Duration::from_secs(40));
+    let j = last_json(&client.stdout());
+    assert!(st.is_some_and(|s| s.success()), "whip_publish.py failed: {j}\n{}", client.stderr());
+    assert_eq!(j["status"], 201, "{j}");
+    assert_eq!(j["videoCodec"].as_str().unwrap().to_ascii_lowercase(), codec, "{j}");
+    assert_eq!(j["connection"], "connected", "still connected after 11 s: {j}");
+    assert!(j["framesSent"].as_u64().unwrap() > 250, "{j}");
+    assert_eq!(j["deleteStatus"], 200, "DELETE ends the session: {j}");
+    let log = srv.log_text();
+    let path = if codec == "h264" { "video=Some(H264)" } else { "video=Some(Vp8)" };
+    assert!(log.contains(path), "expected {path} in the log");
+    assert!(log.contains("whip session deleted by the client"));
+    // A/V timing came from aiortc's RTCP sender reports on both tracks.
+    assert!(log.contains("first RTCP sender report: track timed by the sender's clock track=video"), "no video SR");
+    assert!(log.contains("first RTCP sender report: track timed by the sender's clock track=audio"), "no audio SR");
+}
+
+#[test]
+fn aiortc_publishes_h264_over_whip_and_ffmpeg_reads_flv_and_rtmp() {
+    whip_case("h264");
+}
+
+#[test]
+fn aiortc_publishes_vp8_over_whip_and_readers_get_h264() {
+    whip_case("vp8");
+}

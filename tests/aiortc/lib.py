@@ -1,0 +1,93 @@
+"""Shared pieces of the aiortc test clients: loopback-only ICE, WHIP/WHEP signalling, JSON output.
+
+Run with the project's virtualenv (`tests/aiortc/.venv/bin/python`, made by `scripts/setup.sh`).
+"""
+
+import json
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+
+import aioice.ice
+from aiortc import RTCConfiguration, RTCPeerConnection
+
+
+def _loopback_only(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+    return ["127.0.0.1"] if use_ipv4 else []
+
+
+# Tests talk to 127.0.0.1 only (TESTING.md), and livegate is ICE-lite and non-trickle: the offer must carry a
+# candidate the server can reach. aioice builds host candidates from `get_host_addresses()`, which lists the
+# machine's interfaces but deliberately skips 127.0.0.1 and ::1, and neither aiortc's RTCConfiguration nor
+# aioice's Connection has an option to add an address (libnice's `add-local-ip-address` has no aioice
+# counterpart). `Connection.gather_candidates` looks the function up in the `aioice.ice` module at call time,
+# so replacing it there makes the offer carry exactly one host candidate, 127.0.0.1, and nothing else.
+aioice.ice.get_host_addresses = _loopback_only
+
+
+class _SlowestConsent:
+    @staticmethod
+    def random() -> float:
+        return 1.0
+
+
+# Once connected, aioice sends RFC 7675 consent checks every 5 s randomized to 0.8-1.2x (4-6 s) and nothing
+# else: for an ICE-lite server they are the only sign of life. aioice draws that factor from `random.random()`
+# (its only use in `aioice.ice`); pinning it to 1.0 makes these clients check at the slowest interval RFC 7675
+# allows, every 6 s, so a server that gives up on a peer too early fails these tests every time, not by chance.
+aioice.ice.random = _SlowestConsent
+
+
+def peer_connection() -> RTCPeerConnection:
+    # No ICE servers: aiortc's default is a public STUN server, which a loopback-only test must never contact.
+    return RTCPeerConnection(RTCConfiguration(iceServers=[]))
+
+
+def post_sdp(url: str, sdp: str) -> tuple[int, str, str | None]:
+    """POSTs an offer; returns (status, body, Location made absolute)."""
+    req = urllib.request.Request(
+        url, data=sdp.encode(), method="POST", headers={"Content-Type": "application/sdp"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=15) as r:
+            loc = r.headers.get("Location")
+            return r.status, r.read().decode(), urllib.parse.urljoin(url, loc) if loc else None
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(errors="replace"), None
+
+
+def delete(url: str | None) -> int:
+    if not url:
+        return 0
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="DELETE"), timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except OSError:
+        return 0
+
+
+def sdp_video_codec(sdp: str) -> str | None:
+    """The first codec of the first video m-line of an SDP ("H264", "VP8", ...)."""
+    pts: list[str] = []
+    for line in sdp.splitlines():
+        if line.startswith("m=video"):
+            pts = line.split()[3:]
+        elif pts and line.startswith(f"a=rtpmap:{pts[0]} "):
+            return line.split()[1].split("/")[0]
+    return None
+
+
+def emit(obj: dict) -> None:
+    print(json.dumps(obj, separators=(",", ":")), flush=True)
+
+
+def host_candidates(sdp: str) -> list[str]:
+    return [l.split()[4] for l in sdp.splitlines() if l.startswith("a=candidate:")]
+
+
+def die_usage(text: str) -> None:
+    print(text, file=sys.stderr)
+    sys.exit(2)

@@ -1,0 +1,143 @@
+"""Publishes synthetic video + a sine tone over WHIP with aiortc (a sendonly, non-browser client).
+
+usage: whip_publish.py <whip-url> [seconds=10] [h264|vp8]
+
+Video: 640x360 at 30 fps, a moving test pattern drawn with numpy, offered as H.264 only or VP8 only (aiortc
+encodes H.264 with the libx264 that PyAV's wheels carry, constrained baseline, packetization-mode 1; VP8 with
+libvpx). Audio: a 440 Hz sine as Opus 48 kHz stereo. All ICE candidates are in the offer (livegate is
+non-trickle). Prints {"event":"connected"} as soon as the PeerConnection connects, publishes for `seconds`,
+DELETEs the session, and prints one final JSON line:
+  {ok, status, location, videoCodec, framesSent, audioFramesSent, videoPackets, audioPackets, deleteStatus, message}
+Exit 0 when it connected and published, 1 otherwise.
+"""
+
+import asyncio
+import fractions
+import sys
+import time
+
+import av
+import numpy as np
+
+from lib import delete, die_usage, emit, host_candidates, peer_connection, post_sdp, sdp_video_codec
+from aiortc import MediaStreamTrack, RTCRtpSender, RTCSessionDescription, VideoStreamTrack
+
+WIDTH, HEIGHT = 640, 360
+SAMPLE_RATE, SAMPLES = 48_000, 960  # 20 ms frames
+TONE_HZ = 440.0
+
+result: dict = {"ok": False}
+
+
+class PatternTrack(VideoStreamTrack):
+    """A moving luma ramp with a bright bar sweeping across, built straight in yuv420p (no RGB conversion)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        x = np.arange(WIDTH, dtype=np.uint16)
+        self._ramp = np.tile(((x * 255) // (WIDTH - 1)).astype(np.uint8), (HEIGHT, 1))
+        # yuv420p as one array: HEIGHT rows of Y, then the U and V planes (each HEIGHT/2 x WIDTH/2) packed
+        # into HEIGHT/4 rows of WIDTH each: a constant bluish tint.
+        self._chroma = np.full((HEIGHT // 2, WIDTH), 160, dtype=np.uint8)
+        self._chroma[: HEIGHT // 4] = 170
+        self.frames = 0
+
+    async def recv(self) -> av.VideoFrame:
+        pts, time_base = await self.next_timestamp()
+        n = self.frames
+        y = np.roll(self._ramp, n * 4, axis=1)
+        bar = (n * 8) % WIDTH
+        y[:, bar : bar + 24] = 235
+        frame = av.VideoFrame.from_ndarray(np.vstack([y, self._chroma]), format="yuv420p")
+        frame.pts, frame.time_base = pts, time_base
+        self.frames += 1
+        return frame
+
+
+class ToneTrack(MediaStreamTrack):
+    """A 440 Hz sine, s16 stereo 48 kHz, paced in real time like aiortc's own AudioStreamTrack."""
+
+    kind = "audio"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frames = 0
+        self._start: float | None = None
+
+    async def recv(self) -> av.AudioFrame:
+        if self._start is None:
+            self._start = time.monotonic()
+        pts = self.frames * SAMPLES
+        wait = self._start + pts / SAMPLE_RATE - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        t = (pts + np.arange(SAMPLES)) / SAMPLE_RATE
+        mono = (0.3 * 32767 * np.sin(2 * np.pi * TONE_HZ * t)).astype(np.int16)
+        frame = av.AudioFrame.from_ndarray(np.repeat(mono, 2).reshape(1, -1), format="s16", layout="stereo")
+        frame.sample_rate = SAMPLE_RATE
+        frame.pts, frame.time_base = pts, fractions.Fraction(1, SAMPLE_RATE)
+        self.frames += 1
+        return frame
+
+
+async def main(url: str, seconds: float, codec: str) -> bool:
+    pc = peer_connection()
+    video, audio = PatternTrack(), ToneTrack()
+    vt = pc.addTransceiver(video, direction="sendonly")
+    pc.addTransceiver(audio, direction="sendonly")
+    # Offer one video codec only, so the test knows which path livegate takes (H.264 passthrough or VP8
+    # transcode). aiortc's H.264 entries are 42001f and 42e01f, both packetization-mode 1.
+    want = f"video/{codec}".lower()
+    prefs = [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType.lower() == want]
+    if not prefs:
+        raise RuntimeError(f"aiortc cannot send {codec}")
+    vt.setCodecPreferences(prefs)
+
+    connected = asyncio.Event()
+
+    @pc.on("connectionstatechange")
+    def on_state():
+        if pc.connectionState == "connected":
+            connected.set()
+
+    await pc.setLocalDescription(await pc.createOffer())
+    offer = pc.localDescription.sdp
+    result["offerCandidates"] = host_candidates(offer)
+    status, body, location = await asyncio.to_thread(post_sdp, url, offer)
+    result.update(status=status, location=location)
+    try:
+        if status != 201:
+            result["message"] = f"POST {status}: {body[:300]}"
+            return False
+        result["videoCodec"] = sdp_video_codec(body)
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
+        try:
+            await asyncio.wait_for(connected.wait(), timeout=15)
+        except asyncio.TimeoutError:
+            result["message"] = f"not connected within 15 s (connection {pc.connectionState})"
+            return False
+        emit({"event": "connected", "videoCodec": result["videoCodec"]})
+        await asyncio.sleep(seconds)
+        for s in (await pc.getStats()).values():
+            if s.type == "outbound-rtp":
+                result[f"{s.kind}Packets"] = s.packetsSent
+        result.update(framesSent=video.frames, audioFramesSent=audio.frames, connection=pc.connectionState)
+        return pc.connectionState == "connected"
+    finally:
+        result["deleteStatus"] = await asyncio.to_thread(delete, location)
+        await pc.close()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2:
+        die_usage("usage: whip_publish.py <whip-url> [seconds=10] [h264|vp8]")
+    secs = float(sys.argv[2]) if len(sys.argv) > 2 else 10.0
+    codec = sys.argv[3] if len(sys.argv) > 3 else "h264"
+    try:
+        ok = asyncio.run(asyncio.wait_for(main(sys.argv[1], secs, codec), timeout=secs + 40))
+    except Exception as e:  # report every failure as the JSON line the Rust test reads
+        ok = False
+        result["message"] = f"{type(e).__name__}: {e}"
+    result["ok"] = ok
+    emit(result)
+    sys.exit(0 if ok else 1)

@@ -52,6 +52,24 @@ fn a_b_frame_source_reaches_chromium_through_one_shared_baseline_transcode() {
 }
 
 #[test]
+fn a_browser_that_offers_only_vp8_gets_one_shared_vp8_transcode() {
+    let srv = Server::start("[webrtc]\nudp_port_min = 0\nudp_port_max = 0\n");
+    let _pub = push(&media("360p"), &srv.rtmp_url("v8"));
+    srv.wait_live("v8");
+    let url = format!("http://127.0.0.1:{}/whep/live/v8", srv.http_port);
+    let shot = srv.dir.path().join("vp8.png");
+    let j = browser_check("whep_play.mjs", &[&url, shot.to_str().unwrap(), "4", "vp8"]);
+    assert_eq!(j["codec"], "video/VP8", "{j}");
+    assert_eq!(j["width"], 640, "{j}");
+    assert!(j["fps"].as_f64().unwrap() > 20.0, "{j}");
+    assert!(j["audioRms"].as_f64().unwrap_or(0.0) > 0.01, "audio still plays: {j}");
+    let rendition = srv.stream_json("v8@vp8").expect("the VP8 rendition is a hub stream");
+    assert_eq!(rendition["publisher"]["protocol"], "transcode", "{rendition}");
+    assert!(rendition["bitrate_in_kbps"].as_f64().unwrap() > 100.0, "the encoder makes VP8 at speed: {rendition}");
+    assert!(srv.log_text().contains("the browser offers no H.264"));
+}
+
+#[test]
 fn whep_errors_are_precise_and_unconnected_sessions_are_reaped() {
     let srv = Server::start(
         "[webrtc]\nconnect_timeout_secs = 2.0\nice_servers = [\"stun:stun.example.org:3478\", \"turn:turn.example.org:3478\"]\nturn_username = \"u\"\nturn_credential = \"p\"\n",

@@ -155,7 +155,7 @@ pub fn body_prefix(frame: &Frame) -> ([u8; 5], usize) {
             (p, 1)
         }
         // Not representable in classic FLV; renditions carrying it are never served as FLV/RTMP.
-        Codec::Opus | Codec::Amf0 => (p, 0),
+        Codec::Opus | Codec::Vp8 | Codec::Amf0 => (p, 0),
     }
 }
 

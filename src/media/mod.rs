@@ -28,6 +28,9 @@ pub enum Codec {
     },
     /// Opus (WebRTC audio, made by the AAC→Opus rendition). FLV cannot carry it.
     Opus,
+    /// VP8 (WebRTC video for browsers without H.264, made by the H.264→VP8 rendition): whole frames, no
+    /// configuration record. FLV cannot carry it.
+    Vp8,
     /// Script data (AMF0).
     Amf0,
 }
@@ -45,6 +48,7 @@ impl Codec {
                 _ => "audio",
             },
             Codec::Opus => "Opus",
+            Codec::Vp8 => "VP8",
             Codec::Amf0 => "AMF0",
         }
     }

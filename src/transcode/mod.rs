@@ -22,6 +22,7 @@ use crate::media::{Codec, Frame, MediaKind};
 
 const AAC_TO_OPUS: &str = include_str!("../../pipelines/aac_to_opus.pipeline");
 const H264_TO_BASELINE: &str = include_str!("../../pipelines/h264_to_baseline.pipeline");
+const H264_TO_VP8: &str = include_str!("../../pipelines/h264_to_vp8.pipeline");
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -114,6 +115,7 @@ pub struct Transcoders {
     cfg: TranscodeConfig,
     aac_to_opus: Template,
     h264_to_baseline: Template,
+    h264_to_vp8: Template,
     /// Derived streams whose transcoder runs.
     running: Mutex<HashSet<StreamKey>>,
 }
@@ -123,6 +125,7 @@ pub struct Transcoders {
 enum Kind {
     Opus,
     Baseline,
+    Vp8,
 }
 
 impl Transcoders {
@@ -135,7 +138,10 @@ impl Transcoders {
         let h264_to_baseline = Template::load(Path::new(&cfg.pipelines_dir), "h264_to_baseline", H264_TO_BASELINE)?;
         let (p, _, _) = h264_to_baseline.build(&[("bitrate", cfg.video_kbps.to_string()), ("gop", "60".into())])?;
         let _ = p.set_state(gst::State::Null);
-        Ok(Arc::new(Self { hub, cfg, aac_to_opus, h264_to_baseline, running: Mutex::new(HashSet::new()) }))
+        let h264_to_vp8 = Template::load(Path::new(&cfg.pipelines_dir), "h264_to_vp8", H264_TO_VP8)?;
+        let (p, _, _) = h264_to_vp8.build(&[("bitrate", (cfg.video_kbps * 1000).to_string()), ("gop", "60".into())])?;
+        let _ = p.set_state(gst::State::Null);
+        Ok(Arc::new(Self { hub, cfg, aac_to_opus, h264_to_baseline, h264_to_vp8, running: Mutex::new(HashSet::new()) }))
     }
 
     /// The Opus rendition of `key` (started if needed). `None` when the stream has no AAC audio.
@@ -148,10 +154,16 @@ impl Transcoders {
         self.rendition(key, Kind::Baseline)
     }
 
+    /// The VP8 rendition of `key` (for browsers that offer no H.264). `None` without H.264 video.
+    pub fn vp8(self: &Arc<Self>, key: &StreamKey) -> Result<Option<StreamKey>, TranscodeError> {
+        self.rendition(key, Kind::Vp8)
+    }
+
     fn rendition(self: &Arc<Self>, key: &StreamKey, kind: Kind) -> Result<Option<StreamKey>, TranscodeError> {
         let suffix = match kind {
             Kind::Opus => "opus",
             Kind::Baseline => "cb",
+            Kind::Vp8 => "vp8",
         };
         let derived = StreamKey::new(&key.app, &format!("{}@{suffix}", key.name));
         let mut running = self.running.lock();
@@ -168,7 +180,7 @@ impl Transcoders {
         let headers = source.headers();
         let (slot, codec) = match kind {
             Kind::Opus => (2, Codec::Aac),
-            Kind::Baseline => (1, Codec::H264),
+            Kind::Baseline | Kind::Vp8 => (1, Codec::H264),
         };
         let Some(config) =
             headers.slots[slot].as_ref().filter(|p| p.frame.codec == codec).map(|p| p.frame.payload.clone())
@@ -180,6 +192,9 @@ impl Transcoders {
             Kind::Baseline => {
                 self.h264_to_baseline.build(&[("bitrate", self.cfg.video_kbps.to_string()), ("gop", "60".into())])?
             }
+            Kind::Vp8 => self
+                .h264_to_vp8
+                .build(&[("bitrate", (self.cfg.video_kbps * 1000).to_string()), ("gop", "60".into())])?,
         };
         src.set_caps(Some(&input_caps(kind, &config)));
         let guard = self.hub.register_client(Protocol::Transcode, None);
@@ -243,7 +258,7 @@ impl Transcoders {
         let mut last_forced: Option<Instant> = None;
         let (want_kind, want_codec) = match kind {
             Kind::Opus => (MediaKind::Audio, Codec::Aac),
-            Kind::Baseline => (MediaKind::Video, Codec::H264),
+            Kind::Baseline | Kind::Vp8 => (MediaKind::Video, Codec::H264),
         };
         loop {
             tokio::select! {
@@ -292,9 +307,13 @@ impl Transcoders {
                             let frame = Frame { kind: MediaKind::Video, codec: Codec::H264, dts: 0, cts: (pts - dts) as i32, keyframe: key, config: false, payload: data };
                             publisher.push_raw(frame, (b + dts) as u32, Instant::now());
                         }
+                        Kind::Vp8 => {
+                            let frame = Frame { kind: MediaKind::Video, codec: Codec::Vp8, dts: 0, cts: 0, keyframe: key, config: false, payload: data };
+                            publisher.push_raw(frame, (b + pts) as u32, Instant::now());
+                        }
                     }
                 }
-                _ = derived_stream.keyframe_requested(), if kind == Kind::Baseline => {
+                _ = derived_stream.keyframe_requested(), if kind != Kind::Opus => {
                     // Many viewers may ask at once (a network hiccup): one keyframe per 500 ms is plenty.
                     if last_forced.is_none_or(|t| t.elapsed() >= Duration::from_millis(500)) {
                         tracing::debug!(rendition = %derived, "keyframe requested by a reader");
@@ -365,7 +384,7 @@ fn input_caps(kind: Kind, config: &[u8]) -> gst::Caps {
             .field("stream-format", "raw")
             .field("codec_data", cd)
             .build(),
-        Kind::Baseline => gst::Caps::builder("video/x-h264")
+        Kind::Baseline | Kind::Vp8 => gst::Caps::builder("video/x-h264")
             .field("stream-format", "avc")
             .field("alignment", "au")
             .field("codec_data", cd)

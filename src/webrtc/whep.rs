@@ -14,6 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use parking_lot::Mutex;
 use rtc::rtp::codec::h264::H264Payloader;
+use rtc::rtp::codec::vp8::Vp8Payloader;
 use rtc::rtp::packetizer::Payloader;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use tokio::sync::watch;
@@ -22,10 +23,12 @@ use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::peer_connection::{PeerConnection, RTCPeerConnectionState};
 use webrtc::rtp_transceiver::RtpSender;
 
-use super::{answer, h264_codec, has_active_media, opus_codec, rtp_track, AnswerError, PeerFactory, WebrtcConfig, MTU};
+use super::{
+    answer, h264_codec, has_active_media, opus_codec, rtp_track, vp8_codec, AnswerError, PeerFactory, WebrtcConfig, MTU,
+};
 use crate::hub::{CachePolicy, ClientGuard, Hub, HubError, Packet, Protocol, StreamKey};
 use crate::media::avc::{self, AvcDecoderConfig};
-use crate::media::MediaKind;
+use crate::media::{Codec, MediaKind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WhepError {
@@ -33,7 +36,7 @@ pub enum WhepError {
     NotFound(String),
     #[error("invalid SDP offer: {0}")]
     BadOffer(String),
-    #[error("the offer has no video this server can send (it sends H.264, packetization-mode 1)")]
+    #[error("the offer has no video this server can send (it sends H.264, packetization-mode 1, or VP8)")]
     NoCodec,
     #[error("WebRTC failure: {0}")]
     Internal(String),
@@ -74,7 +77,10 @@ impl Whep {
         if !offer.starts_with("v=0") {
             return Err(WhepError::BadOffer("an SDP offer starts with \"v=0\"".into()));
         }
-        if !offer.lines().any(|l| l.starts_with("m=video")) || !offer.to_ascii_lowercase().contains("h264/90000") {
+        let lower = offer.to_ascii_lowercase();
+        // H.264 passes through; a browser that offers only VP8 gets the stream's shared VP8 rendition.
+        let vp8 = !lower.contains("h264/90000");
+        if !offer.lines().any(|l| l.starts_with("m=video")) || (vp8 && !lower.contains("vp8/90000")) {
             return Err(WhepError::NoCodec);
         }
         // Refuse before doing any WebRTC work when the stream does not exist.
@@ -97,7 +103,16 @@ impl Whep {
         // Video: passthrough, unless the source has B-frames, which WebRTC receivers play badly: then the
         // stream's shared constrained-baseline rendition.
         let source_has_bframes = self.hub.get(key).is_some_and(|s| s.has_bframes());
-        let video_key = if source_has_bframes {
+        let video_key = if vp8 {
+            match self.transcoders.vp8(key) {
+                Ok(Some(k)) => {
+                    tracing::info!(stream = %key, rendition = %k, "the browser offers no H.264: WebRTC video is VP8");
+                    k
+                }
+                Ok(None) => key.clone(),
+                Err(e) => return Err(WhepError::Internal(format!("cannot transcode to VP8: {e}"))),
+            }
+        } else if source_has_bframes {
             match self.transcoders.baseline(key) {
                 Ok(Some(k)) => {
                     tracing::info!(stream = %key, rendition = %k, "source has B-frames: WebRTC video is transcoded");
@@ -109,7 +124,8 @@ impl Whep {
         } else {
             key.clone()
         };
-        let (pc, track, sender, audio, ssrc, mut state_rx, answer) = self.negotiate(offer, opus_key.is_some()).await?;
+        let (pc, track, sender, audio, ssrc, mut state_rx, answer) =
+            self.negotiate(offer, opus_key.is_some(), vp8).await?;
         let guard = self.hub.register_client(Protocol::Whep, addr);
         let reader = match self.hub.subscribe(&video_key, Protocol::Whep, policy, guard.handle.clone()) {
             Ok(r) => r,
@@ -149,7 +165,7 @@ impl Whep {
                         (Some(a), Some(k)) => this.spawn_audio(k, a, &guard),
                         _ => None,
                     };
-                    let r = pump(reader, &track, &sender, ssrc, &mut state_rx, &guard).await;
+                    let r = pump(reader, &track, &sender, ssrc, &mut state_rx, &guard, vp8).await;
                     if let Some(t) = audio_task {
                         t.abort();
                     }
@@ -183,6 +199,7 @@ impl Whep {
         &self,
         offer: String,
         with_audio: bool,
+        vp8: bool,
     ) -> Result<
         (
             Arc<dyn PeerConnection>,
@@ -195,7 +212,8 @@ impl Whep {
         ),
         WhepError,
     > {
-        let mut codecs = vec![(102, h264_codec(), RtpCodecKind::Video)];
+        let video_codec = if vp8 { vp8_codec() } else { h264_codec() };
+        let mut codecs = vec![(102, video_codec.clone(), RtpCodecKind::Video)];
         if with_audio {
             codecs.push((111, opus_codec(), RtpCodecKind::Audio));
         }
@@ -207,7 +225,7 @@ impl Whep {
             Err(e)
         };
         let ssrc: u32 = rand::random();
-        let track = rtp_track(RtpCodecKind::Video, "video", h264_codec(), ssrc);
+        let track = rtp_track(RtpCodecKind::Video, "video", video_codec, ssrc);
         let sender = match pc.add_track(track.clone() as Arc<dyn TrackLocal>).await {
             Ok(s) => s,
             Err(e) => return fail(pc, internal(e)).await,
@@ -288,6 +306,7 @@ async fn pump(
     ssrc: u32,
     state: &mut watch::Receiver<RTCPeerConnectionState>,
     guard: &ClientGuard,
+    vp8: bool,
 ) -> String {
     let pt = match negotiated_pt(sender).await {
         Some(pt) => pt,
@@ -322,8 +341,14 @@ async fn pump(
                 cfg = AvcDecoderConfig::parse(&f.payload).ok();
                 continue;
             }
-            let Some(c) = cfg.as_ref() else { continue };
-            let parts = p.rtp_payloads(|f| h264_payloads(f, c));
+            let parts = match (vp8, f.codec) {
+                (true, Codec::Vp8) => p.rtp_payloads(vp8_payloads),
+                (false, Codec::H264) => match cfg.as_ref() {
+                    Some(c) => p.rtp_payloads(|f| h264_payloads(f, c)),
+                    None => continue,
+                },
+                _ => continue,
+            };
             let ts = ts_base.wrapping_add((f.pts() as u32).wrapping_mul(90));
             let last = parts.len().saturating_sub(1);
             for (i, payload) in parts.iter().enumerate() {
@@ -358,6 +383,11 @@ fn h264_payloads(f: &crate::media::Frame, cfg: &AvcDecoderConfig) -> Vec<Bytes> 
     }
     // A fresh payloader per access unit: no state leaks from one frame to the next, so the result can be shared.
     H264Payloader::default().payload(MTU - 12, &Bytes::from(annexb)).unwrap_or_default()
+}
+
+/// A VP8 frame as RTP payloads (RFC 7741 descriptor, split at the MTU).
+fn vp8_payloads(f: &crate::media::Frame) -> Vec<Bytes> {
+    Vp8Payloader::default().payload(MTU - 12, &f.payload).unwrap_or_default()
 }
 
 /// The payload type the answer settled on: the browser's number for H.264, not the one registered here.

@@ -1,10 +1,10 @@
 #!/usr/bin/env node
 // Plays a stream over WHEP in headless Chromium and checks that video frames are decoded.
-// usage: node tests/browser/whep_play.mjs <whep-url> <screenshot.png> [seconds=4]
+// usage: node tests/browser/whep_play.mjs <whep-url> <screenshot.png> [seconds=4] [video codec to offer alone, e.g. vp8]
 // Prints one JSON line {ok, status, framesDecoded, width, height, location, deleteStatus, message}; exit 0 ok, 1 failure.
 import { launchChromium, startStaticServer, HARD_TIMEOUT_MS } from './lib.mjs';
 
-const [url, shot, secondsArg] = process.argv.slice(2);
+const [url, shot, secondsArg, onlyCodec] = process.argv.slice(2);
 if (!url || !shot) {
   console.error('usage: whep_play.mjs <whep-url> <screenshot.png> [seconds]');
   process.exit(2);
@@ -14,10 +14,14 @@ const html = `<!doctype html><meta charset="utf-8"><title>WHEP check</title>
 <video id="v" muted autoplay playsinline style="width:640px;height:360px;background:#000"></video>
 <script>
 window.__state = { status: 0, framesDecoded: 0, width: 0, height: 0, errors: [] };
-window.__start = async (url) => {
+window.__start = async (url, only) => {
   const pc = new RTCPeerConnection();
   window.__pc = pc;
-  pc.addTransceiver('video', { direction: 'recvonly' });
+  const vt = pc.addTransceiver('video', { direction: 'recvonly' });
+  if (only) {
+    // Offer one video codec, as a browser without H.264 would.
+    vt.setCodecPreferences(RTCRtpReceiver.getCapabilities('video').codecs.filter((c) => c.mimeType.toLowerCase() === 'video/' + only));
+  }
   pc.addTransceiver('audio', { direction: 'recvonly' });
   pc.ontrack = (e) => {
     if (e.track.kind === 'audio') {
@@ -46,8 +50,13 @@ window.__start = async (url) => {
 window.__poll = async () => {
   const v = document.getElementById('v');
   const stats = await window.__pc.getStats();
+  const codecs = {};
+  stats.forEach((s) => { if (s.type === 'codec') codecs[s.id] = s.mimeType; });
   stats.forEach((s) => {
-    if (s.type === 'inbound-rtp' && s.kind === 'video') window.__state.framesDecoded = s.framesDecoded || 0;
+    if (s.type === 'inbound-rtp' && s.kind === 'video') {
+      window.__state.framesDecoded = s.framesDecoded || 0;
+      window.__state.codec = codecs[s.codecId];
+    }
     if (s.type === 'inbound-rtp' && s.kind === 'audio') window.__state.audioPackets = s.packetsReceived || 0;
   });
   if (window.__analyser) {
@@ -82,7 +91,7 @@ setTimeout(() => done(false, `timeout after ${HARD_TIMEOUT_MS / 1000}s`), HARD_T
 async function main() {
   const { page } = browser;
   await page.goto(`http://127.0.0.1:${server.address().port}/`);
-  await page.evaluate((u) => window.__start(u), url);
+  await page.evaluate(([u, c]) => window.__start(u, c), [url, onlyCodec || null]);
   let first = null;
   const deadline = Date.now() + 20_000;
   while (Date.now() < deadline) {

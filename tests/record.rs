@@ -318,3 +318,122 @@ fn timestamps_that_jump_by_hours_or_backwards_keep_players_and_files_continuous(
         Command::new("ffmpeg").args(["-v", "error", "-i"]).arg(&path).args(["-f", "null", "-"]).output().unwrap();
     assert!(decode.status.success(), "{}", String::from_utf8_lossy(&decode.stderr));
 }
+
+// ------------------------------------------------------------------------------------------------------------
+// MP4
+
+/// Top-level box types of an MP4 file, in order.
+fn mp4_boxes(path: &std::path::Path) -> Vec<String> {
+    let data = std::fs::read(path).unwrap();
+    let mut out = Vec::new();
+    let mut off = 0usize;
+    while off + 8 <= data.len() {
+        let mut size = u32::from_be_bytes(data[off..off + 4].try_into().unwrap()) as u64;
+        if size == 1 {
+            size = u64::from_be_bytes(data[off + 8..off + 16].try_into().unwrap());
+        } else if size == 0 {
+            size = (data.len() - off) as u64;
+        }
+        out.push(String::from_utf8_lossy(&data[off + 4..off + 8]).into_owned());
+        if size < 8 {
+            break;
+        }
+        off += size as usize;
+    }
+    out
+}
+
+fn decode_errors(path: &std::path::Path) -> String {
+    let out = Command::new("ffmpeg").args(["-v", "error", "-i"]).arg(path).args(["-f", "null", "-"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "ffmpeg could not decode {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// (dts, pts) in ms of the first `n` video packets.
+fn video_packets(path: &std::path::Path, n: usize) -> Vec<(i64, i64)> {
+    let out = ffprobe(
+        path.to_str().unwrap(),
+        &["-select_streams", "v:0", "-show_entries", "packet=dts_time,pts_time", "-of", "csv=p=0"],
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .take(n)
+        .map(|l| {
+            let mut it = l.split(',').map(|v| (v.parse::<f64>().unwrap() * 1000.0).round() as i64);
+            let pts = it.next().unwrap();
+            let dts = it.next().unwrap();
+            (dts, pts)
+        })
+        .collect()
+}
+
+fn root_of(srv: &Server) -> std::path::PathBuf {
+    srv.dir.path().join("recordings")
+}
+
+#[test]
+fn mp4_recordings_are_exact_seekable_faststart_files_with_b_frames_kept_and_seek_in_chromium() {
+    let (cb_port, callbacks) = http_receiver(200);
+    let srv = Server::start(&format!(
+        "[apps.live]\nrecord = [\"mp4\"]\n[record]\ncallback_urls = [\"http://127.0.0.1:{cb_port}/cb\"]\ncallback_key = \"k\"\n"
+    ));
+    let mut p = push_secs(&srv, "m", 20.0);
+    let mut b = push_args(&media("bframes"), &srv.rtmp_url("bf"), &["-t", "6"]);
+    assert!(p.wait(Duration::from_secs(40)).is_some_and(|s| s.success()), "{}", p.stderr());
+    assert!(b.wait(Duration::from_secs(20)).is_some_and(|s| s.success()), "{}", b.stderr());
+    assert!(wait_until(Duration::from_secs(15), || complete(&srv, "m").len() == 1 && complete(&srv, "bf").len() == 1));
+    let f = &complete(&srv, "m")[0];
+    assert_eq!(f["file_format"], "mp4");
+    let path = root_of(&srv).join(f["path"].as_str().unwrap());
+    assert_eq!(path.extension().unwrap(), "mp4");
+    // 20 s pushed: within one frame (33 ms) + 50 ms.
+    let d = probe_duration(&path);
+    assert!((d - 20.0).abs() <= 0.034 + 0.05, "MP4 lasts {d} s of a 20 s push");
+    assert!((d - f["duration"].as_f64().unwrap()).abs() < 0.05, "{d} vs {f}");
+    let streams = probe_streams(path.to_str().unwrap());
+    assert!(streams.iter().any(|s| s["codec_name"] == "h264" && s["width"] == 640), "{streams:?}");
+    assert!(streams.iter().any(|s| s["codec_name"] == "aac"), "{streams:?}");
+    assert_eq!(decode_errors(&path), "");
+    // Seekable and faststart: one moov before the mdat, no fragments left.
+    assert_eq!(mp4_boxes(&path), ["ftyp", "moov", "mdat"]);
+    assert_eq!(f["file_size"].as_u64().unwrap(), std::fs::metadata(&path).unwrap().len());
+    assert!(first_frame_is_key(&path));
+
+    // B-frames: every packet keeps its composition offset (pts - dts) as the source had it.
+    let bf = &complete(&srv, "bf")[0];
+    let bpath = root_of(&srv).join(bf["path"].as_str().unwrap());
+    assert_eq!(decode_errors(&bpath), "");
+    let src = video_packets(&media("bframes"), 60);
+    let rec = video_packets(&bpath, 60);
+    assert_eq!(rec.len(), 60);
+    assert!(src.iter().any(|(d, p)| p != d), "the source has B-frames");
+    let offs = |v: &[(i64, i64)]| v.iter().map(|(d, p)| p - d).collect::<Vec<_>>();
+    let (so, ro) = (offs(&src), offs(&rec));
+    assert!(so.iter().zip(&ro).all(|(a, b)| (a - b).abs() <= 1), "composition offsets differ:\n{so:?}\n{ro:?}");
+    // Presentation starts at 0 (edit list) and pts are unique: no two frames shown at once.
+    let mut pts: Vec<i64> = rec.iter().map(|x| x.1).collect();
+    pts.sort();
+    assert!(pts[0].abs() <= 1, "first pts {}", pts[0]);
+    assert!(pts.windows(2).all(|w| w[1] - w[0] >= 30), "{pts:?}");
+    let bd = probe_duration(&bpath);
+    assert!((bd - 6.0).abs() <= 0.084, "{bd}");
+
+    // Callbacks say mp4.
+    assert!(wait_until(Duration::from_secs(10), || callbacks.lock().unwrap().len() >= 2));
+    assert!(callbacks.lock().unwrap().iter().all(|c| c["file_format"] == "mp4" && c["file_size"].as_u64() > Some(0)));
+
+    // Chromium seeks in it through range requests.
+    let url = f["video_url"].as_str().unwrap();
+    let shot = srv.dir.path().join("seek.png");
+    let r = browser_check("mp4_seek.mjs", &[url, shot.to_str().unwrap(), "15"]);
+    eprintln!("MP4 {d} s (B-frame file {bd} s); Chromium seek: {r}");
+    assert_eq!(r["ok"], true, "{r}");
+    assert!((r["seekedTo"].as_f64().unwrap() - 15.0).abs() < 0.5, "{r}");
+    assert!(r["rangeRequests"].as_u64().unwrap() >= 1, "{r}");
+    assert!(r["frameMediaTime"].as_f64().unwrap() >= 14.5, "a frame from after the seek rendered: {r}");
+}

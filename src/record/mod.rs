@@ -1,13 +1,16 @@
-//! Cloud recording: each recording is a hub reader whose frames a writer thread appends to FLV files, cut
-//! into fragments on keyframes, with a JSON sidecar per file (the metadata the API lists and the callback
-//! sends) and completion callbacks in an on-disk outbox.
+//! Cloud recording: each recording is a hub reader whose frames a writer thread appends to files, cut into
+//! fragments on keyframes, with a JSON sidecar per file (the metadata the API lists and the callback sends)
+//! and completion callbacks in an on-disk outbox.
 //!
-//! Formats: FLV (fragmented by time) and HLS (one playlist per push). MP4 comes next.
+//! Formats: FLV and MP4 (fragmented by time; MP4 also on a codec change) and HLS (one playlist per push).
+//! Stitch jobs join finished MP4 files of a stream into one.
 
 pub mod flv_file;
 pub mod hls_file;
+pub mod mp4_file;
 pub mod naming;
 pub mod outbox;
+pub mod stitch;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -24,6 +27,7 @@ use crate::hub::{CachePolicy, Hub, HubError, Packet, Protocol, StreamKey};
 use crate::media::MediaKind;
 use flv_file::FlvFile;
 use hls_file::HlsFile;
+use mp4_file::Mp4File;
 use outbox::Outbox;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -43,7 +47,7 @@ pub struct RecordConfig {
     pub fragment_unit_ms: u64,
 }
 
-pub const FORMATS: [&str; 2] = ["flv", "hls"];
+pub const FORMATS: [&str; 3] = ["flv", "mp4", "hls"];
 pub const FRAGMENT_RANGE: std::ops::RangeInclusive<u64> = 60..=7200;
 
 impl RecordConfig {
@@ -120,6 +124,7 @@ pub struct Recorder {
     outbox: Outbox,
     tasks: Mutex<HashMap<String, Task>>,
     segment_secs: f64,
+    jobs: Mutex<HashMap<String, stitch::Job>>,
 }
 
 impl Recorder {
@@ -133,7 +138,16 @@ impl Recorder {
             cfg.public_url.trim_end_matches('/').to_owned()
         };
         let outbox = Outbox::new(&root, cfg.callback_retries, Duration::from_secs_f64(cfg.callback_interval_secs));
-        Arc::new(Self { hub, cfg, root, base_url, outbox, tasks: Mutex::new(HashMap::new()), segment_secs })
+        Arc::new(Self {
+            hub,
+            cfg,
+            root,
+            base_url,
+            outbox,
+            tasks: Mutex::new(HashMap::new()),
+            segment_secs,
+            jobs: Mutex::new(HashMap::new()),
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -355,7 +369,11 @@ impl Recorder {
         });
         for (sidecar, mut info) in open {
             let path = self.root.join(&info.path);
-            let repaired = if info.file_format == "hls" { hls_file::repair(&path) } else { flv_file::repair(&path) };
+            let repaired = match info.file_format.as_str() {
+                "hls" => hls_file::repair(&path),
+                "mp4" => mp4_file::finalize(&path),
+                _ => flv_file::repair(&path),
+            };
             match repaired {
                 Ok((duration, size)) => {
                     info.duration = duration;
@@ -375,11 +393,29 @@ impl Recorder {
     }
 
     fn callback(&self, info: &RecordInfo) {
+        self.callback_to(info, &[]);
+    }
+
+    /// The `on_record_failed` event on the bus (webhooks, logs).
+    fn failed_event(&self, key: &StreamKey, record_id: &str, info: &RecordInfo) {
+        self.hub.events().send(Event::RecordFailed {
+            stream: key.to_string(),
+            record_id: record_id.to_owned(),
+            file: info.path.clone(),
+            file_format: info.file_format.clone(),
+            error: info.error.clone().unwrap_or_default(),
+        });
+    }
+
+    /// The completion callback to the configured URLs plus `extra` (a stitch job's own callback).
+    fn callback_to(&self, info: &RecordInfo, extra: &[String]) {
+        let mut urls = self.cfg.callback_urls.clone();
+        urls.extend(extra.iter().cloned());
         let t = unix_now() + 86_400;
         let mut body = serde_json::to_value(info).unwrap_or_default();
         body["t"] = serde_json::json!(t);
         body["sign"] = serde_json::json!(crate::auth::sign(&self.cfg.callback_key, "", &t.to_string()));
-        if let Err(e) = self.outbox.enqueue(&info.file_id, &self.cfg.callback_urls, body) {
+        if let Err(e) = self.outbox.enqueue(&info.file_id, &urls, body) {
             tracing::error!(error = %e, file = %info.path, "cannot store the recording callback");
         }
     }
@@ -417,6 +453,7 @@ fn walk_sidecars(dir: &Path, f: &mut dyn FnMut(&Path, RecordInfo)) {
 /// What a recording is writing now, per format.
 enum Sink {
     Flv(FlvFile),
+    Mp4(Box<Mp4File>),
     Hls(Box<HlsFile>),
 }
 
@@ -433,6 +470,7 @@ impl Open {
     fn bytes(&self) -> u64 {
         match &self.sink {
             Sink::Flv(f) => f.bytes,
+            Sink::Mp4(m) => m.bytes,
             Sink::Hls(h) => h.bytes,
         }
     }
@@ -440,6 +478,7 @@ impl Open {
     fn write(&mut self, p: &Packet) -> std::io::Result<()> {
         match &mut self.sink {
             Sink::Flv(f) => f.write(&p.frame),
+            Sink::Mp4(m) => m.write(&p.frame),
             Sink::Hls(h) => h.push(p),
         }
     }
@@ -475,11 +514,20 @@ impl Writer {
                         MediaKind::Audio => has_audio = true,
                         MediaKind::Data => continue,
                     }
-                    // New codec configuration mid-file: FLV and TS carry it in-band.
-                    for slot in open.iter_mut() {
-                        if let Some(o) = slot.as_mut() {
+                    // New codec configuration mid-file: FLV and TS carry it in-band; MP4 starts a new file
+                    // (at the next keyframe) when the codec or resolution changed.
+                    for i in 0..open.len() {
+                        let restart = matches!(&open[i], Some(Open { sink: Sink::Mp4(m), .. }) if m.config_changed(f));
+                        if restart {
+                            if let Some(o) = open[i].take() {
+                                tracing::info!(file = %o.info.path, "codec configuration changed: new MP4 file");
+                                self.finish(o);
+                            }
+                            continue;
+                        }
+                        if let Some(o) = open[i].as_mut() {
                             if let Err(e) = o.write(&p) {
-                                return self.fail(slot.take(), e);
+                                return self.fail(&mut open, i, e);
                             }
                         }
                     }
@@ -510,39 +558,48 @@ impl Writer {
                 }
                 last = Some((p.session, p.received));
                 let boundary = if has_video { f.kind == MediaKind::Video && f.keyframe } else { true };
-                for (i, slot) in open.iter_mut().enumerate() {
-                    // FLV (and MP4) files are cut into fragments; an HLS recording is one playlist per push.
-                    let fragment_due = slot.as_ref().is_some_and(|o| {
-                        matches!(o.sink, Sink::Flv(_)) && boundary && f.dts - o.first_dts >= self.fragment_ms
+                for i in 0..open.len() {
+                    // FLV and MP4 files are cut into fragments; an HLS recording is one playlist per push.
+                    let fragment_due = open[i].as_ref().is_some_and(|o| {
+                        matches!(o.sink, Sink::Flv(_) | Sink::Mp4(_))
+                            && boundary
+                            && f.dts - o.first_dts >= self.fragment_ms
                     });
                     if fragment_due {
-                        if let Some(o) = slot.take() {
+                        if let Some(o) = open[i].take() {
                             self.finish(o);
                         }
                     }
-                    if slot.is_none() {
+                    if open[i].is_none() {
                         if !boundary {
                             continue; // files start on a keyframe
                         }
-                        match self.open(&self.formats[i], &p, has_video, has_audio, &headers) {
-                            Ok(o) => *slot = Some(o),
-                            Err(e) => return self.fail(None, e),
+                        let format = self.formats[i].as_str();
+                        if format == "mp4" && !mp4_ready(&headers, has_video, has_audio) {
+                            continue; // an MP4 needs the H.264/AAC configuration before its first frame
+                        }
+                        match self.open(format, &p, has_video, has_audio, &headers) {
+                            Ok(o) => open[i] = Some(o),
+                            Err(e) => return self.fail(&mut open, i, e),
                         }
                     }
-                    let o = slot.as_mut().expect("opened above");
+                    let o = open[i].as_mut().expect("opened above");
                     if let Err(e) = o.write(&p) {
-                        return self.fail(slot.take(), e);
+                        return self.fail(&mut open, i, e);
                     }
-                    if let Sink::Flv(file) = &mut o.sink {
-                        if o.last_flush.elapsed() >= Duration::from_millis(500) {
-                            let sync = o.last_sync.elapsed().as_secs_f64() >= self.rec.cfg.sync_secs;
-                            if let Err(e) = file.flush(sync) {
-                                return self.fail(slot.take(), e);
-                            }
-                            o.last_flush = Instant::now();
-                            if sync {
-                                o.last_sync = Instant::now();
-                            }
+                    if o.last_flush.elapsed() >= Duration::from_millis(500) {
+                        let sync = o.last_sync.elapsed().as_secs_f64() >= self.rec.cfg.sync_secs;
+                        let flushed = match &mut o.sink {
+                            Sink::Flv(file) => file.flush(sync),
+                            Sink::Mp4(file) => file.flush(sync),
+                            Sink::Hls(_) => Ok(()),
+                        };
+                        if let Err(e) = flushed {
+                            return self.fail(&mut open, i, e);
+                        }
+                        o.last_flush = Instant::now();
+                        if sync {
+                            o.last_sync = Instant::now();
                         }
                     }
                 }
@@ -592,6 +649,11 @@ impl Writer {
                 }
                 Sink::Hls(Box::new(h))
             }
+            "mp4" => {
+                let video = headers[1].as_ref().filter(|_| has_video).map(|p| &p.frame);
+                let audio = headers[2].as_ref().filter(|_| has_audio).map(|p| &p.frame);
+                Sink::Mp4(Box::new(Mp4File::create(&path, video, audio)?))
+            }
             _ => {
                 let mut file = FlvFile::create(&path, has_video, has_audio)?;
                 for h in headers.iter().skip(1).flatten() {
@@ -635,6 +697,7 @@ impl Writer {
                 let size = file.bytes;
                 file.finish(33).map(|d| (d, size))
             }
+            Sink::Mp4(m) => (*m).finish(&self.rec.root.join(&info.path)),
             Sink::Hls(h) => (*h).finish(),
         };
         match result {
@@ -653,7 +716,12 @@ impl Writer {
             }
             Err(e) => {
                 info.status = "failed".into();
-                info.error = Some(e.to_string());
+                info.error = Some(if info.file_format == "mp4" {
+                    format!("finalizing failed ({e}); the fragmented MP4 is kept and plays")
+                } else {
+                    e.to_string()
+                });
+                self.rec.failed_event(&self.key, &self.record_id, &info);
             }
         }
         let _ = write_json(&sidecar, &info);
@@ -661,18 +729,66 @@ impl Writer {
         self.rec.callback(&info);
     }
 
-    /// A write failed (disk full, directory gone): this recording stops; the stream and others go on.
-    fn fail(&self, open: Option<Open>, e: std::io::Error) {
+    /// A write failed (disk full, directory gone): this recording stops (the file that failed is marked failed,
+    /// its other formats are closed as usual); the stream and other recordings go on.
+    fn fail(&self, open: &mut [Option<Open>], failed: usize, e: std::io::Error) {
         tracing::error!(stream = %self.key, record_id = %self.record_id, error = %e, "recording failed");
-        if let Some(o) = open {
-            let mut info = o.info.clone();
-            info.status = "failed".into();
-            info.error = Some(e.to_string());
-            info.file_size = o.bytes();
-            let _ = write_json(&o.sidecar, &info);
-            self.rec.callback(&info);
+        match open[failed].take() {
+            Some(o) => {
+                let mut info = o.info.clone();
+                info.status = "failed".into();
+                info.error = Some(e.to_string());
+                info.file_size = o.bytes();
+                info.end_time = unix_now();
+                info.duration = info.end_time.saturating_sub(info.start_time) as f64;
+                let _ = write_json(&o.sidecar, &info);
+                self.rec.failed_event(&self.key, &self.record_id, &info);
+                self.rec.callback(&info);
+            }
+            None => {
+                let info = RecordInfo { error: Some(e.to_string()), ..self.blank_info() };
+                self.rec.failed_event(&self.key, &self.record_id, &info);
+            }
+        }
+        for slot in open.iter_mut() {
+            if let Some(o) = slot.take() {
+                self.finish(o);
+            }
         }
     }
+
+    /// What is known of a file that could not even be created.
+    fn blank_info(&self) -> RecordInfo {
+        RecordInfo {
+            event_type: 100,
+            app: self.key.app.clone(),
+            appname: self.key.app.clone(),
+            stream_id: self.key.name.clone(),
+            channel_id: self.key.name.clone(),
+            file_id: String::new(),
+            file_format: String::new(),
+            task_id: self.task_id.clone(),
+            record_id: self.record_id.clone(),
+            start_time: unix_now(),
+            end_time: unix_now(),
+            duration: 0.0,
+            file_size: 0,
+            stream_param: self.param.clone(),
+            video_url: String::new(),
+            status: "failed".into(),
+            path: String::new(),
+            error: None,
+        }
+    }
+}
+
+/// Whether the sequence headers an MP4 needs are there: every track the stream has must be H.264 or AAC with
+/// its configuration (an MP4 with the video missing would play as audio only).
+fn mp4_ready(headers: &[Option<Arc<Packet>>; 3], has_video: bool, has_audio: bool) -> bool {
+    let video = headers[1].as_ref().map(|p| &p.frame);
+    let audio = headers[2].as_ref().map(|p| &p.frame);
+    let tracks = mp4_file::tracks_for(video.filter(|_| has_video), audio.filter(|_| has_audio));
+    !tracks.is_empty() && (!has_video || video.is_some())
 }
 
 /// The sidecar of a recording file: `name.ext` → `name.ext.rec.json` (unique even when one push is

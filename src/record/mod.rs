@@ -125,6 +125,8 @@ pub struct Recorder {
     tasks: Mutex<HashMap<String, Task>>,
     segment_secs: f64,
     jobs: Mutex<HashMap<String, stitch::Job>>,
+    /// File states whose sidecar could not be written (disk full): listings show these instead.
+    unsaved: Mutex<HashMap<PathBuf, RecordInfo>>,
 }
 
 impl Recorder {
@@ -147,6 +149,7 @@ impl Recorder {
             tasks: Mutex::new(HashMap::new()),
             segment_secs,
             jobs: Mutex::new(HashMap::new()),
+            unsaved: Mutex::new(HashMap::new()),
         })
     }
 
@@ -328,7 +331,7 @@ impl Recorder {
     /// All recorded files (from their sidecars), filtered; newest first.
     pub fn list(&self, app: Option<&str>, stream: Option<&str>, from: Option<u64>, to: Option<u64>) -> Vec<RecordInfo> {
         let mut out = Vec::new();
-        walk_sidecars(&self.root, &mut |_, info| {
+        self.walk(&mut |_, info| {
             let keep = app.is_none_or(|a| info.app == a)
                 && stream.is_none_or(|s| info.stream_id == s)
                 && from.is_none_or(|f| info.end_time >= f || info.status == "recording")
@@ -344,7 +347,7 @@ impl Recorder {
     /// Deletes a finished file and its sidecar.
     pub fn delete(&self, file_id: &str) -> Result<RecordInfo, RecordError> {
         let mut found = None;
-        walk_sidecars(&self.root, &mut |p, info| {
+        self.walk(&mut |p, info| {
             if info.file_id == file_id {
                 found = Some((p.to_path_buf(), info));
             }
@@ -355,7 +358,8 @@ impl Recorder {
             return Err(RecordError::Invalid { field: "file_id", detail: "the file is still being recorded".into() });
         }
         remove_recording(&self.root, &info);
-        let _ = std::fs::remove_file(sidecar);
+        let _ = std::fs::remove_file(&sidecar);
+        self.unsaved.lock().remove(&sidecar);
         Ok(info)
     }
 
@@ -396,6 +400,29 @@ impl Recorder {
         self.callback_to(info, &[]);
     }
 
+    /// Every sidecar under the root, with the in-memory state of those that could not be saved.
+    fn walk(&self, f: &mut dyn FnMut(&Path, RecordInfo)) {
+        let unsaved = self.unsaved.lock().clone();
+        walk_sidecars(&self.root, &mut |p, info| match unsaved.get(p) {
+            Some(newer) => f(p, newer.clone()),
+            None => f(p, info),
+        });
+    }
+
+    /// Saves a file's state to its sidecar; on a full disk it is kept in memory (the API still shows it, and
+    /// the next start, finding the sidecar still "recording", finishes the file again).
+    fn store_info(&self, sidecar: &Path, info: &RecordInfo) {
+        match write_json(sidecar, info) {
+            Ok(()) => {
+                self.unsaved.lock().remove(sidecar);
+            }
+            Err(e) => {
+                tracing::warn!(file = %info.path, error = %e, "recording sidecar not saved; kept in memory");
+                self.unsaved.lock().insert(sidecar.to_path_buf(), info.clone());
+            }
+        }
+    }
+
     /// The `on_record_failed` event on the bus (webhooks, logs).
     fn failed_event(&self, key: &StreamKey, record_id: &str, info: &RecordInfo) {
         self.hub.events().send(Event::RecordFailed {
@@ -427,8 +454,12 @@ fn short_id() -> String {
 
 fn write_json(path: &Path, info: &RecordInfo) -> std::io::Result<()> {
     let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(info).unwrap_or_default())?;
-    std::fs::rename(tmp, path)
+    let r = std::fs::write(&tmp, serde_json::to_vec_pretty(info).unwrap_or_default())
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if r.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    r
 }
 
 fn walk_sidecars(dir: &Path, f: &mut dyn FnMut(&Path, RecordInfo)) {
@@ -724,7 +755,7 @@ impl Writer {
                 self.rec.failed_event(&self.key, &self.record_id, &info);
             }
         }
-        let _ = write_json(&sidecar, &info);
+        self.rec.store_info(&sidecar, &info);
         tracing::info!(file = %info.path, duration = info.duration, status = %info.status, "recording file finished");
         self.rec.callback(&info);
     }
@@ -741,7 +772,7 @@ impl Writer {
                 info.file_size = o.bytes();
                 info.end_time = unix_now();
                 info.duration = info.end_time.saturating_sub(info.start_time) as f64;
-                let _ = write_json(&o.sidecar, &info);
+                self.rec.store_info(&o.sidecar, &info);
                 self.rec.failed_event(&self.key, &self.record_id, &info);
                 self.rec.callback(&info);
             }

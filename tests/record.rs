@@ -691,3 +691,37 @@ fn a_full_disk_stops_only_that_recording_and_never_damages_finished_files() {
         .any(|c| c["status"] == "failed" && c["stream_id"] == "full")));
     assert!(srv.is_running(), "livegate survived the full disk");
 }
+
+#[test]
+fn audio_only_and_video_only_pushes_make_single_track_mp4s() {
+    let srv = Server::start("[apps.live]\nrecord = [\"mp4\"]\n[hub]\nreconnect_grace_secs = 0.5\n");
+    let one = |name: &str, drop_flag: &str| {
+        Proc::spawn(
+            Command::new("ffmpeg")
+                .args(["-hide_banner", "-loglevel", "warning", "-re", "-t", "4", "-i"])
+                .arg(media("360p"))
+                .args(["-c", "copy", drop_flag, "-f", "flv"])
+                .arg(srv.rtmp_url(name)),
+        )
+    };
+    let mut a = one("ao", "-vn");
+    let mut v = one("vo", "-an");
+    assert!(a.wait(Duration::from_secs(20)).is_some_and(|s| s.success()), "{}", a.stderr());
+    assert!(v.wait(Duration::from_secs(20)).is_some_and(|s| s.success()), "{}", v.stderr());
+    for (name, codec) in [("ao", "aac"), ("vo", "h264")] {
+        assert!(
+            wait_until(Duration::from_secs(10), || complete(&srv, name).len() == 1),
+            "{name}: {:?}",
+            complete(&srv, name)
+        );
+        let f = &complete(&srv, name)[0];
+        let path = root_of(&srv).join(f["path"].as_str().unwrap());
+        let streams = probe_streams(path.to_str().unwrap());
+        let codecs: Vec<&str> = streams.iter().map(|s| s["codec_name"].as_str().unwrap()).collect();
+        assert_eq!(codecs, [codec], "{name}");
+        let d = probe_duration(&path);
+        assert!((d - 4.0).abs() < 0.1, "{name}: {d}");
+        assert_eq!(decode_errors(&path), "");
+        assert_eq!(mp4_boxes(&path), ["ftyp", "moov", "mdat"]);
+    }
+}

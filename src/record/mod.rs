@@ -127,6 +127,47 @@ pub struct Recorder {
     jobs: Mutex<HashMap<String, stitch::Job>>,
     /// File states whose sidecar could not be written (disk full): listings show these instead.
     unsaved: Mutex<HashMap<PathBuf, RecordInfo>>,
+    finalizer: Finalizer,
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// One background thread that rewrites closed MP4 files, one at a time (the work is disk copying; running
+/// many at once would only make each slower). Started on first use.
+#[derive(Default)]
+struct Finalizer {
+    tx: Mutex<Option<std::sync::mpsc::Sender<Job>>>,
+    pending: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Finalizer {
+    fn run(&self, job: Job) {
+        use std::sync::atomic::Ordering;
+        let mut tx = self.tx.lock();
+        if tx.is_none() {
+            let (t, rx) = std::sync::mpsc::channel::<Job>();
+            let pending = self.pending.clone();
+            let spawned = std::thread::Builder::new().name("mp4-finalize".into()).spawn(move || {
+                for job in rx {
+                    job();
+                    pending.fetch_sub(1, Ordering::SeqCst);
+                }
+            });
+            if spawned.is_ok() {
+                *tx = Some(t);
+            }
+        }
+        self.pending.fetch_add(1, Ordering::SeqCst);
+        let job = match tx.as_ref() {
+            Some(t) => match t.send(job) {
+                Ok(()) => return,
+                Err(e) => e.0,
+            },
+            None => job,
+        };
+        job();
+        self.pending.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Recorder {
@@ -150,6 +191,7 @@ impl Recorder {
             segment_secs,
             jobs: Mutex::new(HashMap::new()),
             unsaved: Mutex::new(HashMap::new()),
+            finalizer: Finalizer::default(),
         })
     }
 
@@ -324,6 +366,11 @@ impl Recorder {
         }
     }
 
+    /// Closed files still being rewritten (graceful shutdown waits for them; a crash leaves them to recovery).
+    pub fn finalizing(&self) -> usize {
+        self.finalizer.pending.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     pub fn running(&self) -> Vec<(String, StreamKey)> {
         self.tasks.lock().iter().map(|(id, t)| (id.clone(), t.key.clone())).collect()
     }
@@ -379,6 +426,12 @@ impl Recorder {
                 _ => flv_file::repair(&path),
             };
             match repaired {
+                Ok((duration, _)) if duration < self.cfg.min_secs => {
+                    // Killed within the first second: no recording, as for a short push.
+                    remove_recording(&self.root, &info);
+                    let _ = std::fs::remove_file(&sidecar);
+                    continue;
+                }
                 Ok((duration, size)) => {
                     info.duration = duration;
                     info.file_size = size;
@@ -722,21 +775,48 @@ impl Writer {
     }
 
     fn finish(&self, o: Open) {
-        let Open { sink, mut info, sidecar, .. } = o;
+        let Open { sink, info, sidecar, .. } = o;
         let result = match sink {
             Sink::Flv(file) => {
                 let size = file.bytes;
                 file.finish(33).map(|d| (d, size))
             }
-            Sink::Mp4(m) => (*m).finish(&self.rec.root.join(&info.path)),
+            Sink::Mp4(m) => match (*m).close() {
+                Ok(()) => {
+                    // The rewrite copies the whole file: off this thread, so the recording (which may go on in
+                    // a new fragment) never falls behind the hub's buffer while a long file is rewritten.
+                    let rec = self.rec.clone();
+                    let (key, record_id) = (self.key.clone(), self.record_id.clone());
+                    self.rec.finalizer.run(Box::new(move || {
+                        let result = mp4_file::finalize(&rec.root.join(&info.path));
+                        rec.conclude(&key, &record_id, info, &sidecar, result);
+                    }));
+                    return;
+                }
+                Err(e) => Err(e),
+            },
             Sink::Hls(h) => (*h).finish(),
         };
+        self.rec.conclude(&self.key, &self.record_id, info, &sidecar, result);
+    }
+}
+
+impl Recorder {
+    /// Records how a file ended: discarded when too short, else complete or failed, with its callback.
+    fn conclude(
+        &self,
+        key: &StreamKey,
+        record_id: &str,
+        mut info: RecordInfo,
+        sidecar: &Path,
+        result: std::io::Result<(f64, u64)>,
+    ) {
         match result {
             Ok((duration, size)) => {
-                if duration < self.rec.cfg.min_secs {
+                if duration < self.cfg.min_secs {
                     // Too short to be a recording (a failed push attempt): leave nothing behind.
-                    remove_recording(&self.rec.root, &info);
-                    let _ = std::fs::remove_file(&sidecar);
+                    remove_recording(&self.root, &info);
+                    let _ = std::fs::remove_file(sidecar);
                     tracing::info!(file = %info.path, duration, "recording shorter than record.min_secs discarded");
                     return;
                 }
@@ -752,14 +832,16 @@ impl Writer {
                 } else {
                     e.to_string()
                 });
-                self.rec.failed_event(&self.key, &self.record_id, &info);
+                self.failed_event(key, record_id, &info);
             }
         }
-        self.rec.store_info(&sidecar, &info);
+        self.store_info(sidecar, &info);
         tracing::info!(file = %info.path, duration = info.duration, status = %info.status, "recording file finished");
-        self.rec.callback(&info);
+        self.callback(&info);
     }
+}
 
+impl Writer {
     /// A write failed (disk full, directory gone): this recording stops (the file that failed is marked failed,
     /// its other formats are closed as usual); the stream and other recordings go on.
     fn fail(&self, open: &mut [Option<Open>], failed: usize, e: std::io::Error) {

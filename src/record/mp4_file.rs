@@ -136,12 +136,10 @@ impl Mp4File {
         Ok(())
     }
 
-    /// Writes the last fragment and rewrites the file as a flat MP4. Returns (duration secs, size).
-    pub fn finish(mut self, path: &Path) -> std::io::Result<(f64, u64)> {
+    /// Writes the last fragment and syncs; `finalize` then makes the flat file.
+    pub fn close(mut self) -> std::io::Result<()> {
         self.write_fragment(true)?;
-        self.file.sync_data()?;
-        drop(self.file);
-        finalize(path)
+        self.file.sync_data()
     }
 }
 
@@ -249,7 +247,7 @@ mod tests {
         for i in 0..200 {
             f.write(&frame(MediaKind::Audio, 1000 + i * 23, false, false, &[1, 2, 3, 4])).unwrap();
         }
-        // Killed here: the fragments written so far are on disk.
+        // Killed here: the fragments written so far are on disk (close() would add the held-back rest).
         let fragmented_len = std::fs::metadata(&path).unwrap().len();
         drop(f);
         let (d, size) = finalize(&path).unwrap();

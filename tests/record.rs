@@ -543,7 +543,9 @@ fn kill_minus_nine_leaves_a_playable_fragmented_mp4_finalized_at_restart() {
 #[test]
 fn stitch_joins_mp4_fragments_into_one_file_as_a_job() {
     let (cb_port, callbacks) = http_receiver(200);
-    let srv = Server::start("[apps.live]\nrecord = [\"mp4\"]\n[record]\nfragment_secs = 60\nfragment_unit_ms = 100\n");
+    let srv = Server::start(
+        "[apps.live]\nrecord = [\"mp4\", \"flv\"]\n[record]\nfragment_secs = 60\nfragment_unit_ms = 100\n",
+    );
     let post = |body: &str| {
         let r = http_request_body(srv.http_port, "POST", "/api/v1/recordings/stitch", body);
         (r.status, r.json())
@@ -553,8 +555,9 @@ fn stitch_joins_mp4_fragments_into_one_file_as_a_job() {
     assert!(j["error"].is_string() && j["detail"].is_string(), "{j}");
     let mut p = push_secs(&srv, "st", 14.0);
     assert!(p.wait(Duration::from_secs(30)).is_some_and(|s| s.success()), "{}", p.stderr());
-    assert!(wait_until(Duration::from_secs(15), || complete(&srv, "st").len() == 3), "{:?}", complete(&srv, "st"));
-    let parts = complete(&srv, "st");
+    assert!(wait_until(Duration::from_secs(15), || complete(&srv, "st").len() == 6), "{:?}", complete(&srv, "st"));
+    let parts: Vec<_> = complete(&srv, "st").into_iter().filter(|f| f["file_format"] == "mp4").collect();
+    assert_eq!(parts.len(), 3);
     let sum: f64 = parts.iter().map(|f| probe_duration(&root_of(&srv).join(f["path"].as_str().unwrap()))).sum();
     assert!((sum - 14.0).abs() < 0.1, "{sum}");
 
@@ -601,6 +604,30 @@ fn stitch_joins_mp4_fragments_into_one_file_as_a_job() {
     let cb = callbacks.lock().unwrap()[0].clone();
     assert_eq!((cb["file_format"].as_str(), cb["file_id"].clone()), (Some("mp4"), out["file_id"].clone()));
     assert_eq!(cb["record_id"], id);
+
+    // Without MP4 files in the range, the FLV fragments of the same pushes are joined.
+    for f in &parts {
+        assert_eq!(
+            srv.api("DELETE", &format!("/api/v1/recordings/files/{}", f["file_id"].as_str().unwrap())).status,
+            200
+        );
+    }
+    let (s, job) = post(r#"{"app":"live","stream":"st","from":0,"to":4102444800}"#);
+    assert_eq!(s, 202, "{job}");
+    let inputs = job["inputs"].as_array().unwrap();
+    assert!(inputs.len() == 3 && inputs.iter().all(|p| p.as_str().unwrap().ends_with(".flv")), "{job}");
+    let id = job["job_id"].as_str().unwrap().to_owned();
+    assert!(wait_until(Duration::from_secs(20), || {
+        done = srv.api("GET", &format!("/api/v1/recordings/stitch/{id}")).json();
+        done["status"] != "running"
+    }));
+    assert_eq!(done["status"], "complete", "{done}");
+    let path = root_of(&srv).join(done["output"]["path"].as_str().unwrap());
+    let flv_sum: f64 = inputs.iter().map(|p| probe_duration(&root_of(&srv).join(p.as_str().unwrap()))).sum();
+    let d = probe_duration(&path);
+    assert!((d - flv_sum).abs() < 0.1, "stitched FLV {d} s vs {flv_sum} s");
+    assert_eq!(decode_errors(&path), "");
+    assert_eq!(mp4_boxes(&path), ["ftyp", "moov", "mdat"]);
 }
 
 /// A small tmpfs mounted for the life of the value (needs root; the test says so if it cannot mount).

@@ -1,11 +1,12 @@
-//! Stitching (Tencent's "video stitching"): the complete MP4 files of one stream over a time range joined end
-//! to end into one flat MP4, as a background job with its status in the API and a completion callback.
+//! Stitching (Tencent's "video stitching"): the complete MP4 files (or, when a range has none, FLV files) of
+//! one stream over a time range joined end to end into one flat MP4, as a background job with its status in
+//! the API and a completion callback.
 
 use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::{mp4_file, naming, short_id, sidecar_path, write_json, RecordError, RecordInfo, Recorder};
+use super::{flv_file, mp4_file, naming, short_id, sidecar_path, write_json, RecordError, RecordInfo, Recorder};
 use crate::auth::unix_now;
 use crate::media::mp4::Movie;
 
@@ -47,15 +48,18 @@ impl Recorder {
         if all.is_empty() {
             return Err(RecordError::NotFound(format!("no recordings of stream {app}/{stream}")));
         }
-        let mut inputs: Vec<RecordInfo> = all
+        let in_range: Vec<RecordInfo> = all
             .into_iter()
             // Earlier stitch outputs are not inputs: they would repeat media.
-            .filter(|f| f.file_format == "mp4" && f.status == "complete" && !f.task_id.starts_with("stitch-"))
+            .filter(|f| f.status == "complete" && !f.task_id.starts_with("stitch-"))
             .filter(|f| f.start_time <= to && f.end_time >= from)
             .collect();
+        // A push recorded as both MP4 and FLV would be joined twice: MP4 files when there are any, else FLV.
+        let format = if in_range.iter().any(|f| f.file_format == "mp4") { "mp4" } else { "flv" };
+        let mut inputs: Vec<RecordInfo> = in_range.into_iter().filter(|f| f.file_format == format).collect();
         if inputs.is_empty() {
             return Err(RecordError::NotFound(format!(
-                "no complete MP4 recordings of {app}/{stream} between {from} and {to}"
+                "no complete MP4 or FLV recordings of {app}/{stream} between {from} and {to}"
             )));
         }
         inputs.sort_by(|a, b| a.start_time.cmp(&b.start_time).then(a.path.cmp(&b.path)));
@@ -118,8 +122,9 @@ impl Recorder {
         let mut movies = Vec::with_capacity(inputs.len());
         let mut files = Vec::with_capacity(inputs.len());
         for (k, f) in inputs.iter().enumerate() {
-            let (m, file) =
-                mp4_file::read_movie(&self.root.join(&f.path)).map_err(|e| format!("reading {}: {e}", f.path))?;
+            let path = self.root.join(&f.path);
+            let read = if f.file_format == "flv" { flv_file::read_movie(&path) } else { mp4_file::read_movie(&path) };
+            let (m, file) = read.map_err(|e| format!("reading {}: {e}", f.path))?;
             movies.push(m.with_src(k as u32));
             files.push(file);
         }

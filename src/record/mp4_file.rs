@@ -111,10 +111,6 @@ impl Mp4File {
         Ok(())
     }
 
-    pub fn started(&self) -> bool {
-        self.first_dts.is_some()
-    }
-
     fn write_fragment(&mut self, last: bool) -> std::io::Result<()> {
         let Some(parts) = self.frag.fragment(last) else { return Ok(()) };
         // One write per fragment: the kernel has all of it or (after a kill mid-call) a torn tail the parser drops.

@@ -223,7 +223,7 @@ impl Config {
             if let Some(f) = app.record.iter().find(|f| !crate::record::FORMATS.contains(&f.as_str())) {
                 return bad(
                     &format!("apps.{name}.record"),
-                    format!("{f:?} is not a supported format (supported: flv, hls)"),
+                    format!("{f:?} is not a supported format (supported: flv, mp4, hls)"),
                 );
             }
         }

@@ -25,6 +25,9 @@ pub enum Event {
     Stop { stream: String, client_id: u64, protocol: Protocol, reason: String, bytes: u64 },
     #[serde(rename = "on_stream_closed")]
     StreamClosed { stream: String },
+    /// A recording stopped on a write error (disk full, directory gone); the stream goes on.
+    #[serde(rename = "on_record_failed")]
+    RecordFailed { stream: String, record_id: String, file: String, file_format: String, error: String },
 }
 
 /// Fan-out of events to whoever listens (webhooks now; room event streams and SSE later). Sending never
@@ -126,7 +129,7 @@ impl Webhooks {
                 Event::Play { .. } => &self.cfg.on_play,
                 Event::Stop { .. } => &self.cfg.on_stop,
                 // on_publish is asked synchronously before the publish is accepted.
-                Event::Publish { .. } | Event::StreamClosed { .. } => continue,
+                Event::Publish { .. } | Event::StreamClosed { .. } | Event::RecordFailed { .. } => continue,
             };
             for url in urls.clone() {
                 let this = self.clone();

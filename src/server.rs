@@ -233,6 +233,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     while !state.hub.clients().is_empty() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // MP4 files closed just now are being rewritten into flat files; one left unfinished is finalized at the
+    // next start, so this wait is bounded.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while state.recorder.finalizing() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     tracing::info!(remaining = state.hub.clients().len(), "stopped");
     Ok(())
 }

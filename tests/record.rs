@@ -318,3 +318,437 @@ fn timestamps_that_jump_by_hours_or_backwards_keep_players_and_files_continuous(
         Command::new("ffmpeg").args(["-v", "error", "-i"]).arg(&path).args(["-f", "null", "-"]).output().unwrap();
     assert!(decode.status.success(), "{}", String::from_utf8_lossy(&decode.stderr));
 }
+
+// ------------------------------------------------------------------------------------------------------------
+// MP4
+
+/// Top-level box types of an MP4 file, in order.
+fn mp4_boxes(path: &std::path::Path) -> Vec<String> {
+    let data = std::fs::read(path).unwrap();
+    let mut out = Vec::new();
+    let mut off = 0usize;
+    while off + 8 <= data.len() {
+        let mut size = u32::from_be_bytes(data[off..off + 4].try_into().unwrap()) as u64;
+        if size == 1 {
+            size = u64::from_be_bytes(data[off + 8..off + 16].try_into().unwrap());
+        } else if size == 0 {
+            size = (data.len() - off) as u64;
+        }
+        out.push(String::from_utf8_lossy(&data[off + 4..off + 8]).into_owned());
+        if size < 8 {
+            break;
+        }
+        off += size as usize;
+    }
+    out
+}
+
+fn decode_errors(path: &std::path::Path) -> String {
+    let out = Command::new("ffmpeg").args(["-v", "error", "-i"]).arg(path).args(["-f", "null", "-"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "ffmpeg could not decode {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// (dts, pts) in ms of the first `n` video packets.
+fn video_packets(path: &std::path::Path, n: usize) -> Vec<(i64, i64)> {
+    let out = ffprobe(
+        path.to_str().unwrap(),
+        &["-select_streams", "v:0", "-show_entries", "packet=dts_time,pts_time", "-of", "csv=p=0"],
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .take(n)
+        .map(|l| {
+            let mut it = l.split(',').map(|v| (v.parse::<f64>().unwrap() * 1000.0).round() as i64);
+            let pts = it.next().unwrap();
+            let dts = it.next().unwrap();
+            (dts, pts)
+        })
+        .collect()
+}
+
+fn root_of(srv: &Server) -> std::path::PathBuf {
+    srv.dir.path().join("recordings")
+}
+
+#[test]
+fn mp4_recordings_are_exact_seekable_faststart_files_with_b_frames_kept_and_seek_in_chromium() {
+    let (cb_port, callbacks) = http_receiver(200);
+    let srv = Server::start(&format!(
+        "[apps.live]\nrecord = [\"mp4\"]\n[record]\ncallback_urls = [\"http://127.0.0.1:{cb_port}/cb\"]\ncallback_key = \"k\"\n"
+    ));
+    let mut p = push_secs(&srv, "m", 20.0);
+    let mut b = push_args(&media("bframes"), &srv.rtmp_url("bf"), &["-t", "6"]);
+    assert!(p.wait(Duration::from_secs(40)).is_some_and(|s| s.success()), "{}", p.stderr());
+    assert!(b.wait(Duration::from_secs(20)).is_some_and(|s| s.success()), "{}", b.stderr());
+    assert!(wait_until(Duration::from_secs(15), || complete(&srv, "m").len() == 1 && complete(&srv, "bf").len() == 1));
+    let f = &complete(&srv, "m")[0];
+    assert_eq!(f["file_format"], "mp4");
+    let path = root_of(&srv).join(f["path"].as_str().unwrap());
+    assert_eq!(path.extension().unwrap(), "mp4");
+    // 20 s pushed: within one frame (33 ms) + 50 ms.
+    let d = probe_duration(&path);
+    assert!((d - 20.0).abs() <= 0.034 + 0.05, "MP4 lasts {d} s of a 20 s push");
+    assert!((d - f["duration"].as_f64().unwrap()).abs() < 0.05, "{d} vs {f}");
+    let streams = probe_streams(path.to_str().unwrap());
+    assert!(streams.iter().any(|s| s["codec_name"] == "h264" && s["width"] == 640), "{streams:?}");
+    assert!(streams.iter().any(|s| s["codec_name"] == "aac"), "{streams:?}");
+    assert_eq!(decode_errors(&path), "");
+    // Seekable and faststart: one moov before the mdat, no fragments left.
+    assert_eq!(mp4_boxes(&path), ["ftyp", "moov", "mdat"]);
+    assert_eq!(f["file_size"].as_u64().unwrap(), std::fs::metadata(&path).unwrap().len());
+    assert!(first_frame_is_key(&path));
+
+    // B-frames: every packet keeps its composition offset (pts - dts) as the source had it.
+    let bf = &complete(&srv, "bf")[0];
+    let bpath = root_of(&srv).join(bf["path"].as_str().unwrap());
+    assert_eq!(decode_errors(&bpath), "");
+    let src = video_packets(&media("bframes"), 60);
+    let rec = video_packets(&bpath, 60);
+    assert_eq!(rec.len(), 60);
+    assert!(src.iter().any(|(d, p)| p != d), "the source has B-frames");
+    let offs = |v: &[(i64, i64)]| v.iter().map(|(d, p)| p - d).collect::<Vec<_>>();
+    let (so, ro) = (offs(&src), offs(&rec));
+    assert!(so.iter().zip(&ro).all(|(a, b)| (a - b).abs() <= 1), "composition offsets differ:\n{so:?}\n{ro:?}");
+    // Presentation starts at 0 (edit list) and pts are unique: no two frames shown at once.
+    let mut pts: Vec<i64> = rec.iter().map(|x| x.1).collect();
+    pts.sort();
+    assert!(pts[0].abs() <= 1, "first pts {}", pts[0]);
+    assert!(pts.windows(2).all(|w| w[1] - w[0] >= 30), "{pts:?}");
+    let bd = probe_duration(&bpath);
+    assert!((bd - 6.0).abs() <= 0.084, "{bd}");
+
+    // Callbacks say mp4.
+    assert!(wait_until(Duration::from_secs(10), || callbacks.lock().unwrap().len() >= 2));
+    assert!(callbacks.lock().unwrap().iter().all(|c| c["file_format"] == "mp4" && c["file_size"].as_u64() > Some(0)));
+
+    // Chromium seeks in it through range requests.
+    let url = f["video_url"].as_str().unwrap();
+    let shot = srv.dir.path().join("seek.png");
+    let r = browser_check("mp4_seek.mjs", &[url, shot.to_str().unwrap(), "15"]);
+    eprintln!("MP4 {d} s (B-frame file {bd} s); Chromium seek: {r}");
+    assert_eq!(r["ok"], true, "{r}");
+    assert!((r["seekedTo"].as_f64().unwrap() - 15.0).abs() < 0.5, "{r}");
+    assert!(r["rangeRequests"].as_u64().unwrap() >= 1, "{r}");
+    assert!(r["frameMediaTime"].as_f64().unwrap() >= 14.5, "a frame from after the seek rendered: {r}");
+}
+
+/// Sends the tags of a test media file over RTMP at their pace, `ts_offset` ms later, up to `until_ms`.
+fn send_media(p: &mut RtmpClient, kind: &str, ts_offset: u32, until_ms: u32, start: std::time::Instant) {
+    use livegate::media::flv::FlvParser;
+    let mut parser = FlvParser::new();
+    parser.feed(&std::fs::read(media(kind)).unwrap());
+    while let Ok(Some(t)) = parser.next_tag() {
+        if t.tag_type == 18 || t.timestamp >= until_ms {
+            continue;
+        }
+        let ts = t.timestamp + ts_offset;
+        if let Some(wait) = Duration::from_millis(ts as u64).checked_sub(start.elapsed()) {
+            std::thread::sleep(wait);
+        }
+        let csid = if t.tag_type == 9 { 6 } else { 4 };
+        p.send_raw_message(csid, t.tag_type, 1, ts, &t.body);
+    }
+}
+
+#[test]
+fn a_codec_or_resolution_change_starts_a_new_mp4_while_flv_goes_on() {
+    let srv = Server::start("[apps.live]\nrecord = [\"flv\", \"mp4\"]\n[hub]\nreconnect_grace_secs = 0.5\n");
+    let mut p = RtmpClient::connect(srv.rtmp_port, false).unwrap();
+    p.connect_app("live");
+    assert_eq!(statuses(&p.publish("cc"))[0].0, "NetStream.Publish.Start");
+    let start = std::time::Instant::now();
+    // 640x360 stereo for 3 s, then the same session switches to 320x240 mono (new SPS and AudioSpecificConfig).
+    send_media(&mut p, "360p", 0, 3000, start);
+    send_media(&mut p, "short", 3000, 3000, start);
+    drop(p);
+    assert!(wait_until(Duration::from_secs(15), || complete(&srv, "cc").len() == 3), "{:?}", complete(&srv, "cc"));
+    let files = complete(&srv, "cc");
+    let flv: Vec<_> = files.iter().filter(|f| f["file_format"] == "flv").collect();
+    let mut mp4: Vec<_> = files.iter().filter(|f| f["file_format"] == "mp4").collect();
+    assert_eq!((flv.len(), mp4.len()), (1, 2), "{files:?}");
+    mp4.sort_by_key(|f| f["path"].as_str().unwrap().to_owned());
+    let widths: Vec<_> = mp4
+        .iter()
+        .map(|f| {
+            let path = root_of(&srv).join(f["path"].as_str().unwrap());
+            assert_eq!(decode_errors(&path), "", "{}", path.display());
+            let d = probe_duration(&path);
+            assert!((d - 3.0).abs() < 0.15, "{} lasts {d}", path.display());
+            let s = probe_streams(path.to_str().unwrap());
+            assert!(s.iter().any(|s| s["codec_name"] == "aac"), "{s:?}");
+            s.iter().find(|s| s["codec_name"] == "h264").unwrap()["width"].as_u64().unwrap()
+        })
+        .collect();
+    let mut sorted = widths.clone();
+    sorted.sort();
+    assert_eq!(sorted, [320, 640], "one MP4 per resolution");
+    let fd = probe_duration(&root_of(&srv).join(flv[0]["path"].as_str().unwrap()));
+    assert!((fd - 6.0).abs() < 0.2, "the FLV spans both: {fd}");
+}
+
+#[test]
+fn kill_minus_nine_leaves_a_playable_fragmented_mp4_finalized_at_restart() {
+    let cb_port = free_port();
+    let dir = tempdir::TempDir::new("mp4crash");
+    let root = dir.path().join("rec");
+    let cfg = format!(
+        "[apps.live]\nrecord = [\"mp4\"]\n[record]\nroot = \"{}\"\ncallback_urls = [\"http://127.0.0.1:{cb_port}/cb\"]\ncallback_key = \"ck\"\ncallback_interval_secs = 1.0\n",
+        root.display()
+    );
+    let mut srv = Server::start(&cfg);
+    let _p = push_secs(&srv, "mc", 30.0);
+    srv.wait_live("mc");
+    let live = std::time::Instant::now();
+    std::thread::sleep(Duration::from_millis(5500));
+    let elapsed = live.elapsed().as_secs_f64();
+    unsafe {
+        libc::kill(srv.child.id() as i32, libc::SIGKILL);
+    }
+    let _ = srv.child.wait();
+    let files: Vec<_> = walk(&root).into_iter().filter(|p| p.extension().is_some_and(|e| e == "mp4")).collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let path = files[0].clone();
+    let boxes = mp4_boxes(&path);
+    assert!(boxes.contains(&"moof".to_string()), "fragmented while recording: {boxes:?}");
+    // Plays up to at most 1 s before the kill.
+    let d = probe_duration(&path);
+    assert!(d >= elapsed - 1.0, "{d} s on disk, {elapsed} s since the stream went live");
+    assert_eq!(decode_errors(&path), "");
+
+    // Restart: finalized into a flat MP4 and called back once the receiver is up.
+    let got = http_receiver_on(cb_port, 200);
+    let srv = Server::start(&cfg);
+    assert!(wait_until(Duration::from_secs(10), || complete(&srv, "mc").len() == 1));
+    let info = complete(&srv, "mc")[0].clone();
+    assert_eq!(mp4_boxes(&path), ["ftyp", "moov", "mdat"]);
+    let fd = probe_duration(&path);
+    assert!((fd - d).abs() < 0.1, "finalized {fd} s vs {d} s fragmented");
+    assert!((info["duration"].as_f64().unwrap() - fd).abs() < 0.05, "{info}");
+    assert_eq!(info["file_size"].as_u64().unwrap(), std::fs::metadata(&path).unwrap().len());
+    assert_eq!(decode_errors(&path), "");
+    assert!(wait_until(Duration::from_secs(10), || !got.lock().unwrap().is_empty()), "callback never delivered");
+    let cb = got.lock().unwrap()[0].clone();
+    assert_eq!(cb["file_format"], "mp4");
+    assert_eq!(cb["file_id"], info["file_id"]);
+    assert_eq!(cb["sign"], livegate::auth::sign("ck", "", &cb["t"].as_u64().unwrap().to_string()));
+    drop(srv);
+}
+
+#[test]
+fn stitch_joins_mp4_fragments_into_one_file_as_a_job() {
+    let (cb_port, callbacks) = http_receiver(200);
+    let srv = Server::start(
+        "[apps.live]\nrecord = [\"mp4\", \"flv\"]\n[record]\nfragment_secs = 60\nfragment_unit_ms = 100\n",
+    );
+    let post = |body: &str| {
+        let r = http_request_body(srv.http_port, "POST", "/api/v1/recordings/stitch", body);
+        (r.status, r.json())
+    };
+    let (s, j) = post(r#"{"app":"live","stream":"nobody","from":0,"to":10}"#);
+    assert_eq!(s, 404, "{j}");
+    assert!(j["error"].is_string() && j["detail"].is_string(), "{j}");
+    let mut p = push_secs(&srv, "st", 14.0);
+    assert!(p.wait(Duration::from_secs(30)).is_some_and(|s| s.success()), "{}", p.stderr());
+    assert!(wait_until(Duration::from_secs(15), || complete(&srv, "st").len() == 6), "{:?}", complete(&srv, "st"));
+    let parts: Vec<_> = complete(&srv, "st").into_iter().filter(|f| f["file_format"] == "mp4").collect();
+    assert_eq!(parts.len(), 3);
+    let sum: f64 = parts.iter().map(|f| probe_duration(&root_of(&srv).join(f["path"].as_str().unwrap()))).sum();
+    assert!((sum - 14.0).abs() < 0.1, "{sum}");
+
+    // Bad input names the field.
+    for (body, field) in [
+        (r#"{"app":"live","stream":"st","from":20,"to":10}"#, "from"),
+        (r#"{"app":"live","stream":"st","from":"x","to":10}"#, "from"),
+        (r#"{"app":"live","stream":"st","from":0}"#, "to"),
+        (r#"{"app":"live","stream":"../x","from":0,"to":1}"#, "stream"),
+        (r#"{"app":"live","stream":"st","from":0,"to":1,"callback":"ftp://x"}"#, "callback"),
+        (r#"{"app":"live","stream":"st","from":0,"to":1,"extra":1}"#, "extra"),
+    ] {
+        let (s, j) = post(body);
+        assert_eq!(s, 400, "{body}: {j}");
+        assert!(j["detail"].as_str().unwrap().contains(field), "{body}: {j}");
+    }
+    let (s, j) = post(r#"{"app":"live","stream":"st","from":1,"to":2}"#);
+    assert_eq!(s, 404, "no files in that range: {j}");
+    assert_eq!(srv.api("GET", "/api/v1/recordings/stitch/nope").status, 404);
+
+    let (s, job) = post(&format!(
+        r#"{{"app":"live","stream":"st","from":0,"to":4102444800,"callback":"http://127.0.0.1:{cb_port}/stitched"}}"#
+    ));
+    assert_eq!(s, 202, "{job}");
+    assert_eq!(job["inputs"].as_array().unwrap().len(), 3, "{job}");
+    let id = job["job_id"].as_str().unwrap().to_owned();
+    let mut done = serde_json::Value::Null;
+    assert!(wait_until(Duration::from_secs(20), || {
+        done = srv.api("GET", &format!("/api/v1/recordings/stitch/{id}")).json();
+        done["status"] != "running"
+    }));
+    assert_eq!(done["status"], "complete", "{done}");
+    let out = &done["output"];
+    let path = root_of(&srv).join(out["path"].as_str().unwrap());
+    let d = probe_duration(&path);
+    assert!((d - sum).abs() < 0.1, "stitched {d} s, fragments sum to {sum} s");
+    assert_eq!(mp4_boxes(&path), ["ftyp", "moov", "mdat"]);
+    assert_eq!(decode_errors(&path), "");
+    let streams = probe_streams(path.to_str().unwrap());
+    assert!(streams.iter().any(|s| s["codec_name"] == "h264") && streams.iter().any(|s| s["codec_name"] == "aac"));
+    // Listed like any recording, and called back.
+    assert!(complete(&srv, "st").iter().any(|f| f["file_id"] == out["file_id"]));
+    assert!(wait_until(Duration::from_secs(10), || !callbacks.lock().unwrap().is_empty()));
+    let cb = callbacks.lock().unwrap()[0].clone();
+    assert_eq!((cb["file_format"].as_str(), cb["file_id"].clone()), (Some("mp4"), out["file_id"].clone()));
+    assert_eq!(cb["record_id"], id);
+
+    // Without MP4 files in the range, the FLV fragments of the same pushes are joined.
+    for f in &parts {
+        assert_eq!(
+            srv.api("DELETE", &format!("/api/v1/recordings/files/{}", f["file_id"].as_str().unwrap())).status,
+            200
+        );
+    }
+    let (s, job) = post(r#"{"app":"live","stream":"st","from":0,"to":4102444800}"#);
+    assert_eq!(s, 202, "{job}");
+    let inputs = job["inputs"].as_array().unwrap();
+    assert!(inputs.len() == 3 && inputs.iter().all(|p| p.as_str().unwrap().ends_with(".flv")), "{job}");
+    let id = job["job_id"].as_str().unwrap().to_owned();
+    assert!(wait_until(Duration::from_secs(20), || {
+        done = srv.api("GET", &format!("/api/v1/recordings/stitch/{id}")).json();
+        done["status"] != "running"
+    }));
+    assert_eq!(done["status"], "complete", "{done}");
+    let path = root_of(&srv).join(done["output"]["path"].as_str().unwrap());
+    let flv_sum: f64 = inputs.iter().map(|p| probe_duration(&root_of(&srv).join(p.as_str().unwrap()))).sum();
+    let d = probe_duration(&path);
+    assert!((d - flv_sum).abs() < 0.1, "stitched FLV {d} s vs {flv_sum} s");
+    assert_eq!(decode_errors(&path), "");
+    assert_eq!(mp4_boxes(&path), ["ftyp", "moov", "mdat"]);
+}
+
+/// A small tmpfs mounted for the life of the value (needs root; the test says so if it cannot mount).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &std::path::Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "this test needs a real full disk: mounting a {size} tmpfs (as root) failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_stops_only_that_recording_and_never_damages_finished_files() {
+    // A real ENOSPC: the stream "full" records into a 700 KiB tmpfs mounted where its files go, while the
+    // stream "ok" records beside it on the ordinary disk.
+    let (cb_port, callbacks) = http_receiver(200);
+    let mut srv = Server::start(&format!(
+        "[apps.live]\nrecord = [\"mp4\", \"flv\"]\n[hub]\nreconnect_grace_secs = 0.5\n[record]\ncallback_urls = [\"http://127.0.0.1:{cb_port}/cb\"]\n"
+    ));
+    let _fs = Tmpfs::mount(&root_of(&srv).join("live/full"), "700k");
+    // First a short push that fits: its MP4 and FLV are complete before the disk fills.
+    let mut p = push_secs(&srv, "full", 2.5);
+    assert!(p.wait(Duration::from_secs(20)).is_some_and(|s| s.success()));
+    assert!(wait_until(Duration::from_secs(10), || complete(&srv, "full").len() == 2), "{:?}", complete(&srv, "full"));
+    let done: Vec<(std::path::PathBuf, Vec<u8>)> = complete(&srv, "full")
+        .iter()
+        .map(|f| {
+            let path = root_of(&srv).join(f["path"].as_str().unwrap());
+            let bytes = std::fs::read(&path).unwrap();
+            (path, bytes)
+        })
+        .collect();
+
+    let mut ok = push_secs(&srv, "ok", 12.0);
+    let mut big = push_secs(&srv, "full", 12.0);
+    srv.wait_live("full");
+    let failed = || {
+        let j = srv.api("GET", "/api/v1/recordings?stream=full").json();
+        j["recordings"].as_array().unwrap().iter().filter(|r| r["status"] == "failed").cloned().collect::<Vec<_>>()
+    };
+    assert!(wait_until(Duration::from_secs(15), || !failed().is_empty()), "the recording never hit the full disk");
+    let f = failed()[0].clone();
+    assert!(f["error"].as_str().unwrap().contains("No space left"), "{f}");
+    // The recording stopped; the stream is still live and HTTP-FLV readers still get media.
+    assert!(wait_until(Duration::from_secs(5), || srv.api("GET", "/api/v1/recordings").json()["running"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["stream"] != "full")));
+    assert_eq!(srv.stream_json("full").unwrap()["state"], "live");
+    let mut c = FlvClient::connect(srv.http_port, "/live/full.flv", None);
+    assert!(c.read_for(Duration::from_secs(2)).iter().filter(|(_, t)| is_video_frame(t)).count() > 20);
+    assert!(srv.log_text().contains("recording failed"));
+    // The other recording goes on to a complete file, and the finished files are untouched.
+    assert!(ok.wait(Duration::from_secs(30)).is_some_and(|s| s.success()));
+    let _ = big.wait(Duration::from_secs(30));
+    assert!(wait_until(Duration::from_secs(10), || complete(&srv, "ok").len() == 2), "{:?}", complete(&srv, "ok"));
+    for f in complete(&srv, "ok") {
+        let d = probe_duration(&root_of(&srv).join(f["path"].as_str().unwrap()));
+        assert!((d - 12.0).abs() < 0.1, "{f}: {d}");
+    }
+    for (path, bytes) in &done {
+        assert_eq!(&std::fs::read(path).unwrap(), bytes, "{} changed", path.display());
+        assert_eq!(decode_errors(path), "");
+    }
+    // The failure was called back.
+    assert!(wait_until(Duration::from_secs(10), || callbacks
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|c| c["status"] == "failed" && c["stream_id"] == "full")));
+    assert!(srv.is_running(), "livegate survived the full disk");
+}
+
+#[test]
+fn audio_only_and_video_only_pushes_make_single_track_mp4s() {
+    let srv = Server::start("[apps.live]\nrecord = [\"mp4\"]\n[hub]\nreconnect_grace_secs = 0.5\n");
+    let one = |name: &str, drop_flag: &str| {
+        Proc::spawn(
+            Command::new("ffmpeg")
+                .args(["-hide_banner", "-loglevel", "warning", "-re", "-t", "4", "-i"])
+                .arg(media("360p"))
+                .args(["-c", "copy", drop_flag, "-f", "flv"])
+                .arg(srv.rtmp_url(name)),
+        )
+    };
+    let mut a = one("ao", "-vn");
+    let mut v = one("vo", "-an");
+    assert!(a.wait(Duration::from_secs(20)).is_some_and(|s| s.success()), "{}", a.stderr());
+    assert!(v.wait(Duration::from_secs(20)).is_some_and(|s| s.success()), "{}", v.stderr());
+    for (name, codec) in [("ao", "aac"), ("vo", "h264")] {
+        assert!(
+            wait_until(Duration::from_secs(10), || complete(&srv, name).len() == 1),
+            "{name}: {:?}",
+            complete(&srv, name)
+        );
+        let f = &complete(&srv, name)[0];
+        let path = root_of(&srv).join(f["path"].as_str().unwrap());
+        let streams = probe_streams(path.to_str().unwrap());
+        let codecs: Vec<&str> = streams.iter().map(|s| s["codec_name"].as_str().unwrap()).collect();
+        assert_eq!(codecs, [codec], "{name}");
+        let d = probe_duration(&path);
+        assert!((d - 4.0).abs() < 0.1, "{name}: {d}");
+        assert_eq!(decode_errors(&path), "");
+        assert_eq!(mp4_boxes(&path), ["ftyp", "moov", "mdat"]);
+    }
+}

@@ -38,6 +38,10 @@ pub struct Ending {
     pub exited: Option<String>,
     /// Seconds livegate took to exit after SIGTERM; None: it was killed after 30 s.
     pub shutdown_secs: Option<f64>,
+    /// CPU seconds livegate used from SIGTERM to exit (finishing the files), as last seen before it exited.
+    pub shutdown_cpu: Option<f64>,
+    /// Bytes livegate passed to write syscalls over its whole life, as last seen before it exited.
+    pub written_bytes: Option<u64>,
     pub usage: Option<DirUsage>,
     pub fs_type: String,
 }
@@ -70,11 +74,25 @@ pub fn run(args: &Args, mut lg: Livegate, input: Arc<Input>, record_root: Option
         // Let the recorders take the last frames in flight before SIGTERM ends the streams.
         std::thread::sleep(Duration::from_secs(1));
     }
+    // /proc/PID vanishes at exit: watch CPU and written bytes until then and keep the last values seen.
+    let watch_pid = pid.clone();
+    let cpu_at_term = sys::cpu_secs(&pid);
+    let watcher = std::thread::spawn(move || {
+        let mut last = (None, None);
+        while sys::running(&watch_pid) {
+            last = (sys::cpu_secs(&watch_pid).or(last.0), sys::io_wchar(&watch_pid).or(last.1));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        last
+    });
     let shutdown_secs = lg.stop_within(Duration::from_secs(30)).map(|d| d.as_secs_f64());
+    let (cpu_end, written_bytes) = watcher.join().unwrap_or((None, None));
     let measured = measured?;
     let ending = Ending {
         exited,
         shutdown_secs,
+        shutdown_cpu: cpu_end.zip(cpu_at_term).map(|(e, s)| e - s),
+        written_bytes,
         usage: record_root.map(sys::dir_usage),
         fs_type: record_root.map_or_else(String::new, sys::fs_type),
     };

@@ -51,12 +51,12 @@ that appeared since its previous poll (the newest one only on its first poll), o
 connection; reported: delivered MB, livegate CPU per delivered MB and per reader, segment fetch times, \
 segments missed, failed readers.
 
---readers 0 --publishers N [--record flv|hls|flv,hls]: N publishers of the input (streams NAME-0 .. NAME-{N-1}, \
+--readers 0 --publishers N [--record flv|mp4|hls|flv,mp4,hls]: N publishers of the input (streams NAME-0 .. NAME-{N-1}, \
 all tasks of one thread, connecting --ramp-ms apart) and no readers; with --record livegate auto-records \
 every push to app live into a temporary directory (deleted at the end unless --keep-recordings). Reported: \
 livegate CPU per recorded stream-second (and the streams one core would sustain at that rate), bytes on disk \
 (summed after livegate's graceful stop) vs media bytes the publishers sent, recorded vs published seconds, \
-peak RSS, and late publisher tags. Without --record the same run gives the ingest-only baseline.";
+peak RSS, and late publisher tags; with --record also the bytes livegate wrote over the whole run (write syscalls from /proc/PID/io wchar, so an MP4's fragmented copy and its finalized rewrite both count) and the CPU livegate spent from SIGTERM to exit (finishing every file: for MP4 the rewrite into a flat file). Without --record the same run gives the ingest-only baseline.";
 
 #[derive(Parser, Debug)]
 #[command(name = "livegate-load", about = "End-to-end load test of livegate (acts as the `ffmpeg -re -c copy` publisher)", long_about = LONG_ABOUT)]
@@ -124,6 +124,7 @@ pub struct Args {
 #[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
 pub enum RecordFormat {
     Flv,
+    Mp4,
     Hls,
 }
 
@@ -131,6 +132,7 @@ impl RecordFormat {
     pub fn name(self) -> &'static str {
         match self {
             RecordFormat::Flv => "flv",
+            RecordFormat::Mp4 => "mp4",
             RecordFormat::Hls => "hls",
         }
     }

@@ -384,7 +384,7 @@ pub fn print_ingest(args: &Args, run: &IngestRun, logs: &[PubLog], end: &Ending,
         let total = u.total_bytes();
         let ratio = total as f64 / t.media_bytes.max(1) as f64;
         println!(
-            "  disk               {:.1} MB under the record root ({}): {:.1} MB in {} .flv/.ts files + {:.2} MB playlists + {:.2} MB sidecars/other; media sent {:.1} MB -> {ratio:.3}x",
+            "  disk               {:.1} MB under the record root ({}): {:.1} MB in {} .flv/.mp4/.ts files + {:.2} MB playlists + {:.2} MB sidecars/other; media sent {:.1} MB -> {ratio:.3}x",
             total as f64 / 1e6,
             end.fs_type,
             u.media_bytes as f64 / 1e6,
@@ -411,7 +411,23 @@ pub fn print_ingest(args: &Args, run: &IngestRun, logs: &[PubLog], end: &Ending,
                 format!(" ({})", missing[..missing.len().min(5)].join(", "))
             }
         );
+        if let Some(w) = end.written_bytes {
+            println!(
+                "  written            {:.1} MB passed to write() by livegate over the run (files, logs, sockets) vs {:.1} MB media received -> {:.3}x",
+                w as f64 / 1e6,
+                t.media_bytes as f64 / 1e6,
+                w as f64 / t.media_bytes.max(1) as f64
+            );
+        }
+        if let Some(c) = end.shutdown_cpu {
+            println!(
+                "  finishing files    {c:.2} CPU-s from SIGTERM to exit for {} files ({:.1} CPU-ms per file)",
+                u.media_files,
+                c * 1e3 / u.media_files.max(1) as f64
+            );
+        }
         disk = json!({
+            "written_bytes": end.written_bytes, "shutdown_cpu_s": end.shutdown_cpu,
             "bytes": total, "media_bytes": u.media_bytes, "media_files": u.media_files,
             "playlist_bytes": u.playlist_bytes, "other_bytes": u.other_bytes, "ratio_to_sent": ratio,
             "statuses": u.statuses, "recorded_secs": u.recorded_secs, "streams_without_recording": missing.len(),

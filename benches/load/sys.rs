@@ -23,6 +23,12 @@ pub fn cpu_secs(pid: &str) -> Option<f64> {
     Some((utime + stime) as f64 / ticks)
 }
 
+/// Bytes the process passed to write syscalls so far (`wchar` of /proc/PID/io: files and sockets alike).
+pub fn io_wchar(pid: &str) -> Option<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    io.lines().find_map(|l| l.strip_prefix("wchar:")?.trim().parse().ok())
+}
+
 /// Whether the process exists and is not a zombie (exited, not yet reaped).
 pub fn running(pid: &str) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
@@ -204,7 +210,7 @@ impl Drop for Livegate {
 /// What a recording directory holds: bytes by kind, and the sidecars' statuses.
 #[derive(Default, Debug)]
 pub struct DirUsage {
-    /// .flv and .ts files.
+    /// .flv, .mp4 and .ts files.
     pub media_bytes: u64,
     pub media_files: u64,
     /// .m3u8 playlists.
@@ -238,7 +244,7 @@ pub fn dir_usage(dir: &Path) -> DirUsage {
             }
             let name = e.file_name().to_string_lossy().into_owned();
             let len = meta.len();
-            if name.ends_with(".flv") || name.ends_with(".ts") {
+            if name.ends_with(".flv") || name.ends_with(".mp4") || name.ends_with(".ts") {
                 u.media_bytes += len;
                 u.media_files += 1;
             } else if name.ends_with(".m3u8") {

@@ -74,6 +74,11 @@ pub async fn handle(state: &Arc<AppState>, addr: SocketAddr, req: Request<Incomi
             json(StatusCode::OK, &json!({ "recordings": files, "running": running }))
         }
         (Method::POST, ["api", "v1", "recordings"]) => start_recording(state, req).await,
+        (Method::POST, ["api", "v1", "recordings", "stitch"]) => stitch(state, req).await,
+        (Method::GET, ["api", "v1", "recordings", "stitch", id]) => match state.recorder.stitch_job(id) {
+            Some(job) => json(StatusCode::OK, &json!(job)),
+            None => error(StatusCode::NOT_FOUND, "job_not_found", &format!("no stitch job {id}")),
+        },
         (Method::DELETE, ["api", "v1", "recordings", "files", file_id]) => match state.recorder.delete(file_id) {
             Ok(info) => json(StatusCode::OK, &json!({ "deleted": info })),
             Err(RecordError::NotFound(d)) => error(StatusCode::NOT_FOUND, "recording_not_found", &d),
@@ -125,6 +130,53 @@ async fn start_recording(state: &Arc<AppState>, req: Request<Incoming>) -> Respo
         Err(e @ RecordError::NotFound(_)) => error(StatusCode::NOT_FOUND, "stream_not_found", &e.to_string()),
         Err(e @ RecordError::Invalid { .. }) => error(StatusCode::BAD_REQUEST, "invalid_field", &e.to_string()),
         Err(e @ RecordError::Exists(_)) => error(StatusCode::CONFLICT, "conflict", &e.to_string()),
+    }
+}
+
+/// `POST /api/v1/recordings/stitch {app, stream, from, to, callback?}`: fields are checked one by one so a
+/// 400 names the one that is wrong.
+async fn stitch(state: &Arc<AppState>, req: Request<Incoming>) -> Response<Body> {
+    let body = match http_body_util::Limited::new(req.into_body(), 64 * 1024).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_body", &format!("cannot read the request body: {e}")),
+    };
+    let v: Value = match serde_json::from_slice(&body) {
+        Ok(v @ Value::Object(_)) => v,
+        Ok(_) => return error(StatusCode::BAD_REQUEST, "bad_json", "the body must be a JSON object"),
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_json", &e.to_string()),
+    };
+    let bad = |field: &str, detail: &str| {
+        error(StatusCode::BAD_REQUEST, "invalid_field", &format!("invalid {field}: {detail}"))
+    };
+    if let Some(k) = v
+        .as_object()
+        .and_then(|o| o.keys().find(|k| !["app", "stream", "from", "to", "callback"].contains(&k.as_str())))
+    {
+        return bad(k, "unknown field");
+    }
+    let mut names = Vec::new();
+    for what in ["app", "stream"] {
+        let Some(n) = v[what].as_str() else { return bad(what, "a string is required") };
+        if let Err(e) = crate::names::validate(what, n) {
+            return bad(what, &e.to_string());
+        }
+        names.push(n.to_owned());
+    }
+    let mut times = Vec::new();
+    for what in ["from", "to"] {
+        let Some(t) = v[what].as_u64() else { return bad(what, "Unix seconds (a non-negative integer) are required") };
+        times.push(t);
+    }
+    let callback = match &v["callback"] {
+        Value::Null => None,
+        Value::String(u) if u.starts_with("http://") && u.len() > 7 => Some(u.clone()),
+        _ => return bad("callback", "an http:// URL is expected"),
+    };
+    match state.recorder.stitch(&names[0], &names[1], times[0], times[1], callback) {
+        Ok(job) => json(StatusCode::ACCEPTED, &json!(job)),
+        Err(e @ RecordError::NotFound(_)) => error(StatusCode::NOT_FOUND, "recording_not_found", &e.to_string()),
+        Err(e @ RecordError::Invalid { .. }) => error(StatusCode::BAD_REQUEST, "invalid_field", &e.to_string()),
+        Err(e) => error(StatusCode::CONFLICT, "conflict", &e.to_string()),
     }
 }
 

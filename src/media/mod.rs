@@ -4,6 +4,7 @@ pub mod aac;
 pub mod amf0;
 pub mod avc;
 pub mod flv;
+pub mod mp4;
 pub mod ts;
 
 use bytes::Bytes;

@@ -7,7 +7,8 @@ use std::path::Path;
 
 use crate::media::amf0::{self, Amf0Value};
 use crate::media::flv::{self, FlvParser};
-use crate::media::Frame;
+use crate::media::mp4::{Handler, Movie, Sample, Track};
+use crate::media::{Codec, Frame, MediaKind};
 
 pub struct FlvFile {
     out: BufWriter<File>,
@@ -121,10 +122,88 @@ pub fn repair(path: &Path) -> std::io::Result<(f64, u64)> {
     Ok((duration, good))
 }
 
+/// The H.264/AAC samples of a recorded FLV file as an MP4 sample table (for stitching), reading tag headers
+/// only: media stays on disk. A second, different sequence header inside the file is refused (one MP4
+/// track holds one configuration).
+pub fn read_movie(path: &Path) -> std::io::Result<(Movie, File)> {
+    use std::os::unix::fs::FileExt;
+    let file = File::open(path)?;
+    let len = file.metadata()?.len();
+    let mut configs: [Option<Frame>; 2] = [None, None];
+    // (is video, dts ms, cts ms, keyframe, offset, size)
+    let mut raw: Vec<(bool, i64, i32, bool, u64, u32)> = Vec::new();
+    let mut off = 13u64;
+    let mut head = [0u8; 16];
+    while off + 11 + 4 <= len {
+        file.read_exact_at(&mut head[..11], off)?;
+        let size = u64::from(u32::from_be_bytes([0, head[1], head[2], head[3]]));
+        let ts = i64::from(u32::from_be_bytes([head[7], head[4], head[5], head[6]]));
+        if off + 11 + size + 4 > len {
+            break; // torn last tag
+        }
+        let body = off + 11;
+        let (kind, prefix) = match head[0] {
+            flv::TAG_VIDEO if size >= 5 => (MediaKind::Video, 5u64),
+            flv::TAG_AUDIO if size >= 2 => (MediaKind::Audio, 2),
+            _ => {
+                off += 11 + size + 4;
+                continue;
+            }
+        };
+        let mut p = [0u8; 5];
+        file.read_exact_at(&mut p[..prefix as usize], body)?;
+        let (codec_ok, config, key, cts) = if kind == MediaKind::Video {
+            let cts = (i32::from_be_bytes([p[2], p[3], p[4], 0])) >> 8;
+            (p[0] & 0x0F == 7 && p[1] <= 1, p[1] == 0, p[0] >> 4 == 1, cts)
+        } else {
+            (p[0] >> 4 == 10, p[1] == 0, true, 0)
+        };
+        if codec_ok {
+            let data_size = size - prefix;
+            if config {
+                let mut b = vec![0u8; data_size as usize];
+                file.read_exact_at(&mut b, body + prefix)?;
+                let codec = if kind == MediaKind::Video { Codec::H264 } else { Codec::Aac };
+                let f = Frame { kind, codec, dts: ts, cts: 0, keyframe: false, config: true, payload: b.into() };
+                let slot = &mut configs[usize::from(kind == MediaKind::Audio)];
+                if slot.as_ref().is_some_and(|old| old.payload != f.payload) {
+                    return Err(std::io::Error::other("the codec configuration changes inside the file"));
+                }
+                *slot = Some(f);
+            } else if configs[usize::from(kind == MediaKind::Audio)].is_some() && data_size > 0 {
+                raw.push((kind == MediaKind::Video, ts, cts, key, body + prefix, data_size as u32));
+            }
+        }
+        off += 11 + size + 4;
+    }
+    let infos = super::mp4_file::tracks_for(configs[0].as_ref(), configs[1].as_ref());
+    let mut tracks: Vec<Track> = infos.into_iter().map(|info| Track { info, samples: Vec::new() }).collect();
+    for (video, dts, cts, key, offset, size) in raw {
+        let handler = if video { Handler::Video } else { Handler::Audio };
+        let Some(t) = tracks.iter_mut().find(|t| t.info.handler == handler) else { continue };
+        let scale = i64::from(t.info.timescale);
+        let dts_ticks = (dts.max(0) * scale / 1000) as u64;
+        let dts_ticks = t.samples.last().map_or(dts_ticks, |l| dts_ticks.max(l.dts));
+        if let Some(l) = t.samples.last_mut() {
+            l.duration = (dts_ticks - l.dts) as u32;
+        }
+        let cto = (i64::from(cts.max(0)) * scale / 1000) as i32;
+        t.samples.push(Sample { dts: dts_ticks, duration: 0, cto, size, sync: key, src: 0, offset });
+    }
+    for t in &mut tracks {
+        // The last sample lasts as long as the one before it.
+        let n = t.samples.len();
+        if n >= 2 {
+            t.samples[n - 1].duration = t.samples[n - 2].duration;
+        }
+    }
+    tracks.retain(|t| !t.samples.is_empty());
+    Ok((Movie { tracks }, file))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::media::{Codec, MediaKind};
     use bytes::Bytes;
 
     #[test]

@@ -1,13 +1,16 @@
-//! Cloud recording: each recording is a hub reader whose frames a writer thread appends to FLV files, cut
-//! into fragments on keyframes, with a JSON sidecar per file (the metadata the API lists and the callback
-//! sends) and completion callbacks in an on-disk outbox.
+//! Cloud recording: each recording is a hub reader whose frames a writer thread appends to files, cut into
+//! fragments on keyframes, with a JSON sidecar per file (the metadata the API lists and the callback sends)
+//! and completion callbacks in an on-disk outbox.
 //!
-//! Formats: FLV (fragmented by time) and HLS (one playlist per push). MP4 comes next.
+//! Formats: FLV and MP4 (fragmented by time; MP4 also on a codec change) and HLS (one playlist per push).
+//! Stitch jobs join finished MP4 files of a stream into one.
 
 pub mod flv_file;
 pub mod hls_file;
+pub mod mp4_file;
 pub mod naming;
 pub mod outbox;
+pub mod stitch;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -24,6 +27,7 @@ use crate::hub::{CachePolicy, Hub, HubError, Packet, Protocol, StreamKey};
 use crate::media::MediaKind;
 use flv_file::FlvFile;
 use hls_file::HlsFile;
+use mp4_file::Mp4File;
 use outbox::Outbox;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -43,7 +47,7 @@ pub struct RecordConfig {
     pub fragment_unit_ms: u64,
 }
 
-pub const FORMATS: [&str; 2] = ["flv", "hls"];
+pub const FORMATS: [&str; 3] = ["flv", "mp4", "hls"];
 pub const FRAGMENT_RANGE: std::ops::RangeInclusive<u64> = 60..=7200;
 
 impl RecordConfig {
@@ -120,6 +124,50 @@ pub struct Recorder {
     outbox: Outbox,
     tasks: Mutex<HashMap<String, Task>>,
     segment_secs: f64,
+    jobs: Mutex<HashMap<String, stitch::Job>>,
+    /// File states whose sidecar could not be written (disk full): listings show these instead.
+    unsaved: Mutex<HashMap<PathBuf, RecordInfo>>,
+    finalizer: Finalizer,
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// One background thread that rewrites closed MP4 files, one at a time (the work is disk copying; running
+/// many at once would only make each slower). Started on first use.
+#[derive(Default)]
+struct Finalizer {
+    tx: Mutex<Option<std::sync::mpsc::Sender<Job>>>,
+    pending: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Finalizer {
+    fn run(&self, job: Job) {
+        use std::sync::atomic::Ordering;
+        let mut tx = self.tx.lock();
+        if tx.is_none() {
+            let (t, rx) = std::sync::mpsc::channel::<Job>();
+            let pending = self.pending.clone();
+            let spawned = std::thread::Builder::new().name("mp4-finalize".into()).spawn(move || {
+                for job in rx {
+                    job();
+                    pending.fetch_sub(1, Ordering::SeqCst);
+                }
+            });
+            if spawned.is_ok() {
+                *tx = Some(t);
+            }
+        }
+        self.pending.fetch_add(1, Ordering::SeqCst);
+        let job = match tx.as_ref() {
+            Some(t) => match t.send(job) {
+                Ok(()) => return,
+                Err(e) => e.0,
+            },
+            None => job,
+        };
+        job();
+        self.pending.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Recorder {
@@ -133,7 +181,18 @@ impl Recorder {
             cfg.public_url.trim_end_matches('/').to_owned()
         };
         let outbox = Outbox::new(&root, cfg.callback_retries, Duration::from_secs_f64(cfg.callback_interval_secs));
-        Arc::new(Self { hub, cfg, root, base_url, outbox, tasks: Mutex::new(HashMap::new()), segment_secs })
+        Arc::new(Self {
+            hub,
+            cfg,
+            root,
+            base_url,
+            outbox,
+            tasks: Mutex::new(HashMap::new()),
+            segment_secs,
+            jobs: Mutex::new(HashMap::new()),
+            unsaved: Mutex::new(HashMap::new()),
+            finalizer: Finalizer::default(),
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -307,6 +366,11 @@ impl Recorder {
         }
     }
 
+    /// Closed files still being rewritten (graceful shutdown waits for them; a crash leaves them to recovery).
+    pub fn finalizing(&self) -> usize {
+        self.finalizer.pending.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     pub fn running(&self) -> Vec<(String, StreamKey)> {
         self.tasks.lock().iter().map(|(id, t)| (id.clone(), t.key.clone())).collect()
     }
@@ -314,7 +378,7 @@ impl Recorder {
     /// All recorded files (from their sidecars), filtered; newest first.
     pub fn list(&self, app: Option<&str>, stream: Option<&str>, from: Option<u64>, to: Option<u64>) -> Vec<RecordInfo> {
         let mut out = Vec::new();
-        walk_sidecars(&self.root, &mut |_, info| {
+        self.walk(&mut |_, info| {
             let keep = app.is_none_or(|a| info.app == a)
                 && stream.is_none_or(|s| info.stream_id == s)
                 && from.is_none_or(|f| info.end_time >= f || info.status == "recording")
@@ -330,7 +394,7 @@ impl Recorder {
     /// Deletes a finished file and its sidecar.
     pub fn delete(&self, file_id: &str) -> Result<RecordInfo, RecordError> {
         let mut found = None;
-        walk_sidecars(&self.root, &mut |p, info| {
+        self.walk(&mut |p, info| {
             if info.file_id == file_id {
                 found = Some((p.to_path_buf(), info));
             }
@@ -341,7 +405,8 @@ impl Recorder {
             return Err(RecordError::Invalid { field: "file_id", detail: "the file is still being recorded".into() });
         }
         remove_recording(&self.root, &info);
-        let _ = std::fs::remove_file(sidecar);
+        let _ = std::fs::remove_file(&sidecar);
+        self.unsaved.lock().remove(&sidecar);
         Ok(info)
     }
 
@@ -355,8 +420,18 @@ impl Recorder {
         });
         for (sidecar, mut info) in open {
             let path = self.root.join(&info.path);
-            let repaired = if info.file_format == "hls" { hls_file::repair(&path) } else { flv_file::repair(&path) };
+            let repaired = match info.file_format.as_str() {
+                "hls" => hls_file::repair(&path),
+                "mp4" => mp4_file::finalize(&path),
+                _ => flv_file::repair(&path),
+            };
             match repaired {
+                Ok((duration, _)) if duration < self.cfg.min_secs => {
+                    // Killed within the first second: no recording, as for a short push.
+                    remove_recording(&self.root, &info);
+                    let _ = std::fs::remove_file(&sidecar);
+                    continue;
+                }
                 Ok((duration, size)) => {
                     info.duration = duration;
                     info.file_size = size;
@@ -375,11 +450,52 @@ impl Recorder {
     }
 
     fn callback(&self, info: &RecordInfo) {
+        self.callback_to(info, &[]);
+    }
+
+    /// Every sidecar under the root, with the in-memory state of those that could not be saved.
+    fn walk(&self, f: &mut dyn FnMut(&Path, RecordInfo)) {
+        let unsaved = self.unsaved.lock().clone();
+        walk_sidecars(&self.root, &mut |p, info| match unsaved.get(p) {
+            Some(newer) => f(p, newer.clone()),
+            None => f(p, info),
+        });
+    }
+
+    /// Saves a file's state to its sidecar; on a full disk it is kept in memory (the API still shows it, and
+    /// the next start, finding the sidecar still "recording", finishes the file again).
+    fn store_info(&self, sidecar: &Path, info: &RecordInfo) {
+        match write_json(sidecar, info) {
+            Ok(()) => {
+                self.unsaved.lock().remove(sidecar);
+            }
+            Err(e) => {
+                tracing::warn!(file = %info.path, error = %e, "recording sidecar not saved; kept in memory");
+                self.unsaved.lock().insert(sidecar.to_path_buf(), info.clone());
+            }
+        }
+    }
+
+    /// The `on_record_failed` event on the bus (webhooks, logs).
+    fn failed_event(&self, key: &StreamKey, record_id: &str, info: &RecordInfo) {
+        self.hub.events().send(Event::RecordFailed {
+            stream: key.to_string(),
+            record_id: record_id.to_owned(),
+            file: info.path.clone(),
+            file_format: info.file_format.clone(),
+            error: info.error.clone().unwrap_or_default(),
+        });
+    }
+
+    /// The completion callback to the configured URLs plus `extra` (a stitch job's own callback).
+    fn callback_to(&self, info: &RecordInfo, extra: &[String]) {
+        let mut urls = self.cfg.callback_urls.clone();
+        urls.extend(extra.iter().cloned());
         let t = unix_now() + 86_400;
         let mut body = serde_json::to_value(info).unwrap_or_default();
         body["t"] = serde_json::json!(t);
         body["sign"] = serde_json::json!(crate::auth::sign(&self.cfg.callback_key, "", &t.to_string()));
-        if let Err(e) = self.outbox.enqueue(&info.file_id, &self.cfg.callback_urls, body) {
+        if let Err(e) = self.outbox.enqueue(&info.file_id, &urls, body) {
             tracing::error!(error = %e, file = %info.path, "cannot store the recording callback");
         }
     }
@@ -391,8 +507,12 @@ fn short_id() -> String {
 
 fn write_json(path: &Path, info: &RecordInfo) -> std::io::Result<()> {
     let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(info).unwrap_or_default())?;
-    std::fs::rename(tmp, path)
+    let r = std::fs::write(&tmp, serde_json::to_vec_pretty(info).unwrap_or_default())
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if r.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    r
 }
 
 fn walk_sidecars(dir: &Path, f: &mut dyn FnMut(&Path, RecordInfo)) {
@@ -417,6 +537,7 @@ fn walk_sidecars(dir: &Path, f: &mut dyn FnMut(&Path, RecordInfo)) {
 /// What a recording is writing now, per format.
 enum Sink {
     Flv(FlvFile),
+    Mp4(Box<Mp4File>),
     Hls(Box<HlsFile>),
 }
 
@@ -433,6 +554,7 @@ impl Open {
     fn bytes(&self) -> u64 {
         match &self.sink {
             Sink::Flv(f) => f.bytes,
+            Sink::Mp4(m) => m.bytes,
             Sink::Hls(h) => h.bytes,
         }
     }
@@ -440,6 +562,7 @@ impl Open {
     fn write(&mut self, p: &Packet) -> std::io::Result<()> {
         match &mut self.sink {
             Sink::Flv(f) => f.write(&p.frame),
+            Sink::Mp4(m) => m.write(&p.frame),
             Sink::Hls(h) => h.push(p),
         }
     }
@@ -475,11 +598,20 @@ impl Writer {
                         MediaKind::Audio => has_audio = true,
                         MediaKind::Data => continue,
                     }
-                    // New codec configuration mid-file: FLV and TS carry it in-band.
-                    for slot in open.iter_mut() {
-                        if let Some(o) = slot.as_mut() {
+                    // New codec configuration mid-file: FLV and TS carry it in-band; MP4 starts a new file
+                    // (at the next keyframe) when the codec or resolution changed.
+                    for i in 0..open.len() {
+                        let restart = matches!(&open[i], Some(Open { sink: Sink::Mp4(m), .. }) if m.config_changed(f));
+                        if restart {
+                            if let Some(o) = open[i].take() {
+                                tracing::info!(file = %o.info.path, "codec configuration changed: new MP4 file");
+                                self.finish(o);
+                            }
+                            continue;
+                        }
+                        if let Some(o) = open[i].as_mut() {
                             if let Err(e) = o.write(&p) {
-                                return self.fail(slot.take(), e);
+                                return self.fail(&mut open, i, e);
                             }
                         }
                     }
@@ -510,39 +642,48 @@ impl Writer {
                 }
                 last = Some((p.session, p.received));
                 let boundary = if has_video { f.kind == MediaKind::Video && f.keyframe } else { true };
-                for (i, slot) in open.iter_mut().enumerate() {
-                    // FLV (and MP4) files are cut into fragments; an HLS recording is one playlist per push.
-                    let fragment_due = slot.as_ref().is_some_and(|o| {
-                        matches!(o.sink, Sink::Flv(_)) && boundary && f.dts - o.first_dts >= self.fragment_ms
+                for i in 0..open.len() {
+                    // FLV and MP4 files are cut into fragments; an HLS recording is one playlist per push.
+                    let fragment_due = open[i].as_ref().is_some_and(|o| {
+                        matches!(o.sink, Sink::Flv(_) | Sink::Mp4(_))
+                            && boundary
+                            && f.dts - o.first_dts >= self.fragment_ms
                     });
                     if fragment_due {
-                        if let Some(o) = slot.take() {
+                        if let Some(o) = open[i].take() {
                             self.finish(o);
                         }
                     }
-                    if slot.is_none() {
+                    if open[i].is_none() {
                         if !boundary {
                             continue; // files start on a keyframe
                         }
-                        match self.open(&self.formats[i], &p, has_video, has_audio, &headers) {
-                            Ok(o) => *slot = Some(o),
-                            Err(e) => return self.fail(None, e),
+                        let format = self.formats[i].as_str();
+                        if format == "mp4" && !mp4_ready(&headers, has_video, has_audio) {
+                            continue; // an MP4 needs the H.264/AAC configuration before its first frame
+                        }
+                        match self.open(format, &p, has_video, has_audio, &headers) {
+                            Ok(o) => open[i] = Some(o),
+                            Err(e) => return self.fail(&mut open, i, e),
                         }
                     }
-                    let o = slot.as_mut().expect("opened above");
+                    let o = open[i].as_mut().expect("opened above");
                     if let Err(e) = o.write(&p) {
-                        return self.fail(slot.take(), e);
+                        return self.fail(&mut open, i, e);
                     }
-                    if let Sink::Flv(file) = &mut o.sink {
-                        if o.last_flush.elapsed() >= Duration::from_millis(500) {
-                            let sync = o.last_sync.elapsed().as_secs_f64() >= self.rec.cfg.sync_secs;
-                            if let Err(e) = file.flush(sync) {
-                                return self.fail(slot.take(), e);
-                            }
-                            o.last_flush = Instant::now();
-                            if sync {
-                                o.last_sync = Instant::now();
-                            }
+                    if o.last_flush.elapsed() >= Duration::from_millis(500) {
+                        let sync = o.last_sync.elapsed().as_secs_f64() >= self.rec.cfg.sync_secs;
+                        let flushed = match &mut o.sink {
+                            Sink::Flv(file) => file.flush(sync),
+                            Sink::Mp4(file) => file.flush(sync),
+                            Sink::Hls(_) => Ok(()),
+                        };
+                        if let Err(e) = flushed {
+                            return self.fail(&mut open, i, e);
+                        }
+                        o.last_flush = Instant::now();
+                        if sync {
+                            o.last_sync = Instant::now();
                         }
                     }
                 }
@@ -592,6 +733,11 @@ impl Writer {
                 }
                 Sink::Hls(Box::new(h))
             }
+            "mp4" => {
+                let video = headers[1].as_ref().filter(|_| has_video).map(|p| &p.frame);
+                let audio = headers[2].as_ref().filter(|_| has_audio).map(|p| &p.frame);
+                Sink::Mp4(Box::new(Mp4File::create(&path, video, audio)?))
+            }
             _ => {
                 let mut file = FlvFile::create(&path, has_video, has_audio)?;
                 for h in headers.iter().skip(1).flatten() {
@@ -629,20 +775,48 @@ impl Writer {
     }
 
     fn finish(&self, o: Open) {
-        let Open { sink, mut info, sidecar, .. } = o;
+        let Open { sink, info, sidecar, .. } = o;
         let result = match sink {
             Sink::Flv(file) => {
                 let size = file.bytes;
                 file.finish(33).map(|d| (d, size))
             }
+            Sink::Mp4(m) => match (*m).close() {
+                Ok(()) => {
+                    // The rewrite copies the whole file: off this thread, so the recording (which may go on in
+                    // a new fragment) never falls behind the hub's buffer while a long file is rewritten.
+                    let rec = self.rec.clone();
+                    let (key, record_id) = (self.key.clone(), self.record_id.clone());
+                    self.rec.finalizer.run(Box::new(move || {
+                        let result = mp4_file::finalize(&rec.root.join(&info.path));
+                        rec.conclude(&key, &record_id, info, &sidecar, result);
+                    }));
+                    return;
+                }
+                Err(e) => Err(e),
+            },
             Sink::Hls(h) => (*h).finish(),
         };
+        self.rec.conclude(&self.key, &self.record_id, info, &sidecar, result);
+    }
+}
+
+impl Recorder {
+    /// Records how a file ended: discarded when too short, else complete or failed, with its callback.
+    fn conclude(
+        &self,
+        key: &StreamKey,
+        record_id: &str,
+        mut info: RecordInfo,
+        sidecar: &Path,
+        result: std::io::Result<(f64, u64)>,
+    ) {
         match result {
             Ok((duration, size)) => {
-                if duration < self.rec.cfg.min_secs {
+                if duration < self.cfg.min_secs {
                     // Too short to be a recording (a failed push attempt): leave nothing behind.
-                    remove_recording(&self.rec.root, &info);
-                    let _ = std::fs::remove_file(&sidecar);
+                    remove_recording(&self.root, &info);
+                    let _ = std::fs::remove_file(sidecar);
                     tracing::info!(file = %info.path, duration, "recording shorter than record.min_secs discarded");
                     return;
                 }
@@ -653,26 +827,81 @@ impl Writer {
             }
             Err(e) => {
                 info.status = "failed".into();
-                info.error = Some(e.to_string());
+                info.error = Some(if info.file_format == "mp4" {
+                    format!("finalizing failed ({e}); the fragmented MP4 is kept and plays")
+                } else {
+                    e.to_string()
+                });
+                self.failed_event(key, record_id, &info);
             }
         }
-        let _ = write_json(&sidecar, &info);
+        self.store_info(sidecar, &info);
         tracing::info!(file = %info.path, duration = info.duration, status = %info.status, "recording file finished");
-        self.rec.callback(&info);
+        self.callback(&info);
     }
+}
 
-    /// A write failed (disk full, directory gone): this recording stops; the stream and others go on.
-    fn fail(&self, open: Option<Open>, e: std::io::Error) {
+impl Writer {
+    /// A write failed (disk full, directory gone): this recording stops (the file that failed is marked failed,
+    /// its other formats are closed as usual); the stream and other recordings go on.
+    fn fail(&self, open: &mut [Option<Open>], failed: usize, e: std::io::Error) {
         tracing::error!(stream = %self.key, record_id = %self.record_id, error = %e, "recording failed");
-        if let Some(o) = open {
-            let mut info = o.info.clone();
-            info.status = "failed".into();
-            info.error = Some(e.to_string());
-            info.file_size = o.bytes();
-            let _ = write_json(&o.sidecar, &info);
-            self.rec.callback(&info);
+        match open[failed].take() {
+            Some(o) => {
+                let mut info = o.info.clone();
+                info.status = "failed".into();
+                info.error = Some(e.to_string());
+                info.file_size = o.bytes();
+                info.end_time = unix_now();
+                info.duration = info.end_time.saturating_sub(info.start_time) as f64;
+                self.rec.store_info(&o.sidecar, &info);
+                self.rec.failed_event(&self.key, &self.record_id, &info);
+                self.rec.callback(&info);
+            }
+            None => {
+                let info = RecordInfo { error: Some(e.to_string()), ..self.blank_info() };
+                self.rec.failed_event(&self.key, &self.record_id, &info);
+            }
+        }
+        for slot in open.iter_mut() {
+            if let Some(o) = slot.take() {
+                self.finish(o);
+            }
         }
     }
+
+    /// What is known of a file that could not even be created.
+    fn blank_info(&self) -> RecordInfo {
+        RecordInfo {
+            event_type: 100,
+            app: self.key.app.clone(),
+            appname: self.key.app.clone(),
+            stream_id: self.key.name.clone(),
+            channel_id: self.key.name.clone(),
+            file_id: String::new(),
+            file_format: String::new(),
+            task_id: self.task_id.clone(),
+            record_id: self.record_id.clone(),
+            start_time: unix_now(),
+            end_time: unix_now(),
+            duration: 0.0,
+            file_size: 0,
+            stream_param: self.param.clone(),
+            video_url: String::new(),
+            status: "failed".into(),
+            path: String::new(),
+            error: None,
+        }
+    }
+}
+
+/// Whether the sequence headers an MP4 needs are there: every track the stream has must be H.264 or AAC with
+/// its configuration (an MP4 with the video missing would play as audio only).
+fn mp4_ready(headers: &[Option<Arc<Packet>>; 3], has_video: bool, has_audio: bool) -> bool {
+    let video = headers[1].as_ref().map(|p| &p.frame);
+    let audio = headers[2].as_ref().map(|p| &p.frame);
+    let tracks = mp4_file::tracks_for(video.filter(|_| has_video), audio.filter(|_| has_audio));
+    !tracks.is_empty() && (!has_video || video.is_some())
 }
 
 /// The sidecar of a recording file: `name.ext` → `name.ext.rec.json` (unique even when one push is

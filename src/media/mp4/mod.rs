@@ -1,0 +1,332 @@
+//! ISO BMFF (MP4) for recordings, pure (ARCHITECTURE invariant 6): a fragmented MP4 writer for files being
+//! recorded (init segment, then moof+mdat fragments, so a killed process leaves a playable file), a parser
+//! for what livegate writes (fragmented or flat), and the planner of a flat, seekable, faststart MP4
+//! (moov with stts/ctts/stss/stsz/stsc/stco before mdat) that the file layer fills by copying sample bytes.
+//!
+//! Layouts follow ISO/IEC 14496-12 (boxes), -14 (esds) and -15 (avcC).
+
+mod boxes;
+mod flat;
+mod fragment;
+mod parse;
+
+use bytes::Bytes;
+
+use boxes::{bx, full, put16, put32};
+pub use flat::{plan_flat, FlatPlan};
+pub use fragment::Fragmenter;
+pub use parse::{box_header, parse, top_boxes, TopBox};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Mp4Error {
+    #[error("truncated {0} box")]
+    Truncated(&'static str),
+    #[error("invalid {0}")]
+    Invalid(&'static str),
+    #[error("no moov box: not an MP4 livegate can read")]
+    NoMoov,
+    #[error("{0}")]
+    Incompatible(String),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Handler {
+    Video,
+    Audio,
+}
+
+/// One track's identity and decoder configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrackInfo {
+    pub id: u32,
+    pub handler: Handler,
+    pub timescale: u32,
+    pub width: u16,
+    pub height: u16,
+    /// The whole sample entry box (avc1 / mp4a). Kept verbatim so a parsed file is rewritten unchanged and
+    /// files can be compared for stitching.
+    pub sample_entry: Bytes,
+}
+
+pub const VIDEO_TIMESCALE: u32 = 90_000;
+
+impl TrackInfo {
+    pub fn h264(id: u32, avcc: &[u8], width: u16, height: u16) -> Self {
+        let mut e = Vec::with_capacity(86 + avcc.len() + 8);
+        bx(&mut e, b"avc1", |o| {
+            o.extend_from_slice(&[0; 6]);
+            put16(o, 1); // data_reference_index
+            o.extend_from_slice(&[0; 16]);
+            put16(o, width);
+            put16(o, height);
+            put32(o, 0x0048_0000);
+            put32(o, 0x0048_0000);
+            put32(o, 0);
+            put16(o, 1); // frame_count
+            o.extend_from_slice(&[0; 32]); // compressorname
+            put16(o, 0x0018);
+            put16(o, 0xFFFF);
+            bx(o, b"avcC", |o| o.extend_from_slice(avcc));
+        });
+        Self { id, handler: Handler::Video, timescale: VIDEO_TIMESCALE, width, height, sample_entry: e.into() }
+    }
+
+    pub fn aac(id: u32, asc: &[u8], sample_rate: u32, channels: u8) -> Self {
+        let timescale = if (1..65_536).contains(&sample_rate) { sample_rate } else { 48_000 };
+        let mut e = Vec::with_capacity(80 + asc.len());
+        bx(&mut e, b"mp4a", |o| {
+            o.extend_from_slice(&[0; 6]);
+            put16(o, 1);
+            o.extend_from_slice(&[0; 8]);
+            put16(o, u16::from(channels.max(1)));
+            put16(o, 16);
+            put32(o, 0);
+            put32(o, timescale << 16);
+            full(o, b"esds", 0, 0, |o| {
+                let dsi = descriptor(5, asc);
+                let mut dcd = vec![0x40, 0x15, 0, 0, 0];
+                dcd.extend_from_slice(&[0; 8]); // max / average bitrate unknown
+                dcd.extend_from_slice(&dsi);
+                let mut es = vec![0, 0, 0]; // ES_ID, flags
+                es.extend_from_slice(&descriptor(4, &dcd));
+                es.extend_from_slice(&descriptor(6, &[2]));
+                o.extend_from_slice(&descriptor(3, &es));
+            });
+        });
+        Self { id, handler: Handler::Audio, timescale, width: 0, height: 0, sample_entry: e.into() }
+    }
+}
+
+/// An MPEG-4 descriptor with the 4-byte length form players all accept.
+fn descriptor(tag: u8, body: &[u8]) -> Vec<u8> {
+    let n = body.len() as u32;
+    let mut v = vec![tag, 0x80 | (n >> 21) as u8 & 0x7F, 0x80 | (n >> 14) as u8 & 0x7F, 0x80 | (n >> 7) as u8 & 0x7F];
+    v.push(n as u8 & 0x7F);
+    v.extend_from_slice(body);
+    v
+}
+
+/// A sample in a file: where its bytes are (`src` picks the file when several are stitched) and its timing
+/// in the track's timescale.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sample {
+    pub dts: u64,
+    pub duration: u32,
+    pub cto: i32,
+    pub size: u32,
+    pub sync: bool,
+    pub src: u32,
+    pub offset: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Track {
+    pub info: TrackInfo,
+    pub samples: Vec<Sample>,
+}
+
+impl Track {
+    /// End of the track's last sample, in seconds from the file start.
+    pub fn end_secs(&self) -> f64 {
+        self.samples.last().map_or(0.0, |s| (s.dts + u64::from(s.duration)) as f64 / f64::from(self.info.timescale))
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Movie {
+    pub tracks: Vec<Track>,
+}
+
+impl Movie {
+    pub fn duration_secs(&self) -> f64 {
+        self.tracks.iter().map(Track::end_secs).fold(0.0, f64::max)
+    }
+
+    /// Where the next movie joins on: the end of the video (so frames stay on the frame grid; audio, which
+    /// may run a frame longer, follows on right after its own end), or of the longest track without video.
+    fn join_point(&self) -> f64 {
+        match self.tracks.iter().find(|t| t.info.handler == Handler::Video && !t.samples.is_empty()) {
+            Some(v) => v.end_secs(),
+            None => self.duration_secs(),
+        }
+    }
+
+    /// Joins movies end to end (see `join_point`). Their tracks must match one to one with identical decoder
+    /// configurations.
+    pub fn concat(movies: Vec<Movie>) -> Result<Movie, Mp4Error> {
+        let mut it = movies.into_iter();
+        let mut out = it.next().ok_or_else(|| Mp4Error::Incompatible("nothing to join".into()))?;
+        let mut start = out.join_point();
+        for (k, m) in it.enumerate() {
+            if m.tracks.len() != out.tracks.len()
+                || m.tracks.iter().zip(&out.tracks).any(|(a, b)| a.info.sample_entry != b.info.sample_entry)
+            {
+                return Err(Mp4Error::Incompatible(format!(
+                    "file {} has other tracks or codec settings than the first; choose a range without the change",
+                    k + 2
+                )));
+            }
+            for (t, add) in out.tracks.iter_mut().zip(m.tracks) {
+                let base = (start * f64::from(t.info.timescale)).round() as u64;
+                // Every track restarts at the join point, so audio does not drift from video join after join;
+                // an audio frame that overhangs it is cut short rather than pushing what follows.
+                let base = base.max(t.samples.last().map_or(0, |s| s.dts + 1));
+                t.samples.extend(add.samples.into_iter().map(|mut s| {
+                    s.dts += base;
+                    s
+                }));
+            }
+            start = out.join_point();
+        }
+        Ok(out)
+    }
+
+    /// Sets every sample's `src` (the file index, for stitching).
+    pub fn with_src(mut self, src: u32) -> Self {
+        for s in self.tracks.iter_mut().flat_map(|t| t.samples.iter_mut()) {
+            s.src = src;
+        }
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tracks() -> Vec<TrackInfo> {
+        vec![
+            TrackInfo::h264(1, &[1, 0x64, 0, 0x1f, 0xff, 0xe0, 0], 640, 360),
+            TrackInfo::aac(2, &[0x12, 0x10], 44_100, 2),
+        ]
+    }
+
+    /// 3 s of 30 fps video with B-frame-like composition offsets and 44.1 kHz AAC, fragmented every 0.5 s.
+    fn fragmented() -> Vec<u8> {
+        let mut f = Fragmenter::new(tracks());
+        let mut out = f.init();
+        let mut emit = |f: &mut Fragmenter, last| {
+            if let Some(parts) = f.fragment(last) {
+                parts.iter().for_each(|p| out.extend_from_slice(p));
+            }
+        };
+        let mut next_frag = 500;
+        for ms in 0..3000i64 {
+            if ms % 33 == 0 && ms / 33 < 90 {
+                let i = ms / 33;
+                f.push(
+                    0,
+                    ms,
+                    if i % 3 == 0 { 0 } else { 66 },
+                    i % 30 == 0,
+                    Bytes::from(vec![i as u8; 100 + i as usize]),
+                );
+            }
+            if (ms * 441) % 10240 < 441 {
+                f.push(1, ms, 0, true, Bytes::from(vec![0xAA; 20]));
+            }
+            if ms >= next_frag {
+                emit(&mut f, false);
+                next_frag += 500;
+            }
+        }
+        emit(&mut f, true);
+        out
+    }
+
+    #[test]
+    fn fragments_parse_back_and_flatten() {
+        let data = fragmented();
+        let (boxes, end) = top_boxes(&data);
+        assert_eq!(end, data.len() as u64);
+        let m = parse(&boxes, end).unwrap();
+        assert_eq!(m.tracks.len(), 2);
+        assert_eq!(m.tracks[0].samples.len(), 90);
+        assert!(m.tracks[0].samples[0].sync && !m.tracks[0].samples[1].sync && m.tracks[0].samples[30].sync);
+        assert_eq!(m.tracks[0].samples[1].cto, 66 * 90);
+        // Every sample's bytes are where the table says.
+        for (i, s) in m.tracks[0].samples.iter().enumerate() {
+            assert_eq!(data[s.offset as usize], i as u8);
+            assert_eq!(s.size as usize, 100 + i);
+        }
+        let d = m.duration_secs();
+        assert!((2.97..3.05).contains(&d), "{d}");
+
+        let plan = plan_flat(&m).unwrap();
+        let mut flat = plan.header.clone();
+        for (_, off, len) in &plan.copies {
+            flat.extend_from_slice(&data[*off as usize..(*off + *len) as usize]);
+        }
+        assert_eq!(flat.len() as u64, plan.total_len());
+        let (boxes, end) = top_boxes(&flat);
+        let kinds: Vec<&[u8; 4]> = boxes.iter().map(|b| &b.kind).collect();
+        assert_eq!(kinds, [b"ftyp", b"moov", b"mdat"], "faststart");
+        let again = parse(&boxes, end).unwrap();
+        for (a, b) in again.tracks.iter().zip(&m.tracks) {
+            assert_eq!(a.info, b.info);
+            assert_eq!(a.samples.len(), b.samples.len());
+            for (x, y) in a.samples.iter().zip(&b.samples) {
+                assert_eq!((x.dts, x.cto, x.size, x.sync), (y.dts, y.cto, y.size, y.sync));
+                assert_eq!(flat[x.offset as usize..][..x.size as usize], data[y.offset as usize..][..y.size as usize]);
+            }
+        }
+        assert!((plan.duration_secs - d).abs() < 0.01);
+    }
+
+    #[test]
+    fn a_torn_last_fragment_is_dropped() {
+        let data = fragmented();
+        let whole = parse(&top_boxes(&data).0, data.len() as u64).unwrap();
+        for cut in [data.len() - 1, data.len() - 300, data.len() / 2] {
+            let torn = &data[..cut];
+            let (boxes, end) = top_boxes(torn);
+            let m = parse(&boxes, end).unwrap();
+            let n = m.tracks[0].samples.len();
+            assert!(n < whole.tracks[0].samples.len() && n > 0, "cut {cut}: {n}");
+            assert!(m.tracks[0].samples.iter().all(|s| s.offset + u64::from(s.size) <= end));
+        }
+        assert_eq!(parse(&top_boxes(&data[..40]).0, 40).unwrap_err(), Mp4Error::NoMoov);
+    }
+
+    #[test]
+    fn movies_concatenate_end_to_end() {
+        let data = fragmented();
+        let m = parse(&top_boxes(&data).0, data.len() as u64).unwrap();
+        let d = m.duration_secs();
+        let all = Movie::concat(vec![m.clone(), m.clone().with_src(1), m.clone().with_src(2)]).unwrap();
+        // Joined on the video's end (2.97 s), the last file's audio tail kept. This fixture's audio overhangs
+        // the video by two AAC frames, so each join may push audio by at most one frame (recordings cut on
+        // keyframes overhang by less than one, and then nothing moves).
+        let want = 2.0 * m.tracks[0].end_secs() + d;
+        let got = all.duration_secs();
+        assert!(got >= want - 0.001 && got <= want + 2.0 * 0.0233 + 0.01, "{got} vs {want}");
+        let plan = plan_flat(&all).unwrap();
+        assert!((plan.duration_secs - got).abs() < 0.01);
+        let v = &all.tracks[0].samples;
+        assert!(v.windows(2).all(|w| w[1].dts - w[0].dts >= 2970), "video stays on its frame grid");
+        assert!(plan.copies.iter().any(|c| c.0 == 2));
+        let mut other = m.clone();
+        other.tracks.pop();
+        assert!(matches!(Movie::concat(vec![m, other]), Err(Mp4Error::Incompatible(_))));
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        let data = fragmented();
+        let mut x = 0x1234_5678u32;
+        for _ in 0..300 {
+            let mut d = data.clone();
+            for _ in 0..8 {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                let i = x as usize % d.len();
+                d[i] = (x >> 8) as u8;
+            }
+            let (boxes, end) = top_boxes(&d);
+            if let Ok(m) = parse(&boxes, end) {
+                let _ = plan_flat(&m);
+            }
+        }
+    }
+}

@@ -340,15 +340,21 @@ pub struct Run {
 /// CPU seconds used over a measurement window.
 #[derive(Clone, Copy, Debug)]
 pub struct Window {
+    /// `now_ns()` at the start.
+    pub start_ns: u64,
     pub secs: f64,
     pub lg_cpu: f64,
     pub tool_cpu: f64,
     pub machine_busy: Option<f64>,
+    /// UDP datagrams the machine dropped in the window (InErrors, RcvbufErrors, SndbufErrors; all processes).
+    pub udp_errors: Option<(u64, u64, u64)>,
 }
 
 /// CPU counters at one instant, to make a `Window` from two of them.
 struct Mark {
     at: tokio::time::Instant,
+    ns: u64,
+    udp: Option<(u64, u64, u64)>,
     lg: f64,
     tool: f64,
     machine: Option<(u64, u64)>,
@@ -358,6 +364,8 @@ impl Mark {
     fn now(pid: &str) -> Self {
         Self {
             at: tokio::time::Instant::now(),
+            ns: now_ns(),
+            udp: sys::udp_errors(),
             lg: sys::cpu_secs(pid).unwrap_or(0.0),
             tool: sys::cpu_secs("self").unwrap_or(0.0),
             machine: sys::machine_jiffies(),
@@ -365,7 +373,10 @@ impl Mark {
     }
 
     fn window_to(&self, end: &Mark) -> Window {
+        let udp = self.udp.zip(end.udp).map(|(a, b)| (b.0 - a.0, b.1 - a.1, b.2 - a.2));
         Window {
+            start_ns: self.ns,
+            udp_errors: udp,
             secs: (end.at - self.at).as_secs_f64(),
             lg_cpu: end.lg - self.lg,
             tool_cpu: end.tool - self.tool,

@@ -521,9 +521,11 @@ pub fn print_whep(args: &Args, run: &Run, pub_log: &PubLog, livegate_exit: Optio
             continue;
         };
         first.push(first_rtp - r.start_ns);
+        // Latency samples: frames sent after the viewer's first RTP packet and inside the steady window.
+        let from = first_rtp.max(run.steady.map_or(0, |w| w.start_ns));
         match learn_base(&sent, &sent_order, &r.frames) {
             Some(b) => {
-                let v = latencies(&sent, b.base, &r.frames, first_rtp, &mut lat);
+                let v = latencies(&sent, b.base, &r.frames, from, &mut lat);
                 m.burst += v.burst;
                 m.unmatched += v.unmatched;
                 m.negative += v.negative;
@@ -535,6 +537,7 @@ pub fn print_whep(args: &Args, run: &Run, pub_log: &PubLog, livegate_exit: Optio
     first.sort_unstable();
     lat.sort_unstable();
     let failed = errors.values().sum::<usize>() + run.panics;
+    let over_40 = lat.len() - lat.partition_point(|&l| l <= 40_000_000);
     let mb = wire as f64 / 1e6;
     let audio = if args.whep_audio { "H.264 + Opus (AAC->Opus transcode)" } else { "H.264 only (no audio transcode)" };
     let video_path = if args.bframes { "B-frame source -> shared baseline transcode" } else { "passthrough" };
@@ -614,24 +617,32 @@ pub fn print_whep(args: &Args, run: &Run, pub_log: &PubLog, livegate_exit: Optio
         ms(pct(&first, 100.0))
     );
     println!(
-        "  added latency      RTMP->WHEP p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} samples; {} join-burst excluded; {} unmatched; {} negative; {no_base} viewers with no RTP-timestamp base)",
+        "  added latency      RTMP->WHEP p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, max {:.1} ms, {:.2}% over 40 ms ({} samples{}; {} before first RTP / steady window excluded; {} unmatched; {} negative; {no_base} viewers with no RTP-timestamp base)",
         ms(pct(&lat, 50.0)),
         ms(pct(&lat, 95.0)),
         ms(pct(&lat, 99.0)),
         ms(pct(&lat, 100.0)),
+        100.0 * over_40 as f64 / lat.len().max(1) as f64,
         lat.len(),
+        if run.steady.is_some() { ", frames sent in the steady window" } else { "" },
         m.burst,
         m.unmatched,
         m.negative
     );
-    println!("  video RTP          {lost} packets missing by sequence number, {reordered} out of order");
+    println!(
+        "  video RTP          {lost} packets missing by sequence number ({:.2}% of {vpk} received), {reordered} out of order (NACK retransmissions){}",
+        100.0 * lost as f64 / vpk.max(1) as f64,
+        run.steady.and_then(|w| w.udp_errors).map_or(String::new(), |(i, r, s)| format!(
+            "; machine-wide UDP drops in the steady window: {i} InErrors, {r} RcvbufErrors, {s} SndbufErrors"
+        ))
+    );
     println!("  outcome            {ran} ran to the end, {closed} closed by livegate, {failed} failed");
     for (e, c) in errors.iter().take(6) {
         println!("    {c} x {e}");
     }
     print_publisher_and_end(sends.len(), pub_log, livegate_exit, run.livegate_died_at, log_lines);
     let w = |o: &Option<crate::Window>| {
-        o.map(|w| json!({"secs": w.secs, "livegate_cpu_s": w.lg_cpu, "tool_cpu_s": w.tool_cpu, "machine_busy_cpus": w.machine_busy}))
+        o.map(|w| json!({"secs": w.secs, "livegate_cpu_s": w.lg_cpu, "tool_cpu_s": w.tool_cpu, "machine_busy_cpus": w.machine_busy, "udp_errors": w.udp_errors}))
     };
     let j = json!({
         "readers": n,
@@ -652,7 +663,7 @@ pub fn print_whep(args: &Args, run: &Run, pub_log: &PubLog, livegate_exit: Optio
         "rss_peak_kib": run.hwm_end_kib,
         "answer_ms": {"p50": ms(pct(&answer, 50.0)), "p95": ms(pct(&answer, 95.0)), "max": ms(pct(&answer, 100.0))},
         "first_rtp_ms": {"p50": ms(pct(&first, 50.0)), "p95": ms(pct(&first, 95.0)), "max": ms(pct(&first, 100.0))},
-        "latency_ms": {"p50": ms(pct(&lat, 50.0)), "p95": ms(pct(&lat, 95.0)), "p99": ms(pct(&lat, 99.0)), "max": ms(pct(&lat, 100.0)), "samples": lat.len(), "unmatched": m.unmatched, "negative": m.negative, "viewers_without_base": no_base},
+        "latency_ms": {"p50": ms(pct(&lat, 50.0)), "p95": ms(pct(&lat, 95.0)), "p99": ms(pct(&lat, 99.0)), "max": ms(pct(&lat, 100.0)), "samples": lat.len(), "over_40ms": over_40, "unmatched": m.unmatched, "negative": m.negative, "viewers_without_base": no_base},
         "video_packets": vpk,
         "audio_packets": apk,
         "lost": lost,

@@ -497,6 +497,18 @@ pub fn print_whep(args: &Args, run: &Run, pub_log: &PubLog, livegate_exit: Optio
     let sent: HashMap<u32, u64> = video().map(|s| (s.pts, s.at_ns)).collect();
     let mut sent_order: Vec<(u64, u32)> = video().map(|s| (s.at_ns, s.pts)).collect();
     sent_order.sort_unstable();
+    // Video bytes the publisher had sent by an instant (a tag's size is the step in cum_bytes).
+    let mut video_cum: Vec<(u64, u64)> = Vec::new();
+    let mut prev = 0u64;
+    for s in sends {
+        if s.tag_type == TAG_VIDEO && !s.header {
+            let total = video_cum.last().map_or(0, |v| v.1) + (s.cum_bytes - prev);
+            video_cum.push((s.at_ns, total));
+        }
+        prev = s.cum_bytes;
+    }
+    let video_at = |t: u64| video_cum[..video_cum.partition_point(|v| v.0 <= t)].last().map_or(0, |v| v.1);
+    let mut behind = 0usize;
 
     let (mut wire, mut vpk, mut apk, mut lost, mut reordered) = (0u64, 0u64, 0u64, 0u64, 0u64);
     let (mut ran, mut closed, mut with_audio, mut no_base, mut no_rtp) = (0usize, 0usize, 0usize, 0usize, 0usize);
@@ -521,6 +533,12 @@ pub fn print_whep(args: &Args, run: &Run, pub_log: &PubLog, livegate_exit: Optio
             continue;
         };
         first.push(first_rtp - r.start_ns);
+        // Behind: less video than the publisher sent from the viewer's first RTP packet on (RTP payloads differ
+        // from AVCC frames by a few bytes per packet; the join burst adds older frames on top).
+        let published = video_at(r.end_ns) - video_at(first_rtp);
+        if (r.video_bytes as f64) < published as f64 * args.behind_pct / 100.0 {
+            behind += 1;
+        }
         // Latency samples: frames sent after the viewer's first RTP packet and inside the steady window.
         let from = first_rtp.max(run.steady.map_or(0, |w| w.start_ns));
         match learn_base(&sent, &sent_order, &r.frames) {
@@ -539,6 +557,7 @@ pub fn print_whep(args: &Args, run: &Run, pub_log: &PubLog, livegate_exit: Optio
     let failed = errors.values().sum::<usize>() + run.panics;
     let over_40 = lat.len() - lat.partition_point(|&l| l <= 40_000_000);
     let mb = wire as f64 / 1e6;
+    let cpu_us_per_mb = if mb > 0.0 { run.lg_cpu * 1e6 / mb } else { 0.0 };
     let audio = if args.whep_audio { "H.264 + Opus (AAC->Opus transcode)" } else { "H.264 only (no audio transcode)" };
     let video_path = if args.bframes { "B-frame source -> shared baseline transcode" } else { "passthrough" };
     println!(
@@ -554,7 +573,7 @@ pub fn print_whep(args: &Args, run: &Run, pub_log: &PubLog, livegate_exit: Optio
     );
     let idle = run.lg_cpu_idle_rate;
     println!(
-        "  livegate CPU       whole run {:.2} s ({:.0}% of a core, setup and join bursts included); publisher-only {:.1} ms/s",
+        "  livegate CPU       whole run {:.2} s ({:.0}% of a core, setup and join bursts included; {cpu_us_per_mb:.0} CPU-us per delivered MB); publisher-only {:.1} ms/s",
         run.lg_cpu,
         100.0 * run.lg_cpu / run.wall_secs,
         idle * 1e3
@@ -636,7 +655,13 @@ pub fn print_whep(args: &Args, run: &Run, pub_log: &PubLog, livegate_exit: Optio
             "; machine-wide UDP drops in the steady window: {i} InErrors, {r} RcvbufErrors, {s} SndbufErrors"
         ))
     );
-    println!("  outcome            {ran} ran to the end, {closed} closed by livegate, {failed} failed");
+    println!(
+        "  viewers behind     {behind} (< {}% of the video bytes published since their first RTP packet: per-reader CPU figures hold only when this is 0)",
+        args.behind_pct
+    );
+    println!(
+        "  outcome            {ran} ran to the end, {closed} lost their connection (ICE Disconnected/Failed or track ended), {failed} failed"
+    );
     for (e, c) in errors.iter().take(6) {
         println!("    {c} x {e}");
     }
@@ -653,6 +678,8 @@ pub fn print_whep(args: &Args, run: &Run, pub_log: &PubLog, livegate_exit: Optio
         "delivered_mb": mb,
         "published_mb": published_in_run as f64 / 1e6,
         "livegate_cpu_s": run.lg_cpu,
+        "cpu_us_per_mb": cpu_us_per_mb,
+        "viewers_behind": behind,
         "livegate_publisher_only_cpu_ms_per_s": idle * 1e3,
         "steady": w(&run.steady),
         "solo": w(&run.solo),

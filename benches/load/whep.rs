@@ -49,6 +49,8 @@ pub struct WhepResult {
     /// (RTP timestamp, arrival of its first packet) of every video frame, in arrival order.
     pub frames: Vec<(u32, u64)>,
     pub video_packets: u64,
+    /// Video RTP payload bytes (compared with the video bytes the publisher sent meanwhile).
+    pub video_bytes: u64,
     /// RTP payload + 12-byte header, video and audio.
     pub wire_bytes: u64,
     pub audio_packets: u64,
@@ -69,6 +71,7 @@ pub async fn run(cfg: &ReaderCfg) -> WhepResult {
         first_rtp_ns: None,
         frames: Vec::with_capacity(cfg.sample_cap),
         video_packets: 0,
+        video_bytes: 0,
         wire_bytes: 0,
         audio_packets: 0,
         audio_negotiated: false,
@@ -224,6 +227,7 @@ async fn play(
                     r.wire_bytes += n;
                     WIRE_BYTES.fetch_add(n, Ordering::Relaxed);
                     r.video_packets += 1;
+                    r.video_bytes += p.payload.len() as u64;
                     let seq = p.header.sequence_number;
                     if let Some(want) = next_seq {
                         let ahead = seq.wrapping_sub(want);

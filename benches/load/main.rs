@@ -14,6 +14,7 @@ mod reader;
 mod report;
 mod rtmp_client;
 mod sys;
+mod whep;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -56,7 +57,18 @@ all tasks of one thread, connecting --ramp-ms apart) and no readers; with --reco
 every push to app live into a temporary directory (deleted at the end unless --keep-recordings). Reported: \
 livegate CPU per recorded stream-second (and the streams one core would sustain at that rate), bytes on disk \
 (summed after livegate's graceful stop) vs media bytes the publishers sent, recorded vs published seconds, \
-peak RSS, and late publisher tags; with --record also the bytes livegate wrote over the whole run (write syscalls from /proc/PID/io wchar, so an MP4's fragmented copy and its finalized rewrite both count) and the CPU livegate spent from SIGTERM to exit (finishing every file: for MP4 the rewrite into a flat file). Without --record the same run gives the ingest-only baseline.";
+peak RSS, and late publisher tags; with --record also the bytes livegate wrote over the whole run (write syscalls from /proc/PID/io wchar, so an MP4's fragmented copy and its finalized rewrite both count) and the CPU livegate spent from SIGTERM to exit (finishing every file: for MP4 the rewrite into a flat file). Without --record the same run gives the ingest-only baseline.
+
+--proto whep: each reader is a webrtc-rs PeerConnection that offers recvonly H.264 (42e01f, \
+packetization-mode 1) [and Opus with --whep-audio, which makes livegate run its AAC->Opus transcoder], POSTs \
+the offer to http://.../whep/live/NAME (non-trickle), applies the answer and reads the RTP. livegate gets \
+[webrtc] udp_port_min = udp_port_max = 0 (OS-picked ports). The publisher adds a 0/1 ms pseudo-random code to \
+video timestamps so that viewers can map RTP timestamps (pts x 90 + a random base) back to the frames sent. \
+Reported: added latency RTMP->WHEP (publisher sent the frame -> its first RTP packet reached the viewer) over \
+frames sent after the viewer's first RTP packet, and livegate CPU per reader over a steady window (after the \
+last reader connected plus --settle-secs), as CPU-us per reader-second, % of a core and readers per core. \
+--solo-secs S first runs reader 0 alone and measures livegate over S seconds (1 reader vs N). --bframes \
+publishes a 720p input with B-frames (livegate then transcodes WebRTC video once per stream).";
 
 #[derive(Parser, Debug)]
 #[command(name = "livegate-load", about = "End-to-end load test of livegate (acts as the `ffmpeg -re -c copy` publisher)", long_about = LONG_ABOUT)]
@@ -119,6 +131,20 @@ pub struct Args {
     /// Read buffer per reader, bytes.
     #[arg(long, default_value_t = 64 * 1024)]
     read_buf: usize,
+    /// --proto whep: viewers offer Opus audio too (livegate transcodes AAC->Opus once for the stream).
+    #[arg(long)]
+    whep_audio: bool,
+    /// Publish the default input with B-frames (target/load-input-720p-bf.flv, made with ffmpeg if missing).
+    #[arg(long)]
+    bframes: bool,
+    /// Run the first reader alone, measuring livegate over this many seconds (after --settle-secs), before
+    /// the others start: livegate's cost with 1 reader vs N in one run.
+    #[arg(long, default_value_t = 0.0)]
+    solo_secs: f64,
+    /// Seconds after the last reader started (and after reader 0 started, for --solo-secs) before the steady
+    /// CPU window begins: connection setup and join bursts are left out of it.
+    #[arg(long, default_value_t = 3.0)]
+    settle_secs: f64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
@@ -173,6 +199,10 @@ fn config_extra(args: &Args, record_root: Option<&Path>) -> String {
     if let Some(s) = args.segment_secs {
         c.push_str(&format!("[hls]\nsegment_secs = {s:?}\n\n"));
     }
+    if args.proto == reader::Proto::Whep {
+        // OS-picked UDP ports: the default range may be in use by other livegate instances on this machine.
+        c.push_str("[webrtc]\nudp_port_min = 0\nudp_port_max = 0\n\n");
+    }
     if let Some(root) = record_root {
         let mut formats: Vec<&str> = args.record.iter().map(|f| f.name()).collect();
         formats.dedup();
@@ -201,8 +231,13 @@ fn main() -> Result<()> {
             args.readers
         );
     }
-    let path = input::ensure(args.input.as_deref())?;
-    let input = Arc::new(input::load(&path)?);
+    if args.solo_secs > 0.0 && args.readers < 2 {
+        bail!("--solo-secs compares 1 reader with N: pass --readers 2 or more");
+    }
+    let path = input::ensure(args.input.as_deref(), args.bframes)?;
+    let mut input = input::load(&path)?;
+    input.ts_code = args.proto == Proto::Whep;
+    let input = Arc::new(input);
     let rec = RecordDir::new(&args);
     let mut lg = sys::Livegate::spawn(&args.livegate, &config_extra(&args, rec.path.as_deref()), &args.log_level)?;
     let pid = lg.pid_str();
@@ -256,6 +291,8 @@ fn main() -> Result<()> {
     let log_lines = lg.log_lines();
     if args.proto == Proto::Hls {
         report::print_hls(&args, &run, &pub_log, exited.as_deref(), &log_lines);
+    } else if args.proto == Proto::Whep {
+        report::print_whep(&args, &run, &pub_log, exited.as_deref(), &log_lines);
     } else {
         report::print(&args, &run, &pub_log, exited.as_deref(), &log_lines);
     }
@@ -278,6 +315,12 @@ pub struct Run {
     pub results: Vec<reader::ReaderResult>,
     /// --proto hls: the HLS readers' results (`results` is empty).
     pub hls: Vec<hls::HlsResult>,
+    /// --proto whep: the WHEP viewers' results.
+    pub whep: Vec<whep::WhepResult>,
+    /// --solo-secs: livegate and tool CPU while reader 0 ran alone.
+    pub solo: Option<Window>,
+    /// From --settle-secs after the last reader started to the end (None if that leaves under 2 s).
+    pub steady: Option<Window>,
     pub panics: usize,
     pub wall_secs: f64,
     pub lg_cpu: f64,
@@ -294,6 +337,54 @@ pub struct Run {
     pub run_end_ns: u64,
     /// Seconds into the readers phase at which livegate was seen gone.
     pub livegate_died_at: Option<f64>,
+}
+
+/// CPU seconds used over a measurement window.
+#[derive(Clone, Copy, Debug)]
+pub struct Window {
+    /// `now_ns()` at the start.
+    pub start_ns: u64,
+    pub secs: f64,
+    pub lg_cpu: f64,
+    pub tool_cpu: f64,
+    pub machine_busy: Option<f64>,
+    /// UDP datagrams the machine dropped in the window (InErrors, RcvbufErrors, SndbufErrors; all processes).
+    pub udp_errors: Option<(u64, u64, u64)>,
+}
+
+/// CPU counters at one instant, to make a `Window` from two of them.
+struct Mark {
+    at: tokio::time::Instant,
+    ns: u64,
+    udp: Option<(u64, u64, u64)>,
+    lg: f64,
+    tool: f64,
+    machine: Option<(u64, u64)>,
+}
+
+impl Mark {
+    fn now(pid: &str) -> Self {
+        Self {
+            at: tokio::time::Instant::now(),
+            ns: now_ns(),
+            udp: sys::udp_errors(),
+            lg: sys::cpu_secs(pid).unwrap_or(0.0),
+            tool: sys::cpu_secs("self").unwrap_or(0.0),
+            machine: sys::machine_jiffies(),
+        }
+    }
+
+    fn window_to(&self, end: &Mark) -> Window {
+        let udp = self.udp.zip(end.udp).map(|(a, b)| (b.0 - a.0, b.1 - a.1, b.2 - a.2));
+        Window {
+            start_ns: self.ns,
+            udp_errors: udp,
+            secs: (end.at - self.at).as_secs_f64(),
+            lg_cpu: end.lg - self.lg,
+            tool_cpu: end.tool - self.tool,
+            machine_busy: sys::busy_cpus(self.machine, end.machine),
+        }
+    }
 }
 
 async fn readers_phase(
@@ -313,7 +404,11 @@ async fn readers_phase(
     let t0 = tokio::time::Instant::now();
     let run_start_ns = now_ns();
     let ramp = Duration::from_millis(args.ramp_ms);
-    let stop_at = t0 + ramp * args.readers.saturating_sub(1) as u32 + Duration::from_secs(args.secs);
+    let settle = Duration::from_secs_f64(args.settle_secs);
+    // --solo-secs: reader 0 alone for settle + solo, then the others (reader i at lead + i * ramp).
+    let lead = if args.solo_secs > 0.0 { settle + Duration::from_secs_f64(args.solo_secs) } else { Duration::ZERO };
+    let last_start = t0 + lead + ramp * args.readers.saturating_sub(1) as u32;
+    let stop_at = last_start + Duration::from_secs(args.secs);
     let total_secs = (stop_at - t0).as_secs_f64();
     // Video frames a reader can see: the run plus a GOP-cache burst, with slack.
     let fps = input.video_tags as f64 / (input.loop_ms as f64 / 1000.0).max(0.001);
@@ -328,6 +423,7 @@ async fn readers_phase(
         read_buf: args.read_buf,
         sample_cap,
         poll: Duration::from_secs_f64(args.segment_secs.unwrap_or(2.0) / 2.0),
+        whep_audio: args.whep_audio,
     });
 
     let pid_w = pid.to_owned();
@@ -360,15 +456,33 @@ async fn readers_phase(
 
     let mut handles = Vec::with_capacity(args.readers);
     let mut hls_handles = Vec::new();
+    let mut whep_handles = Vec::new();
+    let mut solo = None;
     for i in 0..args.readers {
-        tokio::time::sleep_until(t0 + ramp * i as u32).await;
+        if i == 1 && args.solo_secs > 0.0 {
+            tokio::time::sleep_until(t0 + settle).await;
+            let m0 = Mark::now(pid);
+            tokio::time::sleep_until(t0 + lead).await;
+            solo = Some(m0.window_to(&Mark::now(pid)));
+        }
+        let at = if i == 0 { t0 } else { t0 + lead + ramp * i as u32 };
+        tokio::time::sleep_until(at).await;
         let cfg = cfg.clone();
-        if args.proto == Proto::Hls {
-            hls_handles.push(tokio::spawn(async move { hls::run(&cfg).await }));
-        } else {
-            handles.push(tokio::spawn(async move { reader::run(&cfg).await }));
+        match args.proto {
+            Proto::Hls => hls_handles.push(tokio::spawn(async move { hls::run(&cfg).await })),
+            Proto::Whep => whep_handles.push(tokio::spawn(async move { whep::run(&cfg).await })),
+            Proto::Flv | Proto::Rtmp => handles.push(tokio::spawn(async move { reader::run(&cfg).await })),
         }
     }
+    let steady_start = last_start + settle;
+    let steady = if stop_at.saturating_duration_since(steady_start) >= Duration::from_secs(2) {
+        tokio::time::sleep_until(steady_start).await;
+        let m0 = Mark::now(pid);
+        tokio::time::sleep_until(stop_at).await;
+        Some(m0.window_to(&Mark::now(pid)))
+    } else {
+        None
+    };
     tokio::time::sleep_until(stop_at).await;
     let lg_cpu = sys::cpu_secs(pid).unwrap_or(cpu0) - cpu0;
     let machine_busy = sys::busy_cpus(machine0, sys::machine_jiffies());
@@ -400,9 +514,19 @@ async fn readers_phase(
             Err(_) => panics += 1,
         }
     }
+    let mut whep_results = Vec::with_capacity(whep_handles.len());
+    for h in whep_handles {
+        match h.await {
+            Ok(r) => whep_results.push(r),
+            Err(_) => panics += 1,
+        }
+    }
     Ok(Run {
         results,
         hls: hls_results,
+        whep: whep_results,
+        solo,
+        steady,
         panics,
         wall_secs,
         lg_cpu,

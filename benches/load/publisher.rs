@@ -27,6 +27,8 @@ pub struct SendRec {
     /// `now_ns()` just before the tag was written to the socket.
     pub at_ns: u64,
     pub timestamp: u32,
+    /// Presentation timestamp: `timestamp` + the composition offset of a video frame (= `timestamp` otherwise).
+    pub pts: u32,
     pub tag_type: u8,
     /// Script data or a codec sequence header.
     pub header: bool,
@@ -159,6 +161,7 @@ async fn publish(
     let set_data_frame = amf0::encode_all(&[s("@setDataFrame")]);
     let start = tokio::time::Instant::now();
     let mut cum = 0u64;
+    let mut video_frames = 0u64;
     log.sends.reserve(4096);
     for lap in 0u32.. {
         log.loops = lap + 1;
@@ -170,7 +173,11 @@ async fn publish(
                 return Ok(());
             }
             let rel = (t.timestamp - input.first_ts) as u64 + lap as u64 * input.loop_ms as u64;
-            let ts = (rel + input.first_ts as u64) as u32;
+            let mut ts = (rel + input.first_ts as u64) as u32;
+            if input.ts_code && t.tag_type == TAG_VIDEO && !t.header {
+                ts += crate::input::ts_code(video_frames);
+                video_frames += 1;
+            }
             let due = start + Duration::from_millis(rel);
             // Wait for the tag's instant, reading (and answering) whatever the server sends meanwhile.
             let sleep = tokio::time::sleep_until(due);
@@ -214,6 +221,7 @@ async fn publish(
             log.sends.push(SendRec {
                 at_ns: now_ns(),
                 timestamp: ts,
+                pts: ts.wrapping_add_signed(t.cts),
                 tag_type: t.tag_type,
                 header: t.header,
                 cum_bytes: cum,

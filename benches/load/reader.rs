@@ -25,6 +25,8 @@ pub enum Proto {
     Rtmp,
     /// Live HLS: playlist polls and segment GETs (hls.rs).
     Hls,
+    /// WebRTC playback: webrtc-rs viewers POSTing recvonly offers to /whep/live/NAME (whep.rs).
+    Whep,
 }
 
 pub struct ReaderCfg {
@@ -38,6 +40,8 @@ pub struct ReaderCfg {
     pub sample_cap: usize,
     /// HLS readers: playlist poll interval.
     pub poll: std::time::Duration,
+    /// WHEP viewers: offer Opus audio as well (livegate then runs its AAC→Opus transcoder).
+    pub whep_audio: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,6 +174,7 @@ pub async fn run(cfg: &ReaderCfg) -> ReaderResult {
         Proto::Flv => run_flv(cfg, &mut sink).await,
         Proto::Rtmp => run_rtmp(cfg, &mut sink).await,
         Proto::Hls => Err(anyhow!("HLS readers are hls::run")),
+        Proto::Whep => Err(anyhow!("WHEP viewers are whep::run")),
     };
     sink.r.outcome = match res {
         Ok(o) => o,

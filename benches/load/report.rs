@@ -492,3 +492,228 @@ fn print_publisher_and_end(
     );
     print_livegate_end(livegate_exit, died_at, "readers phase", log_lines);
 }
+
+/// CPU seconds per second over a window.
+fn rate(w: &crate::Window) -> f64 {
+    w.lg_cpu / w.secs.max(0.001)
+}
+
+/// `--proto whep`.
+pub fn print_whep(args: &Args, run: &Run, pub_log: &PubLog, livegate_exit: Option<&str>, log_lines: &[String]) {
+    use std::collections::HashMap;
+
+    use crate::whep::{latencies, learn_base, Matched};
+
+    let n = run.whep.len() + run.panics;
+    let sends = &pub_log.sends;
+    let cum_at = |t: u64| sends[..sends.partition_point(|s| s.at_ns <= t)].last().map_or(0, |s| s.cum_bytes);
+    let published_in_run = cum_at(run.run_end_ns) - cum_at(run.run_start_ns);
+    // Video frames by presentation timestamp (RTP carries pts), and in send order.
+    let video = || sends.iter().filter(|s| s.tag_type == TAG_VIDEO && !s.header);
+    let sent: HashMap<u32, u64> = video().map(|s| (s.pts, s.at_ns)).collect();
+    let mut sent_order: Vec<(u64, u32)> = video().map(|s| (s.at_ns, s.pts)).collect();
+    sent_order.sort_unstable();
+    // Video bytes the publisher had sent by an instant (a tag's size is the step in cum_bytes).
+    let mut video_cum: Vec<(u64, u64)> = Vec::new();
+    let mut prev = 0u64;
+    for s in sends {
+        if s.tag_type == TAG_VIDEO && !s.header {
+            let total = video_cum.last().map_or(0, |v| v.1) + (s.cum_bytes - prev);
+            video_cum.push((s.at_ns, total));
+        }
+        prev = s.cum_bytes;
+    }
+    let video_at = |t: u64| video_cum[..video_cum.partition_point(|v| v.0 <= t)].last().map_or(0, |v| v.1);
+    let mut behind = 0usize;
+
+    let (mut wire, mut vpk, mut apk, mut lost, mut reordered) = (0u64, 0u64, 0u64, 0u64, 0u64);
+    let (mut ran, mut closed, mut with_audio, mut no_base, mut no_rtp) = (0usize, 0usize, 0usize, 0usize, 0usize);
+    let mut errors: BTreeMap<String, usize> = BTreeMap::new();
+    let (mut answer, mut first, mut lat) = (Vec::new(), Vec::new(), Vec::new());
+    let mut m = Matched::default();
+    for r in &run.whep {
+        wire += r.wire_bytes;
+        vpk += r.video_packets;
+        apk += r.audio_packets;
+        lost += r.lost;
+        reordered += r.reordered;
+        with_audio += r.audio_negotiated as usize;
+        match &r.outcome {
+            Outcome::Ran => ran += 1,
+            Outcome::Closed => closed += 1,
+            Outcome::Error(e) => *errors.entry(e.chars().take(160).collect()).or_default() += 1,
+        }
+        answer.extend(r.answer_ns);
+        let Some(first_rtp) = r.first_rtp_ns else {
+            no_rtp += 1;
+            continue;
+        };
+        first.push(first_rtp - r.start_ns);
+        // Behind: less video than the publisher sent from the viewer's first RTP packet on (RTP payloads differ
+        // from AVCC frames by a few bytes per packet; the join burst adds older frames on top).
+        let published = video_at(r.end_ns) - video_at(first_rtp);
+        if (r.video_bytes as f64) < published as f64 * args.behind_pct / 100.0 {
+            behind += 1;
+        }
+        // Latency samples: frames sent after the viewer's first RTP packet and inside the steady window.
+        let from = first_rtp.max(run.steady.map_or(0, |w| w.start_ns));
+        match learn_base(&sent, &sent_order, &r.frames) {
+            Some(b) => {
+                let v = latencies(&sent, b.base, &r.frames, from, &mut lat);
+                m.burst += v.burst;
+                m.unmatched += v.unmatched;
+                m.negative += v.negative;
+            }
+            None => no_base += 1,
+        }
+    }
+    answer.sort_unstable();
+    first.sort_unstable();
+    lat.sort_unstable();
+    let failed = errors.values().sum::<usize>() + run.panics;
+    let over_40 = lat.len() - lat.partition_point(|&l| l <= 40_000_000);
+    let mb = wire as f64 / 1e6;
+    let cpu_us_per_mb = if mb > 0.0 { run.lg_cpu * 1e6 / mb } else { 0.0 };
+    let audio = if args.whep_audio { "H.264 + Opus (AAC->Opus transcode)" } else { "H.264 only (no audio transcode)" };
+    let video_path = if args.bframes { "B-frame source -> shared baseline transcode" } else { "passthrough" };
+    println!(
+        "livegate-load: {n} WHEP viewers, {audio}, video {video_path}, {:.1} s (ramp {} ms, measure {} s, solo {} s, settle {} s)",
+        run.wall_secs, args.ramp_ms, args.secs, args.solo_secs, args.settle_secs
+    );
+    println!(
+        "  delivered          {mb:.1} MB RTP ({:.2} MB/s, {:.0} video + {:.0} audio packets/s); publisher sent {:.2} MB media in the same window",
+        mb / run.wall_secs,
+        vpk as f64 / run.wall_secs,
+        apk as f64 / run.wall_secs,
+        published_in_run as f64 / 1e6
+    );
+    let idle = run.lg_cpu_idle_rate;
+    println!(
+        "  livegate CPU       whole run {:.2} s ({:.0}% of a core, setup and join bursts included; {cpu_us_per_mb:.0} CPU-us per delivered MB); publisher-only {:.1} ms/s",
+        run.lg_cpu,
+        100.0 * run.lg_cpu / run.wall_secs,
+        idle * 1e3
+    );
+    let mut per_reader_us = None;
+    let mut marginal_us = None;
+    if let Some(w) = &run.steady {
+        let net = (rate(w) - idle).max(0.0);
+        let per = net / n.max(1) as f64;
+        per_reader_us = Some(per * 1e6);
+        println!(
+            "  steady CPU         {:.1} s window: livegate {:.0}% of a core = publisher {:.1}% + {:.1}% for {n} viewers -> {:.0} CPU-us per reader-second = {:.3}% of a core per reader -> {:.0} readers per core",
+            w.secs,
+            100.0 * rate(w),
+            100.0 * idle,
+            100.0 * net,
+            per * 1e6,
+            per * 100.0,
+            if per > 0.0 { 1.0 / per } else { 0.0 }
+        );
+        println!(
+            "  tool CPU (steady)  {:.0}% of a core ({:.0} CPU-us per viewer-second: DTLS/SRTP/RTCP of the viewers); whole machine {}",
+            100.0 * w.tool_cpu / w.secs,
+            w.tool_cpu * 1e6 / w.secs / n.max(1) as f64,
+            w.machine_busy.map_or("?".into(), |b| format!("{b:.2} CPUs busy"))
+        );
+        if let Some(s) = &run.solo {
+            let inc = (rate(w) - rate(s)) / (n.max(2) - 1) as f64;
+            marginal_us = Some(inc * 1e6);
+            println!(
+                "  1 vs {n} viewers    1 viewer alone ({:.1} s): livegate {:.1}% of a core ({:.1}% over publisher-only: transcoders + 1 viewer); {n}: {:.1}% -> {:.0} CPU-us per added reader-second = {:.3}% of a core -> {:.0} readers per core at the margin",
+                s.secs,
+                100.0 * rate(s),
+                100.0 * (rate(s) - idle),
+                100.0 * rate(w),
+                inc * 1e6,
+                inc * 100.0,
+                if inc > 0.0 { 1.0 / inc } else { 0.0 }
+            );
+        }
+    } else {
+        println!("  steady CPU         no window (measure at least --settle-secs + 2 s)");
+    }
+    print_tool_cpu(args, run.tool_cpu, run.lg_cpu, run.wall_secs, run.machine_busy);
+    let grow_kib = run.hwm_end_kib.saturating_sub(run.rss_before_kib);
+    println!(
+        "  livegate RSS       before viewers {} KiB, peak {} KiB, now {} KiB -> {:.0} KiB per viewer",
+        run.rss_before_kib,
+        run.hwm_end_kib,
+        run.rss_end_kib,
+        grow_kib as f64 / n.max(1) as f64
+    );
+    println!(
+        "  setup              POST->201 p50 {:.1} ms, p95 {:.1} ms, max {:.1} ms; start->first RTP p50 {:.0} ms, p95 {:.0} ms, max {:.0} ms ({no_rtp} viewers without RTP; audio in {with_audio} answers)",
+        ms(pct(&answer, 50.0)),
+        ms(pct(&answer, 95.0)),
+        ms(pct(&answer, 100.0)),
+        ms(pct(&first, 50.0)),
+        ms(pct(&first, 95.0)),
+        ms(pct(&first, 100.0))
+    );
+    println!(
+        "  added latency      RTMP->WHEP p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, max {:.1} ms, {:.2}% over 40 ms ({} samples{}; {} before first RTP / steady window excluded; {} unmatched; {} negative; {no_base} viewers with no RTP-timestamp base)",
+        ms(pct(&lat, 50.0)),
+        ms(pct(&lat, 95.0)),
+        ms(pct(&lat, 99.0)),
+        ms(pct(&lat, 100.0)),
+        100.0 * over_40 as f64 / lat.len().max(1) as f64,
+        lat.len(),
+        if run.steady.is_some() { ", frames sent in the steady window" } else { "" },
+        m.burst,
+        m.unmatched,
+        m.negative
+    );
+    println!(
+        "  video RTP          {lost} packets missing by sequence number ({:.2}% of {vpk} received), {reordered} out of order (NACK retransmissions){}",
+        100.0 * lost as f64 / vpk.max(1) as f64,
+        run.steady.and_then(|w| w.udp_errors).map_or(String::new(), |(i, r, s)| format!(
+            "; machine-wide UDP drops in the steady window: {i} InErrors, {r} RcvbufErrors, {s} SndbufErrors"
+        ))
+    );
+    println!(
+        "  viewers behind     {behind} (< {}% of the video bytes published since their first RTP packet: per-reader CPU figures hold only when this is 0)",
+        args.behind_pct
+    );
+    println!(
+        "  outcome            {ran} ran to the end, {closed} lost their connection (ICE Disconnected/Failed or track ended), {failed} failed"
+    );
+    for (e, c) in errors.iter().take(6) {
+        println!("    {c} x {e}");
+    }
+    print_publisher_and_end(sends.len(), pub_log, livegate_exit, run.livegate_died_at, log_lines);
+    let w = |o: &Option<crate::Window>| {
+        o.map(|w| json!({"secs": w.secs, "livegate_cpu_s": w.lg_cpu, "tool_cpu_s": w.tool_cpu, "machine_busy_cpus": w.machine_busy, "udp_errors": w.udp_errors}))
+    };
+    let j = json!({
+        "readers": n,
+        "proto": "whep",
+        "audio": args.whep_audio,
+        "bframes": args.bframes,
+        "seconds": run.wall_secs,
+        "delivered_mb": mb,
+        "published_mb": published_in_run as f64 / 1e6,
+        "livegate_cpu_s": run.lg_cpu,
+        "cpu_us_per_mb": cpu_us_per_mb,
+        "viewers_behind": behind,
+        "livegate_publisher_only_cpu_ms_per_s": idle * 1e3,
+        "steady": w(&run.steady),
+        "solo": w(&run.solo),
+        "cpu_us_per_reader_s": per_reader_us,
+        "marginal_cpu_us_per_reader_s": marginal_us,
+        "tool_cpu_s": run.tool_cpu,
+        "rss_before_kib": run.rss_before_kib,
+        "rss_peak_kib": run.hwm_end_kib,
+        "answer_ms": {"p50": ms(pct(&answer, 50.0)), "p95": ms(pct(&answer, 95.0)), "max": ms(pct(&answer, 100.0))},
+        "first_rtp_ms": {"p50": ms(pct(&first, 50.0)), "p95": ms(pct(&first, 95.0)), "max": ms(pct(&first, 100.0))},
+        "latency_ms": {"p50": ms(pct(&lat, 50.0)), "p95": ms(pct(&lat, 95.0)), "p99": ms(pct(&lat, 99.0)), "max": ms(pct(&lat, 100.0)), "samples": lat.len(), "over_40ms": over_40, "unmatched": m.unmatched, "negative": m.negative, "viewers_without_base": no_base},
+        "video_packets": vpk,
+        "audio_packets": apk,
+        "lost": lost,
+        "failed": failed,
+        "viewers_without_rtp": no_rtp,
+        "livegate_alive": livegate_exit.is_none(),
+        "livegate_exit": livegate_exit,
+    });
+    println!("{j}");
+}

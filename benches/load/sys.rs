@@ -302,3 +302,14 @@ pub fn busy_cpus(a: Option<(u64, u64)>, b: Option<(u64, u64)>) -> Option<f64> {
     let ncpu = ncpu.max(1) as f64;
     (t1 > t0).then(|| (b1 - b0) as f64 / (t1 - t0) as f64 * ncpu)
 }
+
+/// The machine's UDP counters (all processes) from /proc/net/snmp: (InErrors, RcvbufErrors, SndbufErrors).
+/// Loopback drops a datagram at the receiver whose socket buffer is full: RcvbufErrors counts those.
+pub fn udp_errors() -> Option<(u64, u64, u64)> {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").ok()?;
+    let mut lines = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let names: Vec<&str> = lines.next()?.split_whitespace().collect();
+    let values: Vec<&str> = lines.next()?.split_whitespace().collect();
+    let get = |k: &str| names.iter().position(|n| *n == k).and_then(|i| values.get(i)?.parse().ok());
+    Some((get("InErrors")?, get("RcvbufErrors")?, get("SndbufErrors")?))
+}

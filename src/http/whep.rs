@@ -64,6 +64,12 @@ async fn play(state: &Arc<AppState>, addr: SocketAddr, key: StreamKey, req: Requ
     if let Err(e) = state.authorize_play(&key, &query) {
         return super::access_error(&e);
     }
+    // WebRTC is the low-latency path: viewers get the rtc cache policy unless they ask otherwise (?mode=live,
+    // or explicit min_cache/max_cache). With the player defaults (start 1 s back, lag 3 s before skipping),
+    // every join bursts seconds of video into UDP, and 250 viewers of one stream fell behind in the load test.
+    if names::query_get(&query, "mode").is_none() {
+        query.push(("mode".into(), "rtc".into()));
+    }
     let policy = match state.config.cache_policy(&query) {
         Ok(p) => p,
         Err(e) => return error(StatusCode::BAD_REQUEST, "bad_parameter", &e.to_string()),

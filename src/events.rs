@@ -25,6 +25,9 @@ pub enum Event {
     Stop { stream: String, client_id: u64, protocol: Protocol, reason: String, bytes: u64 },
     #[serde(rename = "on_stream_closed")]
     StreamClosed { stream: String },
+    /// A mix input sent media the mix cannot use (its slot freezes or blanks; the mix carries on).
+    #[serde(rename = "on_mix_error")]
+    MixError { mix: String, stream: String, detail: String },
 }
 
 /// Fan-out of events to whoever listens (webhooks now; room event streams and SSE later). Sending never
@@ -126,7 +129,7 @@ impl Webhooks {
                 Event::Play { .. } => &self.cfg.on_play,
                 Event::Stop { .. } => &self.cfg.on_stop,
                 // on_publish is asked synchronously before the publish is accepted.
-                Event::Publish { .. } | Event::StreamClosed { .. } => continue,
+                Event::Publish { .. } | Event::StreamClosed { .. } | Event::MixError { .. } => continue,
             };
             for url in urls.clone() {
                 let this = self.clone();

@@ -36,6 +36,7 @@ pub struct AppState {
     pub recorder: Arc<crate::record::Recorder>,
     pub whep: Arc<crate::webrtc::Whep>,
     pub transcoders: Arc<crate::transcode::Transcoders>,
+    pub mixes: Arc<crate::mix::Mixes>,
     pub config: Arc<Config>,
     pub webhooks: Webhooks,
     started: Instant,
@@ -65,12 +66,15 @@ impl AppState {
         );
         let transcoders = crate::transcode::Transcoders::new(hub.clone(), config.transcode.clone())?;
         let whep = crate::webrtc::Whep::new(hub.clone(), config.webrtc.clone(), transcoders.clone());
+        let mixes = crate::mix::Mixes::new(hub.clone(), config.mix.clone(), &config.transcode.pipelines_dir)
+            .map_err(|e| crate::transcode::TranscodeError::Template { name: "mix".into(), detail: e.to_string() })?;
         Ok(Arc::new(Self {
             hub,
             hls,
             recorder,
             whep,
             transcoders,
+            mixes,
             config: Arc::new(config),
             webhooks,
             started: Instant::now(),

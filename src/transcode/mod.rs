@@ -54,7 +54,7 @@ pub struct Template {
 }
 
 impl Template {
-    fn load(dir: &Path, name: &str, builtin: &str) -> Result<Self, TranscodeError> {
+    pub(crate) fn load(dir: &Path, name: &str, builtin: &str) -> Result<Self, TranscodeError> {
         let path = dir.join(format!("{name}.pipeline"));
         let raw = match std::fs::read_to_string(&path) {
             Ok(t) => t,

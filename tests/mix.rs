@@ -222,8 +222,8 @@ fn grid_and_1v3_mixes_show_every_input_and_follow_live_changes() {
     assert!(trec.wait(Duration::from_secs(20)).is_some_and(|s| s.success()));
     assert_eq!(tones_present(&pcm_of(&tfile, 1.0, 1.8), &tones), vec![false, false, true, true], "1v3 tones");
 
-    // Red comes back and reappears in its slot.
-    pubs[0] = push_loop(&color_media("red", 440, "320x180"), &srv.rtmp_url("red"));
+    // Red comes back, at another resolution (a new decoder configuration), and reappears in its slot.
+    pubs[0] = push_loop(&color_media("red", 440, "480x270"), &srv.rtmp_url("red"));
     assert!(
         wait_until(Duration::from_secs(15), || mix_json(&srv, "grid")["inputs"][3]["state"] == "live"),
         "red never came back: {}",
@@ -232,6 +232,12 @@ fn grid_and_1v3_mixes_show_every_input_and_follow_live_changes() {
     std::thread::sleep(Duration::from_millis(500));
     let frame = last_frame_rgb(&srv.flv_url("grid-mix"), FRESH, W, H);
     assert_slots(&frame, &grid_slots(YELLOW, LIME, BLUE, RED), "grid with red back");
+    let back = mix_json(&srv, "grid");
+    assert_eq!(
+        (back["inputs"][3]["width"].as_u64(), back["inputs"][3]["height"].as_u64()),
+        (Some(480), Some(270)),
+        "{back}"
+    );
 
     let list = srv.api("GET", "/api/v1/mixes").json();
     assert_eq!(list["mixes"].as_array().unwrap().len(), 2);
@@ -314,6 +320,17 @@ fn bad_mix_requests_are_refused_naming_the_field() {
     assert_eq!(state["inputs"][0]["state"], "waiting");
     let frame = last_frame_rgb(&srv.flv_url("m-out"), FRESH, W, H);
     assert_slots(&frame, &[((160, 90), GREY), ((480, 90), GREY)], "empty mix");
+    // A colour input added live takes the third tile.
+    let r = api(
+        &srv,
+        "PATCH",
+        "/api/v1/mixes/m",
+        &json!({"inputs": [{"stream": "live/a"}, {"stream": "live/b"}, {"kind": "color", "color": "#00ff00"}]}),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["inputs"][2]["state"], "static");
+    let frame = last_frame_rgb(&srv.flv_url("m-out"), FRESH, W, H);
+    assert_slots(&frame, &[((160, 90), GREY), ((160, 270), LIME), ((480, 270), GREY)], "colour input");
     p.kill();
 }
 
@@ -376,4 +393,23 @@ fn garbage_h264_input_leaves_the_mix_running() {
     std::thread::sleep(Duration::from_secs(1));
     assert!(mix_json(&srv, "g")["frames_out"].as_u64().unwrap() > before + 30, "the mix stalled");
     good.kill();
+}
+
+#[test]
+fn mix_output_plays_in_chromium_over_whep() {
+    let srv = Server::start(&format!("{SERVER}[webrtc]\nudp_port_min = 0\nudp_port_max = 0\n"));
+    let _p = push_loop(&color_media("blue", 880, "320x180"), &srv.rtmp_url("solo"));
+    srv.wait_live("solo");
+    let body = json!({"id": "w", "template": "pip", "inputs": [{"kind": "color", "color": "#ff0000"}, {"stream": "live/solo"}],
+        "output": {"stream": "live/w-out", "width": 480, "height": 270, "video_bitrate": 400, "gop_secs": 1.0}});
+    let r = api(&srv, "POST", "/api/v1/mixes", &body);
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    srv.wait_live("w-out");
+    let shot = srv.dir.path().join("whep-mix.png");
+    let url = format!("http://127.0.0.1:{}/whep/live/w-out", srv.http_port);
+    let j = browser_check("whep_play.mjs", &[&url, shot.to_str().unwrap(), "4"]);
+    assert_eq!(j["status"], 201, "{j}");
+    assert_eq!((j["width"].as_u64(), j["height"].as_u64()), (Some(480), Some(270)), "{j}");
+    assert!(j["fps"].as_f64().unwrap() > 20.0, "{j}");
+    assert!(j["audioRms"].as_f64().unwrap_or(0.0) > 0.01, "the mix's audio is silent in the browser: {j}");
 }

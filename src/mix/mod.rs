@@ -74,6 +74,16 @@ struct Mix {
     failed: Mutex<Option<String>>,
     created: SystemTime,
     frames_out: AtomicU64,
+    latency: Mutex<timing::LatencyProbe>,
+}
+
+/// What an input's reader carries from frame to frame: its clock mapping, and the decoder configurations a
+/// new branch (first, or after a decoder failure) starts from. The video one comes with its NAL length size.
+#[derive(Default)]
+struct ReadState {
+    anchor: Anchor,
+    vcfg: Option<(Bytes, u8)>,
+    acfg: Option<Bytes>,
 }
 
 /// One input's place in a running mix. Branches are named `in{serial}v` / `in{serial}a` so a bus message
@@ -252,6 +262,7 @@ impl Mix {
             failed: Mutex::new(None),
             created: SystemTime::now(),
             frames_out: AtomicU64::new(0),
+            latency: Mutex::new(timing::LatencyProbe::default()),
         });
         if let Err(e) = mix.pipe.pipeline.set_state(gst::State::Playing) {
             let _ = mix.pipe.pipeline.set_state(gst::State::Null);
@@ -273,7 +284,7 @@ impl Mix {
     async fn run_output(
         self: Arc<Self>,
         mut publisher: crate::hub::Publisher,
-        _client: crate::hub::ClientGuard,
+        client: crate::hub::ClientGuard,
         mut rx: tokio::sync::mpsc::UnboundedReceiver<Encoded>,
     ) {
         let mut stop = self.stop.subscribe();
@@ -297,8 +308,19 @@ impl Mix {
                     let cts = if e.video { (e.pts - e.dts) as i32 } else { 0 };
                     let frame = Frame { kind, codec, dts: 0, cts, keyframe: e.video && e.key, config: false, payload: e.data };
                     publisher.push_raw(frame, e.dts as u32, Instant::now());
+                    if e.video {
+                        self.latency.lock().output(e.pts, Instant::now());
+                    }
                 }
                 _ = stop.changed() => break,
+                // Kicked through the API, or the server is shutting down: the output is gone for good.
+                _ = client.handle.notify.notified() => {
+                    if let Some(reason) = client.handle.kicked() {
+                        *self.failed.lock() = Some(format!("output stopped: {reason}"));
+                        let _ = self.pipe.pipeline.set_state(gst::State::Null);
+                        break;
+                    }
+                }
             }
         }
         tracing::info!("mix output stopped");
@@ -340,9 +362,7 @@ impl Mix {
     /// Reads one input from the hub for as long as it is part of the mix, re-subscribing when its stream
     /// ends and comes back.
     async fn run_input(self: Arc<Self>, slot: Arc<Slot>, key: StreamKey, mut stop: watch::Receiver<bool>) {
-        let mut anchor = Anchor::default();
-        let mut vcfg: Option<(Bytes, u8)> = None;
-        let mut acfg: Option<Bytes> = None;
+        let mut rs = ReadState::default();
         let mut batch = Vec::new();
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         while !*stop.borrow() {
@@ -373,14 +393,14 @@ impl Mix {
                         }
                         let head = stream.last_dts().unwrap_or(0);
                         for p in batch.drain(..) {
-                            self.feed(&slot, &p.frame, head, &mut anchor, &mut vcfg, &mut acfg);
+                            self.feed(&slot, &p.frame, p.received, head, &mut rs);
                         }
                     }
                     _ = tick.tick() => self.check_lost(&slot),
                     _ = stop.changed() => break,
                 }
             }
-            anchor.reset();
+            rs.anchor.reset();
             self.check_lost(&slot);
             drop(guard);
         }
@@ -389,15 +409,8 @@ impl Mix {
         }
     }
 
-    fn feed(
-        &self,
-        slot: &Slot,
-        f: &Frame,
-        head: i64,
-        anchor: &mut Anchor,
-        vcfg: &mut Option<(Bytes, u8)>,
-        acfg: &mut Option<Bytes>,
-    ) {
+    fn feed(&self, slot: &Slot, f: &Frame, received: Instant, head: i64, rs: &mut ReadState) {
+        let ReadState { anchor, vcfg, acfg } = rs;
         let place = slot.place.lock().clone();
         match (f.kind, f.codec) {
             (MediaKind::Video, Codec::H264) if place.kind.has_video() => {
@@ -452,6 +465,7 @@ impl Mix {
                 let Some(b) = video.as_ref() else { return };
                 push(b, f, dts, dts + f.cts as i64);
                 drop(video);
+                self.latency.lock().input(dts + f.cts as i64, received, Instant::now());
                 self.mark_live(slot, &place, true);
             }
             (MediaKind::Audio, Codec::Aac) if matches!(place.kind, InputKind::Av | InputKind::Audio) => {
@@ -662,6 +676,7 @@ impl Mix {
             })
             .collect();
         let failed = self.failed.lock().clone();
+        let (lat_avg, lat_max) = self.latency.lock().report();
         json!({
             "id": self.id,
             "state": if failed.is_some() { "failed" } else { "running" },
@@ -670,6 +685,7 @@ impl Mix {
             "pip_position": layout.pip_position,
             "output": self.output,
             "frames_out": self.frames_out.load(Ordering::Relaxed),
+            "latency_ms": {"avg": (lat_avg * 10.0).round() / 10.0, "max_since_last_get": (lat_max * 10.0).round() / 10.0},
             "created_at": self.created.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
             "inputs": inputs,
         })

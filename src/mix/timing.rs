@@ -1,6 +1,9 @@
 //! Mapping an input's media timestamps onto the mix pipeline's running time, and the sanity check of input
 //! video before it reaches a decoder. Pure, so the policy is testable without a clock or GStreamer.
 
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
 use crate::media::avc;
 
 /// How far (ms) an input's mapped time may drift from the pipeline's clock before it is re-anchored.
@@ -55,9 +58,75 @@ pub fn avcc_plausible(payload: &[u8], nal_length_size: u8) -> bool {
     any
 }
 
+/// The mix's added latency: from an input video frame's arrival in the hub to the publication (in the hub) of
+/// the first output frame whose time covers it. Frames of a join burst (arrived long before they were fed)
+/// are not counted: they are decoded only to reach the live edge.
+#[derive(Debug, Default)]
+pub struct LatencyProbe {
+    pending: VecDeque<(i64, Instant)>,
+    /// Moving average (ms) and the worst sample of the current reporting window.
+    pub avg_ms: f64,
+    pub max_ms: f64,
+    pub samples: u64,
+}
+
+impl LatencyProbe {
+    const CAP: usize = 1024;
+
+    /// An input frame fed at running time `rt` (ms) that arrived in the hub at `arrived`.
+    pub fn input(&mut self, rt: i64, arrived: Instant, now: Instant) {
+        if now.saturating_duration_since(arrived) > Duration::from_millis(100) {
+            return;
+        }
+        if self.pending.len() == Self::CAP {
+            self.pending.pop_front();
+        }
+        // Inputs feed concurrently: keep the queue ordered by running time.
+        let at = self.pending.iter().rposition(|(t, _)| *t <= rt).map_or(0, |i| i + 1);
+        self.pending.insert(at, (rt, arrived));
+    }
+
+    /// An output frame for running time `pts` (ms) was published at `now`.
+    pub fn output(&mut self, pts: i64, now: Instant) {
+        while self.pending.front().is_some_and(|(t, _)| *t <= pts) {
+            let Some((_, arrived)) = self.pending.pop_front() else { break };
+            let ms = now.saturating_duration_since(arrived).as_secs_f64() * 1000.0;
+            self.avg_ms = if self.samples == 0 { ms } else { self.avg_ms * 0.95 + ms * 0.05 };
+            self.max_ms = self.max_ms.max(ms);
+            self.samples += 1;
+        }
+    }
+
+    /// (average, worst since the last call) in ms.
+    pub fn report(&mut self) -> (f64, f64) {
+        let r = (self.avg_ms, self.max_ms);
+        self.max_ms = 0.0;
+        r
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn latency_probe_measures_arrival_to_output() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut p = LatencyProbe::default();
+        p.input(1000, ms(0), ms(1));
+        p.input(1033, ms(33), ms(34));
+        p.input(990, ms(5), ms(6));
+        // A burst frame that arrived seconds before it was fed does not count.
+        p.input(10, t0, ms(2000));
+        p.output(1000, ms(90));
+        assert_eq!(p.samples, 2);
+        assert!((p.avg_ms - 85.25).abs() < 0.01, "{}", p.avg_ms);
+        p.output(1034, ms(130));
+        assert_eq!(p.samples, 3);
+        assert_eq!(p.report().1, 97.0);
+        assert_eq!(p.report().1, 0.0);
+    }
 
     #[test]
     fn keeps_media_spacing_and_resyncs_after_jumps() {

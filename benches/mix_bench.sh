@@ -5,7 +5,8 @@
 # For each N it reports:
 #   ingest cores  livegate's CPU with the N publishers and no mix (utime+stime from /proc/PID/stat over WINDOW s)
 #   mix cores     livegate's CPU with the mix running, minus the ingest figure: what mixing costs
-#   out fps       output frames per second (frames_out from GET /api/v1/mixes/{id} over the window)
+#   out fps       output frames per second (frames_out from GET /api/v1/mixes/{id} over the window; above 30
+#                 means the mix had fallen behind and was catching up: the CPUs were short)
 #   latency       what the mix adds, measured inside livegate (GET .../mixes/{id} latency_ms): from an input
 #                 video frame's arrival in the hub to the publication in the hub of the first output frame
 #                 whose timestamp covers it -- decode, compositor wait (mix.latency_ms), encode, all included;
@@ -85,13 +86,15 @@ for N in "${COUNTS[@]}"; do
     api POST mixes "{\"id\":\"bench\",\"template\":\"grid\",\"inputs\":$inputs,\"output\":{\"stream\":\"live/bench-mix\",\"width\":1280,\"height\":720,\"fps\":30,\"video_bitrate\":2000,\"gop_secs\":2,\"audio_bitrate\":96000}}" > /dev/null
     sleep 5  # warm-up: every input joined and decoding
     f0=$(api GET mixes/bench | jget "j['frames_out']")
+    t0=$(date +%s.%N)
     total=$(cores_over "$WINDOW")
     state=$(api GET mixes/bench)
+    t1=$(date +%s.%N)
     f1=$(echo "$state" | jget "j['frames_out']")
     lat=$(echo "$state" | jget "f\"{j['latency_ms']['avg']:.0f}/{j['latency_ms']['max_since_last_get']:.0f}\"")
     live=$(echo "$state" | jget "sum(1 for i in j['inputs'] if i['state'] == 'live')")
     mix=$(python3 -c "print(f'{$total-$ingest:.2f}')")
-    fps=$(python3 -c "print(f'{($f1-$f0)/$WINDOW:.1f}')")
+    fps=$(python3 -c "print(f'{($f1-$f0)/($t1-$t0):.1f}')")
     printf "%-7s %-13s %-10s %-8s %-22s %s\n" "$N ($live live)" "$ingest" "$mix" "$fps" "$lat" "$(cut -d' ' -f1 /proc/loadavg)"
     api DELETE mixes/bench > /dev/null
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done

@@ -392,6 +392,20 @@ mod tests {
     }
 
     #[test]
+    fn mix_defaults_are_checked_like_requests() {
+        for (text, key) in [
+            ("[mix]\nfps = 0\n", "mix.fps"),
+            ("[mix]\nbackground_color = \"black\"\n", "mix.background_color"),
+            ("[mix]\nmax_inputs = 17\n", "mix.max_inputs"),
+            ("[mix]\nlost_after_ms = 10\n", "mix.lost_after_ms"),
+        ] {
+            let e = Config::parse(text).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+        assert_eq!(Config::default_config().mix.max_inputs, 16);
+    }
+
+    #[test]
     fn partial_file_overrides() {
         let c = Config::parse("[hub]\nreconnect_grace_secs = 2.5\n[apps.cam]\npush_key = \"k\"\n").unwrap();
         assert_eq!(c.hub.reconnect_grace_secs, 2.5);

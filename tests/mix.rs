@@ -331,6 +331,15 @@ fn bad_mix_requests_are_refused_naming_the_field() {
     assert_eq!(r.json()["inputs"][2]["state"], "static");
     let frame = last_frame_rgb(&srv.flv_url("m-out"), FRESH, W, H);
     assert_slots(&frame, &[((160, 90), GREY), ((160, 270), LIME), ((480, 270), GREY)], "colour input");
+    // An input published after the mix started joins it.
+    let _late = push_loop(&color_media("red", 440, "320x180"), &srv.rtmp_url("a"));
+    assert!(
+        wait_until(Duration::from_secs(15), || mix_json(&srv, "m")["inputs"][0]["state"] == "live"),
+        "late input never joined: {}",
+        mix_json(&srv, "m")
+    );
+    let frame = last_frame_rgb(&srv.flv_url("m-out"), FRESH, W, H);
+    assert_slots(&frame, &[((160, 90), RED), ((480, 90), GREY), ((160, 270), LIME)], "late input");
     p.kill();
 }
 

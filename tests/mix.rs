@@ -340,6 +340,14 @@ fn bad_mix_requests_are_refused_naming_the_field() {
     );
     let frame = last_frame_rgb(&srv.flv_url("m-out"), FRESH, W, H);
     assert_slots(&frame, &[((160, 90), RED), ((480, 90), GREY), ((160, 270), LIME)], "late input");
+    // SIGTERM with a mix running: its output and input readers let go, so shutdown does not wait them out.
+    let mut srv = srv;
+    assert!(srv.terminate().success());
+    let log = srv.log_text();
+    assert!(
+        log.lines().any(|l| l.contains("stopped") && l.contains("remaining=0")),
+        "clients left at shutdown:\n{log}"
+    );
     p.kill();
 }
 

@@ -38,6 +38,7 @@ pub struct Config {
     pub record: crate::record::RecordConfig,
     pub webrtc: crate::webrtc::WebrtcConfig,
     pub transcode: crate::transcode::TranscodeConfig,
+    pub mix: crate::mix::MixConfig,
     pub log: LogConfig,
 }
 
@@ -153,6 +154,41 @@ impl Config {
         Ok(cfg)
     }
 
+    /// `[mix]`: limits in range, and the output defaults pass the same checks a request's output does.
+    fn validate_mix(&self) -> Result<(), ConfigError> {
+        let m = &self.mix;
+        let bad = |key: &str, detail: String| Err(ConfigError::Invalid { key: key.into(), detail });
+        if !(1..=16).contains(&m.max_inputs) {
+            return bad("mix.max_inputs", format!("{} is outside 1..=16", m.max_inputs));
+        }
+        if !(1..=64).contains(&m.max_mixes) {
+            return bad("mix.max_mixes", format!("{} is outside 1..=64", m.max_mixes));
+        }
+        if m.latency_ms > 1000 {
+            return bad("mix.latency_ms", format!("{} is above 1000 ms", m.latency_ms));
+        }
+        if !(100..=60_000).contains(&m.lost_after_ms) {
+            return bad("mix.lost_after_ms", format!("{} is outside 100..=60000 ms", m.lost_after_ms));
+        }
+        let probe = crate::mix::layout::OutputRequest {
+            stream: "live/check".into(),
+            width: None,
+            height: None,
+            fps: None,
+            video_bitrate: None,
+            gop_secs: None,
+            audio_bitrate: None,
+            sample_rate: None,
+            channels: None,
+            background_color: None,
+            background_image: None,
+        };
+        if let Err(e) = crate::mix::layout::check_output(&probe, m) {
+            return bad(&format!("mix.{}", e.field.trim_start_matches("output.")), e.detail);
+        }
+        Ok(())
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key: &str, detail: String| Err(ConfigError::Invalid { key: key.into(), detail });
         let secs = |key: &str, v: f64, min: f64, max: f64| -> Result<(), ConfigError> {
@@ -201,6 +237,7 @@ impl Config {
         if let Err(detail) = self.hls.validate() {
             return bad("hls", detail);
         }
+        self.validate_mix()?;
         if !(6_000..=510_000).contains(&self.transcode.opus_bitrate) {
             return bad(
                 "transcode.opus_bitrate",
@@ -352,6 +389,20 @@ mod tests {
         assert!(e.contains("play.min_cache"), "{e}");
         let e = Config::parse("[webhooks]\non_publish = [\"ftp://x\"]\n").unwrap_err().to_string();
         assert!(e.contains("webhooks.on_publish"), "{e}");
+    }
+
+    #[test]
+    fn mix_defaults_are_checked_like_requests() {
+        for (text, key) in [
+            ("[mix]\nfps = 0\n", "mix.fps"),
+            ("[mix]\nbackground_color = \"black\"\n", "mix.background_color"),
+            ("[mix]\nmax_inputs = 17\n", "mix.max_inputs"),
+            ("[mix]\nlost_after_ms = 10\n", "mix.lost_after_ms"),
+        ] {
+            let e = Config::parse(text).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+        assert_eq!(Config::default_config().mix.max_inputs, 16);
     }
 
     #[test]

@@ -28,6 +28,9 @@ pub enum Event {
     /// A recording stopped on a write error (disk full, directory gone); the stream goes on.
     #[serde(rename = "on_record_failed")]
     RecordFailed { stream: String, record_id: String, file: String, file_format: String, error: String },
+    /// A mix input sent media the mix cannot use (its slot freezes or blanks; the mix carries on).
+    #[serde(rename = "on_mix_error")]
+    MixError { mix: String, stream: String, detail: String },
 }
 
 /// Fan-out of events to whoever listens (webhooks now; room event streams and SSE later). Sending never
@@ -129,7 +132,10 @@ impl Webhooks {
                 Event::Play { .. } => &self.cfg.on_play,
                 Event::Stop { .. } => &self.cfg.on_stop,
                 // on_publish is asked synchronously before the publish is accepted.
-                Event::Publish { .. } | Event::StreamClosed { .. } | Event::RecordFailed { .. } => continue,
+                Event::Publish { .. }
+                | Event::StreamClosed { .. }
+                | Event::RecordFailed { .. }
+                | Event::MixError { .. } => continue,
             };
             for url in urls.clone() {
                 let this = self.clone();

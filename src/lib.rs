@@ -12,6 +12,7 @@ pub mod http;
 pub mod hub;
 pub mod media;
 pub mod metrics;
+pub mod mix;
 pub mod names;
 pub mod netio;
 pub mod record;

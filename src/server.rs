@@ -37,6 +37,7 @@ pub struct AppState {
     pub whep: Arc<crate::webrtc::Whep>,
     pub whip: Arc<crate::webrtc::Whip>,
     pub transcoders: Arc<crate::transcode::Transcoders>,
+    pub mixes: Arc<crate::mix::Mixes>,
     pub config: Arc<Config>,
     pub webhooks: Webhooks,
     started: Instant,
@@ -74,6 +75,8 @@ impl AppState {
             &config.transcode.pipelines_dir,
             Duration::from_secs_f64(config.rtmp.publish_timeout_secs),
         )?;
+        let mixes = crate::mix::Mixes::new(hub.clone(), config.mix.clone(), &config.transcode.pipelines_dir)
+            .map_err(|e| crate::transcode::TranscodeError::Template { name: "mix".into(), detail: e.to_string() })?;
         Ok(Arc::new(Self {
             hub,
             hls,
@@ -81,6 +84,7 @@ impl AppState {
             whep,
             whip,
             transcoders,
+            mixes,
             config: Arc::new(config),
             webhooks,
             started: Instant::now(),

@@ -781,3 +781,49 @@ pub fn browser_check(script: &str, args: &[&str]) -> serde_json::Value {
     let line = stdout.lines().rev().find(|l| l.starts_with('{')).expect("JSON result line");
     serde_json::from_str(line).unwrap()
 }
+
+/// A solid-colour picture with a sine tone (H.264 + AAC FLV, keyframe every second), made once per machine:
+/// a mix input whose slot and tone a test can recognise. `color` is an ffmpeg colour name.
+pub fn color_media(color: &str, tone_hz: u32, size: &str) -> PathBuf {
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-media");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("mix-{color}-{tone_hz}-{size}.flv"));
+    if path.exists() {
+        return path;
+    }
+    let tmp = dir.join(format!("mix-{color}.{}.tmp.flv", std::process::id()));
+    let out = Command::new("ffmpeg")
+        .args(["-y", "-loglevel", "error", "-f", "lavfi", "-i"])
+        .arg(format!("color=c={color}:s={size}:r=30"))
+        .args(["-f", "lavfi", "-i"])
+        .arg(format!("sine=frequency={tone_hz}:sample_rate=44100"))
+        .args(["-t", "10", "-c:v", "libx264", "-preset", "veryfast", "-g", "30", "-bf", "0", "-pix_fmt", "yuv420p"])
+        .args(["-c:a", "aac", "-b:a", "64k", "-f", "flv"])
+        .arg(&tmp)
+        .output()
+        .expect("run ffmpeg");
+    assert!(out.status.success(), "ffmpeg failed: {}", String::from_utf8_lossy(&out.stderr));
+    std::fs::rename(&tmp, &path).unwrap();
+    path
+}
+
+/// Publishes `file` in a loop at its own pace (a live source that never ends); killed on drop.
+pub fn push_loop(file: &Path, url: &str) -> Proc {
+    push_args(file, url, &["-stream_loop", "-1"])
+}
+
+/// Decodes `frames` video frames of a live stream (joining at its newest keyframe) and returns the last one
+/// as `width`x`height` RGB24.
+pub fn last_frame_rgb(url: &str, frames: usize, width: usize, height: usize) -> Vec<u8> {
+    let out = Command::new("timeout")
+        .args(["20", "ffmpeg", "-v", "error", "-i", url, "-frames:v", &frames.to_string()])
+        .args(["-f", "rawvideo", "-pix_fmt", "rgb24", "-s", &format!("{width}x{height}"), "-"])
+        .output()
+        .expect("ffmpeg");
+    let size = width * height * 3;
+    assert!(out.stdout.len() >= size, "no frame decoded from {url}: {}", String::from_utf8_lossy(&out.stderr));
+    let n = out.stdout.len() / size;
+    out.stdout[(n - 1) * size..n * size].to_vec()
+}

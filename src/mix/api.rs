@@ -1,0 +1,62 @@
+//! `/api/v1/mixes`: the HTTP face of [`Mixes`](super::Mixes) (documented in `docs/openapi.yaml`).
+
+use std::sync::Arc;
+
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use serde_json::json;
+
+use super::MixError;
+use crate::http::{error, json, Body};
+use crate::server::AppState;
+
+pub async fn handle(state: &Arc<AppState>, req: Request<Incoming>, parts: &[&str]) -> Response<Body> {
+    let mixes = &state.mixes;
+    let method = req.method().clone();
+    match (method, parts) {
+        (Method::GET, []) => json(StatusCode::OK, &json!({ "mixes": mixes.list() })),
+        (Method::POST, []) => match read_json(req).await {
+            Ok(r) => reply(StatusCode::CREATED, mixes.create(r)),
+            Err(resp) => resp,
+        },
+        (Method::GET, [id]) => reply(StatusCode::OK, mixes.get(id)),
+        (Method::PATCH, [id]) => match read_json(req).await {
+            Ok(r) => reply(StatusCode::OK, mixes.patch(id, r)),
+            Err(resp) => resp,
+        },
+        (Method::DELETE, [id]) => {
+            reply(StatusCode::OK, mixes.delete(id).map(|()| json!({ "id": id, "stopped": true })))
+        }
+        (m, [] | [_]) => {
+            error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", &format!("{m} is not allowed here"))
+        }
+        _ => error(StatusCode::NOT_FOUND, "not_found", "no such mix route"),
+    }
+}
+
+async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, Response<Body>> {
+    let body = match http_body_util::Limited::new(req.into_body(), 256 * 1024).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return Err(error(StatusCode::BAD_REQUEST, "bad_body", &format!("cannot read the request body: {e}")))
+        }
+    };
+    serde_json::from_slice(&body).map_err(|e| error(StatusCode::BAD_REQUEST, "bad_json", &e.to_string()))
+}
+
+fn reply(ok: StatusCode, r: Result<serde_json::Value, MixError>) -> Response<Body> {
+    match r {
+        Ok(v) => json(ok, &v),
+        Err(MixError::Invalid(e)) => json(
+            StatusCode::BAD_REQUEST,
+            &json!({ "error": "invalid_field", "field": e.field, "detail": e.to_string() }),
+        ),
+        Err(e @ MixError::Conflict(_)) => error(StatusCode::CONFLICT, "conflict", &e.to_string()),
+        Err(e @ MixError::NotFound(_)) => error(StatusCode::NOT_FOUND, "mix_not_found", &e.to_string()),
+        Err(e @ MixError::TooMany(_)) => error(StatusCode::TOO_MANY_REQUESTS, "too_many_mixes", &e.to_string()),
+        Err(e @ (MixError::Gst(_) | MixError::Template(_))) => {
+            error(StatusCode::INTERNAL_SERVER_ERROR, "mix_failed", &e.to_string())
+        }
+    }
+}

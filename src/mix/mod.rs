@@ -1,0 +1,782 @@
+//! Stream mixing (MCU): up to 16 hub streams composed into one picture and one audio mix, published as an
+//! ordinary hub stream. Layouts change while the mix runs without stopping its output.
+//!
+//! `layout` checks requests and places inputs (pure), `timing` maps input timestamps onto the mix clock
+//! (pure), `pipeline` owns the GStreamer graph, and this module runs mixes: one task per input reading the
+//! hub, one task draining the encoders into the hub, and a bus thread that isolates failing inputs.
+
+pub mod api;
+pub mod layout;
+pub mod pipeline;
+pub mod timing;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+use tokio::sync::watch;
+use tracing::Instrument;
+
+use crate::events::Event;
+use crate::hub::{CachePolicy, Hub, Protocol, PublisherInfo, StreamKey};
+use crate::media::avc::{self, AvcDecoderConfig};
+use crate::media::{Codec, Frame, MediaKind};
+pub use layout::MixConfig;
+use layout::{CreateRequest, FieldError, InputKind, InputSpec, Layout, Output, PatchRequest, Placed};
+use pipeline::{Branch, Encoded, MixPipeline, Templates};
+use timing::Anchor;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MixError {
+    #[error("{0}")]
+    Invalid(#[from] FieldError),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    TooMany(String),
+    #[error("GStreamer: {0}")]
+    Gst(String),
+    #[error("pipeline template {0}")]
+    Template(String),
+}
+
+/// The running mixes.
+pub struct Mixes {
+    hub: Hub,
+    cfg: MixConfig,
+    templates: Arc<Templates>,
+    mixes: Mutex<BTreeMap<String, Arc<Mix>>>,
+}
+
+struct Mix {
+    id: String,
+    hub: Hub,
+    output: Output,
+    templates: Arc<Templates>,
+    pipe: MixPipeline,
+    /// What the client asked for (re-placed on PATCH) and where that put every input.
+    request: Mutex<(Option<String>, Option<String>, Vec<InputSpec>)>,
+    layout: Mutex<Layout>,
+    slots: Mutex<Vec<Arc<Slot>>>,
+    next_serial: AtomicU64,
+    lost_after: Duration,
+    stop: watch::Sender<bool>,
+    stopped: Arc<AtomicBool>,
+    failed: Mutex<Option<String>>,
+    created: SystemTime,
+    frames_out: AtomicU64,
+    latency: Mutex<timing::LatencyProbe>,
+}
+
+/// What an input's reader carries from frame to frame: its clock mapping, and the decoder configurations a
+/// new branch (first, or after a decoder failure) starts from. The video one comes with its NAL length size.
+#[derive(Default)]
+struct ReadState {
+    anchor: Anchor,
+    vcfg: Option<(Bytes, u8)>,
+    acfg: Option<Bytes>,
+}
+
+/// One input's place in a running mix. Branches are named `in{serial}v` / `in{serial}a` so a bus message
+/// can be traced back to its input.
+struct Slot {
+    serial: u64,
+    place: Mutex<Placed>,
+    status: Mutex<Status>,
+    video: Mutex<Option<Branch>>,
+    audio: Mutex<Option<Branch>>,
+    stop: watch::Sender<bool>,
+}
+
+struct Status {
+    state: &'static str,
+    visible: bool,
+    width: Option<u32>,
+    height: Option<u32>,
+    fps: f64,
+    frames: u64,
+    window: (Instant, u64),
+    last_frame: Option<Instant>,
+    errors: u64,
+    last_error: Option<String>,
+    last_event: Option<Instant>,
+}
+
+impl Status {
+    fn new(state: &'static str) -> Self {
+        Self {
+            state,
+            visible: false,
+            width: None,
+            height: None,
+            fps: 0.0,
+            frames: 0,
+            window: (Instant::now(), 0),
+            last_frame: None,
+            errors: 0,
+            last_error: None,
+            last_event: None,
+        }
+    }
+}
+
+impl Mixes {
+    /// Loads the mix templates and builds each once, so a broken template stops start-up.
+    pub fn new(hub: Hub, cfg: MixConfig, pipelines_dir: &str) -> Result<Arc<Self>, MixError> {
+        gst::init().map_err(|e| MixError::Gst(e.to_string()))?;
+        let templates = Templates::load(Path::new(pipelines_dir))?;
+        let probe = layout::OutputRequest {
+            stream: "live/check".into(),
+            width: None,
+            height: None,
+            fps: None,
+            video_bitrate: None,
+            gop_secs: None,
+            audio_bitrate: None,
+            sample_rate: None,
+            channels: None,
+            background_color: None,
+            background_image: None,
+        };
+        templates.validate(&layout::check_output(&probe, &cfg)?)?;
+        Ok(Arc::new(Self { hub, cfg, templates: Arc::new(templates), mixes: Mutex::new(BTreeMap::new()) }))
+    }
+
+    pub fn list(&self) -> Vec<Value> {
+        let mixes: Vec<_> = self.mixes.lock().values().cloned().collect();
+        mixes.iter().map(|m| m.json()).collect()
+    }
+
+    pub fn get(&self, id: &str) -> Result<Value, MixError> {
+        let m = self.mixes.lock().get(id).cloned().ok_or_else(|| not_found(id))?;
+        Ok(m.json())
+    }
+
+    pub fn create(&self, req: CreateRequest) -> Result<Value, MixError> {
+        crate::names::validate("mix", &req.id).map_err(|e| FieldError { field: "id".into(), detail: e.to_string() })?;
+        let output = layout::check_output(&req.output, &self.cfg)?;
+        let placed = layout::place(
+            req.template.as_deref(),
+            req.pip_position.as_deref(),
+            &req.inputs,
+            (output.width, output.height),
+            self.cfg.max_inputs,
+        )?;
+        check_no_loop(&output, &placed)?;
+        let mut mixes = self.mixes.lock();
+        if mixes.contains_key(&req.id) {
+            return Err(MixError::Conflict(format!("mix {} already exists", req.id)));
+        }
+        if mixes.len() >= self.cfg.max_mixes {
+            return Err(MixError::TooMany(format!("{} mixes are running (mix.max_mixes)", mixes.len())));
+        }
+        if let Some(other) = mixes.values().find(|m| m.output.stream == output.stream) {
+            return Err(MixError::Conflict(format!("mix {} already publishes {}", other.id, output.stream)));
+        }
+        if self.hub.get(&output.stream).is_some_and(|s| !s.is_closed() && s.publisher().is_some()) {
+            return Err(MixError::Conflict(format!("stream {} is already being published", output.stream)));
+        }
+        let mix = Mix::start(&self.hub, &self.templates, &self.cfg, req, output, placed)?;
+        mixes.insert(mix.id.clone(), mix.clone());
+        drop(mixes);
+        Ok(mix.json())
+    }
+
+    pub fn patch(&self, id: &str, req: PatchRequest) -> Result<Value, MixError> {
+        let m = self.mixes.lock().get(id).cloned().ok_or_else(|| not_found(id))?;
+        m.patch(req, self.cfg.max_inputs)?;
+        Ok(m.json())
+    }
+
+    pub fn delete(&self, id: &str) -> Result<(), MixError> {
+        let m = self.mixes.lock().remove(id).ok_or_else(|| not_found(id))?;
+        m.shutdown();
+        Ok(())
+    }
+}
+
+fn not_found(id: &str) -> MixError {
+    MixError::NotFound(format!("no mix {id}"))
+}
+
+/// A mix reading its own output would feed on itself.
+fn check_no_loop(output: &Output, l: &Layout) -> Result<(), MixError> {
+    if let Some(i) = l.inputs.iter().position(|p| p.stream.as_ref() == Some(&output.stream)) {
+        return Err(FieldError {
+            field: "output.stream".into(),
+            detail: format!("{} is also inputs[{i}]", output.stream),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+impl Mix {
+    fn start(
+        hub: &Hub,
+        templates: &Arc<Templates>,
+        cfg: &MixConfig,
+        req: CreateRequest,
+        output: Output,
+        placed: Layout,
+    ) -> Result<Arc<Mix>, MixError> {
+        let pipe = MixPipeline::build(templates, &output, cfg.latency_ms)?;
+        let guard = hub.register_client(Protocol::Transcode, None);
+        let info = PublisherInfo {
+            client_id: guard.handle.id,
+            protocol: Protocol::Transcode,
+            addr: None,
+            param: format!("mix={}", req.id),
+        };
+        let publisher = hub.publish(output.stream.clone(), info, guard.handle.clone()).map_err(|e| match e {
+            crate::hub::HubError::AlreadyPublishing(s) => {
+                MixError::Conflict(format!("stream {s} is already being published"))
+            }
+            e => MixError::Gst(e.to_string()),
+        })?;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        pipe.drain_into(tx);
+        let (stop, _) = watch::channel(false);
+        let mix = Arc::new(Mix {
+            id: req.id.clone(),
+            hub: hub.clone(),
+            output,
+            templates: templates.clone(),
+            pipe,
+            request: Mutex::new((req.template.clone(), req.pip_position.clone(), req.inputs.clone())),
+            layout: Mutex::new(placed.clone()),
+            slots: Mutex::new(Vec::new()),
+            next_serial: AtomicU64::new(1),
+            lost_after: Duration::from_millis(cfg.lost_after_ms),
+            stop,
+            stopped: Arc::new(AtomicBool::new(false)),
+            failed: Mutex::new(None),
+            created: SystemTime::now(),
+            frames_out: AtomicU64::new(0),
+            latency: Mutex::new(timing::LatencyProbe::default()),
+        });
+        if let Err(e) = mix.pipe.pipeline.set_state(gst::State::Playing) {
+            let _ = mix.pipe.pipeline.set_state(gst::State::Null);
+            return Err(MixError::Gst(format!("cannot start the mix pipeline: {e}")));
+        }
+        let span = tracing::info_span!("mix", mix = %mix.id);
+        tokio::spawn(mix.clone().run_output(publisher, guard, rx).instrument(span.clone()));
+        spawn_bus_watch(&mix, span.clone());
+        let slots: Vec<_> = placed.inputs.iter().map(|p| mix.add_slot(p.clone())).collect();
+        *mix.slots.lock() = slots;
+        span.in_scope(|| {
+            tracing::info!(output = %mix.output.stream, inputs = placed.inputs.len(), template = ?placed.template, "mix started")
+        });
+        Ok(mix)
+    }
+
+    /// Publishes what the encoders make; the pipeline's running time is the output's timeline, so it stays
+    /// continuous whatever happens to the inputs or the layout.
+    async fn run_output(
+        self: Arc<Self>,
+        mut publisher: crate::hub::Publisher,
+        client: crate::hub::ClientGuard,
+        mut rx: tokio::sync::mpsc::UnboundedReceiver<Encoded>,
+    ) {
+        let mut stop = self.stop.subscribe();
+        let mut configs: [Option<Bytes>; 2] = [None, None];
+        loop {
+            tokio::select! {
+                e = rx.recv() => {
+                    let Some(e) = e else { break };
+                    let (kind, codec, slot) = if e.video { (MediaKind::Video, Codec::H264, 0) } else { (MediaKind::Audio, Codec::Aac, 1) };
+                    if let Some(cd) = e.codec_data.filter(|cd| configs[slot].as_ref() != Some(cd)) {
+                        let cfg = Frame { kind, codec, dts: 0, cts: 0, keyframe: false, config: true, payload: cd.clone() };
+                        publisher.push_raw(cfg, e.dts as u32, Instant::now());
+                        configs[slot] = Some(cd);
+                    }
+                    if configs[slot].is_none() {
+                        continue;
+                    }
+                    if e.video {
+                        self.frames_out.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let cts = if e.video { (e.pts - e.dts) as i32 } else { 0 };
+                    let frame = Frame { kind, codec, dts: 0, cts, keyframe: e.video && e.key, config: false, payload: e.data };
+                    publisher.push_raw(frame, e.dts as u32, Instant::now());
+                    if e.video {
+                        self.latency.lock().output(e.pts, Instant::now());
+                    }
+                }
+                _ = stop.changed() => break,
+                // Kicked through the API, or the server is shutting down: the output is gone for good.
+                _ = client.handle.notify.notified() => {
+                    if let Some(reason) = client.handle.kicked() {
+                        *self.failed.lock() = Some(format!("output stopped: {reason}"));
+                        let _ = self.pipe.pipeline.set_state(gst::State::Null);
+                        break;
+                    }
+                }
+            }
+        }
+        tracing::info!("mix output stopped");
+    }
+
+    fn add_slot(self: &Arc<Self>, p: Placed) -> Arc<Slot> {
+        let serial = self.next_serial.fetch_add(1, Ordering::Relaxed);
+        let (stop, stop_rx) = watch::channel(false);
+        let state = if p.kind.reads_stream() { "waiting" } else { "static" };
+        let slot = Arc::new(Slot {
+            serial,
+            place: Mutex::new(p.clone()),
+            status: Mutex::new(Status::new(state)),
+            video: Mutex::new(None),
+            audio: Mutex::new(None),
+            stop,
+        });
+        match &p.stream {
+            Some(key) => {
+                let span = tracing::info_span!("mix_input", mix = %self.id, input = %key);
+                tokio::spawn(self.clone().run_input(slot.clone(), key.clone(), stop_rx).instrument(span));
+            }
+            None => {
+                let made = self.pipe.add_static(&format!("in{serial}v"), &p).and_then(|b| {
+                    MixPipeline::place_video(&b, &p, true);
+                    self.pipe.start(&b)?;
+                    Ok(b)
+                });
+                match made {
+                    Ok(b) => *slot.video.lock() = Some(b),
+                    Err(e) => self.input_error(&slot, &format!("{e}")),
+                }
+                slot.status.lock().visible = true;
+            }
+        }
+        slot
+    }
+
+    /// Reads one input from the hub for as long as it is part of the mix, re-subscribing when its stream
+    /// ends and comes back.
+    async fn run_input(self: Arc<Self>, slot: Arc<Slot>, key: StreamKey, mut stop: watch::Receiver<bool>) {
+        let mut rs = ReadState::default();
+        let mut batch = Vec::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        while !*stop.borrow() {
+            let Some(stream) = self.hub.get(&key).filter(|s| !s.is_closed()) else {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    _ = stop.changed() => {}
+                }
+                continue;
+            };
+            let guard = self.hub.register_client(Protocol::Transcode, None);
+            // A mix that falls behind skips to a newer keyframe rather than showing an input seconds late.
+            let policy = CachePolicy {
+                min_cache: Duration::ZERO,
+                max_cache: Duration::from_secs(2),
+                max_skips_per_minute: u32::MAX,
+            };
+            let Ok(mut reader) = self.hub.subscribe(&key, Protocol::Transcode, policy, guard.handle.clone()) else {
+                continue;
+            };
+            tracing::debug!("input subscribed");
+            loop {
+                tokio::select! {
+                    r = reader.next_batch(&mut batch) => {
+                        if let Err(reason) = r {
+                            tracing::info!(%reason, "input stream ended");
+                            break;
+                        }
+                        let head = stream.last_dts().unwrap_or(0);
+                        for p in batch.drain(..) {
+                            self.feed(&slot, &p.frame, p.received, head, &mut rs);
+                        }
+                    }
+                    _ = tick.tick() => self.check_lost(&slot),
+                    _ = stop.changed() => break,
+                }
+            }
+            rs.anchor.reset();
+            self.check_lost(&slot);
+            drop(guard);
+        }
+        for b in [slot.video.lock().take(), slot.audio.lock().take()].into_iter().flatten() {
+            self.pipe.remove(b);
+        }
+    }
+
+    fn feed(&self, slot: &Slot, f: &Frame, received: Instant, head: i64, rs: &mut ReadState) {
+        let ReadState { anchor, vcfg, acfg } = rs;
+        let place = slot.place.lock().clone();
+        match (f.kind, f.codec) {
+            (MediaKind::Video, Codec::H264) if place.kind.has_video() => {
+                if f.config {
+                    match AvcDecoderConfig::parse(&f.payload) {
+                        Ok(c) => {
+                            if let Some(sps) = c.sps.first().and_then(|s| avc::parse_sps(s).ok()) {
+                                let mut st = slot.status.lock();
+                                (st.width, st.height) = (Some(sps.width), Some(sps.height));
+                            }
+                            if let Some(src) = slot.video.lock().as_ref().and_then(|b| b.src.clone()) {
+                                src.set_caps(Some(&pipeline::h264_caps(&f.payload)));
+                            }
+                            *vcfg = Some((f.payload.clone(), c.nal_length_size));
+                        }
+                        Err(e) => self.input_error(slot, &format!("bad AVC decoder configuration: {e}")),
+                    }
+                    return;
+                }
+                let Some((config, nls)) = vcfg.as_ref() else { return };
+                if !timing::avcc_plausible(&f.payload, *nls) {
+                    self.input_error(slot, "undecodable H.264 access unit dropped");
+                    return;
+                }
+                let mut video = slot.video.lock();
+                if video.is_none() {
+                    // A decoder can only start on a keyframe.
+                    if !f.keyframe {
+                        return;
+                    }
+                    let made = self.pipe.add_input(
+                        &self.templates,
+                        true,
+                        &format!("in{}v", slot.serial),
+                        &pipeline::h264_caps(config),
+                    );
+                    match made.and_then(|b| {
+                        MixPipeline::place_video(&b, &place, true);
+                        self.pipe.start(&b)?;
+                        Ok(b)
+                    }) {
+                        Ok(b) => *video = Some(b),
+                        Err(e) => {
+                            drop(video);
+                            self.input_error(slot, &e.to_string());
+                            return;
+                        }
+                    }
+                }
+                let now = self.pipe.now_ms();
+                let dts = anchor.map(f.dts, head, now);
+                let Some(b) = video.as_ref() else { return };
+                push(b, f, dts, dts + f.cts as i64);
+                drop(video);
+                self.latency.lock().input(dts + f.cts as i64, received, Instant::now());
+                self.mark_live(slot, &place, true);
+            }
+            (MediaKind::Audio, Codec::Aac) if matches!(place.kind, InputKind::Av | InputKind::Audio) => {
+                if f.config {
+                    if let Some(src) = slot.audio.lock().as_ref().and_then(|b| b.src.clone()) {
+                        src.set_caps(Some(&pipeline::aac_caps(&f.payload)));
+                    }
+                    *acfg = Some(f.payload.clone());
+                    return;
+                }
+                let Some(config) = acfg.as_ref() else { return };
+                let mut audio = slot.audio.lock();
+                if audio.is_none() {
+                    let made = self.pipe.add_input(
+                        &self.templates,
+                        false,
+                        &format!("in{}a", slot.serial),
+                        &pipeline::aac_caps(config),
+                    );
+                    match made.and_then(|b| {
+                        MixPipeline::set_audio(&b, &place);
+                        self.pipe.start(&b)?;
+                        Ok(b)
+                    }) {
+                        Ok(b) => *audio = Some(b),
+                        Err(e) => {
+                            drop(audio);
+                            self.input_error(slot, &e.to_string());
+                            return;
+                        }
+                    }
+                }
+                let now = self.pipe.now_ms();
+                let ts = anchor.map(f.dts, head, now);
+                if let Some(b) = audio.as_ref() {
+                    push(b, f, ts, ts);
+                }
+                drop(audio);
+                if place.kind == InputKind::Audio {
+                    self.mark_live(slot, &place, false);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// An input that sends again is shown again.
+    fn mark_live(&self, slot: &Slot, place: &Placed, video: bool) {
+        let mut st = slot.status.lock();
+        st.last_frame = Some(Instant::now());
+        st.state = "live";
+        if video {
+            st.frames += 1;
+            if !st.visible {
+                st.visible = true;
+                drop(st);
+                if let Some(b) = slot.video.lock().as_ref() {
+                    MixPipeline::place_video(b, place, true);
+                }
+                tracing::info!("input live");
+            }
+        }
+    }
+
+    /// An input silent for `lost_after` shows the background until it sends again.
+    fn check_lost(&self, slot: &Slot) {
+        let mut st = slot.status.lock();
+        let now = Instant::now();
+        let elapsed = now.duration_since(st.window.0).as_secs_f64();
+        if elapsed >= 1.0 {
+            st.fps = ((st.frames - st.window.1) as f64 / elapsed * 10.0).round() / 10.0;
+            st.window = (now, st.frames);
+        }
+        let silent = st.last_frame.is_none_or(|t| t.elapsed() >= self.lost_after);
+        if silent && st.state == "live" {
+            st.state = "lost";
+            st.visible = false;
+            drop(st);
+            if let Some(b) = slot.video.lock().as_ref() {
+                MixPipeline::place_video(b, &slot.place.lock(), false);
+            }
+            tracing::info!("input lost: its slot shows the background");
+        }
+    }
+
+    /// Counts an input's failure and tells the event bus (at most every 2 s per input, so a stream of garbage
+    /// does not flood webhooks).
+    fn input_error(&self, slot: &Slot, detail: &str) {
+        let mut st = slot.status.lock();
+        st.errors += 1;
+        st.last_error = Some(detail.to_owned());
+        if st.last_event.is_some_and(|t| t.elapsed() < Duration::from_secs(2)) {
+            return;
+        }
+        st.last_event = Some(Instant::now());
+        drop(st);
+        let stream = slot.place.lock().stream.as_ref().map(|s| s.to_string()).unwrap_or_default();
+        tracing::warn!(mix = %self.id, input = %stream, %detail, "mix input error");
+        self.hub.events().send(Event::MixError { mix: self.id.clone(), stream, detail: detail.to_owned() });
+    }
+
+    /// A decoder failed (garbage that looked like H.264): that branch goes, the input's task builds a fresh
+    /// one at its next keyframe, and nothing else notices.
+    fn branch_failed(&self, serial: u64, video: bool, detail: &str) {
+        let Some(slot) = self.slots.lock().iter().find(|s| s.serial == serial).cloned() else { return };
+        let b = if video { slot.video.lock().take() } else { slot.audio.lock().take() };
+        if let Some(b) = b {
+            self.pipe.remove(b);
+        }
+        slot.status.lock().visible = false;
+        self.input_error(&slot, detail);
+    }
+
+    fn patch(self: &Arc<Self>, req: PatchRequest, max_inputs: usize) -> Result<(), MixError> {
+        let mut request = self.request.lock();
+        let template = req.template.clone().or_else(|| request.0.clone());
+        let pip = req.pip_position.clone().or_else(|| request.1.clone());
+        let inputs = req.inputs.clone().unwrap_or_else(|| request.2.clone());
+        let placed = layout::place(
+            template.as_deref(),
+            pip.as_deref(),
+            &inputs,
+            (self.output.width, self.output.height),
+            max_inputs,
+        )?;
+        check_no_loop(&self.output, &placed)?;
+        let mut slots = self.slots.lock();
+        let mut old: Vec<Option<Arc<Slot>>> = slots.drain(..).map(Some).collect();
+        let mut new = Vec::with_capacity(placed.inputs.len());
+        for p in &placed.inputs {
+            let same = |s: &Arc<Slot>| {
+                let q = s.place.lock();
+                q.stream == p.stream && q.kind == p.kind && q.image == p.image && q.color == p.color
+            };
+            match old.iter_mut().find(|s| s.as_ref().is_some_and(same)).and_then(Option::take) {
+                Some(s) => {
+                    // Only pad properties change: the output and its timestamps carry on untouched.
+                    *s.place.lock() = p.clone();
+                    let visible = s.status.lock().visible;
+                    if let Some(b) = s.video.lock().as_ref() {
+                        MixPipeline::place_video(b, p, visible);
+                    }
+                    if let Some(b) = s.audio.lock().as_ref() {
+                        MixPipeline::set_audio(b, p);
+                    }
+                    new.push(s);
+                }
+                None => new.push(self.add_slot(p.clone())),
+            }
+        }
+        for s in old.into_iter().flatten() {
+            self.drop_slot(&s);
+        }
+        *slots = new;
+        *self.layout.lock() = placed;
+        *request = (template, pip, inputs);
+        tracing::info!(mix = %self.id, inputs = slots.len(), "mix layout changed");
+        Ok(())
+    }
+
+    fn drop_slot(&self, s: &Slot) {
+        let _ = s.stop.send(true);
+        // Stream inputs remove their own branches when their task ends; static ones have no task.
+        if s.place.lock().stream.is_none() {
+            if let Some(b) = s.video.lock().take() {
+                self.pipe.remove(b);
+            }
+        }
+    }
+
+    fn shutdown(&self) {
+        for s in self.slots.lock().drain(..) {
+            let _ = s.stop.send(true);
+        }
+        let _ = self.stop.send(true);
+        self.stopped.store(true, Ordering::Release);
+        let _ = self.pipe.pipeline.set_state(gst::State::Null);
+        tracing::info!(mix = %self.id, "mix stopped");
+    }
+
+    fn json(&self) -> Value {
+        let layout = self.layout.lock().clone();
+        let slots: Vec<_> = self.slots.lock().clone();
+        let inputs: Vec<Value> = slots
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let p = s.place.lock().clone();
+                let st = s.status.lock();
+                let fps = if st.last_frame.is_some_and(|t| t.elapsed() < self.lost_after) { st.fps } else { 0.0 };
+                json!({
+                    "index": i,
+                    "stream": p.stream.as_ref().map(|k| k.to_string()),
+                    "kind": p.kind,
+                    "layer": p.layer,
+                    "rect": p.rect,
+                    "crop": p.crop,
+                    "audio": p.audio,
+                    "volume": p.volume,
+                    "state": st.state,
+                    "width": st.width,
+                    "height": st.height,
+                    "fps": fps,
+                    "frames": st.frames,
+                    "errors": st.errors,
+                    "last_error": st.last_error,
+                })
+            })
+            .collect();
+        let failed = self.failed.lock().clone();
+        let (lat_avg, lat_max) = self.latency.lock().report();
+        json!({
+            "id": self.id,
+            "state": if failed.is_some() { "failed" } else { "running" },
+            "error": failed,
+            "template": layout.template,
+            "pip_position": layout.pip_position,
+            "output": self.output,
+            "frames_out": self.frames_out.load(Ordering::Relaxed),
+            "latency_ms": {"avg": (lat_avg * 10.0).round() / 10.0, "max_since_last_get": (lat_max * 10.0).round() / 10.0},
+            "created_at": self.created.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            "inputs": inputs,
+        })
+    }
+}
+
+impl Drop for Mix {
+    fn drop(&mut self) {
+        let _ = self.pipe.pipeline.set_state(gst::State::Null);
+    }
+}
+
+/// Pushes one access unit into an input's appsrc at running times `dts`/`pts` (ms).
+fn push(b: &Branch, f: &Frame, dts: i64, pts: i64) {
+    let Some(src) = &b.src else { return };
+    let mut buf = gst::Buffer::from_slice(f.payload.clone());
+    if let Some(m) = buf.get_mut() {
+        m.set_pts(gst::ClockTime::from_mseconds(pts.max(0) as u64));
+        m.set_dts(gst::ClockTime::from_mseconds(dts.max(0) as u64));
+        if f.kind == MediaKind::Video && !f.keyframe {
+            m.set_flags(gst::BufferFlags::DELTA_UNIT);
+        }
+    }
+    let _ = src.push_buffer(buf);
+}
+
+/// Watches the pipeline's bus on its own thread: input failures are isolated, output failures mark the mix
+/// failed, and latency changes (an input with a slower decoder) are applied.
+fn spawn_bus_watch(mix: &Arc<Mix>, span: tracing::Span) {
+    let Some(bus) = mix.pipe.pipeline.bus() else { return };
+    let weak: Weak<Mix> = Arc::downgrade(mix);
+    let stopped = mix.stopped.clone();
+    let pipeline = mix.pipe.pipeline.downgrade();
+    std::thread::Builder::new()
+        .name(format!("mix-bus-{}", mix.id))
+        .spawn(move || {
+            let _e = span.enter();
+            while !stopped.load(Ordering::Acquire) {
+                let Some(msg) = bus.timed_pop(gst::ClockTime::from_mseconds(200)) else { continue };
+                let Some(mix) = weak.upgrade() else { return };
+                use gst::MessageView;
+                match msg.view() {
+                    MessageView::Error(e) => {
+                        let path = msg.src().map(|s| s.path_string().to_string()).unwrap_or_default();
+                        let detail = format!("{} ({path})", e.error());
+                        match branch_of(&path) {
+                            Some((serial, video)) => mix.branch_failed(serial, video, &detail),
+                            None => {
+                                tracing::error!(%detail, "mix pipeline failed");
+                                *mix.failed.lock() = Some(detail);
+                            }
+                        }
+                    }
+                    MessageView::Warning(w) => {
+                        let src = msg.src().map(|s| s.path_string().to_string()).unwrap_or_default();
+                        tracing::debug!(warning = %w.error(), debug = ?w.debug(), %src, "mix pipeline warning")
+                    }
+                    MessageView::Latency(_) => {
+                        if let Some(p) = pipeline.upgrade() {
+                            let _ = p.recalculate_latency();
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        })
+        .ok();
+}
+
+/// `/GstPipeline:pipeline3/GstBin:in12v/avdec_h264:avdec_h264-0` → input serial 12, video.
+fn branch_of(path: &str) -> Option<(u64, bool)> {
+    path.split('/').find_map(|seg| {
+        let name = seg.rsplit(':').next()?;
+        let rest = name.strip_prefix("in")?;
+        let video = match rest.chars().last()? {
+            'v' => true,
+            'a' => false,
+            _ => return None,
+        };
+        rest[..rest.len() - 1].parse().ok().map(|n| (n, video))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn branch_names_lead_back_to_inputs() {
+        assert_eq!(super::branch_of("/GstPipeline:pipeline3/GstBin:in12v/avdec_h264:avdec_h264-0"), Some((12, true)));
+        assert_eq!(super::branch_of("/pipeline3/in12v/avdec_h264-0"), Some((12, true)));
+        assert_eq!(super::branch_of("/pipeline3/in3a/aacparse0"), Some((3, false)));
+        assert_eq!(super::branch_of("/pipeline3/vmix"), None);
+        assert_eq!(super::branch_of("/GstPipeline:pipeline3/GstX264Enc:x264enc0"), None);
+    }
+}

@@ -1,0 +1,432 @@
+//! Stream mixing end to end: ffmpeg publishers in solid colours with distinct tones → mixes made through the
+//! API → ffmpeg decodes the output and the test looks at slot pixels and tone energy.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use livegate::rtmp::message;
+use serde_json::{json, Value};
+
+const W: usize = 640;
+const H: usize = 360;
+type Rgb = (u8, u8, u8);
+const RED: Rgb = (255, 0, 0);
+const LIME: Rgb = (0, 255, 0);
+const BLUE: Rgb = (0, 0, 255);
+const YELLOW: Rgb = (255, 255, 0);
+const GREY: Rgb = (128, 128, 128);
+const DARK: Rgb = (32, 32, 32);
+
+fn pixel(frame: &[u8], x: usize, y: usize) -> Rgb {
+    let o = (y * W + x) * 3;
+    (frame[o], frame[o + 1], frame[o + 2])
+}
+
+fn near(a: Rgb, b: Rgb) -> bool {
+    // H.264 4:2:0 at a modest bitrate shifts flat colours by a few levels; 40 still tells these apart.
+    [(a.0, b.0), (a.1, b.1), (a.2, b.2)].iter().all(|(p, q)| (*p as i32 - *q as i32).abs() <= 40)
+}
+
+fn assert_slots(frame: &[u8], want: &[((usize, usize), Rgb)], what: &str) {
+    let got: Vec<_> = want.iter().map(|((x, y), _)| pixel(frame, *x, *y)).collect();
+    for (((x, y), c), g) in want.iter().zip(&got) {
+        assert!(near(*g, *c), "{what}: pixel ({x},{y}) is {g:?}, want {c:?}; all: {got:?}");
+    }
+}
+
+/// Players join at the newest keyframe (gop_secs = 1 in these tests), so decoding 45 frames ends at least
+/// half a second after the request: after whatever change the test made before it.
+const FRESH: usize = 45;
+const SERVER: &str = "[play]\nmin_cache = 0.0\n";
+
+fn api(srv: &Server, method: &str, path: &str, body: &Value) -> HttpResponse {
+    http_request_body(srv.http_port, method, path, &body.to_string())
+}
+
+fn mix_json(srv: &Server, id: &str) -> Value {
+    let r = srv.api("GET", &format!("/api/v1/mixes/{id}"));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    r.json()
+}
+
+/// Energy of `freq` in `pcm` (Goertzel), normalised by the signal length.
+fn tone_power(pcm: &[f64], rate: f64, freq: f64) -> f64 {
+    let w = 2.0 * std::f64::consts::PI * freq / rate;
+    let c = 2.0 * w.cos();
+    let (mut s1, mut s2) = (0.0, 0.0);
+    for x in pcm {
+        let s = x + c * s1 - s2;
+        s2 = s1;
+        s1 = s;
+    }
+    (s1 * s1 + s2 * s2 - c * s1 * s2) / (pcm.len() as f64).powi(2)
+}
+
+/// Mono 8 kHz PCM of a recorded file's audio, from `skip` seconds in.
+fn pcm_of(file: &std::path::Path, skip: f64, secs: f64) -> Vec<f64> {
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-ss", &skip.to_string(), "-i"])
+        .arg(file)
+        .args(["-t", &secs.to_string(), "-vn", "-ac", "1", "-ar", "8000", "-f", "s16le", "-"])
+        .output()
+        .unwrap();
+    out.stdout.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]]) as f64 / 32768.0).collect()
+}
+
+/// Which of the tones stand clearly above the noise floor (measured between them).
+fn tones_present(pcm: &[f64], tones: &[f64]) -> Vec<bool> {
+    let floor = [300.0, 550.0, 770.0, 990.0, 1500.0].iter().map(|f| tone_power(pcm, 8000.0, *f)).fold(0.0, f64::max);
+    tones.iter().map(|t| tone_power(pcm, 8000.0, *t) > 20.0 * floor.max(1e-9)).collect()
+}
+
+/// (stream index, dts ms: FLV's time base) of every packet in a recorded file.
+fn packets(file: &std::path::Path) -> Vec<(u32, i64)> {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-show_entries", "packet=stream_index,dts", "-of", "csv=p=0"])
+        .arg(file)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (s, d) = l.split_once(',')?;
+            Some((s.parse().ok()?, d.trim_end_matches(',').parse().ok()?))
+        })
+        .collect()
+}
+
+/// Records `secs` of a live stream over one connection, in the background.
+fn record(url: &str, file: &std::path::Path, secs: u32) -> Proc {
+    Proc::spawn(
+        Command::new("ffmpeg")
+            .args(["-v", "error", "-y", "-i", url, "-t", &secs.to_string(), "-c", "copy", "-f", "flv"])
+            .arg(file),
+    )
+}
+
+fn grid_body(id: &str, out: &str, inputs: &[&str], extra: Value) -> Value {
+    let mut output = json!({"stream": out, "width": W, "height": H, "video_bitrate": 800, "gop_secs": 1.0, "background_color": "#808080"});
+    if let (Some(o), Some(e)) = (output.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            o.insert(k.clone(), v.clone());
+        }
+    }
+    let inputs: Vec<Value> = inputs.iter().map(|s| json!({"stream": format!("live/{s}")})).collect();
+    json!({"id": id, "template": "grid", "inputs": inputs, "output": output})
+}
+
+#[test]
+fn grid_and_1v3_mixes_show_every_input_and_follow_live_changes() {
+    let srv = Server::start(SERVER);
+    let colours = [("red", 440), ("lime", 660), ("blue", 880), ("yellow", 1100)];
+    let mut pubs: Vec<Proc> =
+        colours.iter().map(|(c, hz)| push_loop(&color_media(c, *hz, "320x180"), &srv.rtmp_url(c))).collect();
+    for (c, _) in colours {
+        srv.wait_live(c);
+    }
+
+    // grid: 2x2, row by row in input order.
+    let r = api(
+        &srv,
+        "POST",
+        "/api/v1/mixes",
+        &grid_body("grid", "live/grid-mix", &["red", "lime", "blue", "yellow"], json!({})),
+    );
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["output"]["stream"], "live/grid-mix");
+    // 1v3: blue big on the left, the others stacked on the right, on a dark background.
+    let talk = json!({"id": "talk", "template": "1v3",
+        "inputs": [{"stream": "live/blue"}, {"stream": "live/red"}, {"stream": "live/lime", "audio": false}, {"stream": "live/yellow"}],
+        "output": {"stream": "live/talk-mix", "width": W, "height": H, "fps": 25, "video_bitrate": 600, "gop_secs": 1.0, "background_color": "#202020"}});
+    let r = api(&srv, "POST", "/api/v1/mixes", &talk);
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let live = srv.wait_live("grid-mix");
+    assert_eq!((live["video"]["width"].as_u64(), live["video"]["height"].as_u64()), (Some(W as u64), Some(H as u64)));
+    assert_eq!(live["audio"]["sample_rate"], 48000);
+    srv.wait_live("talk-mix");
+    assert!(
+        wait_until(Duration::from_secs(10), || mix_json(&srv, "grid")["inputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["state"] == "live")),
+        "inputs never all live: {}",
+        mix_json(&srv, "grid")
+    );
+    let grid_slots = |tl, tr, bl, br| [((160, 90), tl), ((480, 90), tr), ((160, 270), bl), ((480, 270), br)];
+    let frame = last_frame_rgb(&srv.flv_url("grid-mix"), FRESH, W, H);
+    assert_slots(&frame, &grid_slots(RED, LIME, BLUE, YELLOW), "grid");
+    let frame = last_frame_rgb(&srv.rtmp_url("talk-mix"), FRESH, W, H);
+    // 1v3 at 640x360: big slot (0,45)-(480,315), small slots 160x90 at x=480, y=45/135/225.
+    assert_slots(
+        &frame,
+        &[((240, 180), BLUE), ((560, 90), RED), ((560, 180), LIME), ((560, 270), YELLOW), ((240, 20), DARK)],
+        "1v3",
+    );
+    let talk_state = mix_json(&srv, "talk");
+    let inp = &talk_state["inputs"][1];
+    assert_eq!((inp["width"].as_u64(), inp["height"].as_u64()), (Some(320), Some(180)), "{talk_state}");
+    assert!(inp["fps"].as_f64().unwrap() > 20.0, "{talk_state}");
+    assert_eq!(talk_state["output"]["fps"], 25);
+
+    // One reader records across a PATCH that swaps red and yellow, then red's publisher stops.
+    let file = srv.dir.path().join("grid.flv");
+    let mut rec = record(&srv.flv_url("grid-mix"), &file, 9);
+    std::thread::sleep(Duration::from_secs(3));
+    let before = mix_json(&srv, "grid")["frames_out"].as_u64().unwrap();
+    let r = api(
+        &srv,
+        "PATCH",
+        "/api/v1/mixes/grid",
+        &json!({"inputs": [
+        {"stream": "live/yellow"}, {"stream": "live/lime"}, {"stream": "live/blue"}, {"stream": "live/red"}]}),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["inputs"][3]["rect"], json!({"x": 320, "y": 180, "width": 320, "height": 180}));
+    let frame = last_frame_rgb(&srv.flv_url("grid-mix"), FRESH, W, H);
+    assert_slots(&frame, &grid_slots(YELLOW, LIME, BLUE, RED), "grid after swapping red and yellow");
+    std::thread::sleep(Duration::from_millis(1500));
+    pubs[0].kill();
+    assert!(
+        wait_until(Duration::from_secs(5), || mix_json(&srv, "grid")["inputs"][3]["state"] == "lost"),
+        "red never reported lost: {}",
+        mix_json(&srv, "grid")
+    );
+    let frame = last_frame_rgb(&srv.flv_url("grid-mix"), FRESH, W, H);
+    assert_slots(&frame, &grid_slots(YELLOW, LIME, BLUE, GREY), "grid with red gone");
+    let after = mix_json(&srv, "grid")["frames_out"].as_u64().unwrap();
+    assert!(after > before + 60, "the mix stalled: {before} → {after} frames");
+    assert!(rec.wait(Duration::from_secs(20)).is_some_and(|s| s.success()), "recorder: {}", rec.stderr());
+
+    // The one recording: continuous timestamps across the PATCH and the input loss, at the output rate.
+    let pk = packets(&file);
+    let video: Vec<i64> = pk.iter().filter(|(s, _)| *s == 0).map(|(_, d)| *d).collect();
+    assert!(video.len() > 200, "only {} video frames recorded", video.len());
+    let worst = video.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    let least = video.windows(2).map(|w| w[1] - w[0]).min().unwrap();
+    assert!(least > 0 && worst <= 100, "video timestamps not continuous: steps {least}..{worst} ms");
+    let secs = (video[video.len() - 1] - video[0]) as f64 / 1000.0;
+    let fps = (video.len() - 1) as f64 / secs;
+    assert!((fps - 30.0).abs() < 1.0, "output at {fps:.2} fps, want a fixed 30");
+    // Before the swap all four tones are in the mix; after red left, its 440 Hz is gone.
+    let tones = [440.0, 660.0, 880.0, 1100.0];
+    assert_eq!(tones_present(&pcm_of(&file, 0.5, 2.0), &tones), vec![true; 4], "tones with all four inputs");
+    let end = secs - 1.6;
+    assert_eq!(tones_present(&pcm_of(&file, end, 1.5), &tones), vec![false, true, true, true], "tones without red");
+    // In the 1v3 mix lime's audio is off.
+    let tfile = srv.dir.path().join("talk.flv");
+    let mut trec = record(&srv.flv_url("talk-mix"), &tfile, 3);
+    assert!(trec.wait(Duration::from_secs(20)).is_some_and(|s| s.success()));
+    assert_eq!(tones_present(&pcm_of(&tfile, 1.0, 1.8), &tones), vec![false, false, true, true], "1v3 tones");
+
+    // Red comes back, at another resolution (a new decoder configuration), and reappears in its slot.
+    pubs[0] = push_loop(&color_media("red", 440, "480x270"), &srv.rtmp_url("red"));
+    assert!(
+        wait_until(Duration::from_secs(15), || mix_json(&srv, "grid")["inputs"][3]["state"] == "live"),
+        "red never came back: {}",
+        mix_json(&srv, "grid")
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let frame = last_frame_rgb(&srv.flv_url("grid-mix"), FRESH, W, H);
+    assert_slots(&frame, &grid_slots(YELLOW, LIME, BLUE, RED), "grid with red back");
+    let back = mix_json(&srv, "grid");
+    assert_eq!(
+        (back["inputs"][3]["width"].as_u64(), back["inputs"][3]["height"].as_u64()),
+        (Some(480), Some(270)),
+        "{back}"
+    );
+
+    let list = srv.api("GET", "/api/v1/mixes").json();
+    assert_eq!(list["mixes"].as_array().unwrap().len(), 2);
+    for id in ["grid", "talk"] {
+        assert_eq!(srv.api("DELETE", &format!("/api/v1/mixes/{id}")).status, 200);
+        assert_eq!(srv.api("GET", &format!("/api/v1/mixes/{id}")).status, 404);
+    }
+}
+
+#[test]
+fn bad_mix_requests_are_refused_naming_the_field() {
+    let srv = Server::start(SERVER);
+    let ok = |id: &str, out: &str| grid_body(id, out, &["a", "b"], json!({}));
+    let post = |body: &Value| api(&srv, "POST", "/api/v1/mixes", body);
+    let field = |r: &HttpResponse| {
+        assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+        r.json()["field"].as_str().unwrap_or_default().to_owned()
+    };
+    let mut b = ok("m", "live/m-out");
+    b["template"] = json!("mosaic");
+    assert_eq!(field(&post(&b)), "template");
+    let many: Vec<String> = (0..17).map(|i| format!("s{i}")).collect();
+    let many: Vec<&str> = many.iter().map(|s| s.as_str()).collect();
+    assert_eq!(field(&post(&grid_body("m", "live/m-out", &many, json!({})))), "inputs");
+    let custom = |rect: Value| {
+        let mut input = json!({"stream": "live/a"});
+        for (k, v) in rect.as_object().unwrap() {
+            input[k] = v.clone();
+        }
+        json!({"id": "m", "inputs": [input], "output": {"stream": "live/m-out", "width": 640, "height": 360}})
+    };
+    assert_eq!(field(&post(&custom(json!({"x": -10, "y": 0, "width": 100, "height": 100})))), "inputs[0].x");
+    assert_eq!(field(&post(&custom(json!({"x": 600, "y": 0, "width": 100, "height": 100})))), "inputs[0].width");
+    assert_eq!(field(&post(&custom(json!({"x": 0, "y": 300, "width": 100, "height": 100})))), "inputs[0].height");
+    assert_eq!(field(&post(&custom(json!({"x": 0, "y": 0, "width": 0, "height": 100})))), "inputs[0].width");
+    for (k, v, f) in [
+        ("width", json!(0), "output.width"),
+        ("height", json!(100_000), "output.height"),
+        ("fps", json!(0), "output.fps"),
+        ("fps", json!(1000), "output.fps"),
+        ("video_bitrate", json!(0), "output.video_bitrate"),
+        ("video_bitrate", json!(10_000_000), "output.video_bitrate"),
+        ("audio_bitrate", json!(1), "output.audio_bitrate"),
+        ("gop_secs", json!(0), "output.gop_secs"),
+        ("background_color", json!("purple"), "output.background_color"),
+    ] {
+        let mut b = ok("m", "live/m-out");
+        b["output"][k] = v;
+        assert_eq!(field(&post(&b)), f, "{k}");
+    }
+    let r = post(&json!({"id": "m", "inputs": [], "output": {"stream": "live/x"}, "colour": 1}));
+    assert_eq!((r.status, r.json()["error"].as_str()), (400, Some("bad_json")));
+    for (m, path) in [("PATCH", "/api/v1/mixes/nope"), ("GET", "/api/v1/mixes/nope"), ("DELETE", "/api/v1/mixes/nope")]
+    {
+        let r = api(&srv, m, path, &json!({"inputs": [{"stream": "live/a"}]}));
+        assert_eq!((r.status, r.json()["error"].as_str()), (404, Some("mix_not_found")), "{m} {path}");
+    }
+
+    // An output name a publisher holds, a second mix onto the same output, a duplicate id: 409.
+    let mut p = push_loop(&media("short"), &srv.rtmp_url("taken"));
+    srv.wait_live("taken");
+    let r = post(&ok("m", "live/taken"));
+    assert_eq!(r.status, 409, "{}", String::from_utf8_lossy(&r.body));
+    let r = post(&ok("m", "live/m-out"));
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(post(&ok("m2", "live/m-out")).status, 409);
+    assert_eq!(post(&ok("m", "live/other")).status, 409);
+    // A mix may not read its own output; a bad PATCH leaves the running layout alone.
+    assert_eq!(field(&post(&grid_body("loop", "live/a", &["a", "b"], json!({})))), "output.stream");
+    let r = api(
+        &srv,
+        "PATCH",
+        "/api/v1/mixes/m",
+        &json!({"template": "1v1", "inputs": [{"stream": "live/a"}, {"stream": "live/b"}, {"stream": "live/c"}]}),
+    );
+    assert_eq!(field(&r), "inputs");
+    assert_eq!(mix_json(&srv, "m")["template"], "grid");
+    // Inputs that are not live leave the mix running on its background.
+    let state = mix_json(&srv, "m");
+    assert_eq!(state["inputs"][0]["state"], "waiting");
+    let frame = last_frame_rgb(&srv.flv_url("m-out"), FRESH, W, H);
+    assert_slots(&frame, &[((160, 90), GREY), ((480, 90), GREY)], "empty mix");
+    // A colour input added live takes the third tile.
+    let r = api(
+        &srv,
+        "PATCH",
+        "/api/v1/mixes/m",
+        &json!({"inputs": [{"stream": "live/a"}, {"stream": "live/b"}, {"kind": "color", "color": "#00ff00"}]}),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["inputs"][2]["state"], "static");
+    let frame = last_frame_rgb(&srv.flv_url("m-out"), FRESH, W, H);
+    assert_slots(&frame, &[((160, 90), GREY), ((160, 270), LIME), ((480, 270), GREY)], "colour input");
+    // An input published after the mix started joins it.
+    let _late = push_loop(&color_media("red", 440, "320x180"), &srv.rtmp_url("a"));
+    assert!(
+        wait_until(Duration::from_secs(15), || mix_json(&srv, "m")["inputs"][0]["state"] == "live"),
+        "late input never joined: {}",
+        mix_json(&srv, "m")
+    );
+    let frame = last_frame_rgb(&srv.flv_url("m-out"), FRESH, W, H);
+    assert_slots(&frame, &[((160, 90), RED), ((480, 90), GREY), ((160, 270), LIME)], "late input");
+    // SIGTERM with a mix running: its output and input readers let go, so shutdown does not wait them out.
+    let mut srv = srv;
+    assert!(srv.terminate().success());
+    let log = srv.log_text();
+    assert!(
+        log.lines().any(|l| l.contains("stopped") && l.contains("remaining=0")),
+        "clients left at shutdown:\n{log}"
+    );
+    p.kill();
+}
+
+/// FLV video tag body: frame type / codec byte, AVC packet type, composition time.
+fn avc_tag(seq_header: bool, key: bool, payload: &[u8]) -> Vec<u8> {
+    [&[if key { 0x17 } else { 0x27 }, if seq_header { 0 } else { 1 }, 0, 0, 0][..], payload].concat()
+}
+
+#[test]
+fn garbage_h264_input_leaves_the_mix_running() {
+    let srv = Server::start(SERVER);
+    let mut good = push_loop(&color_media("red", 440, "320x180"), &srv.rtmp_url("good"));
+    srv.wait_live("good");
+    // A publisher with a real decoder configuration (taken from a real stream) and garbage access units.
+    let mut flv = livegate::media::flv::FlvParser::new();
+    flv.feed(&std::fs::read(color_media("blue", 880, "320x180")).unwrap());
+    let mut config = None;
+    while let Ok(Some(tag)) = flv.next_tag() {
+        if is_seq_header(&tag) && tag.tag_type == 9 {
+            config = Some(tag.body[5..].to_vec());
+            break;
+        }
+    }
+    let config = config.expect("AVC sequence header in the test media");
+    let mut c = RtmpClient::connect(srv.rtmp_port, false).unwrap();
+    c.connect_app("live");
+    c.publish("junk");
+    c.send_raw_message(6, message::VIDEO, 1, 0, &avc_tag(true, true, &config));
+    let body = json!({"id": "g", "template": "1v1", "inputs": [{"stream": "live/good"}, {"stream": "live/junk"}],
+        "output": {"stream": "live/g-out", "width": W, "height": H, "video_bitrate": 500, "gop_secs": 1.0, "background_color": "#808080"}});
+    let r = api(&srv, "POST", "/api/v1/mixes", &body);
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let mut seed = 7u64;
+    let mut rand = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let start = Instant::now();
+    let mut ts = 0;
+    while start.elapsed() < Duration::from_secs(4) {
+        let n = 200 + (rand() % 2000) as usize;
+        let junk: Vec<u8> = (0..n).map(|_| rand() as u8).collect();
+        // Half pure noise, half framed like AVCC (an IDR NAL header over noise) so it reaches the decoder.
+        let payload = if ts % 2 == 0 { junk } else { [&(n as u32 + 1).to_be_bytes()[..], &[0x65], &junk[..]].concat() };
+        c.send_raw_message(6, message::VIDEO, 1, ts * 33, &avc_tag(false, true, &payload));
+        ts += 1;
+        std::thread::sleep(Duration::from_millis(33));
+    }
+    let m = mix_json(&srv, "g");
+    assert_eq!(m["state"], "running", "{m}");
+    assert!(m["inputs"][1]["errors"].as_u64().unwrap() > 0, "{m}");
+    assert!(m["inputs"][1]["last_error"].is_string(), "{m}");
+    assert!(srv.log_text().contains("mix input error"), "no error event logged");
+    let before = m["frames_out"].as_u64().unwrap();
+    // 1v1 at 640x360: slots (0,90)-(320,270) and (320,90)-(640,270).
+    let frame = last_frame_rgb(&srv.flv_url("g-out"), FRESH, W, H);
+    assert_slots(&frame, &[((160, 180), RED), ((160, 40), GREY)], "good input beside a garbage one");
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(mix_json(&srv, "g")["frames_out"].as_u64().unwrap() > before + 30, "the mix stalled");
+    good.kill();
+}
+
+#[test]
+fn mix_output_plays_in_chromium_over_whep() {
+    let srv = Server::start(&format!("{SERVER}[webrtc]\nudp_port_min = 0\nudp_port_max = 0\n"));
+    let _p = push_loop(&color_media("blue", 880, "320x180"), &srv.rtmp_url("solo"));
+    srv.wait_live("solo");
+    let body = json!({"id": "w", "template": "pip", "inputs": [{"kind": "color", "color": "#ff0000"}, {"stream": "live/solo"}],
+        "output": {"stream": "live/w-out", "width": 480, "height": 270, "video_bitrate": 400, "gop_secs": 1.0}});
+    let r = api(&srv, "POST", "/api/v1/mixes", &body);
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    srv.wait_live("w-out");
+    let shot = srv.dir.path().join("whep-mix.png");
+    let url = format!("http://127.0.0.1:{}/whep/live/w-out", srv.http_port);
+    let j = browser_check("whep_play.mjs", &[&url, shot.to_str().unwrap(), "4"]);
+    assert_eq!(j["status"], 201, "{j}");
+    assert_eq!((j["width"].as_u64(), j["height"].as_u64()), (Some(480), Some(270)), "{j}");
+    assert!(j["fps"].as_f64().unwrap() > 20.0, "{j}");
+    assert!(j["audioRms"].as_f64().unwrap_or(0.0) > 0.01, "the mix's audio is silent in the browser: {j}");
+}

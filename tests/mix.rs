@@ -422,6 +422,8 @@ fn mix_output_plays_in_chromium_over_whep() {
     let r = api(&srv, "POST", "/api/v1/mixes", &body);
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
     srv.wait_live("w-out");
+    // A mix is a hub stream like any other: it records.
+    start_recording(&srv, "w-out", &["mp4"], "mixrec");
     let shot = srv.dir.path().join("whep-mix.png");
     let url = format!("http://127.0.0.1:{}/whep/live/w-out", srv.http_port);
     let j = browser_check("whep_play.mjs", &[&url, shot.to_str().unwrap(), "4"]);
@@ -429,4 +431,11 @@ fn mix_output_plays_in_chromium_over_whep() {
     assert_eq!((j["width"].as_u64(), j["height"].as_u64()), (Some(480), Some(270)), "{j}");
     assert!(j["fps"].as_f64().unwrap() > 20.0, "{j}");
     assert!(j["audioRms"].as_f64().unwrap_or(0.0) > 0.01, "the mix's audio is silent in the browser: {j}");
+    let files = finish_recording(&srv, "w-out", "mixrec", 1);
+    let (format, path, codecs) = &files[0];
+    assert_eq!(format, "mp4");
+    assert_eq!(codecs, &["aac", "h264"], "{}", path.display());
+    let d = ffprobe(path.to_str().unwrap(), &["-show_entries", "format=duration", "-of", "csv=p=0"]);
+    let secs: f64 = String::from_utf8_lossy(&d.stdout).trim().parse().unwrap();
+    assert!(secs > 3.0, "the mix recorded {secs} s");
 }

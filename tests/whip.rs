@@ -199,6 +199,8 @@ fn a_mini_program_and_a_browser_in_one_call() {
         browser.stderr()
     );
     srv.wait_live("web");
+    // The browser's stream records like any other (the call is kept).
+    start_recording(&srv, "web", &["mp4", "flv"], "call");
     let flv = capture(&srv, &srv.flv_url("web"), 5, "player.flv");
     let codecs: Vec<String> =
         streams_of(&flv).iter().filter_map(|s| s["codec_name"].as_str().map(String::from)).collect();
@@ -208,6 +210,13 @@ fn a_mini_program_and_a_browser_in_one_call() {
     assert!(j["play"]["fps"].as_f64().unwrap_or(0.0) > 20.0, "the browser sees the mini program: {j}");
     assert!(j["play"]["audioRms"].as_f64().unwrap_or(0.0) > 0.01, "and hears it: {j}");
     assert!(std::fs::metadata(&shot).unwrap().len() > 1000);
+    let files = finish_recording(&srv, "web", "call", 2);
+    let mut formats: Vec<&str> = files.iter().map(|(f, _, _)| f.as_str()).collect();
+    formats.sort();
+    assert_eq!(formats, ["flv", "mp4"]);
+    for (_, path, codecs) in &files {
+        assert_eq!(codecs, &["aac", "h264"], "{}", path.display());
+    }
 }
 
 #[test]

@@ -827,3 +827,37 @@ pub fn last_frame_rgb(url: &str, frames: usize, width: usize, height: usize) -> 
     let n = out.stdout.len() / size;
     out.stdout[(n - 1) * size..n * size].to_vec()
 }
+
+/// Starts an API recording of live/`stream` in `formats` (e.g. `["mp4","flv"]`) under `record_id`.
+pub fn start_recording(srv: &Server, stream: &str, formats: &[&str], record_id: &str) {
+    let body = serde_json::json!({"app": "live", "stream": stream, "formats": formats, "record_id": record_id});
+    let r = http_request_body(srv.http_port, "POST", "/api/v1/recordings", &body.to_string());
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+}
+
+/// Stops an API recording and returns its complete files as (format, path on disk, sorted codec names).
+pub fn finish_recording(
+    srv: &Server,
+    stream: &str,
+    record_id: &str,
+    files: usize,
+) -> Vec<(String, PathBuf, Vec<String>)> {
+    assert_eq!(srv.api("DELETE", &format!("/api/v1/recordings/{record_id}")).status, 200);
+    let complete = || -> Vec<serde_json::Value> {
+        let j = srv.api("GET", &format!("/api/v1/recordings?stream={stream}")).json();
+        j["recordings"].as_array().unwrap().iter().filter(|r| r["status"] == "complete").cloned().collect()
+    };
+    assert!(wait_until(Duration::from_secs(20), || complete().len() >= files), "{:?}", complete());
+    complete()
+        .into_iter()
+        .map(|f| {
+            let path = srv.dir.path().join("recordings").join(f["path"].as_str().unwrap());
+            let mut codecs: Vec<String> = probe_streams(path.to_str().unwrap())
+                .iter()
+                .filter_map(|s| s["codec_name"].as_str().map(String::from))
+                .collect();
+            codecs.sort();
+            (f["file_format"].as_str().unwrap().to_owned(), path, codecs)
+        })
+        .collect()
+}

@@ -170,19 +170,7 @@ impl Config {
         if !(100..=60_000).contains(&m.lost_after_ms) {
             return bad("mix.lost_after_ms", format!("{} is outside 100..=60000 ms", m.lost_after_ms));
         }
-        let probe = crate::mix::layout::OutputRequest {
-            stream: "live/check".into(),
-            width: None,
-            height: None,
-            fps: None,
-            video_bitrate: None,
-            gop_secs: None,
-            audio_bitrate: None,
-            sample_rate: None,
-            channels: None,
-            background_color: None,
-            background_image: None,
-        };
+        let probe = crate::mix::layout::OutputRequest { stream: "live/check".into(), ..Default::default() };
         if let Err(e) = crate::mix::layout::check_output(&probe, m) {
             return bad(&format!("mix.{}", e.field.trim_start_matches("output.")), e.detail);
         }

@@ -34,6 +34,39 @@ pub async fn handle(state: &Arc<AppState>, addr: SocketAddr, req: Request<Incomi
     }
 }
 
+/// The request's query joined with its bearer token: WHIP/WHEP clients may send the signature
+/// ("txSecret=..&txTime=..") either way.
+pub(super) fn query_with_bearer(req: &Request<Incoming>) -> String {
+    let mut q = req.uri().query().unwrap_or("").to_owned();
+    if let Some(bearer) =
+        req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "))
+    {
+        if !q.is_empty() {
+            q.push('&');
+        }
+        q.push_str(bearer);
+    }
+    q
+}
+
+/// 201 with the SDP answer, the session's Location and the configured ICE servers as Link headers.
+pub(super) fn sdp_created(state: &AppState, answer: String, location: &str) -> Response<Body> {
+    let mut r = Response::new(full(answer));
+    *r.status_mut() = StatusCode::CREATED;
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, "application/sdp".parse().expect("static"));
+    if let Ok(v) = location.parse() {
+        h.insert(header::LOCATION, v);
+    }
+    h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, "Location, Link".parse().expect("static"));
+    for link in state.config.webrtc.link_headers() {
+        if let Ok(v) = link.parse() {
+            h.append(header::LINK, v);
+        }
+    }
+    r
+}
+
 /// PATCH on a session: livegate is ICE-lite and has nothing to trickle (WHIP/WHEP allow 405 here).
 pub(super) fn trickle_not_supported() -> Response<Body> {
     let mut r = error(
@@ -54,13 +87,7 @@ async fn play(state: &Arc<AppState>, addr: SocketAddr, key: StreamKey, req: Requ
             "the offer must be Content-Type: application/sdp",
         );
     }
-    // Signatures ride in the query or, WHEP-style, as the bearer token ("txSecret=..&txTime=..").
-    let mut query = names::parse_query(req.uri().query().unwrap_or(""));
-    if let Some(bearer) =
-        req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "))
-    {
-        query.extend(names::parse_query(bearer));
-    }
+    let mut query = names::parse_query(&query_with_bearer(&req));
     if let Err(e) = state.authorize_play(&key, &query) {
         return super::access_error(&e);
     }
@@ -79,20 +106,7 @@ async fn play(state: &Arc<AppState>, addr: SocketAddr, key: StreamKey, req: Requ
         Err(e) => return error(StatusCode::BAD_REQUEST, "bad_body", &format!("cannot read the offer: {e}")),
     };
     match state.whep.play(&key, offer, policy, Some(addr)).await {
-        Ok((id, answer)) => {
-            let mut r = Response::new(full(answer));
-            *r.status_mut() = StatusCode::CREATED;
-            let h = r.headers_mut();
-            h.insert(header::CONTENT_TYPE, "application/sdp".parse().expect("static"));
-            h.insert(header::LOCATION, format!("/whep/session/{id}").parse().expect("valid"));
-            h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, "Location, Link".parse().expect("static"));
-            for link in state.config.webrtc.link_headers() {
-                if let Ok(v) = link.parse() {
-                    h.append(header::LINK, v);
-                }
-            }
-            r
-        }
+        Ok((id, answer)) => sdp_created(state, answer, &format!("/whep/session/{id}")),
         Err(e @ WhepError::NotFound(_)) => error(StatusCode::NOT_FOUND, "stream_not_found", &e.to_string()),
         Err(e @ WhepError::BadOffer(_)) => error(StatusCode::BAD_REQUEST, "bad_offer", &e.to_string()),
         Err(e @ WhepError::NoCodec) => error(StatusCode::NOT_ACCEPTABLE, "no_usable_codec", &e.to_string()),

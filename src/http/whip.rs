@@ -10,7 +10,7 @@ use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use super::{error, full, Body};
+use super::{error, Body};
 use crate::hub::{Protocol, PublisherInfo, StreamKey};
 use crate::names;
 use crate::server::{AppState, Op};
@@ -45,15 +45,7 @@ async fn publish(state: &Arc<AppState>, addr: SocketAddr, key: StreamKey, req: R
             "the offer must be Content-Type: application/sdp",
         );
     }
-    let mut query_str = req.uri().query().unwrap_or("").to_owned();
-    if let Some(bearer) =
-        req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "))
-    {
-        if !query_str.is_empty() {
-            query_str.push('&');
-        }
-        query_str.push_str(bearer);
-    }
+    let query_str = super::whep::query_with_bearer(&req);
     let query = names::parse_query(&query_str);
     let guard = state.hub.register_client(Protocol::Whip, Some(addr));
     let info =
@@ -66,20 +58,7 @@ async fn publish(state: &Arc<AppState>, addr: SocketAddr, key: StreamKey, req: R
         Err(e) => return error(StatusCode::BAD_REQUEST, "bad_body", &format!("cannot read the offer: {e}")),
     };
     match state.whip.publish(key, offer, guard, info).await {
-        Ok((id, answer)) => {
-            let mut r = Response::new(full(answer));
-            *r.status_mut() = StatusCode::CREATED;
-            let h = r.headers_mut();
-            h.insert(header::CONTENT_TYPE, "application/sdp".parse().expect("static"));
-            h.insert(header::LOCATION, format!("/whip/session/{id}").parse().expect("valid"));
-            h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, "Location, Link".parse().expect("static"));
-            for link in state.config.webrtc.link_headers() {
-                if let Ok(v) = link.parse() {
-                    h.append(header::LINK, v);
-                }
-            }
-            r
-        }
+        Ok((id, answer)) => super::whep::sdp_created(state, answer, &format!("/whip/session/{id}")),
         Err(e @ WhipError::Taken(_)) => error(StatusCode::CONFLICT, "stream_busy", &e.to_string()),
         Err(e @ WhipError::BadOffer(_)) => error(StatusCode::BAD_REQUEST, "bad_offer", &e.to_string()),
         Err(e @ WhipError::NoCodec(_)) => error(StatusCode::NOT_ACCEPTABLE, "no_usable_codec", &e.to_string()),

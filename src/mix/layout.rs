@@ -118,7 +118,7 @@ pub struct InputSpec {
 }
 
 /// The mix output as the client describes it; left-out fields take `[mix]` defaults.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutputRequest {
     pub stream: String,
@@ -596,19 +596,7 @@ mod tests {
     }
 
     fn out(stream: &str) -> OutputRequest {
-        OutputRequest {
-            stream: stream.into(),
-            width: None,
-            height: None,
-            fps: None,
-            video_bitrate: None,
-            gop_secs: None,
-            audio_bitrate: None,
-            sample_rate: None,
-            channels: None,
-            background_color: None,
-            background_image: None,
-        }
+        OutputRequest { stream: stream.into(), ..Default::default() }
     }
 
     fn rects(l: &Layout) -> Vec<(i32, i32, i32, i32)> {

@@ -134,19 +134,7 @@ impl Mixes {
     pub fn new(hub: Hub, cfg: MixConfig, pipelines_dir: &str) -> Result<Arc<Self>, MixError> {
         gst::init().map_err(|e| MixError::Gst(e.to_string()))?;
         let templates = Templates::load(Path::new(pipelines_dir))?;
-        let probe = layout::OutputRequest {
-            stream: "live/check".into(),
-            width: None,
-            height: None,
-            fps: None,
-            video_bitrate: None,
-            gop_secs: None,
-            audio_bitrate: None,
-            sample_rate: None,
-            channels: None,
-            background_color: None,
-            background_image: None,
-        };
+        let probe = layout::OutputRequest { stream: "live/check".into(), ..Default::default() };
         templates.validate(&layout::check_output(&probe, &cfg)?)?;
         Ok(Arc::new(Self { hub, cfg, templates: Arc::new(templates), mixes: Mutex::new(BTreeMap::new()) }))
     }

@@ -250,28 +250,10 @@ impl MixPipeline {
                 gst_app::AppSinkCallbacks::builder()
                     .new_sample(move |s| {
                         let sample = s.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                        let codec_data = sample
-                            .caps()
-                            .and_then(|c| c.structure(0))
-                            .and_then(|st| st.get::<gst::Buffer>("codec_data").ok())
-                            .and_then(|b| b.map_readable().ok().map(|m| Bytes::copy_from_slice(m.as_slice())));
-                        // Encoders shift their segment (x264enc by 1000 hours, so DTS never goes negative):
-                        // running time is what audio and video share.
-                        let seg = sample.segment().and_then(|s| s.downcast_ref::<gst::ClockTime>().cloned());
-                        let rt = |t: Option<gst::ClockTime>| {
-                            let t = t?;
-                            Some(seg.as_ref().and_then(|s| s.to_running_time(t)).unwrap_or(t).mseconds() as i64)
-                        };
-                        if let Some(buf) = sample.buffer() {
-                            let pts = rt(buf.pts()).unwrap_or(0);
-                            let dts = rt(buf.dts()).unwrap_or(pts);
-                            let key = !buf.flags().contains(gst::BufferFlags::DELTA_UNIT);
-                            if let Ok(map) = buf.map_readable() {
-                                let data = Bytes::copy_from_slice(map.as_slice());
-                                let e = Encoded { video, data, pts, dts, key, codec_data };
-                                if tx.send(e).is_err() {
-                                    return Err(gst::FlowError::Flushing);
-                                }
+                        if let Some((data, pts, dts, key, codec_data)) = crate::transcode::read_sample(&sample) {
+                            let e = Encoded { video, data, pts, dts, key, codec_data };
+                            if tx.send(e).is_err() {
+                                return Err(gst::FlowError::Flushing);
                             }
                         }
                         Ok(gst::FlowSuccess::Ok)

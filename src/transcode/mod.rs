@@ -349,31 +349,37 @@ pub(crate) fn sink_to_channel(sink: &gst_app::AppSink, tx: tokio::sync::mpsc::Un
         gst_app::AppSinkCallbacks::builder()
             .new_sample(move |s| {
                 let sample = s.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                let codec_data = sample
-                    .caps()
-                    .and_then(|c| c.structure(0))
-                    .and_then(|st| st.get::<gst::Buffer>("codec_data").ok())
-                    .and_then(|b| b.map_readable().ok().map(|m| Bytes::copy_from_slice(m.as_slice())));
-                // Running time, not raw buffer time: x264enc (GstVideoEncoder's min-pts) shifts its output
-                // buffers and segment by 1000 hours so that a DTS can never be negative. Raw, that put a WHIP
-                // VP8 stream's H.264 1000 h away from its AAC. Segments here are live, forward, rate 1.0, so
-                // running time = buffer time - segment start + segment base.
-                let shift = sample.segment().and_then(|seg| seg.downcast_ref::<gst::ClockTime>()).map_or(0, |seg| {
-                    let ms = |t: Option<gst::ClockTime>| t.map_or(0, |t| t.mseconds() as i64);
-                    ms(seg.start()) - ms(seg.base())
-                });
-                if let Some(buf) = sample.buffer() {
-                    let pts = buf.pts().map(|t| t.mseconds() as i64 - shift).unwrap_or(0);
-                    let dts = buf.dts().map(|t| t.mseconds() as i64 - shift).unwrap_or(pts);
-                    let key = !buf.flags().contains(gst::BufferFlags::DELTA_UNIT);
-                    if let Ok(map) = buf.map_readable() {
-                        let _ = tx.send((Bytes::copy_from_slice(map.as_slice()), pts, dts, key, codec_data));
-                    }
+                if let Some(out) = read_sample(&sample) {
+                    let _ = tx.send(out);
                 }
                 Ok(gst::FlowSuccess::Ok)
             })
             .build(),
     );
+}
+
+/// A sample's payload, pts and dts (ms of running time), keyframe flag and the caps' codec_data.
+///
+/// Running time, not raw buffer time: x264enc (GstVideoEncoder's min-pts) shifts its output buffers and
+/// segment by 1000 hours so that a DTS can never be negative; raw, that put a WHIP VP8 stream's H.264 1000 h
+/// away from its AAC, and a mix's video away from its audio. Segments here are live, forward, rate 1.0, so
+/// running time = buffer time - segment start + segment base (also for a DTS before the segment start).
+pub(crate) fn read_sample(sample: &gst::Sample) -> Option<Out> {
+    let codec_data = sample
+        .caps()
+        .and_then(|c| c.structure(0))
+        .and_then(|st| st.get::<gst::Buffer>("codec_data").ok())
+        .and_then(|b| b.map_readable().ok().map(|m| Bytes::copy_from_slice(m.as_slice())));
+    let shift = sample.segment().and_then(|seg| seg.downcast_ref::<gst::ClockTime>()).map_or(0, |seg| {
+        let ms = |t: Option<gst::ClockTime>| t.map_or(0, |t| t.mseconds() as i64);
+        ms(seg.start()) - ms(seg.base())
+    });
+    let buf = sample.buffer()?;
+    let pts = buf.pts().map(|t| t.mseconds() as i64 - shift).unwrap_or(0);
+    let dts = buf.dts().map(|t| t.mseconds() as i64 - shift).unwrap_or(pts);
+    let key = !buf.flags().contains(gst::BufferFlags::DELTA_UNIT);
+    let map = buf.map_readable().ok()?;
+    Some((Bytes::copy_from_slice(map.as_slice()), pts, dts, key, codec_data))
 }
 
 fn input_caps(kind: Kind, config: &[u8]) -> gst::Caps {

@@ -250,11 +250,19 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(cmd: &mut Command) -> Proc {
+        Self::start(cmd, false)
+    }
+
+    fn start(cmd: &mut Command, keep_stdout: bool) -> Proc {
         let dir = tempdir::TempDir::new("proc");
         let stderr_path = dir.path().join("stderr.txt");
+        let stdout = match keep_stdout {
+            true => Stdio::from(std::fs::File::create(dir.path().join("stdout.txt")).unwrap()),
+            false => Stdio::null(),
+        };
         let child = cmd
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(Stdio::from(std::fs::File::create(&stderr_path).unwrap()))
             .spawn()
             .expect("spawn client");
@@ -267,15 +275,7 @@ impl Proc {
 
     /// Like `spawn`, but keeps stdout too (read it with `stdout`).
     pub fn spawn_capture(cmd: &mut Command) -> Proc {
-        let dir = tempdir::TempDir::new("proc");
-        let stderr_path = dir.path().join("stderr.txt");
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(std::fs::File::create(dir.path().join("stdout.txt")).unwrap()))
-            .stderr(Stdio::from(std::fs::File::create(&stderr_path).unwrap()))
-            .spawn()
-            .expect("spawn client");
-        Proc { child, stderr_path, _dir: dir }
+        Self::start(cmd, true)
     }
 
     pub fn stdout(&self) -> String {

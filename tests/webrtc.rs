@@ -52,6 +52,30 @@ fn a_b_frame_source_reaches_chromium_through_one_shared_baseline_transcode() {
 }
 
 #[test]
+fn an_audio_only_rtmp_stream_plays_over_whep() {
+    let srv = Server::start("[webrtc]\nudp_port_min = 0\nudp_port_max = 0\n");
+    let _pub = Proc::spawn(
+        Command::new("ffmpeg")
+            .args(["-hide_banner", "-loglevel", "warning", "-re", "-stream_loop", "-1", "-i"])
+            .arg(media("360p"))
+            .args(["-vn", "-c", "copy", "-f", "flv"])
+            .arg(srv.rtmp_url("ao")),
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || srv.stream_json("ao").is_some_and(|j| j["audio"].is_object())),
+        "the audio-only stream never went live"
+    );
+    assert!(srv.stream_json("ao").unwrap()["video"].is_null());
+    let url = format!("http://127.0.0.1:{}/whep/live/ao", srv.http_port);
+    let shot = srv.dir.path().join("ao.png");
+    let j = browser_check("whep_play.mjs", &[&url, shot.to_str().unwrap(), "3", "audio"]);
+    assert_eq!(j["status"], 201, "{j}");
+    assert!(j["audioPackets"].as_u64().unwrap_or(0) > 100, "{j}");
+    assert!(j["audioRms"].as_f64().unwrap_or(0.0) > 0.01, "the audio is silent: {j}");
+    assert_eq!(j["framesDecoded"], 0, "{j}");
+}
+
+#[test]
 fn a_browser_that_offers_only_vp8_gets_one_shared_vp8_transcode() {
     let srv = Server::start("[webrtc]\nudp_port_min = 0\nudp_port_max = 0\n");
     let _pub = push(&media("360p"), &srv.rtmp_url("v8"));

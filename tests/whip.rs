@@ -250,3 +250,29 @@ fn a_browser_that_vanishes_unpublishes_its_stream_and_readers_are_told() {
     let log = srv.log_text();
     assert!(log.contains("whip session ended") && log.contains("publisher left"), "{log}");
 }
+
+#[test]
+fn an_audio_only_whip_publish_reaches_flv_readers_as_aac() {
+    let srv = Server::start("[webrtc]\nudp_port_min = 0\nudp_port_max = 0\n");
+    let url = format!("http://127.0.0.1:{}/whip/live/mic", srv.http_port);
+    let mut browser = node_bg("whip_publish.mjs", &[&url, "12", "none"]);
+    assert!(
+        wait_until(Duration::from_secs(20), || browser.stdout().contains("\"event\":\"connected\"")),
+        "WHIP publish did not connect: {}",
+        browser.stderr()
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || srv.stream_json("mic").is_some_and(|j| j["audio"].is_object())),
+        "the audio-only stream never went live"
+    );
+    let flv = capture(&srv, &srv.flv_url("mic"), 4, "mic.flv");
+    let codecs: Vec<String> =
+        streams_of(&flv).iter().filter_map(|s| s["codec_name"].as_str().map(String::from)).collect();
+    assert_eq!(codecs, ["aac"], "an audio-only stream");
+    let dec = ffprobe(flv.to_str().unwrap(), &["-show_entries", "frame=media_type", "-of", "csv=p=0"]);
+    assert!(dec.stderr.is_empty(), "decode errors: {}", String::from_utf8_lossy(&dec.stderr));
+    let frames = String::from_utf8_lossy(&dec.stdout).lines().filter(|l| l.trim() == "audio").count();
+    assert!(frames > 100, "{frames} AAC frames in 4 s");
+    let j = browser_result(&mut browser, Duration::from_secs(40));
+    assert_eq!(j["deleteStatus"], 200, "{j}");
+}

@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // Plays a stream over WHEP in headless Chromium and checks that video frames are decoded.
-// usage: node tests/browser/whep_play.mjs <whep-url> <screenshot.png> [seconds=4] [video codec to offer alone, e.g. vp8]
+// usage: node tests/browser/whep_play.mjs <whep-url> <screenshot.png> [seconds=4] [video codec to offer alone, e.g. vp8,
+//        or "audio" for an audio-only stream: success is then audio packets and level, not video frames]
 // Prints one JSON line {ok, status, framesDecoded, width, height, location, deleteStatus, message}; exit 0 ok, 1 failure.
 import { launchChromium, startStaticServer, HARD_TIMEOUT_MS } from './lib.mjs';
 
@@ -91,15 +92,17 @@ setTimeout(() => done(false, `timeout after ${HARD_TIMEOUT_MS / 1000}s`), HARD_T
 async function main() {
   const { page } = browser;
   await page.goto(`http://127.0.0.1:${server.address().port}/`);
-  await page.evaluate(([u, c]) => window.__start(u, c), [url, onlyCodec || null]);
+  const audioOnly = onlyCodec === 'audio';
+  await page.evaluate(([u, c]) => window.__start(u, c), [url, audioOnly ? null : onlyCodec || null]);
   let first = null;
   const deadline = Date.now() + 20_000;
   while (Date.now() < deadline) {
     const s = await page.evaluate(() => window.__poll());
     Object.assign(result, s);
     if (s.errors.length) return done(false, s.errors[0]);
-    if (first === null && s.framesDecoded > 0) first = { t: Date.now(), frames: s.framesDecoded };
-    if (first && Date.now() - first.t >= seconds * 1000 && s.width > 0) {
+    const started = audioOnly ? (s.audioPackets || 0) > 0 : s.framesDecoded > 0;
+    if (first === null && started) first = { t: Date.now(), frames: s.framesDecoded };
+    if (first && Date.now() - first.t >= seconds * 1000 && (audioOnly || s.width > 0)) {
       result.fps = Number(((s.framesDecoded - first.frames) / ((Date.now() - first.t) / 1000)).toFixed(1));
       const origin = new URL(url).origin;
       result.deleteStatus = await page.evaluate((o) => window.__delete(o), origin);
@@ -107,7 +110,7 @@ async function main() {
     }
     await new Promise((r) => setTimeout(r, 250));
   }
-  await done(false, `no video decoded (framesDecoded=${result.framesDecoded}, connection=${result.connection})`);
+  await done(false, `nothing decoded (framesDecoded=${result.framesDecoded}, audioPackets=${result.audioPackets}, connection=${result.connection})`);
 }
 try {
   await main();

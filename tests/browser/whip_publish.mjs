@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // Publishes Chromium's fake camera and microphone over WHIP, optionally playing another stream over WHEP in
 // the same page (a browser in a call), for <seconds> after connecting, then DELETEs the session.
-// usage: node tests/browser/whip_publish.mjs <whip-url> <seconds> [codec=h264|vp8] [whep-url|-] [screenshot.png]
+// usage: node tests/browser/whip_publish.mjs <whip-url> <seconds> [codec=h264|vp8|none] [whep-url|-] [screenshot.png]
+// (codec "none": the microphone only, an audio-only publish)
 // Prints {"event":"connected",...} when the publish connects, then one final JSON line
 // {ok, status, location, codec, framesSent, bytesSent, play: {framesDecoded, fps, audioRms, width}, deleteStatus}.
 // Exit 0 ok, 1 failure.
@@ -22,7 +23,7 @@ const html = `<!doctype html><meta charset="utf-8"><title>WHIP check</title>
 <script>
 window.__state = { status: 0, errors: [] };
 window.__publish = async (url, codec) => {
-  const media = await navigator.mediaDevices.getUserMedia({ video: { width: 640, height: 480 }, audio: true });
+  const media = await navigator.mediaDevices.getUserMedia({ video: codec === 'none' ? false : { width: 640, height: 480 }, audio: true });
   document.getElementById('local').srcObject = media;
   const pc = new RTCPeerConnection();
   window.__pub = pc;
@@ -156,7 +157,7 @@ async function main() {
   }
   if (play && !(result.play && result.play.framesDecoded > 0)) return done(false, 'the WHEP stream decoded no video');
   result.deleteStatus = await page.evaluate((o) => window.__delete(o), new URL(url).origin);
-  await done(result.framesSent > 0);
+  await done(codec === 'none' ? result.audioPacketsSent > 0 : result.framesSent > 0);
 }
 try {
   await main();

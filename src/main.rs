@@ -76,7 +76,12 @@ fn main() -> anyhow::Result<()> {
     match cli.cmd.unwrap_or(Cmd::Serve { config: None }) {
         Cmd::Serve { config } => {
             let cfg = load(config.as_ref())?;
-            let filter = std::env::var("RUST_LOG").ok().unwrap_or_else(|| cfg.log.level.clone());
+            let mut filter = std::env::var("RUST_LOG").ok().unwrap_or_else(|| cfg.log.level.clone());
+            // webrtc-rs warns once per WebRTC session that DTLS has no server name, which WebRTC does not use
+            // (peers are checked by certificate fingerprint): noise at scale, unless asked for.
+            if !filter.contains("rtc_dtls") {
+                filter.push_str(",rtc_dtls::config=error");
+            }
             tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new(filter)).init();
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(livegate::server::run(cfg))?;

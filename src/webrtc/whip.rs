@@ -37,6 +37,10 @@ use crate::media::avc::{AvcDecoderConfig, NAL_TYPE_PPS, NAL_TYPE_SPS};
 use crate::media::{Codec, Frame, MediaKind};
 use crate::transcode::{sink_to_channel, Out, Template, TranscodeError};
 
+/// Samples an AAC encoder emits before the first input sample (FFmpeg's `aac`, behind avenc_aac, and
+/// fdk-aac both prime with 1024).
+const AAC_PRIMING_SAMPLES: i64 = 1024;
+
 const OPUS_TO_AAC: &str = include_str!("../../pipelines/opus_to_aac.pipeline");
 const VP8_TO_H264: &str = include_str!("../../pipelines/vp8_to_h264.pipeline");
 
@@ -643,7 +647,11 @@ impl Ingest {
         let (ts, codec) = match kind {
             MediaKind::Audio => {
                 let Some(ext0) = self.audio_ext0 else { return };
-                let Some(ms) = self.audio.clock.map_ext(ext0 + dts * 48, &self.sync) else { return };
+                // The encoder's priming samples come first out of every decoder (FLV has no edit list to skip
+                // them): stamp each frame that much earlier so the sound lines up with the picture.
+                let Some(ms) = self.audio.clock.map_ext(ext0 + dts * 48 - AAC_PRIMING_SAMPLES, &self.sync) else {
+                    return;
+                };
                 // AAC frames are 21.3 ms apart; a backward step of the mapping must not repeat or reverse one.
                 let ms = (ms.round() as i64).max(self.last_aac_ms.map_or(i64::MIN, |l| l + 1));
                 (ms, Codec::Aac)

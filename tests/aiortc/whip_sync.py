@@ -1,0 +1,122 @@
+"""Publishes an A/V sync pattern over WHIP with aiortc: the picture flashes white for one frame once a second
+and a 1 kHz beep starts at that frame's capture instant (100 ms long); otherwise black and silence.
+
+usage: whip_sync.py <whip-url> [seconds=12]
+
+Both tracks are timed from the same wall clock: a video frame's capture instant is when aiortc's
+VideoStreamTrack paces it (its start + pts), an audio sample's is the audio track's start + sample index. So
+whatever a reader sees, the beep onset minus the flash frame's timestamp is the A/V error added on the way
+(aiortc's RTCP sender reports, livegate's timing, the AAC transcode). H.264 only. Prints
+{"event":"connected"} once connected, then a final JSON line {ok, status, flashes, deleteStatus, message}.
+"""
+
+import asyncio
+import fractions
+import sys
+import time
+
+import av
+import numpy as np
+
+from lib import delete, die_usage, emit, peer_connection, post_sdp
+from aiortc import MediaStreamTrack, RTCRtpSender, RTCSessionDescription, VideoStreamTrack
+
+WIDTH, HEIGHT, FPS = 320, 240, 30
+SAMPLE_RATE, SAMPLES = 48_000, 960
+BEEP_SECS = 0.1
+
+result: dict = {"ok": False}
+# Wall-clock capture instants of the flash frames, shared by the two tracks.
+flashes: list[float] = []
+
+
+class FlashTrack(VideoStreamTrack):
+    def __init__(self) -> None:
+        super().__init__()
+        self.frames = 0
+        self._dark = np.vstack([np.full((HEIGHT, WIDTH), 16, np.uint8), np.full((HEIGHT // 2, WIDTH), 128, np.uint8)])
+        self._white = np.vstack([np.full((HEIGHT, WIDTH), 235, np.uint8), np.full((HEIGHT // 2, WIDTH), 128, np.uint8)])
+
+    async def recv(self) -> av.VideoFrame:
+        pts, time_base = await self.next_timestamp()
+        # next_timestamp() has just waited until this frame's instant: that is its capture time.
+        flash = self.frames % FPS == FPS // 2
+        if flash:
+            flashes.append(time.time())
+        frame = av.VideoFrame.from_ndarray(self._white if flash else self._dark, format="yuv420p")
+        frame.pts, frame.time_base = pts, time_base
+        self.frames += 1
+        return frame
+
+
+class BeepTrack(MediaStreamTrack):
+    kind = "audio"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frames = 0
+        self._start: float | None = None
+
+    async def recv(self) -> av.AudioFrame:
+        if self._start is None:
+            self._start = time.time()
+        pts = self.frames * SAMPLES
+        wait = self._start + pts / SAMPLE_RATE - time.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        # Each sample's capture instant; it beeps within BEEP_SECS after a flash frame's instant.
+        at = self._start + (pts + np.arange(SAMPLES)) / SAMPLE_RATE
+        on = np.zeros(SAMPLES, dtype=bool)
+        for f in flashes[-3:]:
+            on |= (at >= f) & (at < f + BEEP_SECS)
+        t = (pts + np.arange(SAMPLES)) / SAMPLE_RATE
+        mono = np.where(on, 0.5 * 32767 * np.sin(2 * np.pi * 1000.0 * t), 0).astype(np.int16)
+        frame = av.AudioFrame.from_ndarray(np.repeat(mono, 2).reshape(1, -1), format="s16", layout="stereo")
+        frame.sample_rate = SAMPLE_RATE
+        frame.pts, frame.time_base = pts, fractions.Fraction(1, SAMPLE_RATE)
+        self.frames += 1
+        return frame
+
+
+async def main(url: str, seconds: float) -> bool:
+    pc = peer_connection()
+    vt = pc.addTransceiver(FlashTrack(), direction="sendonly")
+    pc.addTransceiver(BeepTrack(), direction="sendonly")
+    vt.setCodecPreferences([c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType.lower() == "video/h264"])
+    connected = asyncio.Event()
+
+    @pc.on("connectionstatechange")
+    def on_state():
+        if pc.connectionState == "connected":
+            connected.set()
+
+    await pc.setLocalDescription(await pc.createOffer())
+    status, body, location = await asyncio.to_thread(post_sdp, url, pc.localDescription.sdp)
+    result.update(status=status, location=location)
+    try:
+        if status != 201:
+            result["message"] = f"POST {status}: {body[:300]}"
+            return False
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
+        await asyncio.wait_for(connected.wait(), timeout=15)
+        emit({"event": "connected"})
+        await asyncio.sleep(seconds)
+        result["flashes"] = len(flashes)
+        return pc.connectionState == "connected"
+    finally:
+        result["deleteStatus"] = await asyncio.to_thread(delete, location)
+        await pc.close()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2:
+        die_usage("usage: whip_sync.py <whip-url> [seconds=12]")
+    secs = float(sys.argv[2]) if len(sys.argv) > 2 else 12.0
+    try:
+        ok = asyncio.run(asyncio.wait_for(main(sys.argv[1], secs), timeout=secs + 40))
+    except Exception as e:
+        ok = False
+        result["message"] = f"{type(e).__name__}: {e}"
+    result["ok"] = ok
+    emit(result)
+    sys.exit(0 if ok else 1)

@@ -194,10 +194,17 @@ impl Whip {
             }
         };
         let opus_key = StreamKey::new(&key.app, &format!("{}@opus", key.name));
+        // The browser's own Opus for WebRTC viewers. If that name is taken (a rendition an earlier RTMP
+        // publisher's viewers still hold), viewers get Opus transcoded back from the AAC instead.
+        let opus_info = PublisherInfo { param: String::new(), ..info };
         let opus_pub = match has_audio {
-            true => {
-                self.hub.publish(opus_key, PublisherInfo { param: String::new(), ..info }, guard.handle.clone()).ok()
-            }
+            true => match self.hub.publish(opus_key, opus_info, guard.handle.clone()) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    tracing::warn!(stream = %key, error = %e, "the browser's Opus is not published as a rendition");
+                    None
+                }
+            },
             false => None,
         };
         let id = format!("{:016x}", rand::random::<u64>());
@@ -208,7 +215,8 @@ impl Whip {
         let span = tracing::info_span!("whip", session = %id, stream = %key, client = guard.handle.id);
         tokio::spawn(tracing::Instrument::instrument(
             async move {
-                let reason = this.run(peer.state, tracks_rx, stop_rx, publisher, opus_pub, video, &guard).await;
+                let reason =
+                    this.run(peer.state, tracks_rx, stop_rx, publisher, opus_pub, video, has_audio, &guard).await;
                 tracing::info!(%reason, "whip session ended");
                 this.sessions.lock().remove(&sid);
                 let _ = pc.close().await;
@@ -241,6 +249,7 @@ impl Whip {
         publisher: Publisher,
         opus_pub: Option<Publisher>,
         video: Option<VideoCodec>,
+        audio: bool,
         guard: &ClientGuard,
     ) -> String {
         let connect_timeout = Duration::from_secs_f64(self.cfg.connect_timeout_secs);
@@ -249,10 +258,10 @@ impl Whip {
         if !connected.is_ok_and(|r| r.is_ok()) {
             return format!("not connected within {connect_timeout:?}");
         }
-        tracing::info!(video = ?video, audio = opus_pub.is_some(), "whip connected");
+        tracing::info!(video = ?video, audio, "whip connected");
         let (in_tx, mut in_rx) = mpsc::channel::<Input>(4096);
         let (out_tx, mut out_rx) = mpsc::unbounded_channel::<(MediaKind, Out)>();
-        let mut ingest = match Ingest::new(self, publisher, opus_pub, video, out_tx) {
+        let mut ingest = match Ingest::new(self, publisher, opus_pub, video, audio, out_tx) {
             Ok(i) => i,
             Err(e) => return format!("cannot start a transcoder: {e}"),
         };
@@ -410,9 +419,10 @@ impl Ingest {
         publisher: Publisher,
         opus_pub: Option<Publisher>,
         video_codec: Option<VideoCodec>,
+        audio: bool,
         out: mpsc::UnboundedSender<(MediaKind, Out)>,
     ) -> Result<Self, TranscodeError> {
-        let aac_pipe = match opus_pub.is_some() {
+        let aac_pipe = match audio {
             true => Some(Pipe::start(whip.aac_pipeline()?, MediaKind::Audio, &out)?),
             false => None,
         };

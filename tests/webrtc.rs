@@ -52,6 +52,51 @@ fn a_b_frame_source_reaches_chromium_through_one_shared_baseline_transcode() {
 }
 
 #[test]
+fn all_sessions_can_share_one_udp_port() {
+    let port = free_port();
+    let srv = Server::start(&format!("[webrtc]\nudp_mux_port = {port}\n"));
+    let _pub = push(&media("360p"), &srv.rtmp_url("mux"));
+    srv.wait_live("mux");
+    // The answer's only host candidate is the shared port.
+    let offer = String::from_utf8(node("make_offer.mjs", &[]).stdout).unwrap();
+    let r = http_request_with_body(
+        srv.http_port,
+        "POST",
+        "/whep/live/mux",
+        &[("Content-Type", "application/sdp"), ("Content-Length", &offer.len().to_string())],
+        &offer,
+    );
+    assert_eq!(r.status, 201);
+    let answer = String::from_utf8_lossy(&r.body).into_owned();
+    let ports: Vec<&str> = answer
+        .lines()
+        .filter(|l| l.starts_with("a=candidate") && l.contains("typ host"))
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .collect();
+    assert!(!ports.is_empty() && ports.iter().all(|p| *p == port.to_string()), "{ports:?} in {answer}");
+    // Two browsers at once, both through that port.
+    let url = format!("http://127.0.0.1:{}/whep/live/mux", srv.http_port);
+    let shots = [srv.dir.path().join("m1.png"), srv.dir.path().join("m2.png")];
+    let mut a = node_bg("whep_play.mjs", &[&url, shots[0].to_str().unwrap(), "3"]);
+    let mut b = node_bg("whep_play.mjs", &[&url, shots[1].to_str().unwrap(), "3"]);
+    // And a WHIP publisher beside them: its RTP and RTCP come in on the same port.
+    let whip = format!("http://127.0.0.1:{}/whip/live/muxpub", srv.http_port);
+    let mut c = node_bg("whip_publish.mjs", &[&whip, "8"]);
+    for j in [browser_result(&mut a, Duration::from_secs(40)), browser_result(&mut b, Duration::from_secs(40))] {
+        assert!(j["fps"].as_f64().unwrap() > 20.0, "{j}");
+        assert!(j["audioRms"].as_f64().unwrap_or(0.0) > 0.01, "{j}");
+    }
+    srv.wait_live("muxpub");
+    let codecs: Vec<String> = probe_streams(&srv.flv_url("muxpub"))
+        .iter()
+        .filter_map(|s| s["codec_name"].as_str().map(String::from))
+        .collect();
+    assert!(codecs.contains(&"h264".into()) && codecs.contains(&"aac".into()), "{codecs:?}");
+    assert_eq!(browser_result(&mut c, Duration::from_secs(40))["deleteStatus"], 200);
+    assert!(srv.log_text().contains("first RTCP sender report"), "RTCP reached the WHIP session through the mux");
+}
+
+#[test]
 fn an_audio_only_rtmp_stream_plays_over_whep() {
     let srv = Server::start("[webrtc]\nudp_port_min = 0\nudp_port_max = 0\n");
     let _pub = Proc::spawn(

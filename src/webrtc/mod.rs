@@ -5,6 +5,7 @@
 pub mod depacketize;
 pub mod reorder;
 pub mod rtp_clock;
+pub mod udp_mux;
 pub mod whep;
 pub mod whip;
 
@@ -42,6 +43,10 @@ pub struct WebrtcConfig {
     pub ice_ip: std::net::IpAddr,
     /// UDP ports for sessions, one per viewer; 0/0 lets the OS pick.
     pub udp_port_min: u16,
+    /// Non-zero: every session shares this one UDP port (for a NAT or firewall that opens one port);
+    /// udp_port_min/max are then unused.
+    #[serde(default)]
+    pub udp_mux_port: u16,
     pub udp_port_max: u16,
     /// A session that has not connected by then is closed.
     pub connect_timeout_secs: f64,
@@ -253,6 +258,8 @@ impl Interceptor for RtcpToApp {
 /// A PeerConnection being set up, with the signals its session task waits on.
 pub(crate) struct Peer {
     pc: Arc<dyn PeerConnection>,
+    /// Set when the session runs on the shared UDP port.
+    mux: Option<Arc<udp_mux::MuxRuntime>>,
     gathered: watch::Receiver<bool>,
     state: watch::Receiver<RTCPeerConnectionState>,
 }
@@ -261,12 +268,21 @@ pub(crate) struct Peer {
 pub struct PeerFactory {
     cfg: WebrtcConfig,
     next_port: AtomicU16,
+    /// The shared port, when `udp_mux_port` is set (or why it could not be bound).
+    mux: Option<Result<Arc<udp_mux::UdpMux>, String>>,
 }
 
 impl PeerFactory {
     pub fn new(cfg: WebrtcConfig) -> Self {
         let start = cfg.udp_port_min;
-        Self { cfg, next_port: AtomicU16::new(start) }
+        let mux = (cfg.udp_mux_port != 0).then(|| {
+            let addr = std::net::SocketAddr::new(cfg.ice_ip, cfg.udp_mux_port);
+            udp_mux::UdpMux::bind(addr).map_err(|e| {
+                tracing::error!(%addr, error = %e, "cannot bind webrtc.udp_mux_port: WebRTC sessions will fail");
+                format!("webrtc.udp_mux_port {addr}: {e}")
+            })
+        });
+        Self { cfg, next_port: AtomicU16::new(start), mux }
     }
 
     fn next_udp_addr(&self) -> String {
@@ -289,8 +305,13 @@ impl PeerFactory {
         let (g_tx, g_rx) = watch::channel(false);
         let (s_tx, s_rx) = watch::channel(RTCPeerConnectionState::New);
         let handler = Arc::new(Handler { gathered: g_tx, state: s_tx, tracks });
+        let mux = match &self.mux {
+            Some(Ok(m)) => Some(udp_mux::MuxRuntime::new(m.clone()).map_err(|e| e.to_string())?),
+            Some(Err(e)) => return Err(e.clone()),
+            None => None,
+        };
         // Ports in the range may be taken by other sessions or programs: try a few.
-        let attempts = if self.cfg.udp_port_min == 0 { 1 } else { 16 };
+        let attempts = if self.cfg.udp_port_min == 0 || mux.is_some() { 1 } else { 16 };
         let mut last_err = String::new();
         for _ in 0..attempts {
             let mut me = MediaEngine::default();
@@ -307,17 +328,26 @@ impl PeerFactory {
                 .with_network_types(vec![NetworkType::Udp4, NetworkType::Udp6])
                 .with_ice_timeouts(Some(ICE_DISCONNECTED_TIMEOUT), Some(Duration::from_secs(10)), None)
                 .build();
-            let r = PeerConnectionBuilder::new()
+            let mut builder = PeerConnectionBuilder::new();
+            let addr = match &mux {
+                Some(rt) => {
+                    builder = builder.with_runtime(rt.clone());
+                    // Only lends its address to the session; the shared port carries the traffic.
+                    format!("{}:0", self.cfg.ice_ip)
+                }
+                None => self.next_udp_addr(),
+            };
+            let r = builder
                 .with_configuration(RTCConfigurationBuilder::new().build())
                 .with_media_engine(me)
                 .with_setting_engine(se)
                 .with_interceptor_registry(registry)
                 .with_handler(handler.clone())
-                .with_udp_addrs(vec![self.next_udp_addr()])
+                .with_udp_addrs(vec![addr])
                 .build()
                 .await;
             match r {
-                Ok(pc) => return Ok(Peer { pc: Arc::new(pc), gathered: g_rx, state: s_rx }),
+                Ok(pc) => return Ok(Peer { pc: Arc::new(pc), mux, gathered: g_rx, state: s_rx }),
                 Err(e) => last_err = e.to_string(),
             }
         }
@@ -343,7 +373,15 @@ async fn answer(peer: &mut Peer, offer: String) -> Result<String, AnswerError> {
         if tokio::time::timeout(Duration::from_secs(5), peer.gathered.wait_for(|g| *g)).await.is_err() {
             return Err(AnswerError::Internal("ICE gathering did not complete".into()));
         }
-        pc.local_description().await.map(|d| d.sdp).ok_or_else(|| AnswerError::Internal("no local description".into()))
+        let sdp = pc
+            .local_description()
+            .await
+            .map(|d| d.sdp)
+            .ok_or_else(|| AnswerError::Internal("no local description".into()))?;
+        match &peer.mux {
+            Some(rt) => rt.attach(&sdp).map_err(AnswerError::Internal),
+            None => Ok(sdp),
+        }
     }
     .await;
     if r.is_err() {

@@ -2,8 +2,9 @@
 //! ordinary hub stream. Layouts change while the mix runs without stopping its output.
 //!
 //! `layout` checks requests and places inputs (pure), `timing` maps input timestamps onto the mix clock
-//! (pure), `pipeline` owns the GStreamer graph, and this module runs mixes: one task per input reading the
-//! hub, one task draining the encoders into the hub, and a bus thread that isolates failing inputs.
+//! (pure), `pipeline` owns the GStreamer graph, `decoders` reads and decodes each input stream once for all
+//! mixes, and this module runs mixes: one task per input taking its decoded media, one task draining the
+//! encoders into the hub, and a bus thread that isolates failing input branches.
 
 pub mod api;
 pub mod decoders;
@@ -506,8 +507,8 @@ impl Mix {
         self.hub.events().send(Event::MixError { mix: self.id.clone(), stream, detail: detail.to_owned() });
     }
 
-    /// A decoder failed (garbage that looked like H.264): that branch goes, the input's task builds a fresh
-    /// one at its next keyframe, and nothing else notices.
+    /// An input's branch in this mix failed (decoding failures are the shared decoder's, see `take`): that
+    /// branch goes, the input's task builds a fresh one from its next decoded buffer, and nothing else notices.
     fn branch_failed(&self, serial: u64, video: bool, detail: &str) {
         let Some(slot) = self.slots.lock().iter().find(|s| s.serial == serial).cloned() else { return };
         let b = if video { slot.video.lock().take() } else { slot.audio.lock().take() };

@@ -13,13 +13,16 @@
 #                 RTMP ingest and player buffering are not (they are the same with or without a mix).
 #
 # usage: benches/mix_bench.sh [N ...]        (default: 4 2 9 16)
-# env:   LIVEGATE_BIN (default target/release/livegate), WINDOW (seconds, default 10)
+# env:   LIVEGATE_BIN (default target/release/livegate), WINDOW (seconds, default 10), MIXES (default 1: how
+#        many identical grid mixes of the same inputs run at once; they share one decoder per input, so each
+#        mix after the first costs its compositor and encoders only; fps, latency and live are the first mix's)
 # The machine's other users share the CPUs: run it on a quiet machine, and read the figures as upper bounds.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${LIVEGATE_BIN:-$ROOT/target/release/livegate}
 WINDOW=${WINDOW:-10}
+MIXES=${MIXES:-1}
 COUNTS=("$@")
 [ ${#COUNTS[@]} -eq 0 ] && COUNTS=(4 2 9 16)
 [ -x "$BIN" ] || { echo "build first: cargo build --release (no $BIN)" >&2; exit 1; }
@@ -83,6 +86,9 @@ for N in "${COUNTS[@]}"; do
     sleep 3
     ingest=$(cores_over 5)
     inputs=$(python3 -c "import json; print(json.dumps([{'stream': f'live/in{i}'} for i in range($N)]))")
+    for m in $(seq 2 "$MIXES"); do
+        api POST mixes "{\"id\":\"bench$m\",\"template\":\"grid\",\"inputs\":$inputs,\"output\":{\"stream\":\"live/bench$m-mix\",\"width\":1280,\"height\":720,\"fps\":30,\"video_bitrate\":2000,\"gop_secs\":2,\"audio_bitrate\":96000}}" > /dev/null
+    done
     api POST mixes "{\"id\":\"bench\",\"template\":\"grid\",\"inputs\":$inputs,\"output\":{\"stream\":\"live/bench-mix\",\"width\":1280,\"height\":720,\"fps\":30,\"video_bitrate\":2000,\"gop_secs\":2,\"audio_bitrate\":96000}}" > /dev/null
     sleep 5  # warm-up: every input joined and decoding
     f0=$(api GET mixes/bench | jget "j['frames_out']")
@@ -97,6 +103,7 @@ for N in "${COUNTS[@]}"; do
     fps=$(python3 -c "print(f'{($f1-$f0)/($t1-$t0):.1f}')")
     printf "%-7s %-13s %-10s %-8s %-22s %s\n" "$N ($live live)" "$ingest" "$mix" "$fps" "$lat" "$(cut -d' ' -f1 /proc/loadavg)"
     api DELETE mixes/bench > /dev/null
+    for m in $(seq 2 "$MIXES"); do api DELETE "mixes/bench$m" > /dev/null; done
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     sleep 12  # let the input streams' reconnect grace run out
 done

@@ -247,6 +247,84 @@ fn grid_and_1v3_mixes_show_every_input_and_follow_live_changes() {
     }
 }
 
+/// Every input's `decoder_shared_by` in a mix.
+fn shared_by(srv: &Server, id: &str) -> Vec<Option<u64>> {
+    mix_json(srv, id)["inputs"].as_array().unwrap().iter().map(|i| i["decoder_shared_by"].as_u64()).collect()
+}
+
+fn decoders(srv: &Server) -> u64 {
+    srv.api("GET", "/api/v1/mixes").json()["decoders"].as_u64().unwrap()
+}
+
+#[test]
+fn mixes_of_the_same_inputs_share_one_decoder_per_input() {
+    let srv = Server::start(SERVER);
+    let colours = [("red", 440), ("lime", 660), ("blue", 880)];
+    let _pubs: Vec<Proc> =
+        colours.iter().map(|(c, hz)| push_loop(&color_media(c, *hz, "320x180"), &srv.rtmp_url(c))).collect();
+    for (c, _) in colours {
+        srv.wait_live(c);
+    }
+    let small = json!({"width": 320, "height": 180, "video_bitrate": 300});
+    let r = api(&srv, "POST", "/api/v1/mixes", &grid_body("g", "live/g-mix", &["red", "lime", "blue"], small));
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let talk = json!({"id": "t", "template": "1v3",
+        "inputs": [{"stream": "live/blue"}, {"stream": "live/red"}, {"stream": "live/lime"}],
+        "output": {"stream": "live/t-mix", "width": 320, "height": 180, "video_bitrate": 300, "gop_secs": 1.0, "background_color": "#202020"}});
+    let r = api(&srv, "POST", "/api/v1/mixes", &talk);
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    srv.wait_live("g-mix");
+    srv.wait_live("t-mix");
+    let all_live = |id: &str| mix_json(&srv, id)["inputs"].as_array().unwrap().iter().all(|i| i["state"] == "live");
+    assert!(
+        wait_until(Duration::from_secs(10), || all_live("g") && all_live("t")),
+        "inputs never all live: {} {}",
+        mix_json(&srv, "g"),
+        mix_json(&srv, "t")
+    );
+    // Two mixes of three inputs: three decoders, each feeding both mixes.
+    assert_eq!(shared_by(&srv, "g"), vec![Some(2); 3]);
+    assert_eq!(shared_by(&srv, "t"), vec![Some(2); 3]);
+    assert_eq!(decoders(&srv), 3);
+    // Both outputs are right (frames scaled to 640x360, so the slot coordinates are those of the other tests).
+    let frame = last_frame_rgb(&srv.flv_url("g-mix"), FRESH, W, H);
+    assert_slots(&frame, &[((160, 90), RED), ((480, 90), LIME), ((160, 270), BLUE), ((480, 270), GREY)], "grid");
+    let talk_slots = [((240, 180), BLUE), ((560, 90), RED), ((560, 180), LIME), ((240, 20), DARK)];
+    let frame = last_frame_rgb(&srv.flv_url("t-mix"), FRESH, W, H);
+    assert_slots(&frame, &talk_slots, "1v3");
+
+    // Stopping one mix leaves the other running on the same decoders, its inputs live.
+    assert_eq!(srv.api("DELETE", "/api/v1/mixes/g").status, 200);
+    assert!(
+        wait_until(Duration::from_secs(5), || shared_by(&srv, "t") == vec![Some(1); 3]),
+        "the stopped mix still holds decoders: {}",
+        mix_json(&srv, "t")
+    );
+    assert_eq!(decoders(&srv), 3);
+    let before = mix_json(&srv, "t")["frames_out"].as_u64().unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let t = mix_json(&srv, "t");
+    assert!(t["frames_out"].as_u64().unwrap() > before + 40, "the remaining mix stalled: {before} → {t}");
+    assert!(
+        t["inputs"].as_array().unwrap().iter().all(|i| i["state"] == "live" && i["fps"].as_f64().unwrap() > 20.0),
+        "{t}"
+    );
+    let frame = last_frame_rgb(&srv.flv_url("t-mix"), FRESH, W, H);
+    assert_slots(&frame, &talk_slots, "1v3 after the grid stopped");
+
+    // An input no mix uses any more has no decoder; the last mix gone, none is left.
+    let r =
+        api(&srv, "PATCH", "/api/v1/mixes/t", &json!({"inputs": [{"stream": "live/blue"}, {"stream": "live/red"}]}));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert!(
+        wait_until(Duration::from_secs(5), || decoders(&srv) == 2),
+        "lime's decoder still runs: {}",
+        decoders(&srv)
+    );
+    assert_eq!(srv.api("DELETE", "/api/v1/mixes/t").status, 200);
+    assert!(wait_until(Duration::from_secs(5), || decoders(&srv) == 0), "decoders left: {}", decoders(&srv));
+}
+
 #[test]
 fn bad_mix_requests_are_refused_naming_the_field() {
     let srv = Server::start(SERVER);

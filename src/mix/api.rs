@@ -15,7 +15,7 @@ pub async fn handle(state: &Arc<AppState>, req: Request<Incoming>, parts: &[&str
     let mixes = &state.mixes;
     let method = req.method().clone();
     match (method, parts) {
-        (Method::GET, []) => json(StatusCode::OK, &json!({ "mixes": mixes.list() })),
+        (Method::GET, []) => json(StatusCode::OK, &json!({ "mixes": mixes.list(), "decoders": mixes.decoders() })),
         (Method::POST, []) => match read_json(req).await {
             Ok(r) => reply(StatusCode::CREATED, mixes.create(r)),
             Err(resp) => resp,

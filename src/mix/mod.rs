@@ -2,10 +2,12 @@
 //! ordinary hub stream. Layouts change while the mix runs without stopping its output.
 //!
 //! `layout` checks requests and places inputs (pure), `timing` maps input timestamps onto the mix clock
-//! (pure), `pipeline` owns the GStreamer graph, and this module runs mixes: one task per input reading the
-//! hub, one task draining the encoders into the hub, and a bus thread that isolates failing inputs.
+//! (pure), `pipeline` owns the GStreamer graph, `decoders` reads and decodes each input stream once for all
+//! mixes, and this module runs mixes: one task per input taking its decoded media, one task draining the
+//! encoders into the hub, and a bus thread that isolates failing input branches.
 
 pub mod api;
+pub mod decoders;
 pub mod layout;
 pub mod pipeline;
 pub mod timing;
@@ -25,9 +27,9 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::events::Event;
-use crate::hub::{CachePolicy, Hub, Protocol, PublisherInfo, StreamKey};
-use crate::media::avc::{self, AvcDecoderConfig};
+use crate::hub::{Hub, Protocol, PublisherInfo, StreamKey};
 use crate::media::{Codec, Frame, MediaKind};
+use decoders::{Decoded, Decoders};
 pub use layout::MixConfig;
 use layout::{CreateRequest, FieldError, InputKind, InputSpec, Layout, Output, PatchRequest, Placed};
 use pipeline::{Branch, Encoded, MixPipeline, Templates};
@@ -54,6 +56,7 @@ pub struct Mixes {
     hub: Hub,
     cfg: MixConfig,
     templates: Arc<Templates>,
+    decoders: Arc<Decoders>,
     mixes: Mutex<BTreeMap<String, Arc<Mix>>>,
 }
 
@@ -62,6 +65,7 @@ struct Mix {
     hub: Hub,
     output: Output,
     templates: Arc<Templates>,
+    decoders: Arc<Decoders>,
     pipe: MixPipeline,
     /// What the client asked for (re-placed on PATCH) and where that put every input.
     request: Mutex<(Option<String>, Option<String>, Vec<InputSpec>)>,
@@ -77,15 +81,6 @@ struct Mix {
     latency: Mutex<timing::LatencyProbe>,
 }
 
-/// What an input's reader carries from frame to frame: its clock mapping, and the decoder configurations a
-/// new branch (first, or after a decoder failure) starts from. The video one comes with its NAL length size.
-#[derive(Default)]
-struct ReadState {
-    anchor: Anchor,
-    vcfg: Option<(Bytes, u8)>,
-    acfg: Option<Bytes>,
-}
-
 /// One input's place in a running mix. Branches are named `in{serial}v` / `in{serial}a` so a bus message
 /// can be traced back to its input.
 struct Slot {
@@ -94,6 +89,8 @@ struct Slot {
     status: Mutex<Status>,
     video: Mutex<Option<Branch>>,
     audio: Mutex<Option<Branch>>,
+    /// The mixes its shared decoder feeds (stream inputs only, while the input runs).
+    decoder: Mutex<Option<Arc<decoders::Consumers>>>,
     stop: watch::Sender<bool>,
 }
 
@@ -136,12 +133,19 @@ impl Mixes {
         let templates = Templates::load(Path::new(pipelines_dir))?;
         let probe = layout::OutputRequest { stream: "live/check".into(), ..Default::default() };
         templates.validate(&layout::check_output(&probe, &cfg)?)?;
-        Ok(Arc::new(Self { hub, cfg, templates: Arc::new(templates), mixes: Mutex::new(BTreeMap::new()) }))
+        let templates = Arc::new(templates);
+        let decoders = Decoders::new(hub.clone(), templates.clone());
+        Ok(Arc::new(Self { hub, cfg, templates, decoders, mixes: Mutex::new(BTreeMap::new()) }))
     }
 
     pub fn list(&self) -> Vec<Value> {
         let mixes: Vec<_> = self.mixes.lock().values().cloned().collect();
         mixes.iter().map(|m| m.json()).collect()
+    }
+
+    /// Input decoders running for all mixes: one per input stream in use, however many mixes share it.
+    pub fn decoders(&self) -> usize {
+        self.decoders.running()
     }
 
     pub fn get(&self, id: &str) -> Result<Value, MixError> {
@@ -173,7 +177,7 @@ impl Mixes {
         if self.hub.get(&output.stream).is_some_and(|s| !s.is_closed() && s.publisher().is_some()) {
             return Err(MixError::Conflict(format!("stream {} is already being published", output.stream)));
         }
-        let mix = Mix::start(&self.hub, &self.templates, &self.cfg, req, output, placed)?;
+        let mix = Mix::start(&self.hub, &self.templates, &self.decoders, &self.cfg, req, output, placed)?;
         mixes.insert(mix.id.clone(), mix.clone());
         drop(mixes);
         Ok(mix.json())
@@ -212,6 +216,7 @@ impl Mix {
     fn start(
         hub: &Hub,
         templates: &Arc<Templates>,
+        decoders: &Arc<Decoders>,
         cfg: &MixConfig,
         req: CreateRequest,
         output: Output,
@@ -239,6 +244,7 @@ impl Mix {
             hub: hub.clone(),
             output,
             templates: templates.clone(),
+            decoders: decoders.clone(),
             pipe,
             request: Mutex::new((req.template.clone(), req.pip_position.clone(), req.inputs.clone())),
             layout: Mutex::new(placed.clone()),
@@ -324,6 +330,7 @@ impl Mix {
             status: Mutex::new(Status::new(state)),
             video: Mutex::new(None),
             audio: Mutex::new(None),
+            decoder: Mutex::new(None),
             stop,
         });
         match &p.stream {
@@ -347,156 +354,101 @@ impl Mix {
         slot
     }
 
-    /// Reads one input from the hub for as long as it is part of the mix, re-subscribing when its stream
-    /// ends and comes back.
+    /// Takes one input's decoded media from its shared decoder for as long as it is part of the mix.
     async fn run_input(self: Arc<Self>, slot: Arc<Slot>, key: StreamKey, mut stop: watch::Receiver<bool>) {
-        let mut rs = ReadState::default();
-        let mut batch = Vec::new();
+        let mut lease = self.decoders.lease(&key);
+        *slot.decoder.lock() = Some(lease.consumers());
+        let mut anchor = Anchor::default();
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         while !*stop.borrow() {
-            let Some(stream) = self.hub.get(&key).filter(|s| !s.is_closed()) else {
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-                    _ = stop.changed() => {}
+            tokio::select! {
+                d = lease.rx.recv() => {
+                    let Some(d) = d else { break };
+                    self.take(&slot, d, &mut anchor);
                 }
-                continue;
-            };
-            let guard = self.hub.register_client(Protocol::Transcode, None);
-            // A mix that falls behind skips to a newer keyframe rather than showing an input seconds late.
-            let policy = CachePolicy {
-                min_cache: Duration::ZERO,
-                max_cache: Duration::from_secs(2),
-                max_skips_per_minute: u32::MAX,
-            };
-            let Ok(mut reader) = self.hub.subscribe(&key, Protocol::Transcode, policy, guard.handle.clone()) else {
-                continue;
-            };
-            tracing::debug!("input subscribed");
-            loop {
-                tokio::select! {
-                    r = reader.next_batch(&mut batch) => {
-                        if let Err(reason) = r {
-                            tracing::info!(%reason, "input stream ended");
-                            break;
-                        }
-                        let head = stream.last_dts().unwrap_or(0);
-                        for p in batch.drain(..) {
-                            self.feed(&slot, &p.frame, p.received, head, &mut rs);
-                        }
-                    }
-                    _ = tick.tick() => self.check_lost(&slot),
-                    _ = stop.changed() => break,
-                }
+                _ = tick.tick() => self.check_lost(&slot),
+                _ = stop.changed() => break,
             }
-            rs.anchor.reset();
-            self.check_lost(&slot);
-            drop(guard);
         }
+        drop(lease);
+        *slot.decoder.lock() = None;
         for b in [slot.video.lock().take(), slot.audio.lock().take()].into_iter().flatten() {
             self.pipe.remove(b);
         }
     }
 
-    fn feed(&self, slot: &Slot, f: &Frame, received: Instant, head: i64, rs: &mut ReadState) {
-        let ReadState { anchor, vcfg, acfg } = rs;
+    /// One message from the input's decoder. Audio and video share `anchor`, so lip-sync holds.
+    fn take(&self, slot: &Slot, d: Decoded, anchor: &mut Anchor) {
         let place = slot.place.lock().clone();
-        match (f.kind, f.codec) {
-            (MediaKind::Video, Codec::H264) if place.kind.has_video() => {
-                if f.config {
-                    match AvcDecoderConfig::parse(&f.payload) {
-                        Ok(c) => {
-                            if let Some(sps) = c.sps.first().and_then(|s| avc::parse_sps(s).ok()) {
-                                let mut st = slot.status.lock();
-                                (st.width, st.height) = (Some(sps.width), Some(sps.height));
-                            }
-                            if let Some(src) = slot.video.lock().as_ref().and_then(|b| b.src.clone()) {
-                                src.set_caps(Some(&pipeline::h264_caps(&f.payload)));
-                            }
-                            *vcfg = Some((f.payload.clone(), c.nal_length_size));
-                        }
-                        Err(e) => self.input_error(slot, &format!("bad AVC decoder configuration: {e}")),
-                    }
-                    return;
-                }
-                let Some((config, nls)) = vcfg.as_ref() else { return };
-                if !timing::avcc_plausible(&f.payload, *nls) {
-                    self.input_error(slot, "undecodable H.264 access unit dropped");
-                    return;
-                }
-                let mut video = slot.video.lock();
-                if video.is_none() {
-                    // A decoder can only start on a keyframe.
-                    if !f.keyframe {
-                        return;
-                    }
-                    let made = self.pipe.add_input(
-                        &self.templates,
-                        true,
-                        &format!("in{}v", slot.serial),
-                        &pipeline::h264_caps(config),
-                    );
-                    match made.and_then(|b| {
-                        MixPipeline::place_video(&b, &place, true);
-                        self.pipe.start(&b)?;
-                        Ok(b)
-                    }) {
-                        Ok(b) => *video = Some(b),
-                        Err(e) => {
-                            drop(video);
-                            self.input_error(slot, &e.to_string());
-                            return;
-                        }
-                    }
-                }
-                let now = self.pipe.now_ms();
-                let dts = anchor.map(f.dts, head, now);
-                let Some(b) = video.as_ref() else { return };
-                push(b, f, dts, dts + f.cts as i64);
-                drop(video);
-                self.latency.lock().input(dts + f.cts as i64, received, Instant::now());
-                self.mark_live(slot, &place, true);
+        match d {
+            Decoded::Size { width, height } => {
+                let mut st = slot.status.lock();
+                (st.width, st.height) = (Some(width), Some(height));
             }
-            (MediaKind::Audio, Codec::Aac) if matches!(place.kind, InputKind::Av | InputKind::Audio) => {
-                if f.config {
-                    if let Some(src) = slot.audio.lock().as_ref().and_then(|b| b.src.clone()) {
-                        src.set_caps(Some(&pipeline::aac_caps(&f.payload)));
+            Decoded::Error { detail, blank } => {
+                if blank && place.kind.has_video() {
+                    slot.status.lock().visible = false;
+                    if let Some(b) = slot.video.lock().as_ref() {
+                        MixPipeline::place_video(b, &place, false);
                     }
-                    *acfg = Some(f.payload.clone());
+                }
+                self.input_error(slot, &detail);
+            }
+            Decoded::Ended => {
+                anchor.reset();
+                self.check_lost(slot);
+            }
+            Decoded::Media { video, buf, caps, head, received } => {
+                let wanted =
+                    if video { place.kind.has_video() } else { matches!(place.kind, InputKind::Av | InputKind::Audio) };
+                if !wanted {
                     return;
                 }
-                let Some(config) = acfg.as_ref() else { return };
-                let mut audio = slot.audio.lock();
-                if audio.is_none() {
-                    let made = self.pipe.add_input(
-                        &self.templates,
-                        false,
-                        &format!("in{}a", slot.serial),
-                        &pipeline::aac_caps(config),
-                    );
-                    match made.and_then(|b| {
-                        MixPipeline::set_audio(&b, &place);
+                let Some(pts) = buf.pts() else { return };
+                // Mapped in ms like the hub's timestamps; the sub-ms rest is kept so audio stays gapless.
+                let rest = pts.nseconds() % 1_000_000;
+                let rt = anchor.map(pts.mseconds() as i64, head, self.pipe.now_ms());
+                let mut out = buf.copy();
+                if let Some(m) = out.get_mut() {
+                    m.set_pts(gst::ClockTime::from_nseconds(rt.max(0) as u64 * 1_000_000 + rest));
+                    m.set_dts(gst::ClockTime::NONE);
+                }
+                let mut branch = if video { slot.video.lock() } else { slot.audio.lock() };
+                if branch.is_none() {
+                    let name = format!("in{}{}", slot.serial, if video { 'v' } else { 'a' });
+                    match self.pipe.add_input(&self.templates, video, &name, &caps).and_then(|b| {
+                        if video {
+                            MixPipeline::place_video(&b, &place, true);
+                        } else {
+                            MixPipeline::set_audio(&b, &place);
+                        }
                         self.pipe.start(&b)?;
                         Ok(b)
                     }) {
-                        Ok(b) => *audio = Some(b),
+                        Ok(b) => *branch = Some(b),
                         Err(e) => {
-                            drop(audio);
+                            drop(branch);
                             self.input_error(slot, &e.to_string());
                             return;
                         }
                     }
                 }
-                let now = self.pipe.now_ms();
-                let ts = anchor.map(f.dts, head, now);
-                if let Some(b) = audio.as_ref() {
-                    push(b, f, ts, ts);
+                let Some(src) = branch.as_ref().and_then(|b| b.src.clone()) else { return };
+                drop(branch);
+                // A new resolution or format from the decoder reaches every mix's branch.
+                if src.caps().as_ref() != Some(&caps) {
+                    src.set_caps(Some(&caps));
                 }
-                drop(audio);
-                if place.kind == InputKind::Audio {
+                let _ = src.push_buffer(out);
+                if video {
+                    if let Some(at) = received {
+                        self.latency.lock().input(rt, at, Instant::now());
+                    }
+                    self.mark_live(slot, &place, true);
+                } else if place.kind == InputKind::Audio {
                     self.mark_live(slot, &place, false);
                 }
             }
-            _ => {}
         }
     }
 
@@ -555,8 +507,8 @@ impl Mix {
         self.hub.events().send(Event::MixError { mix: self.id.clone(), stream, detail: detail.to_owned() });
     }
 
-    /// A decoder failed (garbage that looked like H.264): that branch goes, the input's task builds a fresh
-    /// one at its next keyframe, and nothing else notices.
+    /// An input's branch in this mix failed (decoding failures are the shared decoder's, see `take`): that
+    /// branch goes, the input's task builds a fresh one from its next decoded buffer, and nothing else notices.
     fn branch_failed(&self, serial: u64, video: bool, detail: &str) {
         let Some(slot) = self.slots.lock().iter().find(|s| s.serial == serial).cloned() else { return };
         let b = if video { slot.video.lock().take() } else { slot.audio.lock().take() };
@@ -643,6 +595,7 @@ impl Mix {
             .map(|(i, s)| {
                 let p = s.place.lock().clone();
                 let st = s.status.lock();
+                let shared_by = s.decoder.lock().as_ref().map(|c| c.count());
                 let fps = if st.last_frame.is_some_and(|t| t.elapsed() < self.lost_after) { st.fps } else { 0.0 };
                 json!({
                     "index": i,
@@ -660,6 +613,7 @@ impl Mix {
                     "frames": st.frames,
                     "errors": st.errors,
                     "last_error": st.last_error,
+                    "decoder_shared_by": shared_by,
                 })
             })
             .collect();
@@ -684,20 +638,6 @@ impl Drop for Mix {
     fn drop(&mut self) {
         let _ = self.pipe.pipeline.set_state(gst::State::Null);
     }
-}
-
-/// Pushes one access unit into an input's appsrc at running times `dts`/`pts` (ms).
-fn push(b: &Branch, f: &Frame, dts: i64, pts: i64) {
-    let Some(src) = &b.src else { return };
-    let mut buf = gst::Buffer::from_slice(f.payload.clone());
-    if let Some(m) = buf.get_mut() {
-        m.set_pts(gst::ClockTime::from_mseconds(pts.max(0) as u64));
-        m.set_dts(gst::ClockTime::from_mseconds(dts.max(0) as u64));
-        if f.kind == MediaKind::Video && !f.keyframe {
-            m.set_flags(gst::BufferFlags::DELTA_UNIT);
-        }
-    }
-    let _ = src.push_buffer(buf);
 }
 
 /// Watches the pipeline's bus on its own thread: input failures are isolated, output failures mark the mix

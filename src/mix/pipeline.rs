@@ -1,7 +1,8 @@
 //! The mix's GStreamer graph: the output part from `pipelines/mix.pipeline` (compositor, audio mixer,
 //! encoders, appsinks), a live background that keeps both mixers producing on their own clock when no input
-//! has data, and one branch per input (appsrc → decoder from `pipelines/mix_*_input.pipeline`, or a static
-//! image/colour source) linked to a request pad.
+//! has data, and one branch per input (appsrc of decoded buffers → converter from
+//! `pipelines/mix_*_input.pipeline`, or a static image/colour source) linked to a request pad. Decoding
+//! happens once per input for all mixes, in `decoders`.
 
 use std::path::Path;
 
@@ -17,6 +18,8 @@ use crate::transcode::Template;
 const MIX: &str = include_str!("../../pipelines/mix.pipeline");
 const VIDEO_INPUT: &str = include_str!("../../pipelines/mix_video_input.pipeline");
 const AUDIO_INPUT: &str = include_str!("../../pipelines/mix_audio_input.pipeline");
+const VIDEO_DECODE: &str = include_str!("../../pipelines/mix_video_decode.pipeline");
+const AUDIO_DECODE: &str = include_str!("../../pipelines/mix_audio_decode.pipeline");
 
 /// Live test sources report a maximum latency of one buffer; a decoding input reports more as its minimum,
 /// and an aggregator whose upstream min exceeds max refuses to time out and waits for every pad forever. A
@@ -27,11 +30,13 @@ fn gst_err(e: impl std::fmt::Display) -> MixError {
     MixError::Gst(e.to_string())
 }
 
-/// The three templates, loaded (and overridable) like the transcoders'.
+/// The templates, loaded (and overridable) like the transcoders'.
 pub struct Templates {
     output: Template,
     video_in: Template,
     audio_in: Template,
+    video_decode: Template,
+    audio_decode: Template,
 }
 
 impl Templates {
@@ -41,7 +46,17 @@ impl Templates {
             output: t("mix", MIX)?,
             video_in: t("mix_video_input", VIDEO_INPUT)?,
             audio_in: t("mix_audio_input", AUDIO_INPUT)?,
+            video_decode: t("mix_video_decode", VIDEO_DECODE)?,
+            audio_decode: t("mix_audio_decode", AUDIO_DECODE)?,
         })
+    }
+
+    pub(crate) fn video_decode(&self) -> &Template {
+        &self.video_decode
+    }
+
+    pub(crate) fn audio_decode(&self) -> &Template {
+        &self.audio_decode
     }
 
     /// Builds each template once (nothing runs) so a broken one stops start-up with its name.
@@ -55,6 +70,17 @@ impl Templates {
             }
         }
         let _ = p.pipeline.set_state(gst::State::Null);
+        for t in [&self.video_decode, &self.audio_decode] {
+            let text = t.render(&[]).map_err(|e| MixError::Template(e.to_string()))?;
+            let p = gst::parse::launch(&text).map_err(|e| MixError::Template(format!("{}: {e}", t.name)))?;
+            let bin =
+                p.downcast::<gst::Bin>().map_err(|_| MixError::Template(format!("{}: not a pipeline", t.name)))?;
+            let src = bin.by_name("src").and_then(|e| e.downcast::<gst_app::AppSrc>().ok());
+            let sink = bin.by_name("sink").and_then(|e| e.downcast::<gst_app::AppSink>().ok());
+            if src.is_none() || sink.is_none() {
+                return Err(MixError::Template(format!("{}: needs an appsrc \"src\" and an appsink \"sink\"", t.name)));
+            }
+        }
         Ok(())
     }
 }
@@ -167,7 +193,8 @@ impl MixPipeline {
         Ok(bin)
     }
 
-    /// Adds a decoding branch for an H.264 (`video`) or AAC input, fed through its appsrc with `caps`.
+    /// Adds a branch for a video or audio input, fed through its appsrc with decoded buffers of `caps` from
+    /// the input's shared decoder.
     pub fn add_input(&self, t: &Templates, video: bool, name: &str, caps: &gst::Caps) -> Result<Branch, MixError> {
         let bin = self.input_bin(if video { &t.video_in } else { &t.audio_in }, name)?;
         let src = bin.by_name("src").and_then(|e| e.downcast::<gst_app::AppSrc>().ok()).expect("checked");

@@ -517,3 +517,75 @@ fn mix_output_plays_in_chromium_over_whep() {
     let secs: f64 = String::from_utf8_lossy(&d.stdout).trim().parse().unwrap();
     assert!(secs > 3.0, "the mix recorded {secs} s");
 }
+
+/// Runs ffmpeg to make a test file; fails the test with ffmpeg's words if it cannot.
+fn ffmpeg_make(args: &[&str], out: &std::path::Path) {
+    let o = Command::new("ffmpeg").args(["-v", "error", "-y"]).args(args).arg(out).output().unwrap();
+    assert!(o.status.success(), "ffmpeg: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn placeholder_images_the_background_image_and_crop_fill_their_slots() {
+    let srv = Server::start(SERVER);
+    let dir = srv.dir.path();
+    let (bg, img, halves) = (dir.join("bg.png"), dir.join("img.png"), dir.join("halves.flv"));
+    ffmpeg_make(&["-f", "lavfi", "-i", "color=c=lime:s=640x360", "-frames:v", "1"], &bg);
+    ffmpeg_make(&["-f", "lavfi", "-i", "color=c=blue:s=160x90", "-frames:v", "1"], &img);
+    // Left half red, right half yellow: a crop of the right half must leave only red.
+    ffmpeg_make(
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "color=c=red:s=320x180:r=30,drawbox=x=160:y=0:w=160:h=180:color=yellow:t=fill",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440",
+            "-t",
+            "6",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-g",
+            "30",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:a",
+            "aac",
+            "-f",
+            "flv",
+        ],
+        &halves,
+    );
+    let _p = push_loop(&halves, &srv.rtmp_url("halves"));
+    srv.wait_live("halves");
+    let body = json!({"id": "ph", "inputs": [
+            {"kind": "image", "image": img.to_str().unwrap(), "x": 0, "y": 0, "width": 320, "height": 180},
+            {"stream": "live/halves", "crop": {"right": 160}, "x": 320, "y": 0, "width": 320, "height": 180},
+            {"stream": "live/ghost", "x": 0, "y": 180, "width": 320, "height": 180}],
+        "output": {"stream": "live/ph-out", "width": W, "height": H, "video_bitrate": 600, "gop_secs": 1.0,
+                   "background_image": bg.to_str().unwrap()}});
+    let r = api(&srv, "POST", "/api/v1/mixes", &body);
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    srv.wait_live("ph-out");
+    assert!(
+        wait_until(Duration::from_secs(10), || mix_json(&srv, "ph")["inputs"][1]["state"] == "live"),
+        "{}",
+        mix_json(&srv, "ph")
+    );
+    assert_eq!(mix_json(&srv, "ph")["inputs"][2]["state"], "waiting", "a stream nobody publishes waits");
+    let frame = last_frame_rgb(&srv.flv_url("ph-out"), FRESH, W, H);
+    assert_slots(
+        &frame,
+        &[
+            ((160, 90), BLUE),  // the placeholder image, scaled into its slot
+            ((400, 90), RED),   // the cropped input: its left half ...
+            ((600, 90), RED),   // ... fills the whole slot (uncropped, this would be yellow)
+            ((160, 270), LIME), // the input that is not live shows the background image
+            ((480, 270), LIME), // and so does the canvas no slot covers
+        ],
+        "image, crop and background image",
+    );
+}

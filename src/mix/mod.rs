@@ -283,12 +283,20 @@ impl Mix {
     ) {
         let mut stop = self.stop.subscribe();
         let mut configs: [Option<Bytes>; 2] = [None, None];
+        // The AAC encoder's 1024 priming samples come first out of every decoder (FLV has no edit list to
+        // skip them): stamp audio that much earlier so the mix stays in lip-sync.
+        let mut priming_ms = 0i64;
+        let mut last_audio: Option<i64> = None;
         loop {
             tokio::select! {
                 e = rx.recv() => {
                     let Some(e) = e else { break };
                     let (kind, codec, slot) = if e.video { (MediaKind::Video, Codec::H264, 0) } else { (MediaKind::Audio, Codec::Aac, 1) };
                     if let Some(cd) = e.codec_data.filter(|cd| configs[slot].as_ref() != Some(cd)) {
+                        if !e.video {
+                            let rate = crate::media::aac::AudioSpecificConfig::parse(&cd).map(|a| a.sample_rate).unwrap_or(48_000);
+                            priming_ms = 1024 * 1000 / rate.max(1) as i64;
+                        }
                         let cfg = Frame { kind, codec, dts: 0, cts: 0, keyframe: false, config: true, payload: cd.clone() };
                         publisher.push_raw(cfg, e.dts as u32, Instant::now());
                         configs[slot] = Some(cd);
@@ -301,7 +309,15 @@ impl Mix {
                     }
                     let cts = if e.video { (e.pts - e.dts) as i32 } else { 0 };
                     let frame = Frame { kind, codec, dts: 0, cts, keyframe: e.video && e.key, config: false, payload: e.data };
-                    publisher.push_raw(frame, e.dts as u32, Instant::now());
+                    let ts = match e.video {
+                        true => e.dts,
+                        false => {
+                            let t = (e.dts - priming_ms).max(last_audio.map_or(0, |l| l + 1));
+                            last_audio = Some(t);
+                            t
+                        }
+                    };
+                    publisher.push_raw(frame, ts as u32, Instant::now());
                     if e.video {
                         self.latency.lock().output(e.pts, Instant::now());
                     }

@@ -134,6 +134,10 @@ pub struct Args {
     /// --proto whep: viewers offer Opus audio too (livegate transcodes AAC->Opus once for the stream).
     #[arg(long)]
     whep_audio: bool,
+    /// --proto whep: each viewer sends a PLI every this many ms once media flows (0: never), and the report
+    /// counts the keyframes viewers received: shows that a keyframe request reaches the stream's encoder.
+    #[arg(long, default_value_t = 0)]
+    whep_pli_ms: u64,
     /// Publish the default input with B-frames (target/load-input-720p-bf.flv, made with ffmpeg if missing).
     #[arg(long)]
     bframes: bool,
@@ -424,6 +428,7 @@ async fn readers_phase(
         sample_cap,
         poll: Duration::from_secs_f64(args.segment_secs.unwrap_or(2.0) / 2.0),
         whep_audio: args.whep_audio,
+        whep_pli_ms: args.whep_pli_ms,
     });
 
     let pid_w = pid.to_owned();

@@ -18,6 +18,9 @@ use crate::rtmp_client::{parse_command, status_error, RtmpConn};
 pub static WIRE_BYTES: AtomicU64 = AtomicU64::new(0);
 pub static ACTIVE: AtomicUsize = AtomicUsize::new(0);
 pub static KEYED: AtomicUsize = AtomicUsize::new(0);
+/// WHEP viewers: PLIs sent and H.264 keyframes (IDR access units) received, all viewers together.
+pub static PLIS_SENT: AtomicU64 = AtomicU64::new(0);
+pub static KEYFRAMES_RX: AtomicU64 = AtomicU64::new(0);
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
 pub enum Proto {
@@ -42,6 +45,8 @@ pub struct ReaderCfg {
     pub poll: std::time::Duration,
     /// WHEP viewers: offer Opus audio as well (livegate then runs its AAC→Opus transcoder).
     pub whep_audio: bool,
+    /// WHEP viewers: send a PLI this often (ms; 0 = never).
+    pub whep_pli_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

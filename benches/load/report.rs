@@ -664,6 +664,16 @@ pub fn print_whep(args: &Args, run: &Run, pub_log: &PubLog, livegate_exit: Optio
         m.unmatched,
         m.negative
     );
+    {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (plis, keys) = (crate::reader::PLIS_SENT.load(Relaxed), crate::reader::KEYFRAMES_RX.load(Relaxed));
+        let viewer_secs = n as f64 * args.secs as f64;
+        println!(
+            "  keyframes          {keys} received = {:.2} per viewer-second; {plis} PLIs sent (--whep-pli-ms {})",
+            keys as f64 / viewer_secs.max(1.0),
+            args.whep_pli_ms
+        );
+    }
     println!(
         "  video RTP          {lost} packets missing by sequence number ({:.2}% of {vpk} received), {reordered} out of order (NACK retransmissions){}",
         100.0 * lost as f64 / vpk.max(1) as f64,

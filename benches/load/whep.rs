@@ -23,6 +23,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::ice::network_type::NetworkType;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind};
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -36,7 +37,7 @@ use webrtc::peer_connection::{
 };
 
 use crate::now_ns;
-use crate::reader::{Dechunker, Outcome, ReaderCfg, ACTIVE, KEYED, WIRE_BYTES};
+use crate::reader::{Dechunker, Outcome, ReaderCfg, ACTIVE, KEYED, KEYFRAMES_RX, PLIS_SENT, WIRE_BYTES};
 
 /// What one WHEP viewer saw.
 pub struct WhepResult {
@@ -198,6 +199,9 @@ async fn play(
     let mut audio: Option<Arc<dyn TrackRemote>> = None;
     let mut last_ts: Option<u32> = None;
     let mut next_seq: Option<u16> = None;
+    let mut last_key_ts: Option<u32> = None;
+    let mut pli = tokio::time::interval(Duration::from_millis(cfg.whep_pli_ms.max(1)));
+    pli.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // A track that is not there yet (or ended) never yields.
     async fn next(t: &Option<Arc<dyn TrackRemote>>) -> Option<TrackRemoteEvent> {
         match t {
@@ -238,6 +242,11 @@ async fn play(
                         r.lost += ahead as u64;
                     }
                     next_seq = Some(seq.wrapping_add(1));
+                    // One count per access unit: parameter sets and the IDR itself come in separate packets.
+                    if starts_idr(&p.payload) && last_key_ts != Some(p.header.timestamp) {
+                        last_key_ts = Some(p.header.timestamp);
+                        KEYFRAMES_RX.fetch_add(1, Ordering::Relaxed);
+                    }
                     let ts = p.header.timestamp;
                     if last_ts != Some(ts) {
                         last_ts = Some(ts);
@@ -262,6 +271,14 @@ async fn play(
                 Some(TrackRemoteEvent::OnEnded) | None => audio = None,
                 Some(_) => {}
             },
+            _ = pli.tick(), if cfg.whep_pli_ms > 0 && r.first_rtp_ns.is_some() => {
+                if let (Some(t), Some(ssrc)) = (&video, video_ssrc(&video).await) {
+                    let pli = PictureLossIndication { sender_ssrc: 0, media_ssrc: ssrc };
+                    if t.write_rtcp(vec![Box::new(pli)]).await.is_ok() {
+                        PLIS_SENT.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
             c = state.changed() => {
                 let s = *state.borrow();
                 if c.is_err() {
@@ -477,5 +494,21 @@ mod tests {
             f.0 = f.0.wrapping_add(30);
         }
         assert_eq!(learn_base(&sent, &order, &frames), None);
+    }
+}
+
+/// The SSRC of the viewer's video track, once it has one.
+async fn video_ssrc(t: &Option<Arc<dyn TrackRemote>>) -> Option<u32> {
+    t.as_ref()?.ssrcs().await.first().copied()
+}
+
+/// Whether an H.264 RTP payload starts an IDR access unit (a single IDR NAL, the first FU-A fragment of one,
+/// or a STAP-A carrying parameter sets, which livegate sends right before each IDR).
+fn starts_idr(p: &[u8]) -> bool {
+    match p.first().map(|b| b & 0x1F) {
+        Some(5) => true,
+        Some(24) => p.get(3).is_some_and(|b| b & 0x1F == 7),
+        Some(28) => p.get(1).is_some_and(|b| b & 0x80 != 0 && b & 0x1F == 5),
+        _ => false,
     }
 }

@@ -426,6 +426,22 @@ pub fn latencies(
     m
 }
 
+/// The SSRC of the viewer's video track, once it has one.
+async fn video_ssrc(t: &Option<Arc<dyn TrackRemote>>) -> Option<u32> {
+    t.as_ref()?.ssrcs().await.first().copied()
+}
+
+/// Whether an H.264 RTP payload starts an IDR access unit (a single IDR NAL, the first FU-A fragment of one,
+/// or a STAP-A carrying parameter sets, which livegate sends right before each IDR).
+fn starts_idr(p: &[u8]) -> bool {
+    match p.first().map(|b| b & 0x1F) {
+        Some(5) => true,
+        Some(24) => p.get(3).is_some_and(|b| b & 0x1F == 7),
+        Some(28) => p.get(1).is_some_and(|b| b & 0x80 != 0 && b & 0x1F == 5),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -494,21 +510,5 @@ mod tests {
             f.0 = f.0.wrapping_add(30);
         }
         assert_eq!(learn_base(&sent, &order, &frames), None);
-    }
-}
-
-/// The SSRC of the viewer's video track, once it has one.
-async fn video_ssrc(t: &Option<Arc<dyn TrackRemote>>) -> Option<u32> {
-    t.as_ref()?.ssrcs().await.first().copied()
-}
-
-/// Whether an H.264 RTP payload starts an IDR access unit (a single IDR NAL, the first FU-A fragment of one,
-/// or a STAP-A carrying parameter sets, which livegate sends right before each IDR).
-fn starts_idr(p: &[u8]) -> bool {
-    match p.first().map(|b| b & 0x1F) {
-        Some(5) => true,
-        Some(24) => p.get(3).is_some_and(|b| b & 0x1F == 7),
-        Some(28) => p.get(1).is_some_and(|b| b & 0x80 != 0 && b & 0x1F == 5),
-        _ => false,
     }
 }

@@ -97,6 +97,33 @@ fn all_sessions_can_share_one_udp_port() {
 }
 
 #[test]
+fn whep_play_signatures_work_in_the_query_or_as_bearer_token() {
+    const KEY: &str = "e12c46f2612d5106e2034781ab261ca3";
+    let srv = Server::start(&format!("[apps.live]\nplay_key = \"{KEY}\"\n"));
+    let _pub = push(&media("360p"), &srv.rtmp_url("sig"));
+    srv.wait_live("sig");
+    let offer = String::from_utf8(node("make_offer.mjs", &[]).stdout).unwrap();
+    let t = format!("{:X}", livegate::auth::unix_now() + 600);
+    let signed = format!("txSecret={}&txTime={t}", livegate::auth::sign(KEY, "sig", &t));
+    let post = |path: &str, auth: Option<&str>| {
+        let len = offer.len().to_string();
+        let bearer = auth.map(|a| format!("Bearer {a}"));
+        let mut h = vec![("Content-Type", "application/sdp"), ("Content-Length", len.as_str())];
+        if let Some(b) = &bearer {
+            h.push(("Authorization", b.as_str()));
+        }
+        http_request_with_body(srv.http_port, "POST", path, &h, &offer)
+    };
+    let r = post("/whep/live/sig", None);
+    assert_eq!(r.status, 403, "{}", String::from_utf8_lossy(&r.body));
+    assert!(r.json()["detail"].as_str().unwrap().contains("txSecret"), "the reason is named");
+    let wrong = format!("txSecret={}&txTime={t}", "0".repeat(32));
+    assert_eq!(post(&format!("/whep/live/sig?{wrong}"), None).status, 403);
+    assert_eq!(post(&format!("/whep/live/sig?{signed}"), None).status, 201, "signed query");
+    assert_eq!(post("/whep/live/sig", Some(&signed)).status, 201, "signature as the bearer token");
+}
+
+#[test]
 fn an_audio_only_rtmp_stream_plays_over_whep() {
     let srv = Server::start("[webrtc]\nudp_port_min = 0\nudp_port_max = 0\n");
     let _pub = Proc::spawn(

@@ -529,7 +529,9 @@ fn placeholder_images_the_background_image_and_crop_fill_their_slots() {
     let srv = Server::start(SERVER);
     let dir = srv.dir.path();
     let (bg, img, halves) = (dir.join("bg.png"), dir.join("img.png"), dir.join("halves.flv"));
+    let mic = dir.join("mic.png");
     ffmpeg_make(&["-f", "lavfi", "-i", "color=c=lime:s=640x360", "-frames:v", "1"], &bg);
+    ffmpeg_make(&["-f", "lavfi", "-i", "color=c=yellow:s=64x64", "-frames:v", "1"], &mic);
     ffmpeg_make(&["-f", "lavfi", "-i", "color=c=blue:s=160x90", "-frames:v", "1"], &img);
     // Left half red, right half yellow: a crop of the right half must leave only red.
     ffmpeg_make(
@@ -564,7 +566,9 @@ fn placeholder_images_the_background_image_and_crop_fill_their_slots() {
     let body = json!({"id": "ph", "inputs": [
             {"kind": "image", "image": img.to_str().unwrap(), "x": 0, "y": 0, "width": 320, "height": 180},
             {"stream": "live/halves", "crop": {"right": 160}, "x": 320, "y": 0, "width": 320, "height": 180},
-            {"stream": "live/ghost", "x": 0, "y": 180, "width": 320, "height": 180}],
+            {"stream": "live/ghost", "x": 0, "y": 180, "width": 320, "height": 180},
+            {"stream": "live/halves", "kind": "audio", "image": mic.to_str().unwrap(),
+             "x": 480, "y": 180, "width": 160, "height": 180}],
         "output": {"stream": "live/ph-out", "width": W, "height": H, "video_bitrate": 600, "gop_secs": 1.0,
                    "background_image": bg.to_str().unwrap()}});
     let r = api(&srv, "POST", "/api/v1/mixes", &body);
@@ -580,11 +584,12 @@ fn placeholder_images_the_background_image_and_crop_fill_their_slots() {
     assert_slots(
         &frame,
         &[
-            ((160, 90), BLUE),  // the placeholder image, scaled into its slot
-            ((400, 90), RED),   // the cropped input: its left half ...
-            ((600, 90), RED),   // ... fills the whole slot (uncropped, this would be yellow)
-            ((160, 270), LIME), // the input that is not live shows the background image
-            ((480, 270), LIME), // and so does the canvas no slot covers
+            ((160, 90), BLUE),    // the placeholder image, scaled into its slot
+            ((400, 90), RED),     // the cropped input: its left half ...
+            ((600, 90), RED),     // ... fills the whole slot (uncropped, this would be yellow)
+            ((160, 270), LIME),   // the input that is not live shows the background image
+            ((400, 270), LIME),   // and so does the canvas no slot covers
+            ((560, 270), YELLOW), // an audio-only input shows its placeholder picture
         ],
         "image, crop and background image",
     );

@@ -429,7 +429,9 @@ pub fn place(
         match (inp.kind, &inp.image) {
             (InputKind::Image, Some(p)) => check_image(&f("image"), p)?,
             (InputKind::Image, None) => return bad(f("image"), "an input of kind image needs an image file"),
-            (_, Some(_)) => return bad(f("image"), "only inputs of kind image take an image"),
+            // An audio-only input's slot shows this picture (its placeholder) instead of the background.
+            (InputKind::Audio, Some(p)) => check_image(&f("image"), p)?,
+            (_, Some(_)) => return bad(f("image"), "only inputs of kind image or audio take an image"),
             (_, None) => {}
         }
         if !(inp.volume.is_finite() && (0.0..=10.0).contains(&inp.volume)) {

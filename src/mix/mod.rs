@@ -351,23 +351,32 @@ impl Mix {
         });
         match &p.stream {
             Some(key) => {
+                if p.kind == InputKind::Audio && p.image.is_some() {
+                    // Shown once the input's sound flows, like a video input's picture.
+                    self.add_picture(&slot, &p, false);
+                }
                 let span = tracing::info_span!("mix_input", mix = %self.id, input = %key);
                 tokio::spawn(self.clone().run_input(slot.clone(), key.clone(), stop_rx).instrument(span));
             }
             None => {
-                let made = self.pipe.add_static(&format!("in{serial}v"), &p).and_then(|b| {
-                    MixPipeline::place_video(&b, &p, true);
-                    self.pipe.start(&b)?;
-                    Ok(b)
-                });
-                match made {
-                    Ok(b) => *slot.video.lock() = Some(b),
-                    Err(e) => self.input_error(&slot, &format!("{e}")),
-                }
+                self.add_picture(&slot, &p, true);
                 slot.status.lock().visible = true;
             }
         }
         slot
+    }
+
+    /// A still picture in the slot: a colour or image input, or an audio-only input's placeholder image.
+    fn add_picture(&self, slot: &Slot, p: &Placed, visible: bool) {
+        let made = self.pipe.add_static(&format!("in{}v", slot.serial), p).and_then(|b| {
+            MixPipeline::place_video(&b, p, visible);
+            self.pipe.start(&b)?;
+            Ok(b)
+        });
+        match made {
+            Ok(b) => *slot.video.lock() = Some(b),
+            Err(e) => self.input_error(slot, &format!("{e}")),
+        }
     }
 
     /// Takes one input's decoded media from its shared decoder for as long as it is part of the mix.
@@ -473,16 +482,18 @@ impl Mix {
         let mut st = slot.status.lock();
         st.last_frame = Some(Instant::now());
         st.state = "live";
+        // Video frames show the slot; for an audio-only input, its sound shows its placeholder picture.
+        let shows = video || (place.kind == InputKind::Audio && place.image.is_some());
         if video {
             st.frames += 1;
-            if !st.visible {
-                st.visible = true;
-                drop(st);
-                if let Some(b) = slot.video.lock().as_ref() {
-                    MixPipeline::place_video(b, place, true);
-                }
-                tracing::info!("input live");
+        }
+        if shows && !st.visible {
+            st.visible = true;
+            drop(st);
+            if let Some(b) = slot.video.lock().as_ref() {
+                MixPipeline::place_video(b, place, true);
             }
+            tracing::info!("input live");
         }
     }
 

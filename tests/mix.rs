@@ -594,3 +594,73 @@ fn placeholder_images_the_background_image_and_crop_fill_their_slots() {
         "image, crop and background image",
     );
 }
+
+#[test]
+fn a_patch_shows_from_the_next_composited_frame() {
+    use livegate::media::flv::tag_header;
+    let srv = Server::start(SERVER);
+    let _r = push_loop(&color_media("red", 440, "320x180"), &srv.rtmp_url("pr"));
+    let _b = push_loop(&color_media("blue", 880, "320x180"), &srv.rtmp_url("pb"));
+    srv.wait_live("pr");
+    srv.wait_live("pb");
+    let (w, h) = (320usize, 180usize);
+    let layout = |left: &str, right: &str| {
+        json!([{"stream": format!("live/{left}"), "x": 0, "y": 0, "width": 160, "height": 180},
+               {"stream": format!("live/{right}"), "x": 160, "y": 0, "width": 160, "height": 180}])
+    };
+    let body = json!({"id": "pm", "inputs": layout("pr", "pb"),
+        "output": {"stream": "live/pm-out", "width": w, "height": h, "fps": 30, "video_bitrate": 300, "gop_secs": 1.0}});
+    assert_eq!(api(&srv, "POST", "/api/v1/mixes", &body).status, 201);
+    srv.wait_live("pm-out");
+    assert!(wait_until(Duration::from_secs(10), || mix_json(&srv, "pm")["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|i| i["state"] == "live")));
+    // One reader takes every frame with its arrival time while the PATCH swaps the two inputs.
+    let mut reader = FlvClient::connect(srv.http_port, "/live/pm-out.flv", None);
+    let port = srv.http_port;
+    let patch = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1500));
+        let body = json!({"inputs": layout("pb", "pr")});
+        let r = http_request_body(port, "PATCH", "/api/v1/mixes/pm", &body.to_string());
+        (r.status, Instant::now())
+    });
+    let tags: Vec<(Instant, livegate::media::flv::Tag)> =
+        reader.read_for(Duration::from_millis(3500)).into_iter().filter(|(_, t)| t.tag_type == 9).collect();
+    let (status, patched) = patch.join().unwrap();
+    assert_eq!(status, 200);
+    // Decode every frame in order: its left half says which layout it was composited with.
+    let file = srv.dir.path().join("pm.flv");
+    let mut flv = b"FLV\x01\x01\x00\x00\x00\x09\x00\x00\x00\x00".to_vec();
+    for (_, t) in &tags {
+        flv.extend_from_slice(&tag_header(t.tag_type, t.body.len(), t.timestamp));
+        flv.extend_from_slice(&t.body);
+        flv.extend_from_slice(&(11 + t.body.len() as u32).to_be_bytes());
+    }
+    std::fs::write(&file, &flv).unwrap();
+    let raw = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(&file)
+        .args(["-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"])
+        .output()
+        .unwrap()
+        .stdout;
+    let frames: Vec<&[u8]> = raw.chunks_exact(w * h * 3).collect();
+    let arrivals: Vec<Instant> = tags.iter().filter(|(_, t)| !is_seq_header(t)).map(|(at, _)| *at).collect();
+    assert_eq!(frames.len(), arrivals.len(), "one decoded frame per video tag");
+    let at = |f: &[u8], x: usize, y: usize| {
+        let i = (y * w + x) * 3;
+        (f[i], f[i + 1], f[i + 2])
+    };
+    let left_is_blue: Vec<bool> = frames.iter().map(|f| near(at(f, 80, 90), BLUE)).collect();
+    let first_new = left_is_blue.iter().position(|b| *b).expect("the new layout never showed");
+    assert!(left_is_blue[first_new..].iter().all(|b| *b), "the layout flipped back: {left_is_blue:?}");
+    assert!(left_is_blue[..first_new].iter().all(|b| !*b));
+    // Frames that reached the reader after the PATCH returned but still had the old layout were already
+    // composited (in the encoder or on the way) when it was applied.
+    let old_after = arrivals[..first_new].iter().filter(|at| **at > patched).count();
+    let delay = arrivals[first_new].saturating_duration_since(patched);
+    eprintln!("new layout: {old_after} old frame(s) after the PATCH returned, first new frame {delay:?} after it");
+    assert!(old_after <= 2, "{old_after} frames still showed the old layout after the PATCH returned");
+}

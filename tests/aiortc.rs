@@ -170,55 +170,6 @@ fn aiortc_publishes_vp8_over_whip_and_readers_get_h264() {
     whip_case("vp8");
 }
 
-/// Presentation times of the frames whose mean luma is above mid-grey (the flashes).
-fn flash_times(file: &Path) -> Vec<f64> {
-    let graph = format!("movie={},signalstats", file.display());
-    let o = Command::new("ffprobe")
-        .args(["-v", "error", "-f", "lavfi", &graph])
-        .args(["-show_entries", "frame=pts_time:frame_tags=lavfi.signalstats.YAVG", "-of", "csv=p=0"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .filter_map(|l| {
-            let (t, y) = l.split_once(',')?;
-            (y.trim().parse::<f64>().ok()? > 128.0).then(|| t.parse().ok()).flatten()
-        })
-        .collect()
-}
-
-/// Times at which the audio goes from silence (≥ 50 ms) to a loud beep, from the decoded PCM.
-fn beep_onsets(file: &Path) -> Vec<f64> {
-    let start: f64 = String::from_utf8_lossy(
-        &ffprobe(
-            file.to_str().unwrap(),
-            &["-select_streams", "a", "-show_entries", "stream=start_time", "-of", "csv=p=0"],
-        )
-        .stdout,
-    )
-    .trim()
-    .parse()
-    .unwrap();
-    let pcm = Command::new("ffmpeg")
-        .args(["-v", "error", "-i"])
-        .arg(file)
-        .args(["-vn", "-ac", "1", "-ar", "48000", "-f", "s16le", "-"])
-        .output()
-        .unwrap()
-        .stdout;
-    let samples: Vec<f64> = pcm.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]]) as f64).collect();
-    let mut onsets = Vec::new();
-    let mut quiet_ms = 0;
-    for (i, block) in samples.chunks(48).enumerate() {
-        let rms = (block.iter().map(|x| x * x).sum::<f64>() / block.len() as f64).sqrt();
-        if rms > 3000.0 && quiet_ms >= 50 {
-            onsets.push(start + i as f64 / 1000.0);
-        }
-        quiet_ms = if rms < 500.0 { quiet_ms + 1 } else { 0 };
-    }
-    onsets
-}
-
 #[test]
 fn a_whip_flash_and_its_beep_reach_flv_readers_within_50_ms() {
     let _s = serial();

@@ -664,3 +664,42 @@ fn a_patch_shows_from_the_next_composited_frame() {
     eprintln!("new layout: {old_after} old frame(s) after the PATCH returned, first new frame {delay:?} after it");
     assert!(old_after <= 2, "{old_after} frames still showed the old layout after the PATCH returned");
 }
+
+#[test]
+fn a_mix_keeps_its_inputs_lip_sync() {
+    let srv = Server::start(SERVER);
+    // An input whose picture flashes white for a frame at each second and beeps for 100 ms from that instant.
+    let sync = srv.dir.path().join("sync.flv");
+    let o = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
+        .arg("color=c=black:s=320x180:r=30,drawbox=x=0:y=0:w=320:h=180:color=white:t=fill:enable='lt(mod(t\\,1)\\,0.03)'")
+        .args(["-f", "lavfi", "-i", "sine=frequency=1000:sample_rate=48000,volume=4,volume=enable='gte(mod(t\\,1)\\,0.1)':volume=0"])
+        .args(["-t", "10", "-c:v", "libx264", "-preset", "ultrafast", "-g", "30", "-pix_fmt", "yuv420p"])
+        .args(["-c:a", "aac", "-b:a", "128k", "-f", "flv"])
+        .arg(&sync)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let source = av_offsets(&sync);
+    assert!(source.len() >= 8, "the source itself: {source:?}");
+    let _p = push_loop(&sync, &srv.rtmp_url("sy"));
+    srv.wait_live("sy");
+    let body = json!({"id": "sy", "template": "grid", "inputs": [{"stream": "live/sy"}],
+        "output": {"stream": "live/sy-out", "width": 320, "height": 180, "video_bitrate": 300, "gop_secs": 1.0}});
+    assert_eq!(api(&srv, "POST", "/api/v1/mixes", &body).status, 201);
+    srv.wait_live("sy-out");
+    std::thread::sleep(Duration::from_secs(2));
+    let out = srv.dir.path().join("sy-out.flv");
+    let st = Command::new("timeout")
+        .args(["30", "ffmpeg", "-v", "error", "-y", "-i", &srv.flv_url("sy-out"), "-t", "7", "-c", "copy"])
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let mixed = av_offsets(&out);
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    eprintln!("beep minus flash (s): source {source:?}\nmix output {mixed:?}");
+    assert!(mixed.len() >= 4, "too few flash/beep pairs in the mix output: {mixed:?}");
+    let drift = mean(&mixed) - mean(&source);
+    assert!(drift.abs() <= 0.05, "the mix moved audio {:.0} ms against video", drift * 1000.0);
+}

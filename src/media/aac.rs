@@ -7,6 +7,11 @@
 //! players derive it themselves and RTMP encoders almost always use implicit
 //! signalling (plain AAC-LC config) anyway.
 
+/// Samples an AAC encoder emits before the first input sample (FFmpeg's `aac`, behind avenc_aac, and fdk-aac
+/// both prime with 1024). FLV has no edit list to skip them, so whoever encodes AAC for the hub stamps its
+/// frames that much earlier to keep lip-sync.
+pub const ENCODER_PRIMING_SAMPLES: i64 = 1024;
+
 use thiserror::Error;
 
 /// Sampling frequencies for indices 0..=12; 13 and 14 are reserved and 15

@@ -75,6 +75,11 @@ pub struct Frame {
 }
 
 impl Frame {
+    /// A codec configuration (sequence header) frame; its timestamp is set when it is published.
+    pub fn config(kind: MediaKind, codec: Codec, payload: Bytes) -> Self {
+        Self { kind, codec, dts: 0, cts: 0, keyframe: false, config: true, payload }
+    }
+
     pub fn pts(&self) -> i64 {
         self.dts + self.cts as i64
     }

@@ -283,8 +283,7 @@ impl Mix {
     ) {
         let mut stop = self.stop.subscribe();
         let mut configs: [Option<Bytes>; 2] = [None, None];
-        // The AAC encoder's 1024 priming samples come first out of every decoder (FLV has no edit list to
-        // skip them): stamp audio that much earlier so the mix stays in lip-sync.
+        // AAC is stamped ENCODER_PRIMING_SAMPLES early, as every AAC the hub gets from an encoder.
         let mut priming_ms = 0i64;
         let mut last_audio: Option<i64> = None;
         loop {
@@ -295,9 +294,9 @@ impl Mix {
                     if let Some(cd) = e.codec_data.filter(|cd| configs[slot].as_ref() != Some(cd)) {
                         if !e.video {
                             let rate = crate::media::aac::AudioSpecificConfig::parse(&cd).map(|a| a.sample_rate).unwrap_or(48_000);
-                            priming_ms = 1024 * 1000 / rate.max(1) as i64;
+                            priming_ms = crate::media::aac::ENCODER_PRIMING_SAMPLES * 1000 / rate.max(1) as i64;
                         }
-                        let cfg = Frame { kind, codec, dts: 0, cts: 0, keyframe: false, config: true, payload: cd.clone() };
+                        let cfg = Frame::config(kind, codec, cd.clone());
                         publisher.push_raw(cfg, e.dts as u32, Instant::now());
                         configs[slot] = Some(cd);
                     }

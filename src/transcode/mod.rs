@@ -300,7 +300,7 @@ impl Transcoders {
                         }
                         Kind::Baseline => {
                             if let Some(cd) = codec_data.filter(|cd| out_config.as_ref() != Some(cd)) {
-                                let cfg = Frame { kind: MediaKind::Video, codec: Codec::H264, dts: 0, cts: 0, keyframe: false, config: true, payload: cd.clone() };
+                                let cfg = Frame::config(MediaKind::Video, Codec::H264, cd.clone());
                                 publisher.push_raw(cfg, (b + dts) as u32, Instant::now());
                                 out_config = Some(cd);
                             }

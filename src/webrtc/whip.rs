@@ -37,10 +37,6 @@ use crate::media::avc::{AvcDecoderConfig, NAL_TYPE_PPS, NAL_TYPE_SPS};
 use crate::media::{Codec, Frame, MediaKind};
 use crate::transcode::{sink_to_channel, Out, Template, TranscodeError};
 
-/// Samples an AAC encoder emits before the first input sample (FFmpeg's `aac`, behind avenc_aac, and
-/// fdk-aac both prime with 1024).
-const AAC_PRIMING_SAMPLES: i64 = 1024;
-
 const OPUS_TO_AAC: &str = include_str!("../../pipelines/opus_to_aac.pipeline");
 const VP8_TO_H264: &str = include_str!("../../pipelines/vp8_to_h264.pipeline");
 
@@ -585,15 +581,7 @@ impl Ingest {
             if let (Some(sps), Some(pps)) = (&self.sps, &self.pps) {
                 match AvcDecoderConfig::from_sps_pps(sps, pps) {
                     Ok(cfg) => {
-                        let frame = Frame {
-                            kind: MediaKind::Video,
-                            codec: Codec::H264,
-                            dts: 0,
-                            cts: 0,
-                            keyframe: false,
-                            config: true,
-                            payload: Bytes::from(cfg.to_bytes()),
-                        };
+                        let frame = Frame::config(MediaKind::Video, Codec::H264, Bytes::from(cfg.to_bytes()));
                         self.publisher.push_raw(frame, ms as u32, at);
                         self.config_sent = true;
                     }
@@ -657,9 +645,8 @@ impl Ingest {
         let (ts, codec) = match kind {
             MediaKind::Audio => {
                 let Some(ext0) = self.audio_ext0 else { return };
-                // The encoder's priming samples come first out of every decoder (FLV has no edit list to skip
-                // them): stamp each frame that much earlier so the sound lines up with the picture.
-                let Some(ms) = self.audio.clock.map_ext(ext0 + dts * 48 - AAC_PRIMING_SAMPLES, &self.sync) else {
+                let primed = ext0 + dts * 48 - crate::media::aac::ENCODER_PRIMING_SAMPLES;
+                let Some(ms) = self.audio.clock.map_ext(primed, &self.sync) else {
                     return;
                 };
                 // AAC frames are 21.3 ms apart; a backward step of the mapping must not repeat or reverse one.
@@ -675,7 +662,7 @@ impl Ingest {
         };
         let Some(pipe) = pipe else { return };
         if let Some(cd) = codec_data.filter(|cd| pipe.config.as_ref() != Some(cd)) {
-            let cfg = Frame { kind, codec, dts: 0, cts: 0, keyframe: false, config: true, payload: cd.clone() };
+            let cfg = Frame::config(kind, codec, cd.clone());
             self.publisher.push_raw(cfg, ts as u32, now);
             pipe.config = Some(cd);
         }

@@ -3,6 +3,7 @@
 Run with the project's virtualenv (`tests/aiortc/.venv/bin/python`, made by `scripts/setup.sh`).
 """
 
+import asyncio
 import json
 import sys
 import urllib.error
@@ -10,7 +11,7 @@ import urllib.parse
 import urllib.request
 
 import aioice.ice
-from aiortc import RTCConfiguration, RTCPeerConnection
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 
 def _loopback_only(use_ipv4: bool, use_ipv6: bool) -> list[str]:
@@ -86,6 +87,53 @@ def emit(obj: dict) -> None:
 
 def host_candidates(sdp: str) -> list[str]:
     return [l.split()[4] for l in sdp.splitlines() if l.startswith("a=candidate:")]
+
+
+async def offer_answer(pc: RTCPeerConnection, url: str, result: dict) -> str | None:
+    """POSTs pc's offer (aiortc gathers inside setLocalDescription, so it carries every candidate) and applies
+    the answer. Fills result's status, location and offerCandidates; returns the answer, or None with
+    result["message"] saying why."""
+    await pc.setLocalDescription(await pc.createOffer())
+    offer = pc.localDescription.sdp
+    result["offerCandidates"] = host_candidates(offer)
+    status, body, location = await asyncio.to_thread(post_sdp, url, offer)
+    result.update(status=status, location=location)
+    if status != 201:
+        result["message"] = f"POST {status}: {body[:300]}"
+        return None
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
+    return body
+
+
+def connected_event(pc: RTCPeerConnection) -> asyncio.Event:
+    """Set once pc connects (register before signalling)."""
+    ev = asyncio.Event()
+
+    @pc.on("connectionstatechange")
+    def on_state():
+        if pc.connectionState == "connected":
+            ev.set()
+
+    return ev
+
+
+async def close(pc: RTCPeerConnection, result: dict) -> None:
+    """DELETEs the session (its Location) and closes the PeerConnection."""
+    result["deleteStatus"] = await asyncio.to_thread(delete, result.get("location"))
+    await pc.close()
+
+
+def run(main, seconds: float, result: dict) -> None:
+    """Runs `main` (a coroutine, bounded by seconds + 40), prints result as the final JSON line the Rust
+    test reads, and exits 0 when main returned true."""
+    try:
+        ok = asyncio.run(asyncio.wait_for(main, timeout=seconds + 40))
+    except Exception as e:  # report every failure as that JSON line
+        ok = False
+        result["message"] = f"{type(e).__name__}: {e}"
+    result["ok"] = ok
+    emit(result)
+    sys.exit(0 if ok else 1)
 
 
 def die_usage(text: str) -> None:

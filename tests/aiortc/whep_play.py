@@ -16,8 +16,7 @@ import time
 
 import numpy as np
 
-from lib import delete, die_usage, emit, host_candidates, peer_connection, post_sdp, sdp_video_codec
-from aiortc import RTCSessionDescription
+from lib import close, die_usage, offer_answer, peer_connection, run, sdp_video_codec
 from aiortc.mediastreams import MediaStreamError
 
 result: dict = {"ok": False}
@@ -64,18 +63,11 @@ async def main(url: str, seconds: float) -> bool:
         f = consume_video if track.kind == "video" else consume_audio
         tasks.append(asyncio.ensure_future(f(track, stats)))
 
-    # aiortc gathers inside setLocalDescription: once it returns, the description carries every candidate.
-    await pc.setLocalDescription(await pc.createOffer())
-    offer = pc.localDescription.sdp
-    result["offerCandidates"] = host_candidates(offer)
-    status, body, location = await asyncio.to_thread(post_sdp, url, offer)
-    result.update(status=status, location=location)
     try:
-        if status != 201:
-            result["message"] = f"POST {status}: {body[:300]}"
+        answer = await offer_answer(pc, url, result)
+        if answer is None:
             return False
-        result["videoCodec"] = sdp_video_codec(body)
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
+        result["videoCodec"] = sdp_video_codec(answer)
         deadline = time.monotonic() + 15
         while stats["first"] is None and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -99,21 +91,13 @@ async def main(url: str, seconds: float) -> bool:
         )
         return True
     finally:
-        result["deleteStatus"] = await asyncio.to_thread(delete, location)
         for t in tasks:
             t.cancel()
-        await pc.close()
+        await close(pc, result)
 
 
 if __name__ == "__main__":
     if len(sys.argv) < 2:
         die_usage("usage: whep_play.py <whep-url> [seconds=4]")
     secs = float(sys.argv[2]) if len(sys.argv) > 2 else 4.0
-    try:
-        ok = asyncio.run(asyncio.wait_for(main(sys.argv[1], secs), timeout=secs + 40))
-    except Exception as e:  # report every failure as the JSON line the Rust test reads
-        ok = False
-        result["message"] = f"{type(e).__name__}: {e}"
-    result["ok"] = ok
-    emit(result)
-    sys.exit(0 if ok else 1)
+    run(main(sys.argv[1], secs), secs, result)

@@ -19,8 +19,8 @@ import time
 import av
 import numpy as np
 
-from lib import delete, die_usage, emit, host_candidates, peer_connection, post_sdp, sdp_video_codec
-from aiortc import MediaStreamTrack, RTCRtpSender, RTCSessionDescription, VideoStreamTrack
+from lib import close, connected_event, die_usage, emit, offer_answer, peer_connection, run, sdp_video_codec
+from aiortc import MediaStreamTrack, RTCRtpSender, VideoStreamTrack
 
 WIDTH, HEIGHT = 640, 360
 SAMPLE_RATE, SAMPLES = 48_000, 960  # 20 ms frames
@@ -93,24 +93,12 @@ async def main(url: str, seconds: float, codec: str) -> bool:
         raise RuntimeError(f"aiortc cannot send {codec}")
     vt.setCodecPreferences(prefs)
 
-    connected = asyncio.Event()
-
-    @pc.on("connectionstatechange")
-    def on_state():
-        if pc.connectionState == "connected":
-            connected.set()
-
-    await pc.setLocalDescription(await pc.createOffer())
-    offer = pc.localDescription.sdp
-    result["offerCandidates"] = host_candidates(offer)
-    status, body, location = await asyncio.to_thread(post_sdp, url, offer)
-    result.update(status=status, location=location)
+    connected = connected_event(pc)
     try:
-        if status != 201:
-            result["message"] = f"POST {status}: {body[:300]}"
+        answer = await offer_answer(pc, url, result)
+        if answer is None:
             return False
-        result["videoCodec"] = sdp_video_codec(body)
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
+        result["videoCodec"] = sdp_video_codec(answer)
         try:
             await asyncio.wait_for(connected.wait(), timeout=15)
         except asyncio.TimeoutError:
@@ -124,8 +112,7 @@ async def main(url: str, seconds: float, codec: str) -> bool:
         result.update(framesSent=video.frames, audioFramesSent=audio.frames, connection=pc.connectionState)
         return pc.connectionState == "connected"
     finally:
-        result["deleteStatus"] = await asyncio.to_thread(delete, location)
-        await pc.close()
+        await close(pc, result)
 
 
 if __name__ == "__main__":
@@ -133,11 +120,4 @@ if __name__ == "__main__":
         die_usage("usage: whip_publish.py <whip-url> [seconds=10] [h264|vp8]")
     secs = float(sys.argv[2]) if len(sys.argv) > 2 else 10.0
     codec = sys.argv[3] if len(sys.argv) > 3 else "h264"
-    try:
-        ok = asyncio.run(asyncio.wait_for(main(sys.argv[1], secs, codec), timeout=secs + 40))
-    except Exception as e:  # report every failure as the JSON line the Rust test reads
-        ok = False
-        result["message"] = f"{type(e).__name__}: {e}"
-    result["ok"] = ok
-    emit(result)
-    sys.exit(0 if ok else 1)
+    run(main(sys.argv[1], secs, codec), secs, result)

@@ -18,8 +18,8 @@ import time
 import av
 import numpy as np
 
-from lib import delete, die_usage, emit, peer_connection, post_sdp
-from aiortc import MediaStreamTrack, RTCRtpSender, RTCSessionDescription, VideoStreamTrack
+from lib import close, connected_event, die_usage, emit, offer_answer, peer_connection, run
+from aiortc import MediaStreamTrack, RTCRtpSender, VideoStreamTrack
 
 WIDTH, HEIGHT, FPS = 320, 240, 30
 SAMPLE_RATE, SAMPLES = 48_000, 960
@@ -83,40 +83,21 @@ async def main(url: str, seconds: float) -> bool:
     vt = pc.addTransceiver(FlashTrack(), direction="sendonly")
     pc.addTransceiver(BeepTrack(), direction="sendonly")
     vt.setCodecPreferences([c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType.lower() == "video/h264"])
-    connected = asyncio.Event()
-
-    @pc.on("connectionstatechange")
-    def on_state():
-        if pc.connectionState == "connected":
-            connected.set()
-
-    await pc.setLocalDescription(await pc.createOffer())
-    status, body, location = await asyncio.to_thread(post_sdp, url, pc.localDescription.sdp)
-    result.update(status=status, location=location)
+    connected = connected_event(pc)
     try:
-        if status != 201:
-            result["message"] = f"POST {status}: {body[:300]}"
+        if await offer_answer(pc, url, result) is None:
             return False
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
         await asyncio.wait_for(connected.wait(), timeout=15)
         emit({"event": "connected"})
         await asyncio.sleep(seconds)
         result["flashes"] = len(flashes)
         return pc.connectionState == "connected"
     finally:
-        result["deleteStatus"] = await asyncio.to_thread(delete, location)
-        await pc.close()
+        await close(pc, result)
 
 
 if __name__ == "__main__":
     if len(sys.argv) < 2:
         die_usage("usage: whip_sync.py <whip-url> [seconds=12]")
     secs = float(sys.argv[2]) if len(sys.argv) > 2 else 12.0
-    try:
-        ok = asyncio.run(asyncio.wait_for(main(sys.argv[1], secs), timeout=secs + 40))
-    except Exception as e:
-        ok = False
-        result["message"] = f"{type(e).__name__}: {e}"
-    result["ok"] = ok
-    emit(result)
-    sys.exit(0 if ok else 1)
+    run(main(sys.argv[1], secs), secs, result)

@@ -205,16 +205,32 @@ fn dedupe_tables(toml_text: &str) -> String {
     toml::to_string(&v).unwrap()
 }
 
-/// Test media made once per machine with ffmpeg (H.264 + AAC FLV), cached under target/.
-pub fn media(kind: &str) -> PathBuf {
+/// An FLV made once per machine by `ffmpeg <args> -f flv`, cached under target/test-media as `name.flv`
+/// (written to a temporary name first, so parallel tests never see half a file).
+fn cached_media(name: &str, args: &[String]) -> PathBuf {
     static LOCK: Mutex<()> = Mutex::new(());
     let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-media");
     std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(format!("{kind}.flv"));
+    let path = dir.join(format!("{name}.flv"));
     if path.exists() {
         return path;
     }
+    let tmp = dir.join(format!("{name}.{}.tmp.flv", std::process::id()));
+    let out = Command::new("ffmpeg")
+        .args(["-y", "-loglevel", "error"])
+        .args(args)
+        .args(["-f", "flv"])
+        .arg(&tmp)
+        .output()
+        .expect("run ffmpeg");
+    assert!(out.status.success(), "ffmpeg failed: {}", String::from_utf8_lossy(&out.stderr));
+    std::fs::rename(&tmp, &path).unwrap();
+    path
+}
+
+/// Test media made once per machine with ffmpeg (H.264 + AAC FLV), cached under target/.
+pub fn media(kind: &str) -> PathBuf {
     // 30 fps, keyframe every 2 s (60 frames), no B-frames unless asked: what live-pusher sends.
     let (size, secs, extra) = match kind {
         "360p" => ("640x360", 30, "-b:v 600k -ac 2"),
@@ -228,17 +244,7 @@ pub fn media(kind: &str) -> PathBuf {
          -c:v libx264 -preset veryfast -g 60 -keyint_min 60 -sc_threshold 0 -bf 0 -pix_fmt yuv420p \
          -c:a aac -b:a 64k {extra}"
     );
-    let tmp = dir.join(format!("{kind}.{}.tmp.flv", std::process::id()));
-    let out = Command::new("ffmpeg")
-        .args(["-y", "-loglevel", "error"])
-        .args(args.split_whitespace())
-        .args(["-f", "flv"])
-        .arg(&tmp)
-        .output()
-        .expect("run ffmpeg");
-    assert!(out.status.success(), "ffmpeg failed: {}", String::from_utf8_lossy(&out.stderr));
-    std::fs::rename(&tmp, &path).unwrap();
-    path
+    cached_media(kind, &args.split_whitespace().map(String::from).collect::<Vec<_>>())
 }
 
 /// A running ffmpeg publisher (`-re -c copy`, as a pre-encoded live-pusher stand-in); killed on drop.
@@ -785,28 +791,24 @@ pub fn browser_check(script: &str, args: &[&str]) -> serde_json::Value {
 /// A solid-colour picture with a sine tone (H.264 + AAC FLV, keyframe every second), made once per machine:
 /// a mix input whose slot and tone a test can recognise. `color` is an ffmpeg colour name.
 pub fn color_media(color: &str, tone_hz: u32, size: &str) -> PathBuf {
-    static LOCK: Mutex<()> = Mutex::new(());
-    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-media");
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(format!("mix-{color}-{tone_hz}-{size}.flv"));
-    if path.exists() {
-        return path;
-    }
-    let tmp = dir.join(format!("mix-{color}.{}.tmp.flv", std::process::id()));
-    let out = Command::new("ffmpeg")
-        .args(["-y", "-loglevel", "error", "-f", "lavfi", "-i"])
-        .arg(format!("color=c={color}:s={size}:r=30"))
-        .args(["-f", "lavfi", "-i"])
-        .arg(format!("sine=frequency={tone_hz}:sample_rate=44100"))
-        .args(["-t", "10", "-c:v", "libx264", "-preset", "veryfast", "-g", "30", "-bf", "0", "-pix_fmt", "yuv420p"])
-        .args(["-c:a", "aac", "-b:a", "64k", "-f", "flv"])
-        .arg(&tmp)
-        .output()
-        .expect("run ffmpeg");
-    assert!(out.status.success(), "ffmpeg failed: {}", String::from_utf8_lossy(&out.stderr));
-    std::fs::rename(&tmp, &path).unwrap();
-    path
+    let args = [
+        "-f".into(),
+        "lavfi".into(),
+        "-i".into(),
+        format!("color=c={color}:s={size}:r=30"),
+        "-f".into(),
+        "lavfi".into(),
+        "-i".into(),
+        format!("sine=frequency={tone_hz}:sample_rate=44100"),
+    ]
+    .into_iter()
+    .chain(
+        "-t 10 -c:v libx264 -preset veryfast -g 30 -bf 0 -pix_fmt yuv420p -c:a aac -b:a 64k"
+            .split_whitespace()
+            .map(String::from),
+    )
+    .collect::<Vec<String>>();
+    cached_media(&format!("mix-{color}-{tone_hz}-{size}"), &args)
 }
 
 /// Publishes `file` in a loop at its own pace (a live source that never ends); killed on drop.

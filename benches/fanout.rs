@@ -50,7 +50,7 @@ fn fanout(c: &mut Criterion) {
     const READERS: usize = 1000;
     let hub = Hub::new(
         HubOptions {
-            flush_interval: std::time::Duration::ZERO,
+            merge_window: std::time::Duration::ZERO,
             audio_hold: std::time::Duration::ZERO,
             ..HubOptions::default()
         },
@@ -66,6 +66,7 @@ fn fanout(c: &mut Criterion) {
         min_cache: std::time::Duration::from_secs(1),
         max_cache: std::time::Duration::from_secs(3),
         max_skips_per_minute: 1000,
+        low_latency: false,
     };
     let guards: Vec<_> = (0..READERS).map(|_| hub.register_client(Protocol::HttpFlv, None)).collect();
     let mut readers: Vec<_> =

@@ -68,7 +68,7 @@ pub struct HubConfig {
     pub max_stream_mib: usize,
     pub reconnect_grace_secs: f64,
     pub allow_takeover: bool,
-    pub flush_interval_ms: u64,
+    pub merge_window_ms: u64,
     pub audio_hold_ms: u64,
 }
 
@@ -216,8 +216,8 @@ impl Config {
         if self.hub.audio_hold_ms > 1000 {
             return bad("hub.audio_hold_ms", format!("{} is above 1000 ms", self.hub.audio_hold_ms));
         }
-        if self.hub.flush_interval_ms > 1000 {
-            return bad("hub.flush_interval_ms", format!("{} is above 1000 ms", self.hub.flush_interval_ms));
+        if self.hub.merge_window_ms > 1000 {
+            return bad("hub.merge_window_ms", format!("{} is above 1000 ms", self.hub.merge_window_ms));
         }
         if self.hub.max_stream_mib == 0 || self.hub.max_stream_mib > 4096 {
             return bad("hub.max_stream_mib", format!("{} is outside 1..=4096", self.hub.max_stream_mib));
@@ -288,7 +288,7 @@ impl Config {
             max_stream_bytes: self.hub.max_stream_mib << 20,
             reconnect_grace: Duration::from_secs_f64(self.hub.reconnect_grace_secs),
             allow_takeover: self.hub.allow_takeover,
-            flush_interval: Duration::from_millis(self.hub.flush_interval_ms),
+            merge_window: Duration::from_millis(self.hub.merge_window_ms),
             audio_hold: Duration::from_millis(self.hub.audio_hold_ms),
         }
     }
@@ -327,6 +327,7 @@ impl Config {
             min_cache: Duration::from_secs_f64(min),
             max_cache: Duration::from_secs_f64(max),
             max_skips_per_minute: self.play.max_skips_per_minute,
+            low_latency: rtc,
         })
     }
 

@@ -15,6 +15,9 @@ pub struct Metrics {
     readers: [AtomicI64; Protocol::COUNT],
     bytes_out: [AtomicU64; Protocol::COUNT],
     skips: [AtomicU64; Protocol::COUNT],
+    parked: [AtomicI64; Protocol::COUNT],
+    /// Parked players the fan-out handed back to their tasks because their sockets were full (or failed).
+    pub fanout_handbacks: AtomicU64,
     pub bytes_in: AtomicU64,
     pub connections: AtomicU64,
     pub disconnects_slow: AtomicU64,
@@ -41,6 +44,10 @@ impl Metrics {
     }
     pub fn bytes_out(&self, p: Protocol, n: u64) {
         self.bytes_out[p as usize].fetch_add(n, Ordering::Relaxed);
+    }
+    /// A player's socket entered (+1) or left (-1) its stream's direct fan-out.
+    pub fn parked(&self, p: Protocol, delta: i64) {
+        self.parked[p as usize].fetch_add(delta, Ordering::Relaxed);
     }
     pub fn skip(&self, p: Protocol) {
         self.skips[p as usize].fetch_add(1, Ordering::Relaxed);
@@ -101,6 +108,25 @@ impl Metrics {
                 self.skips[p as usize].load(Ordering::Relaxed)
             );
         }
+        let _ = writeln!(
+            o,
+            "# HELP livegate_fanout_parked Players caught up with live, written to directly by their stream's fan-out."
+        );
+        let _ = writeln!(o, "# TYPE livegate_fanout_parked gauge");
+        for p in [Protocol::HttpFlv, Protocol::Rtmp] {
+            let _ = writeln!(
+                o,
+                "livegate_fanout_parked{{protocol=\"{}\"}} {}",
+                p.as_str(),
+                self.parked[p as usize].load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP livegate_fanout_handbacks_total Parked players handed back to their connection task (socket full)."
+        );
+        let _ = writeln!(o, "# TYPE livegate_fanout_handbacks_total counter");
+        let _ = writeln!(o, "livegate_fanout_handbacks_total {}", self.fanout_handbacks.load(Ordering::Relaxed));
         let _ = writeln!(o, "# HELP livegate_disconnects_total Connections ended by livegate, by reason.");
         let _ = writeln!(o, "# TYPE livegate_disconnects_total counter");
         let _ = writeln!(

@@ -122,7 +122,8 @@ fn api_lists_kicks_and_guards() {
     let m = String::from_utf8(srv.api("GET", "/metrics").body).unwrap();
     assert!(m.contains("livegate_readers{protocol=\"http-flv\"}"), "{m}");
     assert!(m.contains("livegate_egress_latency_seconds_bucket"), "{m}");
-    assert!(m.contains("livegate_disconnects_total{reason=\"kicked\"} 1"), "{m}");
+    // Both kicks count: the player and the publisher.
+    assert!(m.contains("livegate_disconnects_total{reason=\"kicked\"} 2"), "{m}");
 
     // With a token, mutating calls need it.
     let srv = Server::start("[http]\napi_token = \"sekret\"\n");

@@ -166,6 +166,15 @@ fn slow_reader_skips_to_live_while_a_normal_reader_gets_every_frame() {
     );
     let json = srv.stream_json("slow").unwrap();
     assert!(json["skips"].as_u64().unwrap() >= 1, "the slow reader skipped: {json}");
+    // Both had caught up and were parked; the fan-out handed the slow one back to its task when its socket
+    // filled (that task applied max_cache), and it parked again once it had caught up.
+    let m = String::from_utf8(srv.api("GET", "/metrics").body).unwrap();
+    assert!(!m.contains("livegate_fanout_handbacks_total 0\n"), "{m}");
+    assert!(wait_until(Duration::from_secs(5), || {
+        normal_tags.extend(normal.read_for(Duration::from_millis(100)));
+        let _ = slow.read_for(Duration::from_millis(100));
+        parked(&srv, "http-flv") == 2
+    }));
     // The normal reader lost nothing: video timestamps advance one frame at a time.
     let video: Vec<u32> = normal_tags.iter().filter(|(_, t)| is_video_frame(t)).map(|(_, t)| t.timestamp).collect();
     assert!(video.len() > 200, "{} video frames", video.len());
@@ -372,4 +381,90 @@ fn a_player_that_stops_reading_is_disconnected_with_a_reason() {
     assert!(video.len() > 150);
     assert!(video.windows(2).all(|w| w[1] > w[0] && w[1] - w[0] <= 34));
     drop(stuck_flv);
+}
+
+/// The `livegate_fanout_parked{protocol=…}` gauge: players the stream's fan-out writes to directly.
+fn parked(srv: &Server, protocol: &str) -> i64 {
+    let m = String::from_utf8(srv.api("GET", "/metrics").body).unwrap();
+    let key = format!("livegate_fanout_parked{{protocol=\"{protocol}\"}} ");
+    m.lines().find_map(|l| l.strip_prefix(&key)).and_then(|v| v.parse().ok()).expect("parked gauge")
+}
+
+fn video_gaps(ts: &[u32]) -> Vec<(u32, u32)> {
+    ts.windows(2).filter(|w| !(w[1] > w[0] && w[1] - w[0] <= 34)).map(|w| (w[0], w[1])).collect()
+}
+
+#[test]
+fn caught_up_players_get_every_frame_from_the_direct_fan_out() {
+    // The default merge window (two frames per write outside rtc mode) and an rtc player written per frame;
+    // HTTP/1.1 (chunked), HTTP/1.0 (close-delimited) and RTMP players, all parked once caught up.
+    let srv = Server::start("");
+    let _pub = push(&media("360p"), &srv.rtmp_url("fan"));
+    srv.wait_live("fan");
+    let mut chunked = FlvClient::connect(srv.http_port, "/live/fan.flv", None);
+    let mut rtc = FlvClient::connect(srv.http_port, "/live/fan.flv?mode=rtc", None);
+    assert!(chunked.chunked, "HTTP/1.1 gets chunked framing: {:?}", chunked.headers);
+    assert!(chunked.headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("access-control-allow-origin") && v == "*"));
+
+    let mut old = std::net::TcpStream::connect(("127.0.0.1", srv.http_port)).unwrap();
+    old.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    std::io::Write::write_all(&mut old, b"GET /live/fan.flv HTTP/1.0\r\n\r\n").unwrap();
+
+    let mut rtmp = RtmpClient::connect(srv.rtmp_port, false).unwrap();
+    rtmp.connect_app("live");
+    rtmp.send_command(1, &["play".into(), 0.0.into(), livegate::media::amf0::Amf0Value::Null, "fan".into()]);
+
+    let mut tags = (Vec::new(), Vec::new());
+    let mut rtmp_video = Vec::new();
+    let mut old_raw = Vec::new();
+    let start = Instant::now();
+    let mut parked_seen = (0, 0);
+    while start.elapsed() < Duration::from_secs(6) {
+        tags.0.extend(chunked.read_for(Duration::from_millis(100)));
+        tags.1.extend(rtc.read_for(Duration::from_millis(100)));
+        let until = Instant::now() + Duration::from_millis(100);
+        while let Some(m) = rtmp.next_message(until.saturating_duration_since(Instant::now())) {
+            if m.type_id == 9 && m.payload.len() > 1 && m.payload[1] == 1 {
+                rtmp_video.push(m.timestamp);
+            }
+        }
+        let mut b = [0u8; 65536];
+        if let Ok(n) = std::io::Read::read(&mut old, &mut b) {
+            old_raw.extend_from_slice(&b[..n]);
+        }
+        if start.elapsed() > Duration::from_secs(3) && parked_seen == (0, 0) {
+            parked_seen = (parked(&srv, "http-flv"), parked(&srv, "rtmp"));
+        }
+    }
+    // All four were on the direct path (the HTTP players sit in the http-flv gauge).
+    assert_eq!(parked_seen, (3, 1), "players parked for the fan-out (http-flv, rtmp)");
+
+    for (name, t) in [("chunked", &tags.0), ("rtc", &tags.1)] {
+        let video: Vec<u32> = t.iter().filter(|(_, t)| is_video_frame(t)).map(|(_, t)| t.timestamp).collect();
+        assert!(video.len() > 120, "{name}: {} video frames", video.len());
+        assert_eq!(video_gaps(&video), vec![], "{name} reader missed frames");
+    }
+    assert!(rtmp_video.len() > 120, "rtmp: {} video frames", rtmp_video.len());
+    assert_eq!(video_gaps(&rtmp_video), vec![], "rtmp reader missed frames");
+
+    // HTTP/1.0: no chunked framing, the FLV body follows the head and runs until the connection closes.
+    let text = String::from_utf8_lossy(&old_raw[..old_raw.len().min(400)]).to_lowercase();
+    assert!(text.starts_with("http/1.1 200"), "{text}");
+    assert!(!text.contains("transfer-encoding"), "{text}");
+    let body = old_raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert_eq!(&old_raw[body..body + 3], b"FLV");
+    let mut parser = livegate::media::flv::FlvParser::new();
+    parser.feed(&old_raw[body..]);
+    let mut old_video = Vec::new();
+    while let Some(t) = parser.next_tag().expect("HTTP/1.0 body is one valid FLV stream") {
+        if is_video_frame(&t) {
+            old_video.push(t.timestamp);
+        }
+    }
+    assert!(old_video.len() > 120, "http/1.0: {} video frames", old_video.len());
+    assert_eq!(video_gaps(&old_video), vec![], "http/1.0 reader missed frames");
+
+    // Hanging up leaves the gauge: nothing stays parked for a player that is gone.
+    drop((chunked, rtc, old, rtmp));
+    assert!(wait_until(Duration::from_secs(5), || parked(&srv, "http-flv") == 0 && parked(&srv, "rtmp") == 0));
 }

@@ -107,9 +107,9 @@ pub struct Args {
     /// Seconds of publishing before readers connect (livegate needs a keyframe in its cache).
     #[arg(long, default_value_t = 3.0)]
     warmup_secs: f64,
-    /// Passes `[hub] flush_interval_ms = N` to livegate (default: livegate's own default).
+    /// Passes `[hub] merge_window_ms = N` to livegate (default: livegate's own default).
     #[arg(long)]
-    flush_ms: Option<u64>,
+    merge_ms: Option<u64>,
     /// RLIMIT_NOFILE for the tool (inherited by livegate): auto = the hard limit, a number, or off.
     #[arg(long, default_value = "auto")]
     rlimit: String,
@@ -197,8 +197,8 @@ impl Drop for RecordDir {
 /// The config tables the tool adds to livegate's (besides the listeners and the log level).
 fn config_extra(args: &Args, record_root: Option<&Path>) -> String {
     let mut c = String::new();
-    if let Some(ms) = args.flush_ms {
-        c.push_str(&format!("[hub]\nflush_interval_ms = {ms}\n\n"));
+    if let Some(ms) = args.merge_ms {
+        c.push_str(&format!("[hub]\nmerge_window_ms = {ms}\n\n"));
     }
     if let Some(s) = args.segment_secs {
         c.push_str(&format!("[hls]\nsegment_secs = {s:?}\n\n"));
@@ -246,10 +246,10 @@ fn main() -> Result<()> {
     let mut lg = sys::Livegate::spawn(&args.livegate, &config_extra(&args, rec.path.as_deref()), &args.log_level)?;
     let pid = lg.pid_str();
     eprintln!(
-        "livegate pid {pid}: rtmp {} http {} (flush_ms {}); input {} ({} tags, {:.1} MB, loop {} ms); nofile {soft}",
+        "livegate pid {pid}: rtmp {} http {} (merge_window_ms {}); input {} ({} tags, {:.1} MB, loop {} ms); nofile {soft}",
         lg.rtmp,
         lg.http,
-        args.flush_ms.map_or("default".into(), |v| v.to_string()),
+        args.merge_ms.map_or("default".into(), |v| v.to_string()),
         path.display(),
         input.tags.len(),
         input.bytes as f64 / 1e6,

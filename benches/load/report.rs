@@ -118,12 +118,12 @@ pub fn print(args: &Args, run: &Run, pub_log: &PubLog, livegate_exit: Option<&st
     let disconnects = closed + errors.values().sum::<usize>() + run.panics;
 
     println!(
-        "livegate-load: {n} {:?} readers, {:.1} s (ramp {} ms, measure {} s), flush_ms {}",
+        "livegate-load: {n} {:?} readers, {:.1} s (ramp {} ms, measure {} s), merge_window_ms {}",
         args.proto,
         run.wall_secs,
         args.ramp_ms,
         args.secs,
-        args.flush_ms.map_or("default".into(), |v| v.to_string())
+        args.merge_ms.map_or("default".into(), |v| v.to_string())
     );
     println!(
         "  delivered          {mb:.1} MB ({:.1} MB/s); publisher sent {:.2} MB media in the same window",
@@ -163,7 +163,7 @@ pub fn print(args: &Args, run: &Run, pub_log: &PubLog, livegate_exit: Option<&st
     let j = json!({
         "readers": n,
         "proto": format!("{:?}", args.proto).to_lowercase(),
-        "flush_ms": args.flush_ms,
+        "merge_window_ms": args.merge_ms,
         "seconds": run.wall_secs,
         "delivered_mb": mb,
         "published_mb": published_in_run as f64 / 1e6,

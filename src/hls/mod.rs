@@ -145,6 +145,7 @@ impl Hls {
             min_cache: Duration::ZERO,
             max_cache: self.hub.options().retention,
             max_skips_per_minute: u32::MAX,
+            low_latency: true,
         };
         let reader = self.hub.subscribe(key, Protocol::Hls, policy, handle.handle.clone()).map_err(|e| match e {
             HubError::NotFound(_) => HlsError::NotFound(e.to_string()),

@@ -43,33 +43,55 @@ pub struct Progress {
     reason: Mutex<Option<String>>,
 }
 
+/// A player admitted to a stream: checks path, signature and cache parameters and subscribes. The error is
+/// the response to send instead (400/403/404/503 JSON).
+pub fn open(
+    state: &Arc<AppState>,
+    addr: SocketAddr,
+    uri: &http::Uri,
+) -> Result<(StreamKey, Reader, ClientGuard), Box<Response<Body>>> {
+    let path = uri.path();
+    let query = names::parse_query(uri.query().unwrap_or(""));
+    let Some((app, name)) = path.trim_start_matches('/').strip_suffix(".flv").and_then(|p| p.split_once('/')) else {
+        return Err(Box::new(error(StatusCode::BAD_REQUEST, "bad_path", "expected /{app}/{stream}.flv")));
+    };
+    let key = StreamKey::new(app, name);
+    if let Err(e) = state.authorize_play(&key, &query) {
+        return Err(Box::new(super::access_error(&e)));
+    }
+    let policy = match state.config.cache_policy(&query) {
+        Ok(p) => p,
+        Err(e) => return Err(Box::new(error(StatusCode::BAD_REQUEST, "bad_parameter", &e.to_string()))),
+    };
+    let guard = state.hub.register_client(Protocol::HttpFlv, Some(addr));
+    match state.hub.subscribe(&key, Protocol::HttpFlv, policy, guard.handle.clone()) {
+        Ok(r) => Ok((key, r, guard)),
+        Err(e @ HubError::NotFound(_)) => {
+            metrics::global().play_refused.fetch_add(1, Ordering::Relaxed);
+            Err(Box::new(error(StatusCode::NOT_FOUND, "stream_not_found", &e.to_string())))
+        }
+        Err(e) => Err(Box::new(error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", &e.to_string()))),
+    }
+}
+
+/// The response headers of a playing HTTP-FLV stream (besides CORS, which every response gets).
+pub const PLAY_HEADERS: [(&str, &str); 3] = [
+    ("content-type", "video/x-flv"),
+    ("cache-control", "no-cache, no-store"),
+    ("access-control-expose-headers", "Content-Type"),
+];
+
+/// HTTP-FLV through hyper: for a `.flv` request that is not the first on its connection, and for HEAD.
+/// (The common case, a fresh connection's GET, is served by `flv_direct`.)
 pub fn play(
     state: &Arc<AppState>,
     addr: SocketAddr,
     req: Request<Incoming>,
     watch: Arc<Mutex<Option<Watch>>>,
 ) -> Response<Body> {
-    let path = req.uri().path();
-    let query = names::parse_query(req.uri().query().unwrap_or(""));
-    let Some((app, name)) = path.trim_start_matches('/').strip_suffix(".flv").and_then(|p| p.split_once('/')) else {
-        return error(StatusCode::BAD_REQUEST, "bad_path", "expected /{app}/{stream}.flv");
-    };
-    let key = StreamKey::new(app, name);
-    if let Err(e) = state.authorize_play(&key, &query) {
-        return super::access_error(&e);
-    }
-    let policy = match state.config.cache_policy(&query) {
-        Ok(p) => p,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_parameter", &e.to_string()),
-    };
-    let guard = state.hub.register_client(Protocol::HttpFlv, Some(addr));
-    let reader = match state.hub.subscribe(&key, Protocol::HttpFlv, policy, guard.handle.clone()) {
-        Ok(r) => r,
-        Err(e @ HubError::NotFound(_)) => {
-            metrics::global().play_refused.fetch_add(1, Ordering::Relaxed);
-            return error(StatusCode::NOT_FOUND, "stream_not_found", &e.to_string());
-        }
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", &e.to_string()),
+    let (key, reader, guard) = match open(state, addr, req.uri()) {
+        Ok(x) => x,
+        Err(resp) => return *resp,
     };
     tracing::info!(client = guard.handle.id, peer = %addr, stream = %key, "http-flv playing");
     let progress = Arc::new(Progress { epoch: Some(Instant::now()), ..Default::default() });
@@ -94,9 +116,9 @@ pub fn play(
         )
     };
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, "video/x-flv".parse().expect("static"));
-    h.insert(header::CACHE_CONTROL, "no-cache, no-store".parse().expect("static"));
-    h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, "Content-Type".parse().expect("static"));
+    for (k, v) in PLAY_HEADERS {
+        h.insert(k, header::HeaderValue::from_static(v));
+    }
     resp
 }
 

@@ -3,6 +3,7 @@
 pub mod api;
 pub mod files;
 pub mod flv;
+pub mod flv_direct;
 pub mod hls;
 pub mod whep;
 pub mod whip;
@@ -36,6 +37,15 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: tokio:
         // Small send buffer: a stalled player's backlog stays in the hub, where max_cache can skip it.
         netio::tune_media_socket(&sock, Some(netio::PLAYER_SEND_BUFFER));
         tokio::spawn(async move {
+            match peek_first_request(&sock).await {
+                Err(()) => return,
+                Ok(flv_direct::Sniff::FlvGet { head_len, uri, http10 }) => {
+                    flv_direct::serve(state, addr, sock, head_len, &uri, http10).await;
+                    drop(permit);
+                    return;
+                }
+                Ok(_) => {}
+            }
             let watch: Arc<Mutex<Option<flv::Watch>>> = Arc::default();
             let svc_watch = watch.clone();
             let svc_state = state.clone();
@@ -47,7 +57,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: tokio:
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .writev(true)
-                .header_read_timeout(Duration::from_secs(10))
+                .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(sock), svc);
             tokio::select! {
                 r = conn => {
@@ -66,6 +76,27 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: tokio:
 }
 
 use std::sync::atomic::Ordering;
+
+/// Looks at a new connection's first request without consuming it. `Err` when the client sent nothing
+/// within the header timeout or hung up: the connection is dropped, as hyper would.
+async fn peek_first_request(sock: &tokio::net::TcpStream) -> Result<flv_direct::Sniff, ()> {
+    let mut buf = vec![0u8; flv_direct::SNIFF_BYTES];
+    // A head normally arrives in one segment; give a split one a few short chances, then let hyper have it.
+    for _ in 0..4 {
+        let n = match tokio::time::timeout(HEADER_TIMEOUT, sock.peek(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => return Err(()),
+        };
+        match flv_direct::sniff(&buf[..n]) {
+            flv_direct::Sniff::Partial => tokio::time::sleep(Duration::from_millis(20)).await,
+            s => return Ok(s),
+        }
+    }
+    Ok(flv_direct::Sniff::Other)
+}
+
+/// How long a client may take to send its request head.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 async fn route(
     state: Arc<AppState>,

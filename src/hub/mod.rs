@@ -1,5 +1,6 @@
 //! The registry of live streams and connected clients (ARCHITECTURE: one publisher, N readers per stream).
 
+pub mod fanout;
 pub mod packet;
 pub mod reader;
 pub mod stream;
@@ -155,7 +156,7 @@ pub struct HubOptions {
     pub max_stream_bytes: usize,
     pub reconnect_grace: Duration,
     pub allow_takeover: bool,
-    pub flush_interval: Duration,
+    pub merge_window: Duration,
     pub audio_hold: Duration,
 }
 
@@ -166,7 +167,7 @@ impl Default for HubOptions {
             max_stream_bytes: 64 << 20,
             reconnect_grace: Duration::from_secs(10),
             allow_takeover: false,
-            flush_interval: Duration::ZERO,
+            merge_window: Duration::from_millis(40),
             audio_hold: Duration::from_millis(40),
         }
     }
@@ -265,7 +266,7 @@ impl Hub {
                     id,
                     self.0.opts.retention,
                     self.0.opts.max_stream_bytes,
-                    self.0.opts.flush_interval,
+                    self.0.opts.merge_window,
                     self.0.opts.audio_hold,
                 ));
                 if s.uses_flusher() {

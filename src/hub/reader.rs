@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use super::packet::Packet;
+use super::packet::{HeaderSet, Packet};
 use super::stream::{KeyEntry, Ring, Stream};
 use super::{ClientHandle, Protocol};
 use crate::media::MediaKind;
@@ -25,6 +25,8 @@ pub struct CachePolicy {
     pub max_cache: Duration,
     /// A reader that has to skip more often than this within a minute cannot keep up and is disconnected.
     pub max_skips_per_minute: u32,
+    /// An rtc-mode player: its writes are never held back to be merged with later frames.
+    pub low_latency: bool,
 }
 
 /// Why a reader stopped.
@@ -99,6 +101,10 @@ impl Reader {
         &self.stream
     }
 
+    pub fn policy(&self) -> &CachePolicy {
+        &self.policy
+    }
+
     pub fn handle(&self) -> &Arc<ClientHandle> {
         &self.handle
     }
@@ -106,6 +112,30 @@ impl Reader {
     /// (has_audio, has_video) as known when the reader joined; valid after the first batch.
     pub fn tracks(&self) -> (bool, bool) {
         self.tracks
+    }
+
+    /// Whether everything the ring holds has been handed out (after a join, once audio has caught up with
+    /// the start keyframe): the player may then be parked for direct fan-out from [`cursor`](Self::cursor).
+    pub fn caught_up(&self) -> bool {
+        match self.cursor {
+            Some(c) => !self.fresh && self.audio_floor.is_none() && c == self.stream.ring.read().next_seq(),
+            None => false,
+        }
+    }
+
+    /// The sequence number of the next packet this reader would hand out.
+    pub fn cursor(&self) -> Option<u64> {
+        self.cursor
+    }
+
+    /// Continues after the fan-out sent this player everything before `next_seq` (with `headers` in force).
+    pub fn resume(&mut self, next_seq: u64, headers: Option<Arc<HeaderSet>>) {
+        self.cursor = Some(next_seq);
+        self.fresh = false;
+        self.audio_floor = None;
+        if let Some(h) = headers {
+            self.sent_headers = h.slots.clone();
+        }
     }
 
     /// Records bytes this reader delivered (for stream and global counters).

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::Notify;
 
+use super::fanout::{self, Class, Format, Slot};
 use super::packet::{HeaderSet, Packet};
 use super::{ClientHandle, Protocol, StreamKey};
 use crate::media::{Frame, MediaKind};
@@ -95,6 +96,10 @@ pub struct Stream {
     pub id: u64,
     pub(crate) ring: RwLock<Ring>,
     wakers: Mutex<Vec<Waker>>,
+    /// Players parked for direct fan-out, per wire format and latency class (see `fanout::group_index`).
+    pub(crate) fanout: [Mutex<Vec<Arc<Slot>>>; fanout::GROUPS],
+    /// Round-robin of merge phases for players parking.
+    pub(crate) next_phase: AtomicUsize,
     /// Bumped on every wake-up, so a reader registers its waker once per wake-up rather than once per poll.
     pub(crate) wake_gen: AtomicU64,
     /// Tells the stream's flusher task that packets arrived.
@@ -102,8 +107,8 @@ pub struct Stream {
     /// A reader wants a keyframe now (a WebRTC viewer's PLI, or a player joining a stream whose cache holds
     /// none). Publishers that can make one listen: a WHIP session asks its browser, a transcoder its encoder.
     keyframe_wanted: Notify,
-    /// Minimum spacing of reader wake-ups.
-    pub(crate) flush_interval: Duration,
+    /// How long a video frame may wait for more media to share its write to parked (non-rtc) players.
+    pub(crate) merge_window: Duration,
     /// How long audio may wait for the next video frame before readers are woken for it anyway.
     pub(crate) audio_hold: Duration,
     /// Something that should go out now (video, headers, audio of an audio-only stream) is pending.
@@ -117,6 +122,10 @@ pub struct Stream {
     /// A video frame with a non-zero composition offset was seen: the stream has B-frames.
     bframes: AtomicBool,
     last_dts: AtomicI64,
+    /// dts of the newest video frame and the interval before it: whether a next frame is due within the
+    /// merge window.
+    last_video_dts: AtomicI64,
+    video_interval_ms: AtomicI64,
     retention_ms: i64,
     max_bytes: usize,
     pub created: Instant,
@@ -134,7 +143,7 @@ impl Stream {
         id: u64,
         retention: Duration,
         max_bytes: usize,
-        flush_interval: Duration,
+        merge_window: Duration,
         audio_hold: Duration,
     ) -> Self {
         let now = Instant::now();
@@ -152,10 +161,12 @@ impl Stream {
                 head_dts: 0,
             }),
             wakers: Mutex::new(Vec::new()),
+            fanout: Default::default(),
+            next_phase: AtomicUsize::new(0),
             wake_gen: AtomicU64::new(0),
             flush_signal: Notify::new(),
             keyframe_wanted: Notify::new(),
-            flush_interval,
+            merge_window,
             audio_hold,
             urgent: AtomicBool::new(false),
             audio_since: AtomicU64::new(0),
@@ -178,6 +189,8 @@ impl Stream {
             closed: AtomicBool::new(false),
             bframes: AtomicBool::new(false),
             last_dts: AtomicI64::new(i64::MIN),
+            last_video_dts: AtomicI64::new(i64::MIN),
+            video_interval_ms: AtomicI64::new(0),
             retention_ms: retention.as_millis() as i64,
             max_bytes,
             created: now,
@@ -207,6 +220,8 @@ impl Stream {
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::Release);
         self.flush_signal.notify_one();
+        // Parked players go back to their tasks, whose Readers send what is left and end cleanly.
+        fanout::release_all(self);
         self.wake_readers();
     }
 
@@ -237,6 +252,10 @@ impl Stream {
         self.stats.frames_in.fetch_add(1, Ordering::Relaxed);
         if frame.kind == MediaKind::Video && !frame.config {
             self.stats.video_frames.fetch_add(1, Ordering::Relaxed);
+            let prev = self.last_video_dts.swap(frame.dts, Ordering::Relaxed);
+            if prev != i64::MIN {
+                self.video_interval_ms.store(frame.dts - prev, Ordering::Relaxed);
+            }
             if frame.cts != 0 {
                 self.bframes.store(true, Ordering::Relaxed);
             }
@@ -291,7 +310,7 @@ impl Stream {
             self.last_dts.fetch_max(dts, Ordering::AcqRel);
         }
         if !self.uses_flusher() {
-            self.wake_readers();
+            self.flush_now();
         } else if urgent {
             self.urgent.store(true, Ordering::Release);
             self.flush_signal.notify_one();
@@ -305,7 +324,7 @@ impl Stream {
 
     /// Without batching or audio holding every push wakes readers directly and no flusher task runs.
     pub(crate) fn uses_flusher(&self) -> bool {
-        !(self.flush_interval.is_zero() && self.audio_hold.is_zero())
+        !(self.merge_window.is_zero() && self.audio_hold.is_zero())
     }
 
     /// Drops what no reader may still need: everything before the newest keyframe that is at least the
@@ -340,6 +359,20 @@ impl Stream {
         }
     }
 
+    /// Sends everything new to all parked players and wakes the others.
+    pub(crate) fn flush_now(&self) {
+        self.flush_class(Class::Immediate);
+        self.wake_readers();
+        for p in 0..fanout::PHASES {
+            self.flush_class(Class::Merged(p));
+        }
+    }
+
+    fn flush_class(&self, class: Class) {
+        fanout::flush(self, Format::Flv, class);
+        fanout::flush(self, Format::Rtmp, class);
+    }
+
     pub(crate) fn wake_readers(&self) {
         let wakers = {
             let mut w = self.wakers.lock();
@@ -352,30 +385,73 @@ impl Stream {
         }
     }
 
-    /// Runs for the stream's life: wakes readers when a video frame (or anything urgent) arrives, lets audio
-    /// wait up to `audio_hold` for the next video frame, and spaces wake-ups by at least `flush_interval`.
-    /// Each wake-up is one write per reader, so this sets the syscall rate of the whole fan-out.
+    /// Runs for the stream's life and sets the write rate of the whole fan-out (each flush is one write per
+    /// player). A video frame (or anything urgent) wakes readers and flushes rtc players at once; audio waits
+    /// for the next video frame, at most `audio_hold`. The other parked players are in two phases flushed at
+    /// alternate video frames, so each write carries two frames and their audio — when the next frame is due
+    /// within `merge_window`; otherwise (low frame rates, or a zero window) every frame flushes both, and a
+    /// frame never waits longer than the window.
     pub(crate) async fn run_flusher(self: Arc<Self>) {
+        let mut audio_deadline: Option<Instant> = None;
+        // Per phase: when the oldest video frame it holds must go out.
+        let mut due: [Option<Instant>; fanout::PHASES] = [None; fanout::PHASES];
+        let window_ms = self.merge_window.as_millis() as i64;
         loop {
-            self.flush_signal.notified().await;
-            if !self.urgent.load(Ordering::Acquire) && !self.is_closed() {
-                let since = self.audio_since.load(Ordering::Acquire);
-                if since != 0 {
-                    let at = self.created + Duration::from_millis(since - 1) + self.audio_hold;
+            let deadline = due.iter().chain([&audio_deadline]).flatten().min().copied();
+            match deadline {
+                Some(d) => {
                     tokio::select! {
                         _ = self.flush_signal.notified() => {}
-                        _ = tokio::time::sleep_until(at.into()) => {}
+                        _ = tokio::time::sleep_until(d.into()) => {}
+                    }
+                }
+                None => self.flush_signal.notified().await,
+            }
+            let closed = self.is_closed();
+            let now = Instant::now();
+            if self.urgent.swap(false, Ordering::AcqRel) || closed {
+                audio_deadline = None;
+                self.audio_since.store(0, Ordering::Release);
+                self.flush_class(Class::Immediate);
+                self.wake_readers();
+                let frames = self.stats.video_frames.load(Ordering::Relaxed) as usize;
+                let interval = self.video_interval_ms.load(Ordering::Relaxed);
+                let merging = interval > 0 && interval <= window_ms && !closed;
+                for (p, d) in due.iter_mut().enumerate() {
+                    if !merging || frames % fanout::PHASES == p {
+                        *d = None;
+                        self.flush_class(Class::Merged(p));
+                    } else if d.is_none() {
+                        *d = Some(now + self.merge_window);
+                    }
+                }
+            } else if audio_deadline.is_none() {
+                let since = self.audio_since.load(Ordering::Acquire);
+                if since != 0 {
+                    audio_deadline = Some(self.created + Duration::from_millis(since - 1) + self.audio_hold);
+                }
+            }
+            if audio_deadline.is_some_and(|d| d <= now) {
+                audio_deadline = None;
+                self.audio_since.store(0, Ordering::Release);
+                self.flush_class(Class::Immediate);
+                self.wake_readers();
+                // Audio alone (video paused): a phase holding no video frame has nothing to wait for.
+                for (p, d) in due.iter().enumerate() {
+                    if d.is_none() {
+                        self.flush_class(Class::Merged(p));
                     }
                 }
             }
-            self.urgent.store(false, Ordering::Release);
-            self.audio_since.store(0, Ordering::Release);
-            self.wake_readers();
-            if self.is_closed() {
-                return;
+            for (p, d) in due.iter_mut().enumerate() {
+                if d.is_some_and(|d| d <= now) {
+                    *d = None;
+                    self.flush_class(Class::Merged(p));
+                }
             }
-            if !self.flush_interval.is_zero() {
-                tokio::time::sleep(self.flush_interval).await;
+            if closed {
+                fanout::release_all(&self);
+                return;
             }
         }
     }

@@ -268,6 +268,7 @@ impl Decoder {
                 min_cache: Duration::ZERO,
                 max_cache: Duration::from_secs(2),
                 max_skips_per_minute: u32::MAX,
+                low_latency: true,
             };
             let Ok(mut reader) = self.hub.subscribe(&self.key, Protocol::Transcode, policy, guard.handle.clone())
             else {

@@ -292,7 +292,12 @@ impl Recorder {
         let guard = self.hub.register_client(Protocol::Record, None);
         // From the oldest cached keyframe (the start of the push when it began just now), never skipping.
         let retention = self.hub.options().retention;
-        let policy = CachePolicy { min_cache: retention, max_cache: retention, max_skips_per_minute: u32::MAX };
+        let policy = CachePolicy {
+            min_cache: retention,
+            max_cache: retention,
+            max_skips_per_minute: u32::MAX,
+            low_latency: false,
+        };
         let mut reader =
             self.hub.subscribe(&key, Protocol::Record, policy, guard.handle.clone()).map_err(|e| match e {
                 HubError::NotFound(m) => RecordError::NotFound(m),

@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 
@@ -15,13 +14,14 @@ use super::chunk::ChunkDecoder;
 use super::handshake::{self, HANDSHAKE_SIZE};
 use super::message::{self as msg, Command};
 use crate::events::Event;
+use crate::hub::fanout::{Format, Slot};
 use crate::hub::packet::RTMP_MEDIA_STREAM_ID;
 use crate::hub::{ClientHandle, EndReason, Packet, Protocol, PublisherInfo, Reader, StreamKey};
 use crate::media::amf0::Amf0Value;
 use crate::media::{flv, Codec, Frame, MediaKind};
 use crate::metrics;
 use crate::names;
-use crate::netio;
+use crate::netio::{self, SharedStream};
 use crate::server::{AccessError, AppState, Op};
 
 /// Accepts RTMP connections until `shutdown` fires.
@@ -96,6 +96,9 @@ struct Session {
     became_player: bool,
     last_input: Instant,
     last_media: Instant,
+    /// A player's place in its stream's fan-out, and whether its socket is parked there (see `hub::fanout`).
+    slot: Option<Arc<Slot>>,
+    parked: bool,
 }
 
 impl Session {
@@ -117,6 +120,8 @@ impl Session {
             became_player: false,
             last_input: Instant::now(),
             last_media: Instant::now(),
+            slot: None,
+            parked: false,
         }
     }
 
@@ -126,8 +131,12 @@ impl Session {
         tokio::time::timeout(hs_timeout, self.handshake(&mut sock))
             .await
             .map_err(|_| SessionError::HandshakeTimeout(hs_timeout))??;
-        let (mut rd, mut wr) = sock.into_split();
-        let result = self.main_loop(&mut rd, &mut wr).await;
+        let sock = Arc::new(sock);
+        let (mut rd, mut wr) = (SharedStream(sock.clone()), SharedStream(sock));
+        let mut result = self.main_loop(&mut rd, &mut wr).await;
+        if let Err(e) = self.take_back(&mut wr).await {
+            result = result.and(Err(e));
+        }
         // Tell a player why it stops, as Flash Media Server does, before closing.
         if let Role::Playing(reader) = &self.role {
             let reason = match &result {
@@ -183,7 +192,30 @@ impl Session {
         Ok(())
     }
 
-    async fn main_loop(&mut self, rd: &mut OwnedReadHalf, wr: &mut OwnedWriteHalf) -> Result<(), SessionError> {
+    /// Takes the socket back from the fan-out (writing what it left half-sent) before the session writes.
+    async fn take_back(&mut self, wr: &mut SharedStream) -> Result<(), SessionError> {
+        if !std::mem::take(&mut self.parked) {
+            return Ok(());
+        }
+        let Some(hb) = self.slot.as_ref().and_then(|s| s.unpark()) else { return Ok(()) };
+        if let Some(e) = hb.error {
+            return Err(SessionError::Io(e));
+        }
+        if !hb.tail.is_empty() {
+            let stall = self.state.config.stall_timeout();
+            let n = tokio::time::timeout(stall, netio::write_all_vectored(wr, &hb.tail)).await.map_err(|_| {
+                metrics::global().disconnects_slow.fetch_add(1, Ordering::Relaxed);
+                SessionError::Stalled(stall)
+            })??;
+            self.handle.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        if let Role::Playing(r) = &mut self.role {
+            r.resume(hb.next_seq, hb.headers);
+        }
+        Ok(())
+    }
+
+    async fn main_loop(&mut self, rd: &mut SharedStream, wr: &mut SharedStream) -> Result<(), SessionError> {
         let mut buf = BytesMut::with_capacity(64 * 1024);
         let mut batch: Vec<Arc<Packet>> = Vec::new();
         let mut bufs: Vec<Bytes> = Vec::new();
@@ -205,10 +237,16 @@ impl Session {
                 _ => None,
             };
             let playing = reader.is_some();
+            let parked = self.parked;
+            let slot = self.slot.clone();
             let media = async {
-                match reader {
-                    Some(r) => r.next_batch(&mut batch).await,
-                    None => std::future::pending().await,
+                match (reader, slot) {
+                    (Some(_), Some(slot)) if parked => {
+                        slot.handed_back().await;
+                        None
+                    }
+                    (Some(r), _) => Some(r.next_batch(&mut batch).await),
+                    _ => std::future::pending().await,
                 }
             };
             tokio::select! {
@@ -230,6 +268,7 @@ impl Session {
                     while let Some(m) = self.decoder.decode(&mut buf)? {
                         if let Err(e) = self.on_message(m).await {
                             // A refusal carries its onStatus/_error: make sure the client gets it.
+                            self.take_back(wr).await?;
                             let _ = tokio::time::timeout(Duration::from_secs(1), wr.write_all(&self.out)).await;
                             return Err(e);
                         }
@@ -239,9 +278,11 @@ impl Session {
                         self.last_ack = self.received;
                     }
                     if std::mem::take(&mut self.became_player) {
-                        netio::tune_media_socket(wr.as_ref(), Some(netio::PLAYER_SEND_BUFFER));
+                        netio::tune_media_socket(&wr.0, Some(netio::PLAYER_SEND_BUFFER));
                     }
                     if !self.out.is_empty() {
+                        // Acks and pings interleave with media, so the session writes them itself.
+                        self.take_back(wr).await?;
                         wr.write_all(&self.out).await?;
                         self.out.clear();
                     }
@@ -250,6 +291,11 @@ impl Session {
                     }
                 }
                 r = media, if playing => {
+                    let Some(r) = r else {
+                        // The fan-out handed the socket back: the Reader continues from where it stopped.
+                        self.take_back(wr).await?;
+                        continue;
+                    };
                     if let Err(reason) = r {
                         if matches!(reason, EndReason::TooSlow(_)) {
                             metrics::global().disconnects_slow.fetch_add(1, Ordering::Relaxed);
@@ -273,6 +319,16 @@ impl Session {
                     self.handle.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
                     if let Role::Playing(r) = &self.role {
                         r.add_bytes_out(n);
+                        if r.caught_up() {
+                            if let Some(c) = r.cursor() {
+                                let low_latency = r.policy().low_latency;
+                                let slot = self.slot.get_or_insert_with(|| {
+                                    Slot::new(wr.0.clone(), self.handle.clone(), Format::Rtmp, false, low_latency)
+                                });
+                                slot.park(r.stream(), c);
+                                self.parked = true;
+                            }
+                        }
                     }
                 }
                 _ = tokio::time::sleep_until(deadline) => {

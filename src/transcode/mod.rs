@@ -202,6 +202,7 @@ impl Transcoders {
             min_cache: Duration::ZERO,
             max_cache: self.hub.options().retention,
             max_skips_per_minute: u32::MAX,
+            low_latency: true,
         };
         let reader = self
             .hub

@@ -266,6 +266,7 @@ impl Whep {
             min_cache: Duration::ZERO,
             max_cache: Duration::from_millis(500),
             max_skips_per_minute: u32::MAX,
+            low_latency: true,
         };
         let mut reader = self.hub.subscribe(&key, Protocol::Whep, policy, guard.handle.clone()).ok()?;
         Some(tokio::spawn(async move {

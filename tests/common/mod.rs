@@ -424,7 +424,7 @@ fn try_request(port: u16, method: &str, path: &str, headers: &[(&str, &str)], bo
 pub struct FlvClient {
     sock: TcpStream,
     raw: Vec<u8>,
-    chunked: bool,
+    pub chunked: bool,
     chunk_left: usize,
     parser: FlvParser,
     pub status: u16,

@@ -228,7 +228,7 @@ async fn play(
         }
     };
     if parked {
-        slot.unpark();
+        slot.leave(reader.stream());
     }
     result
 }

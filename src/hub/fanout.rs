@@ -173,6 +173,23 @@ impl Slot {
         st.handback.take()
     }
 
+    /// Takes the socket back for good (the player is leaving) and drops the group's reference to it at once,
+    /// so the socket closes now rather than at the group's next flush.
+    pub fn leave(self: &Arc<Self>, stream: &Stream) -> Option<Handback> {
+        let hb = self.unpark();
+        let mut removed = false;
+        for p in 0..CLASSES {
+            let mut g = stream.fanout[self.format as usize * CLASSES + p].lock();
+            let before = g.len();
+            g.retain(|s| !Arc::ptr_eq(s, self));
+            removed |= g.len() != before;
+        }
+        if removed {
+            self.state.lock().in_group = false;
+        }
+        hb
+    }
+
     /// Resolves when the fan-out has handed the socket back (or may have: call [`unpark`](Self::unpark)).
     pub async fn handed_back(&self) {
         self.wake.notified().await

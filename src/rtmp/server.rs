@@ -137,6 +137,9 @@ impl Session {
         if let Err(e) = self.take_back(&mut wr).await {
             result = result.and(Err(e));
         }
+        if let (Some(slot), Role::Playing(r)) = (&self.slot, &self.role) {
+            slot.leave(r.stream());
+        }
         // Tell a player why it stops, as Flash Media Server does, before closing.
         if let Role::Playing(reader) = &self.role {
             let reason = match &result {

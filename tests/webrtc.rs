@@ -24,8 +24,9 @@ fn chromium_plays_an_rtmp_stream_over_whep() {
     // AAC from the publisher arrives as Opus (one shared transcoder), and it is not silent.
     assert!(j["audioPackets"].as_u64().unwrap_or(0) > 50, "{j}");
     assert!(j["audioRms"].as_f64().unwrap_or(0.0) > 0.01, "audio is silent: {j}");
-    let rendition = srv.stream_json("wv@opus");
-    assert!(rendition.is_some(), "the Opus rendition is a hub stream");
+    let rendition = srv.stream_json("wv@opus").expect("the Opus rendition is a hub stream");
+    assert_eq!(rendition["audio"]["codec"], "Opus", "described without a config record: {rendition}");
+    assert_eq!(rendition["audio"]["sample_rate"], 48000, "{rendition}");
     assert!(std::fs::metadata(&shot).unwrap().len() > 1000);
 }
 
@@ -161,6 +162,8 @@ fn a_browser_that_offers_only_vp8_gets_one_shared_vp8_transcode() {
     assert!(j["audioRms"].as_f64().unwrap_or(0.0) > 0.01, "audio still plays: {j}");
     let rendition = srv.stream_json("v8@vp8").expect("the VP8 rendition is a hub stream");
     assert_eq!(rendition["publisher"]["protocol"], "transcode", "{rendition}");
+    assert_eq!(rendition["video"]["codec"], "VP8", "{rendition}");
+    assert_eq!(rendition["video"]["width"], 640, "size from the VP8 keyframe header: {rendition}");
     assert!(rendition["bitrate_in_kbps"].as_f64().unwrap() > 100.0, "the encoder makes VP8 at speed: {rendition}");
     assert!(srv.log_text().contains("the browser offers no H.264"));
 }

@@ -13,6 +13,7 @@ use super::{error, json, Body};
 use crate::hub::{HubError, Protocol, Stream, StreamKey};
 use crate::media::aac::AudioSpecificConfig;
 use crate::media::avc::{self, AvcDecoderConfig};
+use crate::media::{Codec, Frame, MediaKind};
 use crate::record::RecordError;
 use crate::server::AppState;
 use http_body_util::BodyExt;
@@ -263,6 +264,15 @@ pub fn stream_json(s: &Stream) -> Value {
             "channels": asc.as_ref().map(|a| a.channels),
         })
     });
+    // Renditions for WebRTC (Opus, VP8) and pass-through audio carry no configuration record: describe them
+    // from their newest frames instead.
+    let (video, audio) = match (video, audio) {
+        (Some(v), Some(a)) => (Some(v), Some(a)),
+        (v, a) => {
+            let (lv, la) = newest_frames(s);
+            (v.or_else(|| lv.map(|f| frame_json(&f, fps))), a.or_else(|| la.map(|f| frame_json(&f, fps))))
+        }
+    };
     let readers: serde_json::Map<String, Value> = Protocol::ALL
         .iter()
         .map(|p| (p.as_str().to_owned(), json!(s.stats.readers[*p as usize].load(Ordering::Relaxed))))
@@ -294,6 +304,72 @@ pub fn stream_json(s: &Stream) -> Value {
     })
 }
 
+/// The newest video keyframe (else frame) and audio frame in the stream's buffer.
+fn newest_frames(s: &Stream) -> (Option<Frame>, Option<Frame>) {
+    let ring = s.ring.read();
+    let mut video: Option<&Frame> = None;
+    let mut audio: Option<&Frame> = None;
+    for p in ring.packets.iter().rev() {
+        let f = &p.frame;
+        if f.config {
+            continue;
+        }
+        match f.kind {
+            MediaKind::Video if video.is_none_or(|v| !v.keyframe) && f.keyframe => video = Some(f),
+            MediaKind::Video if video.is_none() => video = Some(f),
+            MediaKind::Audio if audio.is_none() => audio = Some(f),
+            _ => {}
+        }
+        if video.is_some_and(|v| v.keyframe) && audio.is_some() {
+            break;
+        }
+    }
+    (video.cloned(), audio.cloned())
+}
+
+/// Codec details of a frame that has no configuration record.
+fn frame_json(f: &Frame, fps: f64) -> Value {
+    let fps = (fps > 0.0).then(|| (fps * 100.0).round() / 100.0);
+    match f.codec {
+        Codec::Vp8 => {
+            let size = vp8_keyframe_size(&f.payload);
+            json!({"codec": "VP8", "width": size.map(|s| s.0), "height": size.map(|s| s.1), "fps": fps})
+        }
+        Codec::Opus => json!({"codec": "Opus", "sample_rate": 48000, "channels": opus_channels(&f.payload)}),
+        Codec::OtherAudio { flv_sound_byte } => {
+            let format = flv_sound_byte >> 4;
+            let (codec, rate) = match format {
+                2 | 14 => ("MP3", None),
+                7 => ("G.711 A-law", Some(8000)),
+                8 => ("G.711 mu-law", Some(8000)),
+                11 => ("Speex", Some(16000)),
+                _ => ("other", None),
+            };
+            // FLV's rate bits name 5.5/11/22/44 kHz; codecs with a fixed rate ignore them.
+            let rate = rate.unwrap_or([5512, 11025, 22050, 44100][(flv_sound_byte >> 2 & 3) as usize]);
+            let channels = if flv_sound_byte & 1 == 1 { 2 } else { 1 };
+            json!({"codec": codec, "flv_sound_format": format, "sample_rate": rate, "channels": channels})
+        }
+        Codec::H264 => json!({"codec": "H264", "fps": fps}),
+        Codec::Aac => json!({"codec": "AAC"}),
+        Codec::Amf0 => json!({"codec": "AMF0"}),
+    }
+}
+
+/// Width and height from a VP8 keyframe's header (RFC 6386 section 9.1), None for an interframe.
+fn vp8_keyframe_size(b: &[u8]) -> Option<(u16, u16)> {
+    let key = b.first().is_some_and(|x| x & 1 == 0);
+    if !key || b.len() < 10 || b[3..6] != [0x9d, 0x01, 0x2a] {
+        return None;
+    }
+    Some((u16::from_le_bytes([b[6], b[7]]) & 0x3fff, u16::from_le_bytes([b[8], b[9]]) & 0x3fff))
+}
+
+/// Channels from an Opus packet's TOC byte (RFC 6716 section 3.1).
+fn opus_channels(b: &[u8]) -> Option<u8> {
+    b.first().map(|toc| if toc & 0x04 != 0 { 2 } else { 1 })
+}
+
 fn profile_name(idc: u8) -> &'static str {
     match idc {
         66 => "Baseline",
@@ -304,5 +380,24 @@ fn profile_name(idc: u8) -> &'static str {
         122 => "High 4:2:2",
         244 => "High 4:4:4",
         _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vp8_and_opus_details_come_from_their_frames() {
+        // A 640x360 keyframe header: frame tag (key, version 0, shown), start code, sizes with scale bits.
+        let key = [0x50, 0x2a, 0x01, 0x9d, 0x01, 0x2a, 0x80, 0x42, 0x68, 0x01];
+        assert_eq!(vp8_keyframe_size(&key), Some((640, 360)));
+        let mut inter = key;
+        inter[0] |= 1;
+        assert_eq!(vp8_keyframe_size(&inter), None);
+        assert_eq!(vp8_keyframe_size(&key[..6]), None);
+        assert_eq!(opus_channels(&[0xfc]), Some(2));
+        assert_eq!(opus_channels(&[0x78]), Some(1));
+        assert_eq!(opus_channels(&[]), None);
     }
 }

@@ -48,6 +48,9 @@ fn serialize(c: &mut Criterion) {
 
 fn fanout(c: &mut Criterion) {
     const READERS: usize = 1000;
+    // Streams run their flusher task on the runtime; the readers here are polled by hand.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let _rt = rt.enter();
     let hub = Hub::new(
         HubOptions {
             merge_window: std::time::Duration::ZERO,

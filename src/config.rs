@@ -148,6 +148,14 @@ impl Config {
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
         let mut base: toml::Value = toml::from_str(DEFAULT_TOML)?;
         let over: toml::Value = toml::from_str(text)?;
+        if over.get("hub").and_then(|h| h.get("flush_interval_ms")).is_some() {
+            return Err(ConfigError::Invalid {
+                key: "hub.flush_interval_ms".into(),
+                detail: "replaced by hub.merge_window_ms (how long a video frame may wait to share its write with \
+                         the next one; 0 = every frame at once)"
+                    .into(),
+            });
+        }
         merge(&mut base, over);
         let cfg: Config = base.try_into()?;
         cfg.validate()?;
@@ -364,6 +372,15 @@ mod tests {
         assert_eq!(c.rtmp.listen.port(), 1935);
         assert_eq!(c.http.listen.port(), 8080);
         assert!(c.apps.contains_key("live"));
+    }
+
+    #[test]
+    fn the_replaced_flush_interval_names_its_successor() {
+        let e = Config::parse("[hub]\nflush_interval_ms = 30\n").unwrap_err().to_string();
+        assert!(e.contains("hub.flush_interval_ms") && e.contains("merge_window_ms"), "{e}");
+        let c = Config::parse("[hub]\nmerge_window_ms = 0\n").unwrap();
+        assert_eq!(c.hub_options().merge_window, Duration::ZERO);
+        assert_eq!(Config::parse("").unwrap().hub_options().merge_window, Duration::from_millis(40));
     }
 
     #[test]

@@ -468,3 +468,48 @@ fn caught_up_players_get_every_frame_from_the_direct_fan_out() {
     drop((chunked, rtc, old, rtmp));
     assert!(wait_until(Duration::from_secs(5), || parked(&srv, "http-flv") == 0 && parked(&srv, "rtmp") == 0));
 }
+
+#[test]
+fn single_track_streams_reach_the_fan_out_too() {
+    // A video-only and an audio-only push: their players catch up and are parked like any other, and get
+    // every frame.
+    let srv = Server::start("");
+    let one = |name: &str, drop_flag: &str| {
+        Proc::spawn(
+            Command::new("ffmpeg")
+                .args(["-hide_banner", "-loglevel", "warning", "-re", "-i"])
+                .arg(media("360p"))
+                .args(["-c", "copy", drop_flag, "-f", "flv"])
+                .arg(srv.rtmp_url(name)),
+        )
+    };
+    let _v = one("vonly", "-an");
+    let _a = one("aonly", "-vn");
+    srv.wait_live("vonly");
+    assert!(wait_until(Duration::from_secs(20), || srv
+        .stream_json("aonly")
+        .is_some_and(|j| j["state"] == "live" && j["audio"].is_object())));
+    let mut v = FlvClient::connect(srv.http_port, "/live/vonly.flv", None);
+    let mut a = FlvClient::connect(srv.http_port, "/live/aonly.flv", None);
+    let mut vt = Vec::new();
+    let mut at = Vec::new();
+    let start = Instant::now();
+    let mut parked_at_3s = None;
+    while start.elapsed() < Duration::from_secs(5) {
+        vt.extend(v.read_for(Duration::from_millis(100)));
+        at.extend(a.read_for(Duration::from_millis(100)));
+        if parked_at_3s.is_none() && start.elapsed() > Duration::from_secs(3) {
+            parked_at_3s = Some(parked(&srv, "http-flv"));
+        }
+    }
+    assert_eq!(parked_at_3s, Some(2), "both single-track players parked");
+    let video: Vec<u32> = vt.iter().filter(|(_, t)| is_video_frame(t)).map(|(_, t)| t.timestamp).collect();
+    assert!(video.len() > 100, "{} video frames", video.len());
+    assert_eq!(video_gaps(&video), vec![]);
+    assert!(vt.iter().all(|(_, t)| t.tag_type != 8), "no audio in a video-only stream");
+    // AAC raw frames (packet type 1), not the sequence header.
+    let audio: Vec<u32> =
+        at.iter().filter(|(_, t)| t.tag_type == 8 && t.body.get(1) == Some(&1)).map(|(_, t)| t.timestamp).collect();
+    assert!(audio.len() > 150, "{} audio frames", audio.len());
+    assert!(audio.windows(2).all(|w| w[1] > w[0] && w[1] - w[0] <= 24), "audio frames in order, none missing");
+}

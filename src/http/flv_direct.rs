@@ -75,7 +75,11 @@ pub async fn serve(state: Arc<AppState>, addr: SocketAddr, sock: TcpStream, head
     if tokio::io::AsyncReadExt::read_exact(&mut io, &mut head).await.is_err() {
         return;
     }
-    let cors = state.config.http.cors_origin.clone();
+    // As hyper's path does: a value that is not a valid header value falls back to "*".
+    let cors = match http::HeaderValue::from_str(&state.config.http.cors_origin) {
+        Ok(_) => state.config.http.cors_origin.clone(),
+        Err(_) => "*".to_owned(),
+    };
     let uri: http::Uri = match uri.parse() {
         Ok(u) => u,
         Err(_) => {
@@ -145,7 +149,10 @@ async fn play(
     let handle = reader.handle().clone();
     let mut batch: Vec<Arc<Packet>> = Vec::new();
     let mut bufs: Vec<Bytes> = Vec::new();
-    let mut pending_head = Some(head);
+    // The response head goes out at once (players time out waiting for it); the FLV header rides with the
+    // first batch, when the stream's tracks are known.
+    write(io, &[head], stall).await?;
+    let mut started = false;
     let mut parked = false;
     let mut scratch = [0u8; 512];
     let result = loop {
@@ -162,8 +169,12 @@ async fn play(
                         break Err(format!("write failed: {e}"));
                     }
                     if !hb.tail.is_empty() {
-                        if let Err(e) = write(io, &hb.tail, stall).await {
-                            break Err(e);
+                        match write(io, &hb.tail, stall).await {
+                            Ok(n) => {
+                                reader.add_bytes_out(n);
+                                handle.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+                            }
+                            Err(e) => break Err(e),
                         }
                     }
                     reader.resume(hb.next_seq, hb.headers);
@@ -199,20 +210,13 @@ async fn play(
         if let Some(p) = batch.first() {
             metrics::global().observe_latency(p.received.elapsed());
         }
-        if let Some(h) = pending_head.take() {
+        if !std::mem::replace(&mut started, true) {
             let (a, v) = reader.tracks();
-            bufs.push(h);
-            let mut first = vec![Bytes::copy_from_slice(&flv::file_header(a, v))];
-            first.extend(batch.drain(..).map(|p| p.flv_tag().clone()));
-            if chunked {
-                chunk_frame(&mut first);
-            }
-            bufs.extend(first);
-        } else {
-            bufs.extend(batch.drain(..).map(|p| p.flv_tag().clone()));
-            if chunked {
-                chunk_frame(&mut bufs);
-            }
+            bufs.push(Bytes::copy_from_slice(&flv::file_header(a, v)));
+        }
+        bufs.extend(batch.drain(..).map(|p| p.flv_tag().clone()));
+        if chunked {
+            chunk_frame(&mut bufs);
         }
         let n = match write(io, &bufs, stall).await {
             Ok(n) => n,

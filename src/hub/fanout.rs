@@ -13,7 +13,7 @@
 //! after it took the slot back.
 
 use std::io::IoSlice;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -115,6 +115,8 @@ pub struct Slot {
     state: Mutex<SlotState>,
     /// Lock-free copy of `state.pos` for the flusher's first pass.
     pos_hint: AtomicU64,
+    /// The player left: a flush that still holds the slot must not put it back into the group.
+    gone: AtomicBool,
     wake: Notify,
 }
 
@@ -134,6 +136,7 @@ impl Slot {
             immediate,
             state: Mutex::new(SlotState::default()),
             pos_hint: AtomicU64::new(0),
+            gone: AtomicBool::new(false),
             wake: Notify::new(),
         })
     }
@@ -160,6 +163,11 @@ impl Slot {
             };
             stream.fanout[group_index(self.format, class)].lock().push(self.clone());
         }
+        // A stream that closed meanwhile will flush nothing more: hand the socket back so the task's Reader
+        // ends the player. (`close` sets the flag before it releases the groups, so one of the two sees it.)
+        if stream.is_closed() {
+            release_all(stream);
+        }
     }
 
     /// Takes the socket back. `None` if it was not parked and nothing was handed back (e.g. a repeated call).
@@ -176,6 +184,7 @@ impl Slot {
     /// Takes the socket back for good (the player is leaving) and drops the group's reference to it at once,
     /// so the socket closes now rather than at the group's next flush.
     pub fn leave(self: &Arc<Self>, stream: &Stream) -> Option<Handback> {
+        self.gone.store(true, Ordering::Release);
         let hb = self.unpark();
         let mut removed = false;
         for p in 0..CLASSES {
@@ -252,13 +261,17 @@ pub(crate) fn flush(stream: &Stream, format: Format, class: Class) {
         let batch = Arc::new(batch);
         let per = members.len().div_ceil(shards);
         let mut waits = Vec::with_capacity(shards - 1);
-        for tx in pool.iter().take(shards - 1) {
+        // Only idle helpers: a flush never queues behind another stream's.
+        for helper in pool.iter().filter(|h| !h.busy.swap(true, Ordering::AcqRel)).take(shards - 1) {
             let part = members.split_off(members.len().saturating_sub(per));
             let (done_tx, done_rx) = std::sync::mpsc::sync_channel(1);
             let job = Job { batch: batch.clone(), members: part, done: done_tx };
-            match tx.lock().send(job) {
+            match helper.tx.lock().send(job) {
                 Ok(()) => waits.push(done_rx),
-                Err(e) => members.extend(e.0.members),
+                Err(e) => {
+                    helper.busy.store(false, Ordering::Release);
+                    members.extend(e.0.members);
+                }
             }
         }
         let (mut keep, mut total) = write_members(&batch, members);
@@ -276,6 +289,7 @@ pub(crate) fn flush(stream: &Stream, format: Format, class: Class) {
         stream.stats.bytes_out.fetch_add(total, Ordering::Relaxed);
         metrics::global().bytes_out(format.protocol(), total);
     }
+    keep.retain(|s| !s.gone.load(Ordering::Acquire));
     if !keep.is_empty() {
         group.lock().append(&mut keep);
     }
@@ -290,24 +304,46 @@ struct Job {
     done: std::sync::mpsc::SyncSender<(Vec<Arc<Slot>>, u64)>,
 }
 
+struct Helper {
+    tx: Mutex<std::sync::mpsc::Sender<Job>>,
+    busy: AtomicBool,
+}
+
 /// Helper threads for large flushes: one per core beyond the first.
-fn pool() -> &'static [Mutex<std::sync::mpsc::Sender<Job>>] {
-    static POOL: std::sync::OnceLock<Vec<Mutex<std::sync::mpsc::Sender<Job>>>> = std::sync::OnceLock::new();
+fn pool() -> &'static [Arc<Helper>] {
+    static POOL: std::sync::OnceLock<Vec<Arc<Helper>>> = std::sync::OnceLock::new();
     POOL.get_or_init(|| {
         let extra = std::thread::available_parallelism().map_or(1, |n| n.get()).saturating_sub(1);
         (0..extra)
             .filter_map(|i| {
                 let (tx, rx) = std::sync::mpsc::channel::<Job>();
+                let helper = Arc::new(Helper { tx: Mutex::new(tx), busy: AtomicBool::new(false) });
+                let h = helper.clone();
                 std::thread::Builder::new()
                     .name(format!("fanout-{i}"))
                     .spawn(move || {
                         for job in rx {
-                            let r = write_members(&job.batch, job.members);
+                            let members = job.members.clone();
+                            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                write_members(&job.batch, job.members)
+                            }));
+                            h.busy.store(false, Ordering::Release);
+                            let r = r.unwrap_or_else(|_| {
+                                // Never leave a player parked with nobody writing to it.
+                                tracing::error!("fan-out helper panicked; its players go back to their tasks");
+                                for slot in members {
+                                    let mut st = slot.state.lock();
+                                    let hb =
+                                        Handback { next_seq: st.pos, headers: st.headers.take(), ..Default::default() };
+                                    slot.give_back(&mut st, hb);
+                                }
+                                (Vec::new(), 0)
+                            });
                             let _ = job.done.send(r);
                         }
                     })
                     .ok()
-                    .map(|_| Mutex::new(tx))
+                    .map(|_| helper)
             })
             .collect()
     })
@@ -450,6 +486,94 @@ pub fn oldest(batch: &[Arc<Packet>]) -> Option<Instant> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hub::StreamKey;
+    use std::time::Duration;
+
+    async fn socket_pair() -> (Arc<TcpStream>, TcpStream) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        (Arc::new(l.accept().await.unwrap().0), c)
+    }
+
+    fn stream() -> Stream {
+        let d = Duration::from_millis(40);
+        Stream::new(StreamKey::new("live", "t"), 1, Duration::from_secs(10), 1 << 20, d, d)
+    }
+
+    fn client() -> Arc<ClientHandle> {
+        crate::hub::Hub::new(Default::default(), crate::events::EventBus::new())
+            .register_client(Protocol::HttpFlv, None)
+            .handle
+            .clone()
+    }
+
+    #[tokio::test]
+    async fn parking_on_a_closed_stream_hands_the_socket_straight_back() {
+        let (sock, _peer) = socket_pair().await;
+        let s = stream();
+        s.close();
+        let slot = Slot::new(sock, client(), Format::Flv, true, false);
+        slot.park(&s, 7);
+        tokio::time::timeout(Duration::from_secs(1), slot.handed_back()).await.expect("handed back at once");
+        let hb = slot.unpark().expect("a handback");
+        assert_eq!(hb.next_seq, 7);
+        assert!(s.fanout.iter().all(|g| g.lock().is_empty()), "nothing stays parked on a closed stream");
+    }
+
+    fn video(dts: i64, key: bool, len: usize) -> crate::media::Frame {
+        crate::media::Frame {
+            kind: crate::media::MediaKind::Video,
+            codec: crate::media::Codec::H264,
+            dts,
+            cts: 0,
+            keyframe: key,
+            config: false,
+            payload: Bytes::from(vec![(dts % 251) as u8; len]),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_socket_hands_back_exactly_the_unwritten_bytes() {
+        use tokio::io::AsyncReadExt;
+        let (sock, mut peer) = socket_pair().await;
+        socket2::SockRef::from(&*sock).set_send_buffer_size(4096).unwrap();
+        socket2::SockRef::from(&peer).set_recv_buffer_size(4096).unwrap();
+        let s = stream();
+        let slot = Slot::new(sock.clone(), client(), Format::Flv, true, true);
+        s.push(video(0, true, 100), Instant::now());
+        slot.park(&s, s.ring.read().next_seq());
+        // Flushes of growing frames until the socket stops taking them: the fan-out hands the player back.
+        let mut expected = Vec::new();
+        let mut dts = 33;
+        let hb = loop {
+            let from = s.ring.read().next_seq();
+            s.push(video(dts, false, 50_000), Instant::now());
+            let mut batch: Vec<Bytes> =
+                (from..s.ring.read().next_seq()).map(|q| s.ring.read().get(q).unwrap().flv_tag().clone()).collect();
+            chunk_frame(&mut batch);
+            expected.extend(batch.concat());
+            dts += 33;
+            flush(&s, Format::Flv, Class::Immediate);
+            if let Some(hb) = slot.state.lock().handback.take() {
+                break hb;
+            }
+            assert!(dts < 33 * 200, "the socket never filled");
+        };
+        assert!(hb.error.is_none());
+        assert_eq!(hb.next_seq, s.ring.read().next_seq(), "everything up to the flush is written or in the tail");
+        // What the peer reads, then the tail, is exactly what was flushed, in order.
+        let mut got = Vec::new();
+        let unsent: usize = hb.tail.iter().map(|b| b.len()).sum();
+        while got.len() + unsent < expected.len() {
+            let mut b = vec![0u8; 65536];
+            let n = tokio::time::timeout(Duration::from_secs(2), peer.read(&mut b)).await.unwrap().unwrap();
+            got.extend_from_slice(&b[..n]);
+        }
+        got.extend(hb.tail.concat());
+        assert_eq!(got.len(), expected.len());
+        assert!(got == expected, "written bytes + tail == flushed batches");
+        assert!(s.fanout.iter().all(|g| g.lock().is_empty()), "a handed-back player leaves the group");
+    }
 
     #[test]
     fn skip_bytes_cuts_inside_and_between_parts() {

@@ -269,9 +269,8 @@ impl Hub {
                     self.0.opts.merge_window,
                     self.0.opts.audio_hold,
                 ));
-                if s.uses_flusher() {
-                    tokio::spawn(s.clone().run_flusher());
-                }
+                // Every write to parked players happens on the flusher, never on the publisher's task.
+                tokio::spawn(s.clone().run_flusher());
                 streams.insert(key.clone(), s.clone());
                 s
             }

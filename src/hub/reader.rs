@@ -118,7 +118,12 @@ impl Reader {
     /// the start keyframe): the player may then be parked for direct fan-out from [`cursor`](Self::cursor).
     pub fn caught_up(&self) -> bool {
         match self.cursor {
-            Some(c) => !self.fresh && self.audio_floor.is_none() && c == self.stream.ring.read().next_seq(),
+            Some(c) => {
+                // The floor only waits for audio: a stream without audio never clears it.
+                let ring = self.stream.ring.read();
+                let audio_pending = self.audio_floor.is_some() && (ring.has_audio || self.tracks.0);
+                !self.fresh && !audio_pending && c == ring.next_seq()
+            }
             None => false,
         }
     }

@@ -309,9 +309,7 @@ impl Stream {
             self.trim(&mut ring);
             self.last_dts.fetch_max(dts, Ordering::AcqRel);
         }
-        if !self.uses_flusher() {
-            self.flush_now();
-        } else if urgent {
+        if urgent {
             self.urgent.store(true, Ordering::Release);
             self.flush_signal.notify_one();
         } else {
@@ -320,11 +318,6 @@ impl Stream {
                 self.flush_signal.notify_one();
             }
         }
-    }
-
-    /// Without batching or audio holding every push wakes readers directly and no flusher task runs.
-    pub(crate) fn uses_flusher(&self) -> bool {
-        !(self.merge_window.is_zero() && self.audio_hold.is_zero())
     }
 
     /// Drops what no reader may still need: everything before the newest keyframe that is at least the
@@ -356,15 +349,6 @@ impl Stream {
         if *gen != current {
             w.push(waker.clone());
             *gen = current;
-        }
-    }
-
-    /// Sends everything new to all parked players and wakes the others.
-    pub(crate) fn flush_now(&self) {
-        self.flush_class(Class::Immediate);
-        self.wake_readers();
-        for p in 0..fanout::PHASES {
-            self.flush_class(Class::Merged(p));
         }
     }
 

@@ -211,6 +211,9 @@ impl Session {
                 SessionError::Stalled(stall)
             })??;
             self.handle.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+            if let Role::Playing(r) = &self.role {
+                r.add_bytes_out(n);
+            }
         }
         if let Role::Playing(r) = &mut self.role {
             r.resume(hb.next_seq, hb.headers);

@@ -474,15 +474,7 @@ fn single_track_streams_reach_the_fan_out_too() {
     // A video-only and an audio-only push: their players catch up and are parked like any other, and get
     // every frame.
     let srv = Server::start("");
-    let one = |name: &str, drop_flag: &str| {
-        Proc::spawn(
-            Command::new("ffmpeg")
-                .args(["-hide_banner", "-loglevel", "warning", "-re", "-i"])
-                .arg(media("360p"))
-                .args(["-c", "copy", drop_flag, "-f", "flv"])
-                .arg(srv.rtmp_url(name)),
-        )
-    };
+    let one = |name: &str, drop_flag: &str| push_one_track(&media("360p"), &srv.rtmp_url(name), drop_flag, &[]);
     let _v = one("vonly", "-an");
     let _a = one("aonly", "-vn");
     srv.wait_live("vonly");

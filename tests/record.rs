@@ -722,15 +722,8 @@ fn a_full_disk_stops_only_that_recording_and_never_damages_finished_files() {
 #[test]
 fn audio_only_and_video_only_pushes_make_single_track_mp4s() {
     let srv = Server::start("[apps.live]\nrecord = [\"mp4\"]\n[hub]\nreconnect_grace_secs = 0.5\n");
-    let one = |name: &str, drop_flag: &str| {
-        Proc::spawn(
-            Command::new("ffmpeg")
-                .args(["-hide_banner", "-loglevel", "warning", "-re", "-t", "4", "-i"])
-                .arg(media("360p"))
-                .args(["-c", "copy", drop_flag, "-f", "flv"])
-                .arg(srv.rtmp_url(name)),
-        )
-    };
+    let one =
+        |name: &str, drop_flag: &str| push_one_track(&media("360p"), &srv.rtmp_url(name), drop_flag, &["-t", "4"]);
     let mut a = one("ao", "-vn");
     let mut v = one("vo", "-an");
     assert!(a.wait(Duration::from_secs(20)).is_some_and(|s| s.success()), "{}", a.stderr());

@@ -325,13 +325,25 @@ pub fn push(file: &Path, url: &str) -> Proc {
 }
 
 pub fn push_args(file: &Path, url: &str, extra_in: &[&str]) -> Proc {
+    push_with(file, url, extra_in, &[])
+}
+
+/// Pushes one track of `file` (`drop_flag` = "-an" for video only, "-vn" for audio only), paced, copied;
+/// `extra_in` are input options (e.g. `-t 4`).
+pub fn push_one_track(file: &Path, url: &str, drop_flag: &str, extra_in: &[&str]) -> Proc {
+    push_with(file, url, extra_in, &[drop_flag])
+}
+
+fn push_with(file: &Path, url: &str, extra_in: &[&str], extra_out: &[&str]) -> Proc {
     Proc::spawn(
         Command::new("ffmpeg")
             .args(["-hide_banner", "-loglevel", "warning", "-re"])
             .args(extra_in)
             .arg("-i")
             .arg(file)
-            .args(["-c", "copy", "-f", "flv", url]),
+            .args(["-c", "copy"])
+            .args(extra_out)
+            .args(["-f", "flv", url]),
     )
 }
 

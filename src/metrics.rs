@@ -74,53 +74,32 @@ impl Metrics {
         let _ = writeln!(o, "# HELP livegate_clients Connected clients.");
         let _ = writeln!(o, "# TYPE livegate_clients gauge");
         let _ = writeln!(o, "livegate_clients {}", hub.clients().len());
-        let _ = writeln!(o, "# HELP livegate_readers Attached readers by protocol.");
-        let _ = writeln!(o, "# TYPE livegate_readers gauge");
-        for p in Protocol::ALL {
-            let _ = writeln!(
-                o,
-                "livegate_readers{{protocol=\"{}\"}} {}",
-                p.as_str(),
-                self.readers[p as usize].load(Ordering::Relaxed)
-            );
-        }
+        let all = &Protocol::ALL[..];
+        by_protocol(&mut o, "livegate_readers", "gauge", "Attached readers by protocol.", all, |p| {
+            self.readers[p as usize].load(Ordering::Relaxed) as i128
+        });
         let _ = writeln!(o, "# HELP livegate_bytes_in_total Media payload bytes received from publishers.");
         let _ = writeln!(o, "# TYPE livegate_bytes_in_total counter");
         let _ = writeln!(o, "livegate_bytes_in_total {}", self.bytes_in.load(Ordering::Relaxed));
-        let _ = writeln!(o, "# HELP livegate_bytes_out_total Bytes delivered to readers.");
-        let _ = writeln!(o, "# TYPE livegate_bytes_out_total counter");
-        for p in Protocol::ALL {
-            let _ = writeln!(
-                o,
-                "livegate_bytes_out_total{{protocol=\"{}\"}} {}",
-                p.as_str(),
-                self.bytes_out[p as usize].load(Ordering::Relaxed)
-            );
-        }
-        let _ =
-            writeln!(o, "# HELP livegate_reader_skips_total Times a reader over its max_cache skipped to a keyframe.");
-        let _ = writeln!(o, "# TYPE livegate_reader_skips_total counter");
-        for p in Protocol::ALL {
-            let _ = writeln!(
-                o,
-                "livegate_reader_skips_total{{protocol=\"{}\"}} {}",
-                p.as_str(),
-                self.skips[p as usize].load(Ordering::Relaxed)
-            );
-        }
-        let _ = writeln!(
-            o,
-            "# HELP livegate_fanout_parked Players caught up with live, written to directly by their stream's fan-out."
+        by_protocol(&mut o, "livegate_bytes_out_total", "counter", "Bytes delivered to readers.", all, |p| {
+            self.bytes_out[p as usize].load(Ordering::Relaxed) as i128
+        });
+        by_protocol(
+            &mut o,
+            "livegate_reader_skips_total",
+            "counter",
+            "Times a reader over its max_cache skipped to a keyframe.",
+            all,
+            |p| self.skips[p as usize].load(Ordering::Relaxed) as i128,
         );
-        let _ = writeln!(o, "# TYPE livegate_fanout_parked gauge");
-        for p in [Protocol::HttpFlv, Protocol::Rtmp] {
-            let _ = writeln!(
-                o,
-                "livegate_fanout_parked{{protocol=\"{}\"}} {}",
-                p.as_str(),
-                self.parked[p as usize].load(Ordering::Relaxed)
-            );
-        }
+        by_protocol(
+            &mut o,
+            "livegate_fanout_parked",
+            "gauge",
+            "Players caught up with live, written to directly by their stream's fan-out.",
+            &[Protocol::HttpFlv, Protocol::Rtmp],
+            |p| self.parked[p as usize].load(Ordering::Relaxed) as i128,
+        );
         let _ = writeln!(
             o,
             "# HELP livegate_fanout_handbacks_total Parked players handed back to their connection task (socket full)."
@@ -171,5 +150,21 @@ impl Metrics {
         );
         let _ = writeln!(o, "livegate_egress_latency_seconds_count {count}");
         o
+    }
+}
+
+/// One metric family with a `protocol` label: HELP, TYPE and a sample per protocol.
+fn by_protocol(
+    o: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    protocols: &[Protocol],
+    value: impl Fn(Protocol) -> i128,
+) {
+    let _ = writeln!(o, "# HELP {name} {help}");
+    let _ = writeln!(o, "# TYPE {name} {kind}");
+    for p in protocols {
+        let _ = writeln!(o, "{name}{{protocol=\"{}\"}} {}", p.as_str(), value(*p));
     }
 }

@@ -24,20 +24,20 @@ use anyhow::{anyhow, bail, Context, Result};
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::ice::network_type::NetworkType;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
-use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind};
+use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodecParameters, RtpCodecKind};
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
-    register_default_interceptors, MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
-    RTCConfigurationBuilder, RTCIceGatheringState, RTCPeerConnectionState, RTCSessionDescription, Registry,
-    SettingEngineBuilder,
+    register_default_interceptors, MediaEngine, PeerConnection, PeerConnectionBuilder, RTCConfigurationBuilder,
+    RTCPeerConnectionState, RTCSessionDescription, Registry, SettingEngineBuilder,
 };
 
 use crate::now_ns;
 use crate::reader::{Dechunker, Outcome, ReaderCfg, ACTIVE, KEYED, KEYFRAMES_RX, PLIS_SENT, WIRE_BYTES};
+use livegate::webrtc::{h264_codec, opus_codec, Handler};
 
 /// What one WHEP viewer saw.
 pub struct WhepResult {
@@ -90,56 +90,14 @@ pub async fn run(cfg: &ReaderCfg) -> WhepResult {
     r
 }
 
-/// Latches what the session waits for: gathering done, connection state, remote tracks.
-struct Handler {
-    gathered: watch::Sender<bool>,
-    state: watch::Sender<RTCPeerConnectionState>,
-    tracks: mpsc::UnboundedSender<Arc<dyn TrackRemote>>,
-}
-
-#[async_trait::async_trait]
-impl PeerConnectionEventHandler for Handler {
-    async fn on_ice_gathering_state_change(&self, s: RTCIceGatheringState) {
-        if s == RTCIceGatheringState::Complete {
-            let _ = self.gathered.send(true);
-        }
-    }
-    async fn on_connection_state_change(&self, s: RTCPeerConnectionState) {
-        let _ = self.state.send(s);
-    }
-    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
-        let _ = self.tracks.send(track);
-    }
-}
-
-fn h264() -> RTCRtpCodec {
-    RTCRtpCodec {
-        mime_type: "video/H264".into(),
-        clock_rate: 90_000,
-        channels: 0,
-        sdp_fmtp_line: "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f".into(),
-        rtcp_feedback: vec![],
-    }
-}
-
-fn opus() -> RTCRtpCodec {
-    RTCRtpCodec {
-        mime_type: "audio/opus".into(),
-        clock_rate: 48_000,
-        channels: 2,
-        sdp_fmtp_line: "minptime=10;useinbandfec=1".into(),
-        rtcp_feedback: vec![],
-    }
-}
-
 async fn session(cfg: &ReaderCfg, r: &mut WhepResult) -> Result<Outcome> {
     let (g_tx, mut g_rx) = watch::channel(false);
     let (s_tx, mut s_rx) = watch::channel(RTCPeerConnectionState::New);
     let (t_tx, mut t_rx) = mpsc::unbounded_channel();
     let mut me = MediaEngine::default();
-    me.register_codec(RTCRtpCodecParameters { rtp_codec: h264(), payload_type: 102 }, RtpCodecKind::Video)?;
+    me.register_codec(RTCRtpCodecParameters { rtp_codec: h264_codec(), payload_type: 102 }, RtpCodecKind::Video)?;
     if cfg.whep_audio {
-        me.register_codec(RTCRtpCodecParameters { rtp_codec: opus(), payload_type: 111 }, RtpCodecKind::Audio)?;
+        me.register_codec(RTCRtpCodecParameters { rtp_codec: opus_codec(), payload_type: 111 }, RtpCodecKind::Audio)?;
     }
     // NACK, receiver reports and TWCC feedback, as a browser sends them.
     let registry = register_default_interceptors(Registry::new(), &mut me)?;
@@ -152,7 +110,7 @@ async fn session(cfg: &ReaderCfg, r: &mut WhepResult) -> Result<Outcome> {
         .with_media_engine(me)
         .with_setting_engine(se)
         .with_interceptor_registry(registry)
-        .with_handler(Arc::new(Handler { gathered: g_tx, state: s_tx, tracks: t_tx }))
+        .with_handler(Arc::new(Handler { gathered: g_tx, state: s_tx, tracks: Some(t_tx) }))
         .with_udp_addrs(vec!["127.0.0.1:0".to_owned()])
         .build()
         .await

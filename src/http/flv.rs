@@ -166,7 +166,6 @@ impl hyper::body::Body for FlvBody {
                     this.pending.push_back(tag);
                 }
                 this.reader.add_bytes_out(n);
-                this.guard.handle.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
                 Poll::Ready(this.pending.pop_front().map(|b| Ok(Frame::data(b))))
             }
             Poll::Ready(Err(reason)) => {

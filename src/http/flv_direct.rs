@@ -169,12 +169,8 @@ async fn play(
                         break Err(format!("write failed: {e}"));
                     }
                     if !hb.tail.is_empty() {
-                        match write(io, &hb.tail, stall).await {
-                            Ok(n) => {
-                                reader.add_bytes_out(n);
-                                handle.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
-                            }
-                            Err(e) => break Err(e),
+                        if let Err(e) = send(io, reader, &hb.tail, stall).await {
+                            break Err(e);
                         }
                     }
                     reader.resume(hb.next_seq, hb.headers);
@@ -218,12 +214,9 @@ async fn play(
         if chunked {
             chunk_frame(&mut bufs);
         }
-        let n = match write(io, &bufs, stall).await {
-            Ok(n) => n,
-            Err(e) => break Err(e),
-        };
-        reader.add_bytes_out(n);
-        handle.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+        if let Err(e) = send(io, reader, &bufs, stall).await {
+            break Err(e);
+        }
         if reader.caught_up() {
             if let Some(c) = reader.cursor() {
                 slot.park(reader.stream(), c);
@@ -235,6 +228,18 @@ async fn play(
         slot.leave(reader.stream());
     }
     result
+}
+
+/// Writes media and counts it for the player and its stream.
+async fn send(
+    io: &mut SharedStream,
+    reader: &crate::hub::Reader,
+    bufs: &[Bytes],
+    stall: Duration,
+) -> Result<(), String> {
+    let n = write(io, bufs, stall).await?;
+    reader.add_bytes_out(n);
+    Ok(())
 }
 
 async fn write(io: &mut SharedStream, bufs: &[Bytes], stall: Duration) -> Result<usize, String> {

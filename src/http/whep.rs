@@ -18,13 +18,7 @@ pub async fn handle(state: &Arc<AppState>, addr: SocketAddr, req: Request<Incomi
     let path = req.uri().path().trim_start_matches('/').to_owned();
     let parts: Vec<&str> = path.split('/').collect();
     match (req.method().clone(), parts.as_slice()) {
-        (Method::DELETE, ["whep", "session", id]) => {
-            if state.whep.delete(id).await {
-                Response::new(super::empty())
-            } else {
-                error(StatusCode::NOT_FOUND, "session_not_found", &format!("no WHEP session {id}"))
-            }
-        }
+        (Method::DELETE, ["whep", "session", id]) => session_deleted(state.whep.delete(id).await, "WHEP", id),
         (Method::PATCH, ["whep", "session", _]) => trickle_not_supported(),
         (Method::POST, ["whep", app, stream]) => play(state, addr, StreamKey::new(app, stream), req).await,
         (m, ["whep", ..]) => {
@@ -68,6 +62,36 @@ pub(super) fn sdp_created(state: &AppState, answer: String, location: &str) -> R
 }
 
 /// PATCH on a session: livegate is ICE-lite and has nothing to trickle (WHIP/WHEP allow 405 here).
+/// WHIP and WHEP offers must be `application/sdp` (415 otherwise).
+pub(super) fn sdp_content_type(req: &Request<Incoming>) -> Result<(), Box<Response<Body>>> {
+    let ctype = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if ctype.starts_with("application/sdp") {
+        return Ok(());
+    }
+    Err(Box::new(error(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        "the offer must be Content-Type: application/sdp",
+    )))
+}
+
+/// Reads an SDP offer body (at most 64 KiB; 400 otherwise).
+pub(super) async fn read_offer(body: Incoming) -> Result<String, Box<Response<Body>>> {
+    match http_body_util::Limited::new(body, 64 * 1024).collect().await {
+        Ok(b) => Ok(String::from_utf8_lossy(&b.to_bytes()).into_owned()),
+        Err(e) => Err(Box::new(error(StatusCode::BAD_REQUEST, "bad_body", &format!("cannot read the offer: {e}")))),
+    }
+}
+
+/// The answer to a session DELETE (RFC 9725 / WHEP): 200, or 404 for a session that does not exist.
+pub(super) fn session_deleted(found: bool, kind: &str, id: &str) -> Response<Body> {
+    if found {
+        Response::new(super::empty())
+    } else {
+        error(StatusCode::NOT_FOUND, "session_not_found", &format!("no {kind} session {id}"))
+    }
+}
+
 pub(super) fn trickle_not_supported() -> Response<Body> {
     let mut r = error(
         StatusCode::METHOD_NOT_ALLOWED,
@@ -79,13 +103,8 @@ pub(super) fn trickle_not_supported() -> Response<Body> {
 }
 
 async fn play(state: &Arc<AppState>, addr: SocketAddr, key: StreamKey, req: Request<Incoming>) -> Response<Body> {
-    let ctype = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    if !ctype.starts_with("application/sdp") {
-        return error(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "the offer must be Content-Type: application/sdp",
-        );
+    if let Err(r) = sdp_content_type(&req) {
+        return *r;
     }
     let mut query = names::parse_query(&query_with_bearer(&req));
     if let Err(e) = state.authorize_play(&key, &query) {
@@ -101,9 +120,9 @@ async fn play(state: &Arc<AppState>, addr: SocketAddr, key: StreamKey, req: Requ
         Ok(p) => p,
         Err(e) => return error(StatusCode::BAD_REQUEST, "bad_parameter", &e.to_string()),
     };
-    let offer = match http_body_util::Limited::new(req.into_body(), 64 * 1024).collect().await {
-        Ok(b) => String::from_utf8_lossy(&b.to_bytes()).into_owned(),
-        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_body", &format!("cannot read the offer: {e}")),
+    let offer = match read_offer(req.into_body()).await {
+        Ok(o) => o,
+        Err(r) => return *r,
     };
     match state.whep.play(&key, offer, policy, Some(addr)).await {
         Ok((id, answer)) => sdp_created(state, answer, &format!("/whep/session/{id}")),

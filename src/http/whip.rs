@@ -6,8 +6,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::{header, Method, Request, Response, StatusCode};
-use http_body_util::BodyExt;
+use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use super::{error, Body};
@@ -21,11 +20,7 @@ pub async fn handle(state: &Arc<AppState>, addr: SocketAddr, req: Request<Incomi
     let parts: Vec<&str> = path.split('/').collect();
     match (req.method().clone(), parts.as_slice()) {
         (Method::DELETE, ["whip", "session", id]) => {
-            if state.whip.delete(id).await {
-                Response::new(super::empty())
-            } else {
-                error(StatusCode::NOT_FOUND, "session_not_found", &format!("no WHIP session {id}"))
-            }
+            super::whep::session_deleted(state.whip.delete(id).await, "WHIP", id)
         }
         (Method::PATCH, ["whip", "session", _]) => super::whep::trickle_not_supported(),
         (Method::POST, ["whip", app, stream]) => publish(state, addr, StreamKey::new(app, stream), req).await,
@@ -37,13 +32,8 @@ pub async fn handle(state: &Arc<AppState>, addr: SocketAddr, req: Request<Incomi
 }
 
 async fn publish(state: &Arc<AppState>, addr: SocketAddr, key: StreamKey, req: Request<Incoming>) -> Response<Body> {
-    let ctype = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    if !ctype.starts_with("application/sdp") {
-        return error(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "the offer must be Content-Type: application/sdp",
-        );
+    if let Err(r) = super::whep::sdp_content_type(&req) {
+        return *r;
     }
     let query_str = super::whep::query_with_bearer(&req);
     let query = names::parse_query(&query_str);
@@ -53,9 +43,9 @@ async fn publish(state: &Arc<AppState>, addr: SocketAddr, key: StreamKey, req: R
     if let Err(e) = state.authorize(Op::Publish, &key, &query, &info).await {
         return super::access_error(&e);
     }
-    let offer = match http_body_util::Limited::new(req.into_body(), 64 * 1024).collect().await {
-        Ok(b) => String::from_utf8_lossy(&b.to_bytes()).into_owned(),
-        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_body", &format!("cannot read the offer: {e}")),
+    let offer = match super::whep::read_offer(req.into_body()).await {
+        Ok(o) => o,
+        Err(r) => return *r,
     };
     match state.whip.publish(key, offer, guard, info).await {
         Ok((id, answer)) => super::whep::sdp_created(state, answer, &format!("/whip/session/{id}")),

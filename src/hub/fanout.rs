@@ -102,6 +102,13 @@ struct SlotState {
     handback: Option<Handback>,
 }
 
+impl SlotState {
+    /// A handback at the player's current position: nothing half-written.
+    fn here(&mut self) -> Handback {
+        Handback { next_seq: self.pos, headers: self.headers.take(), ..Default::default() }
+    }
+}
+
 /// One player connection's place in a fan-out group.
 #[derive(Debug)]
 pub struct Slot {
@@ -176,7 +183,7 @@ impl Slot {
         if st.parked {
             st.parked = false;
             metrics::global().parked(self.format.protocol(), -1);
-            return Some(Handback { next_seq: st.pos, headers: st.headers.take(), ..Default::default() });
+            return Some(st.here());
         }
         st.handback.take()
     }
@@ -187,8 +194,8 @@ impl Slot {
         self.gone.store(true, Ordering::Release);
         let hb = self.unpark();
         let mut removed = false;
-        for p in 0..CLASSES {
-            let mut g = stream.fanout[self.format as usize * CLASSES + p].lock();
+        for class in std::iter::once(Class::Immediate).chain((0..PHASES).map(Class::Merged)) {
+            let mut g = stream.fanout[group_index(self.format, class)].lock();
             let before = g.len();
             g.retain(|s| !Arc::ptr_eq(s, self));
             removed |= g.len() != before;
@@ -202,6 +209,12 @@ impl Slot {
     /// Resolves when the fan-out has handed the socket back (or may have: call [`unpark`](Self::unpark)).
     pub async fn handed_back(&self) {
         self.wake.notified().await
+    }
+
+    /// The flusher could not write this player's batch whole: its task takes over (counted in metrics).
+    fn hand_back(&self, st: &mut SlotState, hb: Handback) {
+        metrics::global().fanout_handbacks.fetch_add(1, Ordering::Relaxed);
+        self.give_back(st, hb);
     }
 
     fn give_back(&self, st: &mut SlotState, hb: Handback) {
@@ -219,8 +232,10 @@ impl Slot {
 struct Batch {
     bufs: Vec<Bytes>,
     received: Vec<Instant>,
-    /// Byte counts of `bufs[k..]`, so each distinct start gets its chunk header without re-summing.
+    /// Byte counts of `bufs[k..]`: what a player starting at `bufs[k]` is sent.
     suffix: Vec<usize>,
+    /// HTTP/1.1 chunk header for a player starting at `bufs[k]` (FLV only; a flush has a handful of packets).
+    chunk_heads: Vec<Bytes>,
     start: u64,
     end: u64,
     headers: Arc<HeaderSet>,
@@ -253,7 +268,11 @@ pub(crate) fn flush(stream: &Stream, format: Format, class: Class) {
         for k in (0..bufs.len()).rev() {
             suffix[k] = suffix[k + 1] + bufs[k].len();
         }
-        Batch { bufs, received, suffix, start, end, headers: ring.headers.clone() }
+        let chunk_heads = match format {
+            Format::Flv => suffix[..bufs.len()].iter().map(|len| Bytes::from(format!("{len:x}\r\n"))).collect(),
+            Format::Rtmp => Vec::new(),
+        };
+        Batch { bufs, received, suffix, chunk_heads, start, end, headers: ring.headers.clone() }
     };
     let pool = pool();
     let shards = if members.len() >= 2 * SHARD_MIN { (members.len() / SHARD_MIN).min(pool.len() + 1) } else { 1 };
@@ -333,8 +352,7 @@ fn pool() -> &'static [Arc<Helper>] {
                                 tracing::error!("fan-out helper panicked; its players go back to their tasks");
                                 for slot in members {
                                     let mut st = slot.state.lock();
-                                    let hb =
-                                        Handback { next_seq: st.pos, headers: st.headers.take(), ..Default::default() };
+                                    let hb = st.here();
                                     slot.give_back(&mut st, hb);
                                 }
                                 (Vec::new(), 0)
@@ -351,13 +369,16 @@ fn pool() -> &'static [Arc<Helper>] {
 
 /// Writes `batch` to each of `members`; returns those still parked and the bytes written.
 fn write_members(batch: &Batch, members: Vec<Arc<Slot>>) -> (Vec<Arc<Slot>>, u64) {
-    let Batch { bufs, received, suffix, start, end, headers } = batch;
+    let Batch { bufs, received, suffix, chunk_heads, start, end, headers } = batch;
     let (start, end) = (*start, *end);
     let n = bufs.len();
-    let mut chunk_heads: Vec<Option<Bytes>> = vec![None; n];
+    // One iovec list, refilled per player from the shared batch: no allocation per player.
+    let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(n.min(MAX_IOV) + 2);
     let mut keep = Vec::with_capacity(members.len());
     let mut total = 0u64;
     for slot in members {
+        // Held across the player's one non-blocking sendmsg: it is what keeps the task from writing to the
+        // same socket meanwhile (the task waits at most that one syscall).
         let mut st = slot.state.lock();
         if !st.parked {
             // Taken back by its task since it parked.
@@ -371,30 +392,20 @@ fn write_members(batch: &Batch, members: Vec<Arc<Slot>>) -> (Vec<Arc<Slot>>, u64
         }
         if st.pos < start || (st.pos - start) as usize >= n || n - (st.pos - start) as usize + 2 > MAX_IOV {
             // Its packets left the ring, or the backlog is too long for one writev: its Reader deals with it.
-            metrics::global().fanout_handbacks.fetch_add(1, Ordering::Relaxed);
-            let hb = Handback { next_seq: st.pos, headers: st.headers.take(), ..Default::default() };
-            slot.give_back(&mut st, hb);
+            let hb = st.here();
+            slot.hand_back(&mut st, hb);
             continue;
         }
         let k = (st.pos - start) as usize;
-        let len = suffix[k];
-        let head = if slot.chunked {
-            Some(chunk_heads[k].get_or_insert_with(|| Bytes::from(format!("{len:x}\r\n"))).clone())
-        } else {
-            None
-        };
-        let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(n - k + 2);
-        if let Some(h) = &head {
-            iov.push(IoSlice::new(h));
-        }
+        let head = slot.chunked.then(|| &chunk_heads[k]);
+        iov.clear();
+        iov.extend(head.map(|h| IoSlice::new(h)));
         iov.extend(bufs[k..].iter().map(|b| IoSlice::new(b)));
         if slot.chunked {
             iov.push(IoSlice::new(b"\r\n"));
         }
-        let want = len + head.as_ref().map_or(0, |h| h.len() + 2);
-        let written = crate::netio::send_vectored_now(&slot.sock, &iov);
-        drop(iov);
-        match written {
+        let want = suffix[k] + head.map_or(0, |h| h.len() + 2);
+        match crate::netio::send_vectored_now(&slot.sock, &iov) {
             Ok(w) if w == want => {
                 st.pos = end;
                 st.headers = Some(headers.clone());
@@ -408,27 +419,24 @@ fn write_members(batch: &Batch, members: Vec<Arc<Slot>>) -> (Vec<Arc<Slot>>, u64
             Ok(w) => {
                 // Part of a tag went out: the rest must follow before anything else, so the task takes over.
                 let mut parts: Vec<Bytes> = Vec::with_capacity(n - k + 2);
-                parts.extend(head);
+                parts.extend(head.cloned());
                 parts.extend(bufs[k..].iter().cloned());
                 if slot.chunked {
                     parts.push(Bytes::from_static(b"\r\n"));
                 }
-                let tail = skip_bytes(parts, w);
                 slot.client.bytes_out.fetch_add(w as u64, Ordering::Relaxed);
                 total += w as u64;
-                metrics::global().fanout_handbacks.fetch_add(1, Ordering::Relaxed);
-                let hb = Handback { tail, next_seq: end, headers: Some(headers.clone()), error: None };
-                slot.give_back(&mut st, hb);
+                let hb =
+                    Handback { tail: skip_bytes(parts, w), next_seq: end, headers: Some(headers.clone()), error: None };
+                slot.hand_back(&mut st, hb);
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                metrics::global().fanout_handbacks.fetch_add(1, Ordering::Relaxed);
-                let hb = Handback { next_seq: st.pos, headers: st.headers.take(), ..Default::default() };
-                slot.give_back(&mut st, hb);
+                let hb = st.here();
+                slot.hand_back(&mut st, hb);
             }
             Err(e) => {
-                metrics::global().fanout_handbacks.fetch_add(1, Ordering::Relaxed);
                 let hb = Handback { next_seq: st.pos, error: Some(e), ..Default::default() };
-                slot.give_back(&mut st, hb);
+                slot.hand_back(&mut st, hb);
             }
         }
     }
@@ -442,7 +450,7 @@ pub(crate) fn release_all(stream: &Stream) {
         for slot in members {
             let mut st = slot.state.lock();
             if st.parked {
-                let hb = Handback { next_seq: st.pos, headers: st.headers.take(), ..Default::default() };
+                let hb = st.here();
                 slot.give_back(&mut st, hb);
             } else {
                 st.in_group = false;
@@ -476,11 +484,6 @@ pub fn chunk_frame(batch: &mut Vec<Bytes>) {
     }
     batch.insert(0, Bytes::from(format!("{len:x}\r\n")));
     batch.push(Bytes::from_static(b"\r\n"));
-}
-
-/// The instant the first packet of a batch reached the hub, for the latency histogram.
-pub fn oldest(batch: &[Arc<Packet>]) -> Option<Instant> {
-    batch.first().map(|p| p.received)
 }
 
 #[cfg(test)]

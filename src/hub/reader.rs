@@ -143,8 +143,9 @@ impl Reader {
         }
     }
 
-    /// Records bytes this reader delivered (for stream and global counters).
+    /// Records bytes this reader delivered (for its client, its stream and the global counters).
     pub fn add_bytes_out(&self, n: usize) {
+        self.handle.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
         self.stream.stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
         metrics::global().bytes_out(self.protocol, n as u64);
     }

@@ -205,18 +205,23 @@ impl Session {
             return Err(SessionError::Io(e));
         }
         if !hb.tail.is_empty() {
-            let stall = self.state.config.stall_timeout();
-            let n = tokio::time::timeout(stall, netio::write_all_vectored(wr, &hb.tail)).await.map_err(|_| {
-                metrics::global().disconnects_slow.fetch_add(1, Ordering::Relaxed);
-                SessionError::Stalled(stall)
-            })??;
-            self.handle.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
-            if let Role::Playing(r) = &self.role {
-                r.add_bytes_out(n);
-            }
+            self.write_media(wr, &hb.tail).await?;
         }
         if let Role::Playing(r) = &mut self.role {
             r.resume(hb.next_seq, hb.headers);
+        }
+        Ok(())
+    }
+
+    /// Writes media to a player within the stall timeout, counting the bytes for the client and the stream.
+    async fn write_media(&self, wr: &mut SharedStream, bufs: &[Bytes]) -> Result<(), SessionError> {
+        let stall = self.state.config.stall_timeout();
+        let n = tokio::time::timeout(stall, netio::write_all_vectored(wr, bufs)).await.map_err(|_| {
+            metrics::global().disconnects_slow.fetch_add(1, Ordering::Relaxed);
+            SessionError::Stalled(stall)
+        })??;
+        if let Role::Playing(r) = &self.role {
+            r.add_bytes_out(n);
         }
         Ok(())
     }
@@ -227,7 +232,6 @@ impl Session {
         let mut bufs: Vec<Bytes> = Vec::new();
         let idle = Duration::from_secs_f64(self.state.config.rtmp.idle_timeout_secs);
         let publish_timeout = Duration::from_secs_f64(self.state.config.rtmp.publish_timeout_secs);
-        let stall = self.state.config.stall_timeout();
         let handle = self.handle.clone();
         loop {
             // Idle connections get a fixed deadline (trickling bytes does not extend it); publishers must keep
@@ -313,18 +317,11 @@ impl Session {
                     bufs.extend(batch.iter().map(|p| p.rtmp_chunks().clone()));
                     let oldest = batch.first().map(|p| p.received);
                     batch.clear();
-                    let n = tokio::time::timeout(stall, netio::write_all_vectored(wr, &bufs))
-                        .await
-                        .map_err(|_| {
-                            metrics::global().disconnects_slow.fetch_add(1, Ordering::Relaxed);
-                            SessionError::Stalled(stall)
-                        })??;
+                    self.write_media(wr, &bufs).await?;
                     if let Some(t) = oldest {
                         metrics::global().observe_latency(t.elapsed());
                     }
-                    self.handle.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
                     if let Role::Playing(r) = &self.role {
-                        r.add_bytes_out(n);
                         if r.caught_up() {
                             if let Some(c) = r.cursor() {
                                 let low_latency = r.policy().low_latency;

@@ -133,7 +133,8 @@ const MTU: usize = 1200;
 /// seconds of connecting. 13 s outlasts one lost check at the longest interval (2 × 6 s) plus a second.
 const ICE_DISCONNECTED_TIMEOUT: Duration = Duration::from_secs(13);
 
-fn opus_codec() -> RTCRtpCodec {
+/// Opus as livegate and the load tool's viewers register it.
+pub fn opus_codec() -> RTCRtpCodec {
     RTCRtpCodec {
         mime_type: "audio/opus".into(),
         clock_rate: 48_000,
@@ -143,7 +144,8 @@ fn opus_codec() -> RTCRtpCodec {
     }
 }
 
-fn h264_codec() -> RTCRtpCodec {
+/// H.264 constrained baseline, packetization-mode 1, as browsers offer it.
+pub fn h264_codec() -> RTCRtpCodec {
     RTCRtpCodec {
         mime_type: "video/H264".into(),
         clock_rate: 90_000,
@@ -178,11 +180,12 @@ fn rtp_track(kind: RtpCodecKind, id: &str, codec: RTCRtpCodec, ssrc: u32) -> Arc
     )))
 }
 
-/// Latches what the session tasks wait for: gathering done, connection state, and remote tracks.
-struct Handler {
-    gathered: watch::Sender<bool>,
-    state: watch::Sender<RTCPeerConnectionState>,
-    tracks: Option<mpsc::UnboundedSender<Arc<dyn TrackRemote>>>,
+/// Latches what a session waits for: gathering done, connection state, and remote tracks (when `tracks` is
+/// set). Public so that the load tool's viewers use the same one.
+pub struct Handler {
+    pub gathered: watch::Sender<bool>,
+    pub state: watch::Sender<RTCPeerConnectionState>,
+    pub tracks: Option<mpsc::UnboundedSender<Arc<dyn TrackRemote>>>,
 }
 
 #[async_trait::async_trait]

@@ -7,7 +7,6 @@
 //! `docs/notes/webrtc-rs-0.21.md`.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -165,7 +164,7 @@ impl Whep {
                         (Some(a), Some(k)) => this.spawn_audio(k, a, &guard),
                         _ => None,
                     };
-                    let r = pump(reader, &track, &sender, ssrc, &mut state_rx, &guard, vp8).await;
+                    let r = pump(reader, &track, &sender, ssrc, &mut state_rx, vp8).await;
                     if let Some(t) = audio_task {
                         t.abort();
                     }
@@ -306,7 +305,6 @@ async fn pump(
     sender: &Arc<dyn RtpSender>,
     ssrc: u32,
     state: &mut watch::Receiver<RTCPeerConnectionState>,
-    guard: &ClientGuard,
     vp8: bool,
 ) -> String {
     let pt = match negotiated_pt(sender).await {
@@ -371,7 +369,6 @@ async fn pump(
             }
         }
         reader.add_bytes_out(sent);
-        guard.handle.bytes_out.fetch_add(sent as u64, Ordering::Relaxed);
     }
 }
 

@@ -4,14 +4,50 @@ Run with the project's virtualenv (`tests/aiortc/.venv/bin/python`, made by `scr
 """
 
 import asyncio
+import fractions
 import json
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
 
 import aioice.ice
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+import av
+import numpy as np
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+SAMPLE_RATE, SAMPLES = 48_000, 960  # 20 ms audio frames
+
+
+class PacedAudioTrack(MediaStreamTrack):
+    """s16 stereo 48 kHz audio paced in real time from the wall clock (as aiortc's AudioStreamTrack paces),
+    so a sample's capture instant is `start + index / SAMPLE_RATE`. Subclasses say what each frame sounds
+    like: `samples(first_index, capture_instants)` returns SAMPLES mono int16 values."""
+
+    kind = "audio"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frames = 0
+        self.start: float | None = None
+
+    def samples(self, first: int, at: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    async def recv(self) -> av.AudioFrame:
+        if self.start is None:
+            self.start = time.time()
+        pts = self.frames * SAMPLES
+        wait = self.start + pts / SAMPLE_RATE - time.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        mono = self.samples(pts, self.start + (pts + np.arange(SAMPLES)) / SAMPLE_RATE)
+        frame = av.AudioFrame.from_ndarray(np.repeat(mono, 2).reshape(1, -1), format="s16", layout="stereo")
+        frame.sample_rate = SAMPLE_RATE
+        frame.pts, frame.time_base = pts, fractions.Fraction(1, SAMPLE_RATE)
+        self.frames += 1
+        return frame
 
 
 def _loopback_only(use_ipv4: bool, use_ipv6: bool) -> list[str]:

@@ -12,18 +12,27 @@ Exit 0 when it connected and published, 1 otherwise.
 """
 
 import asyncio
-import fractions
 import sys
-import time
 
 import av
 import numpy as np
 
-from lib import close, connected_event, die_usage, emit, offer_answer, peer_connection, run, sdp_video_codec
-from aiortc import MediaStreamTrack, RTCRtpSender, VideoStreamTrack
+from lib import (
+    SAMPLE_RATE,
+    SAMPLES,
+    PacedAudioTrack,
+    close,
+    connected_event,
+    die_usage,
+    emit,
+    offer_answer,
+    peer_connection,
+    run,
+    sdp_video_codec,
+)
+from aiortc import RTCRtpSender, VideoStreamTrack
 
 WIDTH, HEIGHT = 640, 360
-SAMPLE_RATE, SAMPLES = 48_000, 960  # 20 ms frames
 TONE_HZ = 440.0
 
 result: dict = {"ok": False}
@@ -54,30 +63,12 @@ class PatternTrack(VideoStreamTrack):
         return frame
 
 
-class ToneTrack(MediaStreamTrack):
-    """A 440 Hz sine, s16 stereo 48 kHz, paced in real time like aiortc's own AudioStreamTrack."""
+class ToneTrack(PacedAudioTrack):
+    """A 440 Hz sine."""
 
-    kind = "audio"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.frames = 0
-        self._start: float | None = None
-
-    async def recv(self) -> av.AudioFrame:
-        if self._start is None:
-            self._start = time.monotonic()
-        pts = self.frames * SAMPLES
-        wait = self._start + pts / SAMPLE_RATE - time.monotonic()
-        if wait > 0:
-            await asyncio.sleep(wait)
-        t = (pts + np.arange(SAMPLES)) / SAMPLE_RATE
-        mono = (0.3 * 32767 * np.sin(2 * np.pi * TONE_HZ * t)).astype(np.int16)
-        frame = av.AudioFrame.from_ndarray(np.repeat(mono, 2).reshape(1, -1), format="s16", layout="stereo")
-        frame.sample_rate = SAMPLE_RATE
-        frame.pts, frame.time_base = pts, fractions.Fraction(1, SAMPLE_RATE)
-        self.frames += 1
-        return frame
+    def samples(self, first: int, at: np.ndarray) -> np.ndarray:
+        t = (first + np.arange(SAMPLES)) / SAMPLE_RATE
+        return (0.3 * 32767 * np.sin(2 * np.pi * TONE_HZ * t)).astype(np.int16)
 
 
 async def main(url: str, seconds: float, codec: str) -> bool:

@@ -11,18 +11,27 @@ whatever a reader sees, the beep onset minus the flash frame's timestamp is the 
 """
 
 import asyncio
-import fractions
 import sys
 import time
 
 import av
 import numpy as np
 
-from lib import close, connected_event, die_usage, emit, offer_answer, peer_connection, run
-from aiortc import MediaStreamTrack, RTCRtpSender, VideoStreamTrack
+from lib import (
+    SAMPLE_RATE,
+    SAMPLES,
+    PacedAudioTrack,
+    close,
+    connected_event,
+    die_usage,
+    emit,
+    offer_answer,
+    peer_connection,
+    run,
+)
+from aiortc import RTCRtpSender, VideoStreamTrack
 
 WIDTH, HEIGHT, FPS = 320, 240, 30
-SAMPLE_RATE, SAMPLES = 48_000, 960
 BEEP_SECS = 0.1
 
 result: dict = {"ok": False}
@@ -49,33 +58,14 @@ class FlashTrack(VideoStreamTrack):
         return frame
 
 
-class BeepTrack(MediaStreamTrack):
-    kind = "audio"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.frames = 0
-        self._start: float | None = None
-
-    async def recv(self) -> av.AudioFrame:
-        if self._start is None:
-            self._start = time.time()
-        pts = self.frames * SAMPLES
-        wait = self._start + pts / SAMPLE_RATE - time.time()
-        if wait > 0:
-            await asyncio.sleep(wait)
-        # Each sample's capture instant; it beeps within BEEP_SECS after a flash frame's instant.
-        at = self._start + (pts + np.arange(SAMPLES)) / SAMPLE_RATE
+class BeepTrack(PacedAudioTrack):
+    def samples(self, first: int, at: np.ndarray) -> np.ndarray:
+        # It beeps within BEEP_SECS after a flash frame's capture instant.
         on = np.zeros(SAMPLES, dtype=bool)
         for f in flashes[-3:]:
             on |= (at >= f) & (at < f + BEEP_SECS)
-        t = (pts + np.arange(SAMPLES)) / SAMPLE_RATE
-        mono = np.where(on, 0.5 * 32767 * np.sin(2 * np.pi * 1000.0 * t), 0).astype(np.int16)
-        frame = av.AudioFrame.from_ndarray(np.repeat(mono, 2).reshape(1, -1), format="s16", layout="stereo")
-        frame.sample_rate = SAMPLE_RATE
-        frame.pts, frame.time_base = pts, fractions.Fraction(1, SAMPLE_RATE)
-        self.frames += 1
-        return frame
+        t = (first + np.arange(SAMPLES)) / SAMPLE_RATE
+        return np.where(on, 0.5 * 32767 * np.sin(2 * np.pi * 1000.0 * t), 0).astype(np.int16)
 
 
 async def main(url: str, seconds: float) -> bool:

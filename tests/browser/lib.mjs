@@ -18,6 +18,20 @@ export const NODE_MODULES = path.join(HERE, 'node_modules');
 export const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
 export const HARD_TIMEOUT_MS = 30_000;
 
+// In-page script (interpolated into a page's <script>): `analyseAudio(track)` keeps a remote audio track
+// flowing through a muted element (Chromium feeds a remote track to WebAudio only while a media element plays
+// it) and exposes an AnalyserNode on it as window.__analyser, which the checks read the level from.
+export const ANALYSE_AUDIO_JS = `
+function analyseAudio(track) {
+  const a = document.createElement('audio');
+  a.muted = true; a.autoplay = true; a.srcObject = new MediaStream([track]);
+  document.body.appendChild(a);
+  const ctx = new AudioContext();
+  const an = ctx.createAnalyser();
+  ctx.createMediaStreamSource(new MediaStream([track])).connect(an);
+  window.__analyser = an;
+}`;
+
 // Exactly the flags from shared/TESTING.md. --user-data-dir=<fresh empty dir> is given by
 // launchPersistentContext(freshDir) (playwright refuses it inside `args`).
 export const CHROMIUM_FLAGS = [

@@ -3,7 +3,7 @@
 // usage: node tests/browser/whep_play.mjs <whep-url> <screenshot.png> [seconds=4] [video codec to offer alone, e.g. vp8,
 //        or "audio" for an audio-only stream: success is then audio packets and level, not video frames]
 // Prints one JSON line {ok, status, framesDecoded, width, height, location, deleteStatus, message}; exit 0 ok, 1 failure.
-import { launchChromium, startStaticServer, HARD_TIMEOUT_MS } from './lib.mjs';
+import { ANALYSE_AUDIO_JS, launchChromium, startStaticServer, HARD_TIMEOUT_MS } from './lib.mjs';
 
 const [url, shot, secondsArg, onlyCodec] = process.argv.slice(2);
 if (!url || !shot) {
@@ -13,7 +13,7 @@ if (!url || !shot) {
 const seconds = Number(secondsArg || 4);
 const html = `<!doctype html><meta charset="utf-8"><title>WHEP check</title>
 <video id="v" muted autoplay playsinline style="width:640px;height:360px;background:#000"></video>
-<script>
+<script>${ANALYSE_AUDIO_JS}
 window.__state = { status: 0, framesDecoded: 0, width: 0, height: 0, errors: [] };
 window.__start = async (url, only) => {
   const pc = new RTCPeerConnection();
@@ -26,14 +26,7 @@ window.__start = async (url, only) => {
   pc.addTransceiver('audio', { direction: 'recvonly' });
   pc.ontrack = (e) => {
     if (e.track.kind === 'audio') {
-      // A muted element keeps the remote track flowing; an AnalyserNode reads its level.
-      const a = document.createElement('audio');
-      a.muted = true; a.autoplay = true; a.srcObject = new MediaStream([e.track]);
-      document.body.appendChild(a);
-      const ctx = new AudioContext();
-      const an = ctx.createAnalyser();
-      ctx.createMediaStreamSource(new MediaStream([e.track])).connect(an);
-      window.__analyser = an;
+      analyseAudio(e.track);
       return;
     }
     const v = document.getElementById('v');

@@ -6,7 +6,7 @@
 // Prints {"event":"connected",...} when the publish connects, then one final JSON line
 // {ok, status, location, codec, framesSent, bytesSent, play: {framesDecoded, fps, audioRms, width}, deleteStatus}.
 // Exit 0 ok, 1 failure.
-import { launchChromium, startStaticServer } from './lib.mjs';
+import { ANALYSE_AUDIO_JS, launchChromium, startStaticServer } from './lib.mjs';
 
 const [url, secondsArg, codecArg, playUrl, shot] = process.argv.slice(2);
 if (!url || !secondsArg) {
@@ -20,7 +20,7 @@ const play = playUrl && playUrl !== '-' ? playUrl : null;
 const html = `<!doctype html><meta charset="utf-8"><title>WHIP check</title>
 <video id="local" muted autoplay playsinline style="width:320px;height:240px;background:#000"></video>
 <video id="remote" muted autoplay playsinline style="width:320px;height:240px;background:#000"></video>
-<script>
+<script>${ANALYSE_AUDIO_JS}
 window.__state = { status: 0, errors: [] };
 window.__publish = async (url, codec) => {
   const media = await navigator.mediaDevices.getUserMedia({ video: codec === 'none' ? false : { width: 640, height: 480 }, audio: true });
@@ -59,14 +59,7 @@ window.__play = async (url) => {
   pc.addTransceiver('audio', { direction: 'recvonly' });
   pc.ontrack = (e) => {
     if (e.track.kind === 'audio') {
-      // Chromium feeds a remote track to WebAudio only while a media element plays it (muted is enough).
-      const a = document.createElement('audio');
-      a.muted = true; a.autoplay = true; a.srcObject = new MediaStream([e.track]);
-      document.body.appendChild(a);
-      const ctx = new AudioContext();
-      const an = ctx.createAnalyser();
-      ctx.createMediaStreamSource(new MediaStream([e.track])).connect(an);
-      window.__analyser = an;
+      analyseAudio(e.track);
       return;
     }
     document.getElementById('remote').srcObject = new MediaStream([e.track]);

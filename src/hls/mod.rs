@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use serde::Deserialize;
 use tokio::sync::Notify;
 
-use crate::hub::{CachePolicy, EndReason, Hub, HubError, Packet, Protocol, Reader, StreamKey};
+use crate::hub::{Audience, CachePolicy, EndReason, Hub, HubError, Packet, Protocol, Purpose, Reader, StreamKey};
 use crate::media::ts::TsMuxer;
 use crate::media::MediaKind;
 
@@ -147,10 +147,13 @@ impl Hls {
             max_skips_per_minute: u32::MAX,
             low_latency: true,
         };
-        let reader = self.hub.subscribe(key, Protocol::Hls, policy, handle.handle.clone()).map_err(|e| match e {
-            HubError::NotFound(_) => HlsError::NotFound(e.to_string()),
-            other => HlsError::NotFound(other.to_string()),
-        })?;
+        let audience = Audience::Internal(Purpose::HlsSegmenter);
+        let reader = self.hub.subscribe_as(key, Protocol::Hls, policy, handle.handle.clone(), audience).map_err(
+            |e| match e {
+                HubError::NotFound(_) => HlsError::NotFound(e.to_string()),
+                other => HlsError::NotFound(other.to_string()),
+            },
+        )?;
         let seg = Arc::new(Segmenter {
             key: key.clone(),
             instance: format!("{:08x}", rand::random::<u32>()),

@@ -296,6 +296,7 @@ pub fn stream_json(s: &Stream) -> Value {
         "gop_ms": s.stats.last_key_interval_ms.load(Ordering::Relaxed),
         "readers": readers,
         "readers_total": s.reader_count(),
+        "attachments": s.attachments(),
         "skips": s.stats.skips.load(Ordering::Relaxed),
         "bytes_in": s.stats.bytes_in.load(Ordering::Relaxed),
         "bytes_out": s.stats.bytes_out.load(Ordering::Relaxed),

@@ -18,7 +18,6 @@ use hyper::body::{Frame, Incoming};
 use parking_lot::Mutex;
 
 use super::{error, Body};
-use crate::events::Event;
 use crate::hub::{ClientGuard, ClientHandle, EndReason, HubError, Packet, Protocol, Reader, StreamKey};
 use crate::media::flv;
 use crate::metrics;
@@ -103,7 +102,6 @@ pub fn play(
     } else {
         Response::new(
             FlvBody {
-                state: state.clone(),
                 reader,
                 guard,
                 pending: VecDeque::new(),
@@ -123,7 +121,6 @@ pub fn play(
 }
 
 struct FlvBody {
-    state: Arc<AppState>,
     reader: Reader,
     guard: ClientGuard,
     pending: VecDeque<Bytes>,
@@ -190,13 +187,8 @@ impl Drop for FlvBody {
         let reason =
             self.ended.take().or_else(|| self.progress.reason.lock().take()).unwrap_or_else(|| "client closed".into());
         tracing::info!(client = self.guard.handle.id, stream = %self.reader.stream().key, %reason, "http-flv stopped");
-        self.state.hub.events().send(Event::Stop {
-            stream: self.reader.stream().key.to_string(),
-            client_id: self.guard.handle.id,
-            protocol: Protocol::HttpFlv,
-            reason,
-            bytes: self.guard.handle.bytes_out.load(Ordering::Relaxed),
-        });
+        // The reader's drop sends on_stop with this reason.
+        self.reader.set_end_reason(reason);
     }
 }
 

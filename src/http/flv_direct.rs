@@ -18,9 +18,8 @@ use tokio::net::TcpStream;
 use tracing::Instrument;
 
 use super::Body;
-use crate::events::Event;
 use crate::hub::fanout::{chunk_frame, Format, Slot};
-use crate::hub::{EndReason, Packet, Protocol};
+use crate::hub::{EndReason, Packet};
 use crate::media::flv;
 use crate::metrics;
 use crate::netio::{self, SharedStream};
@@ -121,13 +120,9 @@ pub async fn serve(state: Arc<AppState>, addr: SocketAddr, sock: TcpStream, head
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
         tracing::info!(%reason, "http-flv stopped");
-        state.hub.events().send(Event::Stop {
-            stream: key.to_string(),
-            client_id: handle.id,
-            protocol: Protocol::HttpFlv,
-            reason,
-            bytes: handle.bytes_out.load(Ordering::Relaxed),
-        });
+        // The reader's drop sends on_stop with this reason.
+        reader.set_end_reason(reason);
+        drop(reader);
         drop(guard);
     }
     .instrument(span)

@@ -1,5 +1,6 @@
 //! The registry of live streams and connected clients (ARCHITECTURE: one publisher, N readers per stream).
 
+pub mod attach;
 pub mod fanout;
 pub mod packet;
 pub mod reader;
@@ -18,6 +19,7 @@ use tokio::sync::Notify;
 
 use crate::events::{Event, EventBus};
 use crate::media::{Frame, MediaKind};
+pub use attach::{Attachment, AttachmentInfo, Audience, Purpose};
 pub use packet::{HeaderSet, Packet};
 pub use reader::{CachePolicy, EndReason, Reader};
 pub use stream::{PublisherInfo, Stream};
@@ -316,7 +318,8 @@ impl Hub {
         })
     }
 
-    /// Attaches a reader. Readers may join a stream in its reconnect grace; a stream nobody publishes is 404.
+    /// Attaches a player of `key` (its `on_play` now, its `on_stop` when the reader drops). Readers may join a
+    /// stream in its reconnect grace; a stream nobody publishes is 404.
     pub fn subscribe(
         &self,
         key: &StreamKey,
@@ -324,15 +327,27 @@ impl Hub {
         policy: CachePolicy,
         handle: Arc<ClientHandle>,
     ) -> Result<Reader, HubError> {
+        self.subscribe_as(key, protocol, policy, handle, Audience::Player { requested: key.clone() })
+    }
+
+    /// Attaches a reader of `key` for `audience`: a player (webhooks name the stream it asked for) or one of
+    /// livegate's own readers (listed with the stream, no webhooks).
+    pub fn subscribe_as(
+        &self,
+        key: &StreamKey,
+        protocol: Protocol,
+        policy: CachePolicy,
+        handle: Arc<ClientHandle>,
+        audience: Audience,
+    ) -> Result<Reader, HubError> {
         let stream = self.get(key).filter(|s| !s.is_closed()).ok_or_else(|| HubError::NotFound(key.to_string()))?;
-        handle.set_state(Role::Player, Some(key));
-        self.0.events.send(Event::Play {
-            stream: key.to_string(),
-            client_id: handle.id,
-            protocol,
-            addr: handle.addr.map(|a| a.to_string()),
-        });
-        Ok(Reader::new(stream, protocol, policy, handle))
+        let shown = match &audience {
+            Audience::Player { requested } => requested,
+            Audience::Internal(_) => key,
+        };
+        handle.set_state(Role::Player, Some(shown));
+        let attach = attach::AttachGuard::reader(&stream, &self.0.events, protocol, &handle, audience);
+        Ok(Reader::new(stream, protocol, policy, handle, attach))
     }
 
     /// Kicks a stream's publisher. Readers then wait out the reconnect grace as for any drop.

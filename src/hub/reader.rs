@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use super::attach::AttachGuard;
 use super::packet::{HeaderSet, Packet};
 use super::stream::{KeyEntry, Ring, Stream};
 use super::{ClientHandle, Protocol};
@@ -68,6 +69,9 @@ pub struct Reader {
     pub skips: u64,
     wake_gen: u64,
     tracks: (bool, bool),
+    /// Why this reader stops, for its player's `on_stop` (the first reason told wins).
+    end_reason: Option<String>,
+    attach: AttachGuard,
 }
 
 impl std::fmt::Debug for Reader {
@@ -77,7 +81,13 @@ impl std::fmt::Debug for Reader {
 }
 
 impl Reader {
-    pub(crate) fn new(stream: Arc<Stream>, protocol: Protocol, policy: CachePolicy, handle: Arc<ClientHandle>) -> Self {
+    pub(crate) fn new(
+        stream: Arc<Stream>,
+        protocol: Protocol,
+        policy: CachePolicy,
+        handle: Arc<ClientHandle>,
+        attach: AttachGuard,
+    ) -> Self {
         stream.stats.readers[protocol as usize].fetch_add(1, Ordering::Relaxed);
         metrics::global().readers_inc(protocol);
         Self {
@@ -94,7 +104,15 @@ impl Reader {
             skips: 0,
             wake_gen: u64::MAX,
             tracks: (false, false),
+            end_reason: None,
+            attach,
         }
+    }
+
+    /// Tells why the reader stops (a stall, a hang-up, a failed write), for its player's `on_stop`. The
+    /// first reason told wins: an end the reader itself saw (kicked, too slow, stream closed) is kept.
+    pub fn set_end_reason(&mut self, reason: impl Into<String>) {
+        self.end_reason.get_or_insert_with(|| reason.into());
     }
 
     pub fn stream(&self) -> &Arc<Stream> {
@@ -153,6 +171,14 @@ impl Reader {
     /// Fills `out` with the next packets (headers first after a join or skip). `Ready(Ok)` with a non-empty
     /// `out`, `Ready(Err)` when the reader must stop, `Pending` until the stream has more.
     pub fn poll_batch(&mut self, cx: &mut Context<'_>, out: &mut Vec<Arc<Packet>>) -> Poll<Result<(), EndReason>> {
+        let r = self.poll_batch_inner(cx, out);
+        if let Poll::Ready(Err(reason)) = &r {
+            self.set_end_reason(reason.to_string());
+        }
+        r
+    }
+
+    fn poll_batch_inner(&mut self, cx: &mut Context<'_>, out: &mut Vec<Arc<Packet>>) -> Poll<Result<(), EndReason>> {
         if let Some(reason) = self.handle.kicked() {
             return Poll::Ready(Err(EndReason::Kicked(reason)));
         }
@@ -312,6 +338,7 @@ impl Reader {
 
 impl Drop for Reader {
     fn drop(&mut self) {
+        self.attach.finish(self.end_reason.as_deref().unwrap_or("client left"));
         self.stream.stats.readers[self.protocol as usize].fetch_sub(1, Ordering::Relaxed);
         metrics::global().readers_dec(self.protocol);
     }

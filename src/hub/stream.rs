@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::Notify;
 
+use super::attach::{AttachmentInfo, Attachments};
 use super::fanout::{self, Class, Format, Slot};
 use super::packet::{HeaderSet, Packet};
 use super::{ClientHandle, Protocol, StreamKey};
@@ -116,6 +117,8 @@ pub struct Stream {
     /// Milliseconds since `created` (+1) of the oldest audio frame held back for the next video frame; 0 = none.
     audio_since: AtomicU64,
     pub(crate) state: Mutex<PublishState>,
+    /// Everything reading this stream (see `hub::attach`).
+    pub(crate) attachments: Attachments,
     pub(crate) rate: Mutex<RateMeter>,
     pub stats: StreamStats,
     closed: AtomicBool,
@@ -176,6 +179,7 @@ impl Stream {
                 published_at: now,
                 published_wall: SystemTime::now(),
             }),
+            attachments: Attachments::default(),
             rate: Mutex::new(RateMeter {
                 at: now,
                 in_total: 0,
@@ -438,6 +442,11 @@ impl Stream {
                 return;
             }
         }
+    }
+
+    /// Who is reading this stream now: players and livegate's own readers.
+    pub fn attachments(&self) -> Vec<AttachmentInfo> {
+        self.attachments.snapshot()
     }
 
     pub fn reader_count(&self) -> usize {

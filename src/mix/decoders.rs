@@ -17,7 +17,7 @@ use tracing::Instrument;
 
 use super::pipeline::{self, Templates};
 use super::timing;
-use crate::hub::{CachePolicy, Hub, Protocol, Stream, StreamKey};
+use crate::hub::{Audience, CachePolicy, Hub, Protocol, Purpose, Stream, StreamKey};
 use crate::media::avc::{self, AvcDecoderConfig};
 use crate::media::{Codec, Frame, MediaKind};
 use crate::transcode::Template;
@@ -270,7 +270,9 @@ impl Decoder {
                 max_skips_per_minute: u32::MAX,
                 low_latency: true,
             };
-            let Ok(mut reader) = self.hub.subscribe(&self.key, Protocol::Transcode, policy, guard.handle.clone())
+            let audience = Audience::Internal(Purpose::MixInput);
+            let Ok(mut reader) =
+                self.hub.subscribe_as(&self.key, Protocol::Transcode, policy, guard.handle.clone(), audience)
             else {
                 continue;
             };

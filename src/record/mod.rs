@@ -23,7 +23,7 @@ use tokio::sync::Notify;
 
 use crate::auth::unix_now;
 use crate::events::Event;
-use crate::hub::{CachePolicy, Hub, HubError, Packet, Protocol, StreamKey};
+use crate::hub::{Audience, CachePolicy, Hub, HubError, Packet, Protocol, Purpose, StreamKey};
 use crate::media::MediaKind;
 use flv_file::FlvFile;
 use hls_file::HlsFile;
@@ -298,8 +298,11 @@ impl Recorder {
             max_skips_per_minute: u32::MAX,
             low_latency: false,
         };
-        let mut reader =
-            self.hub.subscribe(&key, Protocol::Record, policy, guard.handle.clone()).map_err(|e| match e {
+        let audience = Audience::Internal(Purpose::Recording { record_id: record_id.clone() });
+        let mut reader = self
+            .hub
+            .subscribe_as(&key, Protocol::Record, policy, guard.handle.clone(), audience)
+            .map_err(|e| match e {
                 HubError::NotFound(m) => RecordError::NotFound(m),
                 other => RecordError::NotFound(other.to_string()),
             })?;

@@ -13,7 +13,6 @@ use tracing::Instrument;
 use super::chunk::ChunkDecoder;
 use super::handshake::{self, HANDSHAKE_SIZE};
 use super::message::{self as msg, Command};
-use crate::events::Event;
 use crate::hub::fanout::{Format, Slot};
 use crate::hub::packet::RTMP_MEDIA_STREAM_ID;
 use crate::hub::{ClientHandle, EndReason, Packet, Protocol, PublisherInfo, Reader, StreamKey};
@@ -141,13 +140,14 @@ impl Session {
             slot.leave(r.stream());
         }
         // Tell a player why it stops, as Flash Media Server does, before closing.
-        if let Role::Playing(reader) = &self.role {
+        if let Role::Playing(reader) = &mut self.role {
             let reason = match &result {
                 Err(SessionError::Ended(r)) => r.to_string(),
                 Err(e) => e.to_string(),
                 Ok(()) => "closed".into(),
             };
-            self.handle_stop(reader, &reason);
+            // The reader's drop sends on_stop with this reason.
+            reader.set_end_reason(reason);
             if matches!(result, Err(SessionError::Ended(EndReason::StreamClosed))) {
                 self.out.clear();
                 msg::on_status(&mut self.out, "status", "NetStream.Play.UnpublishNotify", "stream was unpublished");
@@ -161,16 +161,6 @@ impl Session {
             Err(SessionError::Eof) => Ok(()),
             other => other,
         }
-    }
-
-    fn handle_stop(&self, reader: &Reader, reason: &str) {
-        self.state.hub.events().send(Event::Stop {
-            stream: reader.stream().key.to_string(),
-            client_id: self.handle.id,
-            protocol: Protocol::Rtmp,
-            reason: reason.to_owned(),
-            bytes: self.handle.bytes_out.load(Ordering::Relaxed),
-        });
     }
 
     async fn handshake(&mut self, sock: &mut TcpStream) -> Result<(), SessionError> {

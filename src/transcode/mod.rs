@@ -17,7 +17,7 @@ use gstreamer_app as gst_app;
 use parking_lot::Mutex;
 use serde::Deserialize;
 
-use crate::hub::{CachePolicy, Hub, Packet, Protocol, PublisherInfo, StreamKey};
+use crate::hub::{Audience, CachePolicy, Hub, Packet, Protocol, PublisherInfo, Purpose, StreamKey};
 use crate::media::{Codec, Frame, MediaKind};
 
 const AAC_TO_OPUS: &str = include_str!("../../pipelines/aac_to_opus.pipeline");
@@ -206,7 +206,13 @@ impl Transcoders {
         };
         let reader = self
             .hub
-            .subscribe(key, Protocol::Transcode, policy, guard.handle.clone())
+            .subscribe_as(
+                key,
+                Protocol::Transcode,
+                policy,
+                guard.handle.clone(),
+                Audience::Internal(Purpose::Rendition { output: derived.to_string() }),
+            )
             .map_err(|e| TranscodeError::NotFound(e.to_string()))?;
         let info = PublisherInfo {
             client_id: guard.handle.id,

@@ -25,7 +25,7 @@ use webrtc::rtp_transceiver::RtpSender;
 use super::{
     answer, h264_codec, has_active_media, opus_codec, rtp_track, vp8_codec, AnswerError, PeerFactory, WebrtcConfig, MTU,
 };
-use crate::hub::{CachePolicy, ClientGuard, Hub, HubError, Packet, Protocol, StreamKey};
+use crate::hub::{Audience, CachePolicy, ClientGuard, Hub, HubError, Packet, Protocol, Purpose, StreamKey};
 use crate::media::avc::{self, AvcDecoderConfig};
 use crate::media::{Codec, MediaKind};
 
@@ -126,7 +126,10 @@ impl Whep {
         let (pc, track, sender, audio, ssrc, mut state_rx, answer) =
             self.negotiate(offer, opus_key.is_some(), vp8).await?;
         let guard = self.hub.register_client(Protocol::Whep, addr);
-        let reader = match self.hub.subscribe(&video_key, Protocol::Whep, policy, guard.handle.clone()) {
+        // One player per viewer, named by the stream it asked for, whatever rendition its video comes from.
+        let audience = Audience::Player { requested: key.clone() };
+        let mut reader = match self.hub.subscribe_as(&video_key, Protocol::Whep, policy, guard.handle.clone(), audience)
+        {
             Ok(r) => r,
             Err(e) => {
                 let _ = pc.close().await;
@@ -151,6 +154,7 @@ impl Whep {
         });
         let this = self.clone();
         let sid = id.clone();
+        let key = key.clone();
         let connect_timeout = Duration::from_secs_f64(self.cfg.connect_timeout_secs);
         tokio::spawn(async move {
             let connected =
@@ -161,10 +165,10 @@ impl Whep {
                 true => {
                     tracing::info!(session = %sid, client = guard.handle.id, audio = opus_key.is_some(), "whep connected");
                     let audio_task = match (audio, opus_key) {
-                        (Some(a), Some(k)) => this.spawn_audio(k, a, &guard),
+                        (Some(a), Some(k)) => this.spawn_audio(k, a, &guard, &key),
                         _ => None,
                     };
-                    let r = pump(reader, &track, &sender, ssrc, &mut state_rx, vp8).await;
+                    let r = pump(&mut reader, &track, &sender, ssrc, &mut state_rx, vp8).await;
                     if let Some(t) = audio_task {
                         t.abort();
                     }
@@ -173,6 +177,9 @@ impl Whep {
                 false => format!("not connected within {connect_timeout:?}"),
             };
             tracing::info!(session = %sid, client = guard.handle.id, %reason, "whep session ended");
+            // The reader's drop sends the viewer's on_stop with this reason.
+            reader.set_end_reason(reason);
+            drop(reader);
             // Our own close fires no Closed event: clean up here.
             this.sessions.lock().remove(&sid);
             let _ = pc.close().await;
@@ -259,7 +266,13 @@ struct AudioOut {
 }
 
 impl Whep {
-    fn spawn_audio(&self, key: StreamKey, a: AudioOut, guard: &ClientGuard) -> Option<tokio::task::JoinHandle<()>> {
+    fn spawn_audio(
+        &self,
+        key: StreamKey,
+        a: AudioOut,
+        guard: &ClientGuard,
+        viewer_of: &StreamKey,
+    ) -> Option<tokio::task::JoinHandle<()>> {
         // Audio follows live closely: start at the newest packet, keep at most half a second of backlog.
         let policy = CachePolicy {
             min_cache: Duration::ZERO,
@@ -267,7 +280,8 @@ impl Whep {
             max_skips_per_minute: u32::MAX,
             low_latency: true,
         };
-        let mut reader = self.hub.subscribe(&key, Protocol::Whep, policy, guard.handle.clone()).ok()?;
+        let audience = Audience::Internal(Purpose::ViewerAudio { viewer_of: viewer_of.to_string() });
+        let mut reader = self.hub.subscribe_as(&key, Protocol::Whep, policy, guard.handle.clone(), audience).ok()?;
         Some(tokio::spawn(async move {
             let Some(pt) = negotiated_pt(&a.sender).await else { return };
             let mut seq: u16 = rand::random();
@@ -300,7 +314,7 @@ impl Whep {
 
 /// Sends the stream's video to one viewer until the stream ends, the viewer goes away or a write fails.
 async fn pump(
-    mut reader: crate::hub::Reader,
+    reader: &mut crate::hub::Reader,
     track: &TrackLocalStaticRTP,
     sender: &Arc<dyn RtpSender>,
     ssrc: u32,

@@ -66,6 +66,7 @@ impl AppState {
             config.hls.segment_secs,
         );
         let transcoders = crate::transcode::Transcoders::new(hub.clone(), config.transcode.clone())?;
+        hub.add_source_factory(transcoders.source_factory());
         let peers = Arc::new(crate::webrtc::PeerFactory::new(config.webrtc.clone()));
         let whep = crate::webrtc::Whep::new(hub.clone(), config.webrtc.clone(), transcoders.clone(), peers.clone());
         let whip = crate::webrtc::Whip::new(

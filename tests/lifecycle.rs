@@ -60,6 +60,19 @@ fn flv_on_keepalive_connection(port: u16, path: &str) -> usize {
     got.len()
 }
 
+/// aiortc playing `live/{name}` over WHEP for `secs` seconds of decoded video, in the background.
+fn whep_viewer(srv: &Server, name: &str, secs: u32) -> Proc {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/aiortc");
+    let url = format!("http://127.0.0.1:{}/whep/live/{name}", srv.http_port);
+    Proc::spawn_capture(
+        std::process::Command::new("timeout")
+            .arg("90")
+            .arg(dir.join(".venv/bin/python"))
+            .arg(dir.join("whep_play.py"))
+            .args([url, secs.to_string()]),
+    )
+}
+
 #[test]
 fn every_player_gets_one_on_play_and_one_on_stop_and_internal_readers_none() {
     let (port, got) = http_receiver(200);
@@ -90,15 +103,7 @@ fn every_player_gets_one_on_play_and_one_on_stop_and_internal_readers_none() {
 
     // WHEP: one player of live/lc whatever it reads; its audio is an internal reader of the Opus rendition,
     // which is made by an internal reader of live/lc.
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/aiortc");
-    let url = format!("http://127.0.0.1:{}/whep/live/lc", srv.http_port);
-    let mut viewer = Proc::spawn_capture(
-        std::process::Command::new("timeout")
-            .arg("90")
-            .arg(dir.join(".venv/bin/python"))
-            .arg(dir.join("whep_play.py"))
-            .args([&url, "4"]),
-    );
+    let mut viewer = whep_viewer(&srv, "lc", 4);
     assert!(
         wait_until(Duration::from_secs(30), || {
             has_attachment(&srv, "lc", |a| a["kind"] == "player" && a["protocol"] == "whep")
@@ -184,4 +189,39 @@ fn on_stop_says_why_a_player_left() {
     }));
     let r = stop_of(players[1]).unwrap();
     assert_eq!(r["reason"], "stream closed", "{r}");
+}
+
+#[test]
+fn a_rendition_starts_with_its_first_reader_and_stops_after_its_last() {
+    let srv = Server::start(&format!("[transcode]\nidle_stop_secs = 1.0\n{WEBRTC}"));
+    let _p = push(&media("360p"), &srv.rtmp_url("od"));
+    srv.wait_live("od");
+    assert!(srv.stream_json("od@opus").is_none(), "no rendition before anyone reads it");
+    let mut ids = Vec::new();
+    // Twice: a rendition stopped after its last reader comes back for the next one.
+    for round in 0..2 {
+        let mut viewer = whep_viewer(&srv, "od", 2);
+        assert!(
+            wait_until(Duration::from_secs(30), || srv.stream_json("od@opus").is_some_and(|j| j["readers_total"] == 1)),
+            "round {round}: {:?}",
+            srv.stream_json("od@opus")
+        );
+        let j = srv.stream_json("od@opus").unwrap();
+        assert_eq!(j["source"]["kind"], "rendition", "{j}");
+        assert_eq!(j["source"]["from"], "live/od", "{j}");
+        assert_eq!(j["publisher"]["protocol"], "transcode", "{j}");
+        ids.push(j["id"].clone());
+        assert!(has_attachment(&srv, "od", |a| a["purpose"] == "rendition" && a["output"] == "live/od@opus"));
+        assert!(viewer.wait(Duration::from_secs(60)).is_some_and(|s| s.success()), "{}", viewer.stdout());
+        // The viewer left: the rendition outlives it by idle_stop_secs, then its stream and its reader of
+        // live/od are gone.
+        assert!(
+            wait_until(Duration::from_secs(15), || srv.stream_json("od@opus").is_none()),
+            "{:?}",
+            srv.stream_json("od@opus")
+        );
+        assert!(!has_attachment(&srv, "od", |a| a["purpose"] == "rendition"), "{:?}", attachments(&srv, "od"));
+    }
+    assert_ne!(ids[0], ids[1], "a new rendition stream for the second viewer");
+    assert!(srv.log_text().contains("on-demand source stopped"), "{}", srv.log_text());
 }

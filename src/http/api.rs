@@ -297,6 +297,7 @@ pub fn stream_json(s: &Stream) -> Value {
         "readers": readers,
         "readers_total": s.reader_count(),
         "attachments": s.attachments(),
+        "source": s.source(),
         "skips": s.stats.skips.load(Ordering::Relaxed),
         "bytes_in": s.stats.bytes_in.load(Ordering::Relaxed),
         "bytes_out": s.stats.bytes_out.load(Ordering::Relaxed),

@@ -4,6 +4,7 @@ pub mod attach;
 pub mod fanout;
 pub mod packet;
 pub mod reader;
+pub mod source;
 pub mod stream;
 
 use std::collections::HashMap;
@@ -22,6 +23,7 @@ use crate::media::{Frame, MediaKind};
 pub use attach::{Attachment, AttachmentInfo, Audience, Purpose};
 pub use packet::{HeaderSet, Packet};
 pub use reader::{CachePolicy, EndReason, Reader};
+pub use source::{SourceError, SourceFactory, SourceHandle, SourceInfo, SourceKind};
 pub use stream::{PublisherInfo, Stream};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -149,6 +151,8 @@ pub enum HubError {
     NotFound(String),
     #[error("server is shutting down")]
     ShuttingDown,
+    #[error("{0}")]
+    Source(#[from] SourceError),
 }
 
 /// Tunables the hub needs (from `[hub]` and `[play]` in the config).
@@ -182,6 +186,9 @@ struct HubInner {
     next_id: AtomicU64,
     events: EventBus,
     shutting_down: AtomicBool,
+    /// Asked, in order, for streams nobody publishes (see `hub::source`).
+    factories: RwLock<Vec<Arc<dyn SourceFactory>>>,
+    starting: Mutex<()>,
 }
 
 /// The registry: cheap to clone, shared by every task.
@@ -197,6 +204,8 @@ impl Hub {
             next_id: AtomicU64::new(1),
             events,
             shutting_down: AtomicBool::new(false),
+            factories: RwLock::new(Vec::new()),
+            starting: Mutex::new(()),
         }))
     }
 
@@ -258,26 +267,7 @@ impl Hub {
         if self.0.shutting_down.load(Ordering::Acquire) {
             return Err(HubError::ShuttingDown);
         }
-        let mut streams = self.0.streams.write();
-        let stream = match streams.get(&key) {
-            Some(s) if !s.is_closed() => s.clone(),
-            _ => {
-                let id = self.0.next_id.fetch_add(1, Ordering::Relaxed);
-                let s = Arc::new(Stream::new(
-                    key.clone(),
-                    id,
-                    self.0.opts.retention,
-                    self.0.opts.max_stream_bytes,
-                    self.0.opts.merge_window,
-                    self.0.opts.audio_hold,
-                ));
-                // Every write to parked players happens on the flusher, never on the publisher's task.
-                tokio::spawn(s.clone().run_flusher());
-                streams.insert(key.clone(), s.clone());
-                s
-            }
-        };
-        drop(streams);
+        let stream = self.get_or_create(&key);
         let resumed;
         let generation;
         {
@@ -318,6 +308,29 @@ impl Hub {
         })
     }
 
+    /// The live stream `key`, made (waiting for its publisher) if there is none.
+    fn get_or_create(&self, key: &StreamKey) -> Arc<Stream> {
+        let mut streams = self.0.streams.write();
+        match streams.get(key) {
+            Some(s) if !s.is_closed() => s.clone(),
+            _ => {
+                let id = self.0.next_id.fetch_add(1, Ordering::Relaxed);
+                let s = Arc::new(Stream::new(
+                    key.clone(),
+                    id,
+                    self.0.opts.retention,
+                    self.0.opts.max_stream_bytes,
+                    self.0.opts.merge_window,
+                    self.0.opts.audio_hold,
+                ));
+                // Every write to parked players happens on the flusher, never on the publisher's task.
+                tokio::spawn(s.clone().run_flusher());
+                streams.insert(key.clone(), s.clone());
+                s
+            }
+        }
+    }
+
     /// Attaches a player of `key` (its `on_play` now, its `on_stop` when the reader drops). Readers may join a
     /// stream in its reconnect grace; a stream nobody publishes is 404.
     pub fn subscribe(
@@ -340,7 +353,10 @@ impl Hub {
         handle: Arc<ClientHandle>,
         audience: Audience,
     ) -> Result<Reader, HubError> {
-        let stream = self.get(key).filter(|s| !s.is_closed()).ok_or_else(|| HubError::NotFound(key.to_string()))?;
+        let stream = match self.get(key).filter(|s| !s.is_closed()) {
+            Some(s) => s,
+            None => self.start_on_demand(key)?.ok_or_else(|| HubError::NotFound(key.to_string()))?,
+        };
         let shown = match &audience {
             Audience::Player { requested } => requested,
             Audience::Internal(_) => key,
@@ -396,6 +412,14 @@ impl Hub {
             if st.generation != generation || st.publisher.is_some() {
                 return;
             }
+        }
+        self.close_now(stream);
+    }
+
+    /// Ends a stream now: out of the registry, its readers told, its on-demand source stopped.
+    fn close_now(&self, stream: &Arc<Stream>) {
+        if stream.is_closed() {
+            return;
         }
         let mut streams = self.0.streams.write();
         if streams.get(&stream.key).is_some_and(|s| Arc::ptr_eq(s, stream)) {

@@ -89,6 +89,7 @@ impl Reader {
         attach: AttachGuard,
     ) -> Self {
         stream.stats.readers[protocol as usize].fetch_add(1, Ordering::Relaxed);
+        stream.readers_changed.notify_waiters();
         metrics::global().readers_inc(protocol);
         Self {
             stream,
@@ -340,6 +341,7 @@ impl Drop for Reader {
     fn drop(&mut self) {
         self.attach.finish(self.end_reason.as_deref().unwrap_or("client left"));
         self.stream.stats.readers[self.protocol as usize].fetch_sub(1, Ordering::Relaxed);
+        self.stream.readers_changed.notify_waiters();
         metrics::global().readers_dec(self.protocol);
     }
 }

@@ -14,6 +14,7 @@ use tokio::sync::Notify;
 use super::attach::{AttachmentInfo, Attachments};
 use super::fanout::{self, Class, Format, Slot};
 use super::packet::{HeaderSet, Packet};
+use super::source::{SourceHandle, SourceInfo};
 use super::{ClientHandle, Protocol, StreamKey};
 use crate::media::{Frame, MediaKind};
 
@@ -119,6 +120,10 @@ pub struct Stream {
     pub(crate) state: Mutex<PublishState>,
     /// Everything reading this stream (see `hub::attach`).
     pub(crate) attachments: Attachments,
+    /// Signalled when a reader comes or goes (an on-demand source's watcher counts them).
+    pub(crate) readers_changed: Notify,
+    /// The source started for this stream's readers, if it is an on-demand stream (see `hub::source`).
+    pub(crate) on_demand: Mutex<Option<SourceHandle>>,
     pub(crate) rate: Mutex<RateMeter>,
     pub stats: StreamStats,
     closed: AtomicBool,
@@ -180,6 +185,8 @@ impl Stream {
                 published_wall: SystemTime::now(),
             }),
             attachments: Attachments::default(),
+            readers_changed: Notify::new(),
+            on_demand: Mutex::new(None),
             rate: Mutex::new(RateMeter {
                 at: now,
                 in_total: 0,
@@ -223,6 +230,8 @@ impl Stream {
     /// Ends the stream for every reader (they drain nothing more and close cleanly).
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::Release);
+        // An on-demand source has nobody to publish for any more.
+        drop(self.on_demand.lock().take());
         self.flush_signal.notify_one();
         // Parked players go back to their tasks, whose Readers send what is left and end cleanly.
         fanout::release_all(self);
@@ -442,6 +451,11 @@ impl Stream {
                 return;
             }
         }
+    }
+
+    /// The on-demand source publishing this stream, if any.
+    pub fn source(&self) -> Option<SourceInfo> {
+        self.on_demand.lock().as_ref().map(|h| h.info.clone())
     }
 
     /// Who is reading this stream now: players and livegate's own readers.

@@ -5,7 +5,6 @@
 //! templates (`pipelines/*.pipeline`, gst-launch syntax with `{placeholders}`), validated at start-up, so an
 //! operator can swap elements without recompiling.
 
-use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,10 +13,12 @@ use bytes::Bytes;
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
-use parking_lot::Mutex;
 use serde::Deserialize;
 
-use crate::hub::{Audience, CachePolicy, Hub, Packet, Protocol, PublisherInfo, Purpose, StreamKey};
+use crate::hub::{
+    Audience, CachePolicy, Hub, Packet, Protocol, PublisherInfo, Purpose, SourceError, SourceFactory, SourceHandle,
+    SourceInfo, SourceKind, StreamKey,
+};
 use crate::media::{Codec, Frame, MediaKind};
 
 const AAC_TO_OPUS: &str = include_str!("../../pipelines/aac_to_opus.pipeline");
@@ -116,8 +117,6 @@ pub struct Transcoders {
     aac_to_opus: Template,
     h264_to_baseline: Template,
     h264_to_vp8: Template,
-    /// Derived streams whose transcoder runs.
-    running: Mutex<HashSet<StreamKey>>,
 }
 
 /// Which rendition of a stream.
@@ -126,6 +125,54 @@ enum Kind {
     Opus,
     Baseline,
     Vp8,
+}
+
+impl Kind {
+    const ALL: [Kind; 3] = [Kind::Opus, Kind::Baseline, Kind::Vp8];
+
+    /// The derived stream's name is the source's with `@` and this.
+    fn suffix(self) -> &'static str {
+        match self {
+            Kind::Opus => "opus",
+            Kind::Baseline => "cb",
+            Kind::Vp8 => "vp8",
+        }
+    }
+}
+
+/// The decoder configuration a rendition of `kind` starts from, if `source` has the codec it transcodes.
+fn input_config(source: &crate::hub::Stream, kind: Kind) -> Option<Bytes> {
+    let headers = source.headers();
+    let (slot, codec) = match kind {
+        Kind::Opus => (2, Codec::Aac),
+        Kind::Baseline | Kind::Vp8 => (1, Codec::H264),
+    };
+    headers.slots[slot].as_ref().filter(|p| p.frame.codec == codec).map(|p| p.frame.payload.clone())
+}
+
+/// Renditions as the hub's on-demand sources: reading `live/a@opus` starts `live/a`'s AAC → Opus transcoder,
+/// and the hub stops it `transcode.idle_stop_secs` after its last reader left.
+struct Renditions(Arc<Transcoders>);
+
+impl SourceFactory for Renditions {
+    fn start(&self, key: &StreamKey) -> Option<Result<SourceHandle, SourceError>> {
+        let (base, suffix) = key.name.rsplit_once('@')?;
+        let kind = Kind::ALL.into_iter().find(|k| k.suffix() == suffix)?;
+        let source = StreamKey::new(&key.app, base);
+        let stop = Arc::new(tokio::sync::Notify::new());
+        match self.0.start(&source, key, kind, stop.clone()) {
+            Ok(None) => None,
+            Ok(Some(())) => Some(Ok(SourceHandle::new(
+                SourceInfo { kind: SourceKind::Rendition, from: source.to_string() },
+                Duration::from_secs(10),
+                Duration::from_secs_f64(self.0.cfg.idle_stop_secs),
+                move || stop.notify_one(),
+            ))),
+            Err(e) => {
+                Some(Err(SourceError { kind: SourceKind::Rendition, stream: key.to_string(), detail: e.to_string() }))
+            }
+        }
+    }
 }
 
 impl Transcoders {
@@ -141,35 +188,30 @@ impl Transcoders {
         let h264_to_vp8 = Template::load(Path::new(&cfg.pipelines_dir), "h264_to_vp8", H264_TO_VP8)?;
         let (p, _, _) = h264_to_vp8.build(&[("bitrate", (cfg.video_kbps * 1000).to_string()), ("gop", "60".into())])?;
         let _ = p.set_state(gst::State::Null);
-        Ok(Arc::new(Self { hub, cfg, aac_to_opus, h264_to_baseline, h264_to_vp8, running: Mutex::new(HashSet::new()) }))
+        Ok(Arc::new(Self { hub, cfg, aac_to_opus, h264_to_baseline, h264_to_vp8 }))
     }
 
-    /// The Opus rendition of `key` (started if needed). `None` when the stream has no AAC audio.
-    pub fn opus(self: &Arc<Self>, key: &StreamKey) -> Result<Option<StreamKey>, TranscodeError> {
+    /// The stream carrying `key`'s audio as Opus: its `@opus` rendition, made on demand by its first reader,
+    /// when the stream has AAC or someone publishes that name (a WHIP session publishes its browser's own
+    /// Opus). `None` when there is no Opus to be had.
+    pub fn opus(&self, key: &StreamKey) -> Result<Option<StreamKey>, TranscodeError> {
         self.rendition(key, Kind::Opus)
     }
 
     /// The constrained-baseline H.264 rendition of `key` (for B-frame sources). `None` without H.264 video.
-    pub fn baseline(self: &Arc<Self>, key: &StreamKey) -> Result<Option<StreamKey>, TranscodeError> {
+    pub fn baseline(&self, key: &StreamKey) -> Result<Option<StreamKey>, TranscodeError> {
         self.rendition(key, Kind::Baseline)
     }
 
     /// The VP8 rendition of `key` (for browsers that offer no H.264). `None` without H.264 video.
-    pub fn vp8(self: &Arc<Self>, key: &StreamKey) -> Result<Option<StreamKey>, TranscodeError> {
+    pub fn vp8(&self, key: &StreamKey) -> Result<Option<StreamKey>, TranscodeError> {
         self.rendition(key, Kind::Vp8)
     }
 
-    fn rendition(self: &Arc<Self>, key: &StreamKey, kind: Kind) -> Result<Option<StreamKey>, TranscodeError> {
-        let suffix = match kind {
-            Kind::Opus => "opus",
-            Kind::Baseline => "cb",
-            Kind::Vp8 => "vp8",
-        };
-        let derived = StreamKey::new(&key.app, &format!("{}@{suffix}", key.name));
-        let mut running = self.running.lock();
-        let live = self.hub.get(&derived).is_some_and(|s| !s.is_closed());
-        // Running here, or published by someone else: a WHIP session publishes its browser's own Opus.
-        if live && (running.contains(&derived) || self.hub.get(&derived).is_some_and(|s| s.publisher().is_some())) {
+    /// The name of `key`'s rendition of `kind`, if it exists or can be made; reading it starts it.
+    fn rendition(&self, key: &StreamKey, kind: Kind) -> Result<Option<StreamKey>, TranscodeError> {
+        let derived = StreamKey::new(&key.app, &format!("{}@{}", key.name, kind.suffix()));
+        if self.hub.get(&derived).is_some_and(|s| !s.is_closed()) {
             return Ok(Some(derived));
         }
         let source = self
@@ -177,16 +219,19 @@ impl Transcoders {
             .get(key)
             .filter(|s| !s.is_closed())
             .ok_or_else(|| TranscodeError::NotFound(format!("stream {key} is not being published")))?;
-        let headers = source.headers();
-        let (slot, codec) = match kind {
-            Kind::Opus => (2, Codec::Aac),
-            Kind::Baseline | Kind::Vp8 => (1, Codec::H264),
-        };
-        let Some(config) =
-            headers.slots[slot].as_ref().filter(|p| p.frame.codec == codec).map(|p| p.frame.payload.clone())
-        else {
-            return Ok(None);
-        };
+        Ok(input_config(&source, kind).is_some().then_some(derived))
+    }
+
+    /// Starts the transcoder publishing `derived`, the `kind` rendition of `key`; it runs until `stop`.
+    fn start(
+        self: &Arc<Self>,
+        key: &StreamKey,
+        derived: &StreamKey,
+        kind: Kind,
+        stop: Arc<tokio::sync::Notify>,
+    ) -> Result<Option<()>, TranscodeError> {
+        let Some(source) = self.hub.get(key).filter(|s| !s.is_closed()) else { return Ok(None) };
+        let Some(config) = input_config(&source, kind) else { return Ok(None) };
         let (pipeline, src, sink) = match kind {
             Kind::Opus => self.aac_to_opus.build(&[("bitrate", self.cfg.opus_bitrate.to_string())])?,
             Kind::Baseline => {
@@ -227,21 +272,23 @@ impl Transcoders {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Out>();
         sink_to_channel(&sink, tx);
         pipeline.set_state(gst::State::Playing).map_err(|e| TranscodeError::Gst(e.to_string()))?;
-        running.insert(derived.clone());
-        drop(running);
         tracing::info!(stream = %key, rendition = %derived, "transcoder started");
         let this = self.clone();
         let key = key.clone();
         let d = derived.clone();
         tokio::spawn(async move {
             let _client = guard;
-            let reason = this.run(kind, reader, publisher, &src, &sink, rx, &d).await;
+            let reason = this.run(kind, reader, publisher, &src, &sink, rx, &d, &stop).await;
             let _ = src.end_of_stream();
             let _ = pipeline.set_state(gst::State::Null);
-            this.running.lock().remove(&d);
             tracing::info!(stream = %key, rendition = %d, %reason, "transcoder stopped");
         });
-        Ok(Some(derived))
+        Ok(Some(()))
+    }
+
+    /// The hub's source factory for rendition names (`{name}@opus`, `@cb`, `@vp8`).
+    pub fn source_factory(self: &Arc<Self>) -> Arc<dyn SourceFactory> {
+        Arc::new(Renditions(self.clone()))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -254,10 +301,8 @@ impl Transcoders {
         sink: &gst_app::AppSink,
         mut rx: tokio::sync::mpsc::UnboundedReceiver<Out>,
         derived: &StreamKey,
+        stop: &tokio::sync::Notify,
     ) -> String {
-        let idle = Duration::from_secs_f64(self.cfg.idle_stop_secs);
-        let mut last_reader = Instant::now();
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut batch: Vec<Arc<Packet>> = Vec::new();
         let mut base: Option<i64> = None;
         let mut out_config: Option<Bytes> = None;
@@ -328,14 +373,7 @@ impl Transcoders {
                         last_forced = Some(Instant::now());
                     }
                 }
-                _ = tick.tick() => {
-                    let readers = self.hub.get(derived).map(|s| s.reader_count()).unwrap_or(0);
-                    if readers > 0 {
-                        last_reader = Instant::now();
-                    } else if last_reader.elapsed() >= idle {
-                        return "no readers".into();
-                    }
-                }
+                _ = stop.notified() => return "no readers".into(),
             }
         }
     }

@@ -1,15 +1,9 @@
-//! The internal event bus (ARCHITECTURE invariant 7) and the webhooks it feeds.
+//! The internal event bus (ARCHITECTURE invariant 7): what happened, for whoever listens (webhooks,
+//! metrics, room event streams). Plain data at the hub's layer; delivery lives in `webhooks`.
 
-use std::time::Duration;
-
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
 use tokio::sync::broadcast;
 
-use crate::config::WebhookConfig;
 use crate::hub::Protocol;
 
 #[derive(Debug, Clone, Serialize)]
@@ -57,95 +51,5 @@ impl EventBus {
 
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.tx.subscribe()
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum WebhookError {
-    #[error("{url} answered {status}")]
-    Refused { url: String, status: u16 },
-    #[error("{url} failed: {detail}")]
-    Failed { url: String, detail: String },
-}
-
-type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
-
-/// POSTs events as JSON to the configured URLs.
-#[derive(Clone)]
-pub struct Webhooks {
-    cfg: WebhookConfig,
-    client: HttpClient,
-}
-
-impl Webhooks {
-    pub fn new(cfg: WebhookConfig) -> Self {
-        let client = Client::builder(TokioExecutor::new()).build_http();
-        Self { cfg, client }
-    }
-
-    /// Asks the on_publish hooks; any non-2xx answer (or failure) refuses the publish.
-    pub async fn authorize_publish(&self, event: &Event) -> Result<(), WebhookError> {
-        for url in &self.cfg.on_publish {
-            self.post(url, event).await?;
-        }
-        Ok(())
-    }
-
-    async fn post(&self, url: &str, event: &Event) -> Result<(), WebhookError> {
-        let body = serde_json::to_vec(event).unwrap_or_default();
-        let req = http::Request::post(url)
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .header(http::header::USER_AGENT, concat!("livegate/", env!("CARGO_PKG_VERSION")))
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| WebhookError::Failed { url: url.into(), detail: e.to_string() })?;
-        let fut = self.client.request(req);
-        let resp = tokio::time::timeout(Duration::from_millis(self.cfg.timeout_ms), fut)
-            .await
-            .map_err(|_| WebhookError::Failed {
-                url: url.into(),
-                detail: format!("no answer within {} ms", self.cfg.timeout_ms),
-            })?
-            .map_err(|e| WebhookError::Failed { url: url.into(), detail: e.to_string() })?;
-        let status = resp.status();
-        // Drain the body so the connection can be reused.
-        let _ = resp.into_body().collect().await;
-        if !status.is_success() {
-            return Err(WebhookError::Refused { url: url.into(), status: status.as_u16() });
-        }
-        Ok(())
-    }
-
-    /// Delivers notification events from the bus until it closes.
-    pub async fn run(self, bus: EventBus) {
-        let mut rx = bus.subscribe();
-        loop {
-            let event = match rx.recv().await {
-                Ok(e) => e,
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::warn!(lost = n, "webhook dispatcher lagged; events dropped");
-                    continue;
-                }
-                Err(broadcast::error::RecvError::Closed) => return,
-            };
-            let urls = match &event {
-                Event::Unpublish { .. } => &self.cfg.on_unpublish,
-                Event::Play { .. } => &self.cfg.on_play,
-                Event::Stop { .. } => &self.cfg.on_stop,
-                // on_publish is asked synchronously before the publish is accepted.
-                Event::Publish { .. }
-                | Event::StreamClosed { .. }
-                | Event::RecordFailed { .. }
-                | Event::MixError { .. } => continue,
-            };
-            for url in urls.clone() {
-                let this = self.clone();
-                let event = event.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = this.post(&url, &event).await {
-                        tracing::warn!(error = %e, "webhook delivery failed");
-                    }
-                });
-            }
-        }
     }
 }

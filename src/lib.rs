@@ -19,4 +19,5 @@ pub mod record;
 pub mod rtmp;
 pub mod server;
 pub mod transcode;
+pub mod webhooks;
 pub mod webrtc;

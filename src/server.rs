@@ -8,7 +8,8 @@ use tokio::net::TcpListener;
 
 use crate::auth::{self, AuthError};
 use crate::config::Config;
-use crate::events::{Event, EventBus, WebhookError, Webhooks};
+use crate::events::{Event, EventBus};
+use crate::webhooks::{WebhookError, Webhooks};
 use crate::hub::{Hub, PublisherInfo, StreamKey};
 use crate::names::{self, NameError};
 

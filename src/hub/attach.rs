@@ -10,9 +10,10 @@
 //!
 //! What happens when the last WHEP viewer of a stream leaves: its session task ends, dropping its two
 //! readers; the video reader's attachment sends `on_stop` (reason and bytes of the whole viewer) and leaves
-//! the stream; the audio reader's leaves the `@opus` rendition, whose reader count drops to zero; its
-//! transcoder sees that on its next tick and stops `transcode.idle_stop_secs` later, unpublishing the
-//! rendition, which closes once its reconnect grace has passed.
+//! the stream; the audio reader's leaves the `@opus` rendition, an on-demand stream (`hub::source`) whose
+//! watcher is woken by the reader count dropping to zero. If no reader comes back within
+//! `transcode.idle_stop_secs`, the watcher drops the rendition's source handle, which stops the transcoder
+//! (its reader of the stream leaves too), and closes the rendition's stream.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -52,7 +52,11 @@ enum Cmd {
 
 fn load(config: Option<&PathBuf>) -> anyhow::Result<Config> {
     match config {
-        Some(p) => Config::load(p).with_context(|| format!("config {}", p.display())),
+        Some(p) => {
+            let c = Config::load(p).with_context(|| format!("config {}", p.display()))?;
+            livegate::server::check_config(&c).with_context(|| format!("config {}", p.display()))?;
+            Ok(c)
+        }
         None => Ok(Config::default_config()),
     }
 }
@@ -90,7 +94,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::CheckConfig { file } => {
-            Config::load(&file).with_context(|| format!("config {}", file.display()))?;
+            load(Some(&file))?;
             println!("{}: ok", file.display());
             Ok(())
         }

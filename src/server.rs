@@ -9,9 +9,9 @@ use tokio::net::TcpListener;
 use crate::auth::{self, AuthError};
 use crate::config::Config;
 use crate::events::{Event, EventBus};
-use crate::webhooks::{WebhookError, Webhooks};
 use crate::hub::{Hub, PublisherInfo, StreamKey};
 use crate::names::{self, NameError};
+use crate::webhooks::{WebhookError, Webhooks};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
@@ -57,7 +57,7 @@ impl Drop for ConnPermit {
 impl AppState {
     pub fn new(config: Config) -> Result<Arc<Self>, crate::transcode::TranscodeError> {
         let events = EventBus::new();
-        let hub = Hub::new(config.hub_options(), events);
+        let hub = Hub::new(crate::hub::HubOptions::from_config(&config.hub), events);
         let webhooks = Webhooks::new(config.webhooks.clone());
         let hls = crate::hls::Hls::new(hub.clone(), config.hls.clone());
         let recorder = crate::record::Recorder::new(
@@ -161,6 +161,14 @@ impl AppState {
     }
 }
 
+/// The checks of a parsed config that need the services' knowledge (a recording name template, the mix
+/// output defaults); `Config::parse` has done the rest. `serve` and `check-config` run both.
+pub fn check_config(config: &Config) -> Result<(), crate::config::ConfigError> {
+    crate::record::check_config(&config.record)?;
+    crate::mix::layout::check_config(&config.mix)?;
+    Ok(())
+}
+
 /// Accepts connections until `shutdown` fires, counting each against the connection limit, and hands each
 /// accepted socket (with its permit) to `on_conn`, which spawns the connection's task.
 pub async fn accept_loop<F>(
@@ -256,5 +264,26 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mix_defaults_are_checked_like_requests() {
+        for (text, key) in [
+            ("[mix]\nfps = 0\n", "mix.fps"),
+            ("[mix]\nbackground_color = \"black\"\n", "mix.background_color"),
+            ("[mix]\nmax_inputs = 17\n", "mix.max_inputs"),
+            ("[mix]\nlost_after_ms = 10\n", "mix.lost_after_ms"),
+            ("[record]\ntemplate = \"{nope}\"\n", "record.template"),
+        ] {
+            let e = Config::parse(text).and_then(|c| check_config(&c)).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+        assert_eq!(Config::default_config().mix.max_inputs, 16);
+        check_config(&Config::default_config()).unwrap();
     }
 }

@@ -11,35 +11,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use serde::Deserialize;
 use tokio::sync::Notify;
 
+pub use crate::config::HlsConfig;
 use crate::hub::{Audience, CachePolicy, EndReason, Hub, HubError, Packet, Protocol, Purpose, Reader, StreamKey};
 use crate::media::ts::TsMuxer;
 use crate::media::MediaKind;
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HlsConfig {
-    pub segment_secs: f64,
-    pub window: usize,
-    pub idle_stop_secs: f64,
-}
-
-impl HlsConfig {
-    pub fn validate(&self) -> Result<(), String> {
-        if !(self.segment_secs.is_finite() && (0.5..=30.0).contains(&self.segment_secs)) {
-            return Err(format!("hls.segment_secs {} is outside 0.5..=30", self.segment_secs));
-        }
-        if !(2..=30).contains(&self.window) {
-            return Err(format!("hls.window {} is outside 2..=30", self.window));
-        }
-        if !(self.idle_stop_secs.is_finite() && (1.0..=3600.0).contains(&self.idle_stop_secs)) {
-            return Err(format!("hls.idle_stop_secs {} is outside 1..=3600", self.idle_stop_secs));
-        }
-        Ok(())
-    }
-}
 
 #[derive(Debug, Clone)]
 pub(crate) struct Segment {

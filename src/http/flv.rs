@@ -58,7 +58,7 @@ pub fn open(
     if let Err(e) = state.authorize_play(&key, &query) {
         return Err(Box::new(super::access_error(&e)));
     }
-    let policy = match state.config.cache_policy(&query) {
+    let policy = match crate::hub::CachePolicy::for_query(&state.config, &query) {
         Ok(p) => p,
         Err(e) => return Err(Box::new(error(StatusCode::BAD_REQUEST, "bad_parameter", &e.to_string()))),
     };

@@ -116,7 +116,7 @@ async fn play(state: &Arc<AppState>, addr: SocketAddr, key: StreamKey, req: Requ
     if names::query_get(&query, "mode").is_none() {
         query.push(("mode".into(), "rtc".into()));
     }
-    let policy = match state.config.cache_policy(&query) {
+    let policy = match crate::hub::CachePolicy::for_query(&state.config, &query) {
         Ok(p) => p,
         Err(e) => return error(StatusCode::BAD_REQUEST, "bad_parameter", &e.to_string()),
     };

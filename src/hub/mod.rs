@@ -166,6 +166,20 @@ pub struct HubOptions {
     pub audio_hold: Duration,
 }
 
+impl HubOptions {
+    /// From `[hub]`.
+    pub fn from_config(c: &crate::config::HubConfig) -> Self {
+        Self {
+            retention: Duration::from_secs_f64(c.buffer_secs),
+            max_stream_bytes: c.max_stream_mib << 20,
+            reconnect_grace: Duration::from_secs_f64(c.reconnect_grace_secs),
+            allow_takeover: c.allow_takeover,
+            merge_window: Duration::from_millis(c.merge_window_ms),
+            audio_hold: Duration::from_millis(c.audio_hold_ms),
+        }
+    }
+}
+
 impl Default for HubOptions {
     fn default() -> Self {
         Self {

@@ -14,8 +14,10 @@ use super::attach::AttachGuard;
 use super::packet::{HeaderSet, Packet};
 use super::stream::{KeyEntry, Ring, Stream};
 use super::{ClientHandle, Protocol};
+use crate::config::{Config, ConfigError};
 use crate::media::MediaKind;
 use crate::metrics;
+use crate::names::query_get;
 
 /// Per-reader latency policy.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -28,6 +30,42 @@ pub struct CachePolicy {
     pub max_skips_per_minute: u32,
     /// An rtc-mode player: its writes are never held back to be merged with later frames.
     pub low_latency: bool,
+}
+
+impl CachePolicy {
+    /// The policy for a play request's query: `min_cache`, `max_cache` (seconds) and `mode=rtc`, with the
+    /// `[play]` defaults, bounded by what the hub keeps (`hub.buffer_secs`).
+    pub fn for_query(cfg: &Config, query: &[(String, String)]) -> Result<CachePolicy, ConfigError> {
+        let rtc = query_get(query, "mode").is_some_and(|m| m.eq_ignore_ascii_case("rtc"));
+        let play = &cfg.play;
+        let (dmin, dmax) =
+            if rtc { (play.rtc_min_cache, play.rtc_max_cache) } else { (play.min_cache, play.max_cache) };
+        let buffer = cfg.hub.buffer_secs;
+        let num = |key: &str, default: f64| -> Result<f64, ConfigError> {
+            match query_get(query, key) {
+                None => Ok(default),
+                Some(v) => {
+                    v.parse::<f64>().ok().filter(|x| x.is_finite() && *x >= 0.0 && *x <= buffer).ok_or_else(|| {
+                        ConfigError::invalid(key, format!("{v:?} is not a number of seconds in 0..={buffer}"))
+                    })
+                }
+            }
+        };
+        let min = num("min_cache", dmin)?;
+        let max = num("max_cache", dmax.max(min))?;
+        if max < min || max < 0.05 {
+            return Err(ConfigError::invalid(
+                "max_cache",
+                format!("{max} must be at least min_cache ({min}) and 0.05"),
+            ));
+        }
+        Ok(CachePolicy {
+            min_cache: Duration::from_secs_f64(min),
+            max_cache: Duration::from_secs_f64(max),
+            max_skips_per_minute: play.max_skips_per_minute,
+            low_latency: rtc,
+        })
+    }
 }
 
 /// Why a reader stopped.
@@ -343,5 +381,23 @@ impl Drop for Reader {
         self.stream.stats.readers[self.protocol as usize].fetch_sub(1, Ordering::Relaxed);
         self.stream.readers_changed.notify_waiters();
         metrics::global().readers_dec(self.protocol);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::names::parse_query;
+
+    #[test]
+    fn cache_policy_from_query() {
+        let c = Config::default_config();
+        let p = CachePolicy::for_query(&c, &parse_query("min_cache=0.5&max_cache=2")).unwrap();
+        assert_eq!(p.min_cache, Duration::from_millis(500));
+        assert_eq!(p.max_cache, Duration::from_secs(2));
+        let rtc = CachePolicy::for_query(&c, &parse_query("mode=rtc")).unwrap();
+        assert!(rtc.max_cache < Duration::from_secs(1));
+        assert!(CachePolicy::for_query(&c, &parse_query("max_cache=abc")).is_err());
+        assert!(CachePolicy::for_query(&c, &parse_query("min_cache=3&max_cache=1")).is_err());
     }
 }

@@ -13,31 +13,19 @@ pub struct FieldError {
     pub detail: String,
 }
 
-fn bad<T>(field: impl Into<String>, detail: impl Into<String>) -> Result<T, FieldError> {
-    Err(FieldError { field: field.into(), detail: detail.into() })
+use crate::config::ConfigError;
+pub use crate::config::MixConfig;
+
+/// The part of `[mix]` only mixing can judge: its output defaults pass the checks a request's output does.
+pub fn check_config(cfg: &MixConfig) -> Result<(), ConfigError> {
+    let probe = OutputRequest { stream: "live/check".into(), ..Default::default() };
+    check_output(&probe, cfg)
+        .map(|_| ())
+        .map_err(|e| ConfigError::invalid(&format!("mix.{}", e.field.trim_start_matches("output.")), e.detail))
 }
 
-/// Limits and defaults (from `[mix]` in the config).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MixConfig {
-    /// Most inputs one mix may have.
-    pub max_inputs: usize,
-    /// Most mixes running at once.
-    pub max_mixes: usize,
-    /// Extra time the compositor and audio mixer wait for late inputs before producing a frame without them.
-    pub latency_ms: u64,
-    /// An input that sends nothing for this long shows the background until it comes back.
-    pub lost_after_ms: u64,
-    pub width: u32,
-    pub height: u32,
-    pub fps: u32,
-    pub video_bitrate: u32,
-    pub gop_secs: f64,
-    pub audio_bitrate: u32,
-    pub sample_rate: u32,
-    pub channels: u32,
-    pub background_color: String,
+fn bad<T>(field: impl Into<String>, detail: impl Into<String>) -> Result<T, FieldError> {
+    Err(FieldError { field: field.into(), detail: detail.into() })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -22,6 +22,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 use crate::auth::unix_now;
+use crate::config::ConfigError;
+pub use crate::config::{RecordConfig, RECORD_FORMATS as FORMATS, RECORD_FRAGMENT_RANGE as FRAGMENT_RANGE};
 use crate::events::Event;
 use crate::hub::{Audience, CachePolicy, Hub, HubError, Packet, Protocol, Purpose, StreamKey};
 use crate::media::MediaKind;
@@ -30,47 +32,9 @@ use hls_file::HlsFile;
 use mp4_file::Mp4File;
 use outbox::Outbox;
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RecordConfig {
-    pub root: String,
-    pub template: String,
-    pub fragment_secs: u64,
-    pub resume_secs: f64,
-    pub min_secs: f64,
-    pub sync_secs: f64,
-    pub callback_urls: Vec<String>,
-    pub callback_key: String,
-    pub callback_retries: u32,
-    pub callback_interval_secs: f64,
-    pub public_url: String,
-    pub fragment_unit_ms: u64,
-}
-
-pub const FORMATS: [&str; 3] = ["flv", "mp4", "hls"];
-pub const FRAGMENT_RANGE: std::ops::RangeInclusive<u64> = 60..=7200;
-
-impl RecordConfig {
-    pub fn validate(&self) -> Result<(), String> {
-        naming::validate(&self.template).map_err(|e| format!("record.template: {e}"))?;
-        if !FRAGMENT_RANGE.contains(&self.fragment_secs) {
-            return Err(format!("record.fragment_secs {} is outside 60..=7200", self.fragment_secs));
-        }
-        if !(1..=1000).contains(&self.fragment_unit_ms) {
-            return Err(format!("record.fragment_unit_ms {} is outside 1..=1000", self.fragment_unit_ms));
-        }
-        for (k, v) in [("resume_secs", self.resume_secs), ("min_secs", self.min_secs), ("sync_secs", self.sync_secs)] {
-            if !(v.is_finite() && (0.0..=86_400.0).contains(&v)) {
-                return Err(format!("record.{k} {v} is out of range"));
-            }
-        }
-        for u in &self.callback_urls {
-            if !u.starts_with("http://") {
-                return Err(format!("record.callback_urls: {u:?} is not an http:// URL"));
-            }
-        }
-        Ok(())
-    }
+/// The part of `[record]` only the recorder can judge: its file name template.
+pub fn check_config(cfg: &RecordConfig) -> Result<(), ConfigError> {
+    naming::validate(&cfg.template).map_err(|e| ConfigError::invalid("record.template", e.to_string()))
 }
 
 /// What livegate knows about one recorded file: the sidecar's content, the API's listing entry and (with `t`

@@ -528,7 +528,7 @@ impl Session {
             };
             return self.refuse_play(code, e.to_string());
         }
-        let policy = match self.state.config.cache_policy(&query) {
+        let policy = match crate::hub::CachePolicy::for_query(&self.state.config, &query) {
             Ok(p) => p,
             Err(e) => return self.refuse_play("NetStream.Play.Failed", e.to_string()),
         };

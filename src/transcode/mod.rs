@@ -13,8 +13,8 @@ use bytes::Bytes;
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
-use serde::Deserialize;
 
+pub use crate::config::TranscodeConfig;
 use crate::hub::{
     Audience, CachePolicy, Hub, Packet, Protocol, PublisherInfo, Purpose, SourceError, SourceFactory, SourceHandle,
     SourceInfo, SourceKind, StreamKey,
@@ -24,19 +24,6 @@ use crate::media::{Codec, Frame, MediaKind};
 const AAC_TO_OPUS: &str = include_str!("../../pipelines/aac_to_opus.pipeline");
 const H264_TO_BASELINE: &str = include_str!("../../pipelines/h264_to_baseline.pipeline");
 const H264_TO_VP8: &str = include_str!("../../pipelines/h264_to_vp8.pipeline");
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TranscodeConfig {
-    /// Directory whose `*.pipeline` files override the built-in templates.
-    pub pipelines_dir: String,
-    /// Opus bitrate for WebRTC audio, bit/s.
-    pub opus_bitrate: u32,
-    /// Bitrate of the H.264 constrained-baseline rendition (for B-frame sources), kbit/s.
-    pub video_kbps: u32,
-    /// A rendition nobody reads is stopped after this long.
-    pub idle_stop_secs: f64,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TranscodeError {

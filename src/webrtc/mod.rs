@@ -24,7 +24,6 @@ use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
-use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_remote::TrackRemote;
@@ -33,95 +32,9 @@ use webrtc::peer_connection::{
     RTCConfigurationBuilder, RTCIceGatheringState, RTCPeerConnectionState, RTCSessionDescription, SettingEngineBuilder,
 };
 
+pub use crate::config::WebrtcConfig;
 pub use whep::{Whep, WhepError};
 pub use whip::{Whip, WhipError};
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WebrtcConfig {
-    /// The address ICE binds and advertises (the host candidate browsers connect to).
-    pub ice_ip: std::net::IpAddr,
-    /// UDP ports for sessions, one per viewer; 0/0 lets the OS pick.
-    pub udp_port_min: u16,
-    /// Non-zero: every session shares this one UDP port (for a NAT or firewall that opens one port);
-    /// udp_port_min/max are then unused.
-    #[serde(default)]
-    pub udp_mux_port: u16,
-    pub udp_port_max: u16,
-    /// A session that has not connected by then is closed.
-    pub connect_timeout_secs: f64,
-    /// STUN/TURN servers announced to WHEP clients in `Link: <url>; rel="ice-server"` headers (RFC 9725 §4.6).
-    #[serde(default)]
-    pub ice_servers: Vec<String>,
-    /// Credentials sent with `turn:`/`turns:` entries.
-    #[serde(default)]
-    pub turn_username: String,
-    #[serde(default)]
-    pub turn_credential: String,
-    /// WHIP: AAC bitrate (bit/s) of the Opus→AAC transcode for RTMP/FLV/HLS readers.
-    pub aac_bitrate: u32,
-    /// WHIP: bitrate (kbit/s) of the VP8→H.264 transcode, for browsers that offer no H.264.
-    pub vp8_transcode_kbps: u32,
-    /// WHIP: browsers send keyframes only when asked; livegate asks this often so players start at once.
-    pub whip_keyframe_interval_secs: f64,
-}
-
-impl WebrtcConfig {
-    /// The `Link` header values announcing the configured ICE servers.
-    pub fn link_headers(&self) -> Vec<String> {
-        self.ice_servers
-            .iter()
-            .map(|u| {
-                if u.starts_with("turn") && !self.turn_username.is_empty() {
-                    format!(
-                        "<{u}>; rel=\"ice-server\"; username=\"{}\"; credential=\"{}\"; credential-type=\"password\"",
-                        self.turn_username, self.turn_credential
-                    )
-                } else {
-                    format!("<{u}>; rel=\"ice-server\"")
-                }
-            })
-            .collect()
-    }
-
-    pub fn validate(&self) -> Result<(), String> {
-        if self.ice_ip.is_unspecified() {
-            return Err("webrtc.ice_ip must be a concrete address browsers can reach, not 0.0.0.0".into());
-        }
-        if self.udp_port_min > self.udp_port_max {
-            return Err(format!(
-                "webrtc.udp_port_min {} is above udp_port_max {}",
-                self.udp_port_min, self.udp_port_max
-            ));
-        }
-        if (self.udp_port_min == 0) != (self.udp_port_max == 0) {
-            return Err("webrtc.udp_port_min and udp_port_max are both 0 (any port) or both set".into());
-        }
-        for u in &self.ice_servers {
-            if !["stun:", "stuns:", "turn:", "turns:"].iter().any(|p| u.starts_with(p))
-                || u.contains(['<', '>', '"', ' '])
-            {
-                return Err(format!("webrtc.ice_servers: {u:?} is not a stun:/turn: URL"));
-            }
-        }
-        if !(16_000..=512_000).contains(&self.aac_bitrate) {
-            return Err(format!("webrtc.aac_bitrate {} is outside 16000..=512000", self.aac_bitrate));
-        }
-        if !(100..=50_000).contains(&self.vp8_transcode_kbps) {
-            return Err(format!("webrtc.vp8_transcode_kbps {} is outside 100..=50000", self.vp8_transcode_kbps));
-        }
-        if !(self.whip_keyframe_interval_secs.is_finite() && (0.5..=60.0).contains(&self.whip_keyframe_interval_secs)) {
-            return Err(format!(
-                "webrtc.whip_keyframe_interval_secs {} is outside 0.5..=60",
-                self.whip_keyframe_interval_secs
-            ));
-        }
-        if !(self.connect_timeout_secs.is_finite() && (1.0..=300.0).contains(&self.connect_timeout_secs)) {
-            return Err(format!("webrtc.connect_timeout_secs {} is outside 1..=300", self.connect_timeout_secs));
-        }
-        Ok(())
-    }
-}
 
 const MTU: usize = 1200;
 

@@ -9,9 +9,11 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::auth::KeyPair;
-use crate::hub::{CachePolicy, HubOptions};
 
-pub const DEFAULT_TOML: &str = include_str!("../config/livegate.toml");
+mod sections;
+pub use sections::*;
+
+pub const DEFAULT_TOML: &str = include_str!("../../config/livegate.toml");
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -21,6 +23,12 @@ pub enum ConfigError {
     Parse(#[from] toml::de::Error),
     #[error("invalid value for {key}: {detail}")]
     Invalid { key: String, detail: String },
+}
+
+impl ConfigError {
+    pub fn invalid(key: &str, detail: impl Into<String>) -> Self {
+        ConfigError::Invalid { key: key.into(), detail: detail.into() }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -34,11 +42,11 @@ pub struct Config {
     pub apps: BTreeMap<String, AppConfig>,
     #[serde(default)]
     pub webhooks: WebhookConfig,
-    pub hls: crate::hls::HlsConfig,
-    pub record: crate::record::RecordConfig,
-    pub webrtc: crate::webrtc::WebrtcConfig,
-    pub transcode: crate::transcode::TranscodeConfig,
-    pub mix: crate::mix::MixConfig,
+    pub hls: HlsConfig,
+    pub record: RecordConfig,
+    pub webrtc: WebrtcConfig,
+    pub transcode: TranscodeConfig,
+    pub mix: MixConfig,
     pub log: LogConfig,
 }
 
@@ -162,7 +170,7 @@ impl Config {
         Ok(cfg)
     }
 
-    /// `[mix]`: limits in range, and the output defaults pass the same checks a request's output does.
+    /// `[mix]`: limits in range (the output defaults are checked like a request's by `mix::check_config`).
     fn validate_mix(&self) -> Result<(), ConfigError> {
         let m = &self.mix;
         let bad = |key: &str, detail: String| Err(ConfigError::Invalid { key: key.into(), detail });
@@ -177,10 +185,6 @@ impl Config {
         }
         if !(100..=60_000).contains(&m.lost_after_ms) {
             return bad("mix.lost_after_ms", format!("{} is outside 100..=60000 ms", m.lost_after_ms));
-        }
-        let probe = crate::mix::layout::OutputRequest { stream: "live/check".into(), ..Default::default() };
-        if let Err(e) = crate::mix::layout::check_output(&probe, m) {
-            return bad(&format!("mix.{}", e.field.trim_start_matches("output.")), e.detail);
         }
         Ok(())
     }
@@ -230,9 +234,7 @@ impl Config {
         if self.hub.max_stream_mib == 0 || self.hub.max_stream_mib > 4096 {
             return bad("hub.max_stream_mib", format!("{} is outside 1..=4096", self.hub.max_stream_mib));
         }
-        if let Err(detail) = self.hls.validate() {
-            return bad("hls", detail);
-        }
+        self.hls.validate()?;
         self.validate_mix()?;
         if !(6_000..=510_000).contains(&self.transcode.opus_bitrate) {
             return bad(
@@ -246,14 +248,10 @@ impl Config {
         if !(self.transcode.idle_stop_secs.is_finite() && (0.5..=3600.0).contains(&self.transcode.idle_stop_secs)) {
             return bad("transcode.idle_stop_secs", format!("{} is outside 0.5..=3600", self.transcode.idle_stop_secs));
         }
-        if let Err(detail) = self.webrtc.validate() {
-            return bad("webrtc", detail);
-        }
-        if let Err(detail) = self.record.validate() {
-            return bad("record", detail);
-        }
+        self.webrtc.validate()?;
+        self.record.validate()?;
         for (name, app) in &self.apps {
-            if let Some(f) = app.record.iter().find(|f| !crate::record::FORMATS.contains(&f.as_str())) {
+            if let Some(f) = app.record.iter().find(|f| !RECORD_FORMATS.contains(&f.as_str())) {
                 return bad(
                     &format!("apps.{name}.record"),
                     format!("{f:?} is not a supported format (supported: flv, mp4, hls)"),
@@ -288,55 +286,6 @@ impl Config {
 
     pub fn app(&self, name: &str) -> Option<&AppConfig> {
         self.apps.get(name)
-    }
-
-    pub fn hub_options(&self) -> HubOptions {
-        HubOptions {
-            retention: Duration::from_secs_f64(self.hub.buffer_secs),
-            max_stream_bytes: self.hub.max_stream_mib << 20,
-            reconnect_grace: Duration::from_secs_f64(self.hub.reconnect_grace_secs),
-            allow_takeover: self.hub.allow_takeover,
-            merge_window: Duration::from_millis(self.hub.merge_window_ms),
-            audio_hold: Duration::from_millis(self.hub.audio_hold_ms),
-        }
-    }
-
-    /// The cache policy for a play request's query: `min_cache`, `max_cache` (seconds) and `mode=rtc`.
-    pub fn cache_policy(&self, query: &[(String, String)]) -> Result<CachePolicy, ConfigError> {
-        use crate::names::query_get;
-        let rtc = query_get(query, "mode").is_some_and(|m| m.eq_ignore_ascii_case("rtc"));
-        let (dmin, dmax) = if rtc {
-            (self.play.rtc_min_cache, self.play.rtc_max_cache)
-        } else {
-            (self.play.min_cache, self.play.max_cache)
-        };
-        let num = |key: &str, default: f64| -> Result<f64, ConfigError> {
-            match query_get(query, key) {
-                None => Ok(default),
-                Some(v) => v
-                    .parse::<f64>()
-                    .ok()
-                    .filter(|x| x.is_finite() && *x >= 0.0 && *x <= self.hub.buffer_secs)
-                    .ok_or_else(|| ConfigError::Invalid {
-                        key: key.into(),
-                        detail: format!("{v:?} is not a number of seconds in 0..={}", self.hub.buffer_secs),
-                    }),
-            }
-        };
-        let min = num("min_cache", dmin)?;
-        let max = num("max_cache", dmax.max(min))?;
-        if max < min || max < 0.05 {
-            return Err(ConfigError::Invalid {
-                key: "max_cache".into(),
-                detail: format!("{max} must be at least min_cache ({min}) and 0.05"),
-            });
-        }
-        Ok(CachePolicy {
-            min_cache: Duration::from_secs_f64(min),
-            max_cache: Duration::from_secs_f64(max),
-            max_skips_per_minute: self.play.max_skips_per_minute,
-            low_latency: rtc,
-        })
     }
 
     pub fn stall_timeout(&self) -> Duration {
@@ -379,8 +328,8 @@ mod tests {
         let e = Config::parse("[hub]\nflush_interval_ms = 30\n").unwrap_err().to_string();
         assert!(e.contains("hub.flush_interval_ms") && e.contains("merge_window_ms"), "{e}");
         let c = Config::parse("[hub]\nmerge_window_ms = 0\n").unwrap();
-        assert_eq!(c.hub_options().merge_window, Duration::ZERO);
-        assert_eq!(Config::parse("").unwrap().hub_options().merge_window, Duration::from_millis(40));
+        assert_eq!(c.hub.merge_window_ms, 0);
+        assert_eq!(Config::parse("").unwrap().hub.merge_window_ms, 40);
     }
 
     #[test]
@@ -398,37 +347,10 @@ mod tests {
     }
 
     #[test]
-    fn mix_defaults_are_checked_like_requests() {
-        for (text, key) in [
-            ("[mix]\nfps = 0\n", "mix.fps"),
-            ("[mix]\nbackground_color = \"black\"\n", "mix.background_color"),
-            ("[mix]\nmax_inputs = 17\n", "mix.max_inputs"),
-            ("[mix]\nlost_after_ms = 10\n", "mix.lost_after_ms"),
-        ] {
-            let e = Config::parse(text).unwrap_err().to_string();
-            assert!(e.contains(key), "{text}: {e}");
-        }
-        assert_eq!(Config::default_config().mix.max_inputs, 16);
-    }
-
-    #[test]
     fn partial_file_overrides() {
         let c = Config::parse("[hub]\nreconnect_grace_secs = 2.5\n[apps.cam]\npush_key = \"k\"\n").unwrap();
         assert_eq!(c.hub.reconnect_grace_secs, 2.5);
         assert_eq!(c.hub.buffer_secs, Config::default_config().hub.buffer_secs);
         assert!(c.apps.contains_key("cam") && !c.apps.contains_key("live"));
-    }
-
-    #[test]
-    fn cache_policy_from_query() {
-        let c = Config::default_config();
-        let q = crate::names::parse_query("min_cache=0.5&max_cache=2");
-        let p = c.cache_policy(&q).unwrap();
-        assert_eq!(p.min_cache, Duration::from_millis(500));
-        assert_eq!(p.max_cache, Duration::from_secs(2));
-        let rtc = c.cache_policy(&crate::names::parse_query("mode=rtc")).unwrap();
-        assert!(rtc.max_cache < Duration::from_secs(1));
-        assert!(c.cache_policy(&crate::names::parse_query("max_cache=abc")).is_err());
-        assert!(c.cache_policy(&crate::names::parse_query("min_cache=3&max_cache=1")).is_err());
     }
 }

@@ -1,0 +1,222 @@
+//! The service sections of the config (`[hls]`, `[webrtc]`, `[transcode]`, `[mix]`, `[record]`): plain data
+//! and the checks that need nothing but the values. Checks that need a service's knowledge (a recording
+//! name template, a mix's output defaults) are the service's, run by `server::check_config`.
+
+use serde::Deserialize;
+
+use super::ConfigError;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HlsConfig {
+    pub segment_secs: f64,
+    pub window: usize,
+    pub idle_stop_secs: f64,
+}
+
+impl HlsConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(self.segment_secs.is_finite() && (0.5..=30.0).contains(&self.segment_secs)) {
+            return Err(ConfigError::invalid("hls.segment_secs", format!("{} is outside 0.5..=30", self.segment_secs)));
+        }
+        if !(2..=30).contains(&self.window) {
+            return Err(ConfigError::invalid("hls.window", format!("{} is outside 2..=30", self.window)));
+        }
+        if !(self.idle_stop_secs.is_finite() && (1.0..=3600.0).contains(&self.idle_stop_secs)) {
+            return Err(ConfigError::invalid(
+                "hls.idle_stop_secs",
+                format!("{} is outside 1..=3600", self.idle_stop_secs),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebrtcConfig {
+    /// The address ICE binds and advertises (the host candidate browsers connect to).
+    pub ice_ip: std::net::IpAddr,
+    /// UDP ports for sessions, one per viewer; 0/0 lets the OS pick.
+    pub udp_port_min: u16,
+    /// Non-zero: every session shares this one UDP port (for a NAT or firewall that opens one port);
+    /// udp_port_min/max are then unused.
+    #[serde(default)]
+    pub udp_mux_port: u16,
+    pub udp_port_max: u16,
+    /// A session that has not connected by then is closed.
+    pub connect_timeout_secs: f64,
+    /// STUN/TURN servers announced to WHEP clients in `Link: <url>; rel="ice-server"` headers (RFC 9725 §4.6).
+    #[serde(default)]
+    pub ice_servers: Vec<String>,
+    /// Credentials sent with `turn:`/`turns:` entries.
+    #[serde(default)]
+    pub turn_username: String,
+    #[serde(default)]
+    pub turn_credential: String,
+    /// WHIP: AAC bitrate (bit/s) of the Opus→AAC transcode for RTMP/FLV/HLS readers.
+    pub aac_bitrate: u32,
+    /// WHIP: bitrate (kbit/s) of the VP8→H.264 transcode, for browsers that offer no H.264.
+    pub vp8_transcode_kbps: u32,
+    /// WHIP: browsers send keyframes only when asked; livegate asks this often so players start at once.
+    pub whip_keyframe_interval_secs: f64,
+}
+
+impl WebrtcConfig {
+    /// The `Link` header values announcing the configured ICE servers.
+    pub fn link_headers(&self) -> Vec<String> {
+        self.ice_servers
+            .iter()
+            .map(|u| {
+                if u.starts_with("turn") && !self.turn_username.is_empty() {
+                    format!(
+                        "<{u}>; rel=\"ice-server\"; username=\"{}\"; credential=\"{}\"; credential-type=\"password\"",
+                        self.turn_username, self.turn_credential
+                    )
+                } else {
+                    format!("<{u}>; rel=\"ice-server\"")
+                }
+            })
+            .collect()
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.ice_ip.is_unspecified() {
+            return Err(ConfigError::invalid(
+                "webrtc.ice_ip",
+                "must be a concrete address browsers can reach, not 0.0.0.0",
+            ));
+        }
+        if self.udp_port_min > self.udp_port_max {
+            return Err(ConfigError::invalid(
+                "webrtc.udp_port_min",
+                format!("{} is above udp_port_max {}", self.udp_port_min, self.udp_port_max),
+            ));
+        }
+        if (self.udp_port_min == 0) != (self.udp_port_max == 0) {
+            return Err(ConfigError::invalid(
+                "webrtc.udp_port_min",
+                "udp_port_min and udp_port_max are both 0 (any port) or both set",
+            ));
+        }
+        for u in &self.ice_servers {
+            if !["stun:", "stuns:", "turn:", "turns:"].iter().any(|p| u.starts_with(p))
+                || u.contains(['<', '>', '"', ' '])
+            {
+                return Err(ConfigError::invalid("webrtc.ice_servers", format!("{u:?} is not a stun:/turn: URL")));
+            }
+        }
+        if !(16_000..=512_000).contains(&self.aac_bitrate) {
+            return Err(ConfigError::invalid(
+                "webrtc.aac_bitrate",
+                format!("{} is outside 16000..=512000", self.aac_bitrate),
+            ));
+        }
+        if !(100..=50_000).contains(&self.vp8_transcode_kbps) {
+            return Err(ConfigError::invalid(
+                "webrtc.vp8_transcode_kbps",
+                format!("{} is outside 100..=50000", self.vp8_transcode_kbps),
+            ));
+        }
+        if !(self.whip_keyframe_interval_secs.is_finite() && (0.5..=60.0).contains(&self.whip_keyframe_interval_secs)) {
+            return Err(ConfigError::invalid(
+                "webrtc.whip_keyframe_interval_secs",
+                format!("{} is outside 0.5..=60", self.whip_keyframe_interval_secs),
+            ));
+        }
+        if !(self.connect_timeout_secs.is_finite() && (1.0..=300.0).contains(&self.connect_timeout_secs)) {
+            return Err(ConfigError::invalid(
+                "webrtc.connect_timeout_secs",
+                format!("{} is outside 1..=300", self.connect_timeout_secs),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TranscodeConfig {
+    /// Directory whose `*.pipeline` files override the built-in templates.
+    pub pipelines_dir: String,
+    /// Opus bitrate for WebRTC audio, bit/s.
+    pub opus_bitrate: u32,
+    /// Bitrate of the H.264 constrained-baseline rendition (for B-frame sources), kbit/s.
+    pub video_kbps: u32,
+    /// A rendition nobody reads is stopped after this long.
+    pub idle_stop_secs: f64,
+}
+
+/// Limits and defaults (from `[mix]` in the config).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MixConfig {
+    /// Most inputs one mix may have.
+    pub max_inputs: usize,
+    /// Most mixes running at once.
+    pub max_mixes: usize,
+    /// Extra time the compositor and audio mixer wait for late inputs before producing a frame without them.
+    pub latency_ms: u64,
+    /// An input that sends nothing for this long shows the background until it comes back.
+    pub lost_after_ms: u64,
+    pub width: u32,
+    pub height: u32,
+    pub fps: u32,
+    pub video_bitrate: u32,
+    pub gop_secs: f64,
+    pub audio_bitrate: u32,
+    pub sample_rate: u32,
+    pub channels: u32,
+    pub background_color: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordConfig {
+    pub root: String,
+    pub template: String,
+    pub fragment_secs: u64,
+    pub resume_secs: f64,
+    pub min_secs: f64,
+    pub sync_secs: f64,
+    pub callback_urls: Vec<String>,
+    pub callback_key: String,
+    pub callback_retries: u32,
+    pub callback_interval_secs: f64,
+    pub public_url: String,
+    pub fragment_unit_ms: u64,
+}
+
+/// Recording formats, as `[apps.*] record` and the API name them.
+pub const RECORD_FORMATS: [&str; 3] = ["flv", "mp4", "hls"];
+/// Seconds a recording fragment may last.
+pub const RECORD_FRAGMENT_RANGE: std::ops::RangeInclusive<u64> = 60..=7200;
+
+impl RecordConfig {
+    /// The ranges; the name template is the recorder's to check (`record::check_config`).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !RECORD_FRAGMENT_RANGE.contains(&self.fragment_secs) {
+            return Err(ConfigError::invalid(
+                "record.fragment_secs",
+                format!("{} is outside 60..=7200", self.fragment_secs),
+            ));
+        }
+        if !(1..=1000).contains(&self.fragment_unit_ms) {
+            return Err(ConfigError::invalid(
+                "record.fragment_unit_ms",
+                format!("{} is outside 1..=1000", self.fragment_unit_ms),
+            ));
+        }
+        for (k, v) in [("resume_secs", self.resume_secs), ("min_secs", self.min_secs), ("sync_secs", self.sync_secs)] {
+            if !(v.is_finite() && (0.0..=86_400.0).contains(&v)) {
+                return Err(ConfigError::invalid(&format!("record.{k}"), format!("{v} is out of range")));
+            }
+        }
+        for u in &self.callback_urls {
+            if !u.starts_with("http://") {
+                return Err(ConfigError::invalid("record.callback_urls", format!("{u:?} is not an http:// URL")));
+            }
+        }
+        Ok(())
+    }
+}

@@ -21,8 +21,6 @@ const LAYERS: &[&[&str]] = &[
 /// Upward edges still in the tree: (from, to, what removing it takes).
 const KNOWN: &[(&str, &str, &str)] = &[
     ("hub", "rtmp", "hub/packet.rs builds RTMP chunks with rtmp::chunk: the chunk writer moves to media"),
-    ("mix", "http", "mix/api.rs is an HTTP adapter living in mix: it moves under http"),
-    ("mix", "server", "mix/api.rs takes AppState: it moves under http with a narrow handle"),
     ("http", "server", "adapters take AppState: narrow handles per adapter"),
     ("rtmp", "server", "adapters take AppState: narrow handles per adapter"),
 ];

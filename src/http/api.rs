@@ -92,7 +92,7 @@ pub async fn handle(state: &Arc<AppState>, addr: SocketAddr, req: Request<Incomi
                 error(StatusCode::NOT_FOUND, "recording_not_found", &format!("no running recording {record_id}"))
             }
         }
-        (_, ["api", "v1", "mixes", rest @ ..]) => crate::mix::api::handle(state, req, rest).await,
+        (_, ["api", "v1", "mixes", rest @ ..]) => super::mixes::handle(state, req, rest).await,
         (m, ["api", "v1", "streams" | "clients" | "recordings", ..]) => {
             error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", &format!("{m} is not allowed on {path}"))
         }

@@ -5,6 +5,7 @@ pub mod files;
 pub mod flv;
 pub mod flv_direct;
 pub mod hls;
+pub mod mixes;
 pub mod whep;
 pub mod whip;
 

@@ -6,7 +6,6 @@
 //! mixes, and this module runs mixes: one task per input taking its decoded media, one task draining the
 //! encoders into the hub, and a bus thread that isolates failing input branches.
 
-pub mod api;
 pub mod decoders;
 pub mod layout;
 pub mod pipeline;

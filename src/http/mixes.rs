@@ -1,4 +1,4 @@
-//! `/api/v1/mixes`: the HTTP face of [`Mixes`](super::Mixes) (documented in `docs/openapi.yaml`).
+//! `/api/v1/mixes`: the HTTP face of [`Mixes`](crate::mix::Mixes) (documented in `docs/openapi.yaml`).
 
 use std::sync::Arc;
 
@@ -7,8 +7,8 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::json;
 
-use super::MixError;
-use crate::http::{error, json, Body};
+use super::{error, json, Body};
+use crate::mix::MixError;
 use crate::server::AppState;
 
 pub async fn handle(state: &Arc<AppState>, req: Request<Incoming>, parts: &[&str]) -> Response<Body> {

@@ -165,8 +165,8 @@ impl Hls {
                 r = reader.next_batch(&mut batch) => match r {
                     Ok(()) => {
                         if cut.muxer.is_none() {
-                            let (a, v) = reader.tracks();
-                            cut.muxer = Some(TsMuxer::new(v, a));
+                            let t = reader.tracks();
+                            cut.muxer = Some(TsMuxer::new(t.video, t.audio));
                         }
                         for p in batch.drain(..) {
                             if let Some(done) = cut.push(&p) {

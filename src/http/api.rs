@@ -243,7 +243,7 @@ pub fn stream_json(s: &Stream) -> Value {
     let headers = s.headers();
     let (in_bps, out_bps, fps) = s.rates();
     let publisher = s.publisher();
-    let video = headers.slots[1].as_ref().map(|p| {
+    let video = headers.video.as_ref().map(|p| {
         let cfg = AvcDecoderConfig::parse(&p.frame.payload).ok();
         let sps = cfg.as_ref().and_then(|c| c.sps.first()).and_then(|sps| avc::parse_sps(sps).ok());
         json!({
@@ -255,7 +255,7 @@ pub fn stream_json(s: &Stream) -> Value {
             "fps": if fps > 0.0 { Some((fps * 100.0).round() / 100.0) } else { sps.as_ref().and_then(|s| s.fps) },
         })
     });
-    let audio = headers.slots[2].as_ref().map(|p| {
+    let audio = headers.audio.as_ref().map(|p| {
         let asc = AudioSpecificConfig::parse(&p.frame.payload).ok();
         json!({
             "codec": "AAC",

@@ -149,8 +149,8 @@ impl hyper::body::Body for FlvBody {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Ok(())) => {
                 if !this.started {
-                    let (a, v) = this.reader.tracks();
-                    this.pending.push_back(Bytes::copy_from_slice(&flv::file_header(a, v)));
+                    let t = this.reader.tracks();
+                    this.pending.push_back(Bytes::copy_from_slice(&flv::file_header(t.audio, t.video)));
                     this.started = true;
                 }
                 let mut n = 0;

@@ -202,8 +202,8 @@ async fn play(
             metrics::global().observe_latency(p.received.elapsed());
         }
         if !std::mem::replace(&mut started, true) {
-            let (a, v) = reader.tracks();
-            bufs.push(Bytes::copy_from_slice(&flv::file_header(a, v)));
+            let t = reader.tracks();
+            bufs.push(Bytes::copy_from_slice(&flv::file_header(t.audio, t.video)));
         }
         bufs.extend(batch.drain(..).map(|p| p.flv_tag().clone()));
         if chunked {

@@ -22,7 +22,7 @@ use crate::events::{Event, EventBus};
 use crate::media::{Frame, MediaKind};
 pub use attach::{Attachment, AttachmentInfo, Audience, Purpose};
 pub use packet::{HeaderSet, Packet};
-pub use reader::{CachePolicy, EndReason, Reader};
+pub use reader::{CachePolicy, EndReason, Reader, Tracks};
 pub use source::{SourceError, SourceFactory, SourceHandle, SourceInfo, SourceKind};
 pub use stream::{PublisherInfo, Stream};
 
@@ -317,8 +317,8 @@ impl Hub {
             offset: None,
             unwrap_last: None,
             waiting_for_key: true,
-            adjust: [0; 3],
-            last: [None; 3],
+            video_clock: TrackClock::default(),
+            audio_clock: TrackClock::default(),
         })
     }
 
@@ -481,10 +481,17 @@ pub struct Publisher {
     offset: Option<i64>,
     unwrap_last: Option<(u32, i64)>,
     waiting_for_key: bool,
-    /// Per kind (video, audio, data): corrections applied after timestamp jumps, and the last frame's
-    /// timeline position and arrival.
-    adjust: [i64; 3],
-    last: [Option<(i64, Instant)>; 3],
+    video_clock: TrackClock,
+    audio_clock: TrackClock,
+}
+
+/// A media track's repair of its publisher's timestamp jumps.
+#[derive(Debug, Default)]
+struct TrackClock {
+    /// Added to the track's timestamps since its last jump.
+    adjust: i64,
+    /// The last frame's timeline position and arrival.
+    last: Option<(i64, Instant)>,
 }
 
 impl Publisher {
@@ -517,14 +524,15 @@ impl Publisher {
             }
             self.waiting_for_key = false;
         }
-        let slot = match frame.kind {
-            MediaKind::Video => 0,
-            MediaKind::Audio => 1,
-            MediaKind::Data => 2,
+        let clock = match frame.kind {
+            MediaKind::Video => Some(&mut self.video_clock),
+            MediaKind::Audio => Some(&mut self.audio_clock),
+            MediaKind::Data => None,
         };
-        let mut dts = ts + offset + self.adjust[slot];
-        if slot < 2 && !frame.config {
-            if let Some((prev, at)) = self.last[slot] {
+        // Metadata follows the timeline as published: only media tracks have their jumps repaired.
+        let mut dts = ts + offset + clock.as_ref().map_or(0, |c| c.adjust);
+        if let Some(clock) = clock.filter(|_| !frame.config) {
+            if let Some((prev, at)) = clock.last {
                 // An encoder whose clock jumps (backwards, or far beyond the time that passed) would give
                 // players a frozen picture and recordings hours of nothing: continue from where the timeline
                 // was, advanced by the wall-clock time that passed.
@@ -537,11 +545,11 @@ impl Publisher {
                         jump_ms = dts - prev,
                         "publisher timestamps jumped; timeline continued"
                     );
-                    self.adjust[slot] += target - dts;
+                    clock.adjust += target - dts;
                     dts = target;
                 }
             }
-            self.last[slot] = Some((dts, received));
+            clock.last = Some((dts, received));
         }
         frame.dts = dts;
         self.stream.push_session(frame, received, self.generation);

@@ -52,15 +52,6 @@ impl Packet {
         self.frame.config
     }
 
-    /// The slot this header occupies in a [`HeaderSet`].
-    pub fn header_slot(&self) -> usize {
-        match self.frame.kind {
-            MediaKind::Data => 0,
-            MediaKind::Video => 1,
-            MediaKind::Audio => 2,
-        }
-    }
-
     /// The complete FLV tag, shared by every HTTP-FLV reader (and recorder).
     pub fn flv_tag(&self) -> &Bytes {
         self.flv.get_or_init(|| flv::build_tag(&self.frame))
@@ -100,17 +91,43 @@ impl Packet {
     }
 }
 
-/// The headers a reader needs before media: metadata, video config, audio config (by `header_slot`).
+/// The headers a reader needs before media: the newest metadata, video and audio decoder configuration.
 #[derive(Debug, Default, Clone)]
 pub struct HeaderSet {
-    pub slots: [Option<Arc<Packet>>; 3],
+    pub data: Option<Arc<Packet>>,
+    pub video: Option<Arc<Packet>>,
+    pub audio: Option<Arc<Packet>>,
 }
 
 impl HeaderSet {
     pub fn has_video(&self) -> bool {
-        self.slots[1].is_some()
+        self.video.is_some()
     }
+
     pub fn has_audio(&self) -> bool {
-        self.slots[2].is_some()
+        self.audio.is_some()
+    }
+
+    /// The header of `kind`'s track.
+    pub fn get(&self, kind: MediaKind) -> Option<&Arc<Packet>> {
+        match kind {
+            MediaKind::Data => self.data.as_ref(),
+            MediaKind::Video => self.video.as_ref(),
+            MediaKind::Audio => self.audio.as_ref(),
+        }
+    }
+
+    /// Where a header of `kind` goes.
+    pub fn slot_mut(&mut self, kind: MediaKind) -> &mut Option<Arc<Packet>> {
+        match kind {
+            MediaKind::Data => &mut self.data,
+            MediaKind::Video => &mut self.video,
+            MediaKind::Audio => &mut self.audio,
+        }
+    }
+
+    /// The headers present, in the order a joining reader is sent them: metadata, video, audio.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Packet>> {
+        [&self.data, &self.video, &self.audio].into_iter().flatten()
     }
 }

@@ -68,6 +68,13 @@ impl CachePolicy {
     }
 }
 
+/// Which tracks a stream has (what a container's header announces).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tracks {
+    pub audio: bool,
+    pub video: bool,
+}
+
 /// Why a reader stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EndReason {
@@ -102,11 +109,11 @@ pub struct Reader {
     /// the same time (audio from a transcoder lands in the ring after video of the same instant).
     audio_floor: Option<i64>,
     asked_keyframe: bool,
-    sent_headers: [Option<Arc<Packet>>; 3],
+    sent_headers: HeaderSet,
     skip_times: VecDeque<Instant>,
     pub skips: u64,
     wake_gen: u64,
-    tracks: (bool, bool),
+    tracks: Tracks,
     /// Why this reader stops, for its player's `on_stop` (the first reason told wins).
     end_reason: Option<String>,
     attach: AttachGuard,
@@ -142,7 +149,7 @@ impl Reader {
             skip_times: VecDeque::new(),
             skips: 0,
             wake_gen: u64::MAX,
-            tracks: (false, false),
+            tracks: Tracks::default(),
             end_reason: None,
             attach,
         }
@@ -166,8 +173,8 @@ impl Reader {
         &self.handle
     }
 
-    /// (has_audio, has_video) as known when the reader joined; valid after the first batch.
-    pub fn tracks(&self) -> (bool, bool) {
+    /// The stream's tracks as known when the reader joined; valid after the first batch.
+    pub fn tracks(&self) -> Tracks {
         self.tracks
     }
 
@@ -178,7 +185,7 @@ impl Reader {
             Some(c) => {
                 // The floor only waits for audio: a stream without audio never clears it.
                 let ring = self.stream.ring.read();
-                let audio_pending = self.audio_floor.is_some() && (ring.has_audio || self.tracks.0);
+                let audio_pending = self.audio_floor.is_some() && (ring.has_audio || self.tracks.audio);
                 !self.fresh && !audio_pending && c == ring.next_seq()
             }
             None => false,
@@ -196,7 +203,7 @@ impl Reader {
         self.fresh = false;
         self.audio_floor = None;
         if let Some(h) = headers {
-            self.sent_headers = h.slots.clone();
+            self.sent_headers = (*h).clone();
         }
     }
 
@@ -258,8 +265,10 @@ impl Reader {
                     }
                     return self.closed_or_nothing();
                 };
-                self.tracks =
-                    (ring.has_audio || entry.headers.has_audio(), ring.has_video || entry.headers.has_video());
+                self.tracks = Tracks {
+                    audio: ring.has_audio || entry.headers.has_audio(),
+                    video: ring.has_video || entry.headers.has_video(),
+                };
                 self.jump(&entry, out);
             }
             Some(c) if c < ring.first_seq => {
@@ -298,7 +307,7 @@ impl Reader {
         while c < end && out.len() - start_len < MAX_BATCH {
             if let Some(p) = ring.get(c) {
                 if p.is_header() {
-                    self.sent_headers[p.header_slot()] = Some(p.clone());
+                    *self.sent_headers.slot_mut(p.frame.kind) = Some(p.clone());
                 } else if let Some(floor) = self.audio_floor.filter(|_| p.frame.kind == MediaKind::Audio) {
                     if p.frame.dts < floor {
                         c += 1;
@@ -340,13 +349,11 @@ impl Reader {
 
     /// Moves the cursor to a start point, emitting whichever of its headers this reader has not seen.
     fn jump(&mut self, entry: &KeyEntry, out: &mut Vec<Arc<Packet>>) {
-        for (slot, h) in entry.headers.slots.iter().enumerate() {
-            if let Some(h) = h {
-                let seen = self.sent_headers[slot].as_ref().is_some_and(|s| Arc::ptr_eq(s, h));
-                if !seen {
-                    out.push(h.clone());
-                    self.sent_headers[slot] = Some(h.clone());
-                }
+        for h in entry.headers.iter() {
+            let seen = self.sent_headers.get(h.frame.kind).is_some_and(|s| Arc::ptr_eq(s, h));
+            if !seen {
+                out.push(h.clone());
+                *self.sent_headers.slot_mut(h.frame.kind) = Some(h.clone());
             }
         }
         self.cursor = Some(entry.seq);

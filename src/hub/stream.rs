@@ -282,14 +282,13 @@ impl Stream {
             let packet = Packet::with_session(seq, session, frame, received);
             let f = &packet.frame;
             if f.config {
-                let same =
-                    ring.headers.slots[packet.header_slot()].as_ref().is_some_and(|p| p.frame.payload == f.payload);
+                let same = ring.headers.get(f.kind).is_some_and(|p| p.frame.payload == f.payload);
                 if same {
                     // A republish usually resends identical headers: forwarding them would only reset decoders.
                     return;
                 }
                 let mut hs = (*ring.headers).clone();
-                hs.slots[packet.header_slot()] = Some(packet.clone());
+                *hs.slot_mut(f.kind) = Some(packet.clone());
                 ring.headers = Arc::new(hs);
             } else {
                 match f.kind {

@@ -25,7 +25,7 @@ use crate::auth::unix_now;
 use crate::config::ConfigError;
 pub use crate::config::{RecordConfig, RECORD_FORMATS as FORMATS, RECORD_FRAGMENT_RANGE as FRAGMENT_RANGE};
 use crate::events::Event;
-use crate::hub::{Audience, CachePolicy, Hub, HubError, Packet, Protocol, Purpose, StreamKey};
+use crate::hub::{Audience, CachePolicy, HeaderSet, Hub, HubError, Packet, Protocol, Purpose, StreamKey};
 use crate::media::MediaKind;
 use flv_file::FlvFile;
 use hls_file::HlsFile;
@@ -554,7 +554,7 @@ struct Writer {
 impl Writer {
     fn run(self, mut rx: tokio::sync::mpsc::Receiver<Vec<Arc<Packet>>>) {
         let resume = Duration::from_secs_f64(self.rec.cfg.resume_secs);
-        let mut headers: [Option<Arc<Packet>>; 3] = Default::default();
+        let mut headers = HeaderSet::default();
         let mut has_video = false;
         let mut has_audio = false;
         // One slot per format, in `formats` order.
@@ -564,7 +564,7 @@ impl Writer {
             for p in batch {
                 let f = &p.frame;
                 if f.config {
-                    headers[p.header_slot()] = Some(p.clone());
+                    *headers.slot_mut(f.kind) = Some(p.clone());
                     match f.kind {
                         MediaKind::Video => has_video = true,
                         MediaKind::Audio => has_audio = true,
@@ -674,7 +674,7 @@ impl Writer {
         first: &Packet,
         has_video: bool,
         has_audio: bool,
-        headers: &[Option<Arc<Packet>>; 3],
+        headers: &HeaderSet,
     ) -> std::io::Result<Open> {
         let file_id = short_id();
         let start = unix_now();
@@ -700,19 +700,19 @@ impl Writer {
         let sink = match format {
             "hls" => {
                 let mut h = HlsFile::create(&path, has_video, has_audio, self.rec.segment_secs)?;
-                for hp in headers.iter().skip(1).flatten() {
+                for hp in [&headers.video, &headers.audio].into_iter().flatten() {
                     h.push(hp)?;
                 }
                 Sink::Hls(Box::new(h))
             }
             "mp4" => {
-                let video = headers[1].as_ref().filter(|_| has_video).map(|p| &p.frame);
-                let audio = headers[2].as_ref().filter(|_| has_audio).map(|p| &p.frame);
+                let video = headers.video.as_ref().filter(|_| has_video).map(|p| &p.frame);
+                let audio = headers.audio.as_ref().filter(|_| has_audio).map(|p| &p.frame);
                 Sink::Mp4(Box::new(Mp4File::create(&path, video, audio)?))
             }
             _ => {
                 let mut file = FlvFile::create(&path, has_video, has_audio)?;
-                for h in headers.iter().skip(1).flatten() {
+                for h in [&headers.video, &headers.audio].into_iter().flatten() {
                     let mut fr = h.frame.clone();
                     fr.dts = dts;
                     file.write(&fr)?;
@@ -869,9 +869,9 @@ impl Writer {
 
 /// Whether the sequence headers an MP4 needs are there: every track the stream has must be H.264 or AAC with
 /// its configuration (an MP4 with the video missing would play as audio only).
-fn mp4_ready(headers: &[Option<Arc<Packet>>; 3], has_video: bool, has_audio: bool) -> bool {
-    let video = headers[1].as_ref().map(|p| &p.frame);
-    let audio = headers[2].as_ref().map(|p| &p.frame);
+fn mp4_ready(headers: &HeaderSet, has_video: bool, has_audio: bool) -> bool {
+    let video = headers.video.as_ref().map(|p| &p.frame);
+    let audio = headers.audio.as_ref().map(|p| &p.frame);
     let tracks = mp4_file::tracks_for(video.filter(|_| has_video), audio.filter(|_| has_audio));
     !tracks.is_empty() && (!has_video || video.is_some())
 }

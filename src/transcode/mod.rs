@@ -130,11 +130,11 @@ impl Kind {
 /// The decoder configuration a rendition of `kind` starts from, if `source` has the codec it transcodes.
 fn input_config(source: &crate::hub::Stream, kind: Kind) -> Option<Bytes> {
     let headers = source.headers();
-    let (slot, codec) = match kind {
-        Kind::Opus => (2, Codec::Aac),
-        Kind::Baseline | Kind::Vp8 => (1, Codec::H264),
+    let (track, codec) = match kind {
+        Kind::Opus => (MediaKind::Audio, Codec::Aac),
+        Kind::Baseline | Kind::Vp8 => (MediaKind::Video, Codec::H264),
     };
-    headers.slots[slot].as_ref().filter(|p| p.frame.codec == codec).map(|p| p.frame.payload.clone())
+    headers.get(track).filter(|p| p.frame.codec == codec).map(|p| p.frame.payload.clone())
 }
 
 /// Renditions as the hub's on-demand sources: reading `live/a@opus` starts `live/a`'s AAC → Opus transcoder,

@@ -228,7 +228,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .recorder
         .check_root()
         .map_err(|e| anyhow::anyhow!("recording directory {} is not writable: {e}", state.recorder.root().display()))?;
-    let auto: std::collections::HashMap<String, Vec<String>> =
+    let auto: std::collections::HashMap<String, Vec<crate::record::RecordFormat>> =
         state.config.apps.iter().map(|(k, v)| (k.clone(), v.record.clone())).collect();
     state.recorder.spawn(auto);
     tracing::info!(rtmp = %rtmp.local_addr()?, http = %http.local_addr()?, "livegate listening");

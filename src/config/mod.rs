@@ -104,7 +104,7 @@ pub struct AppConfig {
     pub play_key_backup: String,
     /// Record every push to this app in these formats.
     #[serde(default)]
-    pub record: Vec<String>,
+    pub record: Vec<RecordFormat>,
 }
 
 impl AppConfig {
@@ -250,14 +250,6 @@ impl Config {
         }
         self.webrtc.validate()?;
         self.record.validate()?;
-        for (name, app) in &self.apps {
-            if let Some(f) = app.record.iter().find(|f| !RECORD_FORMATS.contains(&f.as_str())) {
-                return bad(
-                    &format!("apps.{name}.record"),
-                    format!("{f:?} is not a supported format (supported: flv, mp4, hls)"),
-                );
-            }
-        }
         if self.rtmp.max_connections == 0 {
             return bad("rtmp.max_connections", "must be at least 1".into());
         }
@@ -344,6 +336,14 @@ mod tests {
         assert!(e.contains("play.min_cache"), "{e}");
         let e = Config::parse("[webhooks]\non_publish = [\"ftp://x\"]\n").unwrap_err().to_string();
         assert!(e.contains("webhooks.on_publish"), "{e}");
+    }
+
+    #[test]
+    fn an_unknown_recording_format_is_named() {
+        let e = Config::parse("[apps.live]\nrecord = [\"flv\", \"avi\"]\n").unwrap_err().to_string();
+        assert!(e.contains("avi") && e.contains("mp4"), "{e}");
+        let c = Config::parse("[apps.live]\nrecord = [\"hls\"]\n").unwrap();
+        assert_eq!(c.apps["live"].record, [RecordFormat::Hls]);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! and the checks that need nothing but the values. Checks that need a service's knowledge (a recording
 //! name template, a mix's output defaults) are the service's, run by `server::check_config`.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::ConfigError;
 
@@ -187,8 +187,44 @@ pub struct RecordConfig {
     pub fragment_unit_ms: u64,
 }
 
-/// Recording formats, as `[apps.*] record` and the API name them.
-pub const RECORD_FORMATS: [&str; 3] = ["flv", "mp4", "hls"];
+/// A recording's file format, as `[apps.*] record`, the API and the callbacks name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordFormat {
+    Flv,
+    Mp4,
+    Hls,
+}
+
+impl RecordFormat {
+    pub const ALL: [RecordFormat; 3] = [RecordFormat::Flv, RecordFormat::Mp4, RecordFormat::Hls];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordFormat::Flv => "flv",
+            RecordFormat::Mp4 => "mp4",
+            RecordFormat::Hls => "hls",
+        }
+    }
+
+    /// The file name extension: an HLS recording is named by its playlist.
+    pub fn extension(self) -> &'static str {
+        match self {
+            RecordFormat::Hls => "m3u8",
+            other => other.as_str(),
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for RecordFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 /// Seconds a recording fragment may last.
 pub const RECORD_FRAGMENT_RANGE: std::ops::RangeInclusive<u64> = 60..=7200;
 

@@ -23,7 +23,7 @@ use tokio::sync::Notify;
 
 use crate::auth::unix_now;
 use crate::config::ConfigError;
-pub use crate::config::{RecordConfig, RECORD_FORMATS as FORMATS, RECORD_FRAGMENT_RANGE as FRAGMENT_RANGE};
+pub use crate::config::{RecordConfig, RecordFormat, RECORD_FRAGMENT_RANGE as FRAGMENT_RANGE};
 use crate::events::Event;
 use crate::hub::{Audience, CachePolicy, HeaderSet, Hub, HubError, Packet, Protocol, Purpose, StreamKey};
 use crate::media::MediaKind;
@@ -37,6 +37,26 @@ pub fn check_config(cfg: &RecordConfig) -> Result<(), ConfigError> {
     naming::validate(&cfg.template).map_err(|e| ConfigError::invalid("record.template", e.to_string()))
 }
 
+/// Where a recorded file is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordStatus {
+    /// Being written (or left so by a crash: repaired at the next start).
+    Recording,
+    Complete,
+    Failed,
+}
+
+impl std::fmt::Display for RecordStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RecordStatus::Recording => "recording",
+            RecordStatus::Complete => "complete",
+            RecordStatus::Failed => "failed",
+        })
+    }
+}
+
 /// What livegate knows about one recorded file: the sidecar's content, the API's listing entry and (with `t`
 /// and `sign` added) the completion callback's body, in the field names Tencent's recording callbacks use.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -47,7 +67,7 @@ pub struct RecordInfo {
     pub stream_id: String,
     pub channel_id: String,
     pub file_id: String,
-    pub file_format: String,
+    pub file_format: RecordFormat,
     pub task_id: String,
     pub record_id: String,
     pub start_time: u64,
@@ -56,8 +76,7 @@ pub struct RecordInfo {
     pub file_size: u64,
     pub stream_param: String,
     pub video_url: String,
-    /// recording | complete | failed
-    pub status: String,
+    pub status: RecordStatus,
     /// Path relative to the recording root.
     pub path: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -172,7 +191,7 @@ impl Recorder {
     }
 
     /// Background work: callback delivery, finishing files a crash left open, and auto-recording on publish.
-    pub fn spawn(self: &Arc<Self>, auto_apps: HashMap<String, Vec<String>>) {
+    pub fn spawn(self: &Arc<Self>, auto_apps: HashMap<String, Vec<RecordFormat>>) {
         tokio::spawn(self.outbox.clone().run());
         let this = self.clone();
         tokio::task::spawn_blocking(move || this.recover());
@@ -212,12 +231,15 @@ impl Recorder {
         if formats.is_empty() {
             return Err(RecordError::Invalid { field: "formats", detail: "at least one format is needed".into() });
         }
-        if let Some(f) = formats.iter().find(|f| !FORMATS.contains(&f.as_str())) {
-            return Err(RecordError::Invalid {
-                field: "formats",
-                detail: format!("{f:?} is not supported (supported: {})", FORMATS.join(", ")),
-            });
-        }
+        let formats = formats
+            .iter()
+            .map(|f| {
+                RecordFormat::parse(f).ok_or_else(|| RecordError::Invalid {
+                    field: "formats",
+                    detail: format!("{f:?} is not supported (supported: flv, mp4, hls)"),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let fragment = fragment_secs.unwrap_or(self.cfg.fragment_secs);
         if !FRAGMENT_RANGE.contains(&fragment) {
             return Err(RecordError::Invalid {
@@ -243,7 +265,7 @@ impl Recorder {
     fn start_task(
         self: &Arc<Self>,
         key: StreamKey,
-        formats: Vec<String>,
+        formats: Vec<RecordFormat>,
         fragment_secs: u64,
         record_id: String,
         auto: bool,
@@ -353,7 +375,7 @@ impl Recorder {
         self.walk(&mut |_, info| {
             let keep = app.is_none_or(|a| info.app == a)
                 && stream.is_none_or(|s| info.stream_id == s)
-                && from.is_none_or(|f| info.end_time >= f || info.status == "recording")
+                && from.is_none_or(|f| info.end_time >= f || info.status == RecordStatus::Recording)
                 && to.is_none_or(|t| info.start_time <= t);
             if keep {
                 out.push(info);
@@ -373,7 +395,7 @@ impl Recorder {
         });
         let (sidecar, info) =
             found.ok_or_else(|| RecordError::NotFound(format!("no recording with file_id {file_id}")))?;
-        if info.status == "recording" {
+        if info.status == RecordStatus::Recording {
             return Err(RecordError::Invalid { field: "file_id", detail: "the file is still being recorded".into() });
         }
         remove_recording(&self.root, &info);
@@ -386,15 +408,15 @@ impl Recorder {
     fn recover(&self) {
         let mut open = Vec::new();
         walk_sidecars(&self.root, &mut |p, info| {
-            if info.status == "recording" {
+            if info.status == RecordStatus::Recording {
                 open.push((p.to_path_buf(), info));
             }
         });
         for (sidecar, mut info) in open {
             let path = self.root.join(&info.path);
-            let repaired = match info.file_format.as_str() {
-                "hls" => hls_file::repair(&path),
-                "mp4" => mp4_file::finalize(&path),
+            let repaired = match info.file_format {
+                RecordFormat::Hls => hls_file::repair(&path),
+                RecordFormat::Mp4 => mp4_file::finalize(&path),
                 _ => flv_file::repair(&path),
             };
             match repaired {
@@ -408,11 +430,11 @@ impl Recorder {
                     info.duration = duration;
                     info.file_size = size;
                     info.end_time = info.start_time + duration.round() as u64;
-                    info.status = "complete".into();
+                    info.status = RecordStatus::Complete;
                     tracing::info!(file = %info.path, duration, "unfinished recording recovered");
                 }
                 Err(e) => {
-                    info.status = "failed".into();
+                    info.status = RecordStatus::Failed;
                     info.error = Some(format!("recovery failed: {e}"));
                 }
             }
@@ -454,7 +476,7 @@ impl Recorder {
             stream: key.to_string(),
             record_id: record_id.to_owned(),
             file: info.path.clone(),
-            file_format: info.file_format.clone(),
+            file_format: info.file_format.to_string(),
             error: info.error.clone().unwrap_or_default(),
         });
     }
@@ -546,7 +568,7 @@ struct Writer {
     key: StreamKey,
     record_id: String,
     task_id: String,
-    formats: Vec<String>,
+    formats: Vec<RecordFormat>,
     fragment_ms: i64,
     param: String,
 }
@@ -630,8 +652,8 @@ impl Writer {
                         if !boundary {
                             continue; // files start on a keyframe
                         }
-                        let format = self.formats[i].as_str();
-                        if format == "mp4" && !mp4_ready(&headers, has_video, has_audio) {
+                        let format = self.formats[i];
+                        if format == RecordFormat::Mp4 && !mp4_ready(&headers, has_video, has_audio) {
                             continue; // an MP4 needs the H.264/AAC configuration before its first frame
                         }
                         match self.open(format, &p, has_video, has_audio, &headers) {
@@ -670,7 +692,7 @@ impl Writer {
 
     fn open(
         &self,
-        format: &str,
+        format: RecordFormat,
         first: &Packet,
         has_video: bool,
         has_audio: bool,
@@ -678,7 +700,7 @@ impl Writer {
     ) -> std::io::Result<Open> {
         let file_id = short_id();
         let start = unix_now();
-        let ext = if format == "hls" { "m3u8" } else { format };
+        let ext = format.extension();
         let mut rel = naming::render(
             &self.rec.cfg.template,
             &naming::NameParts {
@@ -698,19 +720,19 @@ impl Writer {
         let path = self.rec.root.join(&rel);
         let dts = first.frame.dts;
         let sink = match format {
-            "hls" => {
+            RecordFormat::Hls => {
                 let mut h = HlsFile::create(&path, has_video, has_audio, self.rec.segment_secs)?;
                 for hp in [&headers.video, &headers.audio].into_iter().flatten() {
                     h.push(hp)?;
                 }
                 Sink::Hls(Box::new(h))
             }
-            "mp4" => {
+            RecordFormat::Mp4 => {
                 let video = headers.video.as_ref().filter(|_| has_video).map(|p| &p.frame);
                 let audio = headers.audio.as_ref().filter(|_| has_audio).map(|p| &p.frame);
                 Sink::Mp4(Box::new(Mp4File::create(&path, video, audio)?))
             }
-            _ => {
+            RecordFormat::Flv => {
                 let mut file = FlvFile::create(&path, has_video, has_audio)?;
                 for h in [&headers.video, &headers.audio].into_iter().flatten() {
                     let mut fr = h.frame.clone();
@@ -727,7 +749,7 @@ impl Writer {
             stream_id: self.key.name.clone(),
             channel_id: self.key.name.clone(),
             file_id,
-            file_format: format.into(),
+            file_format: format,
             task_id: self.task_id.clone(),
             record_id: self.record_id.clone(),
             start_time: start,
@@ -736,7 +758,7 @@ impl Writer {
             file_size: 0,
             stream_param: self.param.clone(),
             video_url: format!("{}/{}", self.rec.base_url, rel),
-            status: "recording".into(),
+            status: RecordStatus::Recording,
             path: rel.clone(),
             error: None,
         };
@@ -795,11 +817,11 @@ impl Recorder {
                 info.duration = duration;
                 info.file_size = size;
                 info.end_time = info.start_time + duration.round() as u64;
-                info.status = "complete".into();
+                info.status = RecordStatus::Complete;
             }
             Err(e) => {
-                info.status = "failed".into();
-                info.error = Some(if info.file_format == "mp4" {
+                info.status = RecordStatus::Failed;
+                info.error = Some(if info.file_format == RecordFormat::Mp4 {
                     format!("finalizing failed ({e}); the fragmented MP4 is kept and plays")
                 } else {
                     e.to_string()
@@ -821,7 +843,7 @@ impl Writer {
         match open[failed].take() {
             Some(o) => {
                 let mut info = o.info.clone();
-                info.status = "failed".into();
+                info.status = RecordStatus::Failed;
                 info.error = Some(e.to_string());
                 info.file_size = o.bytes();
                 info.end_time = unix_now();
@@ -831,7 +853,7 @@ impl Writer {
                 self.rec.callback(&info);
             }
             None => {
-                let info = RecordInfo { error: Some(e.to_string()), ..self.blank_info() };
+                let info = RecordInfo { error: Some(e.to_string()), ..self.blank_info(self.formats[failed]) };
                 self.rec.failed_event(&self.key, &self.record_id, &info);
             }
         }
@@ -843,7 +865,7 @@ impl Writer {
     }
 
     /// What is known of a file that could not even be created.
-    fn blank_info(&self) -> RecordInfo {
+    fn blank_info(&self, format: RecordFormat) -> RecordInfo {
         RecordInfo {
             event_type: 100,
             app: self.key.app.clone(),
@@ -851,7 +873,7 @@ impl Writer {
             stream_id: self.key.name.clone(),
             channel_id: self.key.name.clone(),
             file_id: String::new(),
-            file_format: String::new(),
+            file_format: format,
             task_id: self.task_id.clone(),
             record_id: self.record_id.clone(),
             start_time: unix_now(),
@@ -860,7 +882,7 @@ impl Writer {
             file_size: 0,
             stream_param: self.param.clone(),
             video_url: String::new(),
-            status: "failed".into(),
+            status: RecordStatus::Failed,
             path: String::new(),
             error: None,
         }
@@ -887,7 +909,7 @@ fn sidecar_path(path: &Path) -> PathBuf {
 /// Deletes a recording's media: the file, and for HLS its segments too.
 fn remove_recording(root: &Path, info: &RecordInfo) {
     let path = root.join(&info.path);
-    if info.file_format == "hls" {
+    if info.file_format == RecordFormat::Hls {
         if let Ok(text) = std::fs::read_to_string(&path) {
             for l in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
                 let _ = std::fs::remove_file(path.with_file_name(l));

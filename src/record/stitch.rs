@@ -6,12 +6,24 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::{flv_file, mp4_file, naming, short_id, sidecar_path, write_json, RecordError, RecordInfo, Recorder};
+use super::{
+    flv_file, mp4_file, naming, short_id, sidecar_path, write_json, RecordError, RecordFormat, RecordInfo,
+    RecordStatus, Recorder,
+};
 use crate::auth::unix_now;
 use crate::media::mp4::Movie;
 
 /// Finished jobs kept for `GET /api/v1/recordings/stitch/{id}`.
 const KEEP_JOBS: usize = 200;
+
+/// Where a stitch job is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    Running,
+    Complete,
+    Failed,
+}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Job {
@@ -21,7 +33,7 @@ pub struct Job {
     pub from: u64,
     pub to: u64,
     /// running | complete | failed
-    pub status: String,
+    pub status: JobStatus,
     /// Paths (relative to the recording root) of the files joined, in order.
     pub inputs: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -51,11 +63,15 @@ impl Recorder {
         let in_range: Vec<RecordInfo> = all
             .into_iter()
             // Earlier stitch outputs are not inputs: they would repeat media.
-            .filter(|f| f.status == "complete" && !f.task_id.starts_with("stitch-"))
+            .filter(|f| f.status == RecordStatus::Complete && !f.task_id.starts_with("stitch-"))
             .filter(|f| f.start_time <= to && f.end_time >= from)
             .collect();
         // A push recorded as both MP4 and FLV would be joined twice: MP4 files when there are any, else FLV.
-        let format = if in_range.iter().any(|f| f.file_format == "mp4") { "mp4" } else { "flv" };
+        let format = if in_range.iter().any(|f| f.file_format == RecordFormat::Mp4) {
+            RecordFormat::Mp4
+        } else {
+            RecordFormat::Flv
+        };
         let mut inputs: Vec<RecordInfo> = in_range.into_iter().filter(|f| f.file_format == format).collect();
         if inputs.is_empty() {
             return Err(RecordError::NotFound(format!(
@@ -70,7 +86,7 @@ impl Recorder {
             stream: stream.to_owned(),
             from,
             to,
-            status: "running".into(),
+            status: JobStatus::Running,
             inputs: inputs.iter().map(|f| f.path.clone()).collect(),
             output: None,
             error: None,
@@ -79,8 +95,11 @@ impl Recorder {
         {
             let mut jobs = self.jobs.lock();
             if jobs.len() >= KEEP_JOBS {
-                let oldest =
-                    jobs.values().filter(|j| j.status != "running").min_by_key(|j| j.created).map(|j| j.job_id.clone());
+                let oldest = jobs
+                    .values()
+                    .filter(|j| j.status != JobStatus::Running)
+                    .min_by_key(|j| j.created)
+                    .map(|j| j.job_id.clone());
                 if let Some(o) = oldest {
                     jobs.remove(&o);
                 }
@@ -95,14 +114,14 @@ impl Recorder {
             match result {
                 Ok(info) => {
                     tracing::info!(job = %id, file = %info.path, duration = info.duration, "stitch complete");
-                    j.status = "complete".into();
+                    j.status = JobStatus::Complete;
                     j.output = Some(info.clone());
                     drop(jobs);
                     this.callback_to(&info, callback.as_slice());
                 }
                 Err(e) => {
                     tracing::warn!(job = %id, error = %e, "stitch failed");
-                    j.status = "failed".into();
+                    j.status = JobStatus::Failed;
                     j.error = Some(e);
                 }
             }
@@ -123,7 +142,11 @@ impl Recorder {
         let mut files = Vec::with_capacity(inputs.len());
         for (k, f) in inputs.iter().enumerate() {
             let path = self.root.join(&f.path);
-            let read = if f.file_format == "flv" { flv_file::read_movie(&path) } else { mp4_file::read_movie(&path) };
+            let read = if f.file_format == RecordFormat::Flv {
+                flv_file::read_movie(&path)
+            } else {
+                mp4_file::read_movie(&path)
+            };
             let (m, file) = read.map_err(|e| format!("reading {}: {e}", f.path))?;
             movies.push(m.with_src(k as u32));
             files.push(file);
@@ -161,7 +184,7 @@ impl Recorder {
             stream_id: first.stream_id.clone(),
             channel_id: first.channel_id.clone(),
             file_id,
-            file_format: "mp4".into(),
+            file_format: RecordFormat::Mp4,
             task_id: id.to_owned(),
             record_id: id.to_owned(),
             start_time: first.start_time,
@@ -170,7 +193,7 @@ impl Recorder {
             file_size: size,
             stream_param: first.stream_param.clone(),
             video_url: format!("{}/{}", self.base_url, rel),
-            status: "complete".into(),
+            status: RecordStatus::Complete,
             path: rel,
             error: None,
         };

@@ -4,24 +4,59 @@
 use serde::Serialize;
 use tokio::sync::broadcast;
 
-use crate::hub::Protocol;
+use crate::config::RecordFormat;
+use crate::hub::{key_path, Protocol, StreamKey};
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum Event {
     #[serde(rename = "on_publish")]
-    Publish { stream: String, client_id: u64, protocol: Protocol, addr: Option<String>, param: String },
+    Publish {
+        #[serde(serialize_with = "key_path")]
+        stream: StreamKey,
+        client_id: u64,
+        protocol: Protocol,
+        addr: Option<String>,
+        param: String,
+    },
     #[serde(rename = "on_unpublish")]
-    Unpublish { stream: String, client_id: u64 },
+    Unpublish {
+        #[serde(serialize_with = "key_path")]
+        stream: StreamKey,
+        client_id: u64,
+    },
     #[serde(rename = "on_play")]
-    Play { stream: String, client_id: u64, protocol: Protocol, addr: Option<String> },
+    Play {
+        #[serde(serialize_with = "key_path")]
+        stream: StreamKey,
+        client_id: u64,
+        protocol: Protocol,
+        addr: Option<String>,
+    },
     #[serde(rename = "on_stop")]
-    Stop { stream: String, client_id: u64, protocol: Protocol, reason: String, bytes: u64 },
+    Stop {
+        #[serde(serialize_with = "key_path")]
+        stream: StreamKey,
+        client_id: u64,
+        protocol: Protocol,
+        reason: String,
+        bytes: u64,
+    },
     #[serde(rename = "on_stream_closed")]
-    StreamClosed { stream: String },
+    StreamClosed {
+        #[serde(serialize_with = "key_path")]
+        stream: StreamKey,
+    },
     /// A recording stopped on a write error (disk full, directory gone); the stream goes on.
     #[serde(rename = "on_record_failed")]
-    RecordFailed { stream: String, record_id: String, file: String, file_format: String, error: String },
+    RecordFailed {
+        #[serde(serialize_with = "key_path")]
+        stream: StreamKey,
+        record_id: String,
+        file: String,
+        file_format: RecordFormat,
+        error: String,
+    },
     /// A mix input sent media the mix cannot use (its slot freezes or blanks; the mix carries on).
     #[serde(rename = "on_mix_error")]
     MixError { mix: String, stream: String, detail: String },

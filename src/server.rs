@@ -134,7 +134,7 @@ impl AppState {
                     auth::unix_now(),
                 )?;
                 let event = Event::Publish {
-                    stream: key.to_string(),
+                    stream: key.clone(),
                     client_id: info.client_id,
                     protocol: info.protocol,
                     addr: info.addr.map(|a| a.to_string()),

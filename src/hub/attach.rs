@@ -135,7 +135,7 @@ impl AttachGuard {
         let (what, player) = match audience {
             Audience::Player { requested } => {
                 events.send(Event::Play {
-                    stream: requested.to_string(),
+                    stream: requested.clone(),
                     client_id: handle.id,
                     protocol,
                     addr: handle.addr.map(|a| a.to_string()),
@@ -153,7 +153,7 @@ impl AttachGuard {
     pub(crate) fn finish(&mut self, reason: &str) {
         if let Some(p) = self.player.take() {
             p.events.send(Event::Stop {
-                stream: p.requested.to_string(),
+                stream: p.requested.clone(),
                 client_id: p.handle.id,
                 protocol: p.protocol,
                 reason: reason.to_owned(),

@@ -38,6 +38,11 @@ impl StreamKey {
     }
 }
 
+/// Serializes a stream key as its path, `app/name` (`#[serde(serialize_with = "hub::key_path")]`).
+pub fn key_path<S: serde::Serializer>(k: &StreamKey, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(k)
+}
+
 impl std::fmt::Display for StreamKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.app, self.name)
@@ -302,7 +307,7 @@ impl Hub {
         }
         handle.set_state(Role::Publisher, Some(&key));
         self.0.events.send(Event::Publish {
-            stream: key.to_string(),
+            stream: key.clone(),
             client_id: info.client_id,
             protocol: info.protocol,
             addr: info.addr.map(|a| a.to_string()),
@@ -401,7 +406,7 @@ impl Hub {
             }
             st.publisher = None;
         }
-        self.0.events.send(Event::Unpublish { stream: stream.key.to_string(), client_id });
+        self.0.events.send(Event::Unpublish { stream: stream.key.clone(), client_id });
         let grace =
             if self.0.shutting_down.load(Ordering::Acquire) { Duration::ZERO } else { self.0.opts.reconnect_grace };
         tracing::info!(stream = %stream.key, client = client_id, grace_secs = grace.as_secs_f64(), "publisher left");
@@ -442,7 +447,7 @@ impl Hub {
         drop(streams);
         stream.close();
         tracing::info!(stream = %stream.key, "stream closed");
-        self.0.events.send(Event::StreamClosed { stream: stream.key.to_string() });
+        self.0.events.send(Event::StreamClosed { stream: stream.key.clone() });
     }
 
     /// SIGTERM: refuse new publishers, end every stream (readers get a clean end), kick publishers.

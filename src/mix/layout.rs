@@ -150,14 +150,10 @@ pub struct PatchRequest {
     pub inputs: Option<Vec<InputSpec>>,
 }
 
-fn key_str<S: serde::Serializer>(k: &StreamKey, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(k)
-}
-
 /// A checked output.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Output {
-    #[serde(serialize_with = "key_str")]
+    #[serde(serialize_with = "crate::hub::key_path")]
     pub stream: StreamKey,
     pub width: u32,
     pub height: u32,

@@ -200,10 +200,8 @@ impl Recorder {
         tokio::spawn(async move {
             loop {
                 match rx.recv().await {
-                    Ok(Event::Publish { stream, .. }) => {
-                        let Some((app, name)) = stream.split_once('/') else { continue };
-                        let Some(formats) = auto_apps.get(app).filter(|f| !f.is_empty()) else { continue };
-                        let key = StreamKey::new(app, name);
+                    Ok(Event::Publish { stream: key, .. }) => {
+                        let Some(formats) = auto_apps.get(&key.app).filter(|f| !f.is_empty()) else { continue };
                         let running = this.tasks.lock().values().any(|t| t.auto && t.key == key);
                         if !running {
                             let id = format!("auto-{}", short_id());
@@ -473,10 +471,10 @@ impl Recorder {
     /// The `on_record_failed` event on the bus (webhooks, logs).
     fn failed_event(&self, key: &StreamKey, record_id: &str, info: &RecordInfo) {
         self.hub.events().send(Event::RecordFailed {
-            stream: key.to_string(),
+            stream: key.clone(),
             record_id: record_id.to_owned(),
             file: info.path.clone(),
-            file_format: info.file_format.to_string(),
+            file_format: info.file_format,
             error: info.error.clone().unwrap_or_default(),
         });
     }

@@ -113,7 +113,7 @@ pub async fn serve(state: Arc<AppState>, addr: SocketAddr, sock: TcpStream, head
         let result = play(&mut io, &sock, &mut reader, &slot, Bytes::from(head), chunked, stall).await;
         let reason = match &result {
             Ok(()) => EndReason::StreamClosed.to_string(),
-            Err(r) => r.clone(),
+            Err(e) => e.to_string(),
         };
         if result.is_ok() && chunked {
             let _ = tokio::time::timeout(Duration::from_secs(1), io.write_all(b"0\r\n\r\n")).await;
@@ -129,9 +129,27 @@ pub async fn serve(state: Arc<AppState>, addr: SocketAddr, sock: TcpStream, head
     .await
 }
 
+/// Why a direct HTTP-FLV player stopped before its stream ended (the reason in its `on_stop`).
+#[derive(Debug, thiserror::Error)]
+enum PlayEnd {
+    /// Kicked, or too slow for its max_cache: the reader's own verdict.
+    #[error("{0}")]
+    Reader(EndReason),
+    #[error("kicked: {0}")]
+    Kicked(String),
+    #[error("write failed: {0}")]
+    Write(std::io::Error),
+    #[error("stalled: socket accepted nothing for {:.1}s", .0.as_secs_f64())]
+    Stalled(Duration),
+    #[error("socket error: {0}")]
+    Socket(std::io::Error),
+    #[error("client closed")]
+    ClientClosed,
+}
+
 /// The play loop: the task sends the join burst and any backlog itself; when caught up, it parks the socket
 /// for the stream's fan-out and only watches for its return, a kick, or the player hanging up.
-/// `Ok` when the stream ended, `Err(reason)` otherwise.
+/// `Ok` when the stream ended.
 async fn play(
     io: &mut SharedStream,
     sock: &TcpStream,
@@ -140,7 +158,7 @@ async fn play(
     head: Bytes,
     chunked: bool,
     stall: Duration,
-) -> Result<(), String> {
+) -> Result<(), PlayEnd> {
     let handle = reader.handle().clone();
     let mut batch: Vec<Arc<Packet>> = Vec::new();
     let mut bufs: Vec<Bytes> = Vec::new();
@@ -153,7 +171,7 @@ async fn play(
     let result = loop {
         if let Some(r) = handle.kicked() {
             metrics::global().disconnects_kicked.fetch_add(1, Ordering::Relaxed);
-            break Err(format!("kicked: {r}"));
+            break Err(PlayEnd::Kicked(r));
         }
         if parked {
             tokio::select! {
@@ -161,7 +179,7 @@ async fn play(
                     let Some(hb) = slot.unpark() else { continue };
                     parked = false;
                     if let Some(e) = hb.error {
-                        break Err(format!("write failed: {e}"));
+                        break Err(PlayEnd::Write(e));
                     }
                     if !hb.tail.is_empty() {
                         if let Err(e) = send(io, reader, &hb.tail, stall).await {
@@ -188,7 +206,7 @@ async fn play(
                         }
                         EndReason::StreamClosed => {}
                     }
-                    break if reason == EndReason::StreamClosed { Ok(()) } else { Err(reason.to_string()) };
+                    break if reason == EndReason::StreamClosed { Ok(()) } else { Err(PlayEnd::Reader(reason)) };
                 }
             }
             _ = handle.notify.notified() => continue,
@@ -231,19 +249,19 @@ async fn send(
     reader: &crate::hub::Reader,
     bufs: &[Bytes],
     stall: Duration,
-) -> Result<(), String> {
+) -> Result<(), PlayEnd> {
     let n = write(io, bufs, stall).await?;
     reader.add_bytes_out(n);
     Ok(())
 }
 
-async fn write(io: &mut SharedStream, bufs: &[Bytes], stall: Duration) -> Result<usize, String> {
+async fn write(io: &mut SharedStream, bufs: &[Bytes], stall: Duration) -> Result<usize, PlayEnd> {
     match tokio::time::timeout(stall, netio::write_all_vectored(io, bufs)).await {
         Ok(Ok(n)) => Ok(n),
-        Ok(Err(e)) => Err(format!("write failed: {e}")),
+        Ok(Err(e)) => Err(PlayEnd::Write(e)),
         Err(_) => {
             metrics::global().disconnects_slow.fetch_add(1, Ordering::Relaxed);
-            let reason = format!("stalled: socket accepted nothing for {:.1}s", stall.as_secs_f64());
+            let reason = PlayEnd::Stalled(stall);
             tracing::warn!(%reason, "http-flv player disconnected");
             Err(reason)
         }
@@ -251,13 +269,13 @@ async fn write(io: &mut SharedStream, bufs: &[Bytes], stall: Duration) -> Result
 }
 
 /// A player sends nothing after its request; bytes are read and dropped, end of stream means it hung up.
-fn hung_up(sock: &TcpStream, ready: std::io::Result<()>, scratch: &mut [u8]) -> Result<(), String> {
-    ready.map_err(|e| format!("socket error: {e}"))?;
+fn hung_up(sock: &TcpStream, ready: std::io::Result<()>, scratch: &mut [u8]) -> Result<(), PlayEnd> {
+    ready.map_err(PlayEnd::Socket)?;
     match sock.try_read(scratch) {
-        Ok(0) => Err("client closed".into()),
+        Ok(0) => Err(PlayEnd::ClientClosed),
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
-        Err(e) => Err(format!("socket error: {e}")),
+        Err(e) => Err(PlayEnd::Socket(e)),
     }
 }
 

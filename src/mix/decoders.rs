@@ -20,7 +20,7 @@ use super::timing;
 use crate::hub::{Audience, CachePolicy, Hub, Protocol, Purpose, Stream, StreamKey};
 use crate::media::avc::{self, AvcDecoderConfig};
 use crate::media::{Codec, Frame, MediaKind};
-use crate::transcode::Template;
+use crate::transcode::{Template, TranscodeError};
 
 /// Messages a mix may have waiting from one input: about 1.5 s of 30 fps video with its AAC audio.
 const QUEUE: usize = 128;
@@ -169,15 +169,8 @@ impl DecodePipe {
         stream: &Arc<Stream>,
         consumers: &Arc<Consumers>,
         arrivals: &Arrivals,
-    ) -> Result<Self, String> {
-        let text = t.render(&[]).map_err(|e| e.to_string())?;
-        let el = gst::parse::launch(&text).map_err(|e| format!("{}: {e}", t.name))?;
-        let pipeline = el.downcast::<gst::Pipeline>().map_err(|_| format!("{}: not a pipeline", t.name))?;
-        let src = pipeline.by_name("src").and_then(|e| e.downcast::<gst_app::AppSrc>().ok());
-        let sink = pipeline.by_name("sink").and_then(|e| e.downcast::<gst_app::AppSink>().ok());
-        let (Some(src), Some(sink)) = (src, sink) else {
-            return Err(format!("{}: needs an appsrc \"src\" and an appsink \"sink\"", t.name));
-        };
+    ) -> Result<Self, TranscodeError> {
+        let (pipeline, src, sink) = t.build(&[])?;
         src.set_caps(Some(caps));
         let (stream, consumers, arrivals) = (Arc::downgrade(stream), consumers.clone(), arrivals.clone());
         sink.set_callbacks(
@@ -202,7 +195,9 @@ impl DecodePipe {
                 })
                 .build(),
         );
-        pipeline.set_state(gst::State::Playing).map_err(|e| format!("{}: cannot start: {e}", t.name))?;
+        pipeline
+            .set_state(gst::State::Playing)
+            .map_err(|e| TranscodeError::Gst(format!("{}: cannot start: {e}", t.name)))?;
         Ok(Self { pipeline, src })
     }
 
@@ -347,7 +342,7 @@ impl Decoder {
                     let caps = pipeline::h264_caps(config);
                     match DecodePipe::build(t.video_decode(), &caps, true, stream, &self.consumers, &s.arrivals) {
                         Ok(p) => s.video = Some(p),
-                        Err(e) => return self.error(e, true),
+                        Err(e) => return self.error(e.to_string(), true),
                     }
                 }
                 let pts = f.dts + f.cts as i64;
@@ -375,7 +370,7 @@ impl Decoder {
                     let caps = pipeline::aac_caps(config);
                     match DecodePipe::build(t.audio_decode(), &caps, false, stream, &self.consumers, &s.arrivals) {
                         Ok(p) => s.audio = Some(p),
-                        Err(e) => return self.error(e, false),
+                        Err(e) => return self.error(e.to_string(), false),
                     }
                 }
                 if let Some(p) = &s.audio {

@@ -103,20 +103,31 @@ async fn post(
     client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
     url: &str,
     body: Vec<u8>,
-) -> Result<(), String> {
+) -> Result<(), CallbackError> {
     let req = http::Request::post(url)
         .header(http::header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|e| e.to_string())?;
+        .body(Full::new(Bytes::from(body)))?;
     let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
         .await
-        .map_err(|_| "no answer within 10 s".to_string())?
-        .map_err(|e| e.to_string())?;
+        .map_err(|_| CallbackError::Timeout)??;
     let status = resp.status();
     let _ = resp.into_body().collect().await;
     if status.is_success() {
         Ok(())
     } else {
-        Err(format!("answered {status}"))
+        Err(CallbackError::Refused(status))
     }
+}
+
+/// Why one delivery of a recording callback failed (it is retried).
+#[derive(Debug, thiserror::Error)]
+enum CallbackError {
+    #[error("{0}")]
+    Request(#[from] http::Error),
+    #[error("no answer within 10 s")]
+    Timeout,
+    #[error("{0}")]
+    Send(#[from] hyper_util::client::legacy::Error),
+    #[error("answered {0}")]
+    Refused(http::StatusCode),
 }

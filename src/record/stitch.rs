@@ -16,6 +16,19 @@ use crate::media::mp4::Movie;
 /// Finished jobs kept for `GET /api/v1/recordings/stitch/{id}`.
 const KEEP_JOBS: usize = 200;
 
+/// Why a stitch job failed (the job's `error`).
+#[derive(Debug, thiserror::Error)]
+enum StitchError {
+    #[error("reading {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{0}")]
+    Join(#[from] crate::media::mp4::Mp4Error),
+    #[error("{0}")]
+    Name(#[from] naming::TemplateError),
+    #[error("writing the stitched file: {0}")]
+    Write(std::io::Error),
+}
+
 /// Where a stitch job is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -122,7 +135,7 @@ impl Recorder {
                 Err(e) => {
                     tracing::warn!(job = %id, error = %e, "stitch failed");
                     j.status = JobStatus::Failed;
-                    j.error = Some(e);
+                    j.error = Some(e.to_string());
                 }
             }
         });
@@ -137,7 +150,7 @@ impl Recorder {
         self.jobs.lock().get(id).cloned()
     }
 
-    fn run_stitch(&self, id: &str, inputs: &[RecordInfo]) -> Result<RecordInfo, String> {
+    fn run_stitch(&self, id: &str, inputs: &[RecordInfo]) -> Result<RecordInfo, StitchError> {
         let mut movies = Vec::with_capacity(inputs.len());
         let mut files = Vec::with_capacity(inputs.len());
         for (k, f) in inputs.iter().enumerate() {
@@ -147,11 +160,11 @@ impl Recorder {
             } else {
                 mp4_file::read_movie(&path)
             };
-            let (m, file) = read.map_err(|e| format!("reading {}: {e}", f.path))?;
+            let (m, file) = read.map_err(|source| StitchError::Read { path: f.path.clone(), source })?;
             movies.push(m.with_src(k as u32));
             files.push(file);
         }
-        let movie = Movie::concat(movies).map_err(|e| e.to_string())?;
+        let movie = Movie::concat(movies)?;
         let first = &inputs[0];
         let last = inputs.last().expect("at least one input");
         let file_id = short_id();
@@ -165,8 +178,7 @@ impl Recorder {
                 ext: "mp4",
                 start: first.start_time,
             },
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
         // Never the name of a recording: a stitched file sits beside its fragments with its own suffix.
         let rel = match rel.strip_suffix(".mp4") {
             Some(stem) => format!("{stem}_{id}.mp4"),
@@ -174,9 +186,9 @@ impl Recorder {
         };
         let path = self.root.join(&rel);
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+            std::fs::create_dir_all(dir).map_err(StitchError::Write)?;
         }
-        let (duration, size) = mp4_file::write_flat(&path, &movie, &files).map_err(|e| e.to_string())?;
+        let (duration, size) = mp4_file::write_flat(&path, &movie, &files).map_err(StitchError::Write)?;
         let info = RecordInfo {
             event_type: 100,
             app: first.app.clone(),
@@ -197,7 +209,7 @@ impl Recorder {
             path: rel,
             error: None,
         };
-        write_json(&sidecar_path(&path), &info).map_err(|e| e.to_string())?;
+        write_json(&sidecar_path(&path), &info).map_err(StitchError::Write)?;
         Ok(info)
     }
 }

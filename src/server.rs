@@ -42,10 +42,35 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub webhooks: Webhooks,
     started: Instant,
-    connections: Arc<AtomicUsize>,
+    rtmp_connections: Arc<AtomicUsize>,
+    http_connections: Arc<AtomicUsize>,
 }
 
-/// Counts a connection against `rtmp.max_connections` until dropped.
+/// Which listener a connection came in on; each has its own connection limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    Rtmp,
+    Http,
+}
+
+impl Listener {
+    pub fn name(self) -> &'static str {
+        match self {
+            Listener::Rtmp => "rtmp",
+            Listener::Http => "http",
+        }
+    }
+
+    /// The config key of its connection limit.
+    pub fn limit_key(self) -> &'static str {
+        match self {
+            Listener::Rtmp => "rtmp.max_connections",
+            Listener::Http => "http.max_connections",
+        }
+    }
+}
+
+/// Counts a connection against its listener's `max_connections` until dropped.
 pub struct ConnPermit(Arc<AtomicUsize>);
 
 impl Drop for ConnPermit {
@@ -90,7 +115,8 @@ impl AppState {
             config: Arc::new(config),
             webhooks,
             started: Instant::now(),
-            connections: Arc::new(AtomicUsize::new(0)),
+            rtmp_connections: Arc::new(AtomicUsize::new(0)),
+            http_connections: Arc::new(AtomicUsize::new(0)),
         }))
     }
 
@@ -98,10 +124,14 @@ impl AppState {
         self.started.elapsed().as_millis() as u32
     }
 
-    pub fn try_connection(&self) -> Option<ConnPermit> {
-        let n = self.connections.fetch_add(1, Ordering::Relaxed);
-        let permit = ConnPermit(self.connections.clone());
-        (n < self.config.rtmp.max_connections).then_some(permit)
+    pub fn try_connection(&self, listener: Listener) -> Option<ConnPermit> {
+        let (count, max) = match listener {
+            Listener::Rtmp => (&self.rtmp_connections, self.config.rtmp.max_connections),
+            Listener::Http => (&self.http_connections, self.config.http.max_connections),
+        };
+        let n = count.fetch_add(1, Ordering::Relaxed);
+        let permit = ConnPermit(count.clone());
+        (n < max).then_some(permit)
     }
 
     pub fn check_app(&self, app: &str) -> Result<(), AccessError> {
@@ -175,11 +205,12 @@ pub async fn accept_loop<F>(
     listener: TcpListener,
     state: Arc<AppState>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
-    what: &'static str,
+    listener_kind: Listener,
     mut on_conn: F,
 ) where
     F: FnMut(tokio::net::TcpStream, std::net::SocketAddr, ConnPermit),
 {
+    let what = listener_kind.name();
     loop {
         let (sock, addr) = tokio::select! {
             r = listener.accept() => match r {
@@ -193,8 +224,8 @@ pub async fn accept_loop<F>(
             },
             _ = shutdown.changed() => return,
         };
-        let Some(permit) = state.try_connection() else {
-            tracing::warn!(peer = %addr, "{what} connection refused: rtmp.max_connections reached");
+        let Some(permit) = state.try_connection(listener_kind) else {
+            tracing::warn!(peer = %addr, limit = listener_kind.limit_key(), "{what} connection refused: limit reached");
             continue;
         };
         crate::metrics::global().connections.fetch_add(1, Ordering::Relaxed);

@@ -227,3 +227,52 @@ fn silent_publishers_and_idle_connections_time_out() {
     assert!(idle.closed_within(Duration::from_secs(10)), "idle connection not closed");
     assert!(wait_until(Duration::from_secs(5), || srv.log_text().contains("without publishing or playing")));
 }
+
+/// Whether the server closes a fresh connection to `port` at once (refused at accept) rather than holding it.
+fn refused_at_accept(port: u16) -> Option<std::net::TcpStream> {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let mut b = [0u8; 1];
+    match s.read(&mut b) {
+        Ok(0) => None,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => None,
+        // Still open after a second: accepted and held (waiting for a request or a handshake).
+        _ => Some(s),
+    }
+}
+
+/// Fills `port` with idle connections until the next one is refused; returns the ones held.
+fn fill(port: u16, max: usize) -> Vec<std::net::TcpStream> {
+    let mut held = Vec::new();
+    for _ in 0..max + 4 {
+        match refused_at_accept(port) {
+            Some(s) => held.push(s),
+            None => return held,
+        }
+    }
+    panic!("port {port} took {} connections with a limit of {max}", held.len());
+}
+
+#[test]
+fn http_and_rtmp_connections_are_limited_apart() {
+    let srv = Server::start("[http]\nmax_connections = 3\n[rtmp]\nmax_connections = 2\n");
+    // HTTP full (idle sockets that never send a request, as a slowloris would): RTMP clients still get in.
+    let http_held = fill(srv.http_port, 3);
+    assert!(http_held.len() <= 3, "{}", http_held.len());
+    let mut c = RtmpClient::connect(srv.rtmp_port, false).expect("RTMP handshake while HTTP is full");
+    let msgs = c.connect_app("live");
+    assert!(msgs.iter().any(|m| command_of(m).is_some_and(|c| c.name == "_result")), "connect answered");
+    // RTMP full: HTTP clients get in again once their own sockets are free.
+    let rtmp_held = fill(srv.rtmp_port, 2);
+    assert!(rtmp_held.len() <= 1, "one more besides the client: {}", rtmp_held.len());
+    drop(http_held);
+    assert!(
+        wait_until(Duration::from_secs(10), || http_get(srv.http_port, "/healthz").is_some_and(|r| r.status == 200)),
+        "HTTP refused while only RTMP is full"
+    );
+    assert!(
+        srv.log_text().contains("limit=\"http.max_connections\"") || srv.log_text().contains("http.max_connections")
+    );
+    assert!(srv.log_text().contains("rtmp.max_connections"), "{}", srv.log_text());
+}

@@ -67,6 +67,7 @@ pub struct HttpConfig {
     pub cors_origin: String,
     pub api_token: String,
     pub web_root: String,
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -252,6 +253,9 @@ impl Config {
         self.record.validate()?;
         if self.rtmp.max_connections == 0 {
             return bad("rtmp.max_connections", "must be at least 1".into());
+        }
+        if self.http.max_connections == 0 {
+            return bad("http.max_connections", "must be at least 1".into());
         }
         for app in self.apps.keys() {
             if let Err(e) = crate::names::validate("app", app) {

@@ -33,7 +33,7 @@ pub type Body = BoxBody<Bytes, std::io::Error>;
 /// Accepts HTTP connections until `shutdown` fires.
 pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: tokio::sync::watch::Receiver<bool>) {
     let st = state.clone();
-    crate::server::accept_loop(listener, state, shutdown, "http", move |sock, addr, permit| {
+    crate::server::accept_loop(listener, state, shutdown, crate::server::Listener::Http, move |sock, addr, permit| {
         let state = st.clone();
         // Small send buffer: a stalled player's backlog stays in the hub, where max_cache can skip it.
         netio::tune_media_socket(&sock, Some(netio::PLAYER_SEND_BUFFER));

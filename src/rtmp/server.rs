@@ -26,7 +26,7 @@ use crate::server::{AccessError, AppState, Op};
 /// Accepts RTMP connections until `shutdown` fires.
 pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: tokio::sync::watch::Receiver<bool>) {
     let st = state.clone();
-    crate::server::accept_loop(listener, state, shutdown, "rtmp", move |sock, addr, permit| {
+    crate::server::accept_loop(listener, state, shutdown, crate::server::Listener::Rtmp, move |sock, addr, permit| {
         let state = st.clone();
         tokio::spawn(async move {
             let guard = state.hub.register_client(Protocol::Rtmp, Some(addr));

@@ -20,7 +20,6 @@ const LAYERS: &[&[&str]] = &[
 
 /// Upward edges still in the tree: (from, to, what removing it takes).
 const KNOWN: &[(&str, &str, &str)] = &[
-    ("hub", "rtmp", "hub/packet.rs builds RTMP chunks with rtmp::chunk: the chunk writer moves to media"),
     ("http", "server", "adapters take AppState: narrow handles per adapter"),
     ("rtmp", "server", "adapters take AppState: narrow handles per adapter"),
 ];

@@ -6,7 +6,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use crate::media::{flv, Frame, MediaKind};
-use crate::rtmp::chunk;
+use crate::media::rtmp_chunk as chunk;
 
 /// Outbound RTMP chunk size for every connection livegate serves. One fixed value is what lets one chunked
 /// serialization of a frame serve every RTMP reader.

@@ -5,6 +5,7 @@ pub mod amf0;
 pub mod avc;
 pub mod flv;
 pub mod mp4;
+pub mod rtmp_chunk;
 pub mod ts;
 
 use bytes::Bytes;

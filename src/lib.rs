@@ -4,8 +4,10 @@
 //! handshake, message}`, the stream registry and fan-out in `hub`, and thin socket adapters (`rtmp::server`,
 //! `http`) around them.
 
+pub mod access;
 pub mod auth;
 pub mod config;
+pub mod conn;
 pub mod events;
 pub mod hls;
 pub mod http;

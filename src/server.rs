@@ -1,35 +1,18 @@
-//! Process wiring: shared state, access checks, the listeners, and graceful shutdown.
+//! Process wiring: the services, each adapter's handles, the listeners, and graceful shutdown.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 
-use crate::auth::{self, AuthError};
+use crate::access::Access;
 use crate::config::Config;
-use crate::events::{Event, EventBus};
-use crate::hub::{Hub, PublisherInfo, StreamKey};
-use crate::names::{self, NameError};
-use crate::webhooks::{WebhookError, Webhooks};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Op {
-    Publish,
-    Play,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum AccessError {
-    #[error("unknown app {0:?}: it is not configured under [apps]")]
-    UnknownApp(String),
-    #[error("{0}")]
-    BadName(#[from] NameError),
-    #[error("signature check failed: {0}")]
-    Auth(#[from] AuthError),
-    #[error("on_publish webhook refused: {0}")]
-    Webhook(#[from] WebhookError),
-}
+use crate::conn::ConnLimits;
+use crate::events::EventBus;
+use crate::http::HttpState;
+use crate::hub::Hub;
+use crate::rtmp::RtmpState;
+use crate::webhooks::Webhooks;
 
 pub struct AppState {
     pub hub: Hub,
@@ -41,46 +24,14 @@ pub struct AppState {
     pub mixes: Arc<crate::mix::Mixes>,
     pub config: Arc<Config>,
     pub webhooks: Webhooks,
+    pub access: Access,
+    pub limits: Arc<ConnLimits>,
     started: Instant,
-    rtmp_connections: Arc<AtomicUsize>,
-    http_connections: Arc<AtomicUsize>,
-}
-
-/// Which listener a connection came in on; each has its own connection limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Listener {
-    Rtmp,
-    Http,
-}
-
-impl Listener {
-    pub fn name(self) -> &'static str {
-        match self {
-            Listener::Rtmp => "rtmp",
-            Listener::Http => "http",
-        }
-    }
-
-    /// The config key of its connection limit.
-    pub fn limit_key(self) -> &'static str {
-        match self {
-            Listener::Rtmp => "rtmp.max_connections",
-            Listener::Http => "http.max_connections",
-        }
-    }
-}
-
-/// Counts a connection against its listener's `max_connections` until dropped.
-pub struct ConnPermit(Arc<AtomicUsize>);
-
-impl Drop for ConnPermit {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 impl AppState {
     pub fn new(config: Config) -> Result<Arc<Self>, crate::transcode::TranscodeError> {
+        let config = Arc::new(config);
         let events = EventBus::new();
         let hub = Hub::new(crate::hub::HubOptions::from_config(&config.hub), events);
         let webhooks = Webhooks::new(config.webhooks.clone());
@@ -112,82 +63,38 @@ impl AppState {
             whip,
             transcoders,
             mixes,
-            config: Arc::new(config),
+            access: Access::new(config.clone(), webhooks.clone()),
+            limits: ConnLimits::new(&config),
+            config,
             webhooks,
             started: Instant::now(),
-            rtmp_connections: Arc::new(AtomicUsize::new(0)),
-            http_connections: Arc::new(AtomicUsize::new(0)),
         }))
     }
 
-    pub fn uptime_ms(&self) -> u32 {
-        self.started.elapsed().as_millis() as u32
+    /// The RTMP adapter's handles.
+    pub fn rtmp_state(&self) -> Arc<RtmpState> {
+        Arc::new(RtmpState {
+            hub: self.hub.clone(),
+            config: self.config.clone(),
+            access: self.access.clone(),
+            limits: self.limits.clone(),
+            started: self.started,
+        })
     }
 
-    pub fn try_connection(&self, listener: Listener) -> Option<ConnPermit> {
-        let (count, max) = match listener {
-            Listener::Rtmp => (&self.rtmp_connections, self.config.rtmp.max_connections),
-            Listener::Http => (&self.http_connections, self.config.http.max_connections),
-        };
-        let n = count.fetch_add(1, Ordering::Relaxed);
-        let permit = ConnPermit(count.clone());
-        (n < max).then_some(permit)
-    }
-
-    pub fn check_app(&self, app: &str) -> Result<(), AccessError> {
-        names::validate("app", app)?;
-        if self.config.app(app).is_none() {
-            return Err(AccessError::UnknownApp(app.to_owned()));
-        }
-        Ok(())
-    }
-
-    /// Name, app, signature and (for publish) the on_publish webhook.
-    pub async fn authorize(
-        &self,
-        op: Op,
-        key: &StreamKey,
-        query: &[(String, String)],
-        info: &PublisherInfo,
-    ) -> Result<(), AccessError> {
-        match op {
-            Op::Play => self.authorize_play(key, query),
-            Op::Publish => {
-                self.check_app(&key.app)?;
-                names::validate("stream", &key.name)?;
-                let app = self.config.app(&key.app).ok_or_else(|| AccessError::UnknownApp(key.app.clone()))?;
-                auth::verify(
-                    &app.push_keys(),
-                    &key.name,
-                    names::query_get(query, "txSecret"),
-                    names::query_get(query, "txTime"),
-                    auth::unix_now(),
-                )?;
-                let event = Event::Publish {
-                    stream: key.clone(),
-                    client_id: info.client_id,
-                    protocol: info.protocol,
-                    addr: info.addr.map(|a| a.to_string()),
-                    param: info.param.clone(),
-                };
-                self.webhooks.authorize_publish(&event).await?;
-                Ok(())
-            }
-        }
-    }
-
-    pub fn authorize_play(&self, key: &StreamKey, query: &[(String, String)]) -> Result<(), AccessError> {
-        self.check_app(&key.app)?;
-        names::validate("stream", &key.name)?;
-        let app = self.config.app(&key.app).ok_or_else(|| AccessError::UnknownApp(key.app.clone()))?;
-        auth::verify(
-            &app.play_keys(),
-            &key.name,
-            names::query_get(query, "txSecret"),
-            names::query_get(query, "txTime"),
-            auth::unix_now(),
-        )?;
-        Ok(())
+    /// The HTTP adapter's handles.
+    pub fn http_state(&self) -> Arc<HttpState> {
+        Arc::new(HttpState {
+            hub: self.hub.clone(),
+            hls: self.hls.clone(),
+            recorder: self.recorder.clone(),
+            whep: self.whep.clone(),
+            whip: self.whip.clone(),
+            mixes: self.mixes.clone(),
+            config: self.config.clone(),
+            access: self.access.clone(),
+            limits: self.limits.clone(),
+        })
     }
 }
 
@@ -197,40 +104,6 @@ pub fn check_config(config: &Config) -> Result<(), crate::config::ConfigError> {
     crate::record::check_config(&config.record)?;
     crate::mix::layout::check_config(&config.mix)?;
     Ok(())
-}
-
-/// Accepts connections until `shutdown` fires, counting each against the connection limit, and hands each
-/// accepted socket (with its permit) to `on_conn`, which spawns the connection's task.
-pub async fn accept_loop<F>(
-    listener: TcpListener,
-    state: Arc<AppState>,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-    listener_kind: Listener,
-    mut on_conn: F,
-) where
-    F: FnMut(tokio::net::TcpStream, std::net::SocketAddr, ConnPermit),
-{
-    let what = listener_kind.name();
-    loop {
-        let (sock, addr) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "{what} accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => return,
-        };
-        let Some(permit) = state.try_connection(listener_kind) else {
-            tracing::warn!(peer = %addr, limit = listener_kind.limit_key(), "{what} connection refused: limit reached");
-            continue;
-        };
-        crate::metrics::global().connections.fetch_add(1, Ordering::Relaxed);
-        on_conn(sock, addr, permit);
-    }
 }
 
 /// Raises the open-file limit to its hard maximum: every player is a socket.
@@ -265,8 +138,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(rtmp = %rtmp.local_addr()?, http = %http.local_addr()?, "livegate listening");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(state.webhooks.clone().run(state.hub.events().clone()));
-    let rtmp_task = tokio::spawn(crate::rtmp::server::serve(rtmp, state.clone(), stop_rx.clone()));
-    let http_task = tokio::spawn(crate::http::serve(http, state.clone(), stop_rx.clone()));
+    let rtmp_task = tokio::spawn(crate::rtmp::server::serve(rtmp, state.rtmp_state(), stop_rx.clone()));
+    let http_task = tokio::spawn(crate::http::serve(http, state.http_state(), stop_rx.clone()));
 
     wait_for_signal().await;
     tracing::info!("shutting down: draining connections");

@@ -9,16 +9,16 @@ use http::{header, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 
+use super::HttpState;
 use super::{error, json, Body};
 use crate::hub::{HubError, Protocol, Stream, StreamKey};
 use crate::media::aac::AudioSpecificConfig;
 use crate::media::avc::{self, AvcDecoderConfig};
 use crate::media::{Codec, Frame, MediaKind};
 use crate::record::RecordError;
-use crate::server::AppState;
 use http_body_util::BodyExt;
 
-pub async fn handle(state: &Arc<AppState>, addr: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(state: &Arc<HttpState>, addr: SocketAddr, req: Request<Incoming>) -> Response<Body> {
     if let Err(resp) = authorize(state, addr, &req) {
         return resp;
     }
@@ -111,7 +111,7 @@ struct StartRecording {
     record_id: Option<String>,
 }
 
-async fn start_recording(state: &Arc<AppState>, req: Request<Incoming>) -> Response<Body> {
+async fn start_recording(state: &Arc<HttpState>, req: Request<Incoming>) -> Response<Body> {
     let body = match http_body_util::Limited::new(req.into_body(), 64 * 1024).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => return error(StatusCode::BAD_REQUEST, "bad_body", &format!("cannot read the request body: {e}")),
@@ -137,7 +137,7 @@ async fn start_recording(state: &Arc<AppState>, req: Request<Incoming>) -> Respo
 
 /// `POST /api/v1/recordings/stitch {app, stream, from, to, callback?}`: fields are checked one by one so a
 /// 400 names the one that is wrong.
-async fn stitch(state: &Arc<AppState>, req: Request<Incoming>) -> Response<Body> {
+async fn stitch(state: &Arc<HttpState>, req: Request<Incoming>) -> Response<Body> {
     let body = match http_body_util::Limited::new(req.into_body(), 64 * 1024).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => return error(StatusCode::BAD_REQUEST, "bad_body", &format!("cannot read the request body: {e}")),
@@ -188,7 +188,7 @@ fn not_found_stream(app: &str, name: &str) -> Response<Body> {
 
 /// Without a token the API answers loopback clients only; with one, mutating calls must present it.
 #[allow(clippy::result_large_err)]
-fn authorize(state: &AppState, addr: SocketAddr, req: &Request<Incoming>) -> Result<(), Response<Body>> {
+fn authorize(state: &HttpState, addr: SocketAddr, req: &Request<Incoming>) -> Result<(), Response<Body>> {
     let token = &state.config.http.api_token;
     if token.is_empty() {
         if !addr.ip().is_loopback() {

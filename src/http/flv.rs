@@ -17,12 +17,12 @@ use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming};
 use parking_lot::Mutex;
 
+use super::HttpState;
 use super::{error, Body};
 use crate::hub::{ClientGuard, ClientHandle, EndReason, HubError, Packet, Protocol, Reader, StreamKey};
 use crate::media::flv;
 use crate::metrics;
 use crate::names;
-use crate::server::AppState;
 
 /// What the connection watchdog needs to tell a stalled or kicked player from an idle one.
 pub struct Watch {
@@ -45,7 +45,7 @@ pub struct Progress {
 /// A player admitted to a stream: checks path, signature and cache parameters and subscribes. The error is
 /// the response to send instead (400/403/404/503 JSON).
 pub fn open(
-    state: &Arc<AppState>,
+    state: &Arc<HttpState>,
     addr: SocketAddr,
     uri: &http::Uri,
 ) -> Result<(StreamKey, Reader, ClientGuard), Box<Response<Body>>> {
@@ -55,7 +55,7 @@ pub fn open(
         return Err(Box::new(error(StatusCode::BAD_REQUEST, "bad_path", "expected /{app}/{stream}.flv")));
     };
     let key = StreamKey::new(app, name);
-    if let Err(e) = state.authorize_play(&key, &query) {
+    if let Err(e) = state.access.authorize_play(&key, &query) {
         return Err(Box::new(super::access_error(&e)));
     }
     let policy = match crate::hub::CachePolicy::for_query(&state.config, &query) {
@@ -83,7 +83,7 @@ pub const PLAY_HEADERS: [(&str, &str); 3] = [
 /// HTTP-FLV through hyper: for a `.flv` request that is not the first on its connection, and for HEAD.
 /// (The common case, a fresh connection's GET, is served by `flv_direct`.)
 pub fn play(
-    state: &Arc<AppState>,
+    state: &Arc<HttpState>,
     addr: SocketAddr,
     req: Request<Incoming>,
     watch: Arc<Mutex<Option<Watch>>>,

@@ -18,12 +18,12 @@ use tokio::net::TcpStream;
 use tracing::Instrument;
 
 use super::Body;
+use super::HttpState;
 use crate::hub::fanout::{chunk_frame, Format, Slot};
 use crate::hub::{EndReason, Packet};
 use crate::media::flv;
 use crate::metrics;
 use crate::netio::{self, SharedStream};
-use crate::server::AppState;
 
 /// How much of a first request is looked at; longer heads go to hyper.
 pub const SNIFF_BYTES: usize = 8192;
@@ -67,7 +67,7 @@ pub fn sniff(buf: &[u8]) -> Sniff {
 }
 
 /// Serves one HTTP-FLV player; `head_len` bytes of request head are still unread on `sock`.
-pub async fn serve(state: Arc<AppState>, addr: SocketAddr, sock: TcpStream, head_len: usize, uri: &str, http10: bool) {
+pub async fn serve(state: Arc<HttpState>, addr: SocketAddr, sock: TcpStream, head_len: usize, uri: &str, http10: bool) {
     let sock = Arc::new(sock);
     let mut io = SharedStream(sock.clone());
     let mut head = vec![0u8; head_len];

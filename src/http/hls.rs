@@ -5,13 +5,13 @@ use std::sync::Arc;
 use http::{header, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
+use super::HttpState;
 use super::{error, full, Body};
 use crate::hls::HlsError;
 use crate::hub::StreamKey;
 use crate::names;
-use crate::server::AppState;
 
-pub async fn handle(state: &Arc<AppState>, req: &Request<Incoming>) -> Response<Body> {
+pub async fn handle(state: &Arc<HttpState>, req: &Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().trim_start_matches('/');
     let query_str = req.uri().query().unwrap_or("");
     let query = names::parse_query(query_str);
@@ -21,7 +21,7 @@ pub async fn handle(state: &Arc<AppState>, req: &Request<Incoming>) -> Response<
         [app, stream, file] if file.ends_with(".ts") => (StreamKey::new(app, stream), Some(*file)),
         _ => return error(StatusCode::BAD_REQUEST, "bad_path", "expected /{app}/{stream}.m3u8"),
     };
-    if let Err(e) = state.authorize_play(&key, &query) {
+    if let Err(e) = state.access.authorize_play(&key, &query) {
         return super::access_error(&e);
     }
     match segment {

@@ -7,11 +7,11 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::json;
 
+use super::HttpState;
 use super::{error, json, Body};
 use crate::mix::MixError;
-use crate::server::AppState;
 
-pub async fn handle(state: &Arc<AppState>, req: Request<Incoming>, parts: &[&str]) -> Response<Body> {
+pub async fn handle(state: &Arc<HttpState>, req: Request<Incoming>, parts: &[&str]) -> Response<Body> {
     let mixes = &state.mixes;
     let method = req.method().clone();
     match (method, parts) {

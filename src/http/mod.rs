@@ -26,53 +26,72 @@ use tokio::net::TcpListener;
 
 use crate::metrics;
 use crate::netio;
-use crate::server::AppState;
 
 pub type Body = BoxBody<Bytes, std::io::Error>;
 
+/// What the HTTP adapter uses: the hub, the services it fronts (HLS, recordings, WHEP/WHIP, mixes), the
+/// config, the access checks and the connection limits.
+pub struct HttpState {
+    pub hub: crate::hub::Hub,
+    pub hls: Arc<crate::hls::Hls>,
+    pub recorder: Arc<crate::record::Recorder>,
+    pub whep: Arc<crate::webrtc::Whep>,
+    pub whip: Arc<crate::webrtc::Whip>,
+    pub mixes: Arc<crate::mix::Mixes>,
+    pub config: Arc<crate::config::Config>,
+    pub access: crate::access::Access,
+    pub limits: Arc<crate::conn::ConnLimits>,
+}
+
 /// Accepts HTTP connections until `shutdown` fires.
-pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: tokio::sync::watch::Receiver<bool>) {
+pub async fn serve(listener: TcpListener, state: Arc<HttpState>, shutdown: tokio::sync::watch::Receiver<bool>) {
     let st = state.clone();
-    crate::server::accept_loop(listener, state, shutdown, crate::server::Listener::Http, move |sock, addr, permit| {
-        let state = st.clone();
-        // Small send buffer: a stalled player's backlog stays in the hub, where max_cache can skip it.
-        netio::tune_media_socket(&sock, Some(netio::PLAYER_SEND_BUFFER));
-        tokio::spawn(async move {
-            match peek_first_request(&sock).await {
-                Err(()) => return,
-                Ok(flv_direct::Sniff::FlvGet { head_len, uri, http10 }) => {
-                    flv_direct::serve(state, addr, sock, head_len, &uri, http10).await;
-                    drop(permit);
-                    return;
+    crate::conn::accept_loop(
+        listener,
+        state.limits.clone(),
+        shutdown,
+        crate::conn::Listener::Http,
+        move |sock, addr, permit| {
+            let state = st.clone();
+            // Small send buffer: a stalled player's backlog stays in the hub, where max_cache can skip it.
+            netio::tune_media_socket(&sock, Some(netio::PLAYER_SEND_BUFFER));
+            tokio::spawn(async move {
+                match peek_first_request(&sock).await {
+                    Err(()) => return,
+                    Ok(flv_direct::Sniff::FlvGet { head_len, uri, http10 }) => {
+                        flv_direct::serve(state, addr, sock, head_len, &uri, http10).await;
+                        drop(permit);
+                        return;
+                    }
+                    Ok(_) => {}
                 }
-                Ok(_) => {}
-            }
-            let watch: Arc<Mutex<Option<flv::Watch>>> = Arc::default();
-            let svc_watch = watch.clone();
-            let svc_state = state.clone();
-            let svc = service_fn(move |req| {
-                let state = svc_state.clone();
-                let watch = svc_watch.clone();
-                async move { Ok::<_, Infallible>(route(state, addr, req, watch).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .writev(true)
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(sock), svc);
-            tokio::select! {
-                r = conn => {
-                    if let Err(e) = r {
-                        tracing::debug!(peer = %addr, error = %e, "http connection error");
+                let watch: Arc<Mutex<Option<flv::Watch>>> = Arc::default();
+                let svc_watch = watch.clone();
+                let svc_state = state.clone();
+                let svc = service_fn(move |req| {
+                    let state = svc_state.clone();
+                    let watch = svc_watch.clone();
+                    async move { Ok::<_, Infallible>(route(state, addr, req, watch).await) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .writev(true)
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .serve_connection(TokioIo::new(sock), svc);
+                tokio::select! {
+                    r = conn => {
+                        if let Err(e) = r {
+                            tracing::debug!(peer = %addr, error = %e, "http connection error");
+                        }
+                    }
+                    reason = flv::watchdog(watch, state.config.stall_timeout()) => {
+                        tracing::info!(peer = %addr, %reason, "http-flv player disconnected");
                     }
                 }
-                reason = flv::watchdog(watch, state.config.stall_timeout()) => {
-                    tracing::info!(peer = %addr, %reason, "http-flv player disconnected");
-                }
-            }
-            drop(permit);
-        });
-    })
+                drop(permit);
+            });
+        },
+    )
     .await;
 }
 
@@ -100,7 +119,7 @@ async fn peek_first_request(sock: &tokio::net::TcpStream) -> Result<flv_direct::
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 async fn route(
-    state: Arc<AppState>,
+    state: Arc<HttpState>,
     addr: SocketAddr,
     req: Request<Incoming>,
     watch: Arc<Mutex<Option<flv::Watch>>>,
@@ -212,8 +231,8 @@ pub fn json(status: StatusCode, v: &serde_json::Value) -> Response<Body> {
 }
 
 /// The answer to a refused play request (signature, unknown app, bad name), the same for every protocol.
-pub fn access_error(e: &crate::server::AccessError) -> Response<Body> {
-    use crate::server::AccessError;
+pub fn access_error(e: &crate::access::AccessError) -> Response<Body> {
+    use crate::access::AccessError;
     crate::metrics::global().play_refused.fetch_add(1, Ordering::Relaxed);
     let (status, code) = match e {
         AccessError::Auth(_) => (StatusCode::FORBIDDEN, "forbidden"),

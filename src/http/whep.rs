@@ -8,13 +8,13 @@ use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
+use super::HttpState;
 use super::{error, full, Body};
 use crate::hub::StreamKey;
 use crate::names;
-use crate::server::AppState;
 use crate::webrtc::WhepError;
 
-pub async fn handle(state: &Arc<AppState>, addr: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(state: &Arc<HttpState>, addr: SocketAddr, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().trim_start_matches('/').to_owned();
     let parts: Vec<&str> = path.split('/').collect();
     match (req.method().clone(), parts.as_slice()) {
@@ -44,7 +44,7 @@ pub(super) fn query_with_bearer(req: &Request<Incoming>) -> String {
 }
 
 /// 201 with the SDP answer, the session's Location and the configured ICE servers as Link headers.
-pub(super) fn sdp_created(state: &AppState, answer: String, location: &str) -> Response<Body> {
+pub(super) fn sdp_created(state: &HttpState, answer: String, location: &str) -> Response<Body> {
     let mut r = Response::new(full(answer));
     *r.status_mut() = StatusCode::CREATED;
     let h = r.headers_mut();
@@ -102,12 +102,12 @@ pub(super) fn trickle_not_supported() -> Response<Body> {
     r
 }
 
-async fn play(state: &Arc<AppState>, addr: SocketAddr, key: StreamKey, req: Request<Incoming>) -> Response<Body> {
+async fn play(state: &Arc<HttpState>, addr: SocketAddr, key: StreamKey, req: Request<Incoming>) -> Response<Body> {
     if let Err(r) = sdp_content_type(&req) {
         return *r;
     }
     let mut query = names::parse_query(&query_with_bearer(&req));
-    if let Err(e) = state.authorize_play(&key, &query) {
+    if let Err(e) = state.access.authorize_play(&key, &query) {
         return super::access_error(&e);
     }
     // WebRTC is the low-latency path: viewers get the rtc cache policy unless they ask otherwise (?mode=live,

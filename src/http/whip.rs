@@ -9,13 +9,14 @@ use std::sync::Arc;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
+use super::HttpState;
 use super::{error, Body};
+use crate::access::Op;
 use crate::hub::{Protocol, PublisherInfo, StreamKey};
 use crate::names;
-use crate::server::{AppState, Op};
 use crate::webrtc::WhipError;
 
-pub async fn handle(state: &Arc<AppState>, addr: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(state: &Arc<HttpState>, addr: SocketAddr, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().trim_start_matches('/').to_owned();
     let parts: Vec<&str> = path.split('/').collect();
     match (req.method().clone(), parts.as_slice()) {
@@ -31,7 +32,7 @@ pub async fn handle(state: &Arc<AppState>, addr: SocketAddr, req: Request<Incomi
     }
 }
 
-async fn publish(state: &Arc<AppState>, addr: SocketAddr, key: StreamKey, req: Request<Incoming>) -> Response<Body> {
+async fn publish(state: &Arc<HttpState>, addr: SocketAddr, key: StreamKey, req: Request<Incoming>) -> Response<Body> {
     if let Err(r) = super::whep::sdp_content_type(&req) {
         return *r;
     }
@@ -40,7 +41,7 @@ async fn publish(state: &Arc<AppState>, addr: SocketAddr, key: StreamKey, req: R
     let guard = state.hub.register_client(Protocol::Whip, Some(addr));
     let info =
         PublisherInfo { client_id: guard.handle.id, protocol: Protocol::Whip, addr: Some(addr), param: query_str };
-    if let Err(e) = state.authorize(Op::Publish, &key, &query, &info).await {
+    if let Err(e) = state.access.authorize(Op::Publish, &key, &query, &info).await {
         return super::access_error(&e);
     }
     let offer = match super::whep::read_offer(req.into_body()).await {

@@ -5,8 +5,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use crate::media::{flv, Frame, MediaKind};
 use crate::media::rtmp_chunk as chunk;
+use crate::media::{flv, Frame, MediaKind};
 
 /// Outbound RTMP chunk size for every connection livegate serves. One fixed value is what lets one chunked
 /// serialization of a frame serve every RTMP reader.

@@ -13,6 +13,9 @@ use tracing::Instrument;
 use super::chunk::ChunkDecoder;
 use super::handshake::{self, HANDSHAKE_SIZE};
 use super::message::{self as msg, Command};
+use super::RtmpState;
+use crate::access::{AccessError, Op};
+use crate::conn::{accept_loop, Listener};
 use crate::hub::fanout::{Format, Slot};
 use crate::hub::packet::RTMP_MEDIA_STREAM_ID;
 use crate::hub::{ClientHandle, EndReason, Packet, Protocol, PublisherInfo, Reader, StreamKey};
@@ -21,12 +24,11 @@ use crate::media::{flv, Codec, Frame, MediaKind};
 use crate::metrics;
 use crate::names;
 use crate::netio::{self, SharedStream};
-use crate::server::{AccessError, AppState, Op};
 
 /// Accepts RTMP connections until `shutdown` fires.
-pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: tokio::sync::watch::Receiver<bool>) {
+pub async fn serve(listener: TcpListener, state: Arc<RtmpState>, shutdown: tokio::sync::watch::Receiver<bool>) {
     let st = state.clone();
-    crate::server::accept_loop(listener, state, shutdown, crate::server::Listener::Rtmp, move |sock, addr, permit| {
+    accept_loop(listener, state.limits.clone(), shutdown, Listener::Rtmp, move |sock, addr, permit| {
         let state = st.clone();
         tokio::spawn(async move {
             let guard = state.hub.register_client(Protocol::Rtmp, Some(addr));
@@ -79,7 +81,7 @@ enum Role {
 }
 
 struct Session {
-    state: Arc<AppState>,
+    state: Arc<RtmpState>,
     handle: Arc<ClientHandle>,
     addr: SocketAddr,
     decoder: ChunkDecoder,
@@ -101,7 +103,7 @@ struct Session {
 }
 
 impl Session {
-    fn new(state: Arc<AppState>, handle: Arc<ClientHandle>, addr: SocketAddr) -> Self {
+    fn new(state: Arc<RtmpState>, handle: Arc<ClientHandle>, addr: SocketAddr) -> Self {
         Self {
             state,
             handle,
@@ -410,7 +412,7 @@ impl Session {
                 self.app = app.to_owned();
                 let (_, tc_q) = names::split_query(tc_url);
                 self.app_query = [tc_q, q].iter().filter(|s| !s.is_empty()).copied().collect::<Vec<_>>().join("&");
-                if let Err(e) = self.state.check_app(&self.app) {
+                if let Err(e) = self.state.access.check_app(&self.app) {
                     msg::error(&mut self.out, cmd.transaction, "NetConnection.Connect.Rejected", &e.to_string());
                     return Err(SessionError::Refused(e.to_string()));
                 }
@@ -488,7 +490,7 @@ impl Session {
             addr: Some(self.addr),
             param: query_str,
         };
-        match self.state.authorize(Op::Publish, &key, &query, &info).instrument(span.clone()).await {
+        match self.state.access.authorize(Op::Publish, &key, &query, &info).instrument(span.clone()).await {
             Ok(()) => {}
             Err(e) => return self.refuse_publish("NetStream.Publish.BadName", e.to_string()),
         }
@@ -521,7 +523,7 @@ impl Session {
             Err(e) => return self.refuse_play("NetStream.Play.BadName", e),
         };
         tracing::Span::current().record("stream", tracing::field::display(&key));
-        if let Err(e) = self.state.authorize_play(&key, &query) {
+        if let Err(e) = self.state.access.authorize_play(&key, &query) {
             let code = match e {
                 AccessError::UnknownApp(_) | AccessError::BadName(_) => "NetStream.Play.BadName",
                 _ => "NetStream.Play.Failed",

@@ -1,0 +1,98 @@
+//! Who may publish and play (ARCHITECTURE invariant 11): app and stream names, signed URLs, and for a
+//! publish the on_publish webhook. Every adapter (RTMP, HTTP-FLV, HLS, WHIP, WHEP) asks here.
+
+use std::sync::Arc;
+
+use crate::auth::{self, AuthError};
+use crate::config::Config;
+use crate::events::Event;
+use crate::hub::{PublisherInfo, StreamKey};
+use crate::names::{self, NameError};
+use crate::webhooks::{WebhookError, Webhooks};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Publish,
+    Play,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AccessError {
+    #[error("unknown app {0:?}: it is not configured under [apps]")]
+    UnknownApp(String),
+    #[error("{0}")]
+    BadName(#[from] NameError),
+    #[error("signature check failed: {0}")]
+    Auth(#[from] AuthError),
+    #[error("on_publish webhook refused: {0}")]
+    Webhook(#[from] WebhookError),
+}
+
+/// The access checks, with the config and webhooks they need.
+#[derive(Clone)]
+pub struct Access {
+    config: Arc<Config>,
+    webhooks: Webhooks,
+}
+
+impl Access {
+    pub fn new(config: Arc<Config>, webhooks: Webhooks) -> Self {
+        Self { config, webhooks }
+    }
+
+    pub fn check_app(&self, app: &str) -> Result<(), AccessError> {
+        names::validate("app", app)?;
+        if self.config.app(app).is_none() {
+            return Err(AccessError::UnknownApp(app.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Name, app, signature and (for publish) the on_publish webhook.
+    pub async fn authorize(
+        &self,
+        op: Op,
+        key: &StreamKey,
+        query: &[(String, String)],
+        info: &PublisherInfo,
+    ) -> Result<(), AccessError> {
+        match op {
+            Op::Play => self.authorize_play(key, query),
+            Op::Publish => {
+                self.check_app(&key.app)?;
+                names::validate("stream", &key.name)?;
+                let app = self.config.app(&key.app).ok_or_else(|| AccessError::UnknownApp(key.app.clone()))?;
+                auth::verify(
+                    &app.push_keys(),
+                    &key.name,
+                    names::query_get(query, "txSecret"),
+                    names::query_get(query, "txTime"),
+                    auth::unix_now(),
+                )?;
+                let event = Event::Publish {
+                    stream: key.clone(),
+                    client_id: info.client_id,
+                    protocol: info.protocol,
+                    addr: info.addr.map(|a| a.to_string()),
+                    param: info.param.clone(),
+                };
+                self.webhooks.authorize_publish(&event).await?;
+                Ok(())
+            }
+        }
+    }
+
+    pub fn authorize_play(&self, key: &StreamKey, query: &[(String, String)]) -> Result<(), AccessError> {
+        self.check_app(&key.app)?;
+        names::validate("stream", &key.name)?;
+        let app = self.config.app(&key.app).ok_or_else(|| AccessError::UnknownApp(key.app.clone()))?;
+        auth::verify(
+            &app.play_keys(),
+            &key.name,
+            names::query_get(query, "txSecret"),
+            names::query_get(query, "txTime"),
+            auth::unix_now(),
+        )?;
+        Ok(())
+    }
+}

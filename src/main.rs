@@ -24,6 +24,9 @@ enum Cmd {
     Serve {
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Once listening, write the bound RTMP and HTTP addresses here as JSON (for a `listen` port of 0).
+        #[arg(long)]
+        ready_file: Option<PathBuf>,
     },
     /// Validate a config file and exit (non-zero with the reason if it is invalid).
     CheckConfig { file: PathBuf },
@@ -77,8 +80,8 @@ fn parse_duration(s: &str) -> anyhow::Result<Duration> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    match cli.cmd.unwrap_or(Cmd::Serve { config: None }) {
-        Cmd::Serve { config } => {
+    match cli.cmd.unwrap_or(Cmd::Serve { config: None, ready_file: None }) {
+        Cmd::Serve { config, ready_file } => {
             let cfg = load(config.as_ref())?;
             let mut filter = std::env::var("RUST_LOG").ok().unwrap_or_else(|| cfg.log.level.clone());
             // webrtc-rs warns once per WebRTC session that DTLS has no server name, which WebRTC does not use
@@ -88,7 +91,7 @@ fn main() -> anyhow::Result<()> {
             }
             tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new(filter)).init();
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            rt.block_on(livegate::server::run(cfg))?;
+            rt.block_on(livegate::server::run(cfg, ready_file))?;
             // Connections still draining are not worth waiting for once the deadline passed.
             rt.shutdown_timeout(Duration::from_secs(1));
             Ok(())

@@ -30,18 +30,15 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(config: Config) -> Result<Arc<Self>, crate::transcode::TranscodeError> {
+    /// The services, on `config`; `http_addr` is the HTTP port's bound address (recording URLs point at it).
+    pub fn new(config: Config, http_addr: std::net::SocketAddr) -> Result<Arc<Self>, crate::transcode::TranscodeError> {
         let config = Arc::new(config);
         let events = EventBus::new();
         let hub = Hub::new(crate::hub::HubOptions::from_config(&config.hub), events);
         let webhooks = Webhooks::new(config.webhooks.clone());
         let hls = crate::hls::Hls::new(hub.clone(), config.hls.clone());
-        let recorder = crate::record::Recorder::new(
-            hub.clone(),
-            config.record.clone(),
-            config.http.listen,
-            config.hls.segment_secs,
-        );
+        let recorder =
+            crate::record::Recorder::new(hub.clone(), config.record.clone(), http_addr, config.hls.segment_secs);
         let transcoders = crate::transcode::Transcoders::new(hub.clone(), config.transcode.clone())?;
         hub.add_source_factory(transcoders.source_factory());
         let peers = Arc::new(crate::webrtc::PeerFactory::new(config.webrtc.clone()));
@@ -106,6 +103,18 @@ pub fn check_config(config: &Config) -> Result<(), crate::config::ConfigError> {
     Ok(())
 }
 
+/// Writes the bound addresses whole: a reader polling for the file never sees half of it.
+fn write_ready_file(
+    path: &std::path::Path,
+    rtmp: std::net::SocketAddr,
+    http: std::net::SocketAddr,
+) -> std::io::Result<()> {
+    let body = serde_json::json!({ "rtmp": rtmp.to_string(), "http": http.to_string() }).to_string();
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, body)?;
+    std::fs::rename(&tmp, path)
+}
+
 /// Raises the open-file limit to its hard maximum: every player is a socket.
 pub fn raise_fd_limit() {
     unsafe {
@@ -119,15 +128,19 @@ pub fn raise_fd_limit() {
 
 /// Binds the listeners, serves until SIGTERM/SIGINT, then drains: stop accepting, end every stream so
 /// readers close cleanly, give connections a moment to flush, return.
-pub async fn run(config: Config) -> anyhow::Result<()> {
+///
+/// With `ready_file`, the bound addresses are written there as JSON (`{"rtmp": "ip:port", "http": "ip:port"}`)
+/// once livegate accepts connections: a port of 0 in the config lets the OS choose, and this tells which.
+pub async fn run(config: Config, ready_file: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     raise_fd_limit();
-    let state = AppState::new(config).map_err(|e| anyhow::anyhow!("cannot start transcoders: {e}"))?;
-    let rtmp = TcpListener::bind(state.config.rtmp.listen)
+    let rtmp = TcpListener::bind(config.rtmp.listen)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen for RTMP on {}: {e}", state.config.rtmp.listen))?;
-    let http = TcpListener::bind(state.config.http.listen)
+        .map_err(|e| anyhow::anyhow!("cannot listen for RTMP on {}: {e}", config.rtmp.listen))?;
+    let http = TcpListener::bind(config.http.listen)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen for HTTP on {}: {e}", state.config.http.listen))?;
+        .map_err(|e| anyhow::anyhow!("cannot listen for HTTP on {}: {e}", config.http.listen))?;
+    let (rtmp_addr, http_addr) = (rtmp.local_addr()?, http.local_addr()?);
+    let state = AppState::new(config, http_addr).map_err(|e| anyhow::anyhow!("cannot start transcoders: {e}"))?;
     state
         .recorder
         .check_root()
@@ -135,11 +148,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let auto: std::collections::HashMap<String, Vec<crate::record::RecordFormat>> =
         state.config.apps.iter().map(|(k, v)| (k.clone(), v.record.clone())).collect();
     state.recorder.spawn(auto);
-    tracing::info!(rtmp = %rtmp.local_addr()?, http = %http.local_addr()?, "livegate listening");
+    tracing::info!(rtmp = %rtmp_addr, http = %http_addr, "livegate listening");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(state.webhooks.clone().run(state.hub.events().clone()));
     let rtmp_task = tokio::spawn(crate::rtmp::server::serve(rtmp, state.rtmp_state(), stop_rx.clone()));
     let http_task = tokio::spawn(crate::http::serve(http, state.http_state(), stop_rx.clone()));
+    if let Some(path) = ready_file {
+        write_ready_file(&path, rtmp_addr, http_addr)
+            .map_err(|e| anyhow::anyhow!("cannot write the ready file {}: {e}", path.display()))?;
+    }
 
     wait_for_signal().await;
     tracing::info!("shutting down: draining connections");

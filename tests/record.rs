@@ -194,7 +194,14 @@ fn an_unwritable_recording_directory_is_a_clear_start_error() {
     let file = dir.path().join("not-a-dir");
     std::fs::write(&file, b"x").unwrap();
     let cfg = dir.path().join("c.toml");
-    std::fs::write(&cfg, format!("[record]\nroot = \"{}/sub\"\n", file.display())).unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            "[rtmp]\nlisten = \"127.0.0.1:0\"\n[http]\nlisten = \"127.0.0.1:0\"\n[record]\nroot = \"{}/sub\"\n",
+            file.display()
+        ),
+    )
+    .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_livegate")).args(["serve", "--config"]).arg(&cfg).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);

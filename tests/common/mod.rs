@@ -14,9 +14,9 @@ use livegate::media::amf0::Amf0Value;
 use livegate::media::flv::{FlvParser, Tag};
 use livegate::rtmp::{chunk, handshake, message};
 
-/// A port that was free just now, below Linux's ephemeral range (32768+): a port the kernel handed out with
-/// bind(0) is soon reused as the source port of some client connection, and the server that wanted it
-/// then fails with "Address already in use".
+/// A port that was free just now, for a server that must be named in a config before it starts (a callback
+/// receiver started late); everything else binds port 0. Below Linux's ephemeral range (32768+): a port the
+/// kernel handed out with bind(0) is soon reused as the source port of some client connection.
 pub fn free_port() -> u16 {
     loop {
         let p = rand::random::<u16>() % 12_000 + 10_000;
@@ -60,50 +60,50 @@ pub mod tempdir {
 }
 
 impl Server {
-    /// Starts livegate with the default config plus `extra` TOML (tables merge key by key).
+    /// Starts livegate with the default config plus `extra` TOML (tables merge key by key). It binds port 0
+    /// and reports the ports the OS chose in its ready file: no port is probed and released first.
     pub fn start(extra: &str) -> Server {
-        // Another test may take a port between our check and livegate's bind: try again on fresh ports.
-        for _ in 0..4 {
-            match Self::try_start(extra) {
-                Ok(s) => return s,
-                Err(log) if log.contains("Address already in use") => continue,
-                Err(log) => panic!("livegate did not come up:\n{log}"),
-            }
-        }
-        panic!("livegate found no free ports");
-    }
-
-    fn try_start(extra: &str) -> Result<Server, String> {
         let dir = tempdir::TempDir::new("srv");
-        let rtmp_port = free_port();
-        let http_port = free_port();
         let rec = dir.path().join("recordings");
         let cfg = format!(
-            "[rtmp]\nlisten = \"127.0.0.1:{rtmp_port}\"\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n[record]\nroot = \"{}\"\n[log]\nlevel = \"livegate=debug,info\"\n{extra}",
+            "[rtmp]\nlisten = \"127.0.0.1:0\"\n[http]\nlisten = \"127.0.0.1:0\"\n[record]\nroot = \"{}\"\n[log]\nlevel = \"livegate=debug,info\"\n{extra}",
             rec.display()
         );
-        // `extra` may repeat a table header ([rtmp] ...): merge by re-parsing is livegate's job, so write
-        // the overrides as a second file layer is not supported; instead tests put ports-only tables here.
+        // `extra` may repeat a table header ([rtmp] ...): the tables are merged before livegate reads them.
         let path = dir.path().join("livegate.toml");
         std::fs::write(&path, dedupe_tables(&cfg)).unwrap();
         let log = dir.path().join("livegate.log");
+        let ready = dir.path().join("ready.json");
         let child = Command::new(env!("CARGO_BIN_EXE_livegate"))
             .args(["serve", "--config"])
             .arg(&path)
+            .arg("--ready-file")
+            .arg(&ready)
             .env("NO_COLOR", "1")
             .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
             .stderr(Stdio::from(std::fs::File::options().append(true).open(&log).unwrap()))
             .spawn()
             .expect("spawn livegate");
-        let mut s = Server { child, rtmp_port, http_port, dir, log };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while http_get(s.http_port, "/healthz").map(|r| r.status) != Some(200) {
-            if Instant::now() > deadline || !s.is_running() {
-                return Err(s.log_text());
+        let mut s = Server { child, rtmp_port: 0, http_port: 0, dir, log };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let ports = loop {
+            if let Some(p) =
+                std::fs::read(&ready).ok().and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            {
+                break p;
             }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(s)
+            if Instant::now() > deadline || !s.is_running() {
+                panic!("livegate did not come up:\n{}", s.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let port = |k: &str| -> u16 {
+            let a: SocketAddr = ports[k].as_str().and_then(|a| a.parse().ok()).unwrap_or_else(|| panic!("{ports}"));
+            a.port()
+        };
+        s.rtmp_port = port("rtmp");
+        s.http_port = port("http");
+        s
     }
 
     pub fn rtmp_url(&self, stream: &str) -> String {
@@ -731,13 +731,17 @@ pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
 
 /// A one-thread HTTP server on a free port that records JSON bodies POSTed to it and answers `status`.
 pub fn http_receiver(status: u16) -> (u16, std::sync::Arc<Mutex<Vec<serde_json::Value>>>) {
-    let port = free_port();
-    (port, http_receiver_on(port, status))
+    let l = TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    let port = l.local_addr().unwrap().port();
+    (port, receive_on(l, status))
 }
 
 /// The same on a given port (to start a receiver late, on the port a config already names).
 pub fn http_receiver_on(port: u16, status: u16) -> std::sync::Arc<Mutex<Vec<serde_json::Value>>> {
-    let l = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    receive_on(TcpListener::bind(("127.0.0.1", port)).unwrap(), status)
+}
+
+fn receive_on(l: TcpListener, status: u16) -> std::sync::Arc<Mutex<Vec<serde_json::Value>>> {
     let got = std::sync::Arc::new(Mutex::new(Vec::new()));
     let g = got.clone();
     std::thread::spawn(move || {

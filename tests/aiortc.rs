@@ -184,8 +184,8 @@ fn a_whip_flash_and_its_beep_reach_flv_readers_within_50_ms() {
         client.stderr()
     );
     srv.wait_live("sync");
-    // Let the sender reports settle the timing first, then read as a player does.
-    std::thread::sleep(Duration::from_secs(3));
+    // Let the sender reports settle the timing first (3 s of media), then read as a player does.
+    srv.wait_media("sync", 3.0);
     let flv = capture_all(&srv, &[("sync", srv.flv_url("sync"))], 9).remove(0);
     let flashes = flash_times(&flv);
     let onsets = beep_onsets(&flv);

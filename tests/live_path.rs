@@ -76,7 +76,7 @@ fn mid_stream_joiner_starts_with_headers_then_a_cached_keyframe() {
     let srv = Server::start("");
     let _pub = push(&media("360p"), &srv.rtmp_url("join"));
     srv.wait_live("join");
-    std::thread::sleep(Duration::from_millis(3300)); // mid-GOP: keyframes every 2 s
+    srv.wait_media_at("join", 3300); // mid-GOP: keyframes every 2 s
     let mut c = FlvClient::connect(srv.http_port, "/live/join.flv", None);
     assert_eq!(c.status, 200);
     assert_eq!(
@@ -192,7 +192,7 @@ fn publisher_reconnect_within_grace_keeps_an_http_flv_reader() {
     let mut c = FlvClient::connect(srv.http_port, "/live/rc.flv", None);
     let before = c.read_for(Duration::from_secs(2));
     p1.kill();
-    std::thread::sleep(Duration::from_millis(1500));
+    srv.wait_unpublished("rc");
     let _p2 = push(&src, &srv.rtmp_url("rc"));
     let after = c.read_for(Duration::from_secs(4));
     assert!(!c.eof, "reader was disconnected during the reconnect");

@@ -117,11 +117,11 @@ fn reconnects_split_files_unless_resumed_and_the_api_starts_and_stops() {
     let (s, j) = bad(r#"{"app":"live","stream":"rc","record_id":"rec1"}"#);
     assert_eq!(s, 201, "{j}");
     assert_eq!(bad(r#"{"app":"live","stream":"rc","record_id":"rec1"}"#).0, 409);
-    std::thread::sleep(Duration::from_secs(3));
+    srv.wait_media("rc", 3.0);
     p1.kill();
-    std::thread::sleep(Duration::from_secs(2));
+    srv.wait_unpublished("rc");
     let _p2 = push_secs(&srv, "rc", 30.0);
-    std::thread::sleep(Duration::from_secs(3));
+    srv.wait_media("rc", 3.0);
     assert_eq!(srv.api("DELETE", "/api/v1/recordings/rec1").status, 200);
     assert_eq!(srv.api("DELETE", "/api/v1/recordings/nope").status, 404);
     assert!(wait_until(Duration::from_secs(10), || complete(&srv, "rc").len() == 2), "{:?}", complete(&srv, "rc"));
@@ -132,9 +132,9 @@ fn reconnects_split_files_unless_resumed_and_the_api_starts_and_stops() {
     );
     let mut p1 = push_secs(&srv, "rs", 30.0);
     srv.wait_live("rs");
-    std::thread::sleep(Duration::from_secs(3));
+    srv.wait_media("rs", 3.0);
     p1.kill();
-    std::thread::sleep(Duration::from_secs(2));
+    srv.wait_unpublished("rs");
     let mut p2 = push_secs(&srv, "rs", 3.0);
     assert!(p2.wait(Duration::from_secs(20)).is_some());
     assert!(wait_until(Duration::from_secs(15), || complete(&srv, "rs").len() == 1), "{:?}", complete(&srv, "rs"));
@@ -159,7 +159,7 @@ fn kill_minus_nine_leaves_playable_files_and_callbacks_survive_a_restart() {
     let mut srv = Server::start(&cfg);
     let _p = push_secs(&srv, "crash", 30.0);
     srv.wait_live("crash");
-    std::thread::sleep(Duration::from_secs(5));
+    srv.wait_media("crash", 5.0);
     unsafe {
         libc::kill(srv.child.id() as i32, libc::SIGKILL);
     }
@@ -178,10 +178,23 @@ fn kill_minus_nine_leaves_playable_files_and_callbacks_survive_a_restart() {
     assert!(wait_until(Duration::from_secs(10), || complete(&srv, "crash").len() == 1));
     let info = complete(&srv, "crash")[0].clone();
     assert!(info["duration"].as_f64().unwrap() >= 3.5);
-    std::thread::sleep(Duration::from_secs(2));
+    // A delivery was tried and failed: the callback waits in the outbox for the receiver.
+    assert!(
+        wait_until(Duration::from_secs(10), || srv.log_text().contains("recording callback not delivered")),
+        "{}",
+        srv.log_text()
+    );
     let got = http_receiver_on(cb_port, 200);
     assert!(wait_until(Duration::from_secs(10), || !got.lock().unwrap().is_empty()), "callback never delivered");
-    std::thread::sleep(Duration::from_secs(2));
+    // Delivered means removed from the outbox: nothing is left to send again.
+    let outbox = root.join(".outbox");
+    assert!(
+        wait_until(Duration::from_secs(10), || std::fs::read_dir(&outbox)
+            .map(|d| d.flatten().all(|e| e.path().is_dir()))
+            .unwrap_or(true)),
+        "{:?}",
+        std::fs::read_dir(&outbox).map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
+    );
     let cbs = got.lock().unwrap().clone();
     assert_eq!(cbs.len(), 1, "delivered once: {cbs:?}");
     assert_eq!(cbs[0]["file_id"], info["file_id"]);
@@ -230,9 +243,9 @@ fn hls_recording_is_one_playlist_per_push_continued_after_a_discontinuity() {
     );
     let mut p1 = push_secs(&srv, "hr", 30.0);
     srv.wait_live("hr");
-    std::thread::sleep(Duration::from_secs(4));
+    srv.wait_media("hr", 4.0);
     p1.kill();
-    std::thread::sleep(Duration::from_secs(2));
+    srv.wait_unpublished("hr");
     let mut p2 = push_secs(&srv, "hr", 4.0);
     assert!(p2.wait(Duration::from_secs(20)).is_some());
     assert!(wait_until(Duration::from_secs(15), || complete(&srv, "hr").len() == 2), "{:?}", complete(&srv, "hr"));
@@ -511,9 +524,9 @@ fn kill_minus_nine_leaves_a_playable_fragmented_mp4_finalized_at_restart() {
     let mut srv = Server::start(&cfg);
     let _p = push_secs(&srv, "mc", 30.0);
     srv.wait_live("mc");
-    let live = std::time::Instant::now();
-    std::thread::sleep(Duration::from_millis(5500));
-    let elapsed = live.elapsed().as_secs_f64();
+    srv.wait_media("mc", 5.5);
+    // The stream's media time when it is killed: the recording started with the stream, at 0.
+    let media = srv.media_ms("mc").unwrap() as f64 / 1000.0;
     unsafe {
         libc::kill(srv.child.id() as i32, libc::SIGKILL);
     }
@@ -525,7 +538,7 @@ fn kill_minus_nine_leaves_a_playable_fragmented_mp4_finalized_at_restart() {
     assert!(boxes.contains(&"moof".to_string()), "fragmented while recording: {boxes:?}");
     // Plays up to at most 1 s before the kill.
     let d = probe_duration(&path);
-    assert!(d >= elapsed - 1.0, "{d} s on disk, {elapsed} s since the stream went live");
+    assert!(d >= media - 1.0, "{d} s on disk, {media} s of media in the stream when it was killed");
     assert_eq!(decode_errors(&path), "");
 
     // Restart: finalized into a flat MP4 and called back once the receiver is up.

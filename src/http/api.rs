@@ -302,6 +302,7 @@ pub fn stream_json(s: &Stream) -> Value {
         "bytes_in": s.stats.bytes_in.load(Ordering::Relaxed),
         "bytes_out": s.stats.bytes_out.load(Ordering::Relaxed),
         "published_at": unix(published),
+        "media_ms": s.last_dts(),
         "uptime_secs": s.created.elapsed().as_secs(),
     })
 }

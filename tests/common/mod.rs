@@ -149,6 +149,44 @@ impl Server {
         }
     }
 
+    /// The stream's newest media timestamp (ms on its timeline), once media has arrived.
+    pub fn media_ms(&self, name: &str) -> Option<i64> {
+        self.stream_json(name).and_then(|j| j["media_ms"].as_i64())
+    }
+
+    /// Waits until `secs` more seconds of media reached the stream, by the media's clock (a loaded machine
+    /// only makes it take longer). Returns the stream's media time then.
+    pub fn wait_media(&self, name: &str, secs: f64) -> i64 {
+        let from = self.media_ms(name).unwrap_or(0);
+        self.wait_media_at(name, from + (secs * 1000.0) as i64)
+    }
+
+    /// Waits until the stream's media time reached `ms`; returns it.
+    pub fn wait_media_at(&self, name: &str, ms: i64) -> i64 {
+        let deadline = Instant::now() + Duration::from_millis(ms.max(0) as u64 * 4 + 20_000);
+        loop {
+            if let Some(m) = self.media_ms(name).filter(|m| *m >= ms) {
+                return m;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "stream {name} stayed at {:?} ms, waiting for {ms}:\n{}",
+                self.media_ms(name),
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until the stream has no publisher (in its reconnect grace) or is gone.
+    pub fn wait_unpublished(&self, name: &str) {
+        assert!(
+            wait_until(Duration::from_secs(20), || self.stream_json(name).is_none_or(|j| j["state"] == "waiting")),
+            "stream {name} still published:\n{}",
+            self.log_text()
+        );
+    }
+
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         unsafe {
             libc::kill(self.child.id() as i32, libc::SIGTERM);

@@ -23,6 +23,15 @@ fn ffprobe_sees_source_codecs_over_rtmp_and_http_flv() {
         let a = streams.iter().find(|s| s["codec_type"] == "audio").unwrap_or_else(|| panic!("no audio in {url}"));
         assert_eq!(a["codec_name"], "aac", "{url}");
     }
+    // libavformat asks a live stream's length and wants a number back; anything else it warns about.
+    let out = Command::new("timeout")
+        .args(["30", "ffprobe", "-v", "warning", "-show_entries", "stream=codec_name"])
+        .arg(srv.rtmp_url("probe"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("getStreamLength"), "{stderr}");
 }
 
 /// Counts video frames ffprobe decodes in a file.

@@ -694,14 +694,22 @@ fn a_mix_keeps_its_inputs_lip_sync() {
     assert_eq!(api(&srv, "POST", "/api/v1/mixes", &body).status, 201);
     srv.wait_live("sy-out");
     srv.wait_media("sy-out", 2.0);
-    let out = srv.dir.path().join("sy-out.flv");
-    let st = Command::new("timeout")
-        .args(["30", "ffmpeg", "-v", "error", "-y", "-i", &srv.flv_url("sy-out"), "-t", "10", "-c", "copy"])
-        .arg(&out)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let mixed = av_offsets(&out);
+    // A loaded machine makes the compositor drop frames, a flash among them: read more output until enough
+    // flash/beep pairs were seen to judge the offset (the property under test), at most three reads.
+    let mut mixed = Vec::new();
+    for round in 0..3 {
+        let out = srv.dir.path().join(format!("sy-out-{round}.flv"));
+        let st = Command::new("timeout")
+            .args(["30", "ffmpeg", "-v", "error", "-y", "-i", &srv.flv_url("sy-out"), "-t", "10", "-c", "copy"])
+            .arg(&out)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        mixed.extend(av_offsets(&out));
+        if mixed.len() >= 4 {
+            break;
+        }
+    }
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     eprintln!("beep minus flash (s): source {source:?}\nmix output {mixed:?}");
     assert!(mixed.len() >= 4, "too few flash/beep pairs in the mix output: {mixed:?}");

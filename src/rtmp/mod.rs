@@ -1,9 +1,11 @@
-//! RTMP: pure protocol pieces (`handshake`, `chunk`, `message`) and the socket adapter (`server`).
+//! RTMP: pure protocol pieces (`handshake`, `chunk`, `message`, and the sans-IO `session` over them) and the
+//! socket adapter (`server`).
 
 pub mod chunk;
 pub mod handshake;
 pub mod message;
 pub mod server;
+pub mod session;
 
 use std::sync::Arc;
 use std::time::Instant;

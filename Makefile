@@ -6,7 +6,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: all setup build run test bench lint fmt clean distclean
+.PHONY: all setup build run test bench fuzz lint fmt clean distclean
 
 all: build
 
@@ -27,6 +27,12 @@ test: setup
 
 bench:
 	$(CARGO) bench
+
+# Coverage-guided fuzzing of every parser of untrusted input, FUZZ_SECS (default 60) per target. `make test`
+# runs the same targets over the corpus and a fixed mutation budget (tests/fuzz.rs).
+FUZZ_SECS ?= 60
+fuzz: setup
+	bash scripts/fuzz.sh $(FUZZ_SECS)
 
 lint:
 	$(CARGO) fmt --all -- --check

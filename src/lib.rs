@@ -9,6 +9,7 @@ pub mod auth;
 pub mod config;
 pub mod conn;
 pub mod events;
+pub mod fuzz;
 pub mod hls;
 pub mod http;
 pub mod hub;

@@ -728,6 +728,66 @@ mod tests {
         assert_eq!(seen.len(), 5, "connect, publish, video, audio, unpublished");
     }
 
+    /// Runs captured client bytes through a session that accepts everything; returns the events.
+    fn replay(bytes: &[u8]) -> (Vec<Event>, Vec<u8>) {
+        let mut s = Session::new();
+        let mut events = Vec::new();
+        let mut out = Vec::new();
+        // In the pieces a socket might deliver.
+        for piece in bytes.chunks(1000) {
+            s.feed(piece);
+            loop {
+                s.process().unwrap();
+                let mut any = false;
+                while let Some(ev) = s.poll_event() {
+                    any = true;
+                    match &ev {
+                        Event::Connect { .. } => s.accept_connect(),
+                        Event::Publish(r) => s.publish_started(&r.name),
+                        Event::Play(r) => s.play_started(&r.name),
+                        _ => {}
+                    }
+                    events.push(ev);
+                }
+                if !any {
+                    break;
+                }
+            }
+            out.extend(s.take_output());
+        }
+        (events, out)
+    }
+
+    /// What ffmpeg 5.1 sent publishing `rtmp://…/live/seed?txTime=0&room=1` (fuzz/corpus, fuzz/make_corpus.py).
+    #[test]
+    fn a_captured_ffmpeg_publish() {
+        let (ev, out) = replay(include_bytes!("../../fuzz/corpus/rtmp_session/ffmpeg-publish"));
+        assert_eq!(ev[0], Event::Connect { app: "live".into() });
+        let Event::Publish(r) = &ev[1] else { panic!("{:?}", &ev[..3]) };
+        assert_eq!(r.name, "seed");
+        assert_eq!(crate::names::query_get(&r.query, "room"), Some("1"));
+        assert!(matches!(ev[2], Event::Metadata { .. }), "{:?}", &ev[2]);
+        let media = ev.iter().filter(|e| matches!(e, Event::Media { .. })).count();
+        assert!(media > 10, "{media} media messages");
+        // connect, releaseStream, FCPublish, createStream answered; the publish started.
+        assert!(commands(&out).iter().filter(|c| c.name == "_result").count() >= 4);
+        assert_eq!(statuses(&out), ["NetStream.Publish.Start"]);
+    }
+
+    /// What ffmpeg 5.1 sent playing `rtmp://…/live/held?mode=rtc`.
+    #[test]
+    fn a_captured_ffmpeg_play() {
+        let (ev, out) = replay(include_bytes!("../../fuzz/corpus/rtmp_session/ffmpeg-play"));
+        assert_eq!(ev[0], Event::Connect { app: "live".into() });
+        let Event::Play(r) = &ev[1] else { panic!("{ev:?}") };
+        assert_eq!((r.name.as_str(), r.query_str.as_str()), ("held", "mode=rtc"));
+        let length = commands(&out)
+            .into_iter()
+            .find(|c| c.name == "_result" && c.args.first().and_then(|a| a.as_f64()) == Some(0.0));
+        assert!(length.is_some(), "getStreamLength answered with a number: {:?}", commands(&out));
+        assert_eq!(statuses(&out), ["NetStream.Play.Reset", "NetStream.Play.Start"]);
+    }
+
     proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..4096)) {

@@ -307,13 +307,13 @@ async fn answer(peer: &mut Peer, offer: String) -> Result<String, AnswerError> {
 }
 
 /// True when the SDP has an accepted (non-zero port) m-line of this media kind.
-fn has_active_media(sdp: &str, media: &str) -> bool {
+pub(crate) fn has_active_media(sdp: &str, media: &str) -> bool {
     let prefix = format!("m={media} ");
     sdp.lines().any(|l| l.starts_with(&prefix) && !l.starts_with(&format!("{prefix}0 ")))
 }
 
 /// The RTP payload names (lowercase "h264/90000", "opus/48000/2", …) an offer lists.
-fn offered_codecs(sdp: &str) -> Vec<String> {
+pub(crate) fn offered_codecs(sdp: &str) -> Vec<String> {
     sdp.lines()
         .filter_map(|l| l.trim().strip_prefix("a=rtpmap:"))
         .filter_map(|l| l.split_once(' ').map(|(_, c)| c.to_ascii_lowercase()))

@@ -6,7 +6,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: all setup build run test bench fuzz lint fmt clean distclean
+.PHONY: all setup build run test test-loaded bench fuzz lint fmt clean distclean
 
 all: build
 
@@ -24,6 +24,10 @@ test: setup
 	$(CARGO) test
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
+
+# The suite with both cores busy (stress-ng beside it): what the tests must survive, as ARCHITECTURE asks.
+test-loaded: setup
+	stress-ng --cpu 2 --timeout 3600s --quiet & pid=$$!; trap 'kill $$pid 2>/dev/null' EXIT; $(CARGO) test
 
 bench:
 	$(CARGO) bench

@@ -15,7 +15,7 @@ const LAYERS: &[&[&str]] = &[
     &["hub", "events", "metrics"],
     &["hls", "record", "transcode", "mix", "webhooks", "access", "conn"],
     &["rtmp", "http", "webrtc"],
-    &["server", "main", "lib"],
+    &["server", "main", "lib", "fuzz"],
 ];
 
 /// Upward edges still in the tree: (from, to, what removing it takes).

@@ -192,7 +192,18 @@ impl Movie {
 
 #[cfg(test)]
 mod tests {
+
     use super::*;
+
+    /// Found by `make fuzz` (under its 1 GB malloc limit): an `stsc` claiming a billion entries made the
+    /// parser reserve 7.7 GB before reading one. A file read at start-up (crash repair) must not do that; it
+    /// is an error (the table is truncated) found with no more memory than the box holds.
+    #[test]
+    fn a_huge_table_count_is_an_error_not_an_allocation() {
+        let data = include_bytes!("../../../fuzz/regressions/mp4/oom-stsc-count");
+        let (boxes, end) = top_boxes(data);
+        assert!(parse(&boxes, end).is_err());
+    }
 
     fn tracks() -> Vec<TrackInfo> {
         vec![

@@ -202,7 +202,8 @@ fn flat_samples(stbl: &[u8]) -> Result<Vec<Sample>, Mp4Error> {
         }
     }
     let (_, n, mut r) = table(b"stsc", "stsc")?.ok_or(Mp4Error::Invalid("stbl without stsc"))?;
-    let mut runs = Vec::with_capacity(n as usize);
+    // The count is the file's word: reserve no more than the box can hold (12 bytes an entry).
+    let mut runs = Vec::with_capacity((n as usize).min(r.b.len() / 12));
     for _ in 0..n {
         runs.push((r.u32()?, r.u32()?));
         r.u32()?;

@@ -217,13 +217,13 @@ impl PeerFactory {
         &self,
         codecs: &[(u8, RTCRtpCodec, RtpCodecKind)],
         tracks: Option<mpsc::UnboundedSender<Arc<dyn TrackRemote>>>,
-    ) -> Result<Peer, String> {
+    ) -> Result<Peer, PeerError> {
         let (g_tx, g_rx) = watch::channel(false);
         let (s_tx, s_rx) = watch::channel(RTCPeerConnectionState::New);
         let handler = Arc::new(Handler { gathered: g_tx, state: s_tx, tracks });
         let mux = match &self.mux {
-            Some(Ok(m)) => Some(udp_mux::MuxRuntime::new(m.clone()).map_err(|e| e.to_string())?),
-            Some(Err(e)) => return Err(e.clone()),
+            Some(Ok(m)) => Some(udp_mux::MuxRuntime::new(m.clone()).map_err(|e| PeerError::Mux(e.to_string()))?),
+            Some(Err(e)) => return Err(PeerError::Mux(e.clone())),
             None => None,
         };
         // Ports in the range may be taken by other sessions or programs: try a few.
@@ -233,10 +233,10 @@ impl PeerFactory {
             let mut me = MediaEngine::default();
             for (pt, codec, kind) in codecs {
                 me.register_codec(RTCRtpCodecParameters { rtp_codec: codec.clone(), payload_type: *pt }, *kind)
-                    .map_err(|e| e.to_string())?;
+                    ?;
             }
             let registry = register_default_interceptors(Registry::new(), &mut me)
-                .map_err(|e| e.to_string())?
+                ?
                 .with(Slot::from(14_000), RtcpToApp::default());
             let se = SettingEngineBuilder::new()
                 .with_lite(true)
@@ -267,8 +267,19 @@ impl PeerFactory {
                 Err(e) => last_err = e.to_string(),
             }
         }
-        Err(format!("no UDP port available: {last_err}"))
+        Err(PeerError::NoPort(last_err))
     }
+}
+
+/// Why a session's PeerConnection could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error("the shared WebRTC port: {0}")]
+    Mux(String),
+    #[error("WebRTC: {0}")]
+    WebRtc(#[from] webrtc::error::Error),
+    #[error("no UDP port available: {0}")]
+    NoPort(String),
 }
 
 /// What can go wrong answering an offer: the offer's fault, or ours.
@@ -295,7 +306,7 @@ async fn answer(peer: &mut Peer, offer: String) -> Result<String, AnswerError> {
             .map(|d| d.sdp)
             .ok_or_else(|| AnswerError::Internal("no local description".into()))?;
         match &peer.mux {
-            Some(rt) => rt.attach(&sdp).map_err(AnswerError::Internal),
+            Some(rt) => rt.attach(&sdp).map_err(|e| AnswerError::Internal(e.to_string())),
             None => Ok(sdp),
         }
     }

@@ -218,6 +218,15 @@ impl fmt::Debug for MuxRuntime {
     }
 }
 
+/// Why a session could not be put on the shared port.
+#[derive(Debug, thiserror::Error)]
+pub enum MuxError {
+    #[error("the session bound no UDP socket")]
+    NoSocket,
+    #[error("the answer has no ICE ufrag")]
+    NoUfrag,
+}
+
 impl MuxRuntime {
     pub fn new(mux: Arc<UdpMux>) -> io::Result<Arc<Self>> {
         let inner = webrtc::runtime::default_runtime().ok_or_else(|| io::Error::other("no async runtime"))?;
@@ -225,9 +234,9 @@ impl MuxRuntime {
     }
 
     /// After the answer: routes the session's datagrams to it and returns the answer with the shared port.
-    pub fn attach(&self, sdp: &str) -> Result<String, String> {
-        let socket = self.socket.lock().clone().ok_or("the session bound no UDP socket")?;
-        let ufrag = sdp_ufrag(sdp).ok_or("the answer has no ICE ufrag")?;
+    pub fn attach(&self, sdp: &str) -> Result<String, MuxError> {
+        let socket = self.socket.lock().clone().ok_or(MuxError::NoSocket)?;
+        let ufrag = sdp_ufrag(sdp).ok_or(MuxError::NoUfrag)?;
         socket.attach(ufrag);
         Ok(rewrite_candidate_port(sdp, socket.nominal.ip(), socket.nominal.port(), self.mux.addr.port()))
     }

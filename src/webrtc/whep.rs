@@ -223,7 +223,7 @@ impl Whep {
         if with_audio {
             codecs.push((111, opus_codec(), RtpCodecKind::Audio));
         }
-        let mut peer = self.peers.build(&codecs, None).await.map_err(WhepError::Internal)?;
+        let mut peer = self.peers.build(&codecs, None).await.map_err(|e| WhepError::Internal(e.to_string()))?;
         let pc = peer.pc.clone();
         let internal = |e: webrtc::error::Error| WhepError::Internal(e.to_string());
         let fail = |pc: Arc<dyn PeerConnection>, e: WhepError| async move {

@@ -95,6 +95,22 @@ fn every_player_gets_one_on_play_and_one_on_stop_and_internal_readers_none() {
     let r = http_get(srv.http_port, "/live/lc.m3u8").unwrap();
     assert_eq!(r.status, 200);
     assert!(has_attachment(&srv, "lc", |a| a["kind"] == "internal" && a["purpose"] == "hls_segmenter"));
+    // A mix's input decoder: an internal reader of its input stream.
+    let body = serde_json::json!({"id": "lcmix", "template": "grid", "inputs": [{"stream": "live/lc"}],
+        "output": {"stream": "live/lc-mix", "width": 320, "height": 180, "video_bitrate": 300}});
+    let r = http_request_body(srv.http_port, "POST", "/api/v1/mixes", &body.to_string());
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    assert!(
+        wait_until(Duration::from_secs(20), || has_attachment(&srv, "lc", |a| a["purpose"] == "mix_input")),
+        "{:?}",
+        attachments(&srv, "lc")
+    );
+    assert_eq!(srv.api("DELETE", "/api/v1/mixes/lcmix").status, 200);
+    assert!(
+        wait_until(Duration::from_secs(20), || !has_attachment(&srv, "lc", |a| a["purpose"] == "mix_input")),
+        "the stopped mix's decoder still reads: {:?}",
+        attachments(&srv, "lc")
+    );
     // A recording too, listed by its id.
     start_recording(&srv, "lc", &["flv"], "lcrec");
     assert!(wait_until(Duration::from_secs(10), || has_attachment(&srv, "lc", |a| a["purpose"] == "recording"
@@ -130,7 +146,8 @@ fn every_player_gets_one_on_play_and_one_on_stop_and_internal_readers_none() {
         v.sort();
         v
     };
-    // Internal readers (hls, record, transcode) send nothing; a WHEP viewer plays once, named by its stream.
+    // Internal readers (hls, record, transcode, mix input) send nothing; a WHEP viewer plays once, named by
+    // its stream.
     assert_eq!(protocols(&plays), ["http-flv", "http-flv", "rtmp", "whep"], "{events:#?}");
     assert!(
         wait_until(Duration::from_secs(10), || {

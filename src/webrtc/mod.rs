@@ -232,12 +232,10 @@ impl PeerFactory {
         for _ in 0..attempts {
             let mut me = MediaEngine::default();
             for (pt, codec, kind) in codecs {
-                me.register_codec(RTCRtpCodecParameters { rtp_codec: codec.clone(), payload_type: *pt }, *kind)
-                    ?;
+                me.register_codec(RTCRtpCodecParameters { rtp_codec: codec.clone(), payload_type: *pt }, *kind)?;
             }
-            let registry = register_default_interceptors(Registry::new(), &mut me)
-                ?
-                .with(Slot::from(14_000), RtcpToApp::default());
+            let registry =
+                register_default_interceptors(Registry::new(), &mut me)?.with(Slot::from(14_000), RtcpToApp::default());
             let se = SettingEngineBuilder::new()
                 .with_lite(true)
                 .with_multicast_dns_mode(MulticastDnsMode::Disabled)

@@ -151,8 +151,9 @@ pub fn read_movie(path: &Path) -> std::io::Result<(Movie, File)> {
         file.read_exact_at(&mut head[..n], off)?;
         let Some((kind, hl, size)) = mp4::box_header(&head[..n]) else { break };
         let size = size.unwrap_or(len - off);
-        if size < u64::from(hl) || off + size > len {
-            break; // a torn last box
+        // A torn last box, or a size no file has (the sum would wrap and walk the scan backwards).
+        if size < u64::from(hl) || off.checked_add(size).is_none_or(|end| end > len) {
+            break;
         }
         let body = if matches!(&kind, b"moov" | b"moof") {
             if size > 256 << 20 {
@@ -229,6 +230,26 @@ mod tests {
     fn frame(kind: MediaKind, dts: i64, key: bool, config: bool, payload: &'static [u8]) -> Frame {
         let codec = if kind == MediaKind::Video { Codec::H264 } else { Codec::Aac };
         Frame { kind, codec, dts, cts: 0, keyframe: key, config, payload: Bytes::from_static(payload) }
+    }
+
+    /// Found by `make fuzz` in the same size check of the in-memory scanner: a 64-bit box size near 2^64
+    /// overflowed `offset + size` (a panic in debug builds; in release the sum wrapped and the scan walked
+    /// backwards). Crash repair reads such files at start-up: they must be refused, not loop.
+    #[test]
+    fn a_box_size_near_u64_max_ends_the_scan() {
+        let dir = std::env::temp_dir().join(format!("lg-mp4size-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("huge.mp4");
+        let mut data = vec![0, 0, 0, 16];
+        data.extend_from_slice(b"ftypisom\0\0\0\0");
+        data.extend_from_slice(&[0, 0, 0, 1]);
+        data.extend_from_slice(b"free");
+        data.extend_from_slice(&(u64::MAX - 8).to_be_bytes());
+        data.extend_from_slice(&[0; 64]);
+        std::fs::write(&path, &data).unwrap();
+        let e = read_movie(&path).err().expect("no movie in it");
+        assert!(e.to_string().contains("moov"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -367,7 +367,7 @@ pub fn top_boxes(data: &[u8]) -> (Vec<TopBox>, u64) {
     let mut off = 0usize;
     while let Some((kind, hl, size)) = box_header(&data[off..]) {
         let size = size.unwrap_or((data.len() - off) as u64);
-        if size < u64::from(hl) || off as u64 + size > data.len() as u64 {
+        if size < u64::from(hl) || (off as u64).checked_add(size).is_none_or(|end| end > data.len() as u64) {
             break;
         }
         let body =

@@ -247,7 +247,7 @@ mod tests {
         data.extend_from_slice(&(u64::MAX - 8).to_be_bytes());
         data.extend_from_slice(&[0; 64]);
         std::fs::write(&path, &data).unwrap();
-        let e = read_movie(&path).err().expect("no movie in it");
+        let Err(e) = read_movie(&path) else { panic!("a movie read from a file with no moov") };
         assert!(e.to_string().contains("moov"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -3,8 +3,9 @@
 
 use std::sync::Arc;
 
+use crate::auth::KeyPair;
 use crate::auth::{self, AuthError};
-use crate::config::Config;
+use crate::config::{AppConfig, Config};
 use crate::events::Event;
 use crate::hub::{PublisherInfo, StreamKey};
 use crate::names::{self, NameError};
@@ -59,16 +60,7 @@ impl Access {
         match op {
             Op::Play => self.authorize_play(key, query),
             Op::Publish => {
-                self.check_app(&key.app)?;
-                names::validate("stream", &key.name)?;
-                let app = self.config.app(&key.app).ok_or_else(|| AccessError::UnknownApp(key.app.clone()))?;
-                auth::verify(
-                    &app.push_keys(),
-                    &key.name,
-                    names::query_get(query, "txSecret"),
-                    names::query_get(query, "txTime"),
-                    auth::unix_now(),
-                )?;
+                self.check_signed(key, query, AppConfig::push_keys)?;
                 let event = Event::Publish {
                     stream: key.clone(),
                     client_id: info.client_id,
@@ -83,11 +75,21 @@ impl Access {
     }
 
     pub fn authorize_play(&self, key: &StreamKey, query: &[(String, String)]) -> Result<(), AccessError> {
+        self.check_signed(key, query, AppConfig::play_keys)
+    }
+
+    /// App, stream name, and the URL signature against the app's push or play keys.
+    fn check_signed(
+        &self,
+        key: &StreamKey,
+        query: &[(String, String)],
+        keys: fn(&AppConfig) -> KeyPair,
+    ) -> Result<(), AccessError> {
         self.check_app(&key.app)?;
         names::validate("stream", &key.name)?;
         let app = self.config.app(&key.app).ok_or_else(|| AccessError::UnknownApp(key.app.clone()))?;
         auth::verify(
-            &app.play_keys(),
+            &keys(app),
             &key.name,
             names::query_get(query, "txSecret"),
             names::query_get(query, "txTime"),

@@ -56,7 +56,7 @@ EOF
 LG=$!
 for _ in $(seq 50); do curl -sf "http://127.0.0.1:$HTTP/healthz" > /dev/null && break; sleep 0.1; done
 
-api() { curl -sf -X "$1" "http://127.0.0.1:$HTTP/api/v1/$2" ${3:+-d "$3"}; }
+api() { curl -sf -X "$1" -H "Content-Type: application/json" "http://127.0.0.1:$HTTP/api/v1/$2" ${3:+-d "$3"}; }
 jget() { python3 -c "import json,sys; j=json.load(sys.stdin); print($1)"; }
 ticks() { awk '{print $14+$15}' "/proc/$LG/stat"; }
 HZ=$(getconf CLK_TCK)

@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
 """Makes the seed corpus in fuzz/corpus/<target>/ from real captures (run once; the files are committed).
 
-usage: fuzz/make_corpus.py LIVEGATE_BINARY
+usage: fuzz/make_corpus.py LIVEGATE_BINARY [SECTION ...]   (sections: media rtmp http sdp; default all)
 
 - flv, avc_config, aac_config, amf0: an FLV that ffmpeg encodes (testsrc2 + sine, libx264 + aac), its head,
   and its sequence headers and onMetaData body;
 - mp4: ffmpeg's flat and fragmented MP4 of the same media, and torn copies;
-- rtmp_chunks, rtmp_session: what ffmpeg sends when it publishes to, and plays from, a running livegate,
-  recorded by a proxy after the handshake (C0 C1 C2);
+- rtmp_chunks, rtmp_session: what ffmpeg, GStreamer (rtmp2sink, rtmp2src) and librtmp (rtmpdump) send
+  when they publish to, and play from, a running livegate, recorded by a proxy after the handshake (C0 C1 C2);
 - http_flv_request: requests as curl, ffmpeg and mpegts.js send them;
 - sdp_offer: Chromium's offer (tests/browser/make_offer.mjs) and aiortc's.
 """
@@ -25,7 +25,12 @@ CORPUS = os.path.join(ROOT, "corpus")
 TMP = tempfile.mkdtemp(prefix="lg-corpus-")
 
 
+SKIP = set()  # targets not to rewrite this run
+
+
 def put(target, name, data):
+    if target in SKIP:
+        return
     d = os.path.join(CORPUS, target)
     os.makedirs(d, exist_ok=True)
     with open(os.path.join(d, name), "wb") as f:
@@ -128,6 +133,20 @@ def rtmp(livegate):
         time.sleep(1.0)
         play = ["ffmpeg", "-v", "error", "-i", "rtmp://127.0.0.1:PORT/live/held?mode=rtc", "-t", "1", "-f", "null", "-"]
         proxy_capture(("127.0.0.1", rtmp_port), play, "ffmpeg-play", 3.0)
+        # GStreamer's own RTMP client (not libavformat): its command order differs (releaseStream/FCPublish
+        # before createStream, play with no start argument).
+        gst_pub = ["gst-launch-1.0", "-q", "filesrc", f"location={flv}", "!", "flvdemux", "name=d",
+                   "flvmux", "name=m", "streamable=true", "!", "rtmp2sink",
+                   "location=rtmp://127.0.0.1:PORT/live/gst?txTime=0", "d.video", "!", "queue", "!", "h264parse",
+                   "!", "m.video", "d.audio", "!", "queue", "!", "aacparse", "!", "m.audio"]
+        proxy_capture(("127.0.0.1", rtmp_port), gst_pub, "gstreamer-publish", 2.0)
+        gst_play = ["gst-launch-1.0", "-q", "rtmp2src", "location=rtmp://127.0.0.1:PORT/live/held", "!",
+                    "fakesink"]
+        proxy_capture(("127.0.0.1", rtmp_port), gst_play, "gstreamer-play", 2.0)
+        # librtmp (rtmpdump, and the players built on it): live play asks start -1000 and sends its own
+        # buffer length and a second ping order.
+        rd_play = ["rtmpdump", "-q", "-v", "-r", "rtmp://127.0.0.1:PORT/live/held", "-o", "/dev/null"]
+        proxy_capture(("127.0.0.1", rtmp_port), rd_play, "librtmp-play", 2.0)
         keeper.kill()
     finally:
         srv.kill()
@@ -161,8 +180,14 @@ def sdp():
 
 
 if __name__ == "__main__":
-    media()
-    rtmp(sys.argv[1])
-    http()
-    sdp()
+    only = set(sys.argv[2:]) or {"media", "rtmp", "http", "sdp"}
+    if "media" not in only:
+        SKIP.update({"flv", "avc_config", "aac_config", "amf0", "mp4"})
+    media()  # the RTMP captures publish its FLV
+    if "rtmp" in only:
+        rtmp(sys.argv[1])
+    if "http" in only:
+        http()
+    if "sdp" in only:
+        sdp()
     print("corpus in", CORPUS)

@@ -1,6 +1,9 @@
 //! Accepting connections under a limit per listener (`rtmp.max_connections`, `http.max_connections`), so
-//! one kind of client cannot lock the other out.
+//! one kind of client cannot lock the other out, and a limit per client address (`*.max_connections_per_addr`),
+//! so one host cannot take a listener's whole allowance.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,44 +34,94 @@ impl Listener {
             Listener::Http => "http.max_connections",
         }
     }
-}
 
-/// Counts a connection against its listener's `max_connections` until dropped.
-pub struct ConnPermit(Arc<AtomicUsize>);
-
-impl Drop for ConnPermit {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+    /// The config key of its per-address limit.
+    pub fn per_addr_key(self) -> &'static str {
+        match self {
+            Listener::Rtmp => "rtmp.max_connections_per_addr",
+            Listener::Http => "http.max_connections_per_addr",
+        }
     }
 }
 
-/// The open connections per listener, against the configured limits.
+/// Counts a connection against its listener's limits until dropped.
+pub struct ConnPermit {
+    count: Arc<Counts>,
+    addr: Option<IpAddr>,
+}
+
+impl Drop for ConnPermit {
+    fn drop(&mut self) {
+        self.count.total.fetch_sub(1, Ordering::Relaxed);
+        if let Some(ip) = self.addr {
+            let mut per = self.count.per_addr.lock();
+            if let Some(n) = per.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    per.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
+/// Why a connection was refused at accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The listener holds `max_connections`.
+    Limit,
+    /// The client's address holds `max_connections_per_addr`.
+    PerAddr,
+}
+
+#[derive(Default)]
+struct Counts {
+    total: AtomicUsize,
+    per_addr: parking_lot::Mutex<HashMap<IpAddr, usize>>,
+}
+
+struct Limit {
+    count: Arc<Counts>,
+    max: usize,
+    per_addr_max: usize,
+}
+
+/// The open connections per listener and per client address, against the configured limits.
 pub struct ConnLimits {
-    rtmp: Arc<AtomicUsize>,
-    http: Arc<AtomicUsize>,
-    rtmp_max: usize,
-    http_max: usize,
+    rtmp: Limit,
+    http: Limit,
 }
 
 impl ConnLimits {
     pub fn new(config: &Config) -> Arc<Self> {
+        let limit = |max, per_addr_max| Limit { count: Arc::default(), max, per_addr_max };
         Arc::new(Self {
-            rtmp: Arc::default(),
-            http: Arc::default(),
-            rtmp_max: config.rtmp.max_connections,
-            http_max: config.http.max_connections,
+            rtmp: limit(config.rtmp.max_connections, config.rtmp.max_connections_per_addr),
+            http: limit(config.http.max_connections, config.http.max_connections_per_addr),
         })
     }
 
-    /// A permit for one more connection on `listener`, unless its limit is reached.
-    pub fn try_connection(&self, listener: Listener) -> Option<ConnPermit> {
-        let (count, max) = match listener {
-            Listener::Rtmp => (&self.rtmp, self.rtmp_max),
-            Listener::Http => (&self.http, self.http_max),
+    /// A permit for one more connection from `ip` on `listener`, unless a limit is reached.
+    pub fn try_connection(&self, listener: Listener, ip: IpAddr) -> Result<ConnPermit, Refusal> {
+        let l = match listener {
+            Listener::Rtmp => &self.rtmp,
+            Listener::Http => &self.http,
         };
-        let n = count.fetch_add(1, Ordering::Relaxed);
-        let permit = ConnPermit(count.clone());
-        (n < max).then_some(permit)
+        let n = l.count.total.fetch_add(1, Ordering::Relaxed);
+        let mut permit = ConnPermit { count: l.count.clone(), addr: None };
+        if n >= l.max {
+            return Err(Refusal::Limit);
+        }
+        if l.per_addr_max > 0 {
+            let mut per = l.count.per_addr.lock();
+            let held = per.entry(ip).or_insert(0);
+            if *held >= l.per_addr_max {
+                return Err(Refusal::PerAddr);
+            }
+            *held += 1;
+            permit.addr = Some(ip);
+        }
+        Ok(permit)
     }
 }
 
@@ -97,11 +150,55 @@ pub async fn accept_loop<F>(
             },
             _ = shutdown.changed() => return,
         };
-        let Some(permit) = limits.try_connection(listener_kind) else {
-            tracing::warn!(peer = %addr, limit = listener_kind.limit_key(), "{what} connection refused: limit reached");
-            continue;
+        let permit = match limits.try_connection(listener_kind, addr.ip()) {
+            Ok(p) => p,
+            Err(refusal) => {
+                // Closed at once, before reading a byte: the refusal costs the server nothing more.
+                let m = crate::metrics::global();
+                match refusal {
+                    Refusal::Limit => {
+                        m.conn_refused_limit.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(peer = %addr, limit = listener_kind.limit_key(), "{what} connection refused: limit reached");
+                    }
+                    Refusal::PerAddr => {
+                        m.conn_refused_per_addr.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(peer = %addr, limit = listener_kind.per_addr_key(), "{what} connection refused: this address holds its limit");
+                    }
+                }
+                continue;
+            }
         };
         crate::metrics::global().connections.fetch_add(1, Ordering::Relaxed);
         on_conn(sock, addr, permit);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_per_listener_and_address() {
+        let mut cfg = Config::default_config();
+        cfg.http.max_connections = 3;
+        cfg.http.max_connections_per_addr = 2;
+        cfg.rtmp.max_connections_per_addr = 0;
+        let l = ConnLimits::new(&cfg);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let p1 = l.try_connection(Listener::Http, a).unwrap();
+        let p2 = l.try_connection(Listener::Http, a).unwrap();
+        assert_eq!(l.try_connection(Listener::Http, a).err(), Some(Refusal::PerAddr));
+        let p3 = l.try_connection(Listener::Http, b).unwrap();
+        assert_eq!(l.try_connection(Listener::Http, b).err(), Some(Refusal::Limit));
+        drop(p1);
+        // A closed connection gives its address (and the listener) one back; refusals took nothing.
+        let _p4 = l.try_connection(Listener::Http, a).unwrap();
+        drop((p2, p3));
+        assert_eq!(l.http.count.per_addr.lock().get(&a), Some(&1));
+        assert_eq!(l.http.count.per_addr.lock().get(&b), None);
+        // RTMP: its own allowance, and no per-address limit at 0.
+        let rtmp: Vec<_> = (0..50).map(|_| l.try_connection(Listener::Rtmp, a).unwrap()).collect();
+        assert_eq!(rtmp.len(), 50);
     }
 }

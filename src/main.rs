@@ -42,9 +42,15 @@ enum Cmd {
         /// Sign the play URLs (with play_key) instead of the push URL (push_key).
         #[arg(long)]
         play: bool,
-        /// Host (and optional port) to put in the URLs.
+        /// Host name or address to put in the URLs (no port: see --rtmp-port and --http-port).
         #[arg(long, default_value = "127.0.0.1")]
         host: String,
+        /// Port of the RTMP URL (default: rtmp.listen's).
+        #[arg(long)]
+        rtmp_port: Option<u16>,
+        /// Port of the HTTP-FLV URL (default: http.listen's).
+        #[arg(long)]
+        http_port: Option<u16>,
         /// Use this key instead of the one in the config.
         #[arg(long)]
         key: Option<String>,
@@ -101,8 +107,15 @@ fn main() -> anyhow::Result<()> {
             println!("{}: ok", file.display());
             Ok(())
         }
-        Cmd::Sign { app, stream, expire, play, host, key, config } => {
+        Cmd::Sign { app, stream, expire, play, host, rtmp_port, http_port, key, config } => {
             let cfg = load(config.as_ref())?;
+            // A port in --host would be doubled (host:1935:1935) and could only fit one of the two URLs.
+            let bracketed = host.starts_with('[') && host.ends_with(']');
+            anyhow::ensure!(
+                bracketed || host.parse::<std::net::Ipv6Addr>().is_err() && !host.contains(':'),
+                "--host {host:?} has a port (or is a bare IPv6 address): give the host alone, in brackets for IPv6, \
+                 and the ports with --rtmp-port / --http-port"
+            );
             livegate::names::validate("app", &app)?;
             livegate::names::validate("stream", &stream)?;
             let key = match key {
@@ -125,7 +138,8 @@ fn main() -> anyhow::Result<()> {
             let tx_time = format!("{expiry:X}");
             let secret = livegate::auth::sign(&key, &stream, &tx_time);
             let q = format!("txSecret={secret}&txTime={tx_time}");
-            let (rtmp_port, http_port) = (cfg.rtmp.listen.port(), cfg.http.listen.port());
+            let rtmp_port = rtmp_port.unwrap_or(cfg.rtmp.listen.port());
+            let http_port = http_port.unwrap_or(cfg.http.listen.port());
             if play {
                 println!("rtmp://{host}:{rtmp_port}/{app}/{stream}?{q}");
                 println!("http://{host}:{http_port}/{app}/{stream}.flv?{q}");

@@ -25,6 +25,15 @@ pub struct Metrics {
     pub disconnects_error: AtomicU64,
     pub publish_refused: AtomicU64,
     pub play_refused: AtomicU64,
+    /// HTTP request bodies that did not arrive within http.body_timeout_secs.
+    pub body_timeouts: AtomicU64,
+    /// Connections refused at accept: over the listener's limit, or over the per-address limit.
+    pub conn_refused_limit: AtomicU64,
+    pub conn_refused_per_addr: AtomicU64,
+    /// Bytes of unfinished inbound RTMP messages held, over all connections.
+    pub rtmp_reassembly_bytes: AtomicI64,
+    /// RTMP connections closed for announcing more unfinished message bytes than they may hold.
+    pub rtmp_reassembly_refused: AtomicU64,
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     latency_count: AtomicU64,
     latency_sum_us: AtomicU64,
@@ -134,6 +143,37 @@ impl Metrics {
         let _ =
             writeln!(o, "livegate_refused_total{{op=\"publish\"}} {}", self.publish_refused.load(Ordering::Relaxed));
         let _ = writeln!(o, "livegate_refused_total{{op=\"play\"}} {}", self.play_refused.load(Ordering::Relaxed));
+        let _ = writeln!(o, "# HELP livegate_connections_refused_total Connections closed at accept, by reason.");
+        let _ = writeln!(o, "# TYPE livegate_connections_refused_total counter");
+        let _ = writeln!(
+            o,
+            "livegate_connections_refused_total{{reason=\"limit\"}} {}",
+            self.conn_refused_limit.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            o,
+            "livegate_connections_refused_total{{reason=\"per_addr\"}} {}",
+            self.conn_refused_per_addr.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(o, "# HELP livegate_http_body_timeouts_total Request bodies that did not arrive in time.");
+        let _ = writeln!(o, "# TYPE livegate_http_body_timeouts_total counter");
+        let _ = writeln!(o, "livegate_http_body_timeouts_total {}", self.body_timeouts.load(Ordering::Relaxed));
+        let _ = writeln!(
+            o,
+            "# HELP livegate_rtmp_reassembly_bytes Bytes of unfinished inbound RTMP messages held, all connections."
+        );
+        let _ = writeln!(o, "# TYPE livegate_rtmp_reassembly_bytes gauge");
+        let _ = writeln!(o, "livegate_rtmp_reassembly_bytes {}", self.rtmp_reassembly_bytes.load(Ordering::Relaxed));
+        let _ = writeln!(
+            o,
+            "# HELP livegate_rtmp_reassembly_refused_total RTMP connections closed for holding too many unfinished bytes."
+        );
+        let _ = writeln!(o, "# TYPE livegate_rtmp_reassembly_refused_total counter");
+        let _ = writeln!(
+            o,
+            "livegate_rtmp_reassembly_refused_total {}",
+            self.rtmp_reassembly_refused.load(Ordering::Relaxed)
+        );
         let _ = writeln!(o, "# HELP livegate_egress_latency_seconds Time from a frame's arrival at ingest to the write that delivered it.");
         let _ = writeln!(o, "# TYPE livegate_egress_latency_seconds histogram");
         let mut cum = 0;

@@ -54,6 +54,41 @@ pub fn query_get<'a>(q: &'a [(String, String)], key: &str) -> Option<&'a str> {
     q.iter().rev().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v.as_str())
 }
 
+/// Query keys whose values are credentials: Tencent-style URL signatures, room credentials and the usual
+/// token names. Matched without regard to case.
+const SECRET_KEYS: &[&str] = &[
+    "txsecret",
+    "usersig",
+    "privatemapkey",
+    "token",
+    "access_token",
+    "auth",
+    "authorization",
+    "secret",
+    "sign",
+    "signature",
+    "key",
+    "password",
+    "passwd",
+    "pass",
+];
+
+/// A query string fit to show (API answers, logs, webhooks other than the authorizing on_publish): the value
+/// of every credential parameter becomes `***`; the rest is kept as sent.
+pub fn redact_query(q: &str) -> String {
+    q.split('&')
+        .map(|p| {
+            let k = p.split_once('=').map_or(p, |(k, _)| k);
+            let secret = SECRET_KEYS.iter().any(|s| percent_decode(k).eq_ignore_ascii_case(s));
+            match secret {
+                true => format!("{k}=***"),
+                false => p.to_owned(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
 fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
@@ -89,6 +124,18 @@ fn percent_decode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redacts_credentials() {
+        assert_eq!(redact_query("txSecret=f85a2ab3&txTime=5C271099&room=1"), "txSecret=***&txTime=5C271099&room=1");
+        assert_eq!(
+            redact_query("tx%53ecret=x&TOKEN=y&userSig=z&mode=rtc"),
+            "tx%53ecret=***&TOKEN=***&userSig=***&mode=rtc"
+        );
+        assert_eq!(redact_query(""), "");
+        assert_eq!(redact_query("sign"), "sign=***");
+        assert_eq!(redact_query("monkey=1"), "monkey=1");
+    }
 
     #[test]
     fn names() {

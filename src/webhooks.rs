@@ -10,6 +10,10 @@ use hyper_util::rt::TokioExecutor;
 use tokio::sync::broadcast;
 
 use crate::config::WebhookConfig;
+
+/// How much of a hook's answer is read, and for how long: the status is all that matters.
+const DRAIN_BYTES: usize = 64 * 1024;
+const DRAIN_TIME: Duration = Duration::from_secs(1);
 use crate::events::{Event, EventBus};
 
 #[derive(Debug, thiserror::Error)]
@@ -59,8 +63,10 @@ impl Webhooks {
             })?
             .map_err(|e| WebhookError::Failed { url: url.into(), detail: e.to_string() })?;
         let status = resp.status();
-        // Drain the body so the connection can be reused.
-        let _ = resp.into_body().collect().await;
+        // Drain the body so the connection can be reused, but only a small one and only briefly: a hook that
+        // answers with an endless or stalled body must not hold a publish (or this task) forever.
+        let drain = http_body_util::Limited::new(resp.into_body(), DRAIN_BYTES).collect();
+        let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
         if !status.is_success() {
             return Err(WebhookError::Refused { url: url.into(), status: status.as_u16() });
         }

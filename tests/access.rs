@@ -125,9 +125,9 @@ fn api_lists_kicks_and_guards() {
     // Both kicks count: the player and the publisher.
     assert!(m.contains("livegate_disconnects_total{reason=\"kicked\"} 2"), "{m}");
 
-    // With a token, mutating calls need it.
+    // With a token, reads and writes need it.
     let srv = Server::start("[http]\napi_token = \"sekret\"\n");
-    assert_eq!(srv.api("GET", "/api/v1/streams").status, 200);
+    assert_eq!(srv.api("GET", "/api/v1/streams").status, 401);
     let r = srv.api("DELETE", "/api/v1/streams/live/x");
     assert_eq!(r.status, 401);
     assert_eq!(r.json()["error"], "unauthorized");
@@ -188,6 +188,24 @@ fn cli_signs_urls_and_checks_configs() {
     let expiry = u64::from_str_radix(t, 16).unwrap();
     assert!(expiry > now() + 3500 && expiry <= now() + 3600);
     assert_eq!(livegate::names::query_get(&params, "txSecret").unwrap(), sign(KEY, "test", t));
+
+    // Host and ports: each once, in the right URL; a port in --host is refused with the flags to use.
+    let sign_cli = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_livegate"))
+            .args(["sign", "--app", "live", "--stream", "test", "--play", "--key", KEY])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = sign_cli(&["--host", "media.example", "--rtmp-port", "39350", "--http-port", "39351"]);
+    let urls = String::from_utf8(out.stdout).unwrap();
+    assert!(urls.contains("rtmp://media.example:39350/live/test?"), "{urls}");
+    assert!(urls.contains("http://media.example:39351/live/test.flv?"), "{urls}");
+    let out = sign_cli(&["--host", "127.0.0.1:39350"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--rtmp-port"), "{:?}", out);
+    let out = sign_cli(&["--host", "[::1]"]);
+    assert!(String::from_utf8(out.stdout).unwrap().starts_with("rtmp://[::1]:1935/live/test?"));
 
     // The signed URL really publishes.
     let srv = Server::start(&format!("[apps.live]\npush_key = \"{KEY}\"\n"));
@@ -275,4 +293,235 @@ fn http_and_rtmp_connections_are_limited_apart() {
         srv.log_text().contains("limit=\"http.max_connections\"") || srv.log_text().contains("http.max_connections")
     );
     assert!(srv.log_text().contains("rtmp.max_connections"), "{}", srv.log_text());
+}
+
+/// A request as a browser page would send it: `Origin` and the other headers given.
+fn browser(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> HttpResponse {
+    let len = body.len().to_string();
+    let mut h = headers.to_vec();
+    h.push(("Content-Length", &len));
+    http_request_with_body(port, method, path, &h, body)
+}
+
+#[test]
+fn web_pages_of_other_sites_cannot_reach_the_api() {
+    let srv = Server::start("");
+    let _p = push(&media("360p"), &srv.rtmp_url("csrf"));
+    srv.wait_live("csrf");
+    let port = srv.http_port;
+    let evil = ("Origin", "http://evil.example");
+    let body = r#"{"app":"live","stream":"csrf"}"#;
+    let running = || srv.api("GET", "/api/v1/recordings").json()["running"].as_array().unwrap().len();
+
+    // A CORS "simple request" (text/plain POST, no preflight) from another site: refused, nothing started.
+    let r = browser(port, "POST", "/api/v1/recordings", &[evil, ("Content-Type", "text/plain")], body);
+    assert_eq!((r.status, r.json()["error"].as_str()), (403, Some("cross_site")), "{}", r.json());
+    assert_eq!(r.header("access-control-allow-origin"), None);
+    // The same without Origin (a form post, curl without -H): 415, JSON only.
+    let r = browser(port, "POST", "/api/v1/recordings", &[("Content-Type", "text/plain")], body);
+    assert_eq!((r.status, r.json()["error"].as_str()), (415, Some("unsupported_media_type")), "{}", r.json());
+    let r = browser(port, "POST", "/api/v1/recordings", &[], body);
+    assert_eq!(r.status, 415);
+    assert_eq!(running(), 0);
+    // A preflight for DELETE from another site gets no CORS grant.
+    let r = http_request(
+        port,
+        "OPTIONS",
+        "/api/v1/streams/live/csrf",
+        &[evil, ("Access-Control-Request-Method", "DELETE")],
+    )
+    .unwrap();
+    assert_eq!(r.status, 403);
+    assert_eq!(r.header("access-control-allow-origin"), None);
+    // A DELETE sent anyway, a GET read, a no-cors load, and a DNS-rebinding page (its own name as Host).
+    let r = browser(port, "DELETE", "/api/v1/streams/live/csrf", &[evil], "");
+    assert_eq!(r.status, 403);
+    assert_eq!(browser(port, "GET", "/api/v1/streams", &[evil], "").status, 403);
+    let r = browser(port, "GET", "/api/v1/streams", &[("Sec-Fetch-Site", "cross-site")], "");
+    assert_eq!(r.status, 403);
+    let rebind = format!("evil.example:{port}");
+    let rebind_origin = format!("http://evil.example:{port}");
+    let r = browser(port, "GET", "/api/v1/streams", &[("Host", &rebind), ("Origin", &rebind_origin)], "");
+    assert_eq!(r.status, 403);
+    assert!(r.json()["detail"].as_str().unwrap().contains("loopback"), "{}", r.json());
+    assert_eq!(srv.wait_live("csrf")["state"], "live", "the publisher was not kicked");
+
+    // The server's own page (same origin) and a JSON call from a back end still work.
+    let own = format!("http://127.0.0.1:{port}");
+    let host = format!("127.0.0.1:{port}");
+    let r = browser(port, "GET", "/api/v1/streams", &[("Origin", &own), ("Host", &host)], "");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("access-control-allow-origin"), None, "same-origin needs no CORS grant");
+    let r = http_request_body(port, "POST", "/api/v1/recordings", body);
+    assert_eq!(r.status, 201, "{}", r.json());
+    assert_eq!(running(), 1);
+    // Playback keeps its own CORS answer: players run in pages of any site.
+    let r = http_request(port, "HEAD", "/live/csrf.flv", &[evil]).unwrap();
+    assert_eq!(r.header("access-control-allow-origin"), Some("*"));
+
+    // An origin the operator lists gets CORS (and still needs the token).
+    let srv = Server::start("[http]\napi_token = \"sekret\"\napi_cors_origins = [\"https://admin.example\"]\n");
+    let admin = ("Origin", "https://admin.example");
+    let r = http_request(
+        srv.http_port,
+        "OPTIONS",
+        "/api/v1/streams",
+        &[admin, ("Access-Control-Request-Method", "GET"), ("Access-Control-Request-Headers", "authorization")],
+    )
+    .unwrap();
+    assert_eq!(r.status, 204);
+    assert_eq!(r.header("access-control-allow-origin"), Some("https://admin.example"));
+    let r = browser(srv.http_port, "GET", "/api/v1/streams", &[admin], "");
+    assert_eq!(r.status, 401);
+    let r = browser(srv.http_port, "GET", "/api/v1/streams", &[admin, ("Authorization", "Bearer sekret")], "");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("access-control-allow-origin"), Some("https://admin.example"));
+    assert_eq!(r.header("vary"), Some("Origin"));
+}
+
+#[test]
+fn api_reads_need_the_token_and_never_show_signatures() {
+    let (hook_port, hooks) = http_receiver(200);
+    let srv = Server::start(&format!(
+        "[http]\napi_token = \"sekret\"\napi_read_token = \"peek\"\n\
+         [apps.live]\npush_key = \"{KEY}\"\n\
+         [webhooks]\non_unpublish = [\"http://127.0.0.1:{hook_port}/\"]\n"
+    ));
+    let q = signed(KEY, "sig", now() + 3600);
+    let secret = q.split('&').next().unwrap().trim_start_matches("txSecret=").to_owned();
+    let mut p = push(&media("360p"), &format!("{}?{q}&room=7", srv.rtmp_url("sig")));
+    let get = |path: &str, token: Option<&str>| {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let h: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+        http_request(srv.http_port, "GET", path, &h).unwrap()
+    };
+    // Reads need a token, from loopback too.
+    let r = get("/api/v1/streams", None);
+    assert_eq!((r.status, r.header("www-authenticate")), (401, Some("Bearer")));
+    assert_eq!(get("/api/v1/clients", Some("wrong")).status, 401);
+    assert!(wait_until(Duration::from_secs(20), || get("/api/v1/streams/live/sig", Some("peek")).status == 200));
+    // The read-only token reads, but cannot change anything.
+    let r = http_request(srv.http_port, "DELETE", "/api/v1/streams/live/sig", &[("Authorization", "Bearer peek")]);
+    assert_eq!(r.unwrap().json()["error"], "read_only_token");
+    let r = http_request_with_body(
+        srv.http_port,
+        "POST",
+        "/api/v1/recordings",
+        &[("Authorization", "Bearer sekret"), ("Content-Type", "application/json"), ("Content-Length", "29")],
+        r#"{"app":"live","stream":"sig"}"#,
+    );
+    assert_eq!(r.status, 201, "{}", r.json());
+
+    // No answer carries the push signature: not the stream, not the clients, not the recordings.
+    let stream = get("/api/v1/streams/live/sig", Some("sekret"));
+    let param = stream.json()["publisher"]["param"].as_str().unwrap().to_owned();
+    assert_eq!(param, "txSecret=***&txTime=".to_owned() + q.split("txTime=").nth(1).unwrap() + "&room=7");
+    for path in ["/api/v1/streams", "/api/v1/clients", "/api/v1/recordings"] {
+        let body = String::from_utf8(get(path, Some("sekret")).body).unwrap();
+        assert!(!body.contains(&secret), "{path} shows the signature: {body}");
+    }
+    let r = http_request(srv.http_port, "DELETE", "/api/v1/streams/live/sig", &[("Authorization", "Bearer sekret")]);
+    assert_eq!(r.unwrap().status, 200);
+    p.wait(Duration::from_secs(10));
+    assert!(wait_until(Duration::from_secs(10), || !hooks.lock().unwrap().is_empty()), "on_unpublish sent");
+    // Nor do the webhooks that do not authorize, the recording callbacks or the log.
+    let sent = serde_json::to_string(&*hooks.lock().unwrap()).unwrap();
+    assert!(!sent.contains(&secret), "{sent}");
+    assert!(!srv.log_text().contains(&secret), "the log shows the signature");
+}
+
+#[test]
+fn request_bodies_that_never_arrive_time_out() {
+    use std::io::{Read, Write};
+    let srv = Server::start("[http]\nbody_timeout_secs = 1.0\nmax_connections_per_addr = 6\n");
+    // Heads that announce a body and send nothing (or a trickle): each gets 408 and its connection back.
+    let mut socks = Vec::new();
+    for path in ["/api/v1/recordings", "/whip/live/slow", "/api/v1/mixes"] {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", srv.http_port)).unwrap();
+        let ctype = if path.starts_with("/whip") { "application/sdp" } else { "application/json" };
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {ctype}\r\nContent-Length: 100\r\n\r\n{{"
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        socks.push((path, s));
+    }
+    for (path, s) in &mut socks {
+        let mut raw = Vec::new();
+        let _ = s.read_to_end(&mut raw);
+        let text = String::from_utf8_lossy(&raw);
+        assert!(text.starts_with("HTTP/1.1 408"), "{path}: {text}");
+        assert!(text.contains("body_timeout"), "{path}: {text}");
+    }
+    let m = String::from_utf8(srv.api("GET", "/metrics").body).unwrap();
+    assert!(m.contains("livegate_http_body_timeouts_total 3"), "{m}");
+
+    // One address may hold max_connections_per_addr; others (here: the API over another loopback address)
+    // still get in.
+    let held = fill(srv.http_port, 6);
+    assert_eq!(held.len(), 6);
+    let other = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    other.bind(&"127.0.0.2:0".parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
+    other.connect(&std::net::SocketAddr::from(([127, 0, 0, 1], srv.http_port)).into()).unwrap();
+    let mut o: std::net::TcpStream = other.into();
+    o.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    o.write_all(b"GET /healthz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    let mut raw = String::new();
+    o.read_to_string(&mut raw).unwrap();
+    assert!(raw.starts_with("HTTP/1.0 200") || raw.starts_with("HTTP/1.1 200"), "{raw}");
+    drop(held);
+    let mut m = String::new();
+    let counted = wait_until(Duration::from_secs(10), || {
+        m = http_get(srv.http_port, "/metrics").map(|r| String::from_utf8(r.body).unwrap()).unwrap_or_default();
+        m.contains("livegate_connections_refused_total{reason=\"per_addr\"} 1")
+    });
+    assert!(counted, "{m}");
+    assert!(srv.log_text().contains("http.max_connections_per_addr"));
+}
+
+/// A chunk's type-0 header, written by hand (not with livegate's chunk code).
+fn chunk0(csid: u8, len: u32, type_id: u8, stream_id: u32) -> Vec<u8> {
+    let mut h = vec![csid, 0, 0, 0];
+    h.extend_from_slice(&len.to_be_bytes()[1..]);
+    h.push(type_id);
+    h.extend_from_slice(&stream_id.to_le_bytes());
+    h
+}
+
+#[test]
+fn unfinished_rtmp_messages_cannot_pin_memory() {
+    use std::io::Write;
+    let srv = Server::start("[rtmp]\nmax_message_bytes = 262144\n");
+    // Before connect: a 1 MiB chunk size and most of a 1 MB message. Commands are small; this is refused.
+    let mut c = RtmpClient::connect(srv.rtmp_port, false).unwrap();
+    c.send_raw_message(2, 1, 0, 0, &(1u32 << 20).to_be_bytes());
+    let mut hog = chunk0(4, 1_000_000, 9, 1);
+    hog.extend_from_slice(&vec![0u8; 200_000]);
+    let _ = c.sock.write_all(&hog);
+    assert!(c.closed_within(Duration::from_secs(5)), "a client that never connected holds a 1 MB message");
+
+    // A publisher may send messages larger than a command (here 200 KB), up to rtmp.max_message_bytes.
+    let mut p = RtmpClient::connect(srv.rtmp_port, false).unwrap();
+    p.connect_app("live");
+    let st = statuses(&p.publish("big"));
+    assert_eq!(st[0].0, "NetStream.Publish.Start", "{st:?}");
+    p.send_raw_message(2, 1, 0, 0, &4096u32.to_be_bytes());
+    p.chunk_size = 4096;
+    let mut frame = vec![0x17u8, 1, 0, 0, 0];
+    frame.resize(200_000, 0);
+    p.send_raw_message(6, 9, 1, 0, &frame);
+    // The connection lives on: it answers a ping.
+    p.send_raw_message(2, 4, 0, 0, &[0, 6, 0, 0, 0, 42]);
+    let pong = std::iter::from_fn(|| p.next_message(Duration::from_secs(5))).find(|m| m.type_id == 4);
+    assert!(pong.is_some_and(|m| m.payload[..2] == [0, 7]), "publisher cut off under its limit");
+    // Over the limit: told why, then closed.
+    let _ = p.sock.write_all(&chunk0(6, 300_000, 9, 1));
+    let _ = p.sock.write_all(&vec![0u8; 4096]);
+    let st = statuses(&p.read_until_command("onStatus", Duration::from_secs(5)));
+    assert!(st.iter().any(|(code, d)| code == "NetStream.Failed" && d.contains("262144")), "{st:?}");
+    assert!(p.closed_within(Duration::from_secs(5)));
+
+    let metrics = || String::from_utf8(srv.api("GET", "/metrics").body).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || metrics().contains("livegate_rtmp_reassembly_bytes 0")));
+    assert!(metrics().contains("livegate_rtmp_reassembly_refused_total 2"), "{}", metrics());
 }

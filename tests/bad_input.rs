@@ -300,9 +300,17 @@ fn bad_set_chunk_size(srv: &Server) {
 }
 
 fn message_length_lies(srv: &Server) {
-    // Announces a 16 MiB command, sends 100 bytes of it, then nothing: the idle timeout (3 s here) ends it.
+    // Announces a 16 MiB command: refused at its header (commands fit in 64 KiB), before a byte is buffered.
     let mut c = handshaken(srv);
     c.sock.write_all(&[chunk_header(3, 0xFF_FFFF, message::COMMAND_AMF0), vec![0x02; 100]].concat()).unwrap();
+    assert_ended(
+        srv,
+        &mut c.sock,
+        "unfinished messages would hold 16777215 bytes, over this connection's limit of 65536",
+    );
+    // Announces 60 KB, sends 100 bytes of it, then nothing: the idle timeout (3 s here) ends it.
+    let mut c = handshaken(srv);
+    c.sock.write_all(&[chunk_header(3, 60_000, message::COMMAND_AMF0), vec![0x02; 100]].concat()).unwrap();
     assert_ended(srv, &mut c.sock, "idle for 3s without publishing or playing");
 
     // Announces 1000 bytes, sends one 128-byte chunk, then a new type-0 header on the same chunk stream
@@ -324,15 +332,15 @@ fn message_length_lies(srv: &Server) {
     c.sock.write_all(&w).unwrap();
     assert_ended(srv, &mut c.sock, "changed length mid-message (1000 -> 10)");
 
-    // 16 MiB announced on several chunk streams at once, a chunk of each sent: refused before buffering.
+    // 40 KB announced on several chunk streams at once, a chunk of each sent: each fits, together they do not.
     let mut c = handshaken(srv);
     let mut w = Vec::new();
     for csid in 3..8 {
-        w.extend(chunk_header(csid, 0xFF_FFFF, message::VIDEO));
+        w.extend(chunk_header(csid, 40_000, message::VIDEO));
         w.extend_from_slice(&[0x17; 128]);
     }
     let _ = c.sock.write_all(&w);
-    assert_ended(srv, &mut c.sock, "bytes of unfinished messages buffered");
+    assert_ended(srv, &mut c.sock, "unfinished messages would hold 80000 bytes, over this connection's limit of 65536");
 }
 
 #[test]
@@ -574,7 +582,8 @@ fn closed_now(s: &mut TcpStream) -> bool {
 #[test]
 fn a_thousand_idle_connections_neither_block_service_nor_outlive_the_handshake_timeout() {
     const IDLE: usize = 1000;
-    let mut srv = Server::start("[rtmp]\nhandshake_timeout_secs = 2.0\n");
+    // The flood comes from one address here; the per-address limit (which would cut it at 256) has its own test.
+    let mut srv = Server::start("[rtmp]\nhandshake_timeout_secs = 2.0\nmax_connections_per_addr = 0\n");
     let healthy = HealthyStream::start(&srv, "steady");
     let stop = Arc::new(AtomicBool::new(false));
     let (ready_tx, ready_rx) = mpsc::channel();
@@ -656,13 +665,14 @@ fn refused_connect_error_is_readable_at_the_default_chunk_size() {
 }
 
 /// `[rtmp] idle_timeout_secs` is documented as "a connection that neither publishes nor plays within this many
-/// seconds is closed", but the session restarts the timer on every byte it reads: a peer that announces a
-/// 16 MiB message and then trickles one byte at a time holds its connection (and buffer) forever.
+/// seconds is closed", but the session restarted the timer on every byte it read: a peer that announces a
+/// message (60 KB here, under the 64 KiB a connection may hold before publishing) and then trickles one byte at
+/// a time held its connection (and buffer) forever.
 #[test]
 fn a_trickling_length_lie_is_closed_by_the_idle_timeout() {
     let srv = Server::start("[rtmp]\nidle_timeout_secs = 2.0\n");
     let mut c = handshaken(&srv);
-    c.sock.write_all(&chunk_header(3, 0xFF_FFFF, message::COMMAND_AMF0)).unwrap();
+    c.sock.write_all(&chunk_header(3, 60_000, message::COMMAND_AMF0)).unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut closed = false;
     while !closed && Instant::now() < deadline {

@@ -254,3 +254,59 @@ fn a_broken_pipeline_template_stops_start_up_with_its_name() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("aac_to_opus") && err.contains("nosuchelement"), "{err}");
 }
+
+#[test]
+fn deleting_an_unconnected_session_releases_it_at_once() {
+    // A long connect timeout: only the DELETE can end these sessions within the test's waits.
+    let (hook_port, hooks) = http_receiver(200);
+    let srv = Server::start(&format!(
+        "[webrtc]\nconnect_timeout_secs = 120.0\n[hub]\nreconnect_grace_secs = 0.5\n\
+         [webhooks]\non_stop = [\"http://127.0.0.1:{hook_port}/\"]\n"
+    ));
+    let _pub = push(&media("360p"), &srv.rtmp_url("del"));
+    srv.wait_live("del");
+    let post = |path: &str, offer: &str| {
+        let len = offer.len().to_string();
+        http_request_with_body(
+            srv.http_port,
+            "POST",
+            path,
+            &[("Content-Type", "application/sdp"), ("Content-Length", &len)],
+            offer,
+        )
+    };
+    let whep_readers = || {
+        srv.stream_json("del")
+            .map_or(0, |s| s["attachments"].as_array().unwrap().iter().filter(|a| a["protocol"] == "whep").count())
+    };
+
+    // WHEP: the viewer's reader (and its on_stop) goes with the DELETE, not with the timeout.
+    let offer = String::from_utf8(node("make_offer.mjs", &[]).stdout).unwrap();
+    let r = post("/whep/live/del", &offer);
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(whep_readers(), 1);
+    let location = r.header("location").unwrap().to_owned();
+    assert_eq!(http_request(srv.http_port, "DELETE", &location, &[]).unwrap().status, 200);
+    assert!(wait_until(Duration::from_secs(10), || whep_readers() == 0), "the WHEP reader outlived its DELETE");
+    assert!(wait_until(Duration::from_secs(10), || {
+        hooks
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|h| h["protocol"] == "whep" && h["reason"].as_str().unwrap().contains("deleted"))
+    }));
+    assert_eq!(http_request(srv.http_port, "DELETE", &location, &[]).unwrap().status, 404);
+
+    // WHIP: the stream name is free again right after the DELETE.
+    let offer = String::from_utf8(node("make_offer.mjs", &["sendonly"]).stdout).unwrap();
+    let r = post("/whip/live/wdel", &offer);
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(post("/whip/live/wdel", &offer).status, 409);
+    let location = r.header("location").unwrap().to_owned();
+    assert_eq!(http_request(srv.http_port, "DELETE", &location, &[]).unwrap().status, 200);
+    assert!(
+        wait_until(Duration::from_secs(10), || post("/whip/live/wdel", &offer).status == 201),
+        "the stream stayed taken after its WHIP session was deleted"
+    );
+    assert!(srv.log_text().contains("deleted by the client before it connected"));
+}

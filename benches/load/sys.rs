@@ -94,7 +94,11 @@ impl Livegate {
         let (rp, hp) = free_ports()?;
         let rtmp: SocketAddr = ([127, 0, 0, 1], rp).into();
         let http: SocketAddr = ([127, 0, 0, 1], hp).into();
-        let mut cfg = format!("[rtmp]\nlisten = \"{rtmp}\"\n\n[http]\nlisten = \"{http}\"\n\n");
+        // Every simulated client comes from 127.0.0.1: the per-address limits would cap a run at 256.
+        let mut cfg = format!(
+            "[rtmp]\nlisten = \"{rtmp}\"\nmax_connections_per_addr = 0\n\n\
+             [http]\nlisten = \"{http}\"\nmax_connections_per_addr = 0\n\n"
+        );
         cfg.push_str(extra);
         cfg.push_str(&format!("[log]\nlevel = \"{log_level}\"\n"));
         let tmp = std::env::temp_dir();

@@ -58,6 +58,10 @@ pub struct RtmpConfig {
     pub idle_timeout_secs: f64,
     pub publish_timeout_secs: f64,
     pub max_connections: usize,
+    /// Connections one client address may hold (0 = no limit).
+    pub max_connections_per_addr: usize,
+    /// Bytes of unfinished messages a publisher's connection may hold (other connections: 64 KiB).
+    pub max_message_bytes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -66,8 +70,16 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     pub cors_origin: String,
     pub api_token: String,
+    /// A second token that opens API reads only (dashboards, monitoring).
+    pub api_read_token: String,
+    /// Origins whose pages may call the API (CORS); empty: none.
+    pub api_cors_origins: Vec<String>,
     pub web_root: String,
     pub max_connections: usize,
+    /// Connections one client address may hold (0 = no limit).
+    pub max_connections_per_addr: usize,
+    /// How long a request body may take to arrive once its head is in.
+    pub body_timeout_secs: f64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -253,6 +265,34 @@ impl Config {
         self.record.validate()?;
         if self.rtmp.max_connections == 0 {
             return bad("rtmp.max_connections", "must be at least 1".into());
+        }
+        secs("http.body_timeout_secs", self.http.body_timeout_secs, 0.1, 600.0)?;
+        let mib = 1024 * 1024;
+        if !(256 * 1024..=64 * mib).contains(&self.rtmp.max_message_bytes) {
+            return bad(
+                "rtmp.max_message_bytes",
+                format!("{} is outside 262144..=67108864 bytes", self.rtmp.max_message_bytes),
+            );
+        }
+        if !self.http.api_read_token.is_empty() && self.http.api_token.is_empty() {
+            return bad(
+                "http.api_read_token",
+                "needs http.api_token: without it the API trusts loopback clients and has no tokens".into(),
+            );
+        }
+        if !self.http.api_read_token.is_empty() && self.http.api_read_token == self.http.api_token {
+            return bad("http.api_read_token", "must differ from http.api_token".into());
+        }
+        for o in &self.http.api_cors_origins {
+            let ok = (o.starts_with("http://") || o.starts_with("https://"))
+                && !o.trim_end_matches('/').contains(|c: char| c == '*' || c.is_whitespace())
+                && o.split("://").nth(1).is_some_and(|rest| !rest.is_empty() && !rest.contains('/'));
+            if !ok {
+                return bad(
+                    "http.api_cors_origins",
+                    format!("{o:?} is not an origin (scheme://host[:port], no path, no wildcard)"),
+                );
+            }
         }
         if self.http.max_connections == 0 {
             return bad("http.max_connections", "must be at least 1".into());

@@ -9,6 +9,7 @@ use http::{header, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 
+use super::api_guard::{self, ApiRequest};
 use super::HttpState;
 use super::{error, json, Body};
 use crate::hub::{HubError, Protocol, Stream, StreamKey};
@@ -16,7 +17,6 @@ use crate::media::aac::AudioSpecificConfig;
 use crate::media::avc::{self, AvcDecoderConfig};
 use crate::media::{Codec, Frame, MediaKind};
 use crate::record::RecordError;
-use http_body_util::BodyExt;
 
 pub async fn handle(state: &Arc<HttpState>, addr: SocketAddr, req: Request<Incoming>) -> Response<Body> {
     if let Err(resp) = authorize(state, addr, &req) {
@@ -112,9 +112,9 @@ struct StartRecording {
 }
 
 async fn start_recording(state: &Arc<HttpState>, req: Request<Incoming>) -> Response<Body> {
-    let body = match http_body_util::Limited::new(req.into_body(), 64 * 1024).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_body", &format!("cannot read the request body: {e}")),
+    let body = match super::read_body(state, req.into_body(), 64 * 1024).await {
+        Ok(b) => b,
+        Err(resp) => return *resp,
     };
     let r: StartRecording = match serde_json::from_slice(&body) {
         Ok(r) => r,
@@ -138,9 +138,9 @@ async fn start_recording(state: &Arc<HttpState>, req: Request<Incoming>) -> Resp
 /// `POST /api/v1/recordings/stitch {app, stream, from, to, callback?}`: fields are checked one by one so a
 /// 400 names the one that is wrong.
 async fn stitch(state: &Arc<HttpState>, req: Request<Incoming>) -> Response<Body> {
-    let body = match http_body_util::Limited::new(req.into_body(), 64 * 1024).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_body", &format!("cannot read the request body: {e}")),
+    let body = match super::read_body(state, req.into_body(), 64 * 1024).await {
+        Ok(b) => b,
+        Err(resp) => return *resp,
     };
     let v: Value = match serde_json::from_slice(&body) {
         Ok(v @ Value::Object(_)) => v,
@@ -189,36 +189,26 @@ fn not_found_stream(app: &str, name: &str) -> Response<Body> {
 /// Without a token the API answers loopback clients only; with one, mutating calls must present it.
 #[allow(clippy::result_large_err)]
 fn authorize(state: &HttpState, addr: SocketAddr, req: &Request<Incoming>) -> Result<(), Response<Body>> {
-    let token = &state.config.http.api_token;
-    if token.is_empty() {
-        if !addr.ip().is_loopback() {
-            return Err(error(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "the API answers loopback clients only while http.api_token is empty",
-            ));
+    let h = req.headers();
+    let text = |name: header::HeaderName| h.get(name).and_then(|v| v.to_str().ok());
+    let r = ApiRequest {
+        method: req.method(),
+        peer: addr.ip(),
+        host: text(header::HOST).or(req.uri().authority().map(|a| a.as_str())),
+        origin: text(header::ORIGIN),
+        sec_fetch_site: h.get("sec-fetch-site").and_then(|v| v.to_str().ok()),
+        authorization: text(header::AUTHORIZATION),
+        content_type: text(header::CONTENT_TYPE),
+    };
+    api_guard::check(&state.api_policy(), &r).map_err(|refusal| {
+        let (status, code) = refusal.status();
+        tracing::info!(peer = %addr, method = %req.method(), path = req.uri().path(), %refusal, "API call refused");
+        let mut resp = error(status, code, &refusal.to_string());
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("static"));
         }
-        return Ok(());
-    }
-    let mutating = !matches!(*req.method(), Method::GET | Method::HEAD);
-    if mutating {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        let ok = given.is_some_and(|g| subtle::ConstantTimeEq::ct_eq(g.as_bytes(), token.as_bytes()).into());
-        if !ok {
-            let mut r = error(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "this call needs Authorization: Bearer <http.api_token>",
-            );
-            r.headers_mut().insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("static"));
-            return Err(r);
-        }
-    }
-    Ok(())
+        resp
+    })
 }
 
 fn unix(t: SystemTime) -> u64 {

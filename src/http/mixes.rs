@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::json;
 
@@ -16,12 +15,12 @@ pub async fn handle(state: &Arc<HttpState>, req: Request<Incoming>, parts: &[&st
     let method = req.method().clone();
     match (method, parts) {
         (Method::GET, []) => json(StatusCode::OK, &json!({ "mixes": mixes.list(), "decoders": mixes.decoders() })),
-        (Method::POST, []) => match read_json(req).await {
+        (Method::POST, []) => match read_json(state, req).await {
             Ok(r) => reply(StatusCode::CREATED, mixes.create(r)),
             Err(resp) => resp,
         },
         (Method::GET, [id]) => reply(StatusCode::OK, mixes.get(id)),
-        (Method::PATCH, [id]) => match read_json(req).await {
+        (Method::PATCH, [id]) => match read_json(state, req).await {
             Ok(r) => reply(StatusCode::OK, mixes.patch(id, r)),
             Err(resp) => resp,
         },
@@ -35,13 +34,11 @@ pub async fn handle(state: &Arc<HttpState>, req: Request<Incoming>, parts: &[&st
     }
 }
 
-async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, Response<Body>> {
-    let body = match http_body_util::Limited::new(req.into_body(), 256 * 1024).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            return Err(error(StatusCode::BAD_REQUEST, "bad_body", &format!("cannot read the request body: {e}")))
-        }
-    };
+async fn read_json<T: serde::de::DeserializeOwned>(
+    state: &HttpState,
+    req: Request<Incoming>,
+) -> Result<T, Response<Body>> {
+    let body = super::read_body(state, req.into_body(), 256 * 1024).await.map_err(|r| *r)?;
     serde_json::from_slice(&body).map_err(|e| error(StatusCode::BAD_REQUEST, "bad_json", &e.to_string()))
 }
 

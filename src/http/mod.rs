@@ -1,6 +1,7 @@
 //! The HTTP port: HTTP-FLV playback, the control API, `/metrics` and `/healthz` (hyper, HTTP/1.1).
 
 pub mod api;
+pub mod api_guard;
 pub mod files;
 pub mod flv;
 pub mod flv_direct;
@@ -41,6 +42,14 @@ pub struct HttpState {
     pub config: Arc<crate::config::Config>,
     pub access: crate::access::Access,
     pub limits: Arc<crate::conn::ConnLimits>,
+}
+
+impl HttpState {
+    /// The control API's access settings.
+    pub fn api_policy(&self) -> api_guard::ApiPolicy<'_> {
+        let h = &self.config.http;
+        api_guard::ApiPolicy { token: &h.api_token, read_token: &h.api_read_token, cors_origins: &h.api_cors_origins }
+    }
 }
 
 /// Accepts HTTP connections until `shutdown` fires.
@@ -115,6 +124,34 @@ async fn peek_first_request(sock: &tokio::net::TcpStream) -> Result<flv_direct::
     Ok(flv_direct::Sniff::Other)
 }
 
+/// Reads a request body of at most `limit` bytes within `http.body_timeout_secs`: a body that is too large
+/// gets 413, one that does not arrive in time 408, so a client announcing a body and sending nothing (or
+/// trickling it) cannot hold a connection and its task.
+pub async fn read_body(state: &HttpState, body: Incoming, limit: usize) -> Result<Bytes, Box<Response<Body>>> {
+    let timeout = Duration::from_secs_f64(state.config.http.body_timeout_secs);
+    match tokio::time::timeout(timeout, http_body_util::Limited::new(body, limit).collect()).await {
+        Ok(Ok(b)) => Ok(b.to_bytes()),
+        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(Box::new(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            &format!("the request body exceeds {limit} bytes"),
+        ))),
+        Ok(Err(e)) => {
+            Err(Box::new(error(StatusCode::BAD_REQUEST, "bad_body", &format!("cannot read the request body: {e}"))))
+        }
+        Err(_) => {
+            crate::metrics::global().body_timeouts.fetch_add(1, Ordering::Relaxed);
+            let mut r = error(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                &format!("the request body did not arrive within {timeout:?} (http.body_timeout_secs)"),
+            );
+            r.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+            Err(Box::new(r))
+        }
+    }
+}
+
 /// How long a client may take to send its request head.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -125,7 +162,18 @@ async fn route(
     watch: Arc<Mutex<Option<flv::Watch>>>,
 ) -> Response<Body> {
     let path = req.uri().path().to_owned();
-    let mut resp = if req.method() == Method::OPTIONS {
+    let is_api = path.starts_with("/api/");
+    let origin = req.headers().get(header::ORIGIN).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    // The API answers CORS only for the origins listed in http.api_cors_origins; playback, WHIP/WHEP and the
+    // rest use http.cors_origin (players run in pages of any site, and carry their own credentials).
+    let api_origin = match is_api {
+        true => api_guard::allowed_origin(&state.api_policy(), origin.as_deref()).map(str::to_owned),
+        false => None,
+    };
+    let mut resp = if req.method() == Method::OPTIONS && is_api && api_origin.is_none() {
+        let refusal = api_guard::ApiRefusal::CrossSite(origin.unwrap_or_else(|| "(none)".into()));
+        error(StatusCode::FORBIDDEN, "cross_site", &refusal.to_string())
+    } else if req.method() == Method::OPTIONS {
         let mut r = preflight();
         if path.starts_with("/whep/") || path.starts_with("/whip/") {
             // WHEP/WHIP clients learn the offer type and the ICE servers before they POST.
@@ -162,8 +210,16 @@ async fn route(
     } else {
         error(StatusCode::NOT_FOUND, "not_found", &format!("no route for {} {}", req.method(), path))
     };
-    let cors = state.config.http.cors_origin.parse().unwrap_or(header::HeaderValue::from_static("*"));
-    resp.headers_mut().insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, cors);
+    let h = resp.headers_mut();
+    if is_api {
+        h.insert(header::VARY, header::HeaderValue::from_static("Origin"));
+        if let Some(v) = api_origin.and_then(|o| o.parse().ok()) {
+            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
+        }
+    } else {
+        let cors = state.config.http.cors_origin.parse().unwrap_or(header::HeaderValue::from_static("*"));
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, cors);
+    }
     resp
 }
 

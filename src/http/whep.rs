@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::{header, Method, Request, Response, StatusCode};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::HttpState;
@@ -75,12 +74,10 @@ pub(super) fn sdp_content_type(req: &Request<Incoming>) -> Result<(), Box<Respon
     )))
 }
 
-/// Reads an SDP offer body (at most 64 KiB; 400 otherwise).
-pub(super) async fn read_offer(body: Incoming) -> Result<String, Box<Response<Body>>> {
-    match http_body_util::Limited::new(body, 64 * 1024).collect().await {
-        Ok(b) => Ok(String::from_utf8_lossy(&b.to_bytes()).into_owned()),
-        Err(e) => Err(Box::new(error(StatusCode::BAD_REQUEST, "bad_body", &format!("cannot read the offer: {e}")))),
-    }
+/// Reads an SDP offer body (at most 64 KiB, within `http.body_timeout_secs`).
+pub(super) async fn read_offer(state: &HttpState, body: Incoming) -> Result<String, Box<Response<Body>>> {
+    let b = super::read_body(state, body, 64 * 1024).await?;
+    Ok(String::from_utf8_lossy(&b).into_owned())
 }
 
 /// The answer to a session DELETE (RFC 9725 / WHEP): 200, or 404 for a session that does not exist.
@@ -120,7 +117,7 @@ async fn play(state: &Arc<HttpState>, addr: SocketAddr, key: StreamKey, req: Req
         Ok(p) => p,
         Err(e) => return error(StatusCode::BAD_REQUEST, "bad_parameter", &e.to_string()),
     };
-    let offer = match read_offer(req.into_body()).await {
+    let offer = match read_offer(state, req.into_body()).await {
         Ok(o) => o,
         Err(r) => return *r,
     };

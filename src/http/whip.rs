@@ -44,7 +44,7 @@ async fn publish(state: &Arc<HttpState>, addr: SocketAddr, key: StreamKey, req: 
     if let Err(e) = state.access.authorize(Op::Publish, &key, &query, &info).await {
         return super::access_error(&e);
     }
-    let offer = match super::whep::read_offer(req.into_body()).await {
+    let offer = match super::whep::read_offer(state, req.into_body()).await {
         Ok(o) => o,
         Err(r) => return *r,
     };

@@ -286,6 +286,9 @@ impl Hub {
         if self.0.shutting_down.load(Ordering::Acquire) {
             return Err(HubError::ShuttingDown);
         }
+        // What the hub keeps is shown (API, logs, webhooks, recordings' callbacks): never the signature. The
+        // authorizing on_publish hook saw the full query before this.
+        let info = PublisherInfo { param: crate::names::redact_query(&info.param), ..info };
         let stream = self.get_or_create(&key);
         let resumed;
         let generation;

@@ -56,7 +56,7 @@ pub struct PublisherInfo {
     pub client_id: u64,
     pub protocol: Protocol,
     pub addr: Option<SocketAddr>,
-    /// The query string of the publish URL (signature parameters removed).
+    /// The query string of the publish URL, credentials redacted (`names::redact_query`).
     pub param: String,
 }
 

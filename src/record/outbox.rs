@@ -111,7 +111,9 @@ async fn post(
         .await
         .map_err(|_| CallbackError::Timeout)??;
     let status = resp.status();
-    let _ = resp.into_body().collect().await;
+    // Only the status matters: a small answer is drained for reuse, an endless or stalled one is dropped.
+    let drain = http_body_util::Limited::new(resp.into_body(), 64 * 1024).collect();
+    let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
     if status.is_success() {
         Ok(())
     } else {

@@ -18,8 +18,9 @@ pub const MAX_CHUNK_SIZE: u32 = 16 * 1024 * 1024;
 pub const MAX_MESSAGE_LEN: u32 = 0xFF_FFFF;
 /// How many chunk streams one connection may have open at once. Real clients use fewer than ten.
 const MAX_CHUNK_STREAMS: usize = 64;
-/// Bytes of partially received messages a connection may hold across all its chunk streams.
-const MAX_PENDING_BYTES: usize = 32 * 1024 * 1024;
+/// Bytes of unfinished messages a connection may hold across its chunk streams, unless the owner sets its own
+/// limit ([`ChunkDecoder::set_max_pending`]): the session keeps it small until a publish is accepted.
+pub const DEFAULT_MAX_PENDING: usize = 32 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ChunkError {
@@ -31,8 +32,8 @@ pub enum ChunkError {
     TooManyChunkStreams,
     #[error("message on chunk stream {csid} changed length mid-message ({was} -> {now})")]
     LengthChanged { csid: u32, was: u32, now: u32 },
-    #[error("{0} bytes of unfinished messages buffered; the peer is lying about message lengths")]
-    TooMuchPending(usize),
+    #[error("unfinished messages would hold {held} bytes, over this connection's limit of {limit}")]
+    TooMuchPending { held: usize, limit: usize },
 }
 
 /// A complete RTMP message.
@@ -65,7 +66,9 @@ struct ChunkStream {
 pub struct ChunkDecoder {
     chunk_size: u32,
     streams: HashMap<u32, ChunkStream>,
+    /// Announced bytes of the messages being reassembled (what a lying peer could make us hold).
     pending: usize,
+    max_pending: usize,
 }
 
 impl Default for ChunkDecoder {
@@ -76,7 +79,18 @@ impl Default for ChunkDecoder {
 
 impl ChunkDecoder {
     pub fn new() -> Self {
-        Self { chunk_size: 128, streams: HashMap::new(), pending: 0 }
+        Self { chunk_size: 128, streams: HashMap::new(), pending: 0, max_pending: DEFAULT_MAX_PENDING }
+    }
+
+    /// Limits the announced bytes of unfinished messages (every message must fit in it, too). A lower limit
+    /// applies to messages that start after the call.
+    pub fn set_max_pending(&mut self, bytes: usize) {
+        self.max_pending = bytes;
+    }
+
+    /// Announced bytes of the messages being reassembled.
+    pub fn pending(&self) -> usize {
+        self.pending
     }
 
     pub fn chunk_size(&self) -> u32 {
@@ -162,6 +176,11 @@ impl ChunkDecoder {
             }
             let _ = done;
         }
+        // A new message is checked against the limit as soon as its header is in, before its first chunk
+        // is waited for: the caller's input buffer would otherwise hold that chunk (up to the chunk size).
+        if in_progress.is_none() && self.pending + msg_len as usize > self.max_pending {
+            return Err(ChunkError::TooMuchPending { held: self.pending + msg_len as usize, limit: self.max_pending });
+        }
         let already = in_progress.unwrap_or(0);
         let take = (msg_len - already).min(self.chunk_size) as usize;
         if b.len() < pos + take {
@@ -205,11 +224,7 @@ impl ChunkDecoder {
                 cs.extended = extended;
             }
             cs.has_header = true;
-            let pending_after = self.pending + cs.length as usize;
-            if pending_after > MAX_PENDING_BYTES {
-                return Err(ChunkError::TooMuchPending(pending_after));
-            }
-            self.pending = pending_after;
+            self.pending += cs.length as usize;
             // Grow with the data rather than trusting the announced length up front.
             cs.partial = Some(BytesMut::with_capacity((cs.length as usize).min(1 << 20)));
         }
@@ -319,7 +334,31 @@ mod tests {
                 break;
             }
         }
-        assert!(matches!(err, Some(ChunkError::TooMuchPending(_))));
+        assert!(matches!(err, Some(ChunkError::TooMuchPending { limit: DEFAULT_MAX_PENDING, .. })));
+    }
+
+    #[test]
+    fn pending_limit_is_the_owners() {
+        // 64 KiB: one announced 100 KB message is refused at its first chunk; pending returns to 0 once a
+        // message completes, so many small messages never add up.
+        let mut d = ChunkDecoder::new();
+        d.set_max_pending(64 * 1024);
+        for _ in 0..1000 {
+            let mut buf = BytesMut::from(&[3u8, 0, 0, 0, 0, 0, 100, 20, 0, 0, 0, 0][..]);
+            buf.extend_from_slice(&[0u8; 100]);
+            assert_eq!(d.decode(&mut buf).unwrap().unwrap().payload.len(), 100);
+            assert_eq!(d.pending(), 0);
+        }
+        let mut buf = BytesMut::from(&[4u8, 0, 0, 0, 0x01, 0x86, 0xA0, 9, 1, 0, 0, 0][..]);
+        buf.extend_from_slice(&[0u8; 128]);
+        assert_eq!(d.decode(&mut buf), Err(ChunkError::TooMuchPending { held: 100_000, limit: 64 * 1024 }));
+        // A raised limit takes the same message.
+        let mut d = ChunkDecoder::new();
+        d.set_max_pending(1 << 20);
+        let mut buf = BytesMut::from(&[4u8, 0, 0, 0, 0x01, 0x86, 0xA0, 9, 1, 0, 0, 0][..]);
+        buf.extend_from_slice(&[0u8; 128]);
+        assert_eq!(d.decode(&mut buf), Ok(None));
+        assert_eq!(d.pending(), 100_000);
     }
 
     proptest::proptest! {

@@ -11,6 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 
+use super::chunk::ChunkError;
 use super::handshake::{self, HANDSHAKE_SIZE};
 use super::session::{self, Event, StreamRequest};
 use super::RtmpState;
@@ -86,15 +87,24 @@ struct Session {
     /// A player's place in its stream's fan-out, and whether its socket is parked there (see `hub::fanout`).
     slot: Option<Arc<Slot>>,
     parked: bool,
+    /// What this connection adds to `livegate_rtmp_reassembly_bytes` now.
+    reassembly: usize,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        metrics::global().rtmp_reassembly_bytes.fetch_sub(self.reassembly as i64, Ordering::Relaxed);
+    }
 }
 
 impl Session {
     fn new(state: Arc<RtmpState>, handle: Arc<ClientHandle>, addr: SocketAddr) -> Self {
+        let max_message_bytes = state.config.rtmp.max_message_bytes;
         Self {
             state,
             handle,
             addr,
-            proto: session::Session::new(),
+            proto: session::Session::with_max_message_bytes(max_message_bytes),
             role: Role::Idle,
             warned_codec: false,
             idle_since: Instant::now(),
@@ -103,6 +113,17 @@ impl Session {
             last_media: Instant::now(),
             slot: None,
             parked: false,
+            reassembly: 0,
+        }
+    }
+
+    /// Keeps the reassembly gauge in step with the session's unfinished messages.
+    fn count_reassembly(&mut self) {
+        let now = self.proto.pending_bytes();
+        if now != self.reassembly {
+            let delta = now as i64 - self.reassembly as i64;
+            metrics::global().rtmp_reassembly_bytes.fetch_add(delta, Ordering::Relaxed);
+            self.reassembly = now;
         }
     }
 
@@ -307,7 +328,15 @@ impl Session {
     /// Feeds what the socket read to the session and does what its events ask, until it has nothing more.
     async fn on_input(&mut self) -> Result<(), SessionError> {
         loop {
-            self.proto.process()?;
+            let r = self.proto.process();
+            self.count_reassembly();
+            if let Err(e) = r {
+                if matches!(e, session::SessionError::Chunk(ChunkError::TooMuchPending { .. })) {
+                    metrics::global().rtmp_reassembly_refused.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "connection closed: unfinished messages over the limit");
+                }
+                return Err(e.into());
+            }
             let mut any = false;
             while let Some(ev) = self.proto.poll_event() {
                 any = true;

@@ -93,7 +93,13 @@ pub struct Session {
     received: u64,
     last_ack: u64,
     peer_window: u32,
+    /// Unfinished-message bytes a publisher may hold (`rtmp.max_message_bytes`); before that, commands only.
+    publish_pending_limit: usize,
 }
+
+/// What a connection that is not publishing may hold in unfinished messages: commands are small (the largest
+/// real `connect` is a few hundred bytes), so a client cannot pin memory before it is let in.
+pub const COMMAND_PENDING_LIMIT: usize = 64 * 1024;
 
 impl Default for Session {
     fn default() -> Self {
@@ -104,10 +110,18 @@ impl Default for Session {
 impl Session {
     /// A session right after the handshake; its first output is the chunk size every later message uses.
     pub fn new() -> Self {
+        Self::with_max_message_bytes(crate::rtmp::chunk::DEFAULT_MAX_PENDING)
+    }
+
+    /// A session whose publisher may hold up to `bytes` of unfinished messages once its publish is accepted.
+    pub fn with_max_message_bytes(bytes: usize) -> Self {
         let mut out = Vec::with_capacity(4096);
         msg::set_chunk_size(&mut out);
+        let mut decoder = ChunkDecoder::new();
+        decoder.set_max_pending(COMMAND_PENDING_LIMIT);
         Self {
-            decoder: ChunkDecoder::new(),
+            publish_pending_limit: bytes,
+            decoder,
             input: BytesMut::with_capacity(64 * 1024),
             out,
             events: VecDeque::new(),
@@ -149,10 +163,25 @@ impl Session {
         self.received += n as u64;
     }
 
+    /// Announced bytes of the messages being reassembled (for the adapter's metrics).
+    pub fn pending_bytes(&self) -> usize {
+        self.decoder.pending()
+    }
+
     /// Decodes buffered messages until the input is used up or a request awaits the adapter's answer.
     pub fn process(&mut self) -> Result<(), SessionError> {
         while !self.awaiting_answer() {
-            let Some(m) = self.decoder.decode(&mut self.input)? else { break };
+            let m = match self.decoder.decode(&mut self.input) {
+                Ok(Some(m)) => m,
+                Ok(None) => break,
+                Err(e) => {
+                    if self.phase == Phase::Publishing {
+                        // The publisher's tools show this: say why the connection closes.
+                        msg::on_status(&mut self.out, "error", "NetStream.Failed", &e.to_string());
+                    }
+                    return Err(e.into());
+                }
+            };
             self.on_message(m)?;
         }
         if self.peer_window > 0 && self.received - self.last_ack >= self.peer_window as u64 {
@@ -197,6 +226,7 @@ impl Session {
         msg::user_control(&mut self.out, 0, &RTMP_MEDIA_STREAM_ID.to_be_bytes());
         msg::on_status(&mut self.out, "status", "NetStream.Publish.Start", &format!("{stream} is now published"));
         self.phase = Phase::Publishing;
+        self.decoder.set_max_pending(self.publish_pending_limit);
     }
 
     /// Refuses a publish with an `onStatus` error (`code`, `description`); the adapter closes the connection.
@@ -761,6 +791,54 @@ mod tests {
             .into_iter()
             .find(|c| c.name == "_result" && c.args.first().and_then(|a| a.as_f64()) == Some(0.0));
         assert!(length.is_some(), "getStreamLength answered with a number: {:?}", commands(&out));
+        assert_eq!(statuses(&out), ["NetStream.Play.Reset", "NetStream.Play.Start"]);
+    }
+
+    /// What GStreamer 1.22's rtmp2sink sent publishing `rtmp://…/live/gst?txTime=0` (its own RTMP client, not
+    /// libavformat's).
+    /// What GStreamer 1.22's rtmp2sink sent publishing `rtmp://…/live/gst?txTime=0`: its own RTMP client, with
+    /// releaseStream/FCPublish on transaction 0 (no answer due), its chunk size set only after `publish`, and
+    /// `@setDataFrame` twice.
+    #[test]
+    fn a_captured_gstreamer_publish() {
+        let (ev, out) = replay(include_bytes!("../../fuzz/corpus/rtmp_session/gstreamer-publish"));
+        assert_eq!(ev[0], Event::Connect { app: "live".into() });
+        let Event::Publish(r) = &ev[1] else { panic!("{:?}", &ev[..3]) };
+        assert_eq!((r.name.as_str(), r.query_str.as_str()), ("gst", "txTime=0"));
+        assert!(matches!(ev[2], Event::Metadata { .. }), "{:?}", &ev[2]);
+        let Some(Event::Media { type_id: msg::VIDEO, payload, .. }) =
+            ev.iter().find(|e| matches!(e, Event::Media { .. }))
+        else {
+            panic!("no media: {ev:?}")
+        };
+        assert_eq!(&payload[..2], [0x17, 0], "the AVC sequence header comes first");
+        let media = ev.iter().filter(|e| matches!(e, Event::Media { .. })).count();
+        assert!(media > 10, "{media} media messages");
+        // Only connect and createStream asked for an answer.
+        assert_eq!(commands(&out).iter().filter(|c| c.name == "_result").count(), 2);
+        assert_eq!(statuses(&out), ["NetStream.Publish.Start"]);
+    }
+
+    /// GStreamer's rtmp2src: `play` with start -2 (live, or recorded if there is none) and no FCSubscribe.
+    #[test]
+    fn a_captured_gstreamer_play() {
+        let (ev, out) = replay(include_bytes!("../../fuzz/corpus/rtmp_session/gstreamer-play"));
+        assert_eq!(ev[0], Event::Connect { app: "live".into() });
+        let Event::Play(r) = &ev[1] else { panic!("{ev:?}") };
+        assert_eq!((r.name.as_str(), r.query_str.as_str()), ("held", ""));
+        assert_eq!(ev.len(), 2, "{ev:?}");
+        assert_eq!(statuses(&out), ["NetStream.Play.Reset", "NetStream.Play.Start"]);
+    }
+
+    /// librtmp (rtmpdump -v): FCSubscribe on its own transaction, then `play` with start -1000 (live only).
+    #[test]
+    fn a_captured_librtmp_play() {
+        let (ev, out) = replay(include_bytes!("../../fuzz/corpus/rtmp_session/librtmp-play"));
+        assert_eq!(ev[0], Event::Connect { app: "live".into() });
+        let Event::Play(r) = &ev[1] else { panic!("{ev:?}") };
+        assert_eq!(r.name, "held");
+        // connect, createStream and FCSubscribe answered; then the play statuses.
+        assert_eq!(commands(&out).iter().filter(|c| c.name == "_result").count(), 3);
         assert_eq!(statuses(&out), ["NetStream.Play.Reset", "NetStream.Play.Start"]);
     }
 

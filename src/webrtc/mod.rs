@@ -38,6 +38,49 @@ pub use whip::{Whip, WhipError};
 
 const MTU: usize = 1200;
 
+/// How a new session's wait for its peer ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConnectWait {
+    Connected,
+    /// The client deleted the session (WHIP/WHEP DELETE) before it connected.
+    Deleted,
+    TimedOut(Duration),
+    Failed(RTCPeerConnectionState),
+}
+
+impl ConnectWait {
+    /// Why the session ends, unless it connected.
+    fn end_reason(self) -> Option<String> {
+        match self {
+            ConnectWait::Connected => None,
+            ConnectWait::Deleted => Some("deleted by the client before it connected".into()),
+            ConnectWait::TimedOut(t) => Some(format!("not connected within {t:?}")),
+            ConnectWait::Failed(s) => Some(format!("peer connection {s:?} before it connected")),
+        }
+    }
+}
+
+/// Waits until the peer connects, fails, the client deletes the session (`stop`), or `timeout` passes. A
+/// DELETE must release the session (and its stream name) at once, not at the connect timeout.
+async fn await_connected(
+    state: &mut watch::Receiver<RTCPeerConnectionState>,
+    stop: &mut watch::Receiver<bool>,
+    timeout: Duration,
+) -> ConnectWait {
+    let settled = |s: &RTCPeerConnectionState| {
+        matches!(s, RTCPeerConnectionState::Connected | RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed)
+    };
+    tokio::select! {
+        r = tokio::time::timeout(timeout, state.wait_for(settled)) => match r {
+            Err(_) => ConnectWait::TimedOut(timeout),
+            Ok(Err(_)) => ConnectWait::Failed(RTCPeerConnectionState::Closed),
+            Ok(Ok(s)) if *s == RTCPeerConnectionState::Connected => ConnectWait::Connected,
+            Ok(Ok(s)) => ConnectWait::Failed(*s),
+        },
+        _ = stop.wait_for(|deleted| *deleted) => ConnectWait::Deleted,
+    }
+}
+
 /// How long a connected peer may send no STUN before ICE calls it Disconnected (sessions end then).
 /// An ICE-lite server never sends checks, and webrtc-rs 0.21 counts only inbound STUN as a sign of life
 /// (DTLS/SRTP from the peer does not refresh it), so this must outlast the client's consent checks.

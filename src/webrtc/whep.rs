@@ -44,6 +44,8 @@ pub enum WhepError {
 struct Session {
     pc: Arc<dyn PeerConnection>,
     key: StreamKey,
+    /// Set by DELETE: the session's task ends and drops its reader (the viewer's on_stop) at once.
+    stop: watch::Sender<bool>,
 }
 
 /// All WHEP sessions.
@@ -140,7 +142,8 @@ impl Whep {
             }
         };
         let id = format!("{:016x}", rand::random::<u64>());
-        self.sessions.lock().insert(id.clone(), Session { pc: pc.clone(), key: key.clone() });
+        let (stop_tx, mut stop_rx) = watch::channel(false);
+        self.sessions.lock().insert(id.clone(), Session { pc: pc.clone(), key: key.clone(), stop: stop_tx });
         // PLI/FIR from the viewer: the stream's publisher makes a keyframe if it can (a transcoder's encoder,
         // a WHIP browser); a passthrough RTMP source cannot, and the viewer waits for the next GOP.
         let (kf_track, kf_stream) = (track.clone(), reader.stream().clone());
@@ -157,24 +160,24 @@ impl Whep {
         let key = key.clone();
         let connect_timeout = Duration::from_secs_f64(self.cfg.connect_timeout_secs);
         tokio::spawn(async move {
-            let connected =
-                tokio::time::timeout(connect_timeout, state_rx.wait_for(|s| *s == RTCPeerConnectionState::Connected))
-                    .await
-                    .is_ok_and(|r| r.is_ok());
-            let reason = match connected {
-                true => {
+            let waited = super::await_connected(&mut state_rx, &mut stop_rx, connect_timeout).await;
+            let reason = match waited.end_reason() {
+                None => {
                     tracing::info!(session = %sid, client = guard.handle.id, audio = opus_key.is_some(), "whep connected");
                     let audio_task = match (audio, opus_key) {
                         (Some(a), Some(k)) => this.spawn_audio(k, a, &guard, &key),
                         _ => None,
                     };
-                    let r = pump(&mut reader, &track, &sender, ssrc, &mut state_rx, vp8).await;
+                    let r = tokio::select! {
+                        r = pump(&mut reader, &track, &sender, ssrc, &mut state_rx, vp8) => r,
+                        _ = stop_rx.wait_for(|deleted| *deleted) => "deleted by the client".into(),
+                    };
                     if let Some(t) = audio_task {
                         t.abort();
                     }
                     r
                 }
-                false => format!("not connected within {connect_timeout:?}"),
+                Some(reason) => reason,
             };
             tracing::info!(session = %sid, client = guard.handle.id, %reason, "whep session ended");
             // The reader's drop sends the viewer's on_stop with this reason.
@@ -193,6 +196,7 @@ impl Whep {
         match s {
             Some(s) => {
                 tracing::info!(session = %id, stream = %s.key, "whep session deleted by the client");
+                let _ = s.stop.send(true);
                 let _ = s.pc.close().await;
                 true
             }

@@ -249,10 +249,8 @@ impl Whip {
         guard: &ClientGuard,
     ) -> String {
         let connect_timeout = Duration::from_secs_f64(self.cfg.connect_timeout_secs);
-        let connected =
-            tokio::time::timeout(connect_timeout, state.wait_for(|s| *s == RTCPeerConnectionState::Connected)).await;
-        if !connected.is_ok_and(|r| r.is_ok()) {
-            return format!("not connected within {connect_timeout:?}");
+        if let Some(reason) = super::await_connected(&mut state, &mut stop, connect_timeout).await.end_reason() {
+            return reason;
         }
         tracing::info!(video = ?video, audio, "whip connected");
         let (in_tx, mut in_rx) = mpsc::channel::<Input>(4096);
@@ -554,6 +552,8 @@ impl Ingest {
 
     fn h264_unit(&mut self, au: H264AccessUnit, at: Instant) {
         let ms = self.video.clock.to_ms(au.rtp_ts, self.arrival_ms(at), &self.sync);
+        // Readers need increasing DTS even when a clock re-sync steps the mapping back.
+        let ms = ms.max(self.last_video_ms.map_or(i64::MIN, |l| l + 1));
         let mut payload = BytesMut::with_capacity(au.nalus.iter().map(|n| n.len() + 4).sum());
         for n in &au.nalus {
             match n.first().map(|b| b & 0x1F) {
@@ -610,6 +610,7 @@ impl Ingest {
             payload: payload.freeze(),
         };
         self.publisher.push_raw(frame, ms as u32, at);
+        self.last_video_ms = Some(ms);
     }
 
     fn audio_packet(&mut self, p: rtc::rtp::Packet, at: Instant) {
@@ -653,8 +654,10 @@ impl Ingest {
                 let ms = (ms.round() as i64).max(self.last_aac_ms.map_or(i64::MIN, |l| l + 1));
                 (ms, Codec::Aac)
             }
-            // In the input's time: sink_to_channel hands out running time.
-            _ => (dts, Codec::H264),
+            // In the input's time: sink_to_channel hands out running time. Two frames the browser sent less
+            // than a millisecond apart (a burst after a stall) would share a millisecond: FLV and MP4 need
+            // increasing DTS, so the later one moves up a millisecond, its composition offset kept.
+            _ => (dts.max(self.last_video_ms.map_or(i64::MIN, |l| l + 1)), Codec::H264),
         };
         let pipe = match kind {
             MediaKind::Audio => self.aac_pipe.as_mut(),

@@ -24,7 +24,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # ---------------------------------------------------------------- apt packages
-PKGS=(build-essential pkg-config curl ca-certificates git
+PKGS=(build-essential pkg-config curl ca-certificates git openssl
       libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev libgstreamer-plugins-bad1.0-dev)
 if [ "$PROFILE" = full ]; then
   PKGS+=(ffmpeg

@@ -21,6 +21,7 @@ pub mod netio;
 pub mod record;
 pub mod rtmp;
 pub mod server;
+pub mod tls;
 pub mod transcode;
 pub mod webhooks;
 pub mod webrtc;

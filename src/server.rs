@@ -108,8 +108,13 @@ fn write_ready_file(
     path: &std::path::Path,
     rtmp: std::net::SocketAddr,
     http: std::net::SocketAddr,
+    https: Option<std::net::SocketAddr>,
 ) -> std::io::Result<()> {
-    let body = serde_json::json!({ "rtmp": rtmp.to_string(), "http": http.to_string() }).to_string();
+    let mut body = serde_json::json!({ "rtmp": rtmp.to_string(), "http": http.to_string() });
+    if let Some(a) = https {
+        body["https"] = a.to_string().into();
+    }
+    let body = body.to_string();
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, body)?;
     std::fs::rename(&tmp, path)
@@ -129,7 +134,8 @@ pub fn raise_fd_limit() {
 /// Binds the listeners, serves until SIGTERM/SIGINT, then drains: stop accepting, end every stream so
 /// readers close cleanly, give connections a moment to flush, return.
 ///
-/// With `ready_file`, the bound addresses are written there as JSON (`{"rtmp": "ip:port", "http": "ip:port"}`)
+/// With `ready_file`, the bound addresses are written there as JSON (`{"rtmp": "ip:port", "http": "ip:port"}`,
+/// and `"https"` when it is on)
 /// once livegate accepts connections: a port of 0 in the config lets the OS choose, and this tells which.
 pub async fn run(config: Config, ready_file: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     raise_fd_limit();
@@ -140,6 +146,22 @@ pub async fn run(config: Config, ready_file: Option<std::path::PathBuf>) -> anyh
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen for HTTP on {}: {e}", config.http.listen))?;
     let (rtmp_addr, http_addr) = (rtmp.local_addr()?, http.local_addr()?);
+    let https = match config.http.https_listen {
+        Some(addr) => {
+            let (cert, key) = (std::path::Path::new(&config.http.tls_cert), std::path::Path::new(&config.http.tls_key));
+            let alpn = [crate::tls::ALPN_H2, crate::tls::ALPN_HTTP11];
+            let certs = crate::tls::TlsCerts::load(cert, key, &alpn)
+                .map_err(|e| anyhow::anyhow!("cannot load the TLS certificate (http.tls_cert / tls_key): {e}"))?;
+            let l =
+                TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen for HTTPS on {addr}: {e}"))?;
+            Some((l, certs))
+        }
+        None => None,
+    };
+    let https_addr = match &https {
+        Some((l, _)) => Some(l.local_addr()?),
+        None => None,
+    };
     let state = AppState::new(config, http_addr).map_err(|e| anyhow::anyhow!("cannot start transcoders: {e}"))?;
     state
         .recorder
@@ -153,8 +175,13 @@ pub async fn run(config: Config, ready_file: Option<std::path::PathBuf>) -> anyh
     tokio::spawn(state.webhooks.clone().run(state.hub.events().clone()));
     let rtmp_task = tokio::spawn(crate::rtmp::server::serve(rtmp, state.rtmp_state(), stop_rx.clone()));
     let http_task = tokio::spawn(crate::http::serve(http, state.http_state(), stop_rx.clone()));
+    let https_task = https.map(|(listener, certs)| {
+        tokio::spawn(reload_on_sighup(certs.clone()));
+        tracing::info!(https = ?https_addr, "livegate listening for HTTPS");
+        tokio::spawn(crate::http::https::serve(listener, state.http_state(), certs, stop_rx.clone()))
+    });
     if let Some(path) = ready_file {
-        write_ready_file(&path, rtmp_addr, http_addr)
+        write_ready_file(&path, rtmp_addr, http_addr, https_addr)
             .map_err(|e| anyhow::anyhow!("cannot write the ready file {}: {e}", path.display()))?;
     }
 
@@ -163,6 +190,9 @@ pub async fn run(config: Config, ready_file: Option<std::path::PathBuf>) -> anyh
     let _ = stop_tx.send(true);
     let _ = rtmp_task.await;
     let _ = http_task.await;
+    if let Some(t) = https_task {
+        let _ = t.await;
+    }
     state.hub.shutdown();
     let deadline = Instant::now() + Duration::from_secs(5);
     while !state.hub.clients().is_empty() && Instant::now() < deadline {
@@ -176,6 +206,18 @@ pub async fn run(config: Config, ready_file: Option<std::path::PathBuf>) -> anyh
     }
     tracing::info!(remaining = state.hub.clients().len(), "stopped");
     Ok(())
+}
+
+/// Loads the certificate files again on every SIGHUP; a failure keeps the certificate in use.
+async fn reload_on_sighup(certs: Arc<crate::tls::TlsCerts>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+    while hup.recv().await.is_some() {
+        match certs.reload() {
+            Ok(()) => tracing::info!("TLS certificate reloaded"),
+            Err(e) => tracing::error!(error = %e, "TLS certificate not reloaded: the old one stays in use"),
+        }
+    }
 }
 
 async fn wait_for_signal() {

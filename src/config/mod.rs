@@ -80,6 +80,21 @@ pub struct HttpConfig {
     pub max_connections_per_addr: usize,
     /// How long a request body may take to arrive once its head is in.
     pub body_timeout_secs: f64,
+    /// Where HTTPS (HTTP/1.1 and HTTP/2) is served; `None`: no HTTPS.
+    #[serde(deserialize_with = "optional_addr")]
+    pub https_listen: Option<SocketAddr>,
+    /// PEM certificate chain (leaf first) and key for HTTPS.
+    pub tls_cert: String,
+    pub tls_key: String,
+}
+
+/// An address, or `""` for none.
+fn optional_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let s = String::deserialize(d)?;
+    match s.trim() {
+        "" => Ok(None),
+        a => a.parse().map(Some).map_err(serde::de::Error::custom),
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -267,6 +282,9 @@ impl Config {
             return bad("rtmp.max_connections", "must be at least 1".into());
         }
         secs("http.body_timeout_secs", self.http.body_timeout_secs, 0.1, 600.0)?;
+        if self.http.https_listen.is_some() && (self.http.tls_cert.is_empty() || self.http.tls_key.is_empty()) {
+            return bad("http.https_listen", "needs http.tls_cert and http.tls_key (PEM files)".into());
+        }
         let mib = 1024 * 1024;
         if !(256 * 1024..=64 * mib).contains(&self.rtmp.max_message_bytes) {
             return bad(

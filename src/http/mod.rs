@@ -6,6 +6,7 @@ pub mod files;
 pub mod flv;
 pub mod flv_direct;
 pub mod hls;
+pub mod https;
 pub mod mixes;
 pub mod whep;
 pub mod whip;

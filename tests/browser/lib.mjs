@@ -47,6 +47,8 @@ export const CHROMIUM_FLAGS = [
   '--use-fake-ui-for-media-stream',
   '--autoplay-policy=no-user-gesture-required',
   '--allow-loopback-in-peer-connection',
+  // Extra flags from the test, e.g. --ignore-certificate-errors-spki-list=<hash> to trust its own certificate.
+  ...(process.env.LIVEGATE_CHROMIUM_FLAGS || '').split(' ').filter(Boolean),
 ];
 
 /** Launch Chromium with a fresh temp profile. Returns {context, page, close()}. */

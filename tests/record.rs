@@ -765,3 +765,84 @@ fn audio_only_and_video_only_pushes_make_single_track_mp4s() {
         assert_eq!(mp4_boxes(&path), ["ftyp", "moov", "mdat"]);
     }
 }
+
+/// The start time (seconds) of the first stream of a file or playlist, as ffprobe reads it.
+fn first_start_time(path: &std::path::Path) -> f64 {
+    let out = ffprobe(path.to_str().unwrap(), &["-show_entries", "stream=start_time", "-of", "csv=p=0"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines().filter_map(|l| l.trim_end_matches(',').parse::<f64>().ok()).fold(f64::MAX, f64::min)
+}
+
+#[test]
+fn recordings_started_through_the_api_begin_at_the_request_and_report_their_media_times() {
+    let (cb_port, callbacks) = http_receiver(200);
+    let srv = Server::start(&format!(
+        "[hub]\nreconnect_grace_secs = 8.0\n[record]\ncallback_urls = [\"http://127.0.0.1:{cb_port}/cb\"]\n"
+    ));
+    let mut p1 = push_secs(&srv, "od", 60.0);
+    srv.wait_live("od");
+    // 8 s of media in the cache (GOP 2 s) before the requests.
+    let at = srv.wait_media("od", 8.0);
+    let post = |body: &str| {
+        let r = http_request_body(srv.http_port, "POST", "/api/v1/recordings", body);
+        assert_eq!(r.status, 201, "{}", r.json());
+    };
+    let requested_wall = livegate::auth::unix_now();
+    post(r#"{"app":"live","stream":"od","formats":["flv","hls"],"record_id":"now"}"#);
+    post(r#"{"app":"live","stream":"od","formats":["flv"],"record_id":"pre","pre_roll_secs":4}"#);
+    let r = http_request_body(
+        srv.http_port,
+        "POST",
+        "/api/v1/recordings",
+        r#"{"app":"live","stream":"od","record_id":"x","pre_roll_secs":99}"#,
+    );
+    assert_eq!((r.status, r.json()["error"].as_str()), (400, Some("invalid_field")), "{}", r.json());
+    srv.wait_media_at("od", at + 5000);
+    for id in ["now", "pre"] {
+        assert_eq!(srv.api("DELETE", &format!("/api/v1/recordings/{id}")).status, 200);
+    }
+    assert!(wait_until(Duration::from_secs(15), || complete(&srv, "od").len() == 3), "{:?}", complete(&srv, "od"));
+    let files = complete(&srv, "od");
+    let file = |id: &str, fmt: &str| {
+        files.iter().find(|f| f["record_id"] == id && f["file_format"] == fmt).cloned().expect("recorded")
+    };
+    let path = |f: &serde_json::Value| root_of(&srv).join(f["path"].as_str().unwrap());
+    // From the keyframe at or before the request (at most one GOP earlier), not from the cache's start.
+    let now = file("now", "flv");
+    let d = probe_duration(&path(&now));
+    assert!((5.0..=7.6).contains(&d), "{d} s recorded for a 5 s request (cache held 8 s)");
+    assert!(first_frame_is_key(&path(&now)));
+    // pre_roll_secs asks for more: the keyframe at or before 4 s before the request.
+    let pre = file("pre", "flv");
+    let dp = probe_duration(&path(&pre));
+    assert!(dp >= d + 3.5 && dp <= d + 6.1, "{dp} s with a 4 s pre-roll, {d} s without");
+    // Times are those of the first and last media: the pre-roll began earlier, both end together.
+    let (s_now, s_pre) = (now["start_time"].as_u64().unwrap(), pre["start_time"].as_u64().unwrap());
+    assert!(s_pre + 3 <= s_now, "pre-roll start {s_pre}, request start {s_now}");
+    assert!(s_now <= requested_wall && s_now + 3 >= requested_wall, "start {s_now}, requested at {requested_wall}");
+    for f in [&now, &pre] {
+        let (s, e) = (f["start_time"].as_u64().unwrap(), f["end_time"].as_u64().unwrap());
+        let dur = f["duration"].as_f64().unwrap();
+        assert!((e as f64 - s as f64 - dur).abs() <= 2.0, "{f}");
+    }
+    assert!(wait_until(Duration::from_secs(10), || callbacks.lock().unwrap().len() >= 3));
+    let cb = callbacks.lock().unwrap().iter().find(|c| c["record_id"] == "now" && c["file_format"] == "flv").cloned();
+    assert_eq!(cb.unwrap()["start_time"].as_u64(), Some(s_now));
+    // The HLS recording starts at timestamp 0 (1.4 s: the MPEG-TS offset every segment carries), not at the
+    // live stream's 8 s.
+    let hls = file("now", "hls");
+    let st = first_start_time(&path(&hls));
+    assert!(st < 1.4 + 0.3, "HLS recording starts at {st} s");
+
+    // Started during a reconnect grace: nothing of the previous push's cache, only the next push.
+    p1.kill();
+    srv.wait_unpublished("od");
+    post(r#"{"app":"live","stream":"od","formats":["flv"],"record_id":"grace"}"#);
+    let _p2 = push_secs(&srv, "od", 60.0);
+    srv.wait_media("od", 4.0);
+    assert_eq!(srv.api("DELETE", "/api/v1/recordings/grace").status, 200);
+    assert!(wait_until(Duration::from_secs(15), || complete(&srv, "od").len() == 4));
+    let g = complete(&srv, "od").into_iter().find(|f| f["record_id"] == "grace").unwrap();
+    let dg = probe_duration(&path(&g));
+    assert!(dg < 7.0, "{dg} s: the recording holds the previous push's cache");
+}

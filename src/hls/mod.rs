@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 pub use crate::config::HlsConfig;
 use crate::hub::{Audience, CachePolicy, EndReason, Hub, HubError, Packet, Protocol, Purpose, Reader, StreamKey};
 use crate::media::ts::TsMuxer;
-use crate::media::MediaKind;
+use crate::media::{Frame, MediaKind};
 
 #[derive(Debug, Clone)]
 pub(crate) struct Segment {
@@ -288,7 +288,10 @@ impl Cutter {
     }
 
     pub(crate) fn push(&mut self, p: &Packet) -> Option<Segment> {
-        let f = &p.frame;
+        self.push_frame(&p.frame)
+    }
+
+    pub(crate) fn push_frame(&mut self, f: &Frame) -> Option<Segment> {
         let mut done = None;
         if f.config && f.kind == MediaKind::Video {
             if self.video_config.as_ref().is_some_and(|c| *c != f.payload) {

@@ -109,6 +109,7 @@ struct StartRecording {
     formats: Option<Vec<String>>,
     fragment_secs: Option<u64>,
     record_id: Option<String>,
+    pre_roll_secs: Option<f64>,
 }
 
 async fn start_recording(state: &Arc<HttpState>, req: Request<Incoming>) -> Response<Body> {
@@ -127,7 +128,7 @@ async fn start_recording(state: &Arc<HttpState>, req: Request<Incoming>) -> Resp
     }
     let key = StreamKey::new(&r.app, &r.stream);
     let formats = r.formats.unwrap_or_else(|| vec!["flv".into()]);
-    match state.recorder.start(key, formats, r.fragment_secs, r.record_id) {
+    match state.recorder.start(key, formats, r.fragment_secs, r.record_id, r.pre_roll_secs) {
         Ok(id) => json(StatusCode::CREATED, &json!({ "record_id": id })),
         Err(e @ RecordError::NotFound(_)) => error(StatusCode::NOT_FOUND, "stream_not_found", &e.to_string()),
         Err(e @ RecordError::Invalid { .. }) => error(StatusCode::BAD_REQUEST, "invalid_field", &e.to_string()),

@@ -109,6 +109,8 @@ pub struct Reader {
     /// the same time (audio from a transcoder lands in the ring after video of the same instant).
     audio_floor: Option<i64>,
     asked_keyframe: bool,
+    /// The earliest publish session this reader may start in (0: any).
+    from_session: u64,
     sent_headers: HeaderSet,
     skip_times: VecDeque<Instant>,
     pub skips: u64,
@@ -145,6 +147,7 @@ impl Reader {
             fresh: true,
             audio_floor: None,
             asked_keyframe: false,
+            from_session: 0,
             sent_headers: Default::default(),
             skip_times: VecDeque::new(),
             skips: 0,
@@ -163,6 +166,12 @@ impl Reader {
 
     pub fn stream(&self) -> &Arc<Stream> {
         &self.stream
+    }
+
+    /// Starts this reader (before its first read) no earlier than publish session `session`: a recording
+    /// started in a reconnect grace must not begin with the previous push's cache.
+    pub fn start_from_session(&mut self, session: u64) {
+        self.from_session = session;
     }
 
     pub fn policy(&self) -> &CachePolicy {
@@ -340,9 +349,11 @@ impl Reader {
         let min = self.policy.min_cache.as_millis() as i64;
         let max = self.policy.max_cache.as_millis() as i64;
         let target = head - min;
-        let mut pick = ring.keys.iter().rev().find(|k| k.dts <= target).or(ring.keys.front())?;
+        let floor = self.from_session;
+        let first = ring.keys.iter().find(|k| k.session >= floor)?;
+        let mut pick = ring.keys.iter().rev().find(|k| k.dts <= target && k.session >= floor).unwrap_or(first);
         if head - pick.dts > max {
-            pick = ring.keys.iter().find(|k| head - k.dts <= max).unwrap_or(ring.keys.back()?);
+            pick = ring.keys.iter().find(|k| head - k.dts <= max && k.session >= floor).unwrap_or(ring.keys.back()?);
         }
         Some(pick.clone())
     }

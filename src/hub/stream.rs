@@ -25,6 +25,8 @@ pub(crate) struct KeyEntry {
     pub seq: u64,
     pub dts: i64,
     pub headers: Arc<HeaderSet>,
+    /// The publish session (see [`Packet::session`]) the keyframe came from.
+    pub session: u64,
 }
 
 #[derive(Debug)]
@@ -252,6 +254,16 @@ impl Stream {
         self.state.lock().publisher.as_ref().map(|(p, _)| p.clone())
     }
 
+    /// The publish session media comes from now (see [`Packet::session`]), or, while no one publishes (a
+    /// reconnect grace), the one the next publisher will start: what a recording started now may begin with.
+    pub fn current_session(&self) -> u64 {
+        let st = self.state.lock();
+        match st.publisher {
+            Some(_) => st.generation,
+            None => st.generation + 1,
+        }
+    }
+
     /// Adds a frame. Never blocks on readers: the ring lock is held only to append and trim.
     pub fn push(&self, frame: Frame, received: Instant) {
         self.push_session(frame, received, 0)
@@ -312,7 +324,7 @@ impl Stream {
                         keys.retain(|k| ring_is_video_key(packets, *first_seq, k.seq));
                     }
                     let headers = ring.headers.clone();
-                    ring.keys.push_back(KeyEntry { seq, dts, headers });
+                    ring.keys.push_back(KeyEntry { seq, dts, headers, session });
                 }
                 ring.head_dts = ring.head_dts.max(dts);
             }

@@ -6,9 +6,14 @@ use std::path::{Path, PathBuf};
 
 use crate::hls::Cutter;
 use crate::hub::Packet;
+use crate::media::Frame;
 
 pub struct HlsFile {
     cutter: Cutter,
+    /// Subtracted from every timestamp: the recording's first frame is at 0 (the live stream's clock is not).
+    origin: Option<i64>,
+    /// The newest rebased DTS written, so a resumed push continues the timeline after its discontinuity.
+    last_out: i64,
     playlist: PathBuf,
     stem: String,
     entries: Vec<(String, f64, bool)>,
@@ -24,6 +29,8 @@ impl HlsFile {
         let stem = playlist.file_stem().and_then(|s| s.to_str()).unwrap_or("rec").to_owned();
         let f = Self {
             cutter: Cutter::with_tracks(segment_secs, has_video, has_audio),
+            origin: None,
+            last_out: 0,
             playlist: playlist.to_path_buf(),
             stem,
             entries: Vec::new(),
@@ -35,15 +42,36 @@ impl HlsFile {
     }
 
     pub fn push(&mut self, p: &Packet) -> std::io::Result<()> {
-        if let Some(seg) = self.cutter.push(p) {
+        let f = &p.frame;
+        // Sequence headers come before the first frame: they take its time.
+        let origin = match (self.origin, f.config) {
+            (Some(o), _) => o,
+            (None, true) => f.dts,
+            (None, false) => *self.origin.insert(f.dts - self.next_start()),
+        };
+        let frame = Frame { dts: (f.dts - origin).max(0), ..f.clone() };
+        if !f.config {
+            self.last_out = self.last_out.max(frame.dts);
+        }
+        if let Some(seg) = self.cutter.push_frame(&frame) {
             self.store(seg)?;
         }
         Ok(())
     }
 
-    /// A resumed push continues this playlist after an `EXT-X-DISCONTINUITY`.
+    /// Where the next push's first frame goes: 0 for the first, one frame after the last for a resumed one.
+    fn next_start(&self) -> i64 {
+        if self.entries.is_empty() && self.last_out == 0 {
+            0
+        } else {
+            self.last_out + 33
+        }
+    }
+
+    /// A resumed push continues this playlist after an `EXT-X-DISCONTINUITY`, its timeline after this one's.
     pub fn discontinuity(&mut self) {
         self.cutter.mark_discontinuity();
+        self.origin = None;
     }
 
     fn store(&mut self, seg: crate::hls::Segment) -> std::io::Result<()> {

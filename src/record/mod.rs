@@ -205,7 +205,9 @@ impl Recorder {
                         let running = this.tasks.lock().values().any(|t| t.auto && t.key == key);
                         if !running {
                             let id = format!("auto-{}", short_id());
-                            if let Err(e) = this.start_task(key, formats.clone(), this.cfg.fragment_secs, id, true) {
+                            if let Err(e) =
+                                this.start_task(key, formats.clone(), this.cfg.fragment_secs, id, Start::Publish)
+                            {
                                 tracing::warn!(error = %e, "auto recording not started");
                             }
                         }
@@ -225,6 +227,7 @@ impl Recorder {
         formats: Vec<String>,
         fragment_secs: Option<u64>,
         record_id: Option<String>,
+        pre_roll_secs: Option<f64>,
     ) -> Result<String, RecordError> {
         if formats.is_empty() {
             return Err(RecordError::Invalid { field: "formats", detail: "at least one format is needed".into() });
@@ -253,10 +256,24 @@ impl Recorder {
             }
             None => short_id(),
         };
+        let retention = self.hub.options().retention;
+        let pre_roll = pre_roll_secs.unwrap_or(0.0);
+        if !(pre_roll.is_finite() && pre_roll >= 0.0 && pre_roll <= retention.as_secs_f64()) {
+            return Err(RecordError::Invalid {
+                field: "pre_roll_secs",
+                detail: format!("{pre_roll} is outside 0..={} (hub.buffer_secs)", retention.as_secs_f64()),
+            });
+        }
         if self.tasks.lock().contains_key(&id) {
             return Err(RecordError::Exists(id));
         }
-        self.start_task(key, formats, fragment, id.clone(), false)?;
+        self.start_task(
+            key,
+            formats,
+            fragment,
+            id.clone(),
+            Start::Request { pre_roll: Duration::from_secs_f64(pre_roll) },
+        )?;
         Ok(id)
     }
 
@@ -266,22 +283,24 @@ impl Recorder {
         formats: Vec<RecordFormat>,
         fragment_secs: u64,
         record_id: String,
-        auto: bool,
+        start: Start,
     ) -> Result<(), RecordError> {
+        let auto = start == Start::Publish;
         let stream = self
             .hub
             .get(&key)
             .filter(|s| !s.is_closed())
             .ok_or_else(|| RecordError::NotFound(format!("stream {key} is not being published")))?;
         let guard = self.hub.register_client(Protocol::Record, None);
-        // From the oldest cached keyframe (the start of the push when it began just now), never skipping.
+        // Never skipping; from the start of the push (a recording on publish), or from the keyframe at or
+        // before the request (pre_roll_secs earlier if asked): never from media of an earlier push.
         let retention = self.hub.options().retention;
-        let policy = CachePolicy {
-            min_cache: retention,
-            max_cache: retention,
-            max_skips_per_minute: u32::MAX,
-            low_latency: false,
+        let min_cache = match start {
+            Start::Publish => retention,
+            Start::Request { pre_roll } => pre_roll,
         };
+        let policy =
+            CachePolicy { min_cache, max_cache: retention, max_skips_per_minute: u32::MAX, low_latency: false };
         let audience = Audience::Internal(Purpose::Recording { record_id: record_id.clone() });
         let mut reader = self
             .hub
@@ -290,6 +309,7 @@ impl Recorder {
                 HubError::NotFound(m) => RecordError::NotFound(m),
                 other => RecordError::NotFound(other.to_string()),
             })?;
+        reader.start_from_session(stream.current_session());
         let stop = Arc::new(Notify::new());
         self.tasks.lock().insert(record_id.clone(), Task { key: key.clone(), stop: stop.clone(), auto });
         let (tx, rx) = tokio::sync::mpsc::channel::<Vec<Arc<Packet>>>(256);
@@ -538,6 +558,8 @@ struct Open {
     info: RecordInfo,
     sidecar: PathBuf,
     first_dts: i64,
+    /// When the newest frame written arrived: the file's end_time.
+    last_received: Instant,
     last_flush: Instant,
     last_sync: Instant,
 }
@@ -552,12 +574,30 @@ impl Open {
     }
 
     fn write(&mut self, p: &Packet) -> std::io::Result<()> {
+        if !p.frame.config {
+            self.last_received = self.last_received.max(p.received);
+        }
         match &mut self.sink {
             Sink::Flv(f) => f.write(&p.frame),
             Sink::Mp4(m) => m.write(&p.frame),
             Sink::Hls(h) => h.push(p),
         }
     }
+}
+
+/// The Unix time (seconds) of a monotonic instant in the past.
+fn wall_secs(at: Instant) -> u64 {
+    let wall = std::time::SystemTime::now() - Instant::now().saturating_duration_since(at);
+    wall.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Where a recording begins.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Start {
+    /// Recording on publish (`[apps.X] record`): from the push's first keyframe.
+    Publish,
+    /// Started through the API: from the keyframe at or before the request, `pre_roll` earlier if asked.
+    Request { pre_roll: Duration },
 }
 
 /// Runs on a blocking thread: disk writes never stall the runtime.
@@ -697,7 +737,9 @@ impl Writer {
         headers: &HeaderSet,
     ) -> std::io::Result<Open> {
         let file_id = short_id();
-        let start = unix_now();
+        // The wall-clock time of the first frame (it may be cached media from before the request), so a
+        // callback's times are those of the media it describes.
+        let start = wall_secs(first.received);
         let ext = format.extension();
         let mut rel = naming::render(
             &self.rec.cfg.template,
@@ -763,11 +805,13 @@ impl Writer {
         let sidecar = sidecar_path(&path);
         write_json(&sidecar, &info)?;
         tracing::info!(stream = %self.key, file = %rel, "recording file opened");
-        Ok(Open { sink, info, sidecar, first_dts: dts, last_flush: Instant::now(), last_sync: Instant::now() })
+        let (last_received, now) = (first.received, Instant::now());
+        Ok(Open { sink, info, sidecar, first_dts: dts, last_received, last_flush: now, last_sync: now })
     }
 
     fn finish(&self, o: Open) {
-        let Open { sink, info, sidecar, .. } = o;
+        let Open { sink, mut info, sidecar, last_received, .. } = o;
+        info.end_time = wall_secs(last_received).max(info.start_time);
         let result = match sink {
             Sink::Flv(file) => {
                 let size = file.bytes;
@@ -814,7 +858,10 @@ impl Recorder {
                 }
                 info.duration = duration;
                 info.file_size = size;
-                info.end_time = info.start_time + duration.round() as u64;
+                // The writer knows when the last frame arrived; a file repaired after a crash does not.
+                if info.end_time <= info.start_time {
+                    info.end_time = info.start_time + duration.round() as u64;
+                }
                 info.status = RecordStatus::Complete;
             }
             Err(e) => {

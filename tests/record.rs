@@ -435,13 +435,27 @@ fn mp4_recordings_are_exact_seekable_faststart_files_with_b_frames_kept_and_seek
     let offs = |v: &[(i64, i64)]| v.iter().map(|(d, p)| p - d).collect::<Vec<_>>();
     let (so, ro) = (offs(&src), offs(&rec));
     assert!(so.iter().zip(&ro).all(|(a, b)| (a - b).abs() <= 1), "composition offsets differ:\n{so:?}\n{ro:?}");
-    // Presentation starts at 0 (edit list) and pts are unique: no two frames shown at once.
+    // The first frame is shown its composition offset after the first decode, as in the source (the edit list
+    // keeps it there, in step with the audio), and pts are unique: no two frames shown at once.
     let mut pts: Vec<i64> = rec.iter().map(|x| x.1).collect();
     pts.sort();
-    assert!(pts[0].abs() <= 1, "first pts {}", pts[0]);
+    let src_first_pts = src.iter().map(|x| x.1).min().unwrap();
+    let (lead_rec, lead_src) = (pts[0] - rec[0].0, src_first_pts - src[0].0);
+    assert!((lead_rec - lead_src).abs() <= 1, "first pts {lead_rec} ms after the first dts, {lead_src} in the source");
     assert!(pts.windows(2).all(|w| w[1] - w[0] >= 30), "{pts:?}");
-    let bd = probe_duration(&bpath);
-    assert!((bd - 6.0).abs() <= 0.084, "{bd}");
+    // As long as ffmpeg's own FLV of the same 6 s (B-frames put the last frame shown after 6 s), within a
+    // frame and an audio frame.
+    let same = srv.dir.path().join("bframes-6s.flv");
+    let o = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-i"])
+        .arg(media("bframes"))
+        .args(["-t", "6", "-c", "copy"])
+        .arg(&same)
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let (bd, want) = (probe_duration(&bpath), probe_duration(&same));
+    assert!((bd - want).abs() <= 0.034 + 0.024, "MP4 {bd} s, ffmpeg's FLV of the same push {want} s");
 
     // Callbacks say mp4.
     assert!(wait_until(Duration::from_secs(10), || callbacks.lock().unwrap().len() >= 2));
@@ -845,4 +859,68 @@ fn recordings_started_through_the_api_begin_at_the_request_and_report_their_medi
     let g = complete(&srv, "od").into_iter().find(|f| f["record_id"] == "grace").unwrap();
     let dg = probe_duration(&path(&g));
     assert!(dg < 7.0, "{dg} s: the recording holds the previous push's cache");
+}
+
+/// The median of some offsets (s).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+#[test]
+fn b_frame_mp4_recordings_keep_lip_sync_in_ffmpeg_and_gstreamer() {
+    let srv = Server::start("");
+    // A white flash at every second with a beep from the same instant, x264 with two B-frames.
+    let sync = srv.dir.path().join("sync-bf.flv");
+    let o = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
+        .arg("color=c=black:s=320x180:r=30,drawbox=x=0:y=0:w=320:h=180:color=white:t=fill:enable='lt(mod(t\\,1)\\,0.03)'")
+        .args(["-f", "lavfi", "-i", "sine=frequency=1000:sample_rate=48000,volume=4,volume=enable='gte(mod(t\\,1)\\,0.1)':volume=0"])
+        .args(["-t", "30", "-c:v", "libx264", "-preset", "veryfast", "-bf", "2", "-g", "30", "-pix_fmt", "yuv420p"])
+        .args(["-c:a", "aac", "-b:a", "128k", "-f", "flv"])
+        .arg(&sync)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let _p = push(&sync, &srv.rtmp_url("bf"));
+    srv.wait_live("bf");
+    let at = srv.wait_media("bf", 1.0);
+    let r = http_request_body(
+        srv.http_port,
+        "POST",
+        "/api/v1/recordings",
+        r#"{"app":"live","stream":"bf","formats":["flv","mp4"],"record_id":"bf"}"#,
+    );
+    assert_eq!(r.status, 201);
+    srv.wait_media_at("bf", at + 8000);
+    let files = finish_recording(&srv, "bf", "bf", 2);
+    let path = |fmt: &str| files.iter().find(|f| f.0 == fmt).map(|f| f.1.clone()).expect("recorded");
+    let (flv, mp4) = (path("flv"), path("mp4"));
+    // GStreamer's reading of the MP4 (qtdemux applies the edit lists), kept in a Matroska file, which has none.
+    let gst = srv.dir.path().join("qtdemux.mkv");
+    let o = Command::new("gst-launch-1.0")
+        .args(["-q", "filesrc"])
+        .arg(format!("location={}", mp4.display()))
+        .args(["!", "qtdemux", "name=d", "matroskamux", "name=m", "!", "filesink"])
+        .arg(format!("location={}", gst.display()))
+        .args(["d.video_0", "!", "queue", "!", "h264parse", "!", "m.", "d.audio_0", "!", "queue", "!", "aacparse"])
+        .args(["!", "m."])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let reference = av_offsets(&flv);
+    assert!(reference.len() >= 6, "flash/beep pairs in the FLV recording: {reference:?}");
+    let truth = median(reference.clone());
+    for (reader, file) in [("ffmpeg", &mp4), ("GStreamer qtdemux", &gst)] {
+        let offsets = av_offsets(file);
+        assert!(offsets.len() >= 6, "{reader}: {offsets:?}");
+        let got = median(offsets.clone());
+        // One AAC frame at 48 kHz is 21.3 ms.
+        assert!(
+            (got - truth).abs() <= 0.0213,
+            "{reader} hears the beep {:.0} ms after the flash in the MP4, {:.0} ms in the FLV ({offsets:?} vs {reference:?})",
+            got * 1000.0,
+            truth * 1000.0
+        );
+    }
 }

@@ -93,10 +93,24 @@ pub fn plan_flat(movie: &Movie) -> Result<FlatPlan, Mp4Error> {
         let media_duration =
             s.last().map_or(0, |l| l.dts.saturating_add(u64::from(l.duration))).saturating_sub(first_dts);
         let to_ms = |v: u64| (u128::from(v) * u128::from(MOVIE_TIMESCALE) / u128::from(t.info.timescale)) as u64;
+        // Each sample must play at its presentation time (dts + cto) on the movie's clock, as in the FLV the
+        // recording came from. The media starts at its first sample's presentation (`media_time`, past the
+        // composition offset B-frames give a keyframe), so the empty edit in front is that presentation time,
+        // not the decode time; and the edit runs to the end of the last sample *presented*, which with
+        // B-frames is not the last one decoded.
+        let media_time = u64::from(s[0].cto.max(0).unsigned_abs());
+        let presented_end = s
+            .iter()
+            .map(|x| {
+                let pts = x.dts.saturating_sub(first_dts).saturating_add_signed(i64::from(x.cto));
+                pts.saturating_add(u64::from(x.duration))
+            })
+            .max()
+            .unwrap_or(0);
         let edit = Edit {
-            empty_ms: to_ms(first_dts),
-            media_time: i64::from(s[0].cto.max(0)),
-            duration_ms: to_ms(media_duration.saturating_sub(s[0].cto.max(0) as u64)),
+            empty_ms: to_ms(first_dts.saturating_add(media_time)),
+            media_time: media_time as i64,
+            duration_ms: to_ms(presented_end.saturating_sub(media_time)),
         };
         fixed.push(Fixed { stts, ctts, stss, sizes: s.iter().map(|x| x.size).collect(), media_duration, edit });
     }

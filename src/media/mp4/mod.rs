@@ -281,7 +281,56 @@ mod tests {
                 assert_eq!(flat[x.offset as usize..][..x.size as usize], data[y.offset as usize..][..y.size as usize]);
             }
         }
-        assert!((plan.duration_secs - d).abs() < 0.01);
+        // The flat file lasts until its last frame *shown* ends: frame 89 decodes at 2937 ms and is shown 66 ms
+        // later, for 33 ms (its decode order ends 33 ms earlier, where the movie's decode time ends).
+        assert!((plan.duration_secs - 3.036).abs() < 0.002, "{} vs decode end {d}", plan.duration_secs);
+        // The video's edit: shown from its first frame's presentation (cto 0 here) for all 3036 ms.
+        let edit = find_elst(&flat, 0);
+        assert_eq!(edit, vec![(3036, 0)]);
+    }
+
+    /// The `elst` entries (duration ms, media_time) of track `n` of a flat file.
+    fn find_elst(flat: &[u8], n: usize) -> Vec<(u64, i64)> {
+        let pos: Vec<usize> = flat.windows(4).enumerate().filter(|(_, w)| *w == b"elst").map(|(i, _)| i).collect();
+        let b = &flat[pos[n] + 4..];
+        let count = u32::from_be_bytes(b[4..8].try_into().unwrap()) as usize;
+        (0..count)
+            .map(|i| {
+                let e = &b[8 + i * 20..];
+                let dur = u64::from_be_bytes(e[0..8].try_into().unwrap());
+                let mt = i64::from_be_bytes(e[8..16].try_into().unwrap());
+                (dur, mt)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_b_frame_track_is_shown_at_its_presentation_times() {
+        // A video track whose first keyframe has a 66 ms composition offset (two B-frames), starting at 0, and
+        // audio starting 40 ms later: the video's empty edit is its first presentation (66 ms), its media
+        // starts at that presentation, and parsing the file back gives the decode times it was written with.
+        let mut f = Fragmenter::new(tracks());
+        let mut data = f.init();
+        for i in 0..30i64 {
+            let cto = [66, 99, 0][i as usize % 3];
+            f.push(0, i * 33, cto, i == 0, Bytes::from(vec![i as u8; 50]));
+        }
+        for i in 0..40i64 {
+            f.push(1, 40 + i * 23, 0, true, Bytes::from(vec![0xAA; 10]));
+        }
+        f.fragment(true).unwrap().iter().for_each(|p| data.extend_from_slice(p));
+        let (boxes, end) = top_boxes(&data);
+        let m = parse(&boxes, end).unwrap();
+        let plan = plan_flat(&m).unwrap();
+        let mut flat = plan.header.clone();
+        for (_, off, len) in &plan.copies {
+            flat.extend_from_slice(&data[*off as usize..(*off + *len) as usize]);
+        }
+        assert_eq!(find_elst(&flat, 0), vec![(66, -1), (28 * 33 + 99 + 33 - 66, 66 * 90)], "frame 28 is shown last");
+        assert_eq!(find_elst(&flat, 1), vec![(40, -1), (40 * 23, 0)]);
+        let again = parse(&top_boxes(&flat).0, flat.len() as u64).unwrap();
+        assert_eq!(again.tracks[0].samples[0].dts, 0);
+        assert_eq!(again.tracks[1].samples[0].dts, 40 * 44_100 / 1000);
     }
 
     #[test]

@@ -119,18 +119,26 @@ fn parse_trak(b: &[u8]) -> Result<ParsedTrak, Mp4Error> {
         .ok_or(Mp4Error::Invalid("stsd without an entry"))?;
     let info = TrackInfo { id, handler, timescale, width, height, sample_entry };
     let mut samples = flat_samples(stbl)?;
-    // An empty edit in front means the track starts later than the movie (how livegate stores it).
+    // An empty edit in front means the track starts later than the movie (how livegate stores it); the media
+    // edit after it starts at the first sample's presentation time. So the first sample's decode time on the
+    // movie's clock is the empty time minus that media time.
     if let Some(elst) = path(b, &[b"edts", b"elst"]) {
         let mut r = Rd { b: elst, what: "elst" };
         let (v, _) = r.version_flags()?;
-        if r.u32()? > 0 {
+        let n = r.u32()?.min(2);
+        let mut entries = Vec::with_capacity(n as usize);
+        for _ in 0..n {
             let (dur, media_time) =
                 if v == 1 { (r.u64()?, r.u64()? as i64) } else { (u64::from(r.u32()?), i64::from(r.u32()? as i32)) };
-            if media_time == -1 {
-                let shift = (u128::from(dur) * u128::from(timescale) / u128::from(MOVIE_TIMESCALE))
-                    .min(u128::from(u32::MAX)) as u64;
-                samples.iter_mut().for_each(|s| s.dts += shift);
-            }
+            r.u32()?; // rate
+            entries.push((dur, media_time));
+        }
+        if let Some(&(dur, -1)) = entries.first() {
+            let empty = (u128::from(dur) * u128::from(timescale) / u128::from(MOVIE_TIMESCALE))
+                .min(u128::from(u32::MAX)) as u64;
+            let media_time = entries.get(1).map_or(0, |e| e.1.max(0) as u64);
+            let shift = empty.saturating_sub(media_time);
+            samples.iter_mut().for_each(|s| s.dts += shift);
         }
     }
     Ok(ParsedTrak { info, samples, trex: Trex::default() })

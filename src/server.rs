@@ -109,10 +109,14 @@ fn write_ready_file(
     rtmp: std::net::SocketAddr,
     http: std::net::SocketAddr,
     https: Option<std::net::SocketAddr>,
+    rtmps: Option<std::net::SocketAddr>,
 ) -> std::io::Result<()> {
     let mut body = serde_json::json!({ "rtmp": rtmp.to_string(), "http": http.to_string() });
     if let Some(a) = https {
         body["https"] = a.to_string().into();
+    }
+    if let Some(a) = rtmps {
+        body["rtmps"] = a.to_string().into();
     }
     let body = body.to_string();
     let tmp = path.with_extension("tmp");
@@ -135,7 +139,7 @@ pub fn raise_fd_limit() {
 /// readers close cleanly, give connections a moment to flush, return.
 ///
 /// With `ready_file`, the bound addresses are written there as JSON (`{"rtmp": "ip:port", "http": "ip:port"}`,
-/// and `"https"` when it is on)
+/// and `"https"`, `"rtmps"` when they are on)
 /// once livegate accepts connections: a port of 0 in the config lets the OS choose, and this tells which.
 pub async fn run(config: Config, ready_file: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     raise_fd_limit();
@@ -146,22 +150,15 @@ pub async fn run(config: Config, ready_file: Option<std::path::PathBuf>) -> anyh
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen for HTTP on {}: {e}", config.http.listen))?;
     let (rtmp_addr, http_addr) = (rtmp.local_addr()?, http.local_addr()?);
-    let https = match config.http.https_listen {
-        Some(addr) => {
-            let (cert, key) = (std::path::Path::new(&config.http.tls_cert), std::path::Path::new(&config.http.tls_key));
-            let alpn = [crate::tls::ALPN_H2, crate::tls::ALPN_HTTP11];
-            let certs = crate::tls::TlsCerts::load(cert, key, &alpn)
-                .map_err(|e| anyhow::anyhow!("cannot load the TLS certificate (http.tls_cert / tls_key): {e}"))?;
-            let l =
-                TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen for HTTPS on {addr}: {e}"))?;
-            Some((l, certs))
-        }
-        None => None,
-    };
-    let https_addr = match &https {
-        Some((l, _)) => Some(l.local_addr()?),
-        None => None,
-    };
+    let alpn_http = [crate::tls::ALPN_H2, crate::tls::ALPN_HTTP11];
+    let https = tls_listener(&config, config.http.https_listen, "HTTPS", &alpn_http).await?;
+    let rtmps = tls_listener(&config, config.rtmp.rtmps_listen, "RTMPS", &[]).await?;
+    let https_addr = https.as_ref().map(|(l, _)| l.local_addr()).transpose()?;
+    let rtmps_addr = rtmps.as_ref().map(|(l, _)| l.local_addr()).transpose()?;
+    let reloadable: Vec<Arc<crate::tls::TlsCerts>> = https.iter().chain(rtmps.iter()).map(|(_, c)| c.clone()).collect();
+    if !reloadable.is_empty() {
+        tokio::spawn(reload_on_sighup(reloadable));
+    }
     let state = AppState::new(config, http_addr).map_err(|e| anyhow::anyhow!("cannot start transcoders: {e}"))?;
     state
         .recorder
@@ -176,12 +173,15 @@ pub async fn run(config: Config, ready_file: Option<std::path::PathBuf>) -> anyh
     let rtmp_task = tokio::spawn(crate::rtmp::server::serve(rtmp, state.rtmp_state(), stop_rx.clone()));
     let http_task = tokio::spawn(crate::http::serve(http, state.http_state(), stop_rx.clone()));
     let https_task = https.map(|(listener, certs)| {
-        tokio::spawn(reload_on_sighup(certs.clone()));
         tracing::info!(https = ?https_addr, "livegate listening for HTTPS");
         tokio::spawn(crate::http::https::serve(listener, state.http_state(), certs, stop_rx.clone()))
     });
+    let rtmps_task = rtmps.map(|(listener, certs)| {
+        tracing::info!(rtmps = ?rtmps_addr, "livegate listening for RTMPS");
+        tokio::spawn(crate::rtmp::server::serve_tls(listener, state.rtmp_state(), certs, stop_rx.clone()))
+    });
     if let Some(path) = ready_file {
-        write_ready_file(&path, rtmp_addr, http_addr, https_addr)
+        write_ready_file(&path, rtmp_addr, http_addr, https_addr, rtmps_addr)
             .map_err(|e| anyhow::anyhow!("cannot write the ready file {}: {e}", path.display()))?;
     }
 
@@ -190,7 +190,7 @@ pub async fn run(config: Config, ready_file: Option<std::path::PathBuf>) -> anyh
     let _ = stop_tx.send(true);
     let _ = rtmp_task.await;
     let _ = http_task.await;
-    if let Some(t) = https_task {
+    for t in [https_task, rtmps_task].into_iter().flatten() {
         let _ = t.await;
     }
     state.hub.shutdown();
@@ -208,14 +208,31 @@ pub async fn run(config: Config, ready_file: Option<std::path::PathBuf>) -> anyh
     Ok(())
 }
 
+/// A TLS listener on `addr` with the certificate in `[http]`, if `addr` is set.
+async fn tls_listener(
+    config: &Config,
+    addr: Option<std::net::SocketAddr>,
+    what: &str,
+    alpn: &[&[u8]],
+) -> anyhow::Result<Option<(TcpListener, Arc<crate::tls::TlsCerts>)>> {
+    let Some(addr) = addr else { return Ok(None) };
+    let (cert, key) = (std::path::Path::new(&config.http.tls_cert), std::path::Path::new(&config.http.tls_key));
+    let certs = crate::tls::TlsCerts::load(cert, key, alpn)
+        .map_err(|e| anyhow::anyhow!("cannot load the TLS certificate for {what} (http.tls_cert / tls_key): {e}"))?;
+    let l = TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen for {what} on {addr}: {e}"))?;
+    Ok(Some((l, certs)))
+}
+
 /// Loads the certificate files again on every SIGHUP; a failure keeps the certificate in use.
-async fn reload_on_sighup(certs: Arc<crate::tls::TlsCerts>) {
+async fn reload_on_sighup(certs: Vec<Arc<crate::tls::TlsCerts>>) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
     while hup.recv().await.is_some() {
-        match certs.reload() {
-            Ok(()) => tracing::info!("TLS certificate reloaded"),
-            Err(e) => tracing::error!(error = %e, "TLS certificate not reloaded: the old one stays in use"),
+        for c in &certs {
+            match c.reload() {
+                Ok(()) => tracing::info!("TLS certificate reloaded"),
+                Err(e) => tracing::error!(error = %e, "TLS certificate not reloaded: the old one stays in use"),
+            }
         }
     }
 }

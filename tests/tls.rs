@@ -180,3 +180,40 @@ fn chromium_publishes_over_whip_to_the_https_port() {
     assert_eq!((j["status"].as_u64(), j["deleteStatus"].as_u64()), (Some(201), Some(200)), "{j}");
     assert!(j["framesSent"].as_u64().unwrap() > 30, "{j}");
 }
+
+#[test]
+fn ffmpeg_publishes_and_plays_over_rtmps() {
+    let certs = tempdir::TempDir::new("tls-rtmps");
+    let (cert, key) = make_cert(certs.path(), "r");
+    let srv = Server::start(&format!(
+        "[rtmp]\nrtmps_listen = \"127.0.0.1:0\"\n[http]\ntls_cert = {:?}\ntls_key = {:?}\n",
+        cert.display().to_string(),
+        key.display().to_string()
+    ));
+    let url = |name: &str| format!("rtmps://127.0.0.1:{}/live/{name}", srv.rtmps_port.expect("RTMPS port"));
+    let _p = push(&media("360p"), &url("sec"));
+    let info = srv.wait_live("sec");
+    assert_eq!(info["publisher"]["protocol"], "rtmp", "{info}");
+    assert!(srv.log_text().contains("tls=true"), "the session's span says it is RTMPS");
+    // A player over RTMPS (written by its own task: the fan-out writes plaintext), and one over plain RTMP.
+    let out = srv.dir.path().join("rtmps.flv");
+    let o = Command::new("timeout")
+        .args(["40", "ffmpeg", "-v", "error", "-y", "-i", &url("sec"), "-t", "4", "-c", "copy"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let streams = probe_streams(out.to_str().unwrap());
+    assert!(streams.iter().any(|s| s["codec_name"] == "h264") && streams.iter().any(|s| s["codec_name"] == "aac"));
+    let dur = ffprobe(out.to_str().unwrap(), &["-show_entries", "format=duration", "-of", "csv=p=0"]);
+    let secs: f64 = String::from_utf8_lossy(&dur.stdout).trim().parse().unwrap();
+    assert!(secs > 3.5, "{secs} s read over RTMPS");
+    // Plain RTMP on the same stream is unaffected.
+    let plain = probe_streams(&srv.rtmp_url("sec"));
+    assert!(plain.iter().any(|s| s["codec_name"] == "h264"), "{plain:?}");
+    // A client speaking plain RTMP to the RTMPS port fails its TLS handshake, and is said to.
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", srv.rtmps_port.unwrap())).unwrap();
+    use std::io::Write;
+    c.write_all(&[3u8; 1537]).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || srv.log_text().contains("RTMPS: TLS handshake failed")));
+}

@@ -62,6 +62,9 @@ pub struct RtmpConfig {
     pub max_connections_per_addr: usize,
     /// Bytes of unfinished messages a publisher's connection may hold (other connections: 64 KiB).
     pub max_message_bytes: usize,
+    /// Where RTMPS (RTMP in TLS, with `http.tls_cert`) is served; `None`: no RTMPS.
+    #[serde(deserialize_with = "optional_addr")]
+    pub rtmps_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -284,6 +287,9 @@ impl Config {
         secs("http.body_timeout_secs", self.http.body_timeout_secs, 0.1, 600.0)?;
         if self.http.https_listen.is_some() && (self.http.tls_cert.is_empty() || self.http.tls_key.is_empty()) {
             return bad("http.https_listen", "needs http.tls_cert and http.tls_key (PEM files)".into());
+        }
+        if self.rtmp.rtmps_listen.is_some() && (self.http.tls_cert.is_empty() || self.http.tls_key.is_empty()) {
+            return bad("rtmp.rtmps_listen", "needs http.tls_cert and http.tls_key (PEM files)".into());
         }
         let mib = 1024 * 1024;
         if !(256 * 1024..=64 * mib).contains(&self.rtmp.max_message_bytes) {

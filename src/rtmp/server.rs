@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 
@@ -29,19 +29,143 @@ pub async fn serve(listener: TcpListener, state: Arc<RtmpState>, shutdown: tokio
     accept_loop(listener, state.limits.clone(), shutdown, Listener::Rtmp, move |sock, addr, permit| {
         let state = st.clone();
         tokio::spawn(async move {
-            let guard = state.hub.register_client(Protocol::Rtmp, Some(addr));
-            let handle = guard.handle.clone();
-            let span = tracing::info_span!("rtmp", client = handle.id, peer = %addr, stream = tracing::field::Empty);
-            let result = Session::new(state, handle, addr).run(sock).instrument(span.clone()).await;
-            let _e = span.enter();
-            match result {
-                Ok(()) => tracing::debug!("connection closed"),
-                Err(e) => tracing::info!(reason = %e, "connection ended"),
+            serve_conn(state, Conn::Plain(sock), addr, false).await;
+            drop(permit);
+        });
+    })
+    .await;
+}
+
+/// Accepts RTMPS connections (RTMP inside TLS, `rtmp.rtmps_listen`) until `shutdown` fires; counted against the
+/// RTMP limits.
+pub async fn serve_tls(
+    listener: TcpListener,
+    state: Arc<RtmpState>,
+    certs: Arc<crate::tls::TlsCerts>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let st = state.clone();
+    accept_loop(listener, state.limits.clone(), shutdown, Listener::Rtmp, move |sock, addr, permit| {
+        let state = st.clone();
+        let acceptor = certs.acceptor();
+        tokio::spawn(async move {
+            netio::tune_media_socket(&sock, None);
+            let hs_timeout = Duration::from_secs_f64(state.config.rtmp.handshake_timeout_secs);
+            match tokio::time::timeout(hs_timeout, acceptor.accept(sock)).await {
+                Ok(Ok(tls)) => serve_conn(state, Conn::Tls(Box::new(tls)), addr, true).await,
+                Ok(Err(e)) => tracing::info!(peer = %addr, error = %e, "RTMPS: TLS handshake failed"),
+                Err(_) => tracing::info!(peer = %addr, "RTMPS: no TLS handshake within {hs_timeout:?}"),
             }
             drop(permit);
         });
     })
     .await;
+}
+
+async fn serve_conn(state: Arc<RtmpState>, conn: Conn, addr: SocketAddr, tls: bool) {
+    let guard = state.hub.register_client(Protocol::Rtmp, Some(addr));
+    let handle = guard.handle.clone();
+    let span = tracing::info_span!("rtmp", client = handle.id, peer = %addr, tls, stream = tracing::field::Empty);
+    let result = Session::new(state, handle, addr).run(conn).instrument(span.clone()).await;
+    let _e = span.enter();
+    match result {
+        Ok(()) => tracing::debug!("connection closed"),
+        Err(e) => tracing::info!(reason = %e, "connection ended"),
+    }
+}
+
+type TlsConn = tokio_rustls::server::TlsStream<TcpStream>;
+
+/// An accepted connection: a plain socket, or one inside TLS (RTMPS).
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<TlsConn>),
+}
+
+/// The read side of a connection. A plain socket is shared with the stream's fan-out (which writes to it
+/// directly); a TLS stream is split, and its players are written by their own task.
+enum RdHalf {
+    Plain(SharedStream),
+    Tls(tokio::io::ReadHalf<Box<TlsConn>>),
+}
+
+enum WrHalf {
+    Plain(SharedStream),
+    Tls(tokio::io::WriteHalf<Box<TlsConn>>),
+}
+
+impl tokio::io::AsyncRead for RdHalf {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            RdHalf::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            RdHalf::Tls(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for WrHalf {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            WrHalf::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            WrHalf::Tls(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            WrHalf::Plain(s) => std::pin::Pin::new(s).poll_write_vectored(cx, bufs),
+            WrHalf::Tls(s) => std::pin::Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            WrHalf::Plain(s) => s.is_write_vectored(),
+            WrHalf::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            WrHalf::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            WrHalf::Tls(s) => std::pin::Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            WrHalf::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            WrHalf::Tls(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+impl WrHalf {
+    /// The plain socket, when there is one to hand to the fan-out.
+    fn plain(&self) -> Option<&Arc<TcpStream>> {
+        match self {
+            WrHalf::Plain(s) => Some(&s.0),
+            WrHalf::Tls(_) => None,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -127,14 +251,25 @@ impl Session {
         }
     }
 
-    async fn run(mut self, mut sock: TcpStream) -> Result<(), SessionError> {
-        netio::tune_media_socket(&sock, None);
+    async fn run(mut self, conn: Conn) -> Result<(), SessionError> {
         let hs_timeout = Duration::from_secs_f64(self.state.config.rtmp.handshake_timeout_secs);
-        tokio::time::timeout(hs_timeout, self.handshake(&mut sock))
-            .await
-            .map_err(|_| SessionError::HandshakeTimeout(hs_timeout))??;
-        let sock = Arc::new(sock);
-        let (mut rd, mut wr) = (SharedStream(sock.clone()), SharedStream(sock));
+        let (mut rd, mut wr) = match conn {
+            Conn::Plain(mut sock) => {
+                netio::tune_media_socket(&sock, None);
+                tokio::time::timeout(hs_timeout, self.handshake(&mut sock))
+                    .await
+                    .map_err(|_| SessionError::HandshakeTimeout(hs_timeout))??;
+                let sock = Arc::new(sock);
+                (RdHalf::Plain(SharedStream(sock.clone())), WrHalf::Plain(SharedStream(sock)))
+            }
+            Conn::Tls(mut tls) => {
+                tokio::time::timeout(hs_timeout, self.handshake(&mut tls))
+                    .await
+                    .map_err(|_| SessionError::HandshakeTimeout(hs_timeout))??;
+                let (r, w) = tokio::io::split(tls);
+                (RdHalf::Tls(r), WrHalf::Tls(w))
+            }
+        };
         let mut result = self.main_loop(&mut rd, &mut wr).await;
         if let Err(e) = self.take_back(&mut wr).await {
             result = result.and(Err(e));
@@ -155,7 +290,11 @@ impl Session {
                 let _ = self.proto.take_output();
                 self.proto.play_unpublished();
                 let out = self.proto.take_output();
-                let _ = tokio::time::timeout(Duration::from_secs(1), wr.write_all(&out)).await;
+                let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                    wr.write_all(&out).await?;
+                    wr.flush().await
+                })
+                .await;
             }
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), wr.shutdown()).await;
@@ -165,7 +304,7 @@ impl Session {
         }
     }
 
-    async fn handshake(&mut self, sock: &mut TcpStream) -> Result<(), SessionError> {
+    async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(&mut self, sock: &mut S) -> Result<(), SessionError> {
         let mut c0c1 = vec![0u8; 1 + HANDSHAKE_SIZE];
         // Look at the version byte first: an HTTP request or TLS hello gets a precise error at once.
         sock.read_exact(&mut c0c1[..1]).await?;
@@ -182,12 +321,13 @@ impl Session {
         sock.read_exact(&mut c2).await?;
         // The session's first output: the chunk size every later message uses.
         sock.write_all(&self.proto.take_output()).await?;
+        sock.flush().await?;
         tracing::debug!(?kind, "handshake done");
         Ok(())
     }
 
     /// Takes the socket back from the fan-out (writing what it left half-sent) before the session writes.
-    async fn take_back(&mut self, wr: &mut SharedStream) -> Result<(), SessionError> {
+    async fn take_back(&mut self, wr: &mut WrHalf) -> Result<(), SessionError> {
         if !std::mem::take(&mut self.parked) {
             return Ok(());
         }
@@ -205,9 +345,15 @@ impl Session {
     }
 
     /// Writes media to a player within the stall timeout, counting the bytes for the client and the stream.
-    async fn write_media(&self, wr: &mut SharedStream, bufs: &[Bytes]) -> Result<(), SessionError> {
+    async fn write_media(&self, wr: &mut WrHalf, bufs: &[Bytes]) -> Result<(), SessionError> {
         let stall = self.state.config.stall_timeout();
-        let n = tokio::time::timeout(stall, netio::write_all_vectored(wr, bufs)).await.map_err(|_| {
+        let write = async {
+            let n = netio::write_all_vectored(&mut *wr, bufs).await?;
+            // TLS holds records until flushed; a plain socket's flush does nothing.
+            wr.flush().await?;
+            Ok::<_, std::io::Error>(n)
+        };
+        let n = tokio::time::timeout(stall, write).await.map_err(|_| {
             metrics::global().disconnects_slow.fetch_add(1, Ordering::Relaxed);
             SessionError::Stalled(stall)
         })??;
@@ -217,7 +363,7 @@ impl Session {
         Ok(())
     }
 
-    async fn main_loop(&mut self, rd: &mut SharedStream, wr: &mut SharedStream) -> Result<(), SessionError> {
+    async fn main_loop(&mut self, rd: &mut RdHalf, wr: &mut WrHalf) -> Result<(), SessionError> {
         let mut batch: Vec<Arc<Packet>> = Vec::new();
         let mut bufs: Vec<Bytes> = Vec::new();
         let idle = Duration::from_secs_f64(self.state.config.rtmp.idle_timeout_secs);
@@ -269,16 +415,23 @@ impl Session {
                         // A refusal carries its onStatus/_error: make sure the client gets it.
                         self.take_back(wr).await?;
                         let out = self.proto.take_output();
-                        let _ = tokio::time::timeout(Duration::from_secs(1), wr.write_all(&out)).await;
+                        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                            wr.write_all(&out).await?;
+                            wr.flush().await
+                        })
+                        .await;
                         return Err(e);
                     }
                     if std::mem::take(&mut self.became_player) {
-                        netio::tune_media_socket(&wr.0, Some(netio::PLAYER_SEND_BUFFER));
+                        if let Some(sock) = wr.plain() {
+                            netio::tune_media_socket(sock, Some(netio::PLAYER_SEND_BUFFER));
+                        }
                     }
                     if self.proto.has_output() {
                         // Acks and pings interleave with media, so the session writes them itself.
                         self.take_back(wr).await?;
                         wr.write_all(&self.proto.take_output()).await?;
+                        wr.flush().await?;
                     }
                 }
                 r = media, if playing => {
@@ -303,11 +456,12 @@ impl Session {
                         metrics::global().observe_latency(t.elapsed());
                     }
                     if let Role::Playing(r) = &self.role {
-                        if r.caught_up() {
+                        // Only a plain socket can be written by the fan-out; an RTMPS player is written here.
+                        if let (true, Some(sock)) = (r.caught_up(), wr.plain()) {
                             if let Some(c) = r.cursor() {
                                 let low_latency = r.policy().low_latency;
                                 let slot = self.slot.get_or_insert_with(|| {
-                                    Slot::new(wr.0.clone(), self.handle.clone(), Format::Rtmp, false, low_latency)
+                                    Slot::new(sock.clone(), self.handle.clone(), Format::Rtmp, false, low_latency)
                                 });
                                 slot.park(r.stream(), c);
                                 self.parked = true;

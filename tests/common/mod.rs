@@ -31,8 +31,9 @@ pub struct Server {
     pub child: Child,
     pub rtmp_port: u16,
     pub http_port: u16,
-    /// The HTTPS port, when the config turns it on.
+    /// The HTTPS and RTMPS ports, when the config turns them on.
     pub https_port: Option<u16>,
+    pub rtmps_port: Option<u16>,
     pub dir: tempdir::TempDir,
     log: PathBuf,
 }
@@ -86,7 +87,7 @@ impl Server {
             .stderr(Stdio::from(std::fs::File::options().append(true).open(&log).unwrap()))
             .spawn()
             .expect("spawn livegate");
-        let mut s = Server { child, rtmp_port: 0, http_port: 0, https_port: None, dir, log };
+        let mut s = Server { child, rtmp_port: 0, http_port: 0, https_port: None, rtmps_port: None, dir, log };
         let deadline = Instant::now() + Duration::from_secs(30);
         let ports = loop {
             if let Some(p) =
@@ -106,6 +107,7 @@ impl Server {
         s.rtmp_port = port("rtmp");
         s.http_port = port("http");
         s.https_port = ports.get("https").map(|_| port("https"));
+        s.rtmps_port = ports.get("rtmps").map(|_| port("rtmps"));
         s
     }
 

@@ -682,3 +682,35 @@ fn a_trickling_length_lie_is_closed_by_the_idle_timeout() {
     let reason = logged_end(&srv, c.sock.local_addr().unwrap().port());
     assert!(reason.contains("idle"), "{reason}");
 }
+
+/// HEVC as OBS 30+ (Enhanced RTMP, fourcc hvc1) and Chinese encoders (legacy codec id 12) send it, written
+/// here by hand: the publish is ended with the reason, never turned into a silent audio-only stream.
+#[test]
+fn video_livegate_cannot_carry_is_refused_with_the_reason_not_dropped() {
+    let srv = Server::start("[hub]\nreconnect_grace_secs = 0.0\n");
+    // Enhanced RTMP: IsExHeader | keyframe (1 << 4) | PacketType 0 (sequence start), fourcc, then an hvcC.
+    let mut enhanced = vec![0x80 | 0x10, b'h', b'v', b'c', b'1'];
+    enhanced.extend_from_slice(&[
+        1, 1, 0x60, 0, 0, 0, 0x90, 0, 0, 0, 0, 0, 93, 0xf0, 0, 0xfc, 0xfd, 0xf8, 0xf8, 0, 0, 0x0f, 0,
+    ]);
+    // Legacy FLV: keyframe | codec id 12, AVC-style packet type 0 and composition time.
+    let mut legacy = vec![0x1C, 0, 0, 0, 0];
+    legacy.extend_from_slice(&[1, 1, 0x60, 0, 0, 0]);
+    for (name, tag, words) in [("hevc-ex", enhanced, "H.265/HEVC"), ("hevc-12", legacy, "FLV codec id 12")] {
+        let mut c = live_session(&srv);
+        publish(&mut c, name.into());
+        let st = statuses(&c.read_until_command("onStatus", Duration::from_secs(5)));
+        assert_eq!(st[0].0, "NetStream.Publish.Start", "{st:?}");
+        // Audio first (an AAC sequence header), then the video.
+        c.send_raw_message(4, message::AUDIO, 1, 0, &[0xAF, 0, 0x12, 0x10]);
+        c.send_raw_message(6, message::VIDEO, 1, 0, &tag);
+        let st = statuses(&c.read_until_command("onStatus", Duration::from_secs(5)));
+        let failed = st.iter().find(|(code, _)| code == "NetStream.Publish.Failed");
+        assert!(failed.is_some_and(|(_, d)| d.contains(words) && d.contains("H.264")), "{name}: {st:?}");
+        assert!(c.closed_within(Duration::from_secs(5)), "{name}: the publisher is disconnected");
+        assert!(
+            wait_until(Duration::from_secs(5), || srv.stream_json(name).is_none_or(|j| j["publisher"].is_null())),
+            "{name} lives on as an audio-only stream"
+        );
+    }
+}

@@ -26,14 +26,38 @@ pub enum FlvError {
     TruncatedAvc(usize),
     #[error("truncated AAC audio tag ({0} bytes, need at least 2)")]
     TruncatedAac(usize),
-    #[error("unsupported video codec id {0} (livegate takes H.264)")]
+    #[error("{name} video (FLV codec id {0}) is not supported", name = video_codec_name(*.0))]
     UnsupportedVideoCodec(u8),
-    #[error("enhanced-RTMP video (fourcc {0:?}) is not supported yet")]
+    #[error("{name} video (Enhanced RTMP fourcc {fcc:?}) is not supported yet", name = fourcc_name(.0), fcc = String::from_utf8_lossy(.0))]
     EnhancedVideo([u8; 4]),
     #[error("not an FLV stream (signature {0:02x?})")]
     BadSignature([u8; 3]),
     #[error("FLV tag body of {0} bytes exceeds the limit")]
     TagTooLarge(usize),
+}
+
+/// What an FLV video codec id is (12 is HEVC as Chinese CDNs and encoders send it, before Enhanced RTMP).
+fn video_codec_name(id: u8) -> &'static str {
+    match id {
+        2 => "Sorenson H.263",
+        3 => "Screen video",
+        4 => "On2 VP6",
+        5 => "On2 VP6 with alpha",
+        6 => "Screen video v2",
+        12 => "H.265/HEVC",
+        13 => "AV1",
+        _ => "Unknown",
+    }
+}
+
+fn fourcc_name(f: &[u8; 4]) -> &'static str {
+    match f {
+        b"hvc1" => "H.265/HEVC",
+        b"av01" => "AV1",
+        b"vp09" => "VP9",
+        b"avc1" => "H.264 (as Enhanced RTMP)",
+        _ => "This",
+    }
 }
 
 /// Turns one FLV tag (or RTMP media message) body into a frame. `Ok(None)` for bodies that carry nothing a

@@ -513,7 +513,7 @@ impl Session {
             }
             Event::Publish(req) => self.on_publish(req).await?,
             Event::Play(req) => self.on_play(req)?,
-            Event::Media { type_id, timestamp, payload } => self.on_media(type_id, timestamp, payload),
+            Event::Media { type_id, timestamp, payload } => self.on_media(type_id, timestamp, payload)?,
             Event::Metadata { timestamp, body } => {
                 if let Role::Publishing(publisher) = &mut self.role {
                     let frame = Frame {
@@ -539,13 +539,21 @@ impl Session {
         Ok(())
     }
 
-    fn on_media(&mut self, type_id: u8, timestamp: u32, payload: Bytes) {
-        let Role::Publishing(publisher) = &mut self.role else { return };
+    fn on_media(&mut self, type_id: u8, timestamp: u32, payload: Bytes) -> Result<(), SessionError> {
+        let Role::Publishing(publisher) = &mut self.role else { return Ok(()) };
         self.last_media = Instant::now();
         metrics::global().bytes_in.fetch_add(payload.len() as u64, Ordering::Relaxed);
         match flv::frame_from_tag(type_id, 0, payload) {
             Ok(Some(frame)) => publisher.push_raw(frame, timestamp, Instant::now()),
             Ok(None) => {}
+            // A video codec livegate cannot carry: refused with the reason rather than dropped, which would
+            // leave viewers an audio-only stream and the publisher none the wiser.
+            Err(e @ (flv::FlvError::UnsupportedVideoCodec(_) | flv::FlvError::EnhancedVideo(_))) => {
+                let reason = format!("{e}: publish H.264 video (x264, or the encoder's H.264/AVC setting)");
+                tracing::warn!(%reason, "publish ended: unsupported video");
+                metrics::global().publish_refused.fetch_add(1, Ordering::Relaxed);
+                return Err(self.proto.refuse_publish("NetStream.Publish.Failed", &reason).into());
+            }
             Err(e) => {
                 if !self.warned_codec {
                     tracing::warn!(error = %e, "dropping media the hub cannot carry");
@@ -553,6 +561,7 @@ impl Session {
                 }
             }
         }
+        Ok(())
     }
 
     async fn on_publish(&mut self, req: StreamRequest) -> Result<(), SessionError> {

@@ -310,3 +310,51 @@ fn deleting_an_unconnected_session_releases_it_at_once() {
     );
     assert!(srv.log_text().contains("deleted by the client before it connected"));
 }
+
+#[test]
+fn an_mp3_stream_reaches_hls_and_whep_and_its_hls_recording() {
+    // <live-pusher>'s pure-audio mode and older encoders push MP3: H.264 + MP3 here, as ffmpeg sends it.
+    let srv = Server::start("[webrtc]\nudp_port_min = 0\nudp_port_max = 0\n[hls]\nsegment_secs = 1.0\n");
+    let _pub = Proc::spawn(
+        Command::new("ffmpeg")
+            .args(["-hide_banner", "-loglevel", "warning", "-re", "-stream_loop", "-1", "-i"])
+            .arg(media("360p"))
+            .args(["-c:v", "copy", "-c:a", "libmp3lame", "-ar", "44100", "-b:a", "96k", "-f", "flv"])
+            .arg(srv.rtmp_url("mp3")),
+    );
+    srv.wait_live("mp3");
+    assert_eq!(srv.stream_json("mp3").unwrap()["audio"]["codec"], "MP3");
+    let r = http_request_body(
+        srv.http_port,
+        "POST",
+        "/api/v1/recordings",
+        r#"{"app":"live","stream":"mp3","formats":["hls"],"record_id":"m"}"#,
+    );
+    assert_eq!(r.status, 201);
+    let body = r#"{"app":"live","stream":"mp3","formats":["mp4"]}"#;
+    let r = http_request_body(srv.http_port, "POST", "/api/v1/recordings", body);
+    assert_eq!(r.status, 400, "MP4 cannot carry MP3 yet: refused with the reason");
+    assert!(r.json()["detail"].as_str().unwrap().contains("MP3"), "{}", r.json());
+    // Live HLS: the MP3 is in the segments (before: a PMT with no audio in it).
+    let url = format!("http://127.0.0.1:{}/live/mp3.m3u8", srv.http_port);
+    srv.wait_media("mp3", 3.0);
+    let codecs: Vec<String> =
+        probe_streams(&url).iter().filter_map(|s| s["codec_name"].as_str().map(String::from)).collect();
+    assert!(codecs.contains(&"h264".into()) && codecs.contains(&"mp3".into()), "{codecs:?}");
+    let out = srv.dir.path().join("hls.wav");
+    let o = Command::new("timeout")
+        .args(["40", "ffmpeg", "-v", "error", "-y", "-i", &url, "-t", "2", "-vn"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success() && o.stderr.is_empty(), "{}", String::from_utf8_lossy(&o.stderr));
+    // WHEP: the browser hears the stream's MP3 as Opus (one shared transcode).
+    let whep = format!("http://127.0.0.1:{}/whep/live/mp3", srv.http_port);
+    let shot = srv.dir.path().join("mp3.png");
+    let j = browser_check("whep_play.mjs", &[&whep, shot.to_str().unwrap(), "3"]);
+    assert!(j["audioRms"].as_f64().unwrap_or(0.0) > 0.01, "no audible WebRTC audio from an MP3 stream: {j}");
+    assert!(j["fps"].as_f64().unwrap() > 20.0, "{j}");
+    // The HLS recording carries the MP3 too.
+    let files = finish_recording(&srv, "mp3", "m", 1);
+    assert_eq!(files[0].2, ["h264", "mp3"], "{files:?}");
+}

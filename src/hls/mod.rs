@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 pub use crate::config::HlsConfig;
 use crate::hub::{Audience, CachePolicy, EndReason, Hub, HubError, Packet, Protocol, Purpose, Reader, StreamKey};
 use crate::media::ts::TsMuxer;
-use crate::media::{Frame, MediaKind};
+use crate::media::{Codec, Frame, MediaKind};
 
 #[derive(Debug, Clone)]
 pub(crate) struct Segment {
@@ -166,7 +166,8 @@ impl Hls {
                     Ok(()) => {
                         if cut.muxer.is_none() {
                             let t = reader.tracks();
-                            cut.muxer = Some(TsMuxer::new(t.video, t.audio));
+                            let audio = reader.stream().audio_codec();
+                            cut.muxer = Some(TsMuxer::new(t.video, t.audio).with_audio_codec(audio));
                         }
                         for p in batch.drain(..) {
                             if let Some(done) = cut.push(&p) {
@@ -261,9 +262,9 @@ pub(crate) struct Cutter {
 
 impl Cutter {
     /// A cutter whose track layout is known up front (recordings know it when they open a playlist).
-    pub(crate) fn with_tracks(target_secs: f64, has_video: bool, has_audio: bool) -> Self {
+    pub(crate) fn with_tracks(target_secs: f64, has_video: bool, has_audio: bool, audio: Option<Codec>) -> Self {
         let mut c = Self::new(target_secs, 0);
-        c.muxer = Some(TsMuxer::new(has_video, has_audio));
+        c.muxer = Some(TsMuxer::new(has_video, has_audio).with_audio_codec(audio));
         c
     }
 

@@ -16,7 +16,7 @@ use super::fanout::{self, Class, Format, Slot};
 use super::packet::{HeaderSet, Packet};
 use super::source::{SourceHandle, SourceInfo};
 use super::{ClientHandle, Protocol, StreamKey};
-use crate::media::{Frame, MediaKind};
+use crate::media::{Codec, Frame, MediaKind};
 
 /// A point a reader can start at: a video keyframe (or, in an audio-only stream, any audio frame), with the
 /// headers that were in force there.
@@ -39,6 +39,8 @@ pub(crate) struct Ring {
     pub bytes: usize,
     pub has_video: bool,
     pub has_audio: bool,
+    /// The codec of the newest audio frame (MP3 and other codecs have no configuration record to say it).
+    pub audio_codec: Option<Codec>,
     pub head_dts: i64,
 }
 
@@ -168,6 +170,7 @@ impl Stream {
                 bytes: 0,
                 has_video: false,
                 has_audio: false,
+                audio_codec: None,
                 head_dts: 0,
             }),
             wakers: Mutex::new(Vec::new()),
@@ -250,6 +253,11 @@ impl Stream {
         self.ring.read().headers.clone()
     }
 
+    /// The codec of the newest audio frame, if audio has come.
+    pub fn audio_codec(&self) -> Option<Codec> {
+        self.ring.read().audio_codec
+    }
+
     pub fn publisher(&self) -> Option<PublisherInfo> {
         self.state.lock().publisher.as_ref().map(|(p, _)| p.clone())
     }
@@ -305,7 +313,10 @@ impl Stream {
             } else {
                 match f.kind {
                     MediaKind::Video => ring.has_video = true,
-                    MediaKind::Audio => ring.has_audio = true,
+                    MediaKind::Audio => {
+                        ring.has_audio = true;
+                        ring.audio_codec = Some(f.codec);
+                    }
                     MediaKind::Data => {}
                 }
                 let is_key = match f.kind {

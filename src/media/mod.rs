@@ -54,6 +54,11 @@ impl Codec {
             Codec::Amf0 => "AMF0",
         }
     }
+
+    /// MP3 as FLV carries it (sound format 2, or 14 for 8 kHz).
+    pub fn is_mp3(&self) -> bool {
+        matches!(self, Codec::OtherAudio { flv_sound_byte } if matches!(flv_sound_byte >> 4, 2 | 14))
+    }
 }
 
 /// One access unit (or codec configuration) on the stream's timeline.

@@ -15,6 +15,9 @@ pub const PID_VIDEO: u16 = 0x100;
 pub const PID_AUDIO: u16 = 0x101;
 const STREAM_TYPE_H264: u8 = 0x1B;
 const STREAM_TYPE_AAC: u8 = 0x0F;
+/// MPEG-1 audio (MP3 at 32/44.1/48 kHz) and MPEG-2 audio (the half rates, and MPEG-2.5's 8 kHz).
+const STREAM_TYPE_MPEG1_AUDIO: u8 = 0x03;
+const STREAM_TYPE_MPEG2_AUDIO: u8 = 0x04;
 /// Timestamps are offset so that a small negative composition offset never underflows.
 const PTS_OFFSET_MS: i64 = 1400;
 
@@ -38,11 +41,24 @@ pub struct TsMuxer {
     cc: [u8; 4],
     avc: Option<AvcDecoderConfig>,
     asc: Option<AudioSpecificConfig>,
+    /// The PMT's audio stream type: AAC unless the muxer was told the stream's audio is MP3.
+    audio_type: u8,
 }
 
 impl TsMuxer {
     pub fn new(has_video: bool, has_audio: bool) -> Self {
-        Self { has_video, has_audio, cc: [0; 4], avc: None, asc: None }
+        Self { has_video, has_audio, cc: [0; 4], avc: None, asc: None, audio_type: STREAM_TYPE_AAC }
+    }
+
+    /// Carries the stream's audio as `codec` (AAC by default; MP3 goes in as MPEG audio, untouched). Must be
+    /// said before the first tables are written.
+    pub fn with_audio_codec(mut self, codec: Option<super::Codec>) -> Self {
+        if let Some(super::Codec::OtherAudio { flv_sound_byte }) = codec.filter(|c| c.is_mp3()) {
+            // FLV's rate bits: 3 = 44.1 kHz (MPEG-1); lower rates and format 14 (8 kHz) are MPEG-2/2.5.
+            let mpeg1 = flv_sound_byte >> 4 == 2 && (flv_sound_byte >> 2) & 3 == 3;
+            self.audio_type = if mpeg1 { STREAM_TYPE_MPEG1_AUDIO } else { STREAM_TYPE_MPEG2_AUDIO };
+        }
+        self
     }
 
     pub fn set_video_config(&mut self, record: &[u8]) -> Result<(), TsError> {
@@ -76,7 +92,7 @@ impl TsMuxer {
             pmt.extend_from_slice(&[STREAM_TYPE_H264, 0xE0 | (PID_VIDEO >> 8) as u8, PID_VIDEO as u8, 0xF0, 0x00]);
         }
         if self.has_audio {
-            pmt.extend_from_slice(&[STREAM_TYPE_AAC, 0xE0 | (PID_AUDIO >> 8) as u8, PID_AUDIO as u8, 0xF0, 0x00]);
+            pmt.extend_from_slice(&[self.audio_type, 0xE0 | (PID_AUDIO >> 8) as u8, PID_AUDIO as u8, 0xF0, 0x00]);
         }
         self.write_section(out, PID_PMT, pmt);
     }
@@ -113,8 +129,18 @@ impl TsMuxer {
                 self.write_pes(out, PID_VIDEO, pts, Some(dts), frame.keyframe, &es);
                 Ok(())
             }
+            (MediaKind::Audio, false) if frame.codec.is_mp3() => {
+                if self.audio_type == STREAM_TYPE_AAC {
+                    return Err(TsError::Unsupported);
+                }
+                // MP3 frames carry their own headers: the PES holds them as they came.
+                let pts = to_90k(frame.dts);
+                let pcr = !self.has_video;
+                self.write_pes(out, PID_AUDIO, pts, None, pcr, &frame.payload);
+                Ok(())
+            }
             (MediaKind::Audio, false) => {
-                if !matches!(frame.codec, super::Codec::Aac) {
+                if !matches!(frame.codec, super::Codec::Aac) || self.audio_type != STREAM_TYPE_AAC {
                     return Err(TsError::Unsupported);
                 }
                 let asc = self.asc.as_ref().ok_or(TsError::NoAudioConfig)?;

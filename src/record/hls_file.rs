@@ -22,13 +22,19 @@ pub struct HlsFile {
 }
 
 impl HlsFile {
-    pub fn create(playlist: &Path, has_video: bool, has_audio: bool, segment_secs: f64) -> std::io::Result<Self> {
+    pub fn create(
+        playlist: &Path,
+        has_video: bool,
+        has_audio: bool,
+        audio: Option<crate::media::Codec>,
+        segment_secs: f64,
+    ) -> std::io::Result<Self> {
         if let Some(dir) = playlist.parent() {
             std::fs::create_dir_all(dir)?;
         }
         let stem = playlist.file_stem().and_then(|s| s.to_str()).unwrap_or("rec").to_owned();
         let f = Self {
-            cutter: Cutter::with_tracks(segment_secs, has_video, has_audio),
+            cutter: Cutter::with_tracks(segment_secs, has_video, has_audio, audio),
             origin: None,
             last_out: 0,
             playlist: playlist.to_path_buf(),

@@ -267,6 +267,17 @@ impl Recorder {
         if self.tasks.lock().contains_key(&id) {
             return Err(RecordError::Exists(id));
         }
+        // MP4 takes H.264 and AAC: MP3 audio would be left out (all of an audio-only stream). Say so.
+        if formats.contains(&RecordFormat::Mp4)
+            && self.hub.get(&key).is_some_and(|s| s.audio_codec().is_some_and(|c| c.is_mp3()))
+        {
+            return Err(RecordError::Invalid {
+                field: "formats",
+                detail: format!(
+                    "stream {key} has MP3 audio, which MP4 recordings do not carry yet: record \"flv\" or \"hls\""
+                ),
+            });
+        }
         self.start_task(
             key,
             formats,
@@ -316,6 +327,7 @@ impl Recorder {
         let param = stream.publisher().map(|p| p.param).unwrap_or_default();
         let writer = Writer {
             rec: self.clone(),
+            stream: stream.clone(),
             key: key.clone(),
             record_id: record_id.clone(),
             task_id: short_id(),
@@ -603,6 +615,7 @@ enum Start {
 /// Runs on a blocking thread: disk writes never stall the runtime.
 struct Writer {
     rec: Arc<Recorder>,
+    stream: Arc<crate::hub::Stream>,
     key: StreamKey,
     record_id: String,
     task_id: String,
@@ -761,7 +774,11 @@ impl Writer {
         let dts = first.frame.dts;
         let sink = match format {
             RecordFormat::Hls => {
-                let mut h = HlsFile::create(&path, has_video, has_audio, self.rec.segment_secs)?;
+                // MP3 has no header to announce it: the stream says what its audio is, even before a frame of
+                // it reached this recording.
+                let audio = self.stream.audio_codec();
+                let mut h =
+                    HlsFile::create(&path, has_video, has_audio || audio.is_some(), audio, self.rec.segment_secs)?;
                 for hp in [&headers.video, &headers.audio].into_iter().flatten() {
                     h.push(hp)?;
                 }

@@ -22,6 +22,7 @@ use crate::hub::{
 use crate::media::{Codec, Frame, MediaKind};
 
 const AAC_TO_OPUS: &str = include_str!("../../pipelines/aac_to_opus.pipeline");
+const MP3_TO_OPUS: &str = include_str!("../../pipelines/mp3_to_opus.pipeline");
 const H264_TO_BASELINE: &str = include_str!("../../pipelines/h264_to_baseline.pipeline");
 const H264_TO_VP8: &str = include_str!("../../pipelines/h264_to_vp8.pipeline");
 
@@ -102,6 +103,7 @@ pub struct Transcoders {
     hub: Hub,
     cfg: TranscodeConfig,
     aac_to_opus: Template,
+    mp3_to_opus: Template,
     h264_to_baseline: Template,
     h264_to_vp8: Template,
 }
@@ -127,14 +129,25 @@ impl Kind {
     }
 }
 
-/// The decoder configuration a rendition of `kind` starts from, if `source` has the codec it transcodes.
-fn input_config(source: &crate::hub::Stream, kind: Kind) -> Option<Bytes> {
+/// What a rendition of `kind` transcodes from.
+#[derive(Debug, Clone)]
+enum Input {
+    /// AAC audio or H.264 video, with its decoder configuration.
+    Config(Bytes),
+    /// MP3 audio (its frames carry their own headers).
+    Mp3,
+}
+
+/// What a rendition of `kind` starts from, if `source` has a codec it transcodes.
+fn input_config(source: &crate::hub::Stream, kind: Kind) -> Option<Input> {
     let headers = source.headers();
     let (track, codec) = match kind {
         Kind::Opus => (MediaKind::Audio, Codec::Aac),
         Kind::Baseline | Kind::Vp8 => (MediaKind::Video, Codec::H264),
     };
-    headers.get(track).filter(|p| p.frame.codec == codec).map(|p| p.frame.payload.clone())
+    let config = headers.get(track).filter(|p| p.frame.codec == codec).map(|p| Input::Config(p.frame.payload.clone()));
+    let mp3 = (kind == Kind::Opus && source.audio_codec().is_some_and(|c| c.is_mp3())).then_some(Input::Mp3);
+    config.or(mp3)
 }
 
 /// Renditions as the hub's on-demand sources: reading `live/a@opus` starts `live/a`'s AAC → Opus transcoder,
@@ -169,13 +182,16 @@ impl Transcoders {
         let aac_to_opus = Template::load(Path::new(&cfg.pipelines_dir), "aac_to_opus", AAC_TO_OPUS)?;
         let (p, _, _) = aac_to_opus.build(&[("bitrate", cfg.opus_bitrate.to_string())])?;
         let _ = p.set_state(gst::State::Null);
+        let mp3_to_opus = Template::load(Path::new(&cfg.pipelines_dir), "mp3_to_opus", MP3_TO_OPUS)?;
+        let (p, _, _) = mp3_to_opus.build(&[("bitrate", cfg.opus_bitrate.to_string())])?;
+        let _ = p.set_state(gst::State::Null);
         let h264_to_baseline = Template::load(Path::new(&cfg.pipelines_dir), "h264_to_baseline", H264_TO_BASELINE)?;
         let (p, _, _) = h264_to_baseline.build(&[("bitrate", cfg.video_kbps.to_string()), ("gop", "60".into())])?;
         let _ = p.set_state(gst::State::Null);
         let h264_to_vp8 = Template::load(Path::new(&cfg.pipelines_dir), "h264_to_vp8", H264_TO_VP8)?;
         let (p, _, _) = h264_to_vp8.build(&[("bitrate", (cfg.video_kbps * 1000).to_string()), ("gop", "60".into())])?;
         let _ = p.set_state(gst::State::Null);
-        Ok(Arc::new(Self { hub, cfg, aac_to_opus, h264_to_baseline, h264_to_vp8 }))
+        Ok(Arc::new(Self { hub, cfg, aac_to_opus, mp3_to_opus, h264_to_baseline, h264_to_vp8 }))
     }
 
     /// The stream carrying `key`'s audio as Opus: its `@opus` rendition, made on demand by its first reader,
@@ -218,8 +234,10 @@ impl Transcoders {
         stop: Arc<tokio::sync::Notify>,
     ) -> Result<Option<()>, TranscodeError> {
         let Some(source) = self.hub.get(key).filter(|s| !s.is_closed()) else { return Ok(None) };
-        let Some(config) = input_config(&source, kind) else { return Ok(None) };
+        let Some(input) = input_config(&source, kind) else { return Ok(None) };
+        let mp3 = matches!(input, Input::Mp3);
         let (pipeline, src, sink) = match kind {
+            Kind::Opus if mp3 => self.mp3_to_opus.build(&[("bitrate", self.cfg.opus_bitrate.to_string())])?,
             Kind::Opus => self.aac_to_opus.build(&[("bitrate", self.cfg.opus_bitrate.to_string())])?,
             Kind::Baseline => {
                 self.h264_to_baseline.build(&[("bitrate", self.cfg.video_kbps.to_string()), ("gop", "60".into())])?
@@ -228,7 +246,10 @@ impl Transcoders {
                 .h264_to_vp8
                 .build(&[("bitrate", (self.cfg.video_kbps * 1000).to_string()), ("gop", "60".into())])?,
         };
-        src.set_caps(Some(&input_caps(kind, &config)));
+        src.set_caps(Some(&match &input {
+            Input::Config(config) => input_caps(kind, config),
+            Input::Mp3 => gst::Caps::builder("audio/mpeg").field("mpegversion", 1i32).build(),
+        }));
         let guard = self.hub.register_client(Protocol::Transcode, None);
         let policy = CachePolicy {
             min_cache: Duration::ZERO,
@@ -265,7 +286,7 @@ impl Transcoders {
         let d = derived.clone();
         tokio::spawn(async move {
             let _client = guard;
-            let reason = this.run(kind, reader, publisher, &src, &sink, rx, &d, &stop).await;
+            let reason = this.run(kind, mp3, reader, publisher, &src, &sink, rx, &d, &stop).await;
             let _ = src.end_of_stream();
             let _ = pipeline.set_state(gst::State::Null);
             tracing::info!(stream = %key, rendition = %d, %reason, "transcoder stopped");
@@ -282,6 +303,7 @@ impl Transcoders {
     async fn run(
         &self,
         kind: Kind,
+        mp3: bool,
         mut reader: crate::hub::Reader,
         mut publisher: crate::hub::Publisher,
         src: &gst_app::AppSrc,
@@ -307,7 +329,8 @@ impl Transcoders {
                     }
                     for p in batch.drain(..) {
                         let f = &p.frame;
-                        if f.kind != want_kind || f.codec != want_codec {
+                        let codec_ok = if mp3 { f.codec.is_mp3() } else { f.codec == want_codec };
+                        if f.kind != want_kind || !codec_ok {
                             continue;
                         }
                         if f.config {

@@ -85,6 +85,17 @@ fn free_ports() -> Result<(u16, u16)> {
     Ok((a.local_addr()?.port(), b.local_addr()?.port()))
 }
 
+/// Whether `bin` has the per-address connection limits (it validates a config that sets one).
+fn knows_addr_limits(bin: &Path) -> bool {
+    let probe = std::env::temp_dir().join(format!("livegate-load-probe-{}.toml", std::process::id()));
+    if std::fs::write(&probe, "[http]\nmax_connections_per_addr = 0\n").is_err() {
+        return true;
+    }
+    let ok = Command::new(bin).arg("check-config").arg(&probe).output().is_ok_and(|o| o.status.success());
+    let _ = std::fs::remove_file(&probe);
+    ok
+}
+
 impl Livegate {
     /// Starts livegate; `extra` is appended to its config (whole TOML tables other than [rtmp], [http], [log]).
     pub fn spawn(bin: &Path, extra: &str, log_level: &str) -> Result<Self> {
@@ -94,11 +105,10 @@ impl Livegate {
         let (rp, hp) = free_ports()?;
         let rtmp: SocketAddr = ([127, 0, 0, 1], rp).into();
         let http: SocketAddr = ([127, 0, 0, 1], hp).into();
-        // Every simulated client comes from 127.0.0.1: the per-address limits would cap a run at 256.
-        let mut cfg = format!(
-            "[rtmp]\nlisten = \"{rtmp}\"\nmax_connections_per_addr = 0\n\n\
-             [http]\nlisten = \"{http}\"\nmax_connections_per_addr = 0\n\n"
-        );
+        // Every simulated client comes from 127.0.0.1: the per-address limits would cap a run at 256. Builds
+        // from before those limits refuse the key, so it is given only to a binary that takes it (A/Bs).
+        let unlimited = if knows_addr_limits(bin) { "max_connections_per_addr = 0\n" } else { "" };
+        let mut cfg = format!("[rtmp]\nlisten = \"{rtmp}\"\n{unlimited}\n[http]\nlisten = \"{http}\"\n{unlimited}\n");
         cfg.push_str(extra);
         cfg.push_str(&format!("[log]\nlevel = \"{log_level}\"\n"));
         let tmp = std::env::temp_dir();

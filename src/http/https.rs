@@ -2,15 +2,11 @@
 //! offers it by ALPN (browsers do; `<live-player>` and curl may). HTTP-FLV players over TLS are served by
 //! their own task (the direct fan-out writes plaintext to sockets, so it serves only the plain port).
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use parking_lot::Mutex;
 use tokio::net::TcpListener;
 
-use super::{flv, route, HttpState, HEADER_TIMEOUT};
+use super::{serve_hyper, HttpState, HEADER_TIMEOUT};
 use crate::netio;
 use crate::tls::{TlsCerts, ALPN_H2};
 
@@ -46,40 +42,7 @@ pub async fn serve(
                     }
                 };
                 let h2 = tls.get_ref().1.alpn_protocol() == Some(ALPN_H2);
-                let watch: Arc<Mutex<Option<flv::Watch>>> = Arc::default();
-                let svc_watch = watch.clone();
-                let svc_state = state.clone();
-                let svc = service_fn(move |req| {
-                    let state = svc_state.clone();
-                    let watch = svc_watch.clone();
-                    async move { Ok::<_, Infallible>(route(state, addr, req, watch).await) }
-                });
-                let io = TokioIo::new(tls);
-                let served = async {
-                    if h2 {
-                        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                            .timer(TokioTimer::new())
-                            .serve_connection(io, svc)
-                            .await
-                    } else {
-                        hyper::server::conn::http1::Builder::new()
-                            .timer(TokioTimer::new())
-                            .writev(true)
-                            .header_read_timeout(HEADER_TIMEOUT)
-                            .serve_connection(io, svc)
-                            .await
-                    }
-                };
-                tokio::select! {
-                    r = served => {
-                        if let Err(e) = r {
-                            tracing::debug!(peer = %addr, h2, error = %e, "https connection error");
-                        }
-                    }
-                    reason = flv::watchdog(watch, state.config.stall_timeout()) => {
-                        tracing::info!(peer = %addr, %reason, "http-flv player disconnected (https)");
-                    }
-                }
+                serve_hyper(state, addr, tls, h2).await;
                 drop(permit);
             });
         },

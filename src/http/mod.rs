@@ -75,29 +75,7 @@ pub async fn serve(listener: TcpListener, state: Arc<HttpState>, shutdown: tokio
                     }
                     Ok(_) => {}
                 }
-                let watch: Arc<Mutex<Option<flv::Watch>>> = Arc::default();
-                let svc_watch = watch.clone();
-                let svc_state = state.clone();
-                let svc = service_fn(move |req| {
-                    let state = svc_state.clone();
-                    let watch = svc_watch.clone();
-                    async move { Ok::<_, Infallible>(route(state, addr, req, watch).await) }
-                });
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .writev(true)
-                    .header_read_timeout(HEADER_TIMEOUT)
-                    .serve_connection(TokioIo::new(sock), svc);
-                tokio::select! {
-                    r = conn => {
-                        if let Err(e) = r {
-                            tracing::debug!(peer = %addr, error = %e, "http connection error");
-                        }
-                    }
-                    reason = flv::watchdog(watch, state.config.stall_timeout()) => {
-                        tracing::info!(peer = %addr, %reason, "http-flv player disconnected");
-                    }
-                }
+                serve_hyper(state, addr, sock, false).await;
                 drop(permit);
             });
         },
@@ -106,6 +84,48 @@ pub async fn serve(listener: TcpListener, state: Arc<HttpState>, shutdown: tokio
 }
 
 use std::sync::atomic::Ordering;
+
+/// Serves one connection's requests with hyper (HTTP/1.1, or HTTP/2 when `h2`: TLS connections that chose it)
+/// until it closes, or an HTTP-FLV player on it stalls.
+pub(crate) async fn serve_hyper<I>(state: Arc<HttpState>, addr: SocketAddr, io: I, h2: bool)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let watch: Arc<Mutex<Option<flv::Watch>>> = Arc::default();
+    let svc_watch = watch.clone();
+    let svc_state = state.clone();
+    let svc = service_fn(move |req| {
+        let state = svc_state.clone();
+        let watch = svc_watch.clone();
+        async move { Ok::<_, Infallible>(route(state, addr, req, watch).await) }
+    });
+    let io = TokioIo::new(io);
+    let served = async {
+        if h2 {
+            hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .timer(hyper_util::rt::TokioTimer::new())
+                .serve_connection(io, svc)
+                .await
+        } else {
+            hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .writev(true)
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(io, svc)
+                .await
+        }
+    };
+    tokio::select! {
+        r = served => {
+            if let Err(e) = r {
+                tracing::debug!(peer = %addr, h2, error = %e, "http connection error");
+            }
+        }
+        reason = flv::watchdog(watch, state.config.stall_timeout()) => {
+            tracing::info!(peer = %addr, %reason, "http-flv player disconnected");
+        }
+    }
+}
 
 /// Looks at a new connection's first request without consuming it. `Err` when the client sent nothing
 /// within the header timeout or hung up: the connection is dropped, as hyper would.

@@ -60,6 +60,7 @@ impl Access {
         match op {
             Op::Play => self.authorize_play(key, query),
             Op::Publish => {
+                names::validate("stream", &key.name)?;
                 self.check_signed(key, query, AppConfig::push_keys)?;
                 let event = Event::Publish {
                     stream: key.clone(),
@@ -74,7 +75,9 @@ impl Access {
         }
     }
 
+    /// A player may name the stream's H.264 rendition (`x@cb`); the play signature is the source's.
     pub fn authorize_play(&self, key: &StreamKey, query: &[(String, String)]) -> Result<(), AccessError> {
+        names::validate_play(&key.name)?;
         self.check_signed(key, query, AppConfig::play_keys)
     }
 
@@ -86,11 +89,10 @@ impl Access {
         keys: fn(&AppConfig) -> KeyPair,
     ) -> Result<(), AccessError> {
         self.check_app(&key.app)?;
-        names::validate("stream", &key.name)?;
         let app = self.config.app(&key.app).ok_or_else(|| AccessError::UnknownApp(key.app.clone()))?;
         auth::verify(
             &keys(app),
-            &key.name,
+            names::source_name(&key.name),
             names::query_get(query, "txSecret"),
             names::query_get(query, "txTime"),
             auth::unix_now(),

@@ -10,6 +10,33 @@ pub enum NameError {
     BadChar { what: &'static str, ch: char },
     #[error("{0} name may not start with '.' or contain \"..\"")]
     Dots(&'static str),
+    #[error(
+        "rendition @{0} cannot be played by name: players may ask for @{PLAYABLE_RENDITION} (the H.264 rendition)"
+    )]
+    Rendition(String),
+}
+
+/// The one rendition players may name (`live/x@cb`): H.264 constrained baseline, which every FLV/RTMP/HLS
+/// player takes, for sources in H.265 or with B-frames. Opus and VP8 renditions exist for WebRTC only.
+pub const PLAYABLE_RENDITION: &str = "cb";
+
+/// Checks a stream name a player asked for: a stream name, or one with the playable rendition's suffix.
+pub fn validate_play(name: &str) -> Result<(), NameError> {
+    match name.split_once('@') {
+        Some((base, suffix)) => {
+            validate("stream", base)?;
+            if suffix != PLAYABLE_RENDITION {
+                return Err(NameError::Rendition(suffix.to_owned()));
+            }
+            Ok(())
+        }
+        None => validate("stream", name),
+    }
+}
+
+/// The stream a name is about: a rendition's source (signatures are made for the source's name).
+pub fn source_name(name: &str) -> &str {
+    name.split_once('@').map_or(name, |(base, _)| base)
 }
 
 pub const MAX_NAME_LEN: usize = 128;
@@ -123,6 +150,18 @@ fn percent_decode(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn players_may_name_the_h264_rendition_and_nothing_else() {
+        assert_eq!(validate_play("cam"), Ok(()));
+        assert_eq!(validate_play("cam@cb"), Ok(()));
+        assert_eq!(validate_play("cam@opus"), Err(NameError::Rendition("opus".into())));
+        assert!(validate_play("../x@cb").is_err());
+        assert!(validate_play("cam@cb@cb").is_err());
+        assert!(validate("stream", "cam@cb").is_err(), "nobody publishes a rendition's name");
+        assert_eq!(source_name("cam@cb"), "cam");
+        assert_eq!(source_name("cam"), "cam");
+    }
+
     use super::*;
 
     #[test]

@@ -67,6 +67,26 @@ fn aiortc_plays_an_rtmp_stream_over_whep_and_decodes_video_and_audio() {
     assert!(!log.contains("reason=peer connection Disconnected"), "{log}");
 }
 
+/// An H.265 publisher (Enhanced RTMP, as OBS 30 sends it; the tests' own client): browsers take no HEVC over
+/// WebRTC, so the viewer gets the stream's shared H.264 rendition, decodes it, at the source's size.
+#[test]
+fn aiortc_plays_an_hevc_stream_as_h264_over_whep() {
+    let _g = serial();
+    let srv = Server::start(WEBRTC);
+    let _pub = common::enhanced_rtmp::Paced::start(srv.rtmp_port, "hw", common::enhanced_rtmp::Form::Enhanced);
+    srv.wait_live("hw");
+    let url = format!("http://127.0.0.1:{}/whep/live/hw", srv.http_port);
+    let out = aiortc("whep_play.py", &[&url, "3"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "whep_play.py failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let j = last_json(&stdout);
+    assert_eq!(j["status"], 201, "{j}");
+    assert_eq!(j["videoCodec"], "H264", "{j}");
+    assert_eq!((j["width"].as_u64(), j["height"].as_u64()), (Some(320), Some(240)), "{j}");
+    assert!(j["frames"].as_u64().unwrap() >= 30, "{j}");
+    assert!(srv.log_text().contains("source is H.265: WebRTC video is transcoded"));
+}
+
 /// Records `secs` of each URL to an FLV file with ffmpeg (stream copy), all at once.
 fn capture_all(srv: &Server, urls: &[(&str, String)], secs: u32) -> Vec<PathBuf> {
     let children: Vec<_> = urls

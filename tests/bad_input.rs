@@ -683,20 +683,28 @@ fn a_trickling_length_lie_is_closed_by_the_idle_timeout() {
     assert!(reason.contains("idle"), "{reason}");
 }
 
-/// HEVC as OBS 30+ (Enhanced RTMP, fourcc hvc1) and Chinese encoders (legacy codec id 12) send it, written
-/// here by hand: the publish is ended with the reason, never turned into a silent audio-only stream.
+/// Video livegate cannot carry, written here by hand as encoders send it: AV1 and VP9 as Enhanced RTMP
+/// (OBS 30+), VP6 as classic FLV, and an HEVC sequence header with no parameter sets (nothing could decode the
+/// stream). The publish is ended with the reason, never turned into a silent audio-only stream.
 #[test]
 fn video_livegate_cannot_carry_is_refused_with_the_reason_not_dropped() {
     let srv = Server::start("[hub]\nreconnect_grace_secs = 0.0\n");
-    // Enhanced RTMP: IsExHeader | keyframe (1 << 4) | PacketType 0 (sequence start), fourcc, then an hvcC.
-    let mut enhanced = vec![0x80 | 0x10, b'h', b'v', b'c', b'1'];
-    enhanced.extend_from_slice(&[
-        1, 1, 0x60, 0, 0, 0, 0x90, 0, 0, 0, 0, 0, 93, 0xf0, 0, 0xfc, 0xfd, 0xf8, 0xf8, 0, 0, 0x0f, 0,
-    ]);
-    // Legacy FLV: keyframe | codec id 12, AVC-style packet type 0 and composition time.
-    let mut legacy = vec![0x1C, 0, 0, 0, 0];
-    legacy.extend_from_slice(&[1, 1, 0x60, 0, 0, 0]);
-    for (name, tag, words) in [("hevc-ex", enhanced, "H.265/HEVC"), ("hevc-12", legacy, "FLV codec id 12")] {
+    // Enhanced RTMP: IsExHeader | keyframe (1 << 4) | PacketType 0 (sequence start), fourcc, then a record.
+    let enhanced = |fourcc: &[u8; 4], record: &[u8]| {
+        let mut t = vec![0x80 | 0x10];
+        t.extend_from_slice(fourcc);
+        t.extend_from_slice(record);
+        t
+    };
+    // An hvcC with its 22 bytes of profile fields and no arrays.
+    let empty_hvcc = [1, 1, 0x60, 0, 0, 0, 0x90, 0, 0, 0, 0, 0, 93, 0xf0, 0, 0xfc, 0xfd, 0xf8, 0xf8, 0, 0, 0x0f, 0];
+    let cases = [
+        ("av1", enhanced(b"av01", &[0x81, 0, 0x0c, 0]), "AV1"),
+        ("vp9", enhanced(b"vp09", &[1, 0, 0, 0]), "VP9"),
+        ("vp6", vec![0x14, 0, 0, 0, 0], "VP6"),
+        ("hevc-noparams", enhanced(b"hvc1", &empty_hvcc), "HEVC decoder configuration has no VPS"),
+    ];
+    for (name, tag, words) in cases {
         let mut c = live_session(&srv);
         publish(&mut c, name.into());
         let st = statuses(&c.read_until_command("onStatus", Duration::from_secs(5)));

@@ -15,6 +15,7 @@ use super::{error, json, Body};
 use crate::hub::{HubError, Protocol, Stream, StreamKey};
 use crate::media::aac::AudioSpecificConfig;
 use crate::media::avc::{self, AvcDecoderConfig};
+use crate::media::hevc::HevcDecoderConfig;
 use crate::media::{Codec, Frame, MediaKind};
 use crate::record::RecordError;
 
@@ -234,7 +235,17 @@ pub fn stream_json(s: &Stream) -> Value {
     let headers = s.headers();
     let (in_bps, out_bps, fps) = s.rates();
     let publisher = s.publisher();
+    let measured_fps = (fps > 0.0).then(|| (fps * 100.0).round() / 100.0);
     let video = headers.video.as_ref().map(|p| {
+        if p.frame.codec == Codec::H265 {
+            let size = HevcDecoderConfig::parse(&p.frame.payload).ok().and_then(|c| c.picture_size().ok());
+            return json!({
+                "codec": "H265",
+                "width": size.map(|s| s.0),
+                "height": size.map(|s| s.1),
+                "fps": measured_fps,
+            });
+        }
         let cfg = AvcDecoderConfig::parse(&p.frame.payload).ok();
         let sps = cfg.as_ref().and_then(|c| c.sps.first()).and_then(|sps| avc::parse_sps(sps).ok());
         json!({
@@ -243,7 +254,7 @@ pub fn stream_json(s: &Stream) -> Value {
             "level": sps.as_ref().map(|s| s.level_idc as f64 / 10.0),
             "width": sps.as_ref().map(|s| s.width),
             "height": sps.as_ref().map(|s| s.height),
-            "fps": if fps > 0.0 { Some((fps * 100.0).round() / 100.0) } else { sps.as_ref().and_then(|s| s.fps) },
+            "fps": measured_fps.or_else(|| sps.as_ref().and_then(|s| s.fps)),
         })
     });
     let audio = headers.audio.as_ref().map(|p| {
@@ -345,6 +356,7 @@ fn frame_json(f: &Frame, fps: f64) -> Value {
             json!({"codec": codec, "flv_sound_format": format, "sample_rate": rate, "channels": channels})
         }
         Codec::H264 => json!({"codec": "H264", "fps": fps}),
+        Codec::H265 => json!({"codec": "H265", "fps": fps}),
         Codec::Aac => json!({"codec": "AAC"}),
         Codec::Amf0 => json!({"codec": "AMF0"}),
     }

@@ -369,25 +369,26 @@ fn parse_vui_fps(r: &mut BitReader<'_>) -> Result<Option<f64>, AvcError> {
     Ok(Some(f64::from(time_scale) / (2.0 * f64::from(num_units_in_tick))))
 }
 
-/// MSB-first bit reader over RBSP bytes; every read is bounds-checked.
-struct BitReader<'a> {
+/// MSB-first bit reader over RBSP bytes; every read is bounds-checked. Shared with the HEVC parser, whose
+/// syntax uses the same Exp-Golomb codes.
+pub(crate) struct BitReader<'a> {
     data: &'a [u8],
     pos: usize,
 }
 
 impl<'a> BitReader<'a> {
-    fn new(data: &'a [u8]) -> Self {
+    pub(crate) fn new(data: &'a [u8]) -> Self {
         Self { data, pos: 0 }
     }
 
-    fn flag(&mut self) -> Result<bool, AvcError> {
+    pub(crate) fn flag(&mut self) -> Result<bool, AvcError> {
         let byte = self.data.get(self.pos / 8).ok_or(AvcError::Truncated)?;
         let bit = (byte >> (7 - (self.pos % 8))) & 1;
         self.pos += 1;
         Ok(bit == 1)
     }
 
-    fn bits(&mut self, n: u32) -> Result<u32, AvcError> {
+    pub(crate) fn bits(&mut self, n: u32) -> Result<u32, AvcError> {
         let mut v: u32 = 0;
         for _ in 0..n.min(32) {
             v = (v << 1) | u32::from(self.flag()?);
@@ -395,13 +396,13 @@ impl<'a> BitReader<'a> {
         Ok(v)
     }
 
-    fn u8(&mut self) -> Result<u8, AvcError> {
+    pub(crate) fn u8(&mut self) -> Result<u8, AvcError> {
         Ok(self.bits(8)? as u8)
     }
 
     /// Unsigned Exp-Golomb. Codes longer than 32 bits cannot occur in a valid
     /// SPS, so they are rejected instead of overflowing.
-    fn ue(&mut self) -> Result<u32, AvcError> {
+    pub(crate) fn ue(&mut self) -> Result<u32, AvcError> {
         let mut leading_zeros = 0u32;
         while !self.flag()? {
             leading_zeros += 1;
@@ -414,7 +415,7 @@ impl<'a> BitReader<'a> {
         u32::try_from(v).map_err(|_| AvcError::InvalidSps("Exp-Golomb value overflows u32"))
     }
 
-    fn se(&mut self) -> Result<i64, AvcError> {
+    pub(crate) fn se(&mut self) -> Result<i64, AvcError> {
         let k = i64::from(self.ue()?);
         Ok(if k % 2 == 1 { (k + 1) / 2 } else { -(k / 2) })
     }

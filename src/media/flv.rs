@@ -5,7 +5,7 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-use super::{Codec, Frame, MediaKind};
+use super::{hevc, Codec, Frame, MediaKind};
 
 pub const TAG_AUDIO: u8 = 8;
 pub const TAG_VIDEO: u8 = 9;
@@ -14,6 +14,12 @@ pub const TAG_SCRIPT: u8 = 18;
 pub const MAX_TAG_BODY: usize = 0xFF_FFFF;
 
 const VIDEO_CODEC_AVC: u8 = 7;
+/// HEVC as Chinese CDNs and encoders sent it before Enhanced RTMP.
+const VIDEO_CODEC_HEVC: u8 = 12;
+/// Enhanced RTMP video packet types.
+const ENH_SEQUENCE_START: u8 = 0;
+const ENH_CODED_FRAMES: u8 = 1;
+const ENH_CODED_FRAMES_X: u8 = 3;
 const SOUND_FORMAT_AAC: u8 = 10;
 /// The one sound byte every AAC tag carries: format 10, 44 kHz, 16 bit, stereo (players ignore the rest).
 const AAC_SOUND_BYTE: u8 = 0xAF;
@@ -30,6 +36,12 @@ pub enum FlvError {
     UnsupportedVideoCodec(u8),
     #[error("{name} video (Enhanced RTMP fourcc {fcc:?}) is not supported yet", name = fourcc_name(.0), fcc = String::from_utf8_lossy(.0))]
     EnhancedVideo([u8; 4]),
+    #[error("Enhanced RTMP video packet type {0} (multitrack or a modifier) is not supported")]
+    EnhancedPacket(u8),
+    #[error("truncated Enhanced RTMP video tag ({0} bytes)")]
+    TruncatedEnhanced(usize),
+    #[error("invalid HEVC decoder configuration: {0}")]
+    BadHevcConfig(String),
     #[error("not an FLV stream (signature {0:02x?})")]
     BadSignature([u8; 3]),
     #[error("FLV tag body of {0} bytes exceeds the limit")]
@@ -44,7 +56,6 @@ fn video_codec_name(id: u8) -> &'static str {
         4 => "On2 VP6",
         5 => "On2 VP6 with alpha",
         6 => "Screen video v2",
-        12 => "H.265/HEVC",
         13 => "AV1",
         _ => "Unknown",
     }
@@ -52,10 +63,8 @@ fn video_codec_name(id: u8) -> &'static str {
 
 fn fourcc_name(f: &[u8; 4]) -> &'static str {
     match f {
-        b"hvc1" => "H.265/HEVC",
         b"av01" => "AV1",
         b"vp09" => "VP9",
-        b"avc1" => "H.264 (as Enhanced RTMP)",
         _ => "This",
     }
 }
@@ -82,41 +91,84 @@ pub fn frame_from_tag(tag_type: u8, dts: i64, body: Bytes) -> Result<Option<Fram
 fn video_frame(dts: i64, body: Bytes) -> Result<Option<Frame>, FlvError> {
     let first = *body.first().ok_or(FlvError::Empty("video"))?;
     if first & 0x80 != 0 {
-        let mut fourcc = [0u8; 4];
-        if body.len() >= 5 {
-            fourcc.copy_from_slice(&body[1..5]);
-        }
-        return Err(FlvError::EnhancedVideo(fourcc));
+        return enhanced_video_frame(dts, body);
     }
     let frame_type = first >> 4;
     let codec_id = first & 0x0F;
     if frame_type == 5 {
         return Ok(None);
     }
-    if codec_id != VIDEO_CODEC_AVC {
-        return Err(FlvError::UnsupportedVideoCodec(codec_id));
-    }
+    let codec = match codec_id {
+        VIDEO_CODEC_AVC => Codec::H264,
+        VIDEO_CODEC_HEVC => Codec::H265,
+        other => return Err(FlvError::UnsupportedVideoCodec(other)),
+    };
     if body.len() < 5 {
         return Err(FlvError::TruncatedAvc(body.len()));
     }
     let packet_type = body[1];
-    // Composition time is a signed 24-bit big-endian integer.
-    let raw = ((body[2] as u32) << 16) | ((body[3] as u32) << 8) | body[4] as u32;
-    let cts = ((raw << 8) as i32) >> 8;
+    let cts = si24(&body[2..5]);
     let (config, keyframe) = match packet_type {
         0 => (true, false),
         1 => (false, frame_type == 1),
         _ => return Ok(None),
     };
-    Ok(Some(Frame {
-        kind: MediaKind::Video,
-        codec: Codec::H264,
-        dts,
-        cts: if config { 0 } else { cts },
-        keyframe,
-        config,
-        payload: body.slice(5..),
-    }))
+    video(codec, dts, if config { 0 } else { cts }, keyframe, config, body.slice(5..))
+}
+
+/// A composition time: a signed 24-bit big-endian integer.
+fn si24(b: &[u8]) -> i32 {
+    let raw = ((b[0] as u32) << 16) | ((b[1] as u32) << 8) | b[2] as u32;
+    ((raw << 8) as i32) >> 8
+}
+
+fn video(
+    codec: Codec,
+    dts: i64,
+    cts: i32,
+    keyframe: bool,
+    config: bool,
+    payload: Bytes,
+) -> Result<Option<Frame>, FlvError> {
+    if config && codec == Codec::H265 {
+        // Checked at the door: every HEVC egress (MPEG-TS, MP4, the H.264 rendition) needs its parameter sets.
+        hevc::HevcDecoderConfig::parse(&payload).map_err(|e| FlvError::BadHevcConfig(e.to_string()))?;
+    }
+    Ok(Some(Frame { kind: MediaKind::Video, codec, dts, cts, keyframe, config, payload }))
+}
+
+/// An Enhanced RTMP video tag (veovera enhanced-rtmp v1/v2): `1 | frame type (3) | packet type (4)`, a FourCC,
+/// then the packet. H.265 (`hvc1`) and H.264 (`avc1`) are carried; the rest is refused by name.
+fn enhanced_video_frame(dts: i64, body: Bytes) -> Result<Option<Frame>, FlvError> {
+    let frame_type = (body[0] >> 4) & 0x07;
+    let packet_type = body[0] & 0x0F;
+    if body.len() < 5 {
+        return Err(FlvError::TruncatedEnhanced(body.len()));
+    }
+    let mut fourcc = [0u8; 4];
+    fourcc.copy_from_slice(&body[1..5]);
+    let codec = match &fourcc {
+        b"hvc1" => Codec::H265,
+        b"avc1" => Codec::H264,
+        _ => return Err(FlvError::EnhancedVideo(fourcc)),
+    };
+    if frame_type == 5 {
+        return Ok(None); // a command frame (seek start/end): nothing a player decodes
+    }
+    let keyframe = frame_type == 1;
+    match packet_type {
+        ENH_SEQUENCE_START => video(codec, dts, 0, false, true, body.slice(5..)),
+        ENH_CODED_FRAMES => {
+            if body.len() < 8 {
+                return Err(FlvError::TruncatedEnhanced(body.len()));
+            }
+            video(codec, dts, si24(&body[5..8]), keyframe, false, body.slice(8..))
+        }
+        ENH_CODED_FRAMES_X => video(codec, dts, 0, keyframe, false, body.slice(5..)),
+        // End of sequence, HDR metadata, MPEG-2 TS sequence start: nothing a player needs.
+        2 | 4 | 5 => Ok(None),
+        other => Err(FlvError::EnhancedPacket(other)),
+    }
 }
 
 fn audio_frame(dts: i64, body: Bytes) -> Result<Option<Frame>, FlvError> {
@@ -155,9 +207,12 @@ pub fn tag_type(frame: &Frame) -> u8 {
     }
 }
 
-/// The codec header that precedes the payload in an FLV tag body (and an RTMP media message): at most 5 bytes.
-pub fn body_prefix(frame: &Frame) -> ([u8; 5], usize) {
-    let mut p = [0u8; 5];
+/// Longest codec header before a payload: Enhanced RTMP's byte, FourCC and composition time.
+pub const MAX_BODY_PREFIX: usize = 8;
+
+/// The codec header that precedes the payload in an FLV tag body (and an RTMP media message).
+pub fn body_prefix(frame: &Frame) -> ([u8; MAX_BODY_PREFIX], usize) {
+    let mut p = [0u8; MAX_BODY_PREFIX];
     match frame.codec {
         Codec::H264 => {
             let frame_type = if frame.keyframe || frame.config { 1 } else { 2 };
@@ -168,6 +223,21 @@ pub fn body_prefix(frame: &Frame) -> ([u8; 5], usize) {
             p[3] = (cts >> 8) as u8;
             p[4] = cts as u8;
             (p, 5)
+        }
+        Codec::H265 => {
+            // Enhanced RTMP, as OBS, ffmpeg 6.1+ and SRS 6 read it.
+            let frame_type: u8 = if frame.keyframe || frame.config { 1 } else { 2 };
+            let packet_type = if frame.config { ENH_SEQUENCE_START } else { ENH_CODED_FRAMES };
+            p[0] = 0x80 | (frame_type << 4) | packet_type;
+            p[1..5].copy_from_slice(b"hvc1");
+            if frame.config {
+                return (p, 5);
+            }
+            let cts = (frame.cts as u32) & 0xFF_FFFF;
+            p[5] = (cts >> 16) as u8;
+            p[6] = (cts >> 8) as u8;
+            p[7] = cts as u8;
+            (p, 8)
         }
         Codec::Aac => {
             p[0] = AAC_SOUND_BYTE;
@@ -352,6 +422,63 @@ mod tests {
         );
         assert_eq!(frame_from_tag(TAG_AUDIO, 0, Bytes::from_static(&[0xAF])), Err(FlvError::TruncatedAac(1)));
         assert!(frame_from_tag(TAG_VIDEO, 0, avc(1, 2, 0, &[])).unwrap().is_none());
+    }
+
+    /// The smallest `hvcC` that parses: a 2-byte VPS, SPS and PPS.
+    fn hvcc() -> Vec<u8> {
+        let mut r = vec![1u8];
+        r.extend_from_slice(&[0; 20]);
+        r.extend_from_slice(&[0x0F, 3]);
+        for t in [32u8, 33, 34] {
+            r.extend_from_slice(&[t, 0, 1, 0, 2, t << 1, 1]);
+        }
+        r
+    }
+
+    #[test]
+    fn hevc_arrives_in_both_forms_and_leaves_as_enhanced_rtmp() {
+        // Enhanced RTMP: sequence start, coded frames with a composition time, coded frames without one.
+        let mut seq = vec![0x90, b'h', b'v', b'c', b'1'];
+        seq.extend_from_slice(&hvcc());
+        let cfg = frame_from_tag(TAG_VIDEO, 0, Bytes::from(seq.clone())).unwrap().unwrap();
+        assert!(cfg.config && cfg.codec == Codec::H265);
+        assert_eq!(&cfg.payload[..], &hvcc()[..]);
+        let key =
+            frame_from_tag(TAG_VIDEO, 40, Bytes::from_static(b"\x91hvc1\xff\xff\xdf\0\0\0\x01\x26")).unwrap().unwrap();
+        assert!(key.keyframe && !key.config && key.codec == Codec::H265);
+        assert_eq!((key.dts, key.cts), (40, -33));
+        assert_eq!(&key.payload[..], b"\0\0\0\x01\x26");
+        let inter = frame_from_tag(TAG_VIDEO, 80, Bytes::from_static(b"\xa3hvc1\0\0\0\x01\x02")).unwrap().unwrap();
+        assert!(!inter.keyframe && inter.cts == 0 && &inter.payload[..] == b"\0\0\0\x01\x02");
+        // Out: the same bytes back (coded frames always with their composition time).
+        assert_eq!(&build_tag(&cfg)[11..11 + seq.len()], &seq[..]);
+        let (p, n) = body_prefix(&key);
+        assert_eq!(&p[..n], b"\x91hvc1\xff\xff\xdf");
+        let (p, n) = body_prefix(&inter);
+        assert_eq!(&p[..n], b"\xa1hvc1\0\0\0");
+        // Legacy FLV codec id 12, laid out like AVC.
+        let mut legacy = vec![0x1C, 0, 0, 0, 0];
+        legacy.extend_from_slice(&hvcc());
+        assert_eq!(frame_from_tag(TAG_VIDEO, 0, Bytes::from(legacy)).unwrap().unwrap(), cfg);
+        let f =
+            frame_from_tag(TAG_VIDEO, 40, Bytes::from_static(&[0x1C, 1, 0, 0, 40, 0, 0, 0, 1, 0x26])).unwrap().unwrap();
+        assert!(f.keyframe && f.codec == Codec::H265 && f.cts == 40);
+        // H.264 as Enhanced RTMP is plain H.264.
+        let avc1 = frame_from_tag(TAG_VIDEO, 0, Bytes::from_static(b"\xa3avc1\0\0\0\x01\x41")).unwrap().unwrap();
+        assert!(avc1.codec == Codec::H264 && !avc1.keyframe);
+    }
+
+    #[test]
+    fn enhanced_rtmp_that_cannot_be_carried_is_refused_by_name() {
+        let refused = |b: &'static [u8]| frame_from_tag(TAG_VIDEO, 0, Bytes::from_static(b)).unwrap_err().to_string();
+        assert!(refused(b"\x90av01\x81").contains("AV1"), "{}", refused(b"\x90av01\x81"));
+        assert!(refused(b"\x90vp09\x01").contains("VP9"));
+        assert!(refused(b"\x96hvc1").contains("multitrack"));
+        assert!(refused(b"\x91hvc1\0").contains("truncated"));
+        // A sequence start without parameter sets: nothing downstream could decode the stream.
+        assert!(refused(b"\x90hvc1\x01\0\0").contains("HEVC decoder configuration"));
+        assert!(frame_from_tag(TAG_VIDEO, 0, Bytes::from_static(b"\xd0hvc1")).unwrap().is_none());
+        assert!(frame_from_tag(TAG_VIDEO, 0, Bytes::from_static(b"\x92hvc1")).unwrap().is_none());
     }
 
     #[test]

@@ -4,6 +4,7 @@ pub mod aac;
 pub mod amf0;
 pub mod avc;
 pub mod flv;
+pub mod hevc;
 pub mod mp4;
 pub mod rtmp_chunk;
 pub mod ts;
@@ -22,6 +23,9 @@ pub enum MediaKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Codec {
     H264,
+    /// H.265/HEVC: length-prefixed NAL units, the `hvcC` record as its configuration. Arrives as Enhanced RTMP
+    /// (`hvc1`) or as FLV codec id 12; leaves FLV/RTMP as Enhanced RTMP.
+    H265,
     Aac,
     /// An audio codec carried through untouched (MP3, G.711, Speex ...). The FLV sound byte is kept so FLV
     /// egress can rebuild the tag exactly.
@@ -41,6 +45,7 @@ impl Codec {
     pub fn name(&self) -> &'static str {
         match self {
             Codec::H264 => "H264",
+            Codec::H265 => "H265",
             Codec::Aac => "AAC",
             Codec::OtherAudio { flv_sound_byte } => match flv_sound_byte >> 4 {
                 2 | 14 => "MP3",

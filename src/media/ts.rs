@@ -1,11 +1,12 @@
-//! MPEG-TS muxing of hub frames (H.264 + AAC) for HLS segments.
+//! MPEG-TS muxing of hub frames (H.264 or H.265, AAC or MP3) for HLS segments.
 //!
-//! Pure: frames in, 188-byte packets appended to a `Vec<u8>`. H.264 leaves the hub as AVCC and goes out as
-//! Annex-B with an access unit delimiter, and with SPS/PPS repeated before every keyframe so each segment
-//! decodes on its own; AAC gets an ADTS header per frame.
+//! Pure: frames in, 188-byte packets appended to a `Vec<u8>`. H.264 and H.265 leave the hub length-prefixed and
+//! go out as Annex-B with an access unit delimiter, and with their parameter sets repeated before every keyframe
+//! so each segment decodes on its own; AAC gets an ADTS header per frame.
 
 use super::aac::AudioSpecificConfig;
 use super::avc::AvcDecoderConfig;
+use super::hevc::HevcDecoderConfig;
 use super::{Frame, MediaKind};
 
 pub const PACKET_SIZE: usize = 188;
@@ -14,6 +15,7 @@ const PID_PMT: u16 = 0x1000;
 pub const PID_VIDEO: u16 = 0x100;
 pub const PID_AUDIO: u16 = 0x101;
 const STREAM_TYPE_H264: u8 = 0x1B;
+const STREAM_TYPE_H265: u8 = 0x24;
 const STREAM_TYPE_AAC: u8 = 0x0F;
 /// MPEG-1 audio (MP3 at 32/44.1/48 kHz) and MPEG-2 audio (the half rates, and MPEG-2.5's 8 kHz).
 const STREAM_TYPE_MPEG1_AUDIO: u8 = 0x03;
@@ -23,14 +25,21 @@ const PTS_OFFSET_MS: i64 = 1400;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TsError {
-    #[error("H.264 frame before its decoder configuration")]
+    #[error("video frame before its decoder configuration")]
     NoVideoConfig,
     #[error("AAC frame before its AudioSpecificConfig")]
     NoAudioConfig,
-    #[error("malformed H.264 payload: {0}")]
+    #[error("malformed video payload: {0}")]
     BadNalus(String),
     #[error("codec cannot be carried in MPEG-TS here")]
     Unsupported,
+}
+
+/// The video decoder configuration in force.
+#[derive(Debug, Clone)]
+enum VideoConfig {
+    Avc(AvcDecoderConfig),
+    Hevc(HevcDecoderConfig),
 }
 
 /// Per-segment muxer state: continuity counters and the codec configurations in force.
@@ -39,7 +48,7 @@ pub struct TsMuxer {
     has_video: bool,
     has_audio: bool,
     cc: [u8; 4],
-    avc: Option<AvcDecoderConfig>,
+    video: Option<VideoConfig>,
     asc: Option<AudioSpecificConfig>,
     /// The PMT's audio stream type: AAC unless the muxer was told the stream's audio is MP3.
     audio_type: u8,
@@ -47,7 +56,7 @@ pub struct TsMuxer {
 
 impl TsMuxer {
     pub fn new(has_video: bool, has_audio: bool) -> Self {
-        Self { has_video, has_audio, cc: [0; 4], avc: None, asc: None, audio_type: STREAM_TYPE_AAC }
+        Self { has_video, has_audio, cc: [0; 4], video: None, asc: None, audio_type: STREAM_TYPE_AAC }
     }
 
     /// Carries the stream's audio as `codec` (AAC by default; MP3 goes in as MPEG audio, untouched). Must be
@@ -62,7 +71,14 @@ impl TsMuxer {
     }
 
     pub fn set_video_config(&mut self, record: &[u8]) -> Result<(), TsError> {
-        self.avc = Some(AvcDecoderConfig::parse(record).map_err(|e| TsError::BadNalus(e.to_string()))?);
+        self.video =
+            Some(VideoConfig::Avc(AvcDecoderConfig::parse(record).map_err(|e| TsError::BadNalus(e.to_string()))?));
+        Ok(())
+    }
+
+    pub fn set_hevc_config(&mut self, record: &[u8]) -> Result<(), TsError> {
+        self.video =
+            Some(VideoConfig::Hevc(HevcDecoderConfig::parse(record).map_err(|e| TsError::BadNalus(e.to_string()))?));
         Ok(())
     }
 
@@ -89,7 +105,11 @@ impl TsMuxer {
         let mut pmt = vec![0x02, 0xB0, 0, 0x00, 0x01, 0xC1, 0x00, 0x00];
         pmt.extend_from_slice(&[0xE0 | (pcr_pid >> 8) as u8, pcr_pid as u8, 0xF0, 0x00]);
         if self.has_video {
-            pmt.extend_from_slice(&[STREAM_TYPE_H264, 0xE0 | (PID_VIDEO >> 8) as u8, PID_VIDEO as u8, 0xF0, 0x00]);
+            let stream_type = match self.video {
+                Some(VideoConfig::Hevc(_)) => STREAM_TYPE_H265,
+                _ => STREAM_TYPE_H264,
+            };
+            pmt.extend_from_slice(&[stream_type, 0xE0 | (PID_VIDEO >> 8) as u8, PID_VIDEO as u8, 0xF0, 0x00]);
         }
         if self.has_audio {
             pmt.extend_from_slice(&[self.audio_type, 0xE0 | (PID_AUDIO >> 8) as u8, PID_AUDIO as u8, 0xF0, 0x00]);
@@ -120,6 +140,7 @@ impl TsMuxer {
     /// Appends one frame as a PES packet. Codec configuration frames update the muxer and write nothing.
     pub fn write_frame(&mut self, out: &mut Vec<u8>, frame: &Frame) -> Result<(), TsError> {
         match (frame.kind, frame.config) {
+            (MediaKind::Video, true) if frame.codec == super::Codec::H265 => self.set_hevc_config(&frame.payload),
             (MediaKind::Video, true) => self.set_video_config(&frame.payload),
             (MediaKind::Audio, true) => self.set_audio_config(&frame.payload),
             (MediaKind::Video, false) => {
@@ -158,10 +179,19 @@ impl TsMuxer {
     }
 
     fn annex_b(&self, frame: &Frame) -> Result<Vec<u8>, TsError> {
-        let cfg = self.avc.as_ref().ok_or(TsError::NoVideoConfig)?;
         let mut es = Vec::with_capacity(frame.payload.len() + 64);
-        super::avc::avcc_to_annexb(&frame.payload, cfg, frame.keyframe, true, &mut es)
-            .map_err(|e| TsError::BadNalus(e.to_string()))?;
+        let bad = |e: &dyn std::fmt::Display| TsError::BadNalus(e.to_string());
+        match (self.video.as_ref(), frame.codec) {
+            (Some(VideoConfig::Avc(cfg)), super::Codec::H264) => {
+                super::avc::avcc_to_annexb(&frame.payload, cfg, frame.keyframe, true, &mut es).map_err(|e| bad(&e))?
+            }
+            (Some(VideoConfig::Hevc(cfg)), super::Codec::H265) => {
+                super::hevc::to_annexb(&frame.payload, cfg, frame.keyframe, true, &mut es).map_err(|e| bad(&e))?
+            }
+            (None, _) => return Err(TsError::NoVideoConfig),
+            // A frame of another codec than the configuration in force: its decoder would only see garbage.
+            _ => return Err(TsError::Unsupported),
+        }
         Ok(es)
     }
 
@@ -373,6 +403,31 @@ mod tests {
         let inter = m.annex_b(&video(33, false, &[0x41, 0x9A])).unwrap();
         assert_eq!(inter, vec![0, 0, 0, 1, 0x09, 0xF0, 0, 0, 0, 1, 0x41, 0x9A]);
         assert_eq!(TsMuxer::new(true, false).annex_b(&video(0, true, &[0x65])), Err(TsError::NoVideoConfig));
+    }
+
+    #[test]
+    fn hevc_goes_out_as_stream_type_0x24_with_its_parameter_sets() {
+        // An hvcC with one 2-byte VPS, SPS and PPS, 4-byte NAL lengths.
+        let mut hvcc = vec![1u8];
+        hvcc.extend_from_slice(&[0; 20]);
+        hvcc.extend_from_slice(&[0x0F, 3]);
+        for t in [32u8, 33, 34] {
+            hvcc.extend_from_slice(&[t, 0, 1, 0, 2, t << 1, 1]);
+        }
+        let mut m = TsMuxer::new(true, false);
+        let mut out = Vec::new();
+        m.write_frame(&mut out, &Frame::config(MediaKind::Video, Codec::H265, Bytes::from(hvcc))).unwrap();
+        m.write_tables(&mut out);
+        let pmt = &out[PACKET_SIZE..2 * PACKET_SIZE];
+        // PMT section: header 5 + 12 bytes of table fields, then the first elementary stream entry.
+        assert_eq!(pmt[5 + 12], 0x24, "stream type of the video entry");
+        let mut key = video(0, true, &[19 << 1, 1, 0xAF]);
+        key.codec = Codec::H265;
+        let es = m.annex_b(&key).unwrap();
+        let want: &[u8] = &[0, 0, 0, 1, 0x46, 1, 0x50, 0, 0, 0, 1, 0x40, 1, 0, 0, 0, 1, 0x42, 1, 0, 0, 0, 1, 0x44, 1];
+        assert_eq!(&es[..want.len()], want);
+        // An H.264 frame under an HEVC configuration is refused, not muxed as garbage.
+        assert_eq!(m.annex_b(&video(40, false, &[0x41])), Err(TsError::Unsupported));
     }
 
     #[test]

@@ -357,6 +357,10 @@ impl Decoder {
                     p.push(f, f.dts, pts);
                 }
             }
+            (MediaKind::Video, Codec::H265) if f.config => {
+                // Said once per configuration, not per frame: the input stays black with the reason shown.
+                self.error("H.265 video cannot be mixed yet: mix the input's H.264 rendition ({name}@cb)".into(), true);
+            }
             (MediaKind::Audio, Codec::Aac) => {
                 if f.config {
                     if let Some(p) = &s.audio {

@@ -12,6 +12,7 @@ use bytes::Bytes;
 
 use crate::media::aac::AudioSpecificConfig;
 use crate::media::avc::{self, AvcDecoderConfig};
+use crate::media::hevc::HevcDecoderConfig;
 use crate::media::mp4::{self, Fragmenter, Handler, Movie, TopBox, TrackInfo};
 use crate::media::{Codec, Frame, MediaKind};
 
@@ -25,21 +26,30 @@ pub struct Mp4File {
     video: Option<usize>,
     audio: Option<usize>,
     /// The decoder configurations the file was opened with: another one needs a new file.
-    video_sps: Option<Vec<Bytes>>,
+    video_sps: Option<(bool, Vec<Bytes>)>,
     audio_cfg: Option<Bytes>,
     first_dts: Option<i64>,
     buf: Vec<u8>,
     pub bytes: u64,
 }
 
-/// The tracks an MP4 can hold for these sequence headers (H.264 and AAC; other codecs are left out).
+/// The tracks an MP4 can hold for these sequence headers (H.264 or H.265, and AAC; other codecs are left out).
 pub fn tracks_for(video: Option<&Frame>, audio: Option<&Frame>) -> Vec<TrackInfo> {
     let mut out = Vec::new();
-    if let Some(v) = video.filter(|f| f.codec == Codec::H264) {
-        let cfg = AvcDecoderConfig::parse(&v.payload).ok();
-        let sps = cfg.as_ref().and_then(|c| c.sps.first()).and_then(|s| avc::parse_sps(s).ok());
-        let (w, h) = sps.map_or((0, 0), |s| (s.width.min(65_535) as u16, s.height.min(65_535) as u16));
-        out.push(TrackInfo::h264(out.len() as u32 + 1, &v.payload, w, h));
+    let clamp = |(w, h): (u32, u32)| (w.min(65_535) as u16, h.min(65_535) as u16);
+    match video {
+        Some(v) if v.codec == Codec::H264 => {
+            let cfg = AvcDecoderConfig::parse(&v.payload).ok();
+            let sps = cfg.as_ref().and_then(|c| c.sps.first()).and_then(|s| avc::parse_sps(s).ok());
+            let (w, h) = sps.map_or((0, 0), |s| clamp((s.width, s.height)));
+            out.push(TrackInfo::h264(out.len() as u32 + 1, &v.payload, w, h));
+        }
+        Some(v) if v.codec == Codec::H265 => {
+            let size = HevcDecoderConfig::parse(&v.payload).ok().and_then(|c| c.picture_size().ok());
+            let (w, h) = size.map_or((0, 0), clamp);
+            out.push(TrackInfo::h265(out.len() as u32 + 1, &v.payload, w, h));
+        }
+        _ => {}
     }
     if let Some(a) = audio.filter(|f| f.codec == Codec::Aac) {
         if let Ok(asc) = AudioSpecificConfig::parse(&a.payload) {
@@ -49,15 +59,21 @@ pub fn tracks_for(video: Option<&Frame>, audio: Option<&Frame>) -> Vec<TrackInfo
     out
 }
 
-fn sps_of(f: &Frame) -> Vec<Bytes> {
-    AvcDecoderConfig::parse(&f.payload).map(|c| c.sps).unwrap_or_else(|_| vec![f.payload.clone()])
+/// What identifies a video configuration for "is this still the same file": codec and SPS (a new PPS alone
+/// does not change the sample entry's meaning).
+fn sps_of(f: &Frame) -> (bool, Vec<Bytes>) {
+    let sps = match f.codec {
+        Codec::H265 => HevcDecoderConfig::parse(&f.payload).map(|c| c.sps).ok(),
+        _ => AvcDecoderConfig::parse(&f.payload).map(|c| c.sps).ok(),
+    };
+    (f.codec == Codec::H265, sps.unwrap_or_else(|| vec![f.payload.clone()]))
 }
 
 impl Mp4File {
     pub fn create(path: &Path, video: Option<&Frame>, audio: Option<&Frame>) -> std::io::Result<Self> {
         let tracks = tracks_for(video, audio);
         if tracks.is_empty() {
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "no H.264 or AAC track for MP4"));
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "no H.264, H.265 or AAC track for MP4"));
         }
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
@@ -85,7 +101,7 @@ impl Mp4File {
     /// configuration, or a track this file does not have.
     pub fn config_changed(&self, f: &Frame) -> bool {
         match (f.kind, f.codec) {
-            (MediaKind::Video, Codec::H264) => self.video_sps.as_ref() != Some(&sps_of(f)),
+            (MediaKind::Video, Codec::H264 | Codec::H265) => self.video_sps.as_ref() != Some(&sps_of(f)),
             (MediaKind::Audio, Codec::Aac) => self.audio_cfg.as_ref() != Some(&f.payload),
             (MediaKind::Video, _) => self.video.is_some(),
             (MediaKind::Audio, _) => self.audio.is_some(),
@@ -98,7 +114,7 @@ impl Mp4File {
             return Ok(());
         }
         let idx = match (f.kind, f.codec) {
-            (MediaKind::Video, Codec::H264) => self.video,
+            (MediaKind::Video, Codec::H264 | Codec::H265) => self.video,
             (MediaKind::Audio, Codec::Aac) => self.audio,
             _ => None,
         };

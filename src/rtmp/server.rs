@@ -548,8 +548,13 @@ impl Session {
             Ok(None) => {}
             // A video codec livegate cannot carry: refused with the reason rather than dropped, which would
             // leave viewers an audio-only stream and the publisher none the wiser.
-            Err(e @ (flv::FlvError::UnsupportedVideoCodec(_) | flv::FlvError::EnhancedVideo(_))) => {
-                let reason = format!("{e}: publish H.264 video (x264, or the encoder's H.264/AVC setting)");
+            Err(
+                e @ (flv::FlvError::UnsupportedVideoCodec(_)
+                | flv::FlvError::EnhancedVideo(_)
+                | flv::FlvError::EnhancedPacket(_)
+                | flv::FlvError::BadHevcConfig(_)),
+            ) => {
+                let reason = format!("{e}: publish H.264 or H.265 video (the encoder's AVC or HEVC setting)");
                 tracing::warn!(%reason, "publish ended: unsupported video");
                 metrics::global().publish_refused.fetch_add(1, Ordering::Relaxed);
                 return Err(self.proto.refuse_publish("NetStream.Publish.Failed", &reason).into());

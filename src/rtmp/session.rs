@@ -376,7 +376,11 @@ impl Session {
         let (name, q) = names::split_query(raw);
         // Some clients put the app in front of the name ("live/test"); accept it when it matches.
         let name = name.strip_prefix(&format!("{}/", self.app)).unwrap_or(name);
-        if let Err(e) = names::validate("stream", name) {
+        let valid = match kind {
+            Request::Publish => names::validate("stream", name),
+            Request::Play => names::validate_play(name),
+        };
+        if let Err(e) = valid {
             return refuse(self, bad_name, e.to_string());
         }
         let query_str = join_queries(&[&self.app_query, q]);

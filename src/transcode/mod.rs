@@ -25,6 +25,8 @@ const AAC_TO_OPUS: &str = include_str!("../../pipelines/aac_to_opus.pipeline");
 const MP3_TO_OPUS: &str = include_str!("../../pipelines/mp3_to_opus.pipeline");
 const H264_TO_BASELINE: &str = include_str!("../../pipelines/h264_to_baseline.pipeline");
 const H264_TO_VP8: &str = include_str!("../../pipelines/h264_to_vp8.pipeline");
+const H265_TO_BASELINE: &str = include_str!("../../pipelines/h265_to_baseline.pipeline");
+const H265_TO_VP8: &str = include_str!("../../pipelines/h265_to_vp8.pipeline");
 
 #[derive(Debug, thiserror::Error)]
 pub enum TranscodeError {
@@ -106,6 +108,8 @@ pub struct Transcoders {
     mp3_to_opus: Template,
     h264_to_baseline: Template,
     h264_to_vp8: Template,
+    h265_to_baseline: Template,
+    h265_to_vp8: Template,
 }
 
 /// Which rendition of a stream.
@@ -132,20 +136,57 @@ impl Kind {
 /// What a rendition of `kind` transcodes from.
 #[derive(Debug, Clone)]
 enum Input {
-    /// AAC audio or H.264 video, with its decoder configuration.
-    Config(Bytes),
+    /// AAC audio, H.264 or H.265 video, with its decoder configuration.
+    Config { codec: Codec, record: Bytes },
     /// MP3 audio (its frames carry their own headers).
     Mp3,
 }
 
-/// What a rendition of `kind` starts from, if `source` has a codec it transcodes.
+impl Input {
+    /// Whether `f` is what the pipeline is fed.
+    fn accepts(&self, f: &Frame) -> bool {
+        match self {
+            Input::Config { codec, .. } => f.codec == *codec,
+            Input::Mp3 => f.codec.is_mp3(),
+        }
+    }
+
+    /// The appsrc caps for this input with decoder configuration `record`.
+    fn caps(&self, record: &[u8]) -> gst::Caps {
+        let cd = gst::Buffer::from_slice(record.to_vec());
+        match self {
+            Input::Config { codec: Codec::Aac, .. } => gst::Caps::builder("audio/mpeg")
+                .field("mpegversion", 4i32)
+                .field("stream-format", "raw")
+                .field("codec_data", cd)
+                .build(),
+            Input::Config { codec: Codec::H265, .. } => gst::Caps::builder("video/x-h265")
+                .field("stream-format", "hvc1")
+                .field("alignment", "au")
+                .field("codec_data", cd)
+                .build(),
+            Input::Config { .. } => gst::Caps::builder("video/x-h264")
+                .field("stream-format", "avc")
+                .field("alignment", "au")
+                .field("codec_data", cd)
+                .build(),
+            Input::Mp3 => gst::Caps::builder("audio/mpeg").field("mpegversion", 1i32).build(),
+        }
+    }
+}
+
+/// What a rendition of `kind` starts from, if `source` has a codec it transcodes: AAC or MP3 for Opus, H.264
+/// or H.265 for the H.264 baseline and VP8 renditions.
 fn input_config(source: &crate::hub::Stream, kind: Kind) -> Option<Input> {
     let headers = source.headers();
-    let (track, codec) = match kind {
-        Kind::Opus => (MediaKind::Audio, Codec::Aac),
-        Kind::Baseline | Kind::Vp8 => (MediaKind::Video, Codec::H264),
+    let (track, codecs): (_, &[Codec]) = match kind {
+        Kind::Opus => (MediaKind::Audio, &[Codec::Aac]),
+        Kind::Baseline | Kind::Vp8 => (MediaKind::Video, &[Codec::H264, Codec::H265]),
     };
-    let config = headers.get(track).filter(|p| p.frame.codec == codec).map(|p| Input::Config(p.frame.payload.clone()));
+    let config = headers
+        .get(track)
+        .filter(|p| codecs.contains(&p.frame.codec))
+        .map(|p| Input::Config { codec: p.frame.codec, record: p.frame.payload.clone() });
     let mp3 = (kind == Kind::Opus && source.audio_codec().is_some_and(|c| c.is_mp3())).then_some(Input::Mp3);
     config.or(mp3)
 }
@@ -191,7 +232,22 @@ impl Transcoders {
         let h264_to_vp8 = Template::load(Path::new(&cfg.pipelines_dir), "h264_to_vp8", H264_TO_VP8)?;
         let (p, _, _) = h264_to_vp8.build(&[("bitrate", (cfg.video_kbps * 1000).to_string()), ("gop", "60".into())])?;
         let _ = p.set_state(gst::State::Null);
-        Ok(Arc::new(Self { hub, cfg, aac_to_opus, mp3_to_opus, h264_to_baseline, h264_to_vp8 }))
+        let h265_to_baseline = Template::load(Path::new(&cfg.pipelines_dir), "h265_to_baseline", H265_TO_BASELINE)?;
+        let (p, _, _) = h265_to_baseline.build(&[("bitrate", cfg.video_kbps.to_string()), ("gop", "60".into())])?;
+        let _ = p.set_state(gst::State::Null);
+        let h265_to_vp8 = Template::load(Path::new(&cfg.pipelines_dir), "h265_to_vp8", H265_TO_VP8)?;
+        let (p, _, _) = h265_to_vp8.build(&[("bitrate", (cfg.video_kbps * 1000).to_string()), ("gop", "60".into())])?;
+        let _ = p.set_state(gst::State::Null);
+        Ok(Arc::new(Self {
+            hub,
+            cfg,
+            aac_to_opus,
+            mp3_to_opus,
+            h264_to_baseline,
+            h264_to_vp8,
+            h265_to_baseline,
+            h265_to_vp8,
+        }))
     }
 
     /// The stream carrying `key`'s audio as Opus: its `@opus` rendition, made on demand by its first reader,
@@ -235,21 +291,26 @@ impl Transcoders {
     ) -> Result<Option<()>, TranscodeError> {
         let Some(source) = self.hub.get(key).filter(|s| !s.is_closed()) else { return Ok(None) };
         let Some(input) = input_config(&source, kind) else { return Ok(None) };
-        let mp3 = matches!(input, Input::Mp3);
+        let hevc = matches!(input, Input::Config { codec: Codec::H265, .. });
         let (pipeline, src, sink) = match kind {
-            Kind::Opus if mp3 => self.mp3_to_opus.build(&[("bitrate", self.cfg.opus_bitrate.to_string())])?,
+            Kind::Opus if matches!(input, Input::Mp3) => {
+                self.mp3_to_opus.build(&[("bitrate", self.cfg.opus_bitrate.to_string())])?
+            }
             Kind::Opus => self.aac_to_opus.build(&[("bitrate", self.cfg.opus_bitrate.to_string())])?,
             Kind::Baseline => {
-                self.h264_to_baseline.build(&[("bitrate", self.cfg.video_kbps.to_string()), ("gop", "60".into())])?
+                let t = if hevc { &self.h265_to_baseline } else { &self.h264_to_baseline };
+                t.build(&[("bitrate", self.cfg.video_kbps.to_string()), ("gop", "60".into())])?
             }
-            Kind::Vp8 => self
-                .h264_to_vp8
-                .build(&[("bitrate", (self.cfg.video_kbps * 1000).to_string()), ("gop", "60".into())])?,
+            Kind::Vp8 => {
+                let t = if hevc { &self.h265_to_vp8 } else { &self.h264_to_vp8 };
+                t.build(&[("bitrate", (self.cfg.video_kbps * 1000).to_string()), ("gop", "60".into())])?
+            }
         };
-        src.set_caps(Some(&match &input {
-            Input::Config(config) => input_caps(kind, config),
-            Input::Mp3 => gst::Caps::builder("audio/mpeg").field("mpegversion", 1i32).build(),
-        }));
+        let initial = match &input {
+            Input::Config { record, .. } => input.caps(record),
+            Input::Mp3 => input.caps(&[]),
+        };
+        src.set_caps(Some(&initial));
         let guard = self.hub.register_client(Protocol::Transcode, None);
         let policy = CachePolicy {
             min_cache: Duration::ZERO,
@@ -286,7 +347,7 @@ impl Transcoders {
         let d = derived.clone();
         tokio::spawn(async move {
             let _client = guard;
-            let reason = this.run(kind, mp3, reader, publisher, &src, &sink, rx, &d, &stop).await;
+            let reason = this.run(kind, &input, reader, publisher, &src, &sink, rx, &d, &stop).await;
             let _ = src.end_of_stream();
             let _ = pipeline.set_state(gst::State::Null);
             tracing::info!(stream = %key, rendition = %d, %reason, "transcoder stopped");
@@ -303,7 +364,7 @@ impl Transcoders {
     async fn run(
         &self,
         kind: Kind,
-        mp3: bool,
+        input: &Input,
         mut reader: crate::hub::Reader,
         mut publisher: crate::hub::Publisher,
         src: &gst_app::AppSrc,
@@ -317,9 +378,9 @@ impl Transcoders {
         let mut out_config: Option<Bytes> = None;
         let derived_stream = publisher.stream().clone();
         let mut last_forced: Option<Instant> = None;
-        let (want_kind, want_codec) = match kind {
-            Kind::Opus => (MediaKind::Audio, Codec::Aac),
-            Kind::Baseline | Kind::Vp8 => (MediaKind::Video, Codec::H264),
+        let want_kind = match kind {
+            Kind::Opus => MediaKind::Audio,
+            Kind::Baseline | Kind::Vp8 => MediaKind::Video,
         };
         loop {
             tokio::select! {
@@ -329,13 +390,12 @@ impl Transcoders {
                     }
                     for p in batch.drain(..) {
                         let f = &p.frame;
-                        let codec_ok = if mp3 { f.codec.is_mp3() } else { f.codec == want_codec };
-                        if f.kind != want_kind || !codec_ok {
+                        if f.kind != want_kind || !input.accepts(f) {
                             continue;
                         }
                         if f.config {
                             // A new decoder configuration (the publisher changed resolution): new caps.
-                            src.set_caps(Some(&input_caps(kind, &f.payload)));
+                            src.set_caps(Some(&input.caps(&f.payload)));
                             continue;
                         }
                         // GStreamer timestamps start near zero; the hub timeline is restored on the way out.
@@ -435,20 +495,4 @@ pub(crate) fn read_sample(sample: &gst::Sample) -> Option<Out> {
     let key = !buf.flags().contains(gst::BufferFlags::DELTA_UNIT);
     let map = buf.map_readable().ok()?;
     Some((Bytes::copy_from_slice(map.as_slice()), pts, dts, key, codec_data))
-}
-
-fn input_caps(kind: Kind, config: &[u8]) -> gst::Caps {
-    let cd = gst::Buffer::from_slice(config.to_vec());
-    match kind {
-        Kind::Opus => gst::Caps::builder("audio/mpeg")
-            .field("mpegversion", 4i32)
-            .field("stream-format", "raw")
-            .field("codec_data", cd)
-            .build(),
-        Kind::Baseline | Kind::Vp8 => gst::Caps::builder("video/x-h264")
-            .field("stream-format", "avc")
-            .field("alignment", "au")
-            .field("codec_data", cd)
-            .build(),
-    }
 }

@@ -101,9 +101,11 @@ impl Whep {
         } else {
             None
         };
-        // Video: passthrough, unless the source has B-frames, which WebRTC receivers play badly: then the
-        // stream's shared constrained-baseline rendition.
-        let source_has_bframes = self.hub.get(key).is_some_and(|s| s.has_bframes());
+        // Video: passthrough, unless the source has B-frames, which WebRTC receivers play badly, or is H.265,
+        // which browsers do not take over WebRTC: then the stream's shared constrained-baseline rendition.
+        let source = self.hub.get(key);
+        let hevc = source.as_ref().and_then(|s| s.headers().video.as_ref().map(|p| p.frame.codec)) == Some(Codec::H265);
+        let source_has_bframes = source.is_some_and(|s| s.has_bframes());
         let video_key = if vp8 {
             match self.transcoders.vp8(key) {
                 Ok(Some(k)) => {
@@ -113,20 +115,23 @@ impl Whep {
                 Ok(None) => key.clone(),
                 Err(e) => return Err(WhepError::Internal(format!("cannot transcode to VP8: {e}"))),
             }
-        } else if source_has_bframes {
+        } else if source_has_bframes || hevc {
             match self.transcoders.baseline(key) {
                 Ok(Some(k)) => {
-                    tracing::info!(stream = %key, rendition = %k, "source has B-frames: WebRTC video is transcoded");
+                    let why = if hevc { "source is H.265" } else { "source has B-frames" };
+                    tracing::info!(stream = %key, rendition = %k, "{why}: WebRTC video is transcoded");
                     k
                 }
+                Ok(None) if hevc => return Err(WhepError::Internal("no H.264 rendition of H.265 video".into())),
                 Ok(None) => key.clone(),
                 Err(e) => return Err(WhepError::Internal(format!("cannot transcode B-frame video: {e}"))),
             }
         } else {
             key.clone()
         };
-        let (pc, track, sender, audio, ssrc, mut state_rx, answer) =
-            self.negotiate(offer, opus_key.is_some(), vp8).await?;
+        // An offered Opus section is answered even when the stream has no audio (yet): a track that stays silent
+        // is what every WebRTC client handles, while a rejected section trips some (aiortc refuses the answer).
+        let (pc, track, sender, audio, ssrc, mut state_rx, answer) = self.negotiate(offer, wants_opus, vp8).await?;
         let guard = self.hub.register_client(Protocol::Whep, addr);
         // One player per viewer, named by the stream it asked for, whatever rendition its video comes from.
         let audience = Audience::Player { requested: key.clone() };

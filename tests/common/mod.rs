@@ -38,6 +38,8 @@ pub struct Server {
     log: PathBuf,
 }
 
+pub mod enhanced_rtmp;
+
 pub mod tempdir {
     use std::path::{Path, PathBuf};
     pub struct TempDir(PathBuf);

@@ -3,7 +3,7 @@
 //! for what livegate writes (fragmented or flat), and the planner of a flat, seekable, faststart MP4
 //! (moov with stts/ctts/stss/stsz/stsc/stco before mdat) that the file layer fills by copying sample bytes.
 //!
-//! Layouts follow ISO/IEC 14496-12 (boxes), -14 (esds) and -15 (avcC).
+//! Layouts follow ISO/IEC 14496-12 (boxes), -14 (esds) and -15 (avcC, hvcC).
 
 mod boxes;
 mod flat;
@@ -52,8 +52,17 @@ pub const VIDEO_TIMESCALE: u32 = 90_000;
 
 impl TrackInfo {
     pub fn h264(id: u32, avcc: &[u8], width: u16, height: u16) -> Self {
-        let mut e = Vec::with_capacity(86 + avcc.len() + 8);
-        bx(&mut e, b"avc1", |o| {
+        Self::visual(id, b"avc1", b"avcC", avcc, width, height)
+    }
+
+    /// H.265 as `hvc1`: parameter sets in the `hvcC` record only (not in-band), as FLV carries them.
+    pub fn h265(id: u32, hvcc: &[u8], width: u16, height: u16) -> Self {
+        Self::visual(id, b"hvc1", b"hvcC", hvcc, width, height)
+    }
+
+    fn visual(id: u32, entry: &[u8; 4], config_box: &[u8; 4], config: &[u8], width: u16, height: u16) -> Self {
+        let mut e = Vec::with_capacity(86 + config.len() + 8);
+        bx(&mut e, entry, |o| {
             o.extend_from_slice(&[0; 6]);
             put16(o, 1); // data_reference_index
             o.extend_from_slice(&[0; 16]);
@@ -66,7 +75,7 @@ impl TrackInfo {
             o.extend_from_slice(&[0; 32]); // compressorname
             put16(o, 0x0018);
             put16(o, 0xFFFF);
-            bx(o, b"avcC", |o| o.extend_from_slice(avcc));
+            bx(o, config_box, |o| o.extend_from_slice(config));
         });
         Self { id, handler: Handler::Video, timescale: VIDEO_TIMESCALE, width, height, sample_entry: e.into() }
     }

@@ -6,6 +6,7 @@ usage: fuzz/make_corpus.py LIVEGATE_BINARY [SECTION ...]   (sections: media rtmp
 - flv, avc_config, aac_config, amf0: an FLV that ffmpeg encodes (testsrc2 + sine, libx264 + aac), its head,
   and its sequence headers and onMetaData body;
 - mp4: ffmpeg's flat and fragmented MP4 of the same media, and torn copies;
+- hevc_config: the hvcC ffmpeg writes for libx265 output, and its SPS;
 - rtmp_chunks, rtmp_session: what ffmpeg, GStreamer (rtmp2sink, rtmp2src) and librtmp (rtmpdump) send
   when they publish to, and play from, a running livegate, recorded by a proxy after the handshake (C0 C1 C2);
 - http_flv_request: requests as curl, ffmpeg and mpegts.js send them;
@@ -70,6 +71,15 @@ def media():
         d = open(out, "rb").read()
         put("mp4", "ffmpeg-" + name, d[:12000])
         put("mp4", "ffmpeg-torn-" + name, d[: len(d) // 3][:4000])
+    hevc = os.path.join(TMP, "h.mp4")
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=642x362:rate=25", "-frames:v", "3", "-c:v", "libx265",
+           "-x265-params", "log-level=none", hevc)
+    d = open(hevc, "rb").read()
+    at = d.find(b"hvcC")
+    hvcc = d[at + 4:at - 4 + int.from_bytes(d[at - 4:at], "big")]
+    put("hevc_config", "ffmpeg-x265.hvcc", hvcc)
+    sps_at = hvcc.find(b"\x42\x01")  # the SPS NAL header, after its array's type and length fields
+    put("hevc_config", "x265.sps", hvcc[sps_at:sps_at + int.from_bytes(hvcc[sps_at - 2:sps_at], "big")])
 
 
 def proxy_capture(upstream, client_cmd, label, seconds):
@@ -182,7 +192,7 @@ def sdp():
 if __name__ == "__main__":
     only = set(sys.argv[2:]) or {"media", "rtmp", "http", "sdp"}
     if "media" not in only:
-        SKIP.update({"flv", "avc_config", "aac_config", "amf0", "mp4"})
+        SKIP.update({"flv", "avc_config", "hevc_config", "aac_config", "amf0", "mp4"})
     media()  # the RTMP captures publish its FLV
     if "rtmp" in only:
         rtmp(sys.argv[1])

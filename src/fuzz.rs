@@ -20,6 +20,7 @@ pub const TARGETS: &[Target] = &[
     Target { name: "amf0", run: amf0_values },
     Target { name: "flv", run: flv_tags },
     Target { name: "avc_config", run: avc_config },
+    Target { name: "hevc_config", run: hevc_config },
     Target { name: "aac_config", run: aac_config },
     Target { name: "mp4", run: mp4_file },
     Target { name: "http_flv_request", run: http_flv_request },
@@ -64,6 +65,16 @@ pub fn avc_config(data: &[u8]) {
     }
     let _ = avc::parse_sps(data);
     let _ = avc::remove_emulation_prevention(data);
+}
+
+/// An HEVC decoder configuration record (`hvcC`), its SPS, and an access unit converted to Annex-B with it.
+pub fn hevc_config(data: &[u8]) {
+    if let Ok(cfg) = crate::media::hevc::HevcDecoderConfig::parse(data) {
+        let _ = cfg.picture_size();
+        let mut out = Vec::new();
+        let _ = crate::media::hevc::to_annexb(data, &cfg, true, true, &mut out);
+    }
+    let _ = crate::media::hevc::parse_sps(data);
 }
 
 /// An AAC AudioSpecificConfig.

@@ -924,3 +924,119 @@ fn b_frame_mp4_recordings_keep_lip_sync_in_ffmpeg_and_gstreamer() {
         );
     }
 }
+
+/// The end of a file's last audio packet, from its packet times (a raw `.aac` or `.mp3` has no container
+/// duration: ffprobe's would be an estimate from the bitrate).
+fn audio_secs(path: &std::path::Path) -> f64 {
+    let out = ffprobe(
+        path.to_str().unwrap(),
+        &["-select_streams", "a:0", "-show_entries", "packet=pts_time,duration_time", "-of", "csv=p=0"],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let last = text.lines().rfind(|l| !l.trim().is_empty()).expect("audio packets");
+    let mut parts = last.split(',').map(|v| v.trim().parse::<f64>().unwrap_or(0.0));
+    parts.next().unwrap_or(0.0) + parts.next().unwrap_or(0.0)
+}
+
+/// An audio-only push (`<live-pusher>` pure audio) in MP3 and one in AAC, each recorded on publish to every
+/// format: the audio-only formats (`m4a`, `aac` ADTS, `mp3`) and MP4/FLV. A format that needs the other codec
+/// reads the stream's shared rendition (MP3→AAC, AAC→MP3), transcoded from the push's start: every file holds
+/// the whole push, in the codec its format names, and says its format in the callback.
+#[test]
+fn audio_pushes_record_to_m4a_aac_and_mp3_whichever_codec_they_came_in() {
+    let (cb_port, callbacks) = http_receiver(200);
+    let srv = Server::start(&format!(
+        "[apps.live]\nrecord = [\"flv\", \"mp4\", \"m4a\", \"aac\", \"mp3\"]\n[hub]\nreconnect_grace_secs = 0.0\n\
+         [record]\ncallback_urls = [\"http://127.0.0.1:{cb_port}/cb\"]\n"
+    ));
+    let root = srv.dir.path().join("recordings");
+    for (name, codec) in [("pure-mp3", "libmp3lame"), ("pure-aac", "aac")] {
+        let mut p = Proc::spawn(
+            Command::new("ffmpeg")
+                .args(["-hide_banner", "-loglevel", "warning", "-re", "-f", "lavfi", "-i"])
+                .arg("sine=frequency=440:sample_rate=44100:duration=6")
+                .args(["-c:a", codec, "-b:a", "96k", "-ac", "2", "-f", "flv"])
+                .arg(srv.rtmp_url(name)),
+        );
+        assert!(p.wait(Duration::from_secs(40)).is_some_and(|s| s.success()), "{}", p.stderr());
+        assert!(
+            wait_until(Duration::from_secs(30), || complete(&srv, name).len() == 5),
+            "{name}: {:?}",
+            complete(&srv, name)
+        );
+        let source = if codec == "aac" { "aac" } else { "mp3" };
+        for rec in complete(&srv, name) {
+            let format = rec["file_format"].as_str().unwrap().to_owned();
+            let path = root.join(rec["path"].as_str().unwrap());
+            assert!(path.to_str().unwrap().ends_with(&format!(".{format}")), "{}", path.display());
+            let want = match format.as_str() {
+                "mp4" | "m4a" | "aac" => "aac",
+                "mp3" => "mp3",
+                _ => source, // FLV keeps the push's audio
+            };
+            let streams = probe_streams(path.to_str().unwrap());
+            let codecs: Vec<&str> = streams.iter().filter_map(|s| s["codec_name"].as_str()).collect();
+            assert_eq!(codecs, [want], "{name} {format}: {streams:?}");
+            // The whole 6 s push, from its first frame (the rendition transcodes from the push's start), give or
+            // take an encoder's priming and a frame.
+            let d = audio_secs(&path);
+            assert!((d - 6.0).abs() < 0.2, "{name} {format}: {d} s");
+            assert!((rec["duration"].as_f64().unwrap() - d).abs() < 0.2, "{name} {format}: {rec} vs {d}");
+            let decode = Command::new("ffmpeg")
+                .args(["-v", "error", "-i"])
+                .arg(&path)
+                .args(["-f", "null", "-"])
+                .output()
+                .unwrap();
+            assert!(decode.stderr.is_empty(), "{name} {format}: {}", String::from_utf8_lossy(&decode.stderr));
+        }
+    }
+    // Callbacks name each file's format as Tencent's do.
+    assert!(
+        wait_until(Duration::from_secs(10), || callbacks.lock().unwrap().len() >= 10),
+        "{:?}",
+        callbacks.lock().unwrap()
+    );
+    let mut formats: Vec<String> =
+        callbacks.lock().unwrap().iter().filter_map(|c| c["file_format"].as_str().map(String::from)).collect();
+    formats.sort();
+    assert_eq!(formats, ["aac", "aac", "flv", "flv", "m4a", "m4a", "mp3", "mp3", "mp4", "mp4"]);
+}
+
+/// A format that cannot be given the stream's audio is refused up front with the reason: G.711 has no
+/// rendition to AAC or MP3 here.
+#[test]
+fn an_audio_format_the_stream_cannot_feed_is_refused_with_the_reason() {
+    let srv = Server::start("");
+    let _p = Proc::spawn(
+        Command::new("ffmpeg")
+            .args([
+                "-hide_banner",
+                "-loglevel",
+                "warning",
+                "-re",
+                "-f",
+                "lavfi",
+                "-i",
+                "sine=frequency=440:sample_rate=8000",
+            ])
+            .args(["-c:a", "pcm_alaw", "-ar", "8000", "-ac", "1", "-f", "flv"])
+            .arg(srv.rtmp_url("alaw")),
+    );
+    assert!(wait_until(Duration::from_secs(15), || srv.stream_json("alaw").is_some_and(|j| !j["audio"].is_null())));
+    for format in ["m4a", "aac", "mp3", "mp4"] {
+        let body = format!(r#"{{"app":"live","stream":"alaw","formats":["{format}"]}}"#);
+        let r = http_request_body(srv.http_port, "POST", "/api/v1/recordings", &body);
+        assert_eq!(r.status, 400, "{format}: {}", r.json());
+        let detail = r.json()["detail"].as_str().unwrap().to_owned();
+        assert!(detail.contains("PCMA") && detail.contains(format), "{detail}");
+    }
+    let r = http_request_body(
+        srv.http_port,
+        "POST",
+        "/api/v1/recordings",
+        r#"{"app":"live","stream":"alaw","formats":["flv"]}"#,
+    );
+    assert_eq!(r.status, 201, "FLV carries G.711: {}", r.json());
+}

@@ -331,10 +331,10 @@ fn an_mp3_stream_reaches_hls_and_whep_and_its_hls_recording() {
         r#"{"app":"live","stream":"mp3","formats":["hls"],"record_id":"m"}"#,
     );
     assert_eq!(r.status, 201);
-    let body = r#"{"app":"live","stream":"mp3","formats":["mp4"]}"#;
+    // MP4 takes AAC only: it records the stream's shared MP3→AAC rendition (before: refused).
+    let body = r#"{"app":"live","stream":"mp3","formats":["mp4"],"record_id":"m4"}"#;
     let r = http_request_body(srv.http_port, "POST", "/api/v1/recordings", body);
-    assert_eq!(r.status, 400, "MP4 cannot carry MP3 yet: refused with the reason");
-    assert!(r.json()["detail"].as_str().unwrap().contains("MP3"), "{}", r.json());
+    assert_eq!(r.status, 201, "{}", r.json());
     // Live HLS: the MP3 is in the segments (before: a PMT with no audio in it).
     let url = format!("http://127.0.0.1:{}/live/mp3.m3u8", srv.http_port);
     srv.wait_media("mp3", 3.0);
@@ -357,4 +357,11 @@ fn an_mp3_stream_reaches_hls_and_whep_and_its_hls_recording() {
     // The HLS recording carries the MP3 too.
     let files = finish_recording(&srv, "mp3", "m", 1);
     assert_eq!(files[0].2, ["h264", "mp3"], "{files:?}");
+    // The MP4 has the video and the AAC of the MP3, and decodes without an error.
+    let files = finish_recording(&srv, "mp3", "m4", 2);
+    let mp4 = files.iter().find(|f| f.0 == "mp4").expect("an MP4 file");
+    assert_eq!(mp4.2, ["aac", "h264"], "{files:?}");
+    let decode =
+        Command::new("ffmpeg").args(["-v", "error", "-i"]).arg(&mp4.1).args(["-f", "null", "-"]).output().unwrap();
+    assert!(decode.stderr.is_empty(), "{}", String::from_utf8_lossy(&decode.stderr));
 }

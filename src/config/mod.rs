@@ -276,6 +276,9 @@ impl Config {
         if !(100..=50_000).contains(&self.transcode.video_kbps) {
             return bad("transcode.video_kbps", format!("{} is outside 100..=50000 kbit/s", self.transcode.video_kbps));
         }
+        if !(32..=320).contains(&self.transcode.audio_kbps) {
+            return bad("transcode.audio_kbps", format!("{} is outside 32..=320 kbit/s", self.transcode.audio_kbps));
+        }
         if !(self.transcode.idle_stop_secs.is_finite() && (0.5..=3600.0).contains(&self.transcode.idle_stop_secs)) {
             return bad("transcode.idle_stop_secs", format!("{} is outside 0.5..=3600", self.transcode.idle_stop_secs));
         }

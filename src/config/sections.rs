@@ -143,6 +143,8 @@ pub struct TranscodeConfig {
     pub opus_bitrate: u32,
     /// Bitrate of the H.264 constrained-baseline rendition (for B-frame sources), kbit/s.
     pub video_kbps: u32,
+    /// Bitrate of the AAC and MP3 renditions recordings read, kbit/s.
+    pub audio_kbps: u32,
     /// A rendition nobody reads is stopped after this long.
     pub idle_stop_secs: f64,
 }
@@ -194,17 +196,55 @@ pub enum RecordFormat {
     Flv,
     Mp4,
     Hls,
+    /// Audio only, in MP4 (AAC).
+    M4a,
+    /// Audio only, ADTS (AAC).
+    Aac,
+    /// Audio only, MPEG audio Layer III.
+    Mp3,
+}
+
+/// The audio codec a recording format must be given (an MP3 push recorded to MP4 reads the stream's AAC
+/// rendition; an AAC push recorded to MP3, its MP3 rendition).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AudioNeed {
+    Aac,
+    Mp3,
 }
 
 impl RecordFormat {
-    pub const ALL: [RecordFormat; 3] = [RecordFormat::Flv, RecordFormat::Mp4, RecordFormat::Hls];
+    pub const ALL: [RecordFormat; 6] = [
+        RecordFormat::Flv,
+        RecordFormat::Mp4,
+        RecordFormat::Hls,
+        RecordFormat::M4a,
+        RecordFormat::Aac,
+        RecordFormat::Mp3,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             RecordFormat::Flv => "flv",
             RecordFormat::Mp4 => "mp4",
             RecordFormat::Hls => "hls",
+            RecordFormat::M4a => "m4a",
+            RecordFormat::Aac => "aac",
+            RecordFormat::Mp3 => "mp3",
         }
+    }
+
+    /// What audio the format takes, when it cannot take every codec FLV carries.
+    pub fn audio_need(self) -> Option<AudioNeed> {
+        match self {
+            RecordFormat::Mp4 | RecordFormat::M4a | RecordFormat::Aac => Some(AudioNeed::Aac),
+            RecordFormat::Mp3 => Some(AudioNeed::Mp3),
+            RecordFormat::Flv | RecordFormat::Hls => None,
+        }
+    }
+
+    /// Whether the file holds audio only.
+    pub fn audio_only(self) -> bool {
+        matches!(self, RecordFormat::M4a | RecordFormat::Aac | RecordFormat::Mp3)
     }
 
     /// The file name extension: an HLS recording is named by its playlist.

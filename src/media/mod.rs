@@ -2,6 +2,7 @@
 
 pub mod aac;
 pub mod amf0;
+pub mod audio_es;
 pub mod avc;
 pub mod flv;
 pub mod hevc;

@@ -5,6 +5,7 @@
 //! Formats: FLV and MP4 (fragmented by time; MP4 also on a codec change) and HLS (one playlist per push).
 //! Stitch jobs join finished MP4 files of a stream into one.
 
+pub mod audio_file;
 pub mod flv_file;
 pub mod hls_file;
 pub mod mp4_file;
@@ -22,11 +23,13 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 use crate::auth::unix_now;
+use crate::config::AudioNeed;
 use crate::config::ConfigError;
 pub use crate::config::{RecordConfig, RecordFormat, RECORD_FRAGMENT_RANGE as FRAGMENT_RANGE};
 use crate::events::Event;
 use crate::hub::{Audience, CachePolicy, HeaderSet, Hub, HubError, Packet, Protocol, Purpose, StreamKey};
-use crate::media::MediaKind;
+use crate::media::{Codec, MediaKind};
+use audio_file::{AudioFile, AudioFormat};
 use flv_file::FlvFile;
 use hls_file::HlsFile;
 use mp4_file::Mp4File;
@@ -201,6 +204,11 @@ impl Recorder {
             loop {
                 match rx.recv().await {
                     Ok(Event::Publish { stream: key, .. }) => {
+                        // A rendition (`x@opus`, `x@aac`) is the same push in another codec, not a stream to record:
+                        // recording it would also start renditions of it, without end.
+                        if key.name.contains('@') {
+                            continue;
+                        }
                         let Some(formats) = auto_apps.get(&key.app).filter(|f| !f.is_empty()) else { continue };
                         let running = this.tasks.lock().values().any(|t| t.auto && t.key == key);
                         if !running {
@@ -237,7 +245,7 @@ impl Recorder {
             .map(|f| {
                 RecordFormat::parse(f).ok_or_else(|| RecordError::Invalid {
                     field: "formats",
-                    detail: format!("{f:?} is not supported (supported: flv, mp4, hls)"),
+                    detail: format!("{f:?} is not supported (supported: flv, mp4, hls, m4a, aac, mp3)"),
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -267,16 +275,21 @@ impl Recorder {
         if self.tasks.lock().contains_key(&id) {
             return Err(RecordError::Exists(id));
         }
-        // MP4 takes H.264 and AAC: MP3 audio would be left out (all of an audio-only stream). Say so.
-        if formats.contains(&RecordFormat::Mp4)
-            && self.hub.get(&key).is_some_and(|s| s.audio_codec().is_some_and(|c| c.is_mp3()))
-        {
-            return Err(RecordError::Invalid {
-                field: "formats",
-                detail: format!(
-                    "stream {key} has MP3 audio, which MP4 recordings do not carry yet: record \"flv\" or \"hls\""
-                ),
-            });
+        // A format that needs another audio codec than the push's reads a rendition (MP3 → AAC for MP4, AAC → MP3
+        // for MP3 files); one whose audio cannot be had at all is refused with the reason.
+        if let Some(codec) = self.hub.get(&key).and_then(|s| s.audio_codec()) {
+            for f in &formats {
+                let Some(need) = f.audio_need() else { continue };
+                if !need_met(need, codec) && crate::transcode::audio_rendition(codec, need).is_none() {
+                    return Err(RecordError::Invalid {
+                        field: "formats",
+                        detail: format!(
+                            "stream {key} has {} audio, which {f} recordings cannot carry: record \"flv\" or \"hls\"",
+                            codec.name()
+                        ),
+                    });
+                }
+            }
         }
         self.start_task(
             key,
@@ -315,7 +328,7 @@ impl Recorder {
         let audience = Audience::Internal(Purpose::Recording { record_id: record_id.clone() });
         let mut reader = self
             .hub
-            .subscribe_as(&key, Protocol::Record, policy, guard.handle.clone(), audience)
+            .subscribe_as(&key, Protocol::Record, policy, guard.handle.clone(), audience.clone())
             .map_err(|e| match e {
                 HubError::NotFound(m) => RecordError::NotFound(m),
                 other => RecordError::NotFound(other.to_string()),
@@ -323,37 +336,67 @@ impl Recorder {
         reader.start_from_session(stream.current_session());
         let stop = Arc::new(Notify::new());
         self.tasks.lock().insert(record_id.clone(), Task { key: key.clone(), stop: stop.clone(), auto });
-        let (tx, rx) = tokio::sync::mpsc::channel::<Vec<Arc<Packet>>>(256);
         let param = stream.publisher().map(|p| p.param).unwrap_or_default();
-        let writer = Writer {
-            rec: self.clone(),
-            stream: stream.clone(),
-            key: key.clone(),
-            record_id: record_id.clone(),
-            task_id: short_id(),
-            formats,
-            fragment_ms: fragment_secs as i64 * self.cfg.fragment_unit_ms as i64,
-            param,
-        };
-        // A dedicated thread per recording, not the blocking pool: that pool is capped (512) and a recording
-        // waiting for a slot would fall behind the hub's buffer and lose media.
-        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
-        let spawned =
-            std::thread::Builder::new().name(format!("rec-{record_id}")).stack_size(256 * 1024).spawn(move || {
-                writer.run(rx);
-                let _ = done_tx.send(());
-            });
-        if let Err(e) = spawned {
-            self.tasks.lock().remove(&record_id);
-            return Err(RecordError::NotFound(format!("cannot start a recording thread: {e}")));
-        }
         let this = self.clone();
+        let task_id = short_id();
         tokio::spawn(async move {
             let _client = guard;
             tracing::info!(stream = %key, record_id = %record_id, "recording started");
+            let writer = |formats: Vec<RecordFormat>, audio_from_rendition: Option<AudioNeed>| Writer {
+                rec: this.clone(),
+                stream: stream.clone(),
+                key: key.clone(),
+                record_id: record_id.clone(),
+                task_id: task_id.clone(),
+                formats,
+                fragment_ms: fragment_secs as i64 * this.cfg.fragment_unit_ms as i64,
+                param: param.clone(),
+                audio_from_rendition,
+            };
+            // Which formats need their audio from a rendition is known once the stream's audio codec is: at once
+            // for a live stream, at its first audio frame for a recording that starts with the push (whose reader
+            // waits meanwhile, losing nothing: it reads from the cache).
+            if formats.iter().any(|f| f.audio_need().is_some()) && stream.audio_codec().is_none() {
+                let deadline = Instant::now() + AUDIO_CODEC_WAIT;
+                let mut tick = tokio::time::interval(Duration::from_millis(50));
+                while stream.audio_codec().is_none() && Instant::now() < deadline && !stream.is_closed() {
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        _ = stop.notified() => { stop.notify_one(); break; }
+                    }
+                }
+            }
+            let plan = plan_audio(&formats, stream.audio_codec());
+            let mut companion = None;
+            let mut lanes = Vec::new();
+            if !plan.direct.is_empty() {
+                lanes.push(spawn_writer(writer(plan.direct.clone(), None)));
+            }
+            if let Some((need, suffix, formats)) = plan.rendition {
+                let derived = StreamKey::new(&key.app, &format!("{}@{suffix}", key.name));
+                match this.hub.subscribe_as(&derived, Protocol::Record, policy, _client.handle.clone(), audience) {
+                    Ok(r) => {
+                        tracing::info!(stream = %key, rendition = %derived, formats = ?formats, "recording audio from a rendition");
+                        companion = Some(r);
+                        lanes.push(spawn_writer(writer(formats, Some(need))));
+                    }
+                    Err(e) => {
+                        let w = writer(formats.clone(), Some(need));
+                        for &f in &formats {
+                            let detail = format!("no {suffix} rendition of {key}: {e}");
+                            let info = RecordInfo { error: Some(detail), ..w.blank_info(f) };
+                            this.failed_event(&key, &record_id, &info);
+                        }
+                    }
+                }
+            }
             let mut batch = Vec::new();
+            let mut side = Vec::new();
             let mut skips = 0;
-            loop {
+            // The companion rendition transcodes from the push's start in the cache: its frames before this
+            // recording's first frame are not this recording's.
+            let mut first_dts: Option<i64> = None;
+            'run: loop {
                 tokio::select! {
                     r = reader.next_batch(&mut batch) => {
                         if r.is_err() {
@@ -364,15 +407,37 @@ impl Recorder {
                             skips = reader.skips;
                             tracing::warn!(stream = %key, record_id = %record_id, skips, "recording fell behind and lost media");
                         }
-                        if tx.send(std::mem::take(&mut batch)).await.is_err() {
-                            break; // the writer stopped (disk error)
+                        if first_dts.is_none() {
+                            first_dts = batch.iter().find(|p| !p.frame.config).map(|p| p.frame.dts);
+                        }
+                        let batch = std::mem::take(&mut batch);
+                        for lane in &lanes {
+                            if lane.tx.send(batch.clone()).await.is_err() {
+                                break 'run; // a writer stopped (disk error)
+                            }
+                        }
+                    }
+                    r = next_side(&mut companion, &mut side) => {
+                        if r.is_err() {
+                            companion = None; // the rendition ended; the source decides when the recording does
+                            continue;
+                        }
+                        let from = first_dts.unwrap_or(i64::MAX);
+                        let mine: Vec<_> = side.drain(..).filter(|p| p.frame.config || p.frame.dts >= from).collect();
+                        if let Some(lane) = lanes.last().filter(|_| !mine.is_empty()) {
+                            if lane.tx.send(mine).await.is_err() {
+                                break 'run;
+                            }
                         }
                     }
                     _ = stop.notified() => break,
                 }
             }
-            drop(tx);
-            let _ = done_rx.await;
+            drop(companion);
+            for lane in lanes {
+                drop(lane.tx);
+                let _ = lane.done.await;
+            }
             this.tasks.lock().remove(&record_id);
             tracing::info!(stream = %key, record_id = %record_id, "recording stopped");
         });
@@ -446,8 +511,10 @@ impl Recorder {
             let path = self.root.join(&info.path);
             let repaired = match info.file_format {
                 RecordFormat::Hls => hls_file::repair(&path),
-                RecordFormat::Mp4 => mp4_file::finalize(&path),
-                _ => flv_file::repair(&path),
+                RecordFormat::Mp4 | RecordFormat::M4a => mp4_file::finalize(&path),
+                RecordFormat::Aac => audio_file::repair(&path, AudioFormat::Adts),
+                RecordFormat::Mp3 => audio_file::repair(&path, AudioFormat::Mp3),
+                RecordFormat::Flv => flv_file::repair(&path),
             };
             match repaired {
                 Ok((duration, _)) if duration < self.cfg.min_secs => {
@@ -561,8 +628,11 @@ fn walk_sidecars(dir: &Path, f: &mut dyn FnMut(&Path, RecordInfo)) {
 /// What a recording is writing now, per format.
 enum Sink {
     Flv(FlvFile),
+    /// MP4 and M4A.
     Mp4(Box<Mp4File>),
     Hls(Box<HlsFile>),
+    /// ADTS and MP3.
+    Audio(AudioFile),
 }
 
 struct Open {
@@ -582,6 +652,7 @@ impl Open {
             Sink::Flv(f) => f.bytes,
             Sink::Mp4(m) => m.bytes,
             Sink::Hls(h) => h.bytes,
+            Sink::Audio(a) => a.bytes,
         }
     }
 
@@ -593,6 +664,7 @@ impl Open {
             Sink::Flv(f) => f.write(&p.frame),
             Sink::Mp4(m) => m.write(&p.frame),
             Sink::Hls(h) => h.push(p),
+            Sink::Audio(a) => a.write(&p.frame),
         }
     }
 }
@@ -612,6 +684,75 @@ enum Start {
     Request { pre_roll: Duration },
 }
 
+/// How long a recording that needs to know the stream's audio codec waits for its first audio frame; a stream
+/// with no audio by then is recorded as it is.
+const AUDIO_CODEC_WAIT: Duration = Duration::from_secs(3);
+
+/// Where each format of a recording gets its audio.
+#[derive(Debug, Default, PartialEq)]
+struct AudioPlan {
+    /// Formats that take the stream as it is.
+    direct: Vec<RecordFormat>,
+    /// Formats that read their audio from a rendition (AAC of an MP3 push, MP3 of an AAC push), with its suffix.
+    rendition: Option<(AudioNeed, &'static str, Vec<RecordFormat>)>,
+}
+
+fn plan_audio(formats: &[RecordFormat], audio: Option<Codec>) -> AudioPlan {
+    let mut plan = AudioPlan::default();
+    for &f in formats {
+        let via = f
+            .audio_need()
+            .zip(audio)
+            .and_then(|(need, codec)| crate::transcode::audio_rendition(codec, need).map(|suffix| (need, suffix)));
+        match (via, plan.rendition.as_mut()) {
+            (Some(_), Some((_, _, list))) => list.push(f),
+            (Some((need, suffix)), None) => plan.rendition = Some((need, suffix, vec![f])),
+            (None, _) => plan.direct.push(f),
+        }
+    }
+    plan
+}
+
+/// Whether audio in `codec` is what a format needing `need` takes.
+fn need_met(need: AudioNeed, codec: Codec) -> bool {
+    match need {
+        AudioNeed::Aac => codec == Codec::Aac,
+        AudioNeed::Mp3 => codec.is_mp3(),
+    }
+}
+
+/// A writer thread and the channel that feeds it.
+struct Lane {
+    tx: tokio::sync::mpsc::Sender<Vec<Arc<Packet>>>,
+    done: tokio::sync::oneshot::Receiver<()>,
+}
+
+/// A dedicated thread per writer, not the blocking pool: that pool is capped (512) and a recording waiting for a
+/// slot would fall behind the hub's buffer and lose media.
+fn spawn_writer(writer: Writer) -> Lane {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<Arc<Packet>>>(256);
+    let (done_tx, done) = tokio::sync::oneshot::channel::<()>();
+    let name = format!("rec-{}", writer.record_id);
+    let spawned = std::thread::Builder::new().name(name).stack_size(256 * 1024).spawn(move || {
+        writer.run(rx);
+        let _ = done_tx.send(());
+    });
+    if let Err(e) = spawned {
+        // The writer (and the receiver) went down with the failed spawn: its sender sees a closed channel and
+        // the recording stops.
+        tracing::error!(error = %e, "cannot start a recording thread");
+    }
+    Lane { tx, done }
+}
+
+/// The next batch of an optional reader; pending forever without one.
+async fn next_side(r: &mut Option<crate::hub::Reader>, batch: &mut Vec<Arc<Packet>>) -> Result<(), ()> {
+    match r {
+        Some(r) => r.next_batch(batch).await.map_err(|_| ()),
+        None => std::future::pending().await,
+    }
+}
+
 /// Runs on a blocking thread: disk writes never stall the runtime.
 struct Writer {
     rec: Arc<Recorder>,
@@ -622,6 +763,8 @@ struct Writer {
     formats: Vec<RecordFormat>,
     fragment_ms: i64,
     param: String,
+    /// Set when this writer's formats take their audio from a rendition: the source's own audio is not theirs.
+    audio_from_rendition: Option<AudioNeed>,
 }
 
 impl Writer {
@@ -636,6 +779,10 @@ impl Writer {
         while let Some(batch) = rx.blocking_recv() {
             for p in batch {
                 let f = &p.frame;
+                if f.kind == MediaKind::Audio && self.audio_from_rendition.is_some_and(|need| !need_met(need, f.codec))
+                {
+                    continue; // the source's own audio: these formats take the rendition's
+                }
                 if f.config {
                     *headers.slot_mut(f.kind) = Some(p.clone());
                     match f.kind {
@@ -686,11 +833,18 @@ impl Writer {
                     }
                 }
                 last = Some((p.session, p.received));
-                let boundary = if has_video { f.kind == MediaKind::Video && f.keyframe } else { true };
+                let av_boundary = if has_video { f.kind == MediaKind::Video && f.keyframe } else { true };
                 for i in 0..open.len() {
-                    // FLV and MP4 files are cut into fragments; an HLS recording is one playlist per push.
+                    let format = self.formats[i];
+                    // An audio-only file starts (and is cut) on any audio frame it takes; the others on keyframes.
+                    let boundary = if format.audio_only() {
+                        f.kind == MediaKind::Audio && format.audio_need().is_none_or(|n| need_met(n, f.codec))
+                    } else {
+                        av_boundary
+                    };
+                    // FLV, MP4 and audio files are cut into fragments; an HLS recording is one playlist per push.
                     let fragment_due = open[i].as_ref().is_some_and(|o| {
-                        matches!(o.sink, Sink::Flv(_) | Sink::Mp4(_))
+                        matches!(o.sink, Sink::Flv(_) | Sink::Mp4(_) | Sink::Audio(_))
                             && boundary
                             && f.dts - o.first_dts >= self.fragment_ms
                     });
@@ -703,9 +857,15 @@ impl Writer {
                         if !boundary {
                             continue; // files start on a keyframe
                         }
-                        let format = self.formats[i];
-                        if format == RecordFormat::Mp4 && !mp4_ready(&headers, has_video, has_audio) {
-                            continue; // an MP4 needs the H.264/AAC configuration before its first frame
+                        let ready = match format {
+                            // An MP4 needs the H.264/H.265 and AAC configurations before its first frame.
+                            RecordFormat::Mp4 => mp4_ready(&headers, has_video, has_audio),
+                            RecordFormat::M4a => mp4_ready(&headers, false, true),
+                            RecordFormat::Aac => headers.audio.as_ref().is_some_and(|h| h.frame.codec == Codec::Aac),
+                            _ => true,
+                        };
+                        if !ready {
+                            continue;
                         }
                         match self.open(format, &p, has_video, has_audio, &headers) {
                             Ok(o) => open[i] = Some(o),
@@ -721,6 +881,7 @@ impl Writer {
                         let flushed = match &mut o.sink {
                             Sink::Flv(file) => file.flush(sync),
                             Sink::Mp4(file) => file.flush(sync),
+                            Sink::Audio(file) => file.flush(sync),
                             Sink::Hls(_) => Ok(()),
                         };
                         if let Err(e) = flushed {
@@ -784,10 +945,18 @@ impl Writer {
                 }
                 Sink::Hls(Box::new(h))
             }
-            RecordFormat::Mp4 => {
-                let video = headers.video.as_ref().filter(|_| has_video).map(|p| &p.frame);
+            RecordFormat::Mp4 | RecordFormat::M4a => {
+                let video = headers.video.as_ref().filter(|_| has_video && format == RecordFormat::Mp4);
                 let audio = headers.audio.as_ref().filter(|_| has_audio).map(|p| &p.frame);
-                Sink::Mp4(Box::new(Mp4File::create(&path, video, audio)?))
+                Sink::Mp4(Box::new(Mp4File::create(&path, video.map(|p| &p.frame), audio)?))
+            }
+            RecordFormat::Aac | RecordFormat::Mp3 => {
+                let kind = if format == RecordFormat::Aac { AudioFormat::Adts } else { AudioFormat::Mp3 };
+                let mut file = AudioFile::create(&path, kind)?;
+                if let Some(h) = &headers.audio {
+                    file.write(&h.frame)?;
+                }
+                Sink::Audio(file)
             }
             RecordFormat::Flv => {
                 let mut file = FlvFile::create(&path, has_video, has_audio)?;
@@ -849,6 +1018,7 @@ impl Writer {
                 Err(e) => Err(e),
             },
             Sink::Hls(h) => (*h).finish(),
+            Sink::Audio(a) => a.finish(),
         };
         self.rec.conclude(&self.key, &self.record_id, info, &sidecar, result);
     }
@@ -883,7 +1053,7 @@ impl Recorder {
             }
             Err(e) => {
                 info.status = RecordStatus::Failed;
-                info.error = Some(if info.file_format == RecordFormat::Mp4 {
+                info.error = Some(if matches!(info.file_format, RecordFormat::Mp4 | RecordFormat::M4a) {
                     format!("finalizing failed ({e}); the fragmented MP4 is kept and plays")
                 } else {
                     e.to_string()
@@ -979,4 +1149,31 @@ fn remove_recording(root: &Path, info: &RecordInfo) {
         }
     }
     let _ = std::fs::remove_file(path);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use RecordFormat::*;
+
+    const MP3: Codec = Codec::OtherAudio { flv_sound_byte: 0x2F };
+    const PCMA: Codec = Codec::OtherAudio { flv_sound_byte: 0x72 };
+
+    #[test]
+    fn formats_read_the_rendition_of_the_codec_they_need() {
+        let all = [Flv, Mp4, Hls, M4a, Aac, Mp3];
+        // An AAC push: only MP3 files need a rendition (AAC → MP3).
+        let p = plan_audio(&all, Some(Codec::Aac));
+        assert_eq!(p.direct, [Flv, Mp4, Hls, M4a, Aac]);
+        assert_eq!(p.rendition, Some((AudioNeed::Mp3, "mp3", vec![Mp3])));
+        // An MP3 push: every AAC format reads the MP3 → AAC rendition.
+        let p = plan_audio(&all, Some(MP3));
+        assert_eq!(p.direct, [Flv, Hls, Mp3]);
+        assert_eq!(p.rendition, Some((AudioNeed::Aac, "aac", vec![Mp4, M4a, Aac])));
+        // No audio, or audio nothing transcodes here: everything takes the stream as it is.
+        for audio in [None, Some(PCMA)] {
+            let p = plan_audio(&all, audio);
+            assert_eq!((p.direct.len(), p.rendition), (6, None));
+        }
+    }
 }

@@ -120,6 +120,11 @@ impl Mp4File {
         };
         let Some(idx) = idx else { return Ok(()) };
         let base = *self.first_dts.get_or_insert(f.dts);
+        if f.dts < base {
+            // From before the file's first frame (audio a little ahead of the keyframe a file opens on, or a
+            // transcoded rendition's late frames): the track would have to start before the file does.
+            return Ok(());
+        }
         self.frag.push(idx, f.dts - base, f.cts, f.keyframe || f.kind == MediaKind::Audio, f.payload.clone());
         if self.frag.pending_ms() >= FRAGMENT_MS {
             self.write_fragment(false)?;

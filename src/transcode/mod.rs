@@ -23,6 +23,8 @@ use crate::media::{Codec, Frame, MediaKind};
 
 const AAC_TO_OPUS: &str = include_str!("../../pipelines/aac_to_opus.pipeline");
 const MP3_TO_OPUS: &str = include_str!("../../pipelines/mp3_to_opus.pipeline");
+const MP3_TO_AAC: &str = include_str!("../../pipelines/mp3_to_aac.pipeline");
+const AAC_TO_MP3: &str = include_str!("../../pipelines/aac_to_mp3.pipeline");
 const H264_TO_BASELINE: &str = include_str!("../../pipelines/h264_to_baseline.pipeline");
 const H264_TO_VP8: &str = include_str!("../../pipelines/h264_to_vp8.pipeline");
 const H265_TO_BASELINE: &str = include_str!("../../pipelines/h265_to_baseline.pipeline");
@@ -106,6 +108,8 @@ pub struct Transcoders {
     cfg: TranscodeConfig,
     aac_to_opus: Template,
     mp3_to_opus: Template,
+    mp3_to_aac: Template,
+    aac_to_mp3: Template,
     h264_to_baseline: Template,
     h264_to_vp8: Template,
     h265_to_baseline: Template,
@@ -118,10 +122,14 @@ enum Kind {
     Opus,
     Baseline,
     Vp8,
+    /// MP3 audio as AAC, for recordings in formats that take AAC only (MP4, M4A, ADTS).
+    Aac,
+    /// AAC audio as MP3, for MP3 recordings of AAC pushes.
+    Mp3,
 }
 
 impl Kind {
-    const ALL: [Kind; 3] = [Kind::Opus, Kind::Baseline, Kind::Vp8];
+    const ALL: [Kind; 5] = [Kind::Opus, Kind::Baseline, Kind::Vp8, Kind::Aac, Kind::Mp3];
 
     /// The derived stream's name is the source's with `@` and this.
     fn suffix(self) -> &'static str {
@@ -129,7 +137,26 @@ impl Kind {
             Kind::Opus => "opus",
             Kind::Baseline => "cb",
             Kind::Vp8 => "vp8",
+            Kind::Aac => "aac",
+            Kind::Mp3 => "mp3",
         }
+    }
+
+    /// Renditions for recordings transcode the push from its start in the cache, so a recording made from them
+    /// begins where one of the source would; the ones for players start at the live edge.
+    fn reads_from_push_start(self) -> bool {
+        matches!(self, Kind::Aac | Kind::Mp3)
+    }
+}
+
+/// The rendition name recordings read for audio in `codec`, when a stream's audio is not that (`None` when the
+/// stream's own audio will do, or is not one livegate can transcode).
+pub fn audio_rendition(source_audio: Codec, want: crate::config::AudioNeed) -> Option<&'static str> {
+    use crate::config::AudioNeed;
+    match want {
+        AudioNeed::Aac if source_audio.is_mp3() => Some(Kind::Aac.suffix()),
+        AudioNeed::Mp3 if source_audio == Codec::Aac => Some(Kind::Mp3.suffix()),
+        _ => None,
     }
 }
 
@@ -180,14 +207,16 @@ impl Input {
 fn input_config(source: &crate::hub::Stream, kind: Kind) -> Option<Input> {
     let headers = source.headers();
     let (track, codecs): (_, &[Codec]) = match kind {
-        Kind::Opus => (MediaKind::Audio, &[Codec::Aac]),
+        Kind::Opus | Kind::Mp3 => (MediaKind::Audio, &[Codec::Aac]),
+        Kind::Aac => (MediaKind::Audio, &[]),
         Kind::Baseline | Kind::Vp8 => (MediaKind::Video, &[Codec::H264, Codec::H265]),
     };
     let config = headers
         .get(track)
         .filter(|p| codecs.contains(&p.frame.codec))
         .map(|p| Input::Config { codec: p.frame.codec, record: p.frame.payload.clone() });
-    let mp3 = (kind == Kind::Opus && source.audio_codec().is_some_and(|c| c.is_mp3())).then_some(Input::Mp3);
+    let mp3 = (matches!(kind, Kind::Opus | Kind::Aac) && source.audio_codec().is_some_and(|c| c.is_mp3()))
+        .then_some(Input::Mp3);
     config.or(mp3)
 }
 
@@ -226,6 +255,12 @@ impl Transcoders {
         let mp3_to_opus = Template::load(Path::new(&cfg.pipelines_dir), "mp3_to_opus", MP3_TO_OPUS)?;
         let (p, _, _) = mp3_to_opus.build(&[("bitrate", cfg.opus_bitrate.to_string())])?;
         let _ = p.set_state(gst::State::Null);
+        let mp3_to_aac = Template::load(Path::new(&cfg.pipelines_dir), "mp3_to_aac", MP3_TO_AAC)?;
+        let (p, _, _) = mp3_to_aac.build(&[("bitrate", (cfg.audio_kbps * 1000).to_string())])?;
+        let _ = p.set_state(gst::State::Null);
+        let aac_to_mp3 = Template::load(Path::new(&cfg.pipelines_dir), "aac_to_mp3", AAC_TO_MP3)?;
+        let (p, _, _) = aac_to_mp3.build(&[("kbps", cfg.audio_kbps.to_string())])?;
+        let _ = p.set_state(gst::State::Null);
         let h264_to_baseline = Template::load(Path::new(&cfg.pipelines_dir), "h264_to_baseline", H264_TO_BASELINE)?;
         let (p, _, _) = h264_to_baseline.build(&[("bitrate", cfg.video_kbps.to_string()), ("gop", "60".into())])?;
         let _ = p.set_state(gst::State::Null);
@@ -243,6 +278,8 @@ impl Transcoders {
             cfg,
             aac_to_opus,
             mp3_to_opus,
+            mp3_to_aac,
+            aac_to_mp3,
             h264_to_baseline,
             h264_to_vp8,
             h265_to_baseline,
@@ -297,6 +334,8 @@ impl Transcoders {
                 self.mp3_to_opus.build(&[("bitrate", self.cfg.opus_bitrate.to_string())])?
             }
             Kind::Opus => self.aac_to_opus.build(&[("bitrate", self.cfg.opus_bitrate.to_string())])?,
+            Kind::Aac => self.mp3_to_aac.build(&[("bitrate", (self.cfg.audio_kbps * 1000).to_string())])?,
+            Kind::Mp3 => self.aac_to_mp3.build(&[("kbps", self.cfg.audio_kbps.to_string())])?,
             Kind::Baseline => {
                 let t = if hevc { &self.h265_to_baseline } else { &self.h264_to_baseline };
                 t.build(&[("bitrate", self.cfg.video_kbps.to_string()), ("gop", "60".into())])?
@@ -312,13 +351,14 @@ impl Transcoders {
         };
         src.set_caps(Some(&initial));
         let guard = self.hub.register_client(Protocol::Transcode, None);
+        let retention = self.hub.options().retention;
         let policy = CachePolicy {
-            min_cache: Duration::ZERO,
-            max_cache: self.hub.options().retention,
+            min_cache: if kind.reads_from_push_start() { retention } else { Duration::ZERO },
+            max_cache: retention,
             max_skips_per_minute: u32::MAX,
             low_latency: true,
         };
-        let reader = self
+        let mut reader = self
             .hub
             .subscribe_as(
                 key,
@@ -328,6 +368,9 @@ impl Transcoders {
                 Audience::Internal(Purpose::Rendition { output: derived.to_string() }),
             )
             .map_err(|e| TranscodeError::NotFound(e.to_string()))?;
+        if kind.reads_from_push_start() {
+            reader.start_from_session(source.current_session());
+        }
         let info = PublisherInfo {
             client_id: guard.handle.id,
             protocol: Protocol::Transcode,
@@ -379,7 +422,7 @@ impl Transcoders {
         let derived_stream = publisher.stream().clone();
         let mut last_forced: Option<Instant> = None;
         let want_kind = match kind {
-            Kind::Opus => MediaKind::Audio,
+            Kind::Opus | Kind::Aac | Kind::Mp3 => MediaKind::Audio,
             Kind::Baseline | Kind::Vp8 => MediaKind::Video,
         };
         loop {
@@ -420,6 +463,21 @@ impl Transcoders {
                             let frame = Frame { kind: MediaKind::Audio, codec: Codec::Opus, dts: 0, cts: 0, keyframe: false, config: false, payload: data };
                             publisher.push_raw(frame, (b + pts) as u32, Instant::now());
                         }
+                        Kind::Aac => {
+                            if let Some(cd) = codec_data.filter(|cd| out_config.as_ref() != Some(cd)) {
+                                let cfg = Frame::config(MediaKind::Audio, Codec::Aac, cd.clone());
+                                publisher.push_raw(cfg, (b + pts) as u32, Instant::now());
+                                out_config = Some(cd);
+                            }
+                            let frame = Frame { kind: MediaKind::Audio, codec: Codec::Aac, dts: 0, cts: 0, keyframe: false, config: false, payload: data };
+                            publisher.push_raw(frame, (b + pts) as u32, Instant::now());
+                        }
+                        Kind::Mp3 => {
+                            // lamemp3enc here makes 44.1 kHz stereo: FLV's sound byte for that is 0x2F.
+                            let codec = Codec::OtherAudio { flv_sound_byte: 0x2F };
+                            let frame = Frame { kind: MediaKind::Audio, codec, dts: 0, cts: 0, keyframe: false, config: false, payload: data };
+                            publisher.push_raw(frame, (b + pts) as u32, Instant::now());
+                        }
                         Kind::Baseline => {
                             if let Some(cd) = codec_data.filter(|cd| out_config.as_ref() != Some(cd)) {
                                 let cfg = Frame::config(MediaKind::Video, Codec::H264, cd.clone());
@@ -435,7 +493,7 @@ impl Transcoders {
                         }
                     }
                 }
-                _ = derived_stream.keyframe_requested(), if kind != Kind::Opus => {
+                _ = derived_stream.keyframe_requested(), if want_kind == MediaKind::Video => {
                     // Many viewers may ask at once (a network hiccup): one keyframe per 500 ms is plenty.
                     if last_forced.is_none_or(|t| t.elapsed() >= Duration::from_millis(500)) {
                         tracing::debug!(rendition = %derived, "keyframe requested by a reader");

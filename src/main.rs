@@ -7,6 +7,14 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use livegate::config::Config;
 
+// Another allocator than the system's, by cargo feature (benches/alloc_churn.sh compares them).
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+#[cfg(all(feature = "mimalloc", not(feature = "jemalloc")))]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "livegate",

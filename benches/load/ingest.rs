@@ -77,9 +77,11 @@ pub fn run(args: &Args, mut lg: Livegate, input: Arc<Input>, record_root: Option
     // /proc/PID vanishes at exit: watch CPU and written bytes until then and keep the last values seen.
     let watch_pid = pid.clone();
     let cpu_at_term = sys::cpu_secs(&pid);
+    // An attached livegate is left running: nothing to watch it do until it exits.
+    let owned = lg.owned();
     let watcher = std::thread::spawn(move || {
         let mut last = (None, None);
-        while sys::running(&watch_pid) {
+        while owned && sys::running(&watch_pid) {
             last = (sys::cpu_secs(&watch_pid).or(last.0), sys::io_wchar(&watch_pid).or(last.1));
             std::thread::sleep(Duration::from_millis(5));
         }

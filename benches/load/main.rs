@@ -76,6 +76,10 @@ pub struct Args {
     /// livegate binary to start (killed at the end).
     #[arg(long, default_value = "target/release/livegate")]
     livegate: PathBuf,
+    /// Load a livegate that is already running instead of starting one: PID,RTMP_ADDR,HTTP_ADDR. Its config
+    /// is its own (--merge-ms, --record, --segment-secs do not apply) and it is left running.
+    #[arg(long)]
+    attach: Option<String>,
     /// Pre-encoded FLV to publish. Default: target/load-input-720p.flv, created with ffmpeg if missing.
     #[arg(long)]
     input: Option<PathBuf>,
@@ -243,7 +247,10 @@ fn main() -> Result<()> {
     input.ts_code = args.proto == Proto::Whep;
     let input = Arc::new(input);
     let rec = RecordDir::new(&args);
-    let mut lg = sys::Livegate::spawn(&args.livegate, &config_extra(&args, rec.path.as_deref()), &args.log_level)?;
+    let mut lg = match &args.attach {
+        Some(spec) => sys::Livegate::attach(spec)?,
+        None => sys::Livegate::spawn(&args.livegate, &config_extra(&args, rec.path.as_deref()), &args.log_level)?,
+    };
     let pid = lg.pid_str();
     eprintln!(
         "livegate pid {pid}: rtmp {} http {} (merge_window_ms {}); input {} ({} tags, {:.1} MB, loop {} ms); nofile {soft}",

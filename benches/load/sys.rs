@@ -70,7 +70,8 @@ pub fn raise_nofile(mode: &str) -> Result<(libc::rlim_t, libc::rlim_t)> {
 
 /// A livegate server started by the tool on free loopback ports; killed on drop.
 pub struct Livegate {
-    child: Child,
+    /// None for a server the tool attached to (`--attach`): it is neither waited for nor stopped.
+    child: Option<Child>,
     pub pid: u32,
     pub rtmp: SocketAddr,
     pub http: SocketAddr,
@@ -127,15 +128,33 @@ impl Livegate {
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
         let pid = child.id();
-        let mut lg = Self { child, pid, rtmp, http, log_path, cfg_path };
+        let mut lg = Self { child: Some(child), pid, rtmp, http, log_path, cfg_path };
         lg.wait_ready(Duration::from_secs(15))?;
+        Ok(lg)
+    }
+
+    /// A livegate someone else started (`--attach PID,RTMP,HTTP`): measured, never stopped. Several tools can
+    /// load one server this way (the soak: readers, publishers and WebRTC viewers at once).
+    pub fn attach(spec: &str) -> Result<Self> {
+        let parts: Vec<&str> = spec.split(',').collect();
+        let [pid, rtmp, http] = parts[..] else { bail!("--attach takes PID,RTMP_ADDR,HTTP_ADDR, not {spec:?}") };
+        let pid: u32 = pid.parse().context("--attach PID")?;
+        let mut lg = Self {
+            child: None,
+            pid,
+            rtmp: rtmp.parse().context("--attach RTMP address")?,
+            http: http.parse().context("--attach HTTP address")?,
+            log_path: PathBuf::new(),
+            cfg_path: PathBuf::new(),
+        };
+        lg.wait_ready(Duration::from_secs(5))?;
         Ok(lg)
     }
 
     fn wait_ready(&mut self, limit: Duration) -> Result<()> {
         let t = Instant::now();
         loop {
-            if let Some(st) = self.child.try_wait()? {
+            if let Some(st) = self.child.as_mut().map(|c| c.try_wait()).transpose()?.flatten() {
                 bail!("livegate exited during startup ({st}); its output:\n{}", self.log_tail(20));
             }
             let up = |a: &SocketAddr| TcpStream::connect_timeout(a, Duration::from_millis(200)).is_ok();
@@ -154,6 +173,11 @@ impl Livegate {
         }
     }
 
+    /// Whether the tool started this livegate (and so stops it), rather than attaching to it.
+    pub fn owned(&self) -> bool {
+        self.child.is_some()
+    }
+
     pub fn pid_str(&self) -> String {
         self.pid.to_string()
     }
@@ -166,27 +190,31 @@ impl Livegate {
     /// SIGTERM, then SIGKILL if it has not exited within `limit`. Returns how long it took to exit after
     /// SIGTERM, or None if it had to be killed (or had exited before).
     pub fn stop_within(&mut self, limit: Duration) -> Option<Duration> {
-        if let Ok(Some(_)) = self.child.try_wait() {
+        let child = self.child.as_mut()?;
+        if let Ok(Some(_)) = child.try_wait() {
             return None;
         }
         // SAFETY: kill with a pid we spawned and still own (not yet reaped).
         unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGTERM) };
         let t = Instant::now();
         while t.elapsed() < limit {
-            if let Ok(Some(_)) = self.child.try_wait() {
+            if let Ok(Some(_)) = child.try_wait() {
                 return Some(t.elapsed());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = child.kill();
+        let _ = child.wait();
         None
     }
 
     /// None while livegate is still running (it should be, until `stop`), else how it ended.
     pub fn exited(&mut self) -> Option<String> {
         use std::os::unix::process::ExitStatusExt;
-        match self.child.try_wait() {
+        let Some(child) = self.child.as_mut() else {
+            return (!running(&self.pid.to_string())).then(|| "the attached livegate is gone".to_owned());
+        };
+        match child.try_wait() {
             Ok(None) => None,
             Ok(Some(st)) => Some(match (st.code(), st.signal()) {
                 (Some(c), _) => format!("exited with status {c}"),
@@ -217,7 +245,9 @@ impl Livegate {
 impl Drop for Livegate {
     fn drop(&mut self) {
         self.stop();
-        let _ = std::fs::remove_file(&self.cfg_path);
+        if self.child.is_some() {
+            let _ = std::fs::remove_file(&self.cfg_path);
+        }
     }
 }
 

@@ -23,5 +23,6 @@ pub mod rtmp;
 pub mod server;
 pub mod tls;
 pub mod transcode;
+pub mod usersig;
 pub mod webhooks;
 pub mod webrtc;

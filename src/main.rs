@@ -38,6 +38,29 @@ enum Cmd {
     },
     /// Validate a config file and exit (non-zero with the reason if it is invalid).
     CheckConfig { file: PathBuf },
+    /// Make a userSig as Tencent's TLSSigAPIv2 does (with --room, a privateMapKey), or check one (--verify).
+    Usersig {
+        #[arg(long)]
+        sdk_app_id: u32,
+        /// The app's secret key.
+        #[arg(long)]
+        key: String,
+        #[arg(long)]
+        user: String,
+        /// How long it stays valid: 90s, 30m, 1h, 7d.
+        #[arg(long, default_value = "7d")]
+        expire: String,
+        /// Make a privateMapKey for this room: a number, or a string room id.
+        #[arg(long)]
+        room: Option<String>,
+        /// The privateMapKey's permission bits: 1 create, 2 enter, 4 send audio, 8 receive audio, 16 send video,
+        /// 32 receive video (255: all).
+        #[arg(long, default_value_t = 255)]
+        privileges: u32,
+        /// Check this userSig or privateMapKey instead: print what it holds, or fail with the reason.
+        #[arg(long)]
+        verify: Option<String>,
+    },
     /// Print signed push and play URLs (txSecret/txTime) for a stream.
     Sign {
         #[arg(long, default_value = "live")]
@@ -113,6 +136,40 @@ fn main() -> anyhow::Result<()> {
         Cmd::CheckConfig { file } => {
             load(Some(&file))?;
             println!("{}: ok", file.display());
+            Ok(())
+        }
+        Cmd::Usersig { sdk_app_id, key, user, expire, room, privileges, verify } => {
+            use livegate::usersig::{self, PrivateMap, RoomRef};
+            let now = livegate::auth::unix_now() as i64;
+            if let Some(sig) = verify {
+                let ok = usersig::verify(key.as_bytes(), sdk_app_id, &user, &sig, now)?;
+                let map = ok.userbuf.as_deref().map(PrivateMap::parse).transpose()?;
+                let room = map.as_ref().map(|m| match &m.room {
+                    RoomRef::Number(n) => serde_json::json!(n),
+                    RoomRef::Name(s) => serde_json::json!(s),
+                });
+                let out = serde_json::json!({
+                    "identifier": ok.identifier,
+                    "sdk_app_id": ok.sdk_app_id,
+                    "time": ok.time,
+                    "expire": ok.expire,
+                    "private_map": map.as_ref().map(|m| serde_json::json!({
+                        "user": m.user, "sdk_app_id": m.sdk_app_id, "room": room,
+                        "expires_at": m.expires_at, "privileges": m.privileges,
+                    })),
+                });
+                println!("{out}");
+                return Ok(());
+            }
+            livegate::names::validate("user", &user)?;
+            let secs = parse_duration(&expire)?.as_secs() as i64;
+            let userbuf = room.map(|r| {
+                let room = r.parse::<u32>().map_or(RoomRef::Name(r), RoomRef::Number);
+                let map =
+                    PrivateMap { user: user.clone(), sdk_app_id, room, expires_at: (now + secs) as u32, privileges };
+                map.to_userbuf()
+            });
+            println!("{}", usersig::sign(key.as_bytes(), sdk_app_id, &user, now, secs, userbuf.as_deref()));
             Ok(())
         }
         Cmd::Sign { app, stream, expire, play, host, rtmp_port, http_port, key, config } => {

@@ -19,6 +19,7 @@ pub mod mix;
 pub mod names;
 pub mod netio;
 pub mod record;
+pub mod rooms;
 pub mod rtmp;
 pub mod server;
 pub mod tls;

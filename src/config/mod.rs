@@ -47,6 +47,7 @@ pub struct Config {
     pub webrtc: WebrtcConfig,
     pub transcode: TranscodeConfig,
     pub mix: MixConfig,
+    pub rooms: RoomsConfig,
     pub log: LogConfig,
 }
 
@@ -284,6 +285,7 @@ impl Config {
         }
         self.webrtc.validate()?;
         self.record.validate()?;
+        self.rooms.validate()?;
         if self.rtmp.max_connections == 0 {
             return bad("rtmp.max_connections", "must be at least 1".into());
         }

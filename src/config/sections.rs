@@ -296,3 +296,76 @@ impl RecordConfig {
         Ok(())
     }
 }
+
+/// `[rooms]`: the room service (docs/rooms.md). Without an app, no room can be entered.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoomsConfig {
+    /// Apps whose members may enter rooms, each with the secret key its userSigs are signed with.
+    #[serde(default)]
+    pub apps: Vec<RoomAppConfig>,
+    /// Entering needs a privateMapKey granting `enter` for the room (and its send bits to publish).
+    pub require_private_map_key: bool,
+    /// Members one room may hold (`409 room_full` beyond).
+    pub max_members: usize,
+    /// Rooms open at once, over all apps.
+    pub max_rooms: usize,
+    /// A room its last member left is closed after this long (a member who comes back keeps it).
+    pub empty_grace_secs: f64,
+    /// Events kept per room for sockets that reconnect with `?since=SEQ`.
+    pub replay_events: usize,
+}
+
+/// One sdkAppId and its secret key. Debug output leaves the key out: it signs every member's userSig.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoomAppConfig {
+    pub sdk_app_id: u32,
+    pub secret_key: String,
+}
+
+impl std::fmt::Debug for RoomAppConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoomAppConfig").field("sdk_app_id", &self.sdk_app_id).field("secret_key", &"***").finish()
+    }
+}
+
+impl RoomsConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut seen = std::collections::BTreeSet::new();
+        for a in &self.apps {
+            if !seen.insert(a.sdk_app_id) {
+                return Err(ConfigError::invalid("rooms.apps", format!("sdk_app_id {} is listed twice", a.sdk_app_id)));
+            }
+            if a.secret_key.len() < 16 {
+                return Err(ConfigError::invalid(
+                    "rooms.apps.secret_key",
+                    format!("the key of sdk_app_id {} is under 16 characters", a.sdk_app_id),
+                ));
+            }
+        }
+        if !(1..=64).contains(&self.max_members) {
+            return Err(ConfigError::invalid("rooms.max_members", format!("{} is outside 1..=64", self.max_members)));
+        }
+        if self.max_rooms == 0 {
+            return Err(ConfigError::invalid("rooms.max_rooms", "must be at least 1"));
+        }
+        if !(self.empty_grace_secs.is_finite() && (0.0..=3600.0).contains(&self.empty_grace_secs)) {
+            return Err(ConfigError::invalid(
+                "rooms.empty_grace_secs",
+                format!("{} is outside 0..=3600", self.empty_grace_secs),
+            ));
+        }
+        if !(16..=100_000).contains(&self.replay_events) {
+            return Err(ConfigError::invalid(
+                "rooms.replay_events",
+                format!("{} is outside 16..=100000", self.replay_events),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn app(&self, sdk_app_id: u32) -> Option<&RoomAppConfig> {
+        self.apps.iter().find(|a| a.sdk_app_id == sdk_app_id)
+    }
+}

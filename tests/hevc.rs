@@ -109,13 +109,8 @@ fn hevc_reaches_flv_readers_unchanged_and_mp4_and_hls_recordings_that_ffmpeg_dec
             if rec["file_format"] == "mp4" {
                 assert_eq!(v["codec_tag_string"], "hvc1", "{v}");
             }
-            let decode = Command::new("ffmpeg")
-                .args(["-v", "error", "-i"])
-                .arg(&path)
-                .args(["-f", "null", "-"])
-                .output()
-                .unwrap();
-            assert!(decode.stderr.is_empty(), "{}: {}", path.display(), String::from_utf8_lossy(&decode.stderr));
+            let errors = decode_errors(&path);
+            assert!(errors.is_empty(), "{}: {errors}", path.display());
         }
     }
 }

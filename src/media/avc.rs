@@ -431,27 +431,52 @@ pub fn avcc_to_annexb(
     aud: bool,
     out: &mut Vec<u8>,
 ) -> Result<(), AvcError> {
-    const START: [u8; 4] = [0, 0, 0, 1];
     let nalus: Vec<&[u8]> = avcc_nalus(payload, cfg.nal_length_size).collect::<Result<_, _>>()?;
-    if aud {
-        out.extend_from_slice(&[0, 0, 0, 1, 0x09, 0xF0]);
-    }
-    let has_params = nalus.iter().any(|n| matches!(n.first().map(|b| b & 0x1F), Some(7 | 8)));
-    if keyframe && !has_params {
-        for p in cfg.sps.iter().chain(cfg.pps.iter()) {
-            out.extend_from_slice(&START);
-            out.extend_from_slice(p);
-        }
-    }
-    for n in nalus {
-        // Delimiters are the caller's choice; drop any the encoder put in.
-        if n.first().map(|b| b & 0x1F) == Some(9) {
-            continue;
-        }
-        out.extend_from_slice(&START);
-        out.extend_from_slice(n);
-    }
+    let nal_type = |n: &[u8]| n.first().map(|b| b & 0x1F);
+    let params: Vec<&[u8]> = cfg.sps.iter().chain(cfg.pps.iter()).map(|b| &b[..]).collect();
+    let unit = AnnexB {
+        aud: aud.then_some(&[0x09, 0xF0][..]),
+        params: &params,
+        is_param: &|n| matches!(nal_type(n), Some(7 | 8)),
+        is_aud: &|n| nal_type(n) == Some(9),
+    };
+    unit.write(&nalus, keyframe, out);
     Ok(())
+}
+
+/// How a codec's access unit goes out as Annex-B: H.264 and H.265 differ only in which NAL units are parameter
+/// sets or delimiters, and in the delimiter they put first.
+pub(crate) struct AnnexB<'a> {
+    /// The access unit delimiter to write first (its NAL header and payload), if any.
+    pub aud: Option<&'a [u8]>,
+    /// The configuration's parameter sets, written before a keyframe that carries none of its own.
+    pub params: &'a [&'a [u8]],
+    pub is_param: &'a dyn Fn(&[u8]) -> bool,
+    pub is_aud: &'a dyn Fn(&[u8]) -> bool,
+}
+
+impl AnnexB<'_> {
+    pub(crate) fn write(&self, nalus: &[&[u8]], keyframe: bool, out: &mut Vec<u8>) {
+        const START: [u8; 4] = [0, 0, 0, 1];
+        if let Some(aud) = self.aud {
+            out.extend_from_slice(&START);
+            out.extend_from_slice(aud);
+        }
+        if keyframe && !nalus.iter().any(|n| (self.is_param)(n)) {
+            for p in self.params {
+                out.extend_from_slice(&START);
+                out.extend_from_slice(p);
+            }
+        }
+        for n in nalus {
+            // Delimiters are the caller's choice; drop any the encoder put in.
+            if (self.is_aud)(n) {
+                continue;
+            }
+            out.extend_from_slice(&START);
+            out.extend_from_slice(n);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -179,26 +179,16 @@ pub fn to_annexb(
     aud: bool,
     out: &mut Vec<u8>,
 ) -> Result<(), HevcError> {
-    const START: [u8; 4] = [0, 0, 0, 1];
     let nalus: Vec<&[u8]> = avc::avcc_nalus(payload, cfg.nal_length_size).collect::<Result<_, _>>()?;
-    if aud {
+    let params: Vec<&[u8]> = cfg.vps.iter().chain(&cfg.sps).chain(&cfg.pps).map(|b| &b[..]).collect();
+    let unit = avc::AnnexB {
         // AUD, nuh_layer_id 0, temporal id 1; pic_type 2 (any slice type) and the stop bit.
-        out.extend_from_slice(&[0, 0, 0, 1, NAL_AUD << 1, 0x01, 0x50]);
-    }
-    let has_params = nalus.iter().any(|n| matches!(nal_type(n), Some(NAL_VPS..=NAL_PPS)));
-    if keyframe && !has_params {
-        for p in cfg.vps.iter().chain(&cfg.sps).chain(&cfg.pps) {
-            out.extend_from_slice(&START);
-            out.extend_from_slice(p);
-        }
-    }
-    for n in nalus {
-        if nal_type(n) == Some(NAL_AUD) {
-            continue;
-        }
-        out.extend_from_slice(&START);
-        out.extend_from_slice(n);
-    }
+        aud: aud.then_some(&[NAL_AUD << 1, 0x01, 0x50][..]),
+        params: &params,
+        is_param: &|n| matches!(nal_type(n), Some(NAL_VPS..=NAL_PPS)),
+        is_aud: &|n| nal_type(n) == Some(NAL_AUD),
+    };
+    unit.write(&nalus, keyframe, out);
     Ok(())
 }
 

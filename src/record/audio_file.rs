@@ -97,17 +97,9 @@ impl AudioFile {
         Ok(())
     }
 
-    pub fn started(&self) -> bool {
-        self.first_dts.is_some()
-    }
-
     /// Pushes buffered frames to the kernel (survives a SIGKILL) and, with `sync`, to the disk.
     pub fn flush(&mut self, sync: bool) -> std::io::Result<()> {
-        self.out.flush()?;
-        if sync {
-            self.out.get_ref().sync_data()?;
-        }
-        Ok(())
+        super::flush_appended(&mut self.out, sync)
     }
 
     /// Closes the file: (duration secs, size).

@@ -67,17 +67,9 @@ impl FlvFile {
         Ok(())
     }
 
-    pub fn started(&self) -> bool {
-        self.first_dts.is_some()
-    }
-
     /// Pushes buffered tags to the kernel (survives a SIGKILL) and, with `sync`, to the disk (power loss).
     pub fn flush(&mut self, sync: bool) -> std::io::Result<()> {
-        self.out.flush()?;
-        if sync {
-            self.out.get_ref().sync_data()?;
-        }
-        Ok(())
+        super::flush_appended(&mut self.out, sync)
     }
 
     /// Patches the duration and closes the file. Returns the duration in seconds.

@@ -669,6 +669,17 @@ impl Open {
     }
 }
 
+/// Pushes what an append-only file has buffered to the kernel (it survives a SIGKILL) and, with `sync`, to the
+/// disk (a power loss).
+fn flush_appended(out: &mut std::io::BufWriter<std::fs::File>, sync: bool) -> std::io::Result<()> {
+    use std::io::Write;
+    out.flush()?;
+    if sync {
+        out.get_ref().sync_data()?;
+    }
+    Ok(())
+}
+
 /// The Unix time (seconds) of a monotonic instant in the past.
 fn wall_secs(at: Instant) -> u64 {
     let wall = std::time::SystemTime::now() - Instant::now().saturating_duration_since(at);

@@ -392,6 +392,12 @@ fn push_with(file: &Path, url: &str, extra_in: &[&str], extra_out: &[&str]) -> P
     )
 }
 
+/// What ffmpeg reports decoding all of a file (empty when it decodes cleanly).
+pub fn decode_errors(path: &Path) -> String {
+    let out = Command::new("ffmpeg").args(["-v", "error", "-i"]).arg(path).args(["-f", "null", "-"]).output().unwrap();
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 pub fn ffprobe(url: &str, args: &[&str]) -> Output {
     Command::new("timeout")
         .arg("30")

@@ -512,7 +512,9 @@ fn mix_output_plays_in_chromium_over_whep() {
     let j = browser_check("whep_play.mjs", &[&url, shot.to_str().unwrap(), "4"]);
     assert_eq!(j["status"], 201, "{j}");
     assert_eq!((j["width"].as_u64(), j["height"].as_u64()), (Some(480), Some(270)), "{j}");
-    assert!(j["fps"].as_f64().unwrap() > 20.0, "{j}");
+    // Frames decoded, not a rate: on a loaded 2-core machine the mix's own encoder (and Chromium's decoder)
+    // may run below 30 fps (17 fps was seen beside stress-ng), and that is no fault of the WHEP path.
+    assert!(j["framesDecoded"].as_u64().unwrap_or(0) >= 30, "{j}");
     assert!(j["audioRms"].as_f64().unwrap_or(0.0) > 0.01, "the mix's audio is silent in the browser: {j}");
     let files = finish_recording(&srv, "w-out", "mixrec", 1);
     let (format, path, codecs) = &files[0];

@@ -390,6 +390,12 @@ impl Recorder {
                     }
                 }
             }
+            if lanes.is_empty() {
+                // Every format needed a rendition that could not start (each reported as failed above).
+                this.tasks.lock().remove(&record_id);
+                tracing::warn!(stream = %key, record_id = %record_id, "recording stopped: nothing it can write");
+                return;
+            }
             let mut batch = Vec::new();
             let mut side = Vec::new();
             let mut skips = 0;

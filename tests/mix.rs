@@ -477,7 +477,7 @@ fn garbage_h264_input_leaves_the_mix_running() {
         let payload = if ts % 2 == 0 { junk } else { [&(n as u32 + 1).to_be_bytes()[..], &[0x65], &junk[..]].concat() };
         c.send_raw_message(6, message::VIDEO, 1, ts * 33, &avc_tag(false, true, &payload));
         ts += 1;
-        std::thread::sleep(Duration::from_millis(33));
+        pace(start, u64::from(ts) * 33);
     }
     let m = mix_json(&srv, "g");
     assert_eq!(m["state"], "running", "{m}");
@@ -627,8 +627,15 @@ fn a_patch_shows_from_the_next_composited_frame() {
     // One reader takes every frame with its arrival time while the PATCH swaps the two inputs.
     let mut reader = FlvClient::connect(srv.http_port, "/live/pm-out.flv", None);
     let port = srv.http_port;
+    let joined_ms = srv.media_ms("pm-out").unwrap_or(0);
     let patch = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(1500));
+        // Mid-read, by the output's own clock: once 1.5 s of it came after the reader joined.
+        let media_ms = || {
+            http_get(port, "/api/v1/streams/live/pm-out")
+                .filter(|r| r.status == 200)
+                .and_then(|r| r.json()["media_ms"].as_i64())
+        };
+        assert!(wait_until(Duration::from_secs(20), || media_ms().is_some_and(|m| m >= joined_ms + 1500)));
         let body = json!({"inputs": layout("pb", "pr")});
         let r = http_request_body(port, "PATCH", "/api/v1/mixes/pm", &body.to_string());
         (r.status, Instant::now())

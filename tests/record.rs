@@ -302,10 +302,7 @@ fn timestamps_that_jump_by_hours_or_backwards_keep_players_and_files_continuous(
         });
         let start = std::time::Instant::now();
         for t in &tags {
-            let due = Duration::from_millis(t.timestamp as u64);
-            if let Some(wait) = due.checked_sub(start.elapsed()) {
-                std::thread::sleep(wait);
-            }
+            pace(start, t.timestamp as u64);
             let ts = match t.timestamp {
                 0..=1999 => t.timestamp,
                 2000..=3999 => t.timestamp + 3 * 3600 * 1000,
@@ -481,9 +478,7 @@ fn send_media(p: &mut RtmpClient, kind: &str, ts_offset: u32, until_ms: u32, sta
             continue;
         }
         let ts = t.timestamp + ts_offset;
-        if let Some(wait) = Duration::from_millis(ts as u64).checked_sub(start.elapsed()) {
-            std::thread::sleep(wait);
-        }
+        pace(start, ts as u64);
         let csid = if t.tag_type == 9 { 6 } else { 4 };
         p.send_raw_message(csid, t.tag_type, 1, ts, &t.body);
     }

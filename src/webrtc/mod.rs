@@ -228,7 +228,16 @@ pub struct PeerFactory {
     cfg: WebrtcConfig,
     next_port: AtomicU16,
     /// The shared port, when `udp_mux_port` is set (or why it could not be bound).
-    mux: Option<Result<Arc<udp_mux::UdpMux>, String>>,
+    mux: Option<Result<Arc<udp_mux::UdpMux>, MuxBindError>>,
+}
+
+/// Why the shared WebRTC port could not be bound at start-up: every session is refused with it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("webrtc.udp_mux_port {addr}: {source}")]
+pub struct MuxBindError {
+    pub addr: std::net::SocketAddr,
+    #[source]
+    pub source: Arc<std::io::Error>,
 }
 
 impl PeerFactory {
@@ -238,7 +247,7 @@ impl PeerFactory {
             let addr = std::net::SocketAddr::new(cfg.ice_ip, cfg.udp_mux_port);
             udp_mux::UdpMux::bind(addr).map_err(|e| {
                 tracing::error!(%addr, error = %e, "cannot bind webrtc.udp_mux_port: WebRTC sessions will fail");
-                format!("webrtc.udp_mux_port {addr}: {e}")
+                MuxBindError { addr, source: Arc::new(e) }
             })
         });
         Self { cfg, next_port: AtomicU16::new(start), mux }
@@ -265,8 +274,8 @@ impl PeerFactory {
         let (s_tx, s_rx) = watch::channel(RTCPeerConnectionState::New);
         let handler = Arc::new(Handler { gathered: g_tx, state: s_tx, tracks });
         let mux = match &self.mux {
-            Some(Ok(m)) => Some(udp_mux::MuxRuntime::new(m.clone()).map_err(|e| PeerError::Mux(e.to_string()))?),
-            Some(Err(e)) => return Err(PeerError::Mux(e.clone())),
+            Some(Ok(m)) => Some(udp_mux::MuxRuntime::new(m.clone()).map_err(PeerError::MuxRuntime)?),
+            Some(Err(e)) => return Err(PeerError::MuxBind(e.clone())),
             None => None,
         };
         // Ports in the range may be taken by other sessions or programs: try a few.
@@ -316,7 +325,9 @@ impl PeerFactory {
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
     #[error("the shared WebRTC port: {0}")]
-    Mux(String),
+    MuxBind(MuxBindError),
+    #[error("the shared WebRTC port's runtime: {0}")]
+    MuxRuntime(std::io::Error),
     #[error("WebRTC: {0}")]
     WebRtc(#[from] webrtc::error::Error),
     #[error("no UDP port available: {0}")]

@@ -308,9 +308,7 @@ impl Paced {
                 let (key, payload) = &stream.units[i % stream.units.len()];
                 let ts = i as u64 * 40;
                 // A live encoder's pace: frame i leaves at i * 40 ms.
-                if let Some(wait) = Duration::from_millis(ts).checked_sub(start.elapsed()) {
-                    std::thread::sleep(wait);
-                }
+                super::pace(start, ts);
                 p.video(ts as u32, &video_body(form, Some((i, *key, payload)), &stream.hvcc));
             }
         });

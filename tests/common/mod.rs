@@ -90,18 +90,14 @@ impl Server {
             .spawn()
             .expect("spawn livegate");
         let mut s = Server { child, rtmp_port: 0, http_port: 0, https_port: None, rtmps_port: None, dir, log };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let ports = loop {
-            if let Some(p) =
-                std::fs::read(&ready).ok().and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            {
-                break p;
-            }
-            if Instant::now() > deadline || !s.is_running() {
-                panic!("livegate did not come up:\n{}", s.log_text());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let read_ready =
+            || std::fs::read(&ready).ok().and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+        let mut ports = None;
+        wait_until(Duration::from_secs(30), || {
+            ports = read_ready();
+            ports.is_some() || !s.is_running()
+        });
+        let Some(ports) = ports else { panic!("livegate did not come up:\n{}", s.log_text()) };
         let port = |k: &str| -> u16 {
             let a: SocketAddr = ports[k].as_str().and_then(|a| a.parse().ok()).unwrap_or_else(|| panic!("{ports}"));
             a.port()
@@ -144,16 +140,14 @@ impl Server {
 
     /// Waits until the stream is live in the hub (publisher connected and media flowing).
     pub fn wait_live(&self, name: &str) -> serde_json::Value {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(j) = self.stream_json(name) {
-                if j["state"] == "live" && j["video"].is_object() && j["bytes_in"].as_u64().unwrap_or(0) > 0 {
-                    return j;
-                }
-            }
-            assert!(Instant::now() < deadline, "stream {name} never went live:\n{}", self.log_text());
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let mut live = None;
+        wait_until(Duration::from_secs(20), || {
+            live = self
+                .stream_json(name)
+                .filter(|j| j["state"] == "live" && j["video"].is_object() && j["bytes_in"].as_u64().unwrap_or(0) > 0);
+            live.is_some()
+        });
+        live.unwrap_or_else(|| panic!("stream {name} never went live:\n{}", self.log_text()))
     }
 
     /// The stream's newest media timestamp (ms on its timeline), once media has arrived.
@@ -170,19 +164,15 @@ impl Server {
 
     /// Waits until the stream's media time reached `ms`; returns it.
     pub fn wait_media_at(&self, name: &str, ms: i64) -> i64 {
-        let deadline = Instant::now() + Duration::from_millis(ms.max(0) as u64 * 4 + 20_000);
-        loop {
-            if let Some(m) = self.media_ms(name).filter(|m| *m >= ms) {
-                return m;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "stream {name} stayed at {:?} ms, waiting for {ms}:\n{}",
-                self.media_ms(name),
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let limit = Duration::from_millis(ms.max(0) as u64 * 4 + 20_000);
+        let mut reached = None;
+        wait_until(limit, || {
+            reached = self.media_ms(name).filter(|m| *m >= ms);
+            reached.is_some()
+        });
+        reached.unwrap_or_else(|| {
+            panic!("stream {name} stayed at {:?} ms, waiting for {ms}:\n{}", self.media_ms(name), self.log_text())
+        })
     }
 
     /// Waits until the stream has no publisher (in its reconnect grace) or is gone.
@@ -198,14 +188,12 @@ impl Server {
         unsafe {
             libc::kill(self.child.id() as i32, libc::SIGTERM);
         }
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st;
-            }
-            assert!(Instant::now() < deadline, "livegate did not exit after SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let mut status = None;
+        wait_until(Duration::from_secs(15), || {
+            status = self.child.try_wait().unwrap();
+            status.is_some()
+        });
+        status.expect("livegate did not exit after SIGTERM")
     }
 }
 
@@ -335,18 +323,16 @@ impl Proc {
 
     /// Waits for exit (killing it after `limit`) and returns whether it exited successfully.
     pub fn wait(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return Some(st);
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        let mut status = None;
+        wait_until(limit, || {
+            status = self.child.try_wait().unwrap();
+            status.is_some()
+        });
+        if status.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
+        status
     }
 
     pub fn running(&mut self) -> bool {
@@ -771,16 +757,27 @@ pub fn statuses(msgs: &[chunk::Message]) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Wall-clock assertions have no place in tests; this only bounds how long a test waits for something.
+/// Wall-clock assertions have no place in tests; this only bounds how long a test waits for something. The one
+/// place a test polls: every 10 ms at first, backing off to every 100 ms.
 pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
+    let mut every = Duration::from_millis(10);
     while Instant::now() < deadline {
         if f() {
             return true;
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(every);
+        every = (every * 2).min(Duration::from_millis(100));
     }
     f()
+}
+
+/// A live publisher's clock: returns when `media_ms` of media is due, `start` being media time 0 (as
+/// `ffmpeg -re` sends). Pacing what a publisher sends, not a wait for a condition.
+pub fn pace(start: Instant, media_ms: u64) {
+    if let Some(wait) = Duration::from_millis(media_ms).checked_sub(start.elapsed()) {
+        std::thread::sleep(wait);
+    }
 }
 
 /// A one-thread HTTP server on a free port that records JSON bodies POSTed to it and answers `status`.

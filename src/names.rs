@@ -34,6 +34,11 @@ pub fn validate_play(name: &str) -> Result<(), NameError> {
     }
 }
 
+/// Whether a stream name is a rendition's (`x@opus`, `x@cb`, …): a derived stream, never a publisher's.
+pub fn is_rendition(name: &str) -> bool {
+    name.contains('@')
+}
+
 /// The stream a name is about: a rendition's source (signatures are made for the source's name).
 pub fn source_name(name: &str) -> &str {
     name.split_once('@').map_or(name, |(base, _)| base)
@@ -160,6 +165,7 @@ mod tests {
         assert!(validate("stream", "cam@cb").is_err(), "nobody publishes a rendition's name");
         assert_eq!(source_name("cam@cb"), "cam");
         assert_eq!(source_name("cam"), "cam");
+        assert!(is_rendition("cam@aac") && !is_rendition("cam"));
     }
 
     use super::*;

@@ -138,4 +138,8 @@ fn h264_players_of_an_hevc_stream_get_the_shared_h264_rendition() {
     assert_eq!(v["nb_read_frames"], "30", "{v}");
     let j = srv.stream_json("hr@cb").expect("the rendition is a stream of its own");
     assert_eq!(j["video"]["codec"], "H264", "{j}");
+    // @cb is the one rendition a player may name; the WebRTC-only ones are refused with the reason.
+    let r = http_get(srv.http_port, "/live/hr@opus.flv").unwrap();
+    assert_eq!(r.status, 400);
+    assert!(r.json()["detail"].as_str().unwrap().contains("@cb"), "{}", r.json());
 }

@@ -412,6 +412,22 @@ mod tests {
     }
 
     #[test]
+    fn room_apps_are_checked_and_their_keys_never_printed() {
+        let app = |id: u32, key: &str| format!("[[rooms.apps]]\nsdk_app_id = {id}\nsecret_key = \"{key}\"\n");
+        let e =
+            Config::parse(&format!("{}{}", app(1400000123, "0123456789abcdef"), app(1400000123, "fedcba9876543210")))
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains("rooms.apps") && e.contains("listed twice"), "{e}");
+        let e = Config::parse(&app(7, "short")).unwrap_err().to_string();
+        assert!(e.contains("rooms.apps.secret_key") && !e.contains("short"), "{e}");
+        let c = Config::parse(&app(7, "0123456789abcdef-secret")).unwrap();
+        assert_eq!(c.rooms.app(7).map(|a| a.sdk_app_id), Some(7));
+        assert!(!format!("{c:?}").contains("0123456789abcdef-secret"), "Debug shows the secret key");
+        assert!(Config::parse("[rooms]\nmax_members = 0\n").unwrap_err().to_string().contains("rooms.max_members"));
+    }
+
+    #[test]
     fn an_unknown_recording_format_is_named() {
         let e = Config::parse("[apps.live]\nrecord = [\"flv\", \"avi\"]\n").unwrap_err().to_string();
         assert!(e.contains("avi") && e.contains("mp4"), "{e}");

@@ -433,14 +433,12 @@ pub fn avcc_to_annexb(
 ) -> Result<(), AvcError> {
     let nalus: Vec<&[u8]> = avcc_nalus(payload, cfg.nal_length_size).collect::<Result<_, _>>()?;
     let nal_type = |n: &[u8]| n.first().map(|b| b & 0x1F);
-    let params: Vec<&[u8]> = cfg.sps.iter().chain(cfg.pps.iter()).map(|b| &b[..]).collect();
     let unit = AnnexB {
         aud: aud.then_some(&[0x09, 0xF0][..]),
-        params: &params,
         is_param: &|n| matches!(nal_type(n), Some(7 | 8)),
         is_aud: &|n| nal_type(n) == Some(9),
     };
-    unit.write(&nalus, keyframe, out);
+    unit.write(&nalus, cfg.sps.iter().chain(&cfg.pps).map(|b| &b[..]), keyframe, out);
     Ok(())
 }
 
@@ -449,21 +447,27 @@ pub fn avcc_to_annexb(
 pub(crate) struct AnnexB<'a> {
     /// The access unit delimiter to write first (its NAL header and payload), if any.
     pub aud: Option<&'a [u8]>,
-    /// The configuration's parameter sets, written before a keyframe that carries none of its own.
-    pub params: &'a [&'a [u8]],
     pub is_param: &'a dyn Fn(&[u8]) -> bool,
     pub is_aud: &'a dyn Fn(&[u8]) -> bool,
 }
 
 impl AnnexB<'_> {
-    pub(crate) fn write(&self, nalus: &[&[u8]], keyframe: bool, out: &mut Vec<u8>) {
+    /// Writes `nalus`; `params`, the configuration's parameter sets, go before a keyframe that carries none of
+    /// its own (taken lazily: no allocation per frame).
+    pub(crate) fn write<'p>(
+        &self,
+        nalus: &[&[u8]],
+        params: impl Iterator<Item = &'p [u8]>,
+        keyframe: bool,
+        out: &mut Vec<u8>,
+    ) {
         const START: [u8; 4] = [0, 0, 0, 1];
         if let Some(aud) = self.aud {
             out.extend_from_slice(&START);
             out.extend_from_slice(aud);
         }
         if keyframe && !nalus.iter().any(|n| (self.is_param)(n)) {
-            for p in self.params {
+            for p in params {
                 out.extend_from_slice(&START);
                 out.extend_from_slice(p);
             }

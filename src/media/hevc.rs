@@ -180,15 +180,14 @@ pub fn to_annexb(
     out: &mut Vec<u8>,
 ) -> Result<(), HevcError> {
     let nalus: Vec<&[u8]> = avc::avcc_nalus(payload, cfg.nal_length_size).collect::<Result<_, _>>()?;
-    let params: Vec<&[u8]> = cfg.vps.iter().chain(&cfg.sps).chain(&cfg.pps).map(|b| &b[..]).collect();
     let unit = avc::AnnexB {
         // AUD, nuh_layer_id 0, temporal id 1; pic_type 2 (any slice type) and the stop bit.
         aud: aud.then_some(&[NAL_AUD << 1, 0x01, 0x50][..]),
-        params: &params,
         is_param: &|n| matches!(nal_type(n), Some(NAL_VPS..=NAL_PPS)),
         is_aud: &|n| nal_type(n) == Some(NAL_AUD),
     };
-    unit.write(&nalus, keyframe, out);
+    let params = cfg.vps.iter().chain(&cfg.sps).chain(&cfg.pps).map(|b| &b[..]);
+    unit.write(&nalus, params, keyframe, out);
     Ok(())
 }
 

@@ -206,7 +206,7 @@ impl Recorder {
                     Ok(Event::Publish { stream: key, .. }) => {
                         // A rendition (`x@opus`, `x@aac`) is the same push in another codec, not a stream to record:
                         // recording it would also start renditions of it, without end.
-                        if key.name.contains('@') {
+                        if crate::names::is_rendition(&key.name) {
                             continue;
                         }
                         let Some(formats) = auto_apps.get(&key.app).filter(|f| !f.is_empty()) else { continue };
@@ -340,7 +340,7 @@ impl Recorder {
         let this = self.clone();
         let task_id = short_id();
         tokio::spawn(async move {
-            let _client = guard;
+            let client = guard;
             tracing::info!(stream = %key, record_id = %record_id, "recording started");
             let writer = |formats: Vec<RecordFormat>, audio_from_rendition: Option<AudioNeed>| Writer {
                 rec: this.clone(),
@@ -374,7 +374,7 @@ impl Recorder {
             }
             if let Some((need, suffix, formats)) = plan.rendition {
                 let derived = StreamKey::new(&key.app, &format!("{}@{suffix}", key.name));
-                match this.hub.subscribe_as(&derived, Protocol::Record, policy, _client.handle.clone(), audience) {
+                match this.hub.subscribe_as(&derived, Protocol::Record, policy, client.handle.clone(), audience) {
                     Ok(r) => {
                         tracing::info!(stream = %key, rendition = %derived, formats = ?formats, "recording audio from a rendition");
                         companion = Some(r);
@@ -416,9 +416,11 @@ impl Recorder {
                         if first_dts.is_none() {
                             first_dts = batch.iter().find(|p| !p.frame.config).map(|p| p.frame.dts);
                         }
-                        let batch = std::mem::take(&mut batch);
-                        for lane in &lanes {
-                            if lane.tx.send(batch.clone()).await.is_err() {
+                        // Each writer gets the batch; the last one takes it (one writer: no copy).
+                        let mut out = std::mem::take(&mut batch);
+                        for (i, lane) in lanes.iter().enumerate() {
+                            let b = if i + 1 == lanes.len() { std::mem::take(&mut out) } else { out.clone() };
+                            if lane.tx.send(b).await.is_err() {
                                 break 'run; // a writer stopped (disk error)
                             }
                         }

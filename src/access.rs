@@ -1,7 +1,7 @@
 //! Who may publish and play (ARCHITECTURE invariant 11): app and stream names, signed URLs, and for a
 //! publish the on_publish webhook. Every adapter (RTMP, HTTP-FLV, HLS, WHIP, WHEP) asks here.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::auth::KeyPair;
 use crate::auth::{self, AuthError};
@@ -27,18 +27,51 @@ pub enum AccessError {
     Auth(#[from] AuthError),
     #[error("on_publish webhook refused: {0}")]
     Webhook(#[from] WebhookError),
+    #[error("{0}")]
+    Refused(String),
 }
+
+/// A check the streams of one app need beyond the signature, made by the service that hands out their URLs
+/// (the rooms: a member's push URL publishes that member's stream only while it is in its room, a member's
+/// play URL plays only while the member is in the room).
+pub trait StreamGate: Send + Sync {
+    /// The app this gate guards.
+    fn app(&self) -> &str;
+    fn publish(&self, key: &StreamKey) -> Result<(), String>;
+    fn play(&self, key: &StreamKey, query: &[(String, String)]) -> Result<(), String>;
+}
+
+/// The query parameter that ties a play to the member it was handed to (see `Access::player_tag`).
+pub const MEMBER_KEY_PARAM: &str = "memberKey";
 
 /// The access checks, with the config and webhooks they need.
 #[derive(Clone)]
 pub struct Access {
     config: Arc<Config>,
     webhooks: Webhooks,
+    gate: Arc<OnceLock<Arc<dyn StreamGate>>>,
 }
 
 impl Access {
     pub fn new(config: Arc<Config>, webhooks: Webhooks) -> Self {
-        Self { config, webhooks }
+        Self { config, webhooks, gate: Arc::default() }
+    }
+
+    /// Installs the gate of the app it names (once: the room service at start-up).
+    pub fn set_gate(&self, gate: Arc<dyn StreamGate>) {
+        if self.gate.set(gate).is_err() {
+            tracing::warn!("a stream gate is installed already");
+        }
+    }
+
+    fn gate_for(&self, key: &StreamKey) -> Option<&Arc<dyn StreamGate>> {
+        self.gate.get().filter(|g| g.app() == key.app)
+    }
+
+    /// What a player is known by beyond its connection (the member a room play URL was handed to), so that
+    /// its plays end with the member's stay.
+    pub fn player_tag(query: &[(String, String)]) -> Option<String> {
+        names::query_get(query, MEMBER_KEY_PARAM).filter(|v| !v.is_empty()).map(str::to_owned)
     }
 
     pub fn check_app(&self, app: &str) -> Result<(), AccessError> {
@@ -62,6 +95,9 @@ impl Access {
             Op::Publish => {
                 names::validate("stream", &key.name)?;
                 self.check_signed(key, query, AppConfig::push_keys)?;
+                if let Some(g) = self.gate_for(key) {
+                    g.publish(key).map_err(AccessError::Refused)?;
+                }
                 let event = Event::Publish {
                     stream: key.clone(),
                     client_id: info.client_id,
@@ -78,7 +114,11 @@ impl Access {
     /// A player may name the stream's H.264 rendition (`x@cb`); the play signature is the source's.
     pub fn authorize_play(&self, key: &StreamKey, query: &[(String, String)]) -> Result<(), AccessError> {
         names::validate_play(&key.name)?;
-        self.check_signed(key, query, AppConfig::play_keys)
+        self.check_signed(key, query, AppConfig::play_keys)?;
+        if let Some(g) = self.gate_for(key) {
+            g.play(key, query).map_err(AccessError::Refused)?;
+        }
+        Ok(())
     }
 
     /// App, stream name, and the URL signature against the app's push or play keys.

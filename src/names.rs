@@ -90,6 +90,7 @@ pub fn query_get<'a>(q: &'a [(String, String)], key: &str) -> Option<&'a str> {
 /// token names. Matched without regard to case.
 const SECRET_KEYS: &[&str] = &[
     "txsecret",
+    "memberkey",
     "usersig",
     "privatemapkey",
     "token",

@@ -26,12 +26,21 @@ pub struct AppState {
     pub webhooks: Webhooks,
     pub access: Access,
     pub limits: Arc<ConnLimits>,
+    pub rooms: Arc<crate::rooms::RoomService>,
+    /// The bound RTMP and RTMPS ports (room URLs carry them).
+    rtmp_port: u16,
+    rtmps_port: Option<u16>,
     started: Instant,
 }
 
 impl AppState {
     /// The services, on `config`; `http_addr` is the HTTP port's bound address (recording URLs point at it).
-    pub fn new(config: Config, http_addr: std::net::SocketAddr) -> Result<Arc<Self>, crate::transcode::TranscodeError> {
+    pub fn new(
+        config: Config,
+        http_addr: std::net::SocketAddr,
+        rtmp_port: u16,
+        rtmps_port: Option<u16>,
+    ) -> Result<Arc<Self>, crate::transcode::TranscodeError> {
         let config = Arc::new(config);
         let events = EventBus::new();
         let hub = Hub::new(crate::hub::HubOptions::from_config(&config.hub), events);
@@ -52,7 +61,15 @@ impl AppState {
         )?;
         let mixes = crate::mix::Mixes::new(hub.clone(), config.mix.clone(), &config.transcode.pipelines_dir)
             .map_err(|e| crate::transcode::TranscodeError::Template { name: "mix".into(), detail: e.to_string() })?;
+        let access = Access::new(config.clone(), webhooks.clone());
+        let rooms = crate::rooms::RoomService::new(&config, hub.clone(), mixes.clone(), recorder.clone());
+        if rooms.enabled() {
+            access.set_gate(rooms.clone());
+        }
         Ok(Arc::new(Self {
+            rooms,
+            rtmp_port,
+            rtmps_port,
             hub,
             hls,
             recorder,
@@ -60,7 +77,7 @@ impl AppState {
             whip,
             transcoders,
             mixes,
-            access: Access::new(config.clone(), webhooks.clone()),
+            access,
             limits: ConnLimits::new(&config),
             config,
             webhooks,
@@ -91,6 +108,9 @@ impl AppState {
             config: self.config.clone(),
             access: self.access.clone(),
             limits: self.limits.clone(),
+            rooms: self.rooms.clone(),
+            rtmp_port: self.rtmp_port,
+            rtmps_port: self.rtmps_port,
         })
     }
 }
@@ -159,7 +179,8 @@ pub async fn run(config: Config, ready_file: Option<std::path::PathBuf>) -> anyh
     if !reloadable.is_empty() {
         tokio::spawn(reload_on_sighup(reloadable));
     }
-    let state = AppState::new(config, http_addr).map_err(|e| anyhow::anyhow!("cannot start transcoders: {e}"))?;
+    let state = AppState::new(config, http_addr, rtmp_addr.port(), rtmps_addr.map(|a| a.port()))
+        .map_err(|e| anyhow::anyhow!("cannot start transcoders: {e}"))?;
     state
         .recorder
         .check_root()
@@ -170,6 +191,7 @@ pub async fn run(config: Config, ready_file: Option<std::path::PathBuf>) -> anyh
     tracing::info!(rtmp = %rtmp_addr, http = %http_addr, "livegate listening");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(state.webhooks.clone().run(state.hub.events().clone()));
+    state.rooms.start();
     let rtmp_task = tokio::spawn(crate::rtmp::server::serve(rtmp, state.rtmp_state(), stop_rx.clone()));
     let http_task = tokio::spawn(crate::http::serve(http, state.http_state(), stop_rx.clone()));
     let https_task = https.map(|(listener, certs)| {

@@ -179,7 +179,7 @@ fn kill_minus_nine_leaves_playable_files_and_callbacks_survive_a_restart() {
     assert!(info["duration"].as_f64().unwrap() >= 3.5);
     // A delivery was tried and failed: the callback waits in the outbox for the receiver.
     assert!(
-        wait_until(Duration::from_secs(10), || srv.log_text().contains("recording callback not delivered")),
+        wait_until(Duration::from_secs(10), || srv.log_text().contains("callback not delivered")),
         "{}",
         srv.log_text()
     );

@@ -197,9 +197,31 @@ impl Config {
             });
         }
         merge(&mut base, over);
-        let cfg: Config = base.try_into()?;
+        let mut cfg: Config = base.try_into()?;
         cfg.validate()?;
+        cfg.add_room_app();
         Ok(cfg)
+    }
+
+    /// With rooms configured, the app members publish in exists and is signed: keys the operator left empty
+    /// are derived from the first room app's secret key, so every node with this config (and every restart)
+    /// makes and accepts the same member URLs.
+    fn add_room_app(&mut self) {
+        let Some(first) = self.rooms.apps.first() else { return };
+        use hmac::Mac;
+        let derive = |what: &str| {
+            let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(first.secret_key.as_bytes()).expect("any key");
+            mac.update(b"livegate rooms ");
+            mac.update(what.as_bytes());
+            hex::encode(mac.finalize().into_bytes())
+        };
+        let app = self.apps.entry(self.rooms.stream_app.clone()).or_default();
+        if app.push_key.is_empty() {
+            app.push_key = derive("push");
+        }
+        if app.play_key.is_empty() {
+            app.play_key = derive("play");
+        }
     }
 
     /// `[mix]`: limits in range (the output defaults are checked like a request's by `mix::check_config`).

@@ -297,8 +297,9 @@ impl RecordConfig {
     }
 }
 
-/// `[rooms]`: the room service (docs/rooms.md). Without an app, no room can be entered.
-#[derive(Debug, Clone, Deserialize)]
+/// `[rooms]`: the room service (docs/rooms.md). Without an app, no room can be entered. Debug output leaves the
+/// keys out.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RoomsConfig {
     /// Apps whose members may enter rooms, each with the secret key its userSigs are signed with.
@@ -314,6 +315,30 @@ pub struct RoomsConfig {
     pub empty_grace_secs: f64,
     /// Events kept per room for sockets that reconnect with `?since=SEQ`.
     pub replay_events: usize,
+    /// The app members' streams are published in.
+    pub stream_app: String,
+    /// No frames of a kind for this long: that track is gone (`REMOTE_*_REMOVE`).
+    pub media_timeout_secs: f64,
+    /// A member with neither an event socket nor a push for this long leaves.
+    pub member_timeout_secs: f64,
+    /// Room webhooks (TRTC's event shape, 101–204), kept on disk until delivered.
+    pub callback_urls: Vec<String>,
+    /// Signs each room webhook: `Sign` = base64(HMAC-SHA256(key, body)).
+    pub callback_key: String,
+}
+
+impl std::fmt::Debug for RoomsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoomsConfig")
+            .field("apps", &self.apps)
+            .field("require_private_map_key", &self.require_private_map_key)
+            .field("max_members", &self.max_members)
+            .field("max_rooms", &self.max_rooms)
+            .field("stream_app", &self.stream_app)
+            .field("callback_urls", &self.callback_urls)
+            .field("callback_key", &if self.callback_key.is_empty() { "" } else { "***" })
+            .finish_non_exhaustive()
+    }
 }
 
 /// One sdkAppId and its secret key. Debug output leaves the key out: it signs every member's userSig.
@@ -355,6 +380,19 @@ impl RoomsConfig {
                 "rooms.empty_grace_secs",
                 format!("{} is outside 0..=3600", self.empty_grace_secs),
             ));
+        }
+        crate::names::validate("app", &self.stream_app)
+            .map_err(|e| ConfigError::invalid("rooms.stream_app", e.to_string()))?;
+        for (key, v, lo, hi) in [
+            ("rooms.media_timeout_secs", self.media_timeout_secs, 0.5, 600.0),
+            ("rooms.member_timeout_secs", self.member_timeout_secs, 1.0, 86_400.0),
+        ] {
+            if !(v.is_finite() && (lo..=hi).contains(&v)) {
+                return Err(ConfigError::invalid(key, format!("{v} is outside {lo}..={hi}")));
+            }
+        }
+        if let Some(u) = self.callback_urls.iter().find(|u| !u.starts_with("http://")) {
+            return Err(ConfigError::invalid("rooms.callback_urls", format!("{u:?} is not an http:// URL")));
         }
         if !(16..=100_000).contains(&self.replay_events) {
             return Err(ConfigError::invalid(

@@ -118,12 +118,7 @@ impl Hls {
         }
         let handle = self.hub.register_client(Protocol::Hls, None);
         // Start at the newest keyframe; never skip (the segmenter keeps up unless the machine cannot).
-        let policy = CachePolicy {
-            min_cache: Duration::ZERO,
-            max_cache: self.hub.options().retention,
-            max_skips_per_minute: u32::MAX,
-            low_latency: true,
-        };
+        let policy = CachePolicy::internal(self.hub.options().retention);
         let audience = Audience::Internal(Purpose::HlsSegmenter);
         let reader = self.hub.subscribe_as(key, Protocol::Hls, policy, handle.handle.clone(), audience).map_err(
             |e| match e {

@@ -190,7 +190,7 @@ fn not_found_stream(app: &str, name: &str) -> Response<Body> {
 
 /// Without a token the API answers loopback clients only; with one, mutating calls must present it.
 #[allow(clippy::result_large_err)]
-fn authorize(state: &HttpState, addr: SocketAddr, req: &Request<Incoming>) -> Result<(), Response<Body>> {
+pub(super) fn authorize(state: &HttpState, addr: SocketAddr, req: &Request<Incoming>) -> Result<(), Response<Body>> {
     let h = req.headers();
     let text = |name: header::HeaderName| h.get(name).and_then(|v| v.to_str().ok());
     let r = ApiRequest {

@@ -63,6 +63,9 @@ pub fn open(
         Err(e) => return Err(Box::new(error(StatusCode::BAD_REQUEST, "bad_parameter", &e.to_string()))),
     };
     let guard = state.hub.register_client(Protocol::HttpFlv, Some(addr));
+    if let Some(tag) = crate::access::Access::player_tag(&query) {
+        let _ = guard.handle.tag.set(tag);
+    }
     match state.hub.subscribe(&key, Protocol::HttpFlv, policy, guard.handle.clone()) {
         Ok(r) => Ok((key, r, guard)),
         Err(e @ HubError::NotFound(_)) => {

@@ -8,6 +8,7 @@ pub mod flv_direct;
 pub mod hls;
 pub mod https;
 pub mod mixes;
+pub mod rooms;
 pub mod whep;
 pub mod whip;
 
@@ -43,6 +44,10 @@ pub struct HttpState {
     pub config: Arc<crate::config::Config>,
     pub access: crate::access::Access,
     pub limits: Arc<crate::conn::ConnLimits>,
+    pub rooms: Arc<crate::rooms::RoomService>,
+    /// The bound RTMP (and RTMPS) ports, for the push and play URLs rooms hand out.
+    pub rtmp_port: u16,
+    pub rtmps_port: Option<u16>,
 }
 
 impl HttpState {
@@ -75,7 +80,7 @@ pub async fn serve(listener: TcpListener, state: Arc<HttpState>, shutdown: tokio
                     }
                     Ok(_) => {}
                 }
-                serve_hyper(state, addr, sock, false).await;
+                serve_hyper(state, addr, sock, false, false).await;
                 drop(permit);
             });
         },
@@ -87,14 +92,17 @@ use std::sync::atomic::Ordering;
 
 /// Serves one connection's requests with hyper (HTTP/1.1, or HTTP/2 when `h2`: TLS connections that chose it)
 /// until it closes, or an HTTP-FLV player on it stalls.
-pub(crate) async fn serve_hyper<I>(state: Arc<HttpState>, addr: SocketAddr, io: I, h2: bool)
+pub(crate) async fn serve_hyper<I>(state: Arc<HttpState>, addr: SocketAddr, io: I, h2: bool, tls: bool)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let watch: Arc<Mutex<Option<flv::Watch>>> = Arc::default();
     let svc_watch = watch.clone();
     let svc_state = state.clone();
-    let svc = service_fn(move |req| {
+    let svc = service_fn(move |mut req: Request<Incoming>| {
+        if tls {
+            req.extensions_mut().insert(rooms::Secure);
+        }
         let state = svc_state.clone();
         let watch = svc_watch.clone();
         async move { Ok::<_, Infallible>(route(state, addr, req, watch).await) }
@@ -112,6 +120,7 @@ where
                 .writev(true)
                 .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(io, svc)
+                .with_upgrades()
                 .await
         }
     };
@@ -183,7 +192,10 @@ async fn route(
     watch: Arc<Mutex<Option<flv::Watch>>>,
 ) -> Response<Body> {
     let path = req.uri().path().to_owned();
-    let is_api = path.starts_with("/api/");
+    // Room calls are client-facing (members carry their own credentials): they answer CORS like playback. The
+    // room routes of the control API check the API guard themselves, which refuses cross-site callers.
+    let is_rooms = path == "/api/v1/rooms" || path.starts_with("/api/v1/rooms/");
+    let is_api = path.starts_with("/api/") && !is_rooms;
     let origin = req.headers().get(header::ORIGIN).and_then(|v| v.to_str().ok()).map(str::to_owned);
     // The API answers CORS only for the origins listed in http.api_cors_origins; playback, WHIP/WHEP and the
     // rest use http.cors_origin (players run in pages of any site, and carry their own credentials).
@@ -220,6 +232,8 @@ async fn route(
         whep::handle(&state, addr, req).await
     } else if path.starts_with("/whip/") {
         whip::handle(&state, addr, req).await
+    } else if is_rooms {
+        rooms::handle(&state, addr, req).await
     } else if path.starts_with("/api/") {
         api::handle(&state, addr, req).await
     } else if path.ends_with(".flv") && (req.method() == Method::GET || req.method() == Method::HEAD) {
@@ -312,7 +326,7 @@ pub fn access_error(e: &crate::access::AccessError) -> Response<Body> {
     use crate::access::AccessError;
     crate::metrics::global().play_refused.fetch_add(1, Ordering::Relaxed);
     let (status, code) = match e {
-        AccessError::Auth(_) => (StatusCode::FORBIDDEN, "forbidden"),
+        AccessError::Auth(_) | AccessError::Refused(_) => (StatusCode::FORBIDDEN, "forbidden"),
         AccessError::UnknownApp(_) => (StatusCode::NOT_FOUND, "unknown_app"),
         _ => (StatusCode::BAD_REQUEST, "bad_name"),
     };

@@ -121,7 +121,8 @@ async fn play(state: &Arc<HttpState>, addr: SocketAddr, key: StreamKey, req: Req
         Ok(o) => o,
         Err(r) => return *r,
     };
-    match state.whep.play(&key, offer, policy, Some(addr)).await {
+    let tag = crate::access::Access::player_tag(&query);
+    match state.whep.play(&key, offer, policy, Some(addr), tag).await {
         Ok((id, answer)) => sdp_created(state, answer, &format!("/whep/session/{id}")),
         Err(e @ WhepError::NotFound(_)) => error(StatusCode::NOT_FOUND, "stream_not_found", &e.to_string()),
         Err(e @ WhepError::BadOffer(_)) => error(StatusCode::BAD_REQUEST, "bad_offer", &e.to_string()),

@@ -40,6 +40,8 @@ pub enum Purpose {
     MixInput,
     /// The audio of a WHEP viewer of `viewer_of` (its video reader is the viewer's player attachment).
     ViewerAudio { viewer_of: String },
+    /// The room service reading a member's stream for which tracks it carries.
+    RoomMedia { user_id: String },
 }
 
 /// Who is attached to a stream.

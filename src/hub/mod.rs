@@ -64,10 +64,12 @@ pub enum Protocol {
     Whip,
     /// A transcoder making a rendition (it reads the source and publishes the derived stream).
     Transcode,
+    /// The room service watching a member's stream for its media (which tracks it carries).
+    Room,
 }
 
 impl Protocol {
-    pub const COUNT: usize = 7;
+    pub const COUNT: usize = 8;
     pub const ALL: [Protocol; Self::COUNT] = [
         Protocol::Rtmp,
         Protocol::HttpFlv,
@@ -76,6 +78,7 @@ impl Protocol {
         Protocol::Whep,
         Protocol::Whip,
         Protocol::Transcode,
+        Protocol::Room,
     ];
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -86,6 +89,7 @@ impl Protocol {
             Protocol::Whep => "whep",
             Protocol::Whip => "whip",
             Protocol::Transcode => "transcode",
+            Protocol::Room => "room",
         }
     }
 }
@@ -113,6 +117,8 @@ pub struct ClientHandle {
     pub info: Mutex<ClientState>,
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
+    /// Who the connection plays for beyond itself (a room member's key), so a service can end its plays.
+    pub tag: std::sync::OnceLock<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -251,9 +257,20 @@ impl Hub {
             info: Mutex::new(ClientState { role: Role::Connecting, stream: None }),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
+            tag: std::sync::OnceLock::new(),
         });
         self.0.clients.write().insert(id, handle.clone());
         ClientGuard { hub: self.clone(), handle }
+    }
+
+    /// Kicks every connection tagged `tag`; how many.
+    pub fn kick_tagged(&self, tag: &str, reason: &str) -> usize {
+        let clients: Vec<_> =
+            self.0.clients.read().values().filter(|c| c.tag.get().is_some_and(|t| t == tag)).cloned().collect();
+        for c in &clients {
+            c.kick(reason);
+        }
+        clients.len()
     }
 
     pub fn clients(&self) -> Vec<Arc<ClientHandle>> {

@@ -33,6 +33,12 @@ pub struct CachePolicy {
 }
 
 impl CachePolicy {
+    /// One of livegate's own readers that follows live: it starts at the newest keyframe, is never cut off,
+    /// and skips to a newer keyframe rather than fall more than `max_cache` behind.
+    pub fn internal(max_cache: Duration) -> CachePolicy {
+        CachePolicy { min_cache: Duration::ZERO, max_cache, max_skips_per_minute: u32::MAX, low_latency: true }
+    }
+
     /// The policy for a play request's query: `min_cache`, `max_cache` (seconds) and `mode=rtc`, with the
     /// `[play]` defaults, bounded by what the hub keeps (`hub.buffer_secs`).
     pub fn for_query(cfg: &Config, query: &[(String, String)]) -> Result<CachePolicy, ConfigError> {

@@ -259,12 +259,7 @@ impl Decoder {
             };
             let guard = self.hub.register_client(Protocol::Transcode, None);
             // A decoder that falls behind skips to a newer keyframe rather than showing an input seconds late.
-            let policy = CachePolicy {
-                min_cache: Duration::ZERO,
-                max_cache: Duration::from_secs(2),
-                max_skips_per_minute: u32::MAX,
-                low_latency: true,
-            };
+            let policy = CachePolicy::internal(Duration::from_secs(2));
             let audience = Audience::Internal(Purpose::MixInput);
             let Ok(mut reader) =
                 self.hub.subscribe_as(&self.key, Protocol::Transcode, policy, guard.handle.clone(), audience)

@@ -14,6 +14,11 @@ use serde::{Deserialize, Serialize};
 struct Pending {
     urls: Vec<String>,
     body: serde_json::Value,
+    /// The exact body to post, when a header signs its bytes (room callbacks' `Sign`).
+    #[serde(default)]
+    raw: Option<String>,
+    #[serde(default)]
+    headers: Vec<(String, String)>,
     attempts: u32,
     /// Unix seconds before which the next attempt must not happen.
     not_before: u64,
@@ -32,7 +37,34 @@ fn now() -> u64 {
 
 impl Outbox {
     pub fn new(root: &Path, retries: u32, interval: Duration) -> Self {
-        Self { dir: root.join(".outbox"), retries, interval }
+        Self::at(root.join(".outbox"), retries, interval)
+    }
+
+    /// An outbox in `dir` (its own delivery loop: one loop per directory).
+    pub fn at(dir: PathBuf, retries: u32, interval: Duration) -> Self {
+        Self { dir, retries, interval }
+    }
+
+    /// Stores `body` to be posted byte for byte with `headers` (which sign it). Entries are delivered in the
+    /// order of their ids.
+    pub fn enqueue_raw(
+        &self,
+        id: &str,
+        urls: &[String],
+        body: String,
+        headers: Vec<(String, String)>,
+    ) -> std::io::Result<()> {
+        self.store(
+            id,
+            Pending {
+                urls: urls.to_vec(),
+                body: serde_json::Value::Null,
+                raw: Some(body),
+                headers,
+                attempts: 0,
+                not_before: 0,
+            },
+        )
     }
 
     /// Stores a callback for delivery (blocking file I/O: call from the writer thread or spawn_blocking).
@@ -40,8 +72,17 @@ impl Outbox {
         if urls.is_empty() {
             return Ok(());
         }
+        self.store(
+            id,
+            Pending { urls: urls.to_vec(), body, raw: None, headers: Vec::new(), attempts: 0, not_before: 0 },
+        )
+    }
+
+    fn store(&self, id: &str, p: Pending) -> std::io::Result<()> {
+        if p.urls.is_empty() {
+            return Ok(());
+        }
         std::fs::create_dir_all(&self.dir)?;
-        let p = Pending { urls: urls.to_vec(), body, attempts: 0, not_before: 0 };
         let tmp = self.dir.join(format!("{id}.json.tmp"));
         std::fs::write(&tmp, serde_json::to_vec_pretty(&p).unwrap_or_default())?;
         // Rename is atomic: the delivery loop never sees half a file.
@@ -54,8 +95,10 @@ impl Outbox {
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
             let Ok(entries) = std::fs::read_dir(&self.dir) else { continue };
-            for e in entries.flatten() {
-                let path = e.path();
+            // In id order: room callbacks' ids are their time and sequence.
+            let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+            paths.sort();
+            for path in paths {
                 if path.extension().and_then(|x| x.to_str()) != Some("json") {
                     continue;
                 }
@@ -68,11 +111,14 @@ impl Outbox {
                 if p.not_before > now() {
                     continue;
                 }
-                let body = serde_json::to_vec(&p.body).unwrap_or_default();
+                let body = match &p.raw {
+                    Some(raw) => raw.clone().into_bytes(),
+                    None => serde_json::to_vec(&p.body).unwrap_or_default(),
+                };
                 let mut ok = true;
                 for url in &p.urls {
-                    if let Err(e) = post(&client, url, body.clone()).await {
-                        tracing::warn!(%url, attempt = p.attempts + 1, error = %e, "recording callback not delivered");
+                    if let Err(e) = post(&client, url, body.clone(), &p.headers).await {
+                        tracing::warn!(%url, attempt = p.attempts + 1, error = %e, "callback not delivered");
                         ok = false;
                     }
                 }
@@ -82,7 +128,7 @@ impl Outbox {
                 }
                 p.attempts += 1;
                 if p.attempts >= self.retries {
-                    tracing::error!(file = %path.display(), "recording callback given up after {} attempts", p.attempts);
+                    tracing::error!(file = %path.display(), "callback given up after {} attempts", p.attempts);
                     let _ = self.fail(&path);
                     continue;
                 }
@@ -103,10 +149,13 @@ async fn post(
     client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
     url: &str,
     body: Vec<u8>,
+    headers: &[(String, String)],
 ) -> Result<(), CallbackError> {
-    let req = http::Request::post(url)
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body)))?;
+    let mut req = http::Request::post(url).header(http::header::CONTENT_TYPE, "application/json");
+    for (k, v) in headers {
+        req = req.header(k.as_str(), v.as_str());
+    }
+    let req = req.body(Full::new(Bytes::from(body)))?;
     let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
         .await
         .map_err(|_| CallbackError::Timeout)??;

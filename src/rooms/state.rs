@@ -36,6 +36,15 @@ pub enum ClientKind {
     Web,
 }
 
+/// A call room (webrtc-room, rtc-room, trtc-wx): every member may publish. A live room (live-room): the
+/// presenter publishes, the audience watches the room's stream and co-hosts only when the presenter accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RoomKind {
+    Call,
+    Live,
+}
+
 /// Why a member is no longer in the room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -74,8 +83,32 @@ pub enum RoomEvent {
     /// To the member (session) put out: kicked, dissolved or logged in elsewhere.
     KickedOut {
         user_id: String,
+        #[serde(skip)]
         session: u64,
         reason: LeaveReason,
+    },
+    TextMessage {
+        from: String,
+        to: Option<String>,
+        text: String,
+    },
+    CustomMessage {
+        from: String,
+        to: Option<String>,
+        cmd: String,
+        data: serde_json::Value,
+    },
+    /// To the presenter: an audience member asks to co-host.
+    JoinRequest {
+        request_id: u64,
+        user_id: String,
+        reason: String,
+    },
+    /// To the member who asked.
+    JoinResponse {
+        request_id: u64,
+        accept: bool,
+        reason: String,
     },
     RoleChanged {
         user_id: String,
@@ -84,13 +117,41 @@ pub enum RoomEvent {
     RoomClosed {
         reason: LeaveReason,
     },
+    /// Something the room asked for failed (its mix could not start): to everyone.
+    Error {
+        code: String,
+        detail: String,
+    },
+}
+
+/// Who an event is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recipient {
+    All,
+    /// One member (a C2C message, a join request to the presenter, the answer to it).
+    User(String),
+    /// One login of a member (the one put out).
+    Session(u64),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Sequenced {
     pub seq: u64,
+    #[serde(skip)]
+    pub to: Recipient,
     #[serde(flatten)]
     pub event: RoomEvent,
+}
+
+impl Sequenced {
+    /// Whether the login `session` of `user` receives this event.
+    pub fn is_for(&self, user: &str, session: u64) -> bool {
+        match &self.to {
+            Recipient::All => true,
+            Recipient::User(u) => u == user,
+            Recipient::Session(s) => *s == session,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -105,6 +166,9 @@ pub struct Member {
     pub session: u64,
     pub audio: bool,
     pub video: bool,
+    /// Whether its push is let in: always in a call room; in a live room the presenter's, and a co-host's
+    /// once the presenter accepted its join request.
+    pub may_publish: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -117,7 +181,16 @@ pub enum RoomError {
     NotFound(RoomKey),
     #[error("{user} is not in room {room}")]
     NotMember { room: RoomKey, user: String },
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("join request {0} is not pending")]
+    NoSuchRequest(u64),
+    #[error("{0}")]
+    RateLimited(String),
 }
+
+/// How often a member may ask to co-host.
+pub const JOIN_REQUESTS_PER_MINUTE: usize = 5;
 
 #[derive(Debug, Clone, Copy)]
 pub struct RoomLimits {
@@ -151,15 +224,18 @@ pub struct Entered {
 /// A room as the room list shows it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct RoomSummary {
+    #[serde(rename = "sdk_app_id")]
     pub app: u32,
     pub room_id: String,
     pub name: String,
+    pub kind: RoomKind,
     pub creator: String,
     pub created_at: u64,
     pub members: usize,
 }
 
 struct Room {
+    kind: RoomKind,
     name: String,
     creator: String,
     created_at: u64,
@@ -167,12 +243,28 @@ struct Room {
     next_seq: u64,
     log: VecDeque<Sequenced>,
     empty_since: Option<Instant>,
+    next_request: u64,
+    /// Pending join requests: id → who asked.
+    pending: BTreeMap<u64, String>,
+    /// When each member asked lately (for the rate limit).
+    asked: BTreeMap<String, VecDeque<Instant>>,
 }
 
 impl Room {
     fn emit(&mut self, replay: usize, event: RoomEvent, out: &mut Vec<Sequenced>) {
+        let to = match &event {
+            RoomEvent::KickedOut { session, .. } => Recipient::Session(*session),
+            RoomEvent::TextMessage { to: Some(u), .. } | RoomEvent::CustomMessage { to: Some(u), .. } => {
+                Recipient::User(u.clone())
+            }
+            _ => Recipient::All,
+        };
+        self.emit_to(replay, event, to, out);
+    }
+
+    fn emit_to(&mut self, replay: usize, event: RoomEvent, to: Recipient, out: &mut Vec<Sequenced>) {
         self.next_seq += 1;
-        let s = Sequenced { seq: self.next_seq, event };
+        let s = Sequenced { seq: self.next_seq, to, event };
         self.log.push_back(s.clone());
         while self.log.len() > replay {
             self.log.pop_front();
@@ -185,6 +277,7 @@ impl Room {
             app: key.app,
             room_id: key.id.clone(),
             name: self.name.clone(),
+            kind: self.kind,
             creator: self.creator.clone(),
             created_at: self.created_at,
             members: self.members.len(),
@@ -213,6 +306,7 @@ impl Rooms {
         }
         let replay = self.limits.replay_events;
         let room = self.rooms.entry(key.clone()).or_insert_with(|| Room {
+            kind: if req.presenter { RoomKind::Live } else { RoomKind::Call },
             name: req.room_name.clone().unwrap_or_else(|| key.id.clone()),
             creator: req.user_id.clone(),
             created_at: unix,
@@ -220,6 +314,9 @@ impl Rooms {
             next_seq: 0,
             log: VecDeque::new(),
             empty_since: None,
+            next_request: 0,
+            pending: BTreeMap::new(),
+            asked: BTreeMap::new(),
         });
         let existing = room.members.iter().position(|m| m.user_id == req.user_id);
         if existing.is_none() && room.members.len() >= self.limits.max_members {
@@ -243,7 +340,9 @@ impl Rooms {
             }
             None => {
                 let role = if req.presenter && created { Role::Presenter } else { Role::Audience };
+                let may_publish = room.kind == RoomKind::Call || role == Role::Presenter;
                 room.members.push(Member {
+                    may_publish,
                     user_id: req.user_id.clone(),
                     client: req.client,
                     role,
@@ -277,6 +376,8 @@ impl Rooms {
             return Err(not_member());
         }
         let m = room.members.remove(i);
+        room.pending.retain(|_, u| *u != m.user_id);
+        room.asked.remove(&m.user_id);
         let mut events = Vec::new();
         if matches!(reason, LeaveReason::Kicked) {
             let ev = RoomEvent::KickedOut { user_id: m.user_id.clone(), session: m.session, reason };
@@ -349,6 +450,133 @@ impl Rooms {
             _ => {}
         }
         Ok(events)
+    }
+
+    /// A text or custom message from `from`, to everyone or to the member `to`.
+    pub fn message(&mut self, key: &RoomKey, event: RoomEvent) -> Result<Sequenced, RoomError> {
+        let replay = self.limits.replay_events;
+        let room = self.rooms.get_mut(key).ok_or_else(|| RoomError::NotFound(key.clone()))?;
+        let (from, to) = match &event {
+            RoomEvent::TextMessage { from, to, .. } | RoomEvent::CustomMessage { from, to, .. } => (from, to),
+            _ => return Err(RoomError::Forbidden("only text and custom messages may be sent".into())),
+        };
+        for u in std::iter::once(from).chain(to) {
+            if !room.members.iter().any(|m| &m.user_id == u) {
+                return Err(RoomError::NotMember { room: key.clone(), user: u.clone() });
+            }
+        }
+        let mut out = Vec::new();
+        room.emit(replay, event, &mut out);
+        Ok(out.remove(0))
+    }
+
+    /// An audience member of a live room asks the presenter to co-host: the request's id and the
+    /// `JOIN_REQUEST` to the presenter. One pending request per member, `JOIN_REQUESTS_PER_MINUTE` a minute.
+    pub fn request_join(
+        &mut self,
+        key: &RoomKey,
+        user: &str,
+        reason: &str,
+        now: Instant,
+    ) -> Result<(u64, Vec<Sequenced>), RoomError> {
+        let replay = self.limits.replay_events;
+        let room = self.rooms.get_mut(key).ok_or_else(|| RoomError::NotFound(key.clone()))?;
+        let m = room
+            .members
+            .iter()
+            .find(|m| m.user_id == user)
+            .ok_or_else(|| RoomError::NotMember { room: key.clone(), user: user.to_owned() })?;
+        if room.kind != RoomKind::Live {
+            return Err(RoomError::Forbidden(format!("room {key} is a call room: every member may publish")));
+        }
+        if m.may_publish {
+            return Err(RoomError::Forbidden(format!("{user} may publish already")));
+        }
+        let Some(presenter) = room.members.iter().find(|m| m.role == Role::Presenter).map(|m| m.user_id.clone()) else {
+            return Err(RoomError::Forbidden(format!("room {key} has no presenter to answer")));
+        };
+        if room.pending.values().any(|u| u == user) {
+            return Err(RoomError::RateLimited(format!("{user} has a join request pending")));
+        }
+        let asked = room.asked.entry(user.to_owned()).or_default();
+        while asked.front().is_some_and(|t| now.saturating_duration_since(*t) >= Duration::from_secs(60)) {
+            asked.pop_front();
+        }
+        if asked.len() >= JOIN_REQUESTS_PER_MINUTE {
+            return Err(RoomError::RateLimited(format!(
+                "{user} asked {JOIN_REQUESTS_PER_MINUTE} times within a minute"
+            )));
+        }
+        asked.push_back(now);
+        room.next_request += 1;
+        let id = room.next_request;
+        room.pending.insert(id, user.to_owned());
+        let mut out = Vec::new();
+        let ev = RoomEvent::JoinRequest { request_id: id, user_id: user.to_owned(), reason: reason.to_owned() };
+        room.emit_to(replay, ev, Recipient::User(presenter), &mut out);
+        Ok((id, out))
+    }
+
+    /// The presenter answers join request `id`; on accept the member may publish. Returns who asked and the
+    /// `JOIN_RESPONSE` to them.
+    pub fn respond_join(
+        &mut self,
+        key: &RoomKey,
+        responder: &str,
+        id: u64,
+        accept: bool,
+        reason: &str,
+    ) -> Result<(String, Vec<Sequenced>), RoomError> {
+        let replay = self.limits.replay_events;
+        let room = self.rooms.get_mut(key).ok_or_else(|| RoomError::NotFound(key.clone()))?;
+        if !room.members.iter().any(|m| m.user_id == responder && m.role == Role::Presenter) {
+            return Err(RoomError::Forbidden(format!("only the presenter answers join requests, not {responder}")));
+        }
+        let user = room.pending.remove(&id).ok_or(RoomError::NoSuchRequest(id))?;
+        if accept {
+            if let Some(m) = room.members.iter_mut().find(|m| m.user_id == user) {
+                m.may_publish = true;
+            }
+        }
+        let mut out = Vec::new();
+        let ev = RoomEvent::JoinResponse { request_id: id, accept, reason: reason.to_owned() };
+        room.emit_to(replay, ev, Recipient::User(user.clone()), &mut out);
+        Ok((user, out))
+    }
+
+    /// Whether `user` may put other members out: a live room's presenter, a call room's creator.
+    pub fn may_kick(&self, key: &RoomKey, user: &str) -> bool {
+        self.rooms.get(key).is_some_and(|r| match r.kind {
+            RoomKind::Live => r.members.iter().any(|m| m.user_id == user && m.role == Role::Presenter),
+            RoomKind::Call => r.creator == user && r.members.iter().any(|m| m.user_id == user),
+        })
+    }
+
+    /// Whether `user` may dissolve the room: its creator, while in it.
+    pub fn may_dissolve(&self, key: &RoomKey, user: &str) -> bool {
+        self.rooms.get(key).is_some_and(|r| r.creator == user && r.members.iter().any(|m| m.user_id == user))
+    }
+
+    pub fn member(&self, key: &RoomKey, user: &str) -> Option<&Member> {
+        self.rooms.get(key).and_then(|r| r.members.iter().find(|m| m.user_id == user))
+    }
+
+    /// A room-wide error event.
+    pub fn error(&mut self, key: &RoomKey, code: &str, detail: &str) -> Option<Sequenced> {
+        let replay = self.limits.replay_events;
+        let room = self.rooms.get_mut(key)?;
+        let mut out = Vec::new();
+        room.emit(replay, RoomEvent::Error { code: code.into(), detail: detail.into() }, &mut out);
+        out.pop()
+    }
+
+    /// The room's last sequence number.
+    pub fn seq(&self, key: &RoomKey) -> Option<u64> {
+        self.rooms.get(key).map(|r| r.next_seq)
+    }
+
+    pub fn contains(&self, key: &RoomKey) -> bool {
+        self.rooms.contains_key(key)
     }
 
     /// Closes rooms that have been empty for the grace period; returns them with their closing event.
@@ -518,5 +746,54 @@ mod tests {
         let (total, page) = r.list(1400000123, 1, 5);
         assert_eq!(total, 3);
         assert_eq!(page.iter().map(|s| s.room_id.as_str()).collect::<Vec<_>>(), ["b", "c"]);
+    }
+
+    #[test]
+    fn messages_reach_all_or_one_and_co_hosting_needs_the_presenter() {
+        let mut r = Rooms::new(limits());
+        let t = Instant::now();
+        let host = EnterRequest { presenter: true, ..req("host") };
+        r.enter(&key("live"), host, 0).unwrap();
+        let carol = r.enter(&key("live"), req("carol"), 0).unwrap();
+        assert_eq!(r.summary(&key("live")).unwrap().kind, RoomKind::Live);
+        assert!(r.member(&key("live"), "host").unwrap().may_publish);
+        assert!(!r.member(&key("live"), "carol").unwrap().may_publish, "a live room's audience does not publish");
+
+        let to_all = RoomEvent::TextMessage { from: "carol".into(), to: None, text: "hi".into() };
+        let m = r.message(&key("live"), to_all).unwrap();
+        assert!(m.is_for("host", 1) && m.is_for("carol", carol.session));
+        let c2c =
+            RoomEvent::CustomMessage { from: "host".into(), to: Some("carol".into()), cmd: "x".into(), data: 1.into() };
+        let m = r.message(&key("live"), c2c).unwrap();
+        assert!(m.is_for("carol", carol.session) && !m.is_for("host", 1));
+        let stranger = RoomEvent::TextMessage { from: "carol".into(), to: Some("zed".into()), text: String::new() };
+        assert!(matches!(r.message(&key("live"), stranger), Err(RoomError::NotMember { .. })));
+
+        let (id, ev) = r.request_join(&key("live"), "carol", "please", t).unwrap();
+        assert_eq!(ev[0].to, Recipient::User("host".into()), "the request goes to the presenter only");
+        assert!(matches!(r.request_join(&key("live"), "carol", "", t), Err(RoomError::RateLimited(_))));
+        assert!(matches!(r.respond_join(&key("live"), "carol", id, true, ""), Err(RoomError::Forbidden(_))));
+        let (asked, ev) = r.respond_join(&key("live"), "host", id, false, "later").unwrap();
+        assert_eq!((asked.as_str(), &ev[0].to), ("carol", &Recipient::User("carol".into())));
+        assert!(!r.member(&key("live"), "carol").unwrap().may_publish);
+        assert_eq!(r.respond_join(&key("live"), "host", id, true, ""), Err(RoomError::NoSuchRequest(id)));
+        // Five requests a minute: the sixth within it is refused, one a minute later is let in.
+        for _ in 0..4 {
+            let (id, _) = r.request_join(&key("live"), "carol", "", t).unwrap();
+            r.respond_join(&key("live"), "host", id, false, "").unwrap();
+        }
+        assert!(matches!(r.request_join(&key("live"), "carol", "", t), Err(RoomError::RateLimited(_))));
+        let (id, _) = r.request_join(&key("live"), "carol", "", t + Duration::from_secs(60)).unwrap();
+        r.respond_join(&key("live"), "host", id, true, "").unwrap();
+        assert!(r.member(&key("live"), "carol").unwrap().may_publish);
+        assert!(r.may_kick(&key("live"), "host") && !r.may_kick(&key("live"), "carol"));
+        assert!(r.may_dissolve(&key("live"), "host"));
+
+        // In a call room everyone publishes, nobody asks, and the creator may kick.
+        r.enter(&key("call"), req("a"), 0).unwrap();
+        r.enter(&key("call"), req("b"), 0).unwrap();
+        assert!(r.member(&key("call"), "b").unwrap().may_publish);
+        assert!(matches!(r.request_join(&key("call"), "b", "", t), Err(RoomError::Forbidden(_))));
+        assert!(r.may_kick(&key("call"), "a") && !r.may_kick(&key("call"), "b"));
     }
 }

@@ -613,6 +613,9 @@ impl Session {
             Ok(p) => p,
             Err(e) => return Err(self.refuse_play("NetStream.Play.Failed", e.to_string())),
         };
+        if let Some(tag) = crate::access::Access::player_tag(&req.query) {
+            let _ = self.handle.tag.set(tag);
+        }
         match self.state.hub.subscribe(&key, Protocol::Rtmp, policy, self.handle.clone()) {
             Ok(reader) => {
                 tracing::info!(stream = %key, min_cache = ?policy.min_cache, max_cache = ?policy.max_cache, "playing");

@@ -74,6 +74,7 @@ impl Whep {
         offer: String,
         policy: CachePolicy,
         addr: Option<std::net::SocketAddr>,
+        tag: Option<String>,
     ) -> Result<(String, String), WhepError> {
         if !offer.starts_with("v=0") {
             return Err(WhepError::BadOffer("an SDP offer starts with \"v=0\"".into()));
@@ -133,6 +134,9 @@ impl Whep {
         // is what every WebRTC client handles, while a rejected section trips some (aiortc refuses the answer).
         let (pc, track, sender, audio, ssrc, mut state_rx, answer) = self.negotiate(offer, wants_opus, vp8).await?;
         let guard = self.hub.register_client(Protocol::Whep, addr);
+        if let Some(tag) = tag {
+            let _ = guard.handle.tag.set(tag);
+        }
         // One player per viewer, named by the stream it asked for, whatever rendition its video comes from.
         let audience = Audience::Player { requested: key.clone() };
         let mut reader = match self.hub.subscribe_as(&video_key, Protocol::Whep, policy, guard.handle.clone(), audience)
@@ -283,12 +287,7 @@ impl Whep {
         viewer_of: &StreamKey,
     ) -> Option<tokio::task::JoinHandle<()>> {
         // Audio follows live closely: start at the newest packet, keep at most half a second of backlog.
-        let policy = CachePolicy {
-            min_cache: Duration::ZERO,
-            max_cache: Duration::from_millis(500),
-            max_skips_per_minute: u32::MAX,
-            low_latency: true,
-        };
+        let policy = CachePolicy::internal(Duration::from_millis(500));
         let audience = Audience::Internal(Purpose::ViewerAudio { viewer_of: viewer_of.to_string() });
         let mut reader = self.hub.subscribe_as(&key, Protocol::Whep, policy, guard.handle.clone(), audience).ok()?;
         Some(tokio::spawn(async move {

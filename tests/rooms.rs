@@ -380,11 +380,19 @@ fn kick_dissolve_and_a_second_login_put_members_out() {
 
 #[test]
 fn a_live_room_presenter_takes_a_co_host_and_kicks_it() {
-    let srv = Server::start(&rooms_config(""));
-    let host = enter(&srv, "live1", "host", json!({"role": "presenter", "roomName": "Maths 7"}));
+    let srv = Server::start(&format!("{}[play]\nmin_cache = 0.0\n[mix]\ngop_secs = 1.0\n", rooms_config("")));
+    let (red, blue) = ((255, 0, 0), (0, 0, 255));
+    let mix = json!({"role": "presenter", "roomName": "Maths 7", "mix": {"width": 640, "height": 360}});
+    let host = enter(&srv, "live1", "host", mix);
     assert_eq!((host["room"]["kind"].as_str(), host["role"].as_str()), (Some("live"), Some("presenter")));
+    let _host_push = push_loop(&color_media("red", 440, "320x180"), host["push"]["rtmp"].as_str().unwrap());
     let carol = enter(&srv, "live1", "carol", json!({"client": "miniprogram"}));
     assert_eq!(carol["push"], Value::Null, "the audience gets no push URL");
+    // The audience watches the room's mix (CDN-style): the presenter full-screen.
+    let mix_flv = carol["mix"]["play"]["flv"].as_str().expect("the room's mix").to_owned();
+    // float at 640x360: the first input fills the canvas, the next ones are 128x72 along the bottom from x=25.
+    let (big, small) = ((320, 100), (89, 310));
+    wait_pixels(&mix_flv, &[(big, red), (small, red)]).unwrap_or_else(|got| panic!("no presenter in the mix: {got:?}"));
     let mut h = Socket::open(&srv, &host, None);
     let mut c = Socket::open(&srv, &carol, None);
     // Carol's own stream name is refused until the presenter accepts (the server signs it, she cannot).
@@ -416,14 +424,18 @@ fn a_live_room_presenter_takes_a_co_host_and_kicks_it() {
     let answer = c.wait("JOIN_RESPONSE", None);
     assert_eq!(answer["accept"], true);
     let url = answer["push"]["rtmp"].as_str().expect("a push URL on accept").to_owned();
-    let mut carol_push = push_loop(&media("short"), &url);
+    let mut carol_push = push_loop(&color_media("blue", 880, "320x180"), &url);
     h.wait("REMOTE_VIDEO_ADD", Some("carol"));
+    // The mix re-lays out: the co-host joins small, the presenter stays big.
+    wait_pixels(&mix_flv, &[(big, red), (small, blue)]).unwrap_or_else(|got| panic!("no co-host in the mix: {got:?}"));
     // The presenter kicks the co-host: her push ends, her socket hears why.
     let r = call(&srv, "DELETE", "/api/v1/rooms/live1/members/carol", Some(token(&host)), &json!({}));
     assert_eq!(r.status, 200);
     assert_eq!(c.wait("KICKED_OUT", None)["reason"], "kicked");
     assert!(carol_push.wait(Duration::from_secs(20)).is_some(), "the co-host's push outlived her kick");
     h.wait("REMOTE_USER_LEAVE", Some("carol"));
+    wait_pixels(&mix_flv, &[(big, red), (small, red)])
+        .unwrap_or_else(|got| panic!("the co-host stayed in the mix: {got:?}"));
     // The room list: the control API's, and a member's with a userSig.
     let list = srv.api("GET", "/api/v1/rooms?index=0&cnt=10").json();
     assert_eq!(list["total"], 1);
@@ -637,10 +649,8 @@ fn near(a: Rgb, b: Rgb) -> bool {
     [(a.0, b.0), (a.1, b.1), (a.2, b.2)].iter().all(|(p, q)| (*p as i32 - *q as i32).abs() <= 40)
 }
 
-/// Decodes the mix until its 2x2 grid shows `want` (top-left, top-right, bottom-left, bottom-right); the last
-/// frame seen when it never does.
-fn wait_grid(url: &str, want: [Rgb; 4]) -> Result<(), Vec<Rgb>> {
-    let spots = [(160, 90), (480, 90), (160, 270), (480, 270)];
+/// Decodes the mix until it shows each colour at its spot; the colours last seen when it never does.
+fn wait_pixels(url: &str, want: &[((usize, usize), Rgb)]) -> Result<(), Vec<Rgb>> {
     let mut last = Vec::new();
     let ok = wait_until(Duration::from_secs(40), || {
         // The mix starts with its first anchor's media: until then its URL answers 404.
@@ -650,19 +660,23 @@ fn wait_grid(url: &str, want: [Rgb; 4]) -> Result<(), Vec<Rgb>> {
             .output()
             .expect("ffmpeg");
         let size = 640 * 360 * 3;
-        let Some(frame) =
-            out.stdout.len().checked_div(size).filter(|n| *n > 0).map(|n| &out.stdout[(n - 1) * size..n * size])
-        else {
-            return false;
-        };
-        last = spots.iter().map(|(x, y)| pixel(frame, *x, *y)).collect();
-        last.iter().zip(want).all(|(g, w)| near(*g, w))
+        let Some(n) = out.stdout.len().checked_div(size).filter(|n| *n > 0) else { return false };
+        let frame = &out.stdout[(n - 1) * size..n * size];
+        last = want.iter().map(|((x, y), _)| pixel(frame, *x, *y)).collect();
+        last.iter().zip(want).all(|(g, (_, w))| near(*g, *w))
     });
     if ok {
         Ok(())
     } else {
         Err(last)
     }
+}
+
+/// The mix's 2x2 grid shows `want` (top-left, top-right, bottom-left, bottom-right).
+fn wait_grid(url: &str, want: [Rgb; 4]) -> Result<(), Vec<Rgb>> {
+    let spots = [(160, 90), (480, 90), (160, 270), (480, 270)];
+    let want: Vec<_> = spots.into_iter().zip(want).collect();
+    wait_pixels(url, &want)
 }
 
 #[test]
@@ -709,5 +723,11 @@ fn the_room_mix_shows_its_anchors_follows_them_and_is_recorded() {
     );
     let cb = callbacks.lock().unwrap().iter().find(|c| c["record_id"] == "rec-42").cloned().unwrap();
     assert_eq!(cb["file_format"], "mp4", "{cb}");
-    assert!(cb["duration"].as_f64().unwrap() > 2.0, "{cb}");
+    // The file holds the mix as it ran (from its first keyframe after the recording began) and decodes.
+    assert!(cb["duration"].as_f64().unwrap() > 0.5, "{cb}");
+    let file = srv.dir.path().join("recordings").join(cb["path"].as_str().unwrap());
+    assert_eq!(decode_errors(&file), "", "{cb}");
+    let streams = probe_streams(file.to_str().unwrap());
+    let video = streams.iter().find(|s| s["codec_type"] == "video").expect("video in the recording");
+    assert_eq!((video["width"].as_u64(), video["height"].as_u64()), (Some(640), Some(360)), "{cb}");
 }

@@ -217,3 +217,37 @@ fn ffmpeg_publishes_and_plays_over_rtmps() {
     c.write_all(&[3u8; 1537]).unwrap();
     assert!(wait_until(Duration::from_secs(10), || srv.log_text().contains("RTMPS: TLS handshake failed")));
 }
+
+#[test]
+fn a_room_members_urls_and_event_socket_are_secure_on_the_https_port() {
+    let certs = tempdir::TempDir::new("tls");
+    let (cert, key) = make_cert(certs.path(), "rooms");
+    let app = 1400000123u32;
+    let secret = "5bd2850fff3ecb11d7c805251c51ee463a25727bddc2385f3fa8bfee1bb93b5e";
+    let srv = Server::start(&format!(
+        "[http]\nhttps_listen = \"127.0.0.1:0\"\ntls_cert = {:?}\ntls_key = {:?}\n[rtmp]\nrtmps_listen = \"127.0.0.1:0\"\n\
+         [rooms]\napps = [{{ sdk_app_id = {app}, secret_key = \"{secret}\" }}]\n",
+        cert.display().to_string(),
+        key.display().to_string()
+    ));
+    let port = srv.https_port.expect("HTTPS port");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let sig = livegate::usersig::sign(secret.as_bytes(), app, "alice", now, 3600, None);
+    let body = serde_json::json!({"sdkAppId": app, "userId": "alice", "userSig": sig}).to_string();
+    let url = format!("https://127.0.0.1:{port}/api/v1/rooms/7/enter");
+    let (code, info, answer, err) =
+        curl(&cert, &url, &["-X", "POST", "-H", "Content-Type: application/json", "--data", &body]);
+    assert_eq!((code, info.split_whitespace().nth(1)), (0, Some("200")), "{err} {}", String::from_utf8_lossy(&answer));
+    let m: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+    // Everything the room hands out over HTTPS is secure: wss, https, and RTMPS when it is on.
+    let events = m["events_url"].as_str().unwrap();
+    assert!(events.starts_with(&format!("wss://127.0.0.1:{port}/")), "{events}");
+    assert!(m["push"]["whip"].as_str().unwrap().starts_with("https://"), "{m}");
+    let rtmps = srv.rtmps_port.unwrap();
+    assert!(m["push"]["rtmp"].as_str().unwrap().starts_with(&format!("rtmps://127.0.0.1:{rtmps}/")), "{m}");
+    let out = node("wss_events.mjs", &[events, cert.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let line = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+    assert_eq!((v["first"]["event"].as_str(), v["pong"].as_bool()), (Some("SNAPSHOT"), Some(true)), "{v}");
+}

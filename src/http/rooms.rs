@@ -146,9 +146,9 @@ impl Urls {
         Urls { http: format!("{http}://{host}"), ws: format!("{ws}://{host}"), rtmp }
     }
 
-    fn push(&self, rooms: &RoomService, stream: &str) -> Value {
-        let app = rooms.stream_app();
-        let q = rooms.push_query(stream);
+    fn push(&self, rooms: &RoomService, s: &SessionView) -> Value {
+        let (app, stream) = (rooms.stream_app(), &s.stream);
+        let q = rooms.push_query(stream, s.url_expiry);
         json!({
             "stream": stream,
             "rtmp": format!("{}/{app}/{stream}?{q}", self.rtmp),
@@ -156,9 +156,11 @@ impl Urls {
         })
     }
 
-    fn play(&self, rooms: &RoomService, stream: &str, member_key: Option<&str>) -> Value {
+    /// Play URLs of `stream` for the login `viewer` (bound to it by its memberKey unless `open`: the room's mix).
+    fn play(&self, rooms: &RoomService, stream: &str, viewer: &SessionView, open: bool) -> Value {
         let app = rooms.stream_app();
-        let q = rooms.play_query(stream, member_key);
+        let key = (!open).then_some(viewer.member_key.as_str());
+        let q = rooms.play_query(stream, key, viewer.url_expiry);
         json!({
             "rtmp": format!("{}/{app}/{stream}?{q}", self.rtmp),
             "flv": format!("{}/{app}/{stream}.flv?{q}", self.http),
@@ -180,7 +182,7 @@ fn member_json(rooms: &RoomService, urls: &Urls, m: &MemberView, viewer: Option<
         "stream": m.stream,
     });
     if let Some(s) = viewer {
-        v["play"] = urls.play(rooms, &m.stream, Some(&s.member_key));
+        v["play"] = urls.play(rooms, &m.stream, s, false);
     }
     v
 }
@@ -272,11 +274,11 @@ async fn enter(
     let s = &out.session;
     let members: Vec<Value> = out.members.iter().map(|m| member_json(rooms, urls, m, Some(s))).collect();
     let events_url = format!("{}/api/v1/rooms/{}/events?sdkAppId={}&token={}", urls.ws, s.room.id, s.room.app, s.token);
-    let push = if out.may_publish { urls.push(rooms, &s.stream) } else { Value::Null };
+    let push = if out.may_publish { urls.push(rooms, s) } else { Value::Null };
     // The room's mix: what a live room's audience (and a CDN) plays; its signature alone opens it.
     let mix = match &out.mix_stream {
         Some(stream) => {
-            json!({"stream": stream, "play": urls.play(rooms, stream, None)})
+            json!({"stream": stream, "play": urls.play(rooms, stream, s, true)})
         }
         None => Value::Null,
     };
@@ -650,12 +652,18 @@ fn event_json(rooms: &RoomService, urls: &Urls, s: &SessionView, e: &Sequenced) 
     match &e.event {
         RoomEvent::RemoteVideoAdd { user_id } | RoomEvent::RemoteAudioAdd { user_id } => {
             if let Some(stream) = rooms.stream_of(&s.room, user_id) {
-                v["play"] = urls.play(rooms, &stream, Some(&s.member_key));
+                v["play"] = urls.play(rooms, &stream, s, false);
                 v["stream"] = stream.into();
             }
         }
-        RoomEvent::JoinResponse { accept: true, .. } => v["push"] = urls.push(rooms, &s.stream),
-        RoomEvent::JoinRequest { request_id, .. } => v["request_id"] = request_id.to_string().into(),
+        RoomEvent::JoinResponse { accept: true, request_id, .. } => {
+            v["push"] = urls.push(rooms, s);
+            v["request_id"] = request_id.to_string().into();
+        }
+        // Request ids are strings on the wire, as the join-request calls answer them.
+        RoomEvent::JoinRequest { request_id, .. } | RoomEvent::JoinResponse { request_id, .. } => {
+            v["request_id"] = request_id.to_string().into()
+        }
         _ => {}
     }
     v

@@ -40,7 +40,7 @@ impl Callback {
 pub fn for_event(e: &RoomEvent) -> Option<Callback> {
     use event_type::*;
     Some(match e {
-        RoomEvent::RemoteUserJoin { user_id, role } => {
+        RoomEvent::RemoteUserJoin { user_id, role, .. } => {
             Callback { role: Some(*role), ..Callback::about(ENTER, user_id) }
         }
         RoomEvent::RemoteUserLeave { user_id, reason } => {
@@ -123,7 +123,8 @@ mod tests {
     #[test]
     fn room_events_map_to_trtc_callbacks() {
         let key = RoomKey { app: 1400000123, id: "1234".into() };
-        let join = RoomEvent::RemoteUserJoin { user_id: "bob".into(), role: Role::Audience };
+        let client = crate::rooms::ClientKind::Miniprogram;
+        let join = RoomEvent::RemoteUserJoin { user_id: "bob".into(), role: Role::Audience, client };
         let b = body(&key, &for_event(&join).unwrap(), 1_700_000_000_123);
         assert_eq!(
             b,

@@ -79,6 +79,9 @@ pub struct SessionView {
     pub token: String,
     pub member_key: String,
     pub stream: String,
+    /// When the signatures of the URLs this login is handed expire (Unix seconds): fixed for the login, so
+    /// a URL handed out twice is the same URL (a `<live-player>` whose `src` changes starts over).
+    pub url_expiry: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -126,6 +129,7 @@ struct Session {
     pushing: bool,
     /// When the member last had neither a socket nor a push.
     idle_since: Option<Instant>,
+    url_expiry: u64,
 }
 
 impl Session {
@@ -137,6 +141,7 @@ impl Session {
             token: self.token.clone(),
             member_key: self.member_key.clone(),
             stream: self.stream.clone(),
+            url_expiry: self.url_expiry,
         }
     }
 
@@ -296,15 +301,15 @@ impl RoomService {
         });
     }
 
-    /// `?txSecret=…&txTime=…` for a member's push of `stream`.
-    pub fn push_query(&self, stream: &str) -> String {
-        let t = format!("{:x}", crate::auth::unix_now() + URL_LIFETIME_SECS);
+    /// `?txSecret=…&txTime=…` for a member's push of `stream`, valid until `expiry`.
+    pub fn push_query(&self, stream: &str, expiry: u64) -> String {
+        let t = format!("{expiry:x}");
         format!("txSecret={}&txTime={t}", crate::auth::sign(&self.push_key, stream, &t))
     }
 
     /// The query of a play URL of `stream` for the member holding `member_key` (none: the room's mix).
-    pub fn play_query(&self, stream: &str, member_key: Option<&str>) -> String {
-        let t = format!("{:x}", crate::auth::unix_now() + URL_LIFETIME_SECS);
+    pub fn play_query(&self, stream: &str, member_key: Option<&str>, expiry: u64) -> String {
+        let t = format!("{expiry:x}");
         let q = format!("txSecret={}&txTime={t}", crate::auth::sign(&self.play_key, stream, &t));
         match member_key {
             Some(k) => format!("{q}&{MEMBER_KEY_PARAM}={k}"),
@@ -417,6 +422,7 @@ impl RoomService {
             sockets: 0,
             pushing: false,
             idle_since: Some(Instant::now()),
+            url_expiry: unix + URL_LIFETIME_SECS,
         };
         let sid = entered.session;
         inner.by_token.insert(session.token.clone(), sid);

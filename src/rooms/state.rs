@@ -63,6 +63,7 @@ pub enum RoomEvent {
     RemoteUserJoin {
         user_id: String,
         role: Role,
+        client: ClientKind,
     },
     RemoteUserLeave {
         user_id: String,
@@ -351,7 +352,8 @@ impl Rooms {
                     audio: false,
                     video: false,
                 });
-                room.emit(replay, RoomEvent::RemoteUserJoin { user_id: req.user_id, role }, &mut events);
+                let ev = RoomEvent::RemoteUserJoin { user_id: req.user_id, role, client: req.client };
+                room.emit(replay, ev, &mut events);
                 None
             }
         };

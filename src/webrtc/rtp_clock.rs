@@ -25,6 +25,17 @@ pub fn ntp_to_ms(ntp: u64) -> f64 {
 /// How many recent sender reports a track picks its mapping from (about 5–40 s of them).
 const REPORT_WINDOW: usize = 8;
 
+/// A packet the mapping puts this far before its own arrival is not that old: the sender's RTP clock stood
+/// still while it sent nothing. Chrome's audio does this across `replaceTrack(null)` (a muted microphone): its
+/// RTP time resumes where it stopped, so the old mapping would put the resumed audio seconds in the past (and
+/// the lower envelope of the reports would keep it there until the old reports left the window). The track is
+/// re-anchored on that packet's arrival instead, which keeps it in sync within the network's jitter.
+const STALE_MS: f64 = 2000.0;
+
+/// A report mapping the track this much later than the report it follows says the same (reports are late by
+/// the sender's send delay, tens of milliseconds, not seconds): the older reports are dropped.
+const REBASE_MS: f64 = 1000.0;
+
 /// Shared by a session's tracks: sender wall clock (ms) minus output timeline (ms), once known.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SyncOffset(Option<f64>);
@@ -75,6 +86,9 @@ impl TrackClock {
     pub fn to_ms(&mut self, ts: u32, arrival_ms: f64, sync: &SyncOffset) -> i64 {
         let ext = self.unwrap(ts);
         self.arrival_anchor.get_or_insert((ext, arrival_ms));
+        if self.map(ext, sync.0).is_some_and(|m| m < arrival_ms - STALE_MS) {
+            self.rebase(ext, arrival_ms, sync.0);
+        }
         let mut out = self.map(ext, sync.0).unwrap_or(arrival_ms).round() as i64;
         match self.last_out {
             // A later packet gets a later millisecond.
@@ -87,6 +101,19 @@ impl TrackClock {
             None => self.last_out = Some((ext, out)),
         }
         out
+    }
+
+    /// The sender's RTP clock resumed behind where its time went: RTP time `ext` is now (`arrival_ms`).
+    fn rebase(&mut self, ext: i64, arrival_ms: f64, k: Option<f64>) {
+        match (self.report, k) {
+            (Some(_), Some(k)) => {
+                let r = (ext, arrival_ms + k);
+                self.report = Some(r);
+                self.recent.clear();
+                self.recent.push_back(r);
+            }
+            _ => self.arrival_anchor = Some((ext, arrival_ms)),
+        }
     }
 
     /// Timeline ms of extended RTP time `ext` by the current mapping (sender's clock once reported).
@@ -127,6 +154,10 @@ impl TrackClock {
                 self.recent.pop_front();
             }
             let offset = |&(e, n): &(i64, f64)| n - e as f64 * 1000.0 / self.rate;
+            let lowest = self.recent.iter().map(offset).fold(f64::INFINITY, f64::min);
+            if offset(&(ext, ntp_ms)) - lowest > REBASE_MS {
+                self.recent.retain(|r| *r == (ext, ntp_ms));
+            }
             let before = self.last_out.and_then(|(e, _)| Some((e, self.map(e, sync.0)?)));
             self.report = self.recent.iter().copied().min_by(|a, b| offset(a).total_cmp(&offset(b)));
             if let (Some((e, before)), Some(k)) = (before, sync.0) {
@@ -202,6 +233,33 @@ mod tests {
         let next: Vec<i64> = (2..5).map(|n| video.to_ms(f(n), 0.0, &sync)).collect();
         assert_eq!(next, vec![137, 170, 203]);
         assert_eq!(audio.to_ms(48_000, 0.0, &sync), 1070);
+    }
+
+    #[test]
+    fn audio_whose_rtp_clock_stood_still_through_a_mute_resumes_in_sync() {
+        let mut sync = SyncOffset::default();
+        let mut audio = TrackClock::new(48_000);
+        let mut video = TrackClock::new(90_000);
+        // Timeline = sender clock - 1_000_000 ms. 20 ms Opus packets, 30 fps video, reports every second.
+        for n in 0..100u32 {
+            assert_eq!(audio.to_ms(n * 960, n as f64 * 20.0, &sync), n as i64 * 20);
+            if n % 50 == 0 {
+                audio.sender_report(n * 960, ntp(1_000_000.0 + n as f64 * 20.0), &mut sync);
+                video.sender_report(n / 50 * 90_000, ntp(1_000_000.0 + n as f64 * 20.0), &mut sync);
+            }
+        }
+        // The microphone is off from 2 s to 7 s: no audio packets, and the audio RTP time does not advance;
+        // video goes on. At 7 s audio resumes at RTP time 100 * 960, arriving on time.
+        for s in 2..7 {
+            video.sender_report(s * 90_000, ntp(1_000_000.0 + s as f64 * 1000.0), &mut sync);
+        }
+        assert_eq!(video.to_ms(7 * 90_000, 7000.0, &sync), 7000);
+        let resumed: Vec<i64> = (0..3).map(|i| audio.to_ms((100 + i) * 960, 7000.0 + i as f64 * 20.0, &sync)).collect();
+        assert_eq!(resumed, [7000, 7020, 7040], "resumed audio plays with the video of its time, not 5 s early");
+        // Its next report (the new RTP clock) agrees; the reports from before the mute no longer pull it back.
+        audio.sender_report(150 * 960, ntp(1_000_000.0 + 8000.0), &mut sync);
+        assert_eq!(audio.to_ms(151 * 960, 8020.0, &sync), 8020);
+        assert_eq!(video.to_ms(8 * 90_000 + 3000, 8033.0, &sync), 8033, "video did not move");
     }
 
     #[test]

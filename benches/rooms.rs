@@ -59,6 +59,9 @@ struct Args {
     /// Seconds the concurrent rooms are measured for, after they are all up.
     #[arg(long, default_value_t = 20)]
     window: u64,
+    /// hub.buffer_secs for the run (what each stream keeps: the largest part of a room's memory).
+    #[arg(long, default_value_t = 10.0)]
+    buffer_secs: f64,
 }
 
 fn main() -> Result<()> {
@@ -66,7 +69,8 @@ fn main() -> Result<()> {
     sys::raise_nofile("auto")?;
     let input = Arc::new(input::load(&input::ensure(None, false)?)?);
     let extra = format!(
-        "[rooms]\nmax_rooms = {}\nmember_timeout_secs = 600.0\napps = [{{ sdk_app_id = {APP}, secret_key = \"{KEY}\" }}]\n",
+        "[hub]\nbuffer_secs = {}\n[rooms]\nmax_rooms = {}\nmember_timeout_secs = 600.0\napps = [{{ sdk_app_id = {APP}, secret_key = \"{KEY}\" }}]\n",
+        args.buffer_secs,
         args.rooms + args.joins + args.entries + 10
     );
     let mut lg = sys::Livegate::spawn(&args.livegate, &extra, "warn")?;
@@ -133,7 +137,18 @@ async fn run(args: &Args, lg: &sys::Livegate, input: Arc<input::Input>) -> Resul
         for m in &members {
             tasks.push(tokio::spawn(publish(lg.rtmp, url_of(&m["push"]["rtmp"])?, input.clone(), true, stop.clone())));
         }
-        // Each member plays the others, from the URLs the room handed it once their audio was live.
+        // Each member plays the others, from the URLs the room hands it once their audio is live (the room says
+        // so: audio = true from the media).
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !get_room(http, &room, &members[0]).await?["members"]
+            .as_array()
+            .is_some_and(|a| a.len() == 4 && a.iter().all(|m| m["audio"] == true))
+        {
+            if Instant::now() > deadline {
+                bail!("room {room}: the members' audio never showed");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         for m in &members {
             let view = get_room(http, &room, m).await?;
             for o in view["members"].as_array().into_iter().flatten() {
@@ -155,10 +170,23 @@ async fn run(args: &Args, lg: &sys::Livegate, input: Arc<input::Input>) -> Resul
     let rss1 = sys::status_kib(&pid, "VmRSS").unwrap_or(0);
     stop.store(true, Ordering::Relaxed);
     let mut failed = 0;
+    let mut reasons = std::collections::BTreeMap::<String, usize>::new();
     for t in tasks {
-        if !matches!(t.await, Ok(Ok(()))) {
-            failed += 1;
+        match t.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                failed += 1;
+                let e = e.to_string();
+                *reasons.entry(e.split(": ").last().unwrap_or(&e).to_owned()).or_default() += 1;
+            }
+            Err(e) => {
+                failed += 1;
+                *reasons.entry(e.to_string()).or_default() += 1;
+            }
         }
+    }
+    if !reasons.is_empty() {
+        println!("client failures: {reasons:?}");
     }
     let cores = (cpu1 - cpu0) / secs;
     let n = args.rooms as f64;

@@ -731,3 +731,38 @@ fn the_room_mix_shows_its_anchors_follows_them_and_is_recorded() {
     let video = streams.iter().find(|s| s["codec_type"] == "video").expect("video in the recording");
     assert_eq!((video["width"].as_u64(), video["height"].as_u64()), (Some(640), Some(360)), "{cb}");
 }
+
+#[test]
+fn server_assigned_rooms_string_ids_and_a_pusher_that_never_comes_back() {
+    let srv = Server::start(&format!("{}[hub]\nreconnect_grace_secs = 1.0\n", rooms_config("")));
+    // A room made by name: the server picks a numeric id; entering it by number (roomId) joins the same room.
+    let body = |user: &str, extra: Value| {
+        let mut b = json!({"sdkAppId": APP, "userId": user, "userSig": user_sig(user)});
+        b.as_object_mut().unwrap().extend(extra.as_object().cloned().unwrap_or_default());
+        b
+    };
+    let made = call(&srv, "POST", "/api/v1/rooms/enter", None, &body("alice", json!({"roomName": "Drop-in"}))).json();
+    let id = made["room"]["room_id"].as_str().unwrap().to_owned();
+    assert!(id.parse::<u32>().is_ok_and(|n| n >= 100_000), "{made}");
+    assert_eq!((made["created"].as_bool(), made["room"]["name"].as_str()), (Some(true), Some("Drop-in")));
+    let n: u32 = id.parse().unwrap();
+    let joined = call(&srv, "POST", "/api/v1/rooms/enter", None, &body("bob", json!({"roomId": n}))).json();
+    assert_eq!((joined["created"].as_bool(), joined["room"]["room_id"].as_str()), (Some(false), Some(id.as_str())));
+    // A string id wins over a numeric one.
+    let s =
+        call(&srv, "POST", "/api/v1/rooms/enter", None, &body("carol", json!({"roomId": n, "strRoomId": "class-7"})));
+    assert_eq!(s.json()["room"]["room_id"], "class-7");
+    // Kicking someone not in the room: 404 with who.
+    let r = srv.api("DELETE", &format!("/api/v1/rooms/{id}/members/zed"));
+    assert_eq!((r.status, r.json()["error"].as_str()), (404, Some("member_not_found")));
+
+    // Bob pushes with no event socket (a mini program whose page is gone); his push dies and does not come back
+    // within the reconnect grace: he leaves, with reason timeout, and Alice hears it.
+    let mut a = Socket::open(&srv, &made, None);
+    let mut p = push_loop(&media("short"), joined["push"]["rtmp"].as_str().unwrap());
+    a.wait("REMOTE_VIDEO_ADD", Some("bob"));
+    p.kill();
+    let left = a.wait("REMOTE_USER_LEAVE", Some("bob"));
+    assert_eq!(left["reason"], "timeout", "{left}");
+    assert_eq!(call(&srv, "GET", &format!("/api/v1/rooms/{id}"), Some(token(&joined)), &json!({})).status, 401);
+}

@@ -699,15 +699,7 @@ impl RoomService {
                 .map(|(id, _)| *id)
                 .collect();
             for sid in idle {
-                let (key, user) = {
-                    let s = &inner.sessions[&sid];
-                    (s.room.clone(), s.user.clone())
-                };
-                if let Ok(ev) = rooms.leave(&key, &user, Some(sid), LeaveReason::Timeout, now) {
-                    deliver(rooms, inner, &key, ev);
-                }
-                end_session(inner, sid, "timed out: no event socket and no push", &mut effects);
-                tracing::info!(room = %key, %user, "member timed out");
+                time_out(rooms, inner, sid, now, "timed out: no event socket and no push", &mut effects);
             }
             for (key, ev) in rooms.tick(now) {
                 deliver(rooms, inner, &key, vec![ev]);
@@ -777,13 +769,22 @@ impl RoomService {
                     }
                 }
                 self.set_media(sid, Tracks::default());
-                let mut g = self.rooms.lock();
-                if let Some(s) = g.1.sessions.get_mut(&sid) {
-                    s.pushing = false;
-                    if s.sockets == 0 {
-                        s.idle_since = Some(Instant::now());
+                // The stream ended: its publisher did not come back within the hub's reconnect grace. A member
+                // with no event socket either is gone (a mini program killed, out of coverage): it leaves now.
+                let mut effects = Vec::new();
+                {
+                    let mut g = self.rooms.lock();
+                    let (rooms, inner) = &mut *g;
+                    let alone = inner.sessions.get_mut(&sid).map(|s| {
+                        s.pushing = false;
+                        s.sockets == 0
+                    });
+                    if alone == Some(true) {
+                        let why = "its push ended beyond the reconnect grace and it has no event socket";
+                        time_out(rooms, inner, sid, Instant::now(), why, &mut effects);
                     }
                 }
+                self.apply(effects);
             }
             .instrument(span),
         );
@@ -1082,6 +1083,17 @@ fn member_views(rooms: &Rooms, inner: &Inner, key: &RoomKey) -> Vec<MemberView> 
             stream: inner.sessions.get(&m.session).map(|s| s.stream.clone()).unwrap_or_default(),
         })
         .collect()
+}
+
+/// A member that is gone leaves with reason `timeout`.
+fn time_out(rooms: &mut Rooms, inner: &mut Inner, sid: u64, now: Instant, why: &str, effects: &mut Vec<Effect>) {
+    let Some(s) = inner.sessions.get(&sid) else { return };
+    let (key, user) = (s.room.clone(), s.user.clone());
+    if let Ok(ev) = rooms.leave(&key, &user, Some(sid), LeaveReason::Timeout, now) {
+        deliver(rooms, inner, &key, ev);
+    }
+    end_session(inner, sid, why, effects);
+    tracing::info!(room = %key, %user, why, "member timed out");
 }
 
 /// Forgets a login and its credentials; its push and plays end (outside the lock).

@@ -766,3 +766,20 @@ fn server_assigned_rooms_string_ids_and_a_pusher_that_never_comes_back() {
     assert_eq!(left["reason"], "timeout", "{left}");
     assert_eq!(call(&srv, "GET", &format!("/api/v1/rooms/{id}"), Some(token(&joined)), &json!({})).status, 401);
 }
+
+#[test]
+fn event_sockets_count_against_the_per_address_connection_limit() {
+    let srv = Server::start(&format!("{}[http]\nmax_connections_per_addr = 3\n", rooms_config("")));
+    let alice = enter(&srv, "lim", "alice", json!({}));
+    let mut held: Vec<Socket> = (0..3).map(|_| Socket::open(&srv, &alice, None)).collect();
+    for s in &mut held {
+        assert_eq!(s.next(Duration::from_secs(5)).unwrap()["event"], "SNAPSHOT");
+    }
+    // Three upgraded sockets hold the address's three places: a fourth connection is refused at accept.
+    let refused = http_get(srv.http_port, "/healthz").is_none_or(|r| r.status != 200);
+    assert!(refused, "a WebSocket stopped counting once upgraded");
+    held.pop().unwrap().ws.close(None).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || http_get(srv.http_port, "/healthz").is_some_and(|r| r.status == 200))
+    );
+}

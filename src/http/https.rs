@@ -42,8 +42,7 @@ pub async fn serve(
                     }
                 };
                 let h2 = tls.get_ref().1.alpn_protocol() == Some(ALPN_H2);
-                serve_hyper(state, addr, tls, h2, true).await;
-                drop(permit);
+                serve_hyper(state, addr, tls, h2, true, permit).await;
             });
         },
     )

@@ -80,8 +80,7 @@ pub async fn serve(listener: TcpListener, state: Arc<HttpState>, shutdown: tokio
                     }
                     Ok(_) => {}
                 }
-                serve_hyper(state, addr, sock, false, false).await;
-                drop(permit);
+                serve_hyper(state, addr, sock, false, false, permit).await;
             });
         },
     )
@@ -92,17 +91,30 @@ use std::sync::atomic::Ordering;
 
 /// Serves one connection's requests with hyper (HTTP/1.1, or HTTP/2 when `h2`: TLS connections that chose it)
 /// until it closes, or an HTTP-FLV player on it stalls.
-pub(crate) async fn serve_hyper<I>(state: Arc<HttpState>, addr: SocketAddr, io: I, h2: bool, tls: bool)
-where
+/// The connection's slot in the connection limits. Requests carry it, so what outlives its request on the
+/// connection (a WebSocket after its upgrade) keeps holding it.
+#[derive(Clone)]
+pub struct HeldPermit(pub Arc<crate::conn::ConnPermit>);
+
+pub(crate) async fn serve_hyper<I>(
+    state: Arc<HttpState>,
+    addr: SocketAddr,
+    io: I,
+    h2: bool,
+    tls: bool,
+    permit: crate::conn::ConnPermit,
+) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let watch: Arc<Mutex<Option<flv::Watch>>> = Arc::default();
     let svc_watch = watch.clone();
     let svc_state = state.clone();
+    let held = HeldPermit(Arc::new(permit));
     let svc = service_fn(move |mut req: Request<Incoming>| {
         if tls {
             req.extensions_mut().insert(rooms::Secure);
         }
+        req.extensions_mut().insert(held.clone());
         let state = svc_state.clone();
         let watch = svc_watch.clone();
         async move { Ok::<_, Infallible>(route(state, addr, req, watch).await) }

@@ -604,6 +604,8 @@ fn socket(rooms: &Arc<RoomService>, room: &str, req: Request<Incoming>, urls: Ur
         Err(e) => return service_error(&e),
     };
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    // The socket keeps its connection's place in the connection limits after the upgrade hands it over.
+    let permit = req.extensions().get::<super::HeldPermit>().cloned();
     let upgrade = hyper::upgrade::on(req);
     let rooms = rooms.clone();
     let span = tracing::info_span!("room_socket", room = %session.room, user = %session.user);
@@ -620,6 +622,7 @@ fn socket(rooms: &Arc<RoomService>, room: &str, req: Request<Incoming>, urls: Ur
                 Err(e) => tracing::debug!(error = %e, "event socket upgrade failed"),
             }
             rooms.socket_closed(session.id);
+            drop(permit);
         }
         .instrument(span),
     );

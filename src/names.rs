@@ -108,6 +108,14 @@ const SECRET_KEYS: &[&str] = &[
 
 /// A query string fit to show (API answers, logs, webhooks other than the authorizing on_publish): the value
 /// of every credential parameter becomes `***`; the rest is kept as sent.
+/// A URL with its query's credentials redacted (`names::redact_query`), for logs and API answers.
+pub fn redact_url(url: &str) -> String {
+    match url.split_once('?') {
+        Some((base, q)) => format!("{base}?{}", redact_query(q)),
+        None => url.to_owned(),
+    }
+}
+
 pub fn redact_query(q: &str) -> String {
     q.split('&')
         .map(|p| {

@@ -27,6 +27,7 @@ pub struct AppState {
     pub access: Access,
     pub limits: Arc<ConnLimits>,
     pub rooms: Arc<crate::rooms::RoomService>,
+    pub pulls: Arc<crate::cluster::Pulls>,
     /// The bound RTMP and RTMPS ports (room URLs carry them).
     rtmp_port: u16,
     rtmps_port: Option<u16>,
@@ -66,8 +67,10 @@ impl AppState {
         if rooms.enabled() {
             access.set_gate(rooms.clone());
         }
+        let pulls = crate::cluster::Pulls::new(hub.clone(), config.cluster.clone());
         Ok(Arc::new(Self {
             rooms,
+            pulls,
             rtmp_port,
             rtmps_port,
             hub,
@@ -109,6 +112,7 @@ impl AppState {
             access: self.access.clone(),
             limits: self.limits.clone(),
             rooms: self.rooms.clone(),
+            pulls: self.pulls.clone(),
             rtmp_port: self.rtmp_port,
             rtmps_port: self.rtmps_port,
         })

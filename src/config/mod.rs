@@ -48,6 +48,7 @@ pub struct Config {
     pub transcode: TranscodeConfig,
     pub mix: MixConfig,
     pub rooms: RoomsConfig,
+    pub cluster: ClusterConfig,
     pub log: LogConfig,
 }
 
@@ -308,6 +309,8 @@ impl Config {
         self.webrtc.validate()?;
         self.record.validate()?;
         self.rooms.validate()?;
+        secs("cluster.edge_idle_secs", self.cluster.edge_idle_secs, 0.0, 3600.0)?;
+        secs("cluster.pull_timeout_secs", self.cluster.pull_timeout_secs, 1.0, 120.0)?;
         if self.rtmp.max_connections == 0 {
             return bad("rtmp.max_connections", "must be at least 1".into());
         }

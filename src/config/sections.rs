@@ -297,6 +297,16 @@ impl RecordConfig {
     }
 }
 
+/// `[cluster]`: pulls from other servers (and, to come, the origin/edge cluster on Redis).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// An on-demand pull stops this long after its stream's last reader left.
+    pub edge_idle_secs: f64,
+    /// A pull source must answer, and keep sending, within this long (else the pull retries).
+    pub pull_timeout_secs: f64,
+}
+
 /// `[rooms]`: the room service (docs/rooms.md). Without an app, no room can be entered. Debug output leaves the
 /// keys out.
 #[derive(Clone, Deserialize)]

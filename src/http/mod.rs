@@ -8,6 +8,7 @@ pub mod flv_direct;
 pub mod hls;
 pub mod https;
 pub mod mixes;
+pub mod pulls;
 pub mod rooms;
 pub mod whep;
 pub mod whip;
@@ -45,6 +46,7 @@ pub struct HttpState {
     pub access: crate::access::Access,
     pub limits: Arc<crate::conn::ConnLimits>,
     pub rooms: Arc<crate::rooms::RoomService>,
+    pub pulls: Arc<crate::cluster::Pulls>,
     /// The bound RTMP (and RTMPS) ports, for the push and play URLs rooms hand out.
     pub rtmp_port: u16,
     pub rtmps_port: Option<u16>,

@@ -66,10 +66,12 @@ pub enum Protocol {
     Transcode,
     /// The room service watching a member's stream for its media (which tracks it carries).
     Room,
+    /// A pull publishing another server's stream here.
+    Pull,
 }
 
 impl Protocol {
-    pub const COUNT: usize = 8;
+    pub const COUNT: usize = 9;
     pub const ALL: [Protocol; Self::COUNT] = [
         Protocol::Rtmp,
         Protocol::HttpFlv,
@@ -79,6 +81,7 @@ impl Protocol {
         Protocol::Whip,
         Protocol::Transcode,
         Protocol::Room,
+        Protocol::Pull,
     ];
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -90,6 +93,7 @@ impl Protocol {
             Protocol::Whip => "whip",
             Protocol::Transcode => "transcode",
             Protocol::Room => "room",
+            Protocol::Pull => "pull",
         }
     }
 }

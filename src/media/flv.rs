@@ -320,6 +320,11 @@ impl FlvParser {
         self.buf.extend_from_slice(data);
     }
 
+    /// Bytes fed and not yet returned as tags (a caller reading an untrusted stream bounds it).
+    pub fn pending(&self) -> usize {
+        self.buf.len()
+    }
+
     /// The next complete tag, `Ok(None)` when more bytes are needed.
     pub fn next_tag(&mut self) -> Result<Option<Tag>, FlvError> {
         if !self.header_done {

@@ -1,0 +1,330 @@
+//! Pulls: another server's live stream, read over HTTP-FLV, published here as a hub stream. Always on (started
+//! when created, kept up with retries) or on demand (a hub source factory: started by the stream's first reader,
+//! stopped `cluster.edge_idle_secs` after its last, ARCHITECTURE invariant 9). One pull per stream, however many
+//! readers it has here. This is what an edge does for the streams of its origin.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use parking_lot::Mutex;
+use serde::Serialize;
+use tokio::sync::watch;
+use tracing::Instrument;
+
+use crate::config::ClusterConfig;
+use crate::hub::StreamKey;
+use crate::hub::{Hub, Protocol, PublisherInfo, SourceError, SourceFactory, SourceHandle, SourceInfo, SourceKind};
+use crate::media::flv::{frame_from_tag, FlvParser};
+
+/// The longest a pull waits between attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// The most a source may have sent without completing a tag: FLV's largest tag (a 24-bit size) and its header.
+/// More is garbage (a huge DataOffset, a stream that never completes), and is not buffered.
+const MAX_PENDING: usize = (1 << 24) + 64 * 1024;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PullError {
+    #[error("url {0:?} is not an http:// URL of an FLV stream (http://host[:port]/app/stream.flv)")]
+    BadUrl(String),
+    #[error("stream {0} is pulled already (DELETE it first)")]
+    Exists(String),
+    #[error("no pull of stream {0}")]
+    NotFound(String),
+    #[error("stream {0} is published here: a pull would take it over")]
+    Published(String),
+}
+
+/// Where a pull is: its state now, how often it tried, what went wrong last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PullState {
+    /// On demand, with no reader: not running.
+    Idle,
+    Connecting,
+    Live,
+    /// The last attempt failed; the next one comes after a backoff.
+    Retrying,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PullStatus {
+    pub state: PullState,
+    pub attempts: u64,
+    pub last_error: Option<String>,
+    /// Unix seconds the current (or last) session went live.
+    pub live_since: Option<u64>,
+}
+
+struct Pull {
+    key: StreamKey,
+    url: String,
+    on_demand: bool,
+    created: SystemTime,
+    status: Mutex<PullStatus>,
+    bytes_in: AtomicU64,
+    /// The running task's off switch (always-on pulls; on-demand ones are stopped through their SourceHandle).
+    stop: Mutex<Option<watch::Sender<bool>>>,
+}
+
+impl Pull {
+    fn set(&self, state: PullState, error: Option<String>) {
+        let mut s = self.status.lock();
+        s.state = state;
+        if error.is_some() {
+            s.last_error = error;
+        }
+        if state == PullState::Live {
+            s.live_since = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).ok().map(|d| d.as_secs());
+        }
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        let s = self.status.lock().clone();
+        serde_json::json!({
+            "stream": self.key.to_string(),
+            "url": crate::names::redact_url(&self.url),
+            "on_demand": self.on_demand,
+            "state": s.state,
+            "attempts": s.attempts,
+            "last_error": s.last_error,
+            "live_since": s.live_since,
+            "bytes_in": self.bytes_in.load(Ordering::Relaxed),
+            "created_at": self.created.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        })
+    }
+}
+
+/// Every pull of this node.
+pub struct Pulls {
+    hub: Hub,
+    cfg: ClusterConfig,
+    pulls: Mutex<BTreeMap<StreamKey, Arc<Pull>>>,
+}
+
+/// Checks a pull source URL: plain HTTP, a path ending in `.flv`.
+pub fn check_url(url: &str) -> Result<(), PullError> {
+    let bad = || PullError::BadUrl(crate::names::redact_url(url));
+    let uri: http::Uri = url.parse().map_err(|_| bad())?;
+    if uri.scheme_str() != Some("http") || uri.host().is_none() || !uri.path().ends_with(".flv") {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+impl Pulls {
+    pub fn new(hub: Hub, cfg: ClusterConfig) -> Arc<Self> {
+        let pulls = Arc::new(Self { hub: hub.clone(), cfg, pulls: Mutex::new(BTreeMap::new()) });
+        hub.add_source_factory(Arc::new(OnDemand(Arc::downgrade(&pulls))));
+        pulls
+    }
+
+    /// Adds a pull of `url` as `key`; an always-on one starts at once.
+    pub fn create(&self, key: StreamKey, url: String, on_demand: bool) -> Result<serde_json::Value, PullError> {
+        check_url(&url)?;
+        let mut pulls = self.pulls.lock();
+        if pulls.contains_key(&key) {
+            return Err(PullError::Exists(key.to_string()));
+        }
+        if !on_demand && self.hub.get(&key).is_some_and(|s| !s.is_closed() && s.publisher().is_some()) {
+            return Err(PullError::Published(key.to_string()));
+        }
+        let state = if on_demand { PullState::Idle } else { PullState::Connecting };
+        let pull = Arc::new(Pull {
+            key: key.clone(),
+            url,
+            on_demand,
+            created: SystemTime::now(),
+            status: Mutex::new(PullStatus { state, attempts: 0, last_error: None, live_since: None }),
+            bytes_in: AtomicU64::new(0),
+            stop: Mutex::new(None),
+        });
+        if !on_demand {
+            let (tx, rx) = watch::channel(false);
+            *pull.stop.lock() = Some(tx);
+            spawn(self.hub.clone(), self.cfg.clone(), pull.clone(), rx);
+        }
+        pulls.insert(key, pull.clone());
+        tracing::info!(stream = %pull.key, url = %crate::names::redact_url(&pull.url), on_demand, "pull added");
+        Ok(pull.json())
+    }
+
+    pub fn list(&self) -> Vec<serde_json::Value> {
+        self.pulls.lock().values().map(|p| p.json()).collect()
+    }
+
+    pub fn get(&self, key: &StreamKey) -> Option<serde_json::Value> {
+        self.pulls.lock().get(key).map(|p| p.json())
+    }
+
+    /// Removes a pull: it stops, and its stream's readers wait out the reconnect grace like any publisher's.
+    pub fn delete(&self, key: &StreamKey) -> Result<(), PullError> {
+        let pull = self.pulls.lock().remove(key).ok_or_else(|| PullError::NotFound(key.to_string()))?;
+        if let Some(tx) = pull.stop.lock().take() {
+            let _ = tx.send(true);
+        }
+        if pull.on_demand {
+            // A running on-demand pull belongs to its stream's source handle: ending the publisher ends it.
+            let _ = self.hub.kick_publisher(key, "the pull was deleted");
+        }
+        tracing::info!(stream = %key, "pull deleted");
+        Ok(())
+    }
+}
+
+/// The hub's view of the on-demand pulls.
+struct OnDemand(std::sync::Weak<Pulls>);
+
+impl SourceFactory for OnDemand {
+    fn start(&self, key: &StreamKey) -> Option<Result<SourceHandle, SourceError>> {
+        let pulls = self.0.upgrade()?;
+        let pull = pulls.pulls.lock().get(key).filter(|p| p.on_demand).cloned()?;
+        let (tx, rx) = watch::channel(false);
+        pull.set(PullState::Connecting, None);
+        spawn(pulls.hub.clone(), pulls.cfg.clone(), pull.clone(), rx);
+        let info = SourceInfo { kind: SourceKind::Pull, from: crate::names::redact_url(&pull.url) };
+        let timeout = Duration::from_secs_f64(pulls.cfg.pull_timeout_secs);
+        let linger = Duration::from_secs_f64(pulls.cfg.edge_idle_secs);
+        let p = pull.clone();
+        Some(Ok(SourceHandle::new(info, timeout, linger, move || {
+            let _ = tx.send(true);
+            p.set(PullState::Idle, None);
+        })))
+    }
+}
+
+fn spawn(hub: Hub, cfg: ClusterConfig, pull: Arc<Pull>, stop: watch::Receiver<bool>) {
+    let span = tracing::info_span!("pull", stream = %pull.key);
+    tokio::spawn(run(hub, cfg, pull, stop).instrument(span));
+}
+
+/// Keeps the pull up until stopped: an attempt, and after a failure a backoff (0.5 s doubling to 10 s; back to
+/// 0.5 s after a session that was live).
+async fn run(hub: Hub, cfg: ClusterConfig, pull: Arc<Pull>, mut stop: watch::Receiver<bool>) {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let timeout = Duration::from_secs_f64(cfg.pull_timeout_secs);
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        pull.status.lock().attempts += 1;
+        pull.set(PullState::Connecting, None);
+        let went_live = tokio::select! {
+            r = session(&hub, &client, &pull, timeout) => match r {
+                Ok(()) => {
+                    pull.set(PullState::Retrying, Some("the source ended the stream".into()));
+                    true
+                }
+                Err(Failure { live, reason }) => {
+                    tracing::info!(%reason, "pull attempt failed");
+                    pull.set(PullState::Retrying, Some(reason));
+                    live
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        if went_live {
+            backoff = Duration::from_millis(500);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.changed() => return,
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Why a session ended, and whether it had been live.
+struct Failure {
+    live: bool,
+    reason: String,
+}
+
+fn failed(reason: impl Into<String>) -> Failure {
+    Failure { live: false, reason: reason.into() }
+}
+
+/// One connection to the source: GET, publish, feed its tags to the hub until it ends.
+async fn session(
+    hub: &Hub,
+    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>,
+    pull: &Pull,
+    timeout: Duration,
+) -> Result<(), Failure> {
+    let req = http::Request::get(&pull.url)
+        .header(http::header::USER_AGENT, concat!("livegate/", env!("CARGO_PKG_VERSION"), " pull"))
+        .body(Empty::new())
+        .map_err(|e| failed(format!("bad request: {e}")))?;
+    let resp = tokio::time::timeout(timeout, client.request(req))
+        .await
+        .map_err(|_| failed(format!("no answer within {timeout:?}")))?
+        .map_err(|e| failed(format!("cannot reach the source: {e}")))?;
+    if !resp.status().is_success() {
+        return Err(failed(format!("the source answered {}", resp.status())));
+    }
+    let guard = hub.register_client(Protocol::Pull, None);
+    let info = PublisherInfo {
+        client_id: guard.handle.id,
+        protocol: Protocol::Pull,
+        addr: None,
+        param: format!("pull={}", crate::names::redact_url(&pull.url)),
+    };
+    let mut publisher = hub
+        .publish(pull.key.clone(), info, guard.handle.clone())
+        .map_err(|e| failed(format!("cannot publish: {e}")))?;
+    let mut body = resp.into_body();
+    let mut parser = FlvParser::new();
+    let mut live = false;
+    loop {
+        let frame = tokio::select! {
+            f = tokio::time::timeout(timeout, body.frame()) => f,
+            _ = guard.handle.notify.notified() => {
+                let why = guard.handle.kicked().unwrap_or_default();
+                return Err(Failure { live, reason: format!("kicked: {why}") });
+            }
+        };
+        let data = match frame {
+            Err(_) => return Err(Failure { live, reason: format!("the source sent nothing for {timeout:?}") }),
+            Ok(None) if live => return Ok(()),
+            Ok(None) => return Err(failed("the source ended the stream before any media")),
+            Ok(Some(Err(e))) => return Err(Failure { live, reason: format!("reading the source: {e}") }),
+            Ok(Some(Ok(f))) => match f.into_data() {
+                Ok(d) => d,
+                Err(_) => continue,
+            },
+        };
+        pull.bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed);
+        guard.handle.bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed);
+        parser.feed(&data);
+        if parser.pending() > MAX_PENDING {
+            let why = format!("the source sent bad FLV: {} bytes without a complete tag", parser.pending());
+            return Err(Failure { live, reason: why });
+        }
+        loop {
+            let tag = match parser.next_tag() {
+                Ok(Some(t)) => t,
+                Ok(None) => break,
+                Err(e) => return Err(Failure { live, reason: format!("the source sent bad FLV: {e}") }),
+            };
+            match frame_from_tag(tag.tag_type, 0, tag.body) {
+                Ok(Some(f)) => {
+                    if !live {
+                        live = true;
+                        pull.set(PullState::Live, None);
+                        tracing::info!("pull live");
+                    }
+                    publisher.push_raw(f, tag.timestamp, Instant::now());
+                }
+                Ok(None) => {}
+                Err(e) => return Err(Failure { live, reason: format!("the source sent media livegate refuses: {e}") }),
+            }
+        }
+    }
+}

@@ -60,6 +60,14 @@ pub enum Event {
     /// A mix input sent media the mix cannot use (its slot freezes or blanks; the mix carries on).
     #[serde(rename = "on_mix_error")]
     MixError { mix: String, stream: String, detail: String },
+    /// A relay to another server failed (it retries); `url` has its credentials redacted.
+    #[serde(rename = "on_relay_failed")]
+    RelayFailed {
+        #[serde(serialize_with = "key_path")]
+        stream: StreamKey,
+        url: String,
+        error: String,
+    },
 }
 
 /// Fan-out of events to whoever listens (webhooks now; room event streams and SSE later). Sending never

@@ -28,6 +28,7 @@ pub struct AppState {
     pub limits: Arc<ConnLimits>,
     pub rooms: Arc<crate::rooms::RoomService>,
     pub pulls: Arc<crate::cluster::Pulls>,
+    pub relays: Arc<crate::rtmp::relay::Relays>,
     /// The bound RTMP and RTMPS ports (room URLs carry them).
     rtmp_port: u16,
     rtmps_port: Option<u16>,
@@ -68,9 +69,11 @@ impl AppState {
             access.set_gate(rooms.clone());
         }
         let pulls = crate::cluster::Pulls::new(hub.clone(), config.cluster.clone());
+        let relays = crate::rtmp::relay::Relays::new(hub.clone());
         Ok(Arc::new(Self {
             rooms,
             pulls,
+            relays,
             rtmp_port,
             rtmps_port,
             hub,
@@ -113,6 +116,7 @@ impl AppState {
             limits: self.limits.clone(),
             rooms: self.rooms.clone(),
             pulls: self.pulls.clone(),
+            relays: self.relays.clone(),
             rtmp_port: self.rtmp_port,
             rtmps_port: self.rtmps_port,
         })

@@ -93,7 +93,8 @@ impl Webhooks {
                 Event::Publish { .. }
                 | Event::StreamClosed { .. }
                 | Event::RecordFailed { .. }
-                | Event::MixError { .. } => continue,
+                | Event::MixError { .. }
+                | Event::RelayFailed { .. } => continue,
             };
             for url in urls.clone() {
                 let this = self.clone();

@@ -156,3 +156,61 @@ fn pulls_of_nothing_and_of_garbage_fail_with_the_reason_and_leave_the_server_up(
     );
     assert_eq!(http_get(edge.http_port, "/healthz").map(|r| r.status), Some(200));
 }
+
+/// A push URL for `stream` on a server whose app `live` has push key `key` (Tencent's txSecret scheme).
+fn signed(port: u16, stream: &str, key: &str) -> String {
+    use md5::Digest;
+    let t =
+        format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 3600);
+    let sig = hex::encode(md5::Md5::digest(format!("{key}{stream}{t}").as_bytes()));
+    format!("rtmp://127.0.0.1:{port}/live/{stream}?txSecret={sig}&txTime={t}")
+}
+
+#[test]
+fn a_relay_pushes_a_stream_to_another_server_and_retries_while_it_is_refused() {
+    let target = Server::start("[apps.live]\npush_key = \"relay-key\"\n");
+    let source = Server::start("");
+    // Created before the stream exists: it waits for it. Unsigned, the target refuses it: the relay retries
+    // and says why, and the source stream is not disturbed.
+    let unsigned = format!("rtmp://127.0.0.1:{}/live/dst", target.rtmp_port);
+    let r = api(&source, "POST", "/api/v1/relays", &json!({"stream": "live/src", "url": unsigned}));
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let bad = r.json()["id"].as_str().unwrap().to_owned();
+    assert_eq!(r.json()["state"], "waiting");
+    let _push = push_loop(&media("short"), &source.rtmp_url("src"));
+    source.wait_live("src");
+    let state = |id: &str| api(&source, "GET", &format!("/api/v1/relays/{id}"), &json!({})).json();
+    assert!(
+        wait_until(Duration::from_secs(20), || state(&bad)["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("signature"))),
+        "{}",
+        state(&bad)
+    );
+    assert_eq!(state(&bad)["state"], "retrying");
+    assert!(source.log_text().contains("relay session ended"));
+    // Signed: the target gets the stream, H.264 and AAC as sent.
+    let good = signed(target.rtmp_port, "dst", "relay-key");
+    let r = api(&source, "POST", "/api/v1/relays", &json!({"stream": "live/src", "url": good}));
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    assert!(
+        !String::from_utf8_lossy(&r.body).contains("txSecret=") || r.json()["url"].as_str().unwrap().contains("***")
+    );
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let live = target.wait_live("dst");
+    assert_eq!((live["video"]["codec"].as_str(), live["audio"]["codec"].as_str()), (Some("H264"), Some("AAC")));
+    let mut c = codecs(&target.flv_url("dst"));
+    c.sort();
+    assert_eq!(c, ["aac", "h264"]);
+    let s = state(&id);
+    assert_eq!(s["state"], "live", "{s}");
+    assert!(s["bytes_out"].as_u64().unwrap() > 10_000, "{s}");
+    let listed = source.stream_json("src").unwrap();
+    assert_eq!(listed["readers"]["relay"], 1, "{listed}");
+    // Deleted: the target's publisher goes.
+    assert_eq!(api(&source, "DELETE", &format!("/api/v1/relays/{id}"), &json!({})).status, 200);
+    assert!(wait_until(Duration::from_secs(10), || target.stream_json("dst").is_none_or(|s| s["publisher"].is_null())));
+    // A URL that is not RTMP is refused up front.
+    let r = api(&source, "POST", "/api/v1/relays", &json!({"stream": "live/src", "url": "http://x/live/y"}));
+    assert_eq!((r.status, r.json()["error"].as_str()), (400, Some("invalid_field")));
+}

@@ -95,6 +95,7 @@ pub async fn handle(state: &Arc<HttpState>, addr: SocketAddr, req: Request<Incom
         }
         (_, ["api", "v1", "mixes", rest @ ..]) => super::mixes::handle(state, req, rest).await,
         (_, ["api", "v1", "pulls", rest @ ..]) => super::pulls::handle(state, req, rest).await,
+        (_, ["api", "v1", "relays", rest @ ..]) => super::relays::handle(state, req, rest).await,
         (m, ["api", "v1", "streams" | "clients" | "recordings", ..]) => {
             error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", &format!("{m} is not allowed on {path}"))
         }

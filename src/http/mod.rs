@@ -9,6 +9,7 @@ pub mod hls;
 pub mod https;
 pub mod mixes;
 pub mod pulls;
+pub mod relays;
 pub mod rooms;
 pub mod whep;
 pub mod whip;
@@ -47,6 +48,7 @@ pub struct HttpState {
     pub limits: Arc<crate::conn::ConnLimits>,
     pub rooms: Arc<crate::rooms::RoomService>,
     pub pulls: Arc<crate::cluster::Pulls>,
+    pub relays: Arc<crate::rtmp::relay::Relays>,
     /// The bound RTMP (and RTMPS) ports, for the push and play URLs rooms hand out.
     pub rtmp_port: u16,
     pub rtmps_port: Option<u16>,

@@ -42,6 +42,8 @@ pub enum Purpose {
     ViewerAudio { viewer_of: String },
     /// The room service reading a member's stream for which tracks it carries.
     RoomMedia { user_id: String },
+    /// A relay pushing this stream to another server.
+    Relay { to: String },
 }
 
 /// Who is attached to a stream.

@@ -68,10 +68,12 @@ pub enum Protocol {
     Room,
     /// A pull publishing another server's stream here.
     Pull,
+    /// A relay pushing a stream to another server.
+    Relay,
 }
 
 impl Protocol {
-    pub const COUNT: usize = 9;
+    pub const COUNT: usize = 10;
     pub const ALL: [Protocol; Self::COUNT] = [
         Protocol::Rtmp,
         Protocol::HttpFlv,
@@ -82,6 +84,7 @@ impl Protocol {
         Protocol::Transcode,
         Protocol::Room,
         Protocol::Pull,
+        Protocol::Relay,
     ];
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -94,6 +97,7 @@ impl Protocol {
             Protocol::Transcode => "transcode",
             Protocol::Room => "room",
             Protocol::Pull => "pull",
+            Protocol::Relay => "relay",
         }
     }
 }

@@ -2,8 +2,10 @@
 //! socket adapter (`server`).
 
 pub mod chunk;
+pub mod client;
 pub mod handshake;
 pub mod message;
+pub mod relay;
 pub mod server;
 pub mod session;
 

@@ -30,7 +30,8 @@ if [ "$PROFILE" = full ]; then
   PKGS+=(ffmpeg
          gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
          gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-nice
-         chromium fonts-dejavu-core python3 python3-venv stress-ng rtmpdump)
+         chromium fonts-dejavu-core python3 python3-venv stress-ng rtmpdump
+         libnginx-mod-rtmp redis-server)
   # Node: Debian's nodejs + npm only if there is no node at all (a NodeSource node ships its own npm).
   if ! command -v node >/dev/null 2>&1; then
     PKGS+=(nodejs npm)

@@ -214,3 +214,63 @@ fn a_relay_pushes_a_stream_to_another_server_and_retries_while_it_is_refused() {
     let r = api(&source, "POST", "/api/v1/relays", &json!({"stream": "live/src", "url": "http://x/live/y"}));
     assert_eq!((r.status, r.json()["error"].as_str()), (400, Some("invalid_field")));
 }
+
+/// nginx with its RTMP module (Debian's libnginx-mod-rtmp), a third-party RTMP server on a free port; stopped on
+/// drop.
+struct Nginx {
+    proc: Proc,
+    port: u16,
+    _dir: tempdir::TempDir,
+}
+
+impl Nginx {
+    fn start() -> Nginx {
+        let dir = tempdir::TempDir::new("nginx");
+        let port = free_port();
+        let conf = dir.path().join("nginx.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "load_module /usr/lib/nginx/modules/ngx_rtmp_module.so;\nworker_processes 1;\nevents {{}}\n\
+                 rtmp {{ server {{ listen 127.0.0.1:{port}; application live {{ live on; }} }} }}\n"
+            ),
+        )
+        .unwrap();
+        let pid = dir.path().join("nginx.pid");
+        let globals = format!("daemon off; master_process off; pid {}; error_log stderr;", pid.display());
+        let proc = Proc::spawn(std::process::Command::new("nginx").arg("-c").arg(&conf).args(["-g", &globals]));
+        let up = wait_until(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+        assert!(up, "nginx-rtmp did not start: {}", proc.stderr());
+        Nginx { proc, port, _dir: dir }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        self.proc.kill();
+    }
+}
+
+#[test]
+fn a_relay_publishes_to_nginx_rtmp_a_third_party_server() {
+    let nginx = Nginx::start();
+    let source = Server::start("");
+    let _push = push_loop(&media("short"), &source.rtmp_url("src"));
+    source.wait_live("src");
+    let url = format!("rtmp://127.0.0.1:{}/live/from-livegate", nginx.port);
+    let r = api(&source, "POST", "/api/v1/relays", &json!({"stream": "live/src", "url": url}));
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let state = || api(&source, "GET", &format!("/api/v1/relays/{id}"), &json!({})).json();
+    assert!(wait_until(Duration::from_secs(20), || state()["state"] == "live"), "{}", state());
+    // Players of nginx get what livegate relayed.
+    let mut got = Vec::new();
+    let ok = wait_until(Duration::from_secs(30), || {
+        // Until nginx has the stream ffprobe fails; then it names both tracks.
+        let out = ffprobe(&url, &["-show_entries", "stream=codec_name", "-of", "csv=p=0"]);
+        got = String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect();
+        got.sort();
+        out.status.success() && got == ["aac", "h264"]
+    });
+    assert!(ok, "ffprobe of nginx's stream: {got:?}, relay {}", state());
+}

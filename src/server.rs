@@ -69,7 +69,7 @@ impl AppState {
             access.set_gate(rooms.clone());
         }
         let pulls = crate::cluster::Pulls::new(hub.clone(), config.cluster.clone());
-        let relays = crate::rtmp::relay::Relays::new(hub.clone());
+        let relays = crate::rtmp::relay::Relays::new(hub.clone(), config.clone());
         Ok(Arc::new(Self {
             rooms,
             pulls,
@@ -200,6 +200,7 @@ pub async fn run(config: Config, ready_file: Option<std::path::PathBuf>) -> anyh
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(state.webhooks.clone().run(state.hub.events().clone()));
     state.rooms.start();
+    state.relays.start();
     let rtmp_task = tokio::spawn(crate::rtmp::server::serve(rtmp, state.rtmp_state(), stop_rx.clone()));
     let http_task = tokio::spawn(crate::http::serve(http, state.http_state(), stop_rx.clone()));
     let https_task = https.map(|(listener, certs)| {

@@ -274,3 +274,33 @@ fn a_relay_publishes_to_nginx_rtmp_a_third_party_server() {
     });
     assert!(ok, "ffprobe of nginx's stream: {got:?}, relay {}", state());
 }
+
+#[test]
+fn an_apps_forward_relays_each_of_its_streams_while_it_lives() {
+    let nginx = Nginx::start();
+    let source = Server::start(&format!(
+        "[hub]\nreconnect_grace_secs = 1.0\n[apps.live]\nforward = [\"rtmp://127.0.0.1:{}/live\"]\n",
+        nginx.port
+    ));
+    let mut push = push_loop(&media("short"), &source.rtmp_url("fw"));
+    let url = format!("rtmp://127.0.0.1:{}/live/fw", nginx.port);
+    let mut got = Vec::new();
+    let ok = wait_until(Duration::from_secs(30), || {
+        let out = ffprobe(&url, &["-show_entries", "stream=codec_name", "-of", "csv=p=0"]);
+        got = String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect();
+        got.sort();
+        out.status.success() && got == ["aac", "h264"]
+    });
+    assert!(ok, "nginx never got the forwarded stream: {got:?}");
+    let relays = api(&source, "GET", "/api/v1/relays", &json!({})).json();
+    let r = &relays["relays"][0];
+    assert_eq!(
+        (r["stream"].as_str(), r["forward"].as_bool(), r["state"].as_str()),
+        (Some("live/fw"), Some(true), Some("live"))
+    );
+    // The stream ends (its publisher gone beyond the grace): its forward goes with it.
+    push.kill();
+    assert!(wait_until(Duration::from_secs(20), || api(&source, "GET", "/api/v1/relays", &json!({})).json()["relays"]
+        .as_array()
+        .is_some_and(|a| a.is_empty())));
+}

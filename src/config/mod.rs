@@ -138,6 +138,9 @@ pub struct AppConfig {
     /// Record every push to this app in these formats.
     #[serde(default)]
     pub record: Vec<RecordFormat>,
+    /// Relay every stream of this app to these RTMP bases (`rtmp://host/app`: the stream's name is appended).
+    #[serde(default)]
+    pub forward: Vec<String>,
 }
 
 impl AppConfig {
@@ -337,6 +340,18 @@ impl Config {
         if !self.http.api_read_token.is_empty() && self.http.api_read_token == self.http.api_token {
             return bad("http.api_read_token", "must differ from http.api_token".into());
         }
+        for (name, app) in &self.apps {
+            for f in &app.forward {
+                let base = f.split('?').next().unwrap_or("");
+                let ok = base.starts_with("rtmp://") && base.trim_start_matches("rtmp://").contains('/');
+                if !ok {
+                    return bad(
+                        &format!("apps.{name}.forward"),
+                        format!("{f:?} is not an rtmp://host[:port]/app base (the stream name is appended)"),
+                    );
+                }
+            }
+        }
         for o in &self.http.api_cors_origins {
             let ok = (o.starts_with("http://") || o.starts_with("https://"))
                 && !o.trim_end_matches('/').contains(|c: char| c == '*' || c.is_whitespace())
@@ -450,6 +465,15 @@ mod tests {
         assert_eq!(c.rooms.app(7).map(|a| a.sdk_app_id), Some(7));
         assert!(!format!("{c:?}").contains("0123456789abcdef-secret"), "Debug shows the secret key");
         assert!(Config::parse("[rooms]\nmax_members = 0\n").unwrap_err().to_string().contains("rooms.max_members"));
+    }
+
+    #[test]
+    fn a_forward_must_be_an_rtmp_base() {
+        let e = Config::parse("[apps.live]\nforward = [\"http://cdn/live\"]\n").unwrap_err().to_string();
+        assert!(e.contains("apps.live.forward") && e.contains("rtmp://"), "{e}");
+        assert!(Config::parse("[apps.live]\nforward = [\"rtmp://cdn\"]\n").is_err(), "no app in the base");
+        let c = Config::parse("[apps.live]\nforward = [\"rtmp://cdn:1936/live?key=1\"]\n").unwrap();
+        assert_eq!(c.apps["live"].forward.len(), 1);
     }
 
     #[test]

@@ -50,6 +50,8 @@ struct Relay {
     attempts: AtomicU64,
     bytes_out: AtomicU64,
     stop: watch::Sender<bool>,
+    /// Made by the app's `forward` (ends with its stream) rather than through the API.
+    forward: bool,
 }
 
 impl Relay {
@@ -71,6 +73,7 @@ impl Relay {
             "attempts": self.attempts.load(Ordering::Relaxed),
             "last_error": last_error,
             "bytes_out": self.bytes_out.load(Ordering::Relaxed),
+            "forward": self.forward,
             "created_at": self.created.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
         })
     }
@@ -78,17 +81,69 @@ impl Relay {
 
 pub struct Relays {
     hub: Hub,
+    config: Arc<crate::config::Config>,
     relays: Mutex<BTreeMap<String, Arc<Relay>>>,
     next: AtomicU64,
 }
 
+/// The target of a forward: the base with the stream's name appended before its query.
+pub fn forward_url(base: &str, stream: &str) -> String {
+    match base.split_once('?') {
+        Some((b, q)) => format!("{}/{stream}?{q}", b.trim_end_matches('/')),
+        None => format!("{}/{stream}", base.trim_end_matches('/')),
+    }
+}
+
 impl Relays {
-    pub fn new(hub: Hub) -> Arc<Self> {
-        Arc::new(Self { hub, relays: Mutex::new(BTreeMap::new()), next: AtomicU64::new(1) })
+    pub fn new(hub: Hub, config: Arc<crate::config::Config>) -> Arc<Self> {
+        Arc::new(Self { hub, config, relays: Mutex::new(BTreeMap::new()), next: AtomicU64::new(1) })
+    }
+
+    /// Relays each stream of an app with `forward` bases from its publish until it closes.
+    pub fn start(self: &Arc<Self>) {
+        if self.config.apps.values().all(|a| a.forward.is_empty()) {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut events = this.hub.events().subscribe();
+            loop {
+                match events.recv().await {
+                    Ok(Event::Publish { stream, .. }) if !crate::names::is_rendition(&stream.name) => {
+                        let bases = this.config.app(&stream.app).map(|a| a.forward.clone()).unwrap_or_default();
+                        for base in bases {
+                            let url = forward_url(&base, &stream.name);
+                            // A publisher back within its grace finds its forwards still there.
+                            if let Err(e) = this.create_as(stream.clone(), url, true) {
+                                tracing::debug!(stream = %stream, error = %e, "forward not added");
+                            }
+                        }
+                    }
+                    Ok(Event::StreamClosed { stream }) => {
+                        let ids: Vec<String> = this
+                            .relays
+                            .lock()
+                            .values()
+                            .filter(|r| r.forward && r.key == stream)
+                            .map(|r| r.id.clone())
+                            .collect();
+                        for id in ids {
+                            let _ = this.delete(&id);
+                        }
+                    }
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
     }
 
     /// Relays `key` to `url` from now on (waiting for the stream if it is not live).
     pub fn create(&self, key: StreamKey, url: String) -> Result<serde_json::Value, RelayError> {
+        self.create_as(key, url, false)
+    }
+
+    fn create_as(&self, key: StreamKey, url: String, forward: bool) -> Result<serde_json::Value, RelayError> {
         RtmpUrl::parse(&url)?;
         let mut relays = self.relays.lock();
         if relays.values().any(|r| r.key == key && r.url == url) {
@@ -105,6 +160,7 @@ impl Relays {
             attempts: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             stop,
+            forward,
         });
         let span = tracing::info_span!("relay", stream = %relay.key, id = %id);
         tokio::spawn(run(self.hub.clone(), relay.clone(), rx).instrument(span));
@@ -237,5 +293,15 @@ async fn push(hub: &Hub, relay: &Relay, url: &RtmpUrl) -> Result<(), Failure> {
             relay.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
             reader.add_bytes_out(n);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_forward_appends_the_stream_name_before_the_query() {
+        assert_eq!(super::forward_url("rtmp://cdn/live", "cam"), "rtmp://cdn/live/cam");
+        assert_eq!(super::forward_url("rtmp://cdn/live/", "cam"), "rtmp://cdn/live/cam");
+        assert_eq!(super::forward_url("rtmp://cdn:1936/live?key=1", "cam"), "rtmp://cdn:1936/live/cam?key=1");
     }
 }

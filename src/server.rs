@@ -69,6 +69,7 @@ impl AppState {
             access.set_gate(rooms.clone());
         }
         let pulls = crate::cluster::Pulls::new(hub.clone(), config.cluster.clone());
+        pulls.add_dialer(Arc::new(crate::rtmp::pull::RtmpDialer));
         let relays = crate::rtmp::relay::Relays::new(hub.clone(), config.clone());
         Ok(Arc::new(Self {
             rooms,

@@ -304,3 +304,26 @@ fn an_apps_forward_relays_each_of_its_streams_while_it_lives() {
         .as_array()
         .is_some_and(|a| a.is_empty())));
 }
+
+#[test]
+fn a_pull_over_rtmp_serves_a_stream_of_nginx_rtmp_here() {
+    let nginx = Nginx::start();
+    let src = format!("rtmp://127.0.0.1:{}/live/cam", nginx.port);
+    let _push = push_loop(&media("short"), &src);
+    let edge = Server::start("");
+    let r = api(&edge, "POST", "/api/v1/pulls", &json!({"stream": "live/cam", "url": src, "on_demand": true}));
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    // The first reader starts the pull (nginx may take a moment to have the push: the pull retries).
+    let mut got = Vec::new();
+    let ok = wait_until(Duration::from_secs(30), || {
+        let out = ffprobe(&edge.flv_url("cam"), &["-show_entries", "stream=codec_name", "-of", "csv=p=0"]);
+        got = String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect();
+        got.sort();
+        out.status.success() && got == ["aac", "h264"]
+    });
+    assert!(ok, "the RTMP pull never played: {got:?}; pull {}", pull_state(&edge, "cam"));
+    let s = edge.stream_json("cam").unwrap_or_default();
+    assert_eq!(s["publisher"]["protocol"], "pull", "{s}");
+    let frames = last_frame_rgb(&edge.rtmp_url("cam"), 10, 320, 240);
+    assert_eq!(frames.len(), 320 * 240 * 3, "decoded through the pull, over RTMP too");
+}

@@ -1,4 +1,5 @@
-//! Pulls: another server's live stream, read over HTTP-FLV, published here as a hub stream. Always on (started
+//! Pulls: another server's live stream, read over HTTP-FLV (or RTMP, through the dialer the RTMP adapter
+//! installs), published here as a hub stream. Always on (started
 //! when created, kept up with retries) or on demand (a hub source factory: started by the stream's first reader,
 //! stopped `cluster.edge_idle_secs` after its last, ARCHITECTURE invariant 9). One pull per stream, however many
 //! readers it has here. This is what an edge does for the streams of its origin.
@@ -31,7 +32,10 @@ const MAX_PENDING: usize = (1 << 24) + 64 * 1024;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PullError {
-    #[error("url {0:?} is not an http:// URL of an FLV stream (http://host[:port]/app/stream.flv)")]
+    #[error(
+        "url {0:?} is neither an HTTP-FLV URL (http://host[:port]/app/stream.flv) nor an RTMP one \
+         (rtmp://host[:port]/app/stream)"
+    )]
     BadUrl(String),
     #[error("stream {0} is pulled already (DELETE it first)")]
     Exists(String),
@@ -106,6 +110,30 @@ pub struct Pulls {
     hub: Hub,
     cfg: ClusterConfig,
     pulls: Mutex<BTreeMap<StreamKey, Arc<Pull>>>,
+    dialers: parking_lot::RwLock<Vec<Arc<dyn Dialer>>>,
+}
+
+/// One FLV tag (or RTMP media message): type, timestamp, body.
+pub type SourceTag = (u8, u32, Bytes);
+
+/// Why a source connection failed or ended (its text is the pull's `last_error`).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SourceFailure(pub String);
+
+/// An open connection to a pull source, yielding its tags.
+#[async_trait::async_trait]
+pub trait TagSource: Send {
+    /// The next tag; `None` when the source ended the stream.
+    async fn next(&mut self) -> Result<Option<SourceTag>, SourceFailure>;
+}
+
+/// Opens sources of one URL scheme (the RTMP adapter installs `rtmp://`; HTTP-FLV is built in).
+#[async_trait::async_trait]
+pub trait Dialer: Send + Sync {
+    /// Whether `url` is a URL this dialer opens (checked when a pull is created).
+    fn accepts(&self, url: &str) -> bool;
+    async fn open(&self, url: &str, timeout: Duration) -> Result<Box<dyn TagSource>, SourceFailure>;
 }
 
 /// Checks a pull source URL: plain HTTP, a path ending in `.flv`.
@@ -120,14 +148,29 @@ pub fn check_url(url: &str) -> Result<(), PullError> {
 
 impl Pulls {
     pub fn new(hub: Hub, cfg: ClusterConfig) -> Arc<Self> {
-        let pulls = Arc::new(Self { hub: hub.clone(), cfg, pulls: Mutex::new(BTreeMap::new()) });
+        let dialers: Vec<Arc<dyn Dialer>> = vec![Arc::new(HttpFlv)];
+        let pulls = Arc::new(Self {
+            hub: hub.clone(),
+            cfg,
+            pulls: Mutex::new(BTreeMap::new()),
+            dialers: parking_lot::RwLock::new(dialers),
+        });
         hub.add_source_factory(Arc::new(OnDemand(Arc::downgrade(&pulls))));
         pulls
     }
 
+    /// Adds a dialer for another URL scheme (the RTMP adapter's `rtmp://`).
+    pub fn add_dialer(&self, d: Arc<dyn Dialer>) {
+        self.dialers.write().push(d);
+    }
+
+    fn dialer(&self, url: &str) -> Option<Arc<dyn Dialer>> {
+        self.dialers.read().iter().find(|d| d.accepts(url)).cloned()
+    }
+
     /// Adds a pull of `url` as `key`; an always-on one starts at once.
     pub fn create(&self, key: StreamKey, url: String, on_demand: bool) -> Result<serde_json::Value, PullError> {
-        check_url(&url)?;
+        let dialer = self.dialer(&url).ok_or_else(|| PullError::BadUrl(crate::names::redact_url(&url)))?;
         let mut pulls = self.pulls.lock();
         if pulls.contains_key(&key) {
             return Err(PullError::Exists(key.to_string()));
@@ -148,7 +191,7 @@ impl Pulls {
         if !on_demand {
             let (tx, rx) = watch::channel(false);
             *pull.stop.lock() = Some(tx);
-            spawn(self.hub.clone(), self.cfg.clone(), pull.clone(), rx);
+            spawn(self.hub.clone(), self.cfg.clone(), dialer, pull.clone(), rx);
         }
         pulls.insert(key, pull.clone());
         tracing::info!(stream = %pull.key, url = %crate::names::redact_url(&pull.url), on_demand, "pull added");
@@ -185,9 +228,10 @@ impl SourceFactory for OnDemand {
     fn start(&self, key: &StreamKey) -> Option<Result<SourceHandle, SourceError>> {
         let pulls = self.0.upgrade()?;
         let pull = pulls.pulls.lock().get(key).filter(|p| p.on_demand).cloned()?;
+        let dialer = pulls.dialer(&pull.url)?;
         let (tx, rx) = watch::channel(false);
         pull.set(PullState::Connecting, None);
-        spawn(pulls.hub.clone(), pulls.cfg.clone(), pull.clone(), rx);
+        spawn(pulls.hub.clone(), pulls.cfg.clone(), dialer, pull.clone(), rx);
         let info = SourceInfo { kind: SourceKind::Pull, from: crate::names::redact_url(&pull.url) };
         let timeout = Duration::from_secs_f64(pulls.cfg.pull_timeout_secs);
         let linger = Duration::from_secs_f64(pulls.cfg.edge_idle_secs);
@@ -199,15 +243,14 @@ impl SourceFactory for OnDemand {
     }
 }
 
-fn spawn(hub: Hub, cfg: ClusterConfig, pull: Arc<Pull>, stop: watch::Receiver<bool>) {
+fn spawn(hub: Hub, cfg: ClusterConfig, dialer: Arc<dyn Dialer>, pull: Arc<Pull>, stop: watch::Receiver<bool>) {
     let span = tracing::info_span!("pull", stream = %pull.key);
-    tokio::spawn(run(hub, cfg, pull, stop).instrument(span));
+    tokio::spawn(run(hub, cfg, dialer, pull, stop).instrument(span));
 }
 
 /// Keeps the pull up until stopped: an attempt, and after a failure a backoff (0.5 s doubling to 10 s; back to
 /// 0.5 s after a session that was live).
-async fn run(hub: Hub, cfg: ClusterConfig, pull: Arc<Pull>, mut stop: watch::Receiver<bool>) {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+async fn run(hub: Hub, cfg: ClusterConfig, dialer: Arc<dyn Dialer>, pull: Arc<Pull>, mut stop: watch::Receiver<bool>) {
     let timeout = Duration::from_secs_f64(cfg.pull_timeout_secs);
     let mut backoff = Duration::from_millis(500);
     loop {
@@ -217,7 +260,7 @@ async fn run(hub: Hub, cfg: ClusterConfig, pull: Arc<Pull>, mut stop: watch::Rec
         pull.status.lock().attempts += 1;
         pull.set(PullState::Connecting, None);
         let went_live = tokio::select! {
-            r = session(&hub, &client, &pull, timeout) => match r {
+            r = session(&hub, dialer.as_ref(), &pull, timeout) => match r {
                 Ok(()) => {
                     pull.set(PullState::Retrying, Some("the source ended the stream".into()));
                     true
@@ -251,24 +294,9 @@ fn failed(reason: impl Into<String>) -> Failure {
     Failure { live: false, reason: reason.into() }
 }
 
-/// One connection to the source: GET, publish, feed its tags to the hub until it ends.
-async fn session(
-    hub: &Hub,
-    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>,
-    pull: &Pull,
-    timeout: Duration,
-) -> Result<(), Failure> {
-    let req = http::Request::get(&pull.url)
-        .header(http::header::USER_AGENT, concat!("livegate/", env!("CARGO_PKG_VERSION"), " pull"))
-        .body(Empty::new())
-        .map_err(|e| failed(format!("bad request: {e}")))?;
-    let resp = tokio::time::timeout(timeout, client.request(req))
-        .await
-        .map_err(|_| failed(format!("no answer within {timeout:?}")))?
-        .map_err(|e| failed(format!("cannot reach the source: {e}")))?;
-    if !resp.status().is_success() {
-        return Err(failed(format!("the source answered {}", resp.status())));
-    }
+/// One connection to the source: open it, publish, feed its tags to the hub until it ends.
+async fn session(hub: &Hub, dialer: &dyn Dialer, pull: &Pull, timeout: Duration) -> Result<(), Failure> {
+    let mut source = dialer.open(&pull.url, timeout).await.map_err(|e| failed(e.0))?;
     let guard = hub.register_client(Protocol::Pull, None);
     let info = PublisherInfo {
         client_id: guard.handle.id,
@@ -279,51 +307,91 @@ async fn session(
     let mut publisher = hub
         .publish(pull.key.clone(), info, guard.handle.clone())
         .map_err(|e| failed(format!("cannot publish: {e}")))?;
-    let mut body = resp.into_body();
-    let mut parser = FlvParser::new();
     let mut live = false;
     loop {
-        let frame = tokio::select! {
-            f = tokio::time::timeout(timeout, body.frame()) => f,
+        let next = tokio::select! {
+            t = tokio::time::timeout(timeout, source.next()) => t,
             _ = guard.handle.notify.notified() => {
                 let why = guard.handle.kicked().unwrap_or_default();
                 return Err(Failure { live, reason: format!("kicked: {why}") });
             }
         };
-        let data = match frame {
+        let (tag_type, timestamp, body) = match next {
             Err(_) => return Err(Failure { live, reason: format!("the source sent nothing for {timeout:?}") }),
-            Ok(None) if live => return Ok(()),
-            Ok(None) => return Err(failed("the source ended the stream before any media")),
-            Ok(Some(Err(e))) => return Err(Failure { live, reason: format!("reading the source: {e}") }),
-            Ok(Some(Ok(f))) => match f.into_data() {
-                Ok(d) => d,
-                Err(_) => continue,
-            },
+            Ok(Ok(Some(t))) => t,
+            Ok(Ok(None)) if live => return Ok(()),
+            Ok(Ok(None)) => return Err(failed("the source ended the stream before any media")),
+            Ok(Err(e)) => return Err(Failure { live, reason: e.0 }),
         };
-        pull.bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed);
-        guard.handle.bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed);
-        parser.feed(&data);
-        if parser.pending() > MAX_PENDING {
-            let why = format!("the source sent bad FLV: {} bytes without a complete tag", parser.pending());
-            return Err(Failure { live, reason: why });
-        }
-        loop {
-            let tag = match parser.next_tag() {
-                Ok(Some(t)) => t,
-                Ok(None) => break,
-                Err(e) => return Err(Failure { live, reason: format!("the source sent bad FLV: {e}") }),
-            };
-            match frame_from_tag(tag.tag_type, 0, tag.body) {
-                Ok(Some(f)) => {
-                    if !live {
-                        live = true;
-                        pull.set(PullState::Live, None);
-                        tracing::info!("pull live");
-                    }
-                    publisher.push_raw(f, tag.timestamp, Instant::now());
+        pull.bytes_in.fetch_add(body.len() as u64 + 11, Ordering::Relaxed);
+        guard.handle.bytes_in.fetch_add(body.len() as u64 + 11, Ordering::Relaxed);
+        match frame_from_tag(tag_type, 0, body) {
+            Ok(Some(f)) => {
+                if !live {
+                    live = true;
+                    pull.set(PullState::Live, None);
+                    tracing::info!("pull live");
                 }
+                publisher.push_raw(f, timestamp, Instant::now());
+            }
+            Ok(None) => {}
+            Err(e) => return Err(Failure { live, reason: format!("the source sent media livegate refuses: {e}") }),
+        }
+    }
+}
+
+/// HTTP-FLV sources: a GET whose body is an FLV stream.
+struct HttpFlv;
+
+#[async_trait::async_trait]
+impl Dialer for HttpFlv {
+    fn accepts(&self, url: &str) -> bool {
+        check_url(url).is_ok()
+    }
+
+    async fn open(&self, url: &str, timeout: Duration) -> Result<Box<dyn TagSource>, SourceFailure> {
+        let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+        let req = http::Request::get(url)
+            .header(http::header::USER_AGENT, concat!("livegate/", env!("CARGO_PKG_VERSION"), " pull"))
+            .body(Empty::new())
+            .map_err(|e| SourceFailure(format!("bad request: {e}")))?;
+        let resp = tokio::time::timeout(timeout, client.request(req))
+            .await
+            .map_err(|_| SourceFailure(format!("no answer within {timeout:?}")))?
+            .map_err(|e| SourceFailure(format!("cannot reach the source: {e}")))?;
+        if !resp.status().is_success() {
+            return Err(SourceFailure(format!("the source answered {}", resp.status())));
+        }
+        Ok(Box::new(FlvBody { body: resp.into_body(), parser: FlvParser::new() }))
+    }
+}
+
+struct FlvBody {
+    body: hyper::body::Incoming,
+    parser: FlvParser,
+}
+
+#[async_trait::async_trait]
+impl TagSource for FlvBody {
+    async fn next(&mut self) -> Result<Option<SourceTag>, SourceFailure> {
+        loop {
+            match self.parser.next_tag() {
+                Ok(Some(t)) => return Ok(Some((t.tag_type, t.timestamp, t.body))),
                 Ok(None) => {}
-                Err(e) => return Err(Failure { live, reason: format!("the source sent media livegate refuses: {e}") }),
+                Err(e) => return Err(SourceFailure(format!("the source sent bad FLV: {e}"))),
+            }
+            let data = match self.body.frame().await {
+                None => return Ok(None),
+                Some(Err(e)) => return Err(SourceFailure(format!("reading the source: {e}"))),
+                Some(Ok(f)) => match f.into_data() {
+                    Ok(d) => d,
+                    Err(_) => continue,
+                },
+            };
+            self.parser.feed(&data);
+            if self.parser.pending() > MAX_PENDING {
+                let n = self.parser.pending();
+                return Err(SourceFailure(format!("the source sent bad FLV: {n} bytes without a complete tag")));
             }
         }
     }

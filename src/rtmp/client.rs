@@ -157,6 +157,63 @@ impl RtmpClient {
         Ok(sid)
     }
 
+    /// `connect` to `url`'s app as a player, `createStream`, `play` its stream, until the server says it plays.
+    pub async fn play(&mut self, url: &RtmpUrl) -> Result<u32, ClientError> {
+        let s = |v: &str| Amf0Value::String(v.into());
+        let n = Amf0Value::Number;
+        let obj = Amf0Value::object(&[
+            ("app", s(&url.app)),
+            ("flashVer", s("LNX 9,0,124,2")),
+            ("tcUrl", s(&url.tc_url())),
+            ("fpad", Amf0Value::Boolean(false)),
+            ("capabilities", n(15.0)),
+            ("audioCodecs", n(4071.0)),
+            ("videoCodecs", n(252.0)),
+            ("videoFunction", n(1.0)),
+        ]);
+        self.command(0, &[s("connect"), n(1.0), obj]).await?;
+        self.wait_result(1.0).await?;
+        self.command(0, &[s("createStream"), n(2.0), Amf0Value::Null]).await?;
+        let r = self.wait_result(2.0).await?;
+        let sid = r.args.first().and_then(|v| v.as_f64()).ok_or(ClientError::Protocol("no stream id".into()))? as u32;
+        // SetBufferLength (user control event 3): stream id and 1000 ms, as players send it before play.
+        let mut ev = sid.to_be_bytes().to_vec();
+        ev.extend_from_slice(&1000u32.to_be_bytes());
+        message::user_control(&mut self.out, 3, &ev);
+        self.command(sid, &[s("play"), n(3.0), Amf0Value::Null, s(&url.stream), n(-1000.0)]).await?;
+        self.wait_status("NetStream.Play.Start").await?;
+        Ok(sid)
+    }
+
+    /// The next audio, video or data message of a play; `None` when the server says the stream ended
+    /// (`NetStream.Play.UnpublishNotify`, `NetStream.Play.Stop`). Waits as long as it takes: the caller bounds it.
+    pub async fn next_media(&mut self) -> Result<Option<Message>, ClientError> {
+        loop {
+            if let Some(m) = self.poll_message()? {
+                match m.type_id {
+                    message::AUDIO | message::VIDEO | message::DATA_AMF0 => return Ok(Some(m)),
+                    _ => {}
+                }
+                if let Some(c) = parse_command(&m)? {
+                    if let Some(e) = status_error(&c) {
+                        return Err(ClientError::Refused(e));
+                    }
+                    let code = status_code(&c).unwrap_or("");
+                    if code == "NetStream.Play.UnpublishNotify" || code == "NetStream.Play.Stop" {
+                        return Ok(None);
+                    }
+                }
+                continue;
+            }
+            self.flush().await?;
+            let n = self.sock.read_buf(&mut self.rbuf).await?;
+            if n == 0 {
+                return Err(ClientError::Closed);
+            }
+            self.account(n);
+        }
+    }
+
     /// Reads what the server sent: queues the answers its protocol control needs (written with the next
     /// `write`) and returns an error status (a kick, a refusal) as an error. Cancel-safe (it only reads), so a
     /// publisher can `select!` it against its media.

@@ -52,6 +52,9 @@ fn an_always_on_pull_serves_another_servers_stream_on_every_protocol() {
     let p = pull_state(&edge, "copy");
     assert_eq!((p["state"].as_str(), p["on_demand"].as_bool()), (Some("live"), Some(false)), "{p}");
     assert!(p["bytes_in"].as_u64().unwrap() > 10_000, "{p}");
+    let m = String::from_utf8(edge.api("GET", "/metrics").body).unwrap();
+    assert!(m.contains("livegate_pull_live{stream=\"live/copy\"} 1"), "{m}");
+    assert!(m.contains("livegate_pull_bytes_total{stream=\"live/copy\"}"), "{m}");
     // Deleted: the pull stops and the source loses its reader.
     assert_eq!(api(&edge, "DELETE", "/api/v1/pulls/live/copy", &json!({})).status, 200);
     assert!(wait_until(Duration::from_secs(10), || flv_readers(&source, "src") == 0));
@@ -207,6 +210,9 @@ fn a_relay_pushes_a_stream_to_another_server_and_retries_while_it_is_refused() {
     assert!(s["bytes_out"].as_u64().unwrap() > 10_000, "{s}");
     let listed = source.stream_json("src").unwrap();
     assert_eq!(listed["readers"]["relay"], 1, "{listed}");
+    let m = String::from_utf8(source.api("GET", "/metrics").body).unwrap();
+    assert!(m.contains(&format!("livegate_relay_live{{id=\"{id}\",stream=\"live/src\"}} 1")), "{m}");
+    assert!(m.contains(&format!("livegate_relay_live{{id=\"{bad}\",stream=\"live/src\"}} 0")), "{m}");
     // Deleted: the target's publisher goes.
     assert_eq!(api(&source, "DELETE", &format!("/api/v1/relays/{id}"), &json!({})).status, 200);
     assert!(wait_until(Duration::from_secs(10), || target.stream_json("dst").is_none_or(|s| s["publisher"].is_null())));

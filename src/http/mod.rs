@@ -238,7 +238,9 @@ async fn route(
     } else if path == "/healthz" {
         json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
     } else if path == "/metrics" && req.method() == Method::GET {
-        let text = metrics::global().render(&state.hub);
+        let mut text = metrics::global().render(&state.hub);
+        state.pulls.render_metrics(&mut text);
+        state.relays.render_metrics(&mut text);
         let mut r = Response::new(full(text));
         r.headers_mut().insert(header::CONTENT_TYPE, "text/plain; version=0.0.4".parse().expect("static"));
         r

@@ -22,6 +22,23 @@ fn pull_state(srv: &Server, name: &str) -> Value {
     api(srv, "GET", &format!("/api/v1/pulls/live/{name}"), &json!({})).json()
 }
 
+/// Probes `url` until ffprobe names an H.264 and an AAC track (it fails until the server has the stream); the
+/// last tracks seen otherwise.
+fn wait_av(url: &str) -> Result<(), Vec<String>> {
+    let mut got = Vec::new();
+    let ok = wait_until(Duration::from_secs(30), || {
+        let out = ffprobe(url, &["-show_entries", "stream=codec_name", "-of", "csv=p=0"]);
+        got = String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect();
+        got.sort();
+        out.status.success() && got == ["aac", "h264"]
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(got)
+    }
+}
+
 fn codecs(url: &str) -> Vec<String> {
     probe_streams(url).iter().filter_map(|s| s["codec_name"].as_str().map(String::from)).collect()
 }
@@ -270,15 +287,8 @@ fn a_relay_publishes_to_nginx_rtmp_a_third_party_server() {
     let state = || api(&source, "GET", &format!("/api/v1/relays/{id}"), &json!({})).json();
     assert!(wait_until(Duration::from_secs(20), || state()["state"] == "live"), "{}", state());
     // Players of nginx get what livegate relayed.
-    let mut got = Vec::new();
-    let ok = wait_until(Duration::from_secs(30), || {
-        // Until nginx has the stream ffprobe fails; then it names both tracks.
-        let out = ffprobe(&url, &["-show_entries", "stream=codec_name", "-of", "csv=p=0"]);
-        got = String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect();
-        got.sort();
-        out.status.success() && got == ["aac", "h264"]
-    });
-    assert!(ok, "ffprobe of nginx's stream: {got:?}, relay {}", state());
+    let got = wait_av(&url);
+    assert!(got.is_ok(), "ffprobe of nginx's stream: {got:?}, relay {}", state());
 }
 
 #[test]
@@ -290,14 +300,8 @@ fn an_apps_forward_relays_each_of_its_streams_while_it_lives() {
     ));
     let mut push = push_loop(&media("short"), &source.rtmp_url("fw"));
     let url = format!("rtmp://127.0.0.1:{}/live/fw", nginx.port);
-    let mut got = Vec::new();
-    let ok = wait_until(Duration::from_secs(30), || {
-        let out = ffprobe(&url, &["-show_entries", "stream=codec_name", "-of", "csv=p=0"]);
-        got = String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect();
-        got.sort();
-        out.status.success() && got == ["aac", "h264"]
-    });
-    assert!(ok, "nginx never got the forwarded stream: {got:?}");
+    let got = wait_av(&url);
+    assert!(got.is_ok(), "nginx never got the forwarded stream: {got:?}");
     let relays = api(&source, "GET", "/api/v1/relays", &json!({})).json();
     let r = &relays["relays"][0];
     assert_eq!(
@@ -320,14 +324,8 @@ fn a_pull_over_rtmp_serves_a_stream_of_nginx_rtmp_here() {
     let r = api(&edge, "POST", "/api/v1/pulls", &json!({"stream": "live/cam", "url": src, "on_demand": true}));
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
     // The first reader starts the pull (nginx may take a moment to have the push: the pull retries).
-    let mut got = Vec::new();
-    let ok = wait_until(Duration::from_secs(30), || {
-        let out = ffprobe(&edge.flv_url("cam"), &["-show_entries", "stream=codec_name", "-of", "csv=p=0"]);
-        got = String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect();
-        got.sort();
-        out.status.success() && got == ["aac", "h264"]
-    });
-    assert!(ok, "the RTMP pull never played: {got:?}; pull {}", pull_state(&edge, "cam"));
+    let got = wait_av(&edge.flv_url("cam"));
+    assert!(got.is_ok(), "the RTMP pull never played: {got:?}; pull {}", pull_state(&edge, "cam"));
     let s = edge.stream_json("cam").unwrap_or_default();
     assert_eq!(s["publisher"]["protocol"], "pull", "{s}");
     let frames = last_frame_rgb(&edge.rtmp_url("cam"), 10, 320, 240);

@@ -266,7 +266,8 @@ LivegateWx.prototype._emit = function (name, data) {
   var l = (this._listeners[name] || []).slice();
   for (var i = 0; i < l.length; i++) {
     try {
-      l[i].fn.call(l[i].ctx, { eventCode: name, data: data || {} });
+      // seq: the room's sequence number the event is current to (the last one seen).
+      l[i].fn.call(l[i].ctx, { eventCode: name, data: data || {}, seq: this._lastSeq });
     } catch (e) {
       console.error('livegate-wx: a ' + name + ' listener threw', e);
     }
@@ -365,7 +366,8 @@ LivegateWx.prototype.enterRoom = function (params) {
     return Promise.reject(new Error('enterRoom: ' + missing + ' is required'));
   }
   var body = { sdkAppId: Number(sdkAppId), userId: String(userId), userSig: params.userSig, client: 'miniprogram' };
-  ['privateMapKey', 'role', 'roomName', 'streamId'].forEach(function (k) {
+  // mix, record and recordId count on the enter that creates the room (docs/rooms.md, "The room mix").
+  ['privateMapKey', 'role', 'roomName', 'streamId', 'mix', 'record', 'recordId'].forEach(function (k) {
     if (params[k] !== undefined && params[k] !== '') body[k] = params[k];
   });
   var path = roomId === undefined || roomId === '' ? '/api/v1/rooms/enter' : '/api/v1/rooms/' + encodeURIComponent(String(roomId)) + '/enter';
@@ -386,6 +388,8 @@ LivegateWx.prototype.enterRoom = function (params) {
       self.role = answer.role;
       self.token = answer.token;
       self.push = answer.push || null;
+      // The room's mix (CDN-style: what a live room's audience plays, e.g. its mix.play.flv in a <live-player>).
+      self.mix = answer.mix || null;
       self._eventsUrl = answer.events_url;
       self._lastSeq = Number(answer.seq) || 0;
       var pusher = self.getPusherInstance();

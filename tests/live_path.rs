@@ -333,14 +333,81 @@ fn sigterm_drains_readers_and_exits_zero() {
     assert!(c.eof, "reader closed on shutdown");
 }
 
+/// The demo page's room: one TRTC-style app (docs/rooms.md); the key signs userSigs and never reaches the page.
+const DEMO_APP: u64 = 1_400_000_321;
+const DEMO_KEY: &str = "3f1b0c9d5e7a4f2c8b6d1e0a9c7b5d3f2e4a6c8b0d1f3e5a7c9b2d4f6e8a0c1b";
+
+/// A userSig made by `livegate usersig`, as an integrator's server makes one for the page.
+fn demo_user_sig(user: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_livegate"))
+        .args(["usersig", "--sdk-app-id", &DEMO_APP.to_string(), "--key", DEMO_KEY, "--user", user, "--expire", "1h"])
+        .output()
+        .expect("livegate usersig");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// A room call as a mini program's page makes it (wx.request: JSON, the member's token, the server's own Host).
+fn demo_room_call(
+    srv: &Server,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &serde_json::Value,
+) -> HttpResponse {
+    let body = body.to_string();
+    let len = body.len().to_string();
+    let host = format!("127.0.0.1:{}", srv.http_port);
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("Content-Type", "application/json"), ("Content-Length", len.as_str()), ("Host", &host)];
+    if let Some(a) = &auth {
+        headers.push(("Authorization", a));
+    }
+    http_request_with_body(srv.http_port, method, path, &headers, &body)
+}
+
 #[test]
 fn demo_page_lists_and_plays_a_stream() {
-    let srv = Server::start("[webrtc]\nudp_port_min = 0\nudp_port_max = 0\n");
+    let srv = Server::start(&format!(
+        "[webrtc]\nudp_port_min = 0\nudp_port_max = 0\n[rooms]\napps = [{{ sdk_app_id = {DEMO_APP}, secret_key = \"{DEMO_KEY}\" }}]\n"
+    ));
     let _pub = push(&media("360p"), &srv.rtmp_url("demo"));
     srv.wait_live("demo");
     let shot = srv.dir.path().join("demo.png");
     let origin = format!("http://127.0.0.1:{}", srv.http_port);
-    let j = browser_check("demo_page.mjs", &[&origin, "live/demo", shot.to_str().unwrap()]);
+    // After its players, the page enters a room with its Room panel (userSig made here, never the key) ...
+    let (room, page_user, remote, remote_text) = ("demo-room", "page", "mp-demo", "hi from the mini program");
+    let room_arg = serde_json::json!({
+        "sdkAppId": DEMO_APP, "userId": page_user, "userSig": demo_user_sig(page_user), "roomId": room,
+        "remote": remote, "remoteText": remote_text,
+    })
+    .to_string();
+    let mut page = node_bg("demo_page.mjs", &[&origin, "live/demo", shot.to_str().unwrap(), &room_arg]);
+    let in_room = wait_until(Duration::from_secs(90), || page.stdout().contains("room-entered") || !page.running());
+    assert!(in_room && page.running(), "the page never entered the room: {}\n{}", page.stdout(), page.stderr());
+    // ... and publishes its (fake) camera and microphone from there: the room sees its media.
+    let members = || srv.api("GET", &format!("/api/v1/rooms/{room}")).json()["members"].clone();
+    let publishing = wait_until(Duration::from_secs(30), || {
+        members().as_array().is_some_and(|m| m.iter().any(|m| m["user_id"] == page_user && m["video"] == true))
+    });
+    assert!(publishing, "the page's member never sent video: {}", members());
+    // A mini program's member enters (as livegate-wx.js does), publishes with the RTMP URL it was given (its
+    // <live-pusher>: ffmpeg) and says something.
+    let body = serde_json::json!({"sdkAppId": DEMO_APP, "userId": remote, "userSig": demo_user_sig(remote), "client": "miniprogram"});
+    let r = demo_room_call(&srv, "POST", &format!("/api/v1/rooms/{room}/enter"), None, &body);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let mp = r.json();
+    assert!(mp["members"].as_array().unwrap().iter().any(|m| m["user_id"] == page_user), "{mp}");
+    let _mp_push = push_loop(&media("360p"), mp["push"]["rtmp"].as_str().expect("a push URL"));
+    let said = demo_room_call(
+        &srv,
+        "POST",
+        &format!("/api/v1/rooms/{room}/messages"),
+        mp["token"].as_str(),
+        &serde_json::json!({"text": remote_text}),
+    );
+    assert_eq!(said.status, 200, "{}", String::from_utf8_lossy(&said.body));
+    let j = browser_result(&mut page, Duration::from_secs(120));
     assert_eq!(j["listed"], true);
     assert_eq!(j["width"], 640);
     assert_eq!(j["whepWidth"], 640, "the page's WebRTC button plays too: {j}");
@@ -348,7 +415,38 @@ fn demo_page_lists_and_plays_a_stream() {
     // The page published the fake camera over WHIP and played it back over HTTP-FLV.
     assert_eq!((j["camWidth"].as_u64(), j["camHeight"].as_u64()), (Some(640), Some(480)), "{j}");
     assert!(j["pubStatus"].as_str().unwrap_or("").contains("connected"), "{j}");
+
+    // The Room panel: in the room as a call member, the mini program's 640x360 video playing in its grid (WHEP) ...
+    let rm = &j["room"];
+    assert!(rm["status"].as_str().unwrap().starts_with(&format!("in call room {room} as {page_user}")), "{rm}");
+    assert_eq!((rm["remote"]["width"].as_u64(), rm["remote"]["height"].as_u64()), (Some(640), Some(360)), "{rm}");
+    assert!(rm["remote"]["to"].as_f64().unwrap() - rm["remote"]["from"].as_f64().unwrap() >= 2.0, "{rm}");
+    // ... its event log listing the member's arrival and its video, in that order, each with the room's seq ...
+    let events = rm["events"].as_array().unwrap();
+    let at = |name: &str| {
+        events
+            .iter()
+            .position(|e| e["event"] == name && e["user"] == remote)
+            .unwrap_or_else(|| panic!("no {name} {remote} in the event log: {events:?}"))
+    };
+    assert!(at("REMOTE_USER_JOIN") < at("REMOTE_VIDEO_ADD"), "{events:?}");
+    let seq = |i: usize| events[i]["seq"].as_str().and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+    assert!(0 < seq(at("REMOTE_USER_JOIN")) && seq(at("REMOTE_USER_JOIN")) < seq(at("REMOTE_VIDEO_ADD")), "{events:?}");
+    assert!(events.iter().any(|e| e["event"] == "LOCAL_JOIN"), "{events:?}");
+    // ... the chat both ways, the camera off and on again over the same publish, and a clean leave.
+    let chat = rm["chat"].as_array().unwrap();
+    assert!(chat.iter().any(|l| l["from"] == remote && l["text"].as_str().unwrap().contains(remote_text)), "{chat:?}");
+    assert_eq!(rm["cameraOff"]["enableCamera"], false, "{rm}");
+    assert_eq!(rm["cameraOn"]["enableCamera"], true, "{rm}");
+    assert_eq!(rm["pusher"], "connected", "{rm}");
+    assert_eq!((rm["leaveDisabled"].as_bool(), rm["enterEnabled"].as_bool()), (Some(true), Some(true)), "{rm}");
+    let left = wait_until(Duration::from_secs(10), || {
+        members().as_array().is_some_and(|m| m.iter().all(|m| m["user_id"] != page_user))
+    });
+    assert!(left, "the page's Leave did not leave: {}", members());
     assert!(std::fs::metadata(&shot).unwrap().len() > 10_000, "the screenshot shows the page with video");
+    let room_shot = rm["screenshot"].as_str().unwrap();
+    assert!(std::fs::metadata(room_shot).unwrap().len() > 10_000, "the Room panel's screenshot shows its grid");
     // Static files stay inside web_root.
     assert_eq!(http_get(srv.http_port, "/vendor/../Cargo.toml").unwrap().status, 404);
     assert_eq!(http_get(srv.http_port, "/.git/config").unwrap().status, 404);

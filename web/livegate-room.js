@@ -106,7 +106,8 @@ export class LivegateRoom {
   _emit(name, data = {}) {
     for (const { fn, ctx } of (this._listeners.get(name) || []).slice()) {
       try {
-        fn.call(ctx, { eventCode: name, data });
+        // seq: the room's sequence number the event is current to (the last one seen).
+        fn.call(ctx, { eventCode: name, data, seq: this._lastSeq });
       } catch (e) {
         console.error(`livegate-room: a ${name} listener threw`, e);
       }
@@ -132,7 +133,8 @@ export class LivegateRoom {
     }
     this._state = 'entering';
     const body = { sdkAppId: Number(p.sdkAppId), userId: p.userId, userSig: p.userSig, client: 'web' };
-    for (const k of ['privateMapKey', 'role', 'roomName', 'streamId']) if (p[k] !== undefined) body[k] = p[k];
+    // mix, record and recordId count on the enter that creates the room (docs/rooms.md, "The room mix").
+    for (const k of ['privateMapKey', 'role', 'roomName', 'streamId', 'mix', 'record', 'recordId']) if (p[k] !== undefined) body[k] = p[k];
     const path = p.roomId === undefined ? '/api/v1/rooms/enter' : `/api/v1/rooms/${encodeURIComponent(p.roomId)}/enter`;
     const attempt = ++this._enterGen;
     let answer;
@@ -157,6 +159,8 @@ export class LivegateRoom {
     this.role = answer.role;
     this.token = answer.token;
     this.push = answer.push || null;
+    // The room's mix (CDN-style: what a live room's audience plays), when the room keeps one.
+    this.mix = answer.mix || null;
     this._eventsUrl = answer.events_url;
     this._lastSeq = Number(answer.seq) || 0;
     this._emit(EVENT.LOCAL_JOIN, { userID: this.userId, roomID: this.roomId, room: this.room, role: this.role, created: !!answer.created });

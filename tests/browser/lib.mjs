@@ -51,13 +51,16 @@ export const CHROMIUM_FLAGS = [
   ...(process.env.LIVEGATE_CHROMIUM_FLAGS || '').split(' ').filter(Boolean),
 ];
 
-/** Launch Chromium with a fresh temp profile. Returns {context, page, close()}. */
-export async function launchChromium({ viewport = { width: 800, height: 450 } } = {}) {
+/**
+ * Launch Chromium with a fresh temp profile. `args` are flags added to CHROMIUM_FLAGS (e.g.
+ * --use-file-for-fake-video-capture=<file.y4m> for a camera showing that file). Returns {context, page, close()}.
+ */
+export async function launchChromium({ viewport = { width: 800, height: 450 }, args = [] } = {}) {
   const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'livegate-chromium-'));
   const context = await chromium.launchPersistentContext(userDataDir, {
     executablePath: CHROMIUM,
     headless: true,
-    args: CHROMIUM_FLAGS,
+    args: [...CHROMIUM_FLAGS, ...args],
     viewport,
     // A loaded 2-core machine (the suite beside stress-ng, or builds) has taken over 15 s to start Chromium.
     timeout: 60_000,

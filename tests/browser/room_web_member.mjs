@@ -6,7 +6,9 @@
 // Each remote member's player stream plays in a muted <video>, its audio through an AnalyserNode.
 //
 // usage: node room_web_member.mjs '<json>'   with {server, sdkAppId, userId, userSig, roomId, enableCamera,
-//        enableMic, role?, roomName?, privateMapKey?, videoCodec?: "h264"|"vp8", pageOrigin?: "server"|"own"}
+//        enableMic, role?, roomName?, privateMapKey?, videoCodec?: "h264"|"vp8", pageOrigin?: "server"|"own",
+//        fakeVideo?: "<file.y4m>" (the fake camera shows that file, looped, at its own size, instead of Chromium's
+//        default 640x480 test pattern)}
 // stdin: JSON commands, one a line, as room_wx_member.mjs: setPusherAttributes {attrs}, sendTextMessage {text,to?},
 //        sendCustomMessage {cmdName,data,to?}, kickUser {userId}, requestJoin {reason}, respondJoin {requestId,accept},
 //        dissolveRoom, dropSocket, exit (exitRoom), quit (stdin closing quits too).
@@ -136,7 +138,8 @@ async function quit(code = 0) {
 }
 
 async function main() {
-  browser = await launchChromium({ viewport: { width: 700, height: 520 } });
+  const args = cfg.fakeVideo ? [`--use-file-for-fake-video-capture=${cfg.fakeVideo}`] : [];
+  browser = await launchChromium({ viewport: { width: 700, height: 520 }, args });
   const { page } = browser;
   page.on('pageerror', (e) => out({ type: 'error', message: `pageerror: ${e.message}` }));
   page.on('console', (m) => {

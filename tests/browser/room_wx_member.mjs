@@ -3,14 +3,15 @@
 // the way a page drives it (createPusher in onLoad, setData of pusherAttributes / playerList from its events, the
 // pusher context's start()). What a page would render is made real:
 //   <live-pusher url="{{pusher.url}}" enable-camera enable-mic>  → an ffmpeg process pushing a test picture
-//       (testsrc2 320x240, H.264 baseline) and tone (880 Hz, AAC) to the signed RTMP URL, with only the kinds that
-//       are enabled (a changed kind restarts it, as the component republishes)
+//       (testsrc2 320x240, or a solid `color`, H.264 baseline) and tone (880 Hz, AAC) to the signed RTMP URL, with
+//       only the kinds that are enabled (a changed kind restarts it, as the component republishes)
 //   <live-player src="{{item.src}}"> for each playerList entry    → ffmpeg decoding that URL (HTTP-FLV or RTMP) to
 //       per-frame checksums, one process per kind, counting decoded video and audio frames (and distinct ones: a
 //       picture that moves, a sound that is not silence)
 //
 // usage: node room_wx_member.mjs '<json>'   with {server, sdkAppId, userId, userSig, roomId, enableCamera,
-//        enableMic, playProtocol?: "flv"|"rtmp", role?, roomName?, privateMapKey?, tone?: Hz}
+//        enableMic, playProtocol?: "flv"|"rtmp", role?, roomName?, privateMapKey?, tone?: Hz,
+//        color?: an ffmpeg colour name or 0xRRGGBB (the camera shows that colour, solid, instead of testsrc2)}
 // stdin: JSON commands, one a line: {"cmd":"setPusherAttributes","attrs":{...}}, {"cmd":"sendTextMessage",
 //        "text","to"?}, {"cmd":"sendCustomMessage","cmdName","data","to"?}, {"cmd":"kickUser","userId"},
 //        {"cmd":"requestJoin","reason"}, {"cmd":"respondJoin","requestId","accept"}, {"cmd":"dissolveRoom"},
@@ -82,7 +83,8 @@ function run(args, onStdout) {
 let push = null; // {key, proc}
 function pushArgs(want) {
   const args = ['-loglevel', 'error'];
-  if (want.video) args.push('-re', '-f', 'lavfi', '-i', 'testsrc2=size=320x240:rate=25');
+  const picture = cfg.color ? `color=c=${cfg.color}:size=320x240:rate=25` : 'testsrc2=size=320x240:rate=25';
+  if (want.video) args.push('-re', '-f', 'lavfi', '-i', picture);
   if (want.audio) args.push('-re', '-f', 'lavfi', '-i', `sine=frequency=${cfg.tone || 880}:sample_rate=48000`);
   if (want.video) {
     args.push('-map', '0:v', '-c:v', 'libx264', '-preset', 'ultrafast', '-tune', 'zerolatency', '-profile:v', 'baseline');

@@ -1,0 +1,348 @@
+//! A 1v3 call with the real client libraries around one room mix (docs/rooms.md, "The room mix and its
+//! recording"): two browsers — web/livegate-room.js in headless Chromium, each camera a solid colour
+//! (tests/browser/room_web_member.mjs with a y4m file as Chromium's fake camera) — and two mini programs —
+//! miniprogram/livegate-wx.js under Node with the `wx` shim, each `<live-pusher>` an ffmpeg pushing a solid colour
+//! (tests/browser/room_wx_member.mjs) — in a call room created with a grid mix recorded to MP4. The room's mix,
+//! played as a CDN viewer plays it, shows the four colours in join order; when everyone has left, the recording's
+//! callback carries the room's recordId and the file decodes. The drivers print what they see as JSON lines; the
+//! test waits on those and on decoded pictures, never on time.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+const APP: u64 = 1_400_000_456;
+const KEY: &str = "9e107d9d372bb6826bd81d3542a419d6e277d4d731479571562f82a7b4b0a9c3";
+
+/// Long enough for Chromium to start on a loaded 2-core machine and for media to travel through the mix.
+const LIMIT: Duration = Duration::from_secs(90);
+
+/// A userSig made by livegate's own `livegate usersig` (tests/usersig.rs checks it against Tencent's package).
+fn user_sig(user: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_livegate"))
+        .args(["usersig", "--sdk-app-id", &APP.to_string(), "--key", KEY, "--user", user, "--expire", "1h"])
+        .output()
+        .expect("livegate usersig");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// A room call as a member's library makes it: JSON, the member's token, the server's own Host (the URLs the room
+/// hands out are built from it).
+fn call(srv: &Server, method: &str, path: &str, token: Option<&str>, body: &Value) -> HttpResponse {
+    let body = body.to_string();
+    let len = body.len().to_string();
+    let host = format!("127.0.0.1:{}", srv.http_port);
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("Content-Type", "application/json"), ("Content-Length", len.as_str()), ("Host", &host)];
+    if let Some(a) = &auth {
+        headers.push(("Authorization", a));
+    }
+    http_request_with_body(srv.http_port, method, path, &headers, &body)
+}
+
+/// One member: a Node driver script in its own process group (it, its ffmpegs and its Chromium go together), fed
+/// commands on stdin, its JSON lines collected as they come (as in tests/room_clients.rs).
+struct Member {
+    name: String,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Arc<Mutex<Vec<Value>>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Member {
+    fn start(script: &str, srv: &Server, user: &str, room: &str, extra: Value) -> Member {
+        let mut cfg = json!({
+            "server": format!("http://127.0.0.1:{}", srv.http_port),
+            "sdkAppId": APP,
+            "userId": user,
+            "userSig": user_sig(user),
+            "roomId": room,
+        });
+        for (k, v) in extra.as_object().expect("extra is an object") {
+            cfg[k] = v.clone();
+        }
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+        assert!(
+            dir.join("node_modules/ws").exists(),
+            "npm packages missing: run scripts/setup.sh (npm ci in tests/browser)"
+        );
+        let mut child = Command::new("node")
+            .arg(dir.join(script))
+            .arg(cfg.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .expect("node");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (l, out) = (lines.clone(), child.stdout.take().unwrap());
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let v = serde_json::from_str(&line).unwrap_or_else(|_| json!({"type": "raw", "text": line}));
+                l.lock().unwrap().push(v);
+            }
+        });
+        let (e, mut err) = (stderr.clone(), child.stderr.take().unwrap());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                e.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Member { name: user.to_owned(), stdin: child.stdin.take(), child, lines, stderr }
+    }
+
+    fn send(&mut self, cmd: Value) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        writeln!(stdin, "{cmd}").expect("write a command");
+        stdin.flush().unwrap();
+    }
+
+    fn lines(&self) -> Vec<Value> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    fn dump(&self) -> String {
+        let mut s = format!("---- {} ----\n", self.name);
+        for l in self.lines() {
+            s.push_str(&l.to_string());
+            s.push('\n');
+        }
+        s.push_str(&format!("---- {} stderr ----\n{}", self.name, self.stderr.lock().unwrap()));
+        s
+    }
+
+    /// The first line matching `pred`, waiting for it up to `limit`; panics with everything the member printed.
+    fn wait_for(&self, what: &str, limit: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        let mut found = None;
+        wait_until(limit, || {
+            found = self.lines().into_iter().find(|l| pred(l));
+            found.is_some()
+        });
+        found.unwrap_or_else(|| panic!("{}: no {what} within {limit:?}\n{}", self.name, self.dump()))
+    }
+
+    fn events(&self, name: &str) -> Vec<Value> {
+        self.lines().into_iter().filter(|l| l["type"] == "event" && l["name"] == name).collect()
+    }
+
+    /// The newest report on the player of `user`.
+    fn player(&self, user: &str) -> Option<Value> {
+        self.lines().into_iter().rev().find(|l| l["type"] == "player" && l["userID"] == user)
+    }
+
+    /// Waits until the newest report on `user`'s player satisfies `pred`.
+    fn wait_player(&self, user: &str, what: &str, pred: impl Fn(&Value) -> bool) {
+        let mut last = None;
+        let ok = wait_until(LIMIT, || {
+            last = self.player(user);
+            last.as_ref().is_some_and(&pred)
+        });
+        assert!(ok, "{}: the player of {user} never showed {what}; last {last:?}\n{}", self.name, self.dump());
+    }
+
+    fn num(v: &Value, k: &str) -> u64 {
+        v[k].as_u64().unwrap_or(0)
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        // Closing stdin quits the driver (exitRoom is not called: the test sends "exit" first).
+        drop(self.stdin.take());
+        let exited = wait_until(Duration::from_secs(15), || self.child.try_wait().ok().flatten().is_some());
+        // Whatever is left of its group (a hung driver, an ffmpeg, Chromium) goes.
+        unsafe {
+            libc::kill(-(self.child.id() as i32), libc::SIGKILL);
+        }
+        if !exited {
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() || std::env::var_os("ROOM_CLIENTS_DUMP").is_some() {
+            eprintln!("{}", self.dump());
+        }
+    }
+}
+
+type Rgb = (u8, u8, u8);
+
+/// The colour at (x, y) of a 640x360 RGB frame.
+fn pixel(frame: &[u8], x: usize, y: usize) -> Rgb {
+    let o = (y * 640 + x) * 3;
+    (frame[o], frame[o + 1], frame[o + 2])
+}
+
+fn near(a: Rgb, b: Rgb) -> bool {
+    [(a.0, b.0), (a.1, b.1), (a.2, b.2)].iter().all(|(p, q)| (*p as i32 - *q as i32).abs() <= 40)
+}
+
+/// The centres of a 640x360 2x2 grid's cells: top-left, top-right, bottom-left, bottom-right.
+const GRID: [(usize, usize); 4] = [(160, 90), (480, 90), (160, 270), (480, 270)];
+
+fn grid_of(frame: &[u8]) -> Vec<Rgb> {
+    GRID.iter().map(|(x, y)| pixel(frame, *x, *y)).collect()
+}
+
+/// Decodes the live mix until its 2x2 grid shows `want`; the colours last seen when it never does.
+fn wait_grid(url: &str, want: [Rgb; 4]) -> Result<(), Vec<Rgb>> {
+    let mut last = Vec::new();
+    let ok = wait_until(LIMIT, || {
+        // The mix starts with its first anchor's media: until then its URL answers 404.
+        let out = Command::new("timeout")
+            .args(["20", "ffmpeg", "-v", "error", "-i", url, "-frames:v", "30"])
+            .args(["-f", "rawvideo", "-pix_fmt", "rgb24", "-s", "640x360", "-"])
+            .output()
+            .expect("ffmpeg");
+        let size = 640 * 360 * 3;
+        let Some(n) = out.stdout.len().checked_div(size).filter(|n| *n > 0) else { return false };
+        last = grid_of(&out.stdout[(n - 1) * size..n * size]);
+        last.iter().zip(want).all(|(g, w)| near(*g, w))
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(last)
+    }
+}
+
+/// The grids of a recorded file, one frame a second.
+fn recorded_grids(file: &Path) -> Vec<Vec<Rgb>> {
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(file)
+        .args(["-vf", "fps=1", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", "640x360", "-"])
+        .output()
+        .expect("ffmpeg");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    out.stdout.chunks_exact(640 * 360 * 3).map(grid_of).collect()
+}
+
+/// A solid-colour camera for Chromium (`--use-file-for-fake-video-capture`): 3 s of 320x180 I420, which Chromium
+/// loops.
+fn color_y4m(dir: &Path, color: &str) -> PathBuf {
+    let path = dir.join(format!("{color}.y4m"));
+    let out = Command::new("ffmpeg")
+        .args(["-y", "-loglevel", "error", "-f", "lavfi", "-i", &format!("color=c={color}:s=320x180:r=25")])
+        .args(["-t", "3", "-pix_fmt", "yuv420p"])
+        .arg(&path)
+        .output()
+        .expect("ffmpeg");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    path
+}
+
+#[test]
+fn two_browsers_and_two_mini_programs_in_one_mixed_and_recorded_call() {
+    let (cb_port, callbacks) = http_receiver(200);
+    let srv = Server::start(&format!(
+        "[webrtc]\nudp_port_min = 0\nudp_port_max = 0\n[play]\nmin_cache = 0.0\n[mix]\ngop_secs = 1.0\n\
+         [record]\ncallback_urls = [\"http://127.0.0.1:{cb_port}/rec\"]\n\
+         [rooms]\napps = [{{ sdk_app_id = {APP}, secret_key = \"{KEY}\" }}]\n"
+    ));
+    let room = "class-1v3";
+    let (red, lime, blue, yellow) = ((255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0));
+    // The grid's order is the members' join order (ties within a second by user id): they enter one after the
+    // other, with ids that sort the same way.
+    let members = [
+        ("u1-web", "room_web_member.mjs", "red"),
+        ("u2-wx", "room_wx_member.mjs", "lime"),
+        ("u3-web", "room_web_member.mjs", "blue"),
+        ("u4-wx", "room_wx_member.mjs", "yellow"),
+    ];
+
+    // The organiser (an integrator's server) creates the room with its mix and recording: the client libraries'
+    // enterRoom takes no `mix`/`record`/`recordId`. It hands the room over once the first member is in.
+    let body = json!({
+        "sdkAppId": APP, "userId": "organiser", "userSig": user_sig("organiser"), "client": "web",
+        "mix": {"template": "grid", "width": 640, "height": 360}, "record": ["mp4"], "recordId": "rec-1v3",
+    });
+    let r = call(&srv, "POST", &format!("/api/v1/rooms/{room}/enter"), None, &body);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let organiser = r.json();
+    assert_eq!((organiser["created"].as_bool(), organiser["room"]["kind"].as_str()), (Some(true), Some("call")));
+    let mix_flv = organiser["mix"]["play"]["flv"].as_str().expect("the room's mix URL").to_owned();
+
+    let mut running: Vec<Member> = Vec::new();
+    for (i, (user, script, color)) in members.iter().enumerate() {
+        let camera = match *script {
+            "room_web_member.mjs" => json!({"fakeVideo": color_y4m(srv.dir.path(), color)}),
+            _ => json!({"color": color}),
+        };
+        let mut cfg = json!({"enableCamera": true, "enableMic": true});
+        cfg.as_object_mut().unwrap().extend(camera.as_object().unwrap().clone());
+        let m = Member::start(script, &srv, user, room, cfg);
+        let entered = m.wait_for("enter", LIMIT, |l| {
+            l["type"] == "entered" || l["type"] == "error" || l["type"] == "result" && l["ok"] == false
+        });
+        assert_eq!(entered["type"], "entered", "{}", m.dump());
+        running.push(m);
+        if i == 0 {
+            let path = format!("/api/v1/rooms/{room}/leave");
+            let r = call(&srv, "POST", &path, organiser["token"].as_str(), &json!({}));
+            assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        }
+    }
+
+    // Everyone sees the three others' video and decodes it: the browsers over WHEP, the mini programs over
+    // HTTP-FLV.
+    for m in &running {
+        for (other, _, _) in members.iter().filter(|(u, _, _)| *u != m.name) {
+            m.wait_for(&format!("REMOTE_VIDEO_ADD {other}"), LIMIT, |l| {
+                l["name"] == "REMOTE_VIDEO_ADD" && l["userID"] == *other
+            });
+            m.wait_player(other, "decoded video", |p| Member::num(p, "videoFrames") >= 25);
+        }
+    }
+
+    // The room's mix, played with its signature only (as a CDN or a live room's audience plays it): a 2x2 grid in
+    // join order.
+    assert!(!mix_flv.contains("memberKey"), "{mix_flv}");
+    wait_grid(&mix_flv, [red, lime, blue, yellow])
+        .unwrap_or_else(|got| panic!("the mix never showed the four members in join order: {got:?}"));
+
+    // Everyone leaves: the mix stops and its recording ends, with the room's recordId in its callback.
+    for m in &mut running {
+        m.send(json!({"cmd": "exit"}));
+    }
+    for m in &running {
+        m.wait_for("exit", LIMIT, |l| l["type"] == "exited");
+    }
+    let members_now = srv.api("GET", &format!("/api/v1/rooms/{room}")).json();
+    assert_eq!(members_now["members"].as_array().map(Vec::len), Some(0), "{members_now}");
+    let recorded = wait_until(LIMIT, || callbacks.lock().unwrap().iter().any(|c| c["record_id"] == "rec-1v3"));
+    assert!(recorded, "no recording callback with the room's recordId: {:?}", callbacks.lock().unwrap());
+    let cb = callbacks.lock().unwrap().iter().find(|c| c["record_id"] == "rec-1v3").cloned().unwrap();
+    assert_eq!(cb["file_format"], "mp4", "{cb}");
+    let file = srv.dir.path().join("recordings").join(cb["path"].as_str().unwrap());
+    assert_eq!(decode_errors(&file), "", "{cb}");
+    let streams = probe_streams(file.to_str().unwrap());
+    let video = streams.iter().find(|s| s["codec_type"] == "video").expect("video in the recording");
+    assert_eq!((video["width"].as_u64(), video["height"].as_u64()), (Some(640), Some(360)), "{cb}");
+    assert!(streams.iter().any(|s| s["codec_type"] == "audio"), "the members' voices are mixed in: {streams:?}");
+    // The recording holds the call: at some second the four colours, in the grid's order.
+    let grids = recorded_grids(&file);
+    assert!(
+        grids.iter().any(|g| g.iter().zip([red, lime, blue, yellow]).all(|(c, w)| near(*c, w))),
+        "no second of the recording shows all four: {grids:?}"
+    );
+
+    for m in &running {
+        let errors = m.events("ERROR");
+        assert!(errors.is_empty(), "{}: errors {errors:?}", m.name);
+    }
+}

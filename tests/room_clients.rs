@@ -8,20 +8,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::process::CommandExt;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::process::Command;
 
+use common::room_member::{Member, LIMIT};
 use common::*;
 use serde_json::{json, Value};
 
 const APP: u64 = 1_400_000_123;
 const KEY: &str = "5bd2850fff3ecb11d7c805251c51ee463a25727bddc2385f3fa8bfee1bb93b5e";
-
-/// Long enough for Chromium to start on a loaded 2-core machine and for media to travel both ways.
-const LIMIT: Duration = Duration::from_secs(60);
 
 fn room_server() -> Server {
     Server::start(&format!(
@@ -39,154 +33,19 @@ fn user_sig(user: &str) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
-/// One member: a Node driver script in its own process group (it, its ffmpegs and its Chromium go together), fed
-/// commands on stdin, its JSON lines collected as they come.
-struct Member {
-    name: String,
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: Arc<Mutex<Vec<Value>>>,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Member {
-    fn start(script: &str, srv: &Server, user: &str, room: &str, extra: Value) -> Member {
-        let mut cfg = json!({
-            "server": format!("http://127.0.0.1:{}", srv.http_port),
-            "sdkAppId": APP,
-            "userId": user,
-            "userSig": user_sig(user),
-            "roomId": room,
-        });
-        for (k, v) in extra.as_object().expect("extra is an object") {
-            cfg[k] = v.clone();
-        }
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-        assert!(
-            dir.join("node_modules/ws").exists(),
-            "npm packages missing: run scripts/setup.sh (npm ci in tests/browser)"
-        );
-        let mut child = Command::new("node")
-            .arg(dir.join(script))
-            .arg(cfg.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .spawn()
-            .expect("node");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let (l, out) = (lines.clone(), child.stdout.take().unwrap());
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                let v = serde_json::from_str(&line).unwrap_or_else(|_| json!({"type": "raw", "text": line}));
-                l.lock().unwrap().push(v);
-            }
-        });
-        let (e, mut err) = (stderr.clone(), child.stderr.take().unwrap());
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = err.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                e.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        Member { name: user.to_owned(), stdin: child.stdin.take(), child, lines, stderr }
+/// Starts a member of `room` as `user` on `srv`, with the driver options in `extra`.
+fn start(script: &str, srv: &Server, user: &str, room: &str, extra: Value) -> Member {
+    let mut cfg = json!({
+        "server": format!("http://127.0.0.1:{}", srv.http_port),
+        "sdkAppId": APP,
+        "userId": user,
+        "userSig": user_sig(user),
+        "roomId": room,
+    });
+    for (k, v) in extra.as_object().expect("extra is an object") {
+        cfg[k] = v.clone();
     }
-
-    fn send(&mut self, cmd: Value) {
-        let stdin = self.stdin.as_mut().expect("stdin open");
-        writeln!(stdin, "{cmd}").expect("write a command");
-        stdin.flush().unwrap();
-    }
-
-    fn lines(&self) -> Vec<Value> {
-        self.lines.lock().unwrap().clone()
-    }
-
-    fn dump(&self) -> String {
-        let mut s = format!("---- {} ----\n", self.name);
-        for l in self.lines() {
-            s.push_str(&l.to_string());
-            s.push('\n');
-        }
-        s.push_str(&format!("---- {} stderr ----\n{}", self.name, self.stderr.lock().unwrap()));
-        s
-    }
-
-    /// The first line matching `pred`, waiting for it up to `limit`; panics with everything the member printed.
-    fn wait_for(&self, what: &str, limit: Duration, pred: impl Fn(&Value) -> bool) -> Value {
-        let mut found = None;
-        wait_until(limit, || {
-            found = self.lines().into_iter().find(|l| pred(l));
-            found.is_some()
-        });
-        found.unwrap_or_else(|| panic!("{}: no {what} within {limit:?}\n{}", self.name, self.dump()))
-    }
-
-    /// Waits until the member has printed `n` events `name` about `user`.
-    fn wait_events(&self, name: &str, user: &str, n: usize) {
-        let ok = wait_until(LIMIT, || self.count(name, user) >= n);
-        assert!(ok, "{}: {n} × {name} {user} expected, saw {}\n{}", self.name, self.count(name, user), self.dump());
-    }
-
-    fn count(&self, name: &str, user: &str) -> usize {
-        self.events_about(user).iter().filter(|n| *n == name).count()
-    }
-
-    /// The names of the events about `user` (its `userID`), in the order they were emitted.
-    fn events_about(&self, user: &str) -> Vec<String> {
-        self.lines()
-            .iter()
-            .filter(|l| l["type"] == "event" && l["userID"] == user)
-            .map(|l| l["name"].as_str().unwrap().to_owned())
-            .collect()
-    }
-
-    fn events(&self, name: &str) -> Vec<Value> {
-        self.lines().into_iter().filter(|l| l["type"] == "event" && l["name"] == name).collect()
-    }
-
-    /// The newest report on the player of `user`.
-    fn player(&self, user: &str) -> Option<Value> {
-        self.lines().into_iter().rev().find(|l| l["type"] == "player" && l["userID"] == user)
-    }
-
-    /// Waits until the newest report on `user`'s player satisfies `pred`; returns it.
-    fn wait_player(&self, user: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let mut last = None;
-        let ok = wait_until(LIMIT, || {
-            last = self.player(user);
-            last.as_ref().is_some_and(&pred)
-        });
-        assert!(ok, "{}: the player of {user} never showed {what}; last {last:?}\n{}", self.name, self.dump());
-        last.unwrap()
-    }
-
-    fn num(v: &Value, k: &str) -> u64 {
-        v[k].as_u64().unwrap_or(0)
-    }
-}
-
-impl Drop for Member {
-    fn drop(&mut self) {
-        // Closing stdin quits the driver (exitRoom is not called: a test that wants it sends "exit" first).
-        drop(self.stdin.take());
-        let exited = wait_until(Duration::from_secs(15), || self.child.try_wait().ok().flatten().is_some());
-        // Whatever is left of its group (a hung driver, an ffmpeg, Chromium) goes.
-        unsafe {
-            libc::kill(-(self.child.id() as i32), libc::SIGKILL);
-        }
-        if !exited {
-            let _ = self.child.wait();
-        }
-        if std::thread::panicking() || std::env::var_os("ROOM_CLIENTS_DUMP").is_some() {
-            eprintln!("{}", self.dump());
-        }
-    }
+    Member::spawn(script, user, cfg)
 }
 
 /// Asserts that in `events` the first `a` comes before the first `b`.
@@ -224,13 +83,11 @@ fn assert_left(m: &Member, other: &str, reason: &str) {
 #[test]
 fn a_mini_program_and_a_browser_call_each_other_and_hang_up() {
     let srv = room_server();
-    let mut mp =
-        Member::start("room_wx_member.mjs", &srv, "mp", "call-1", json!({"enableCamera": true, "enableMic": true}));
+    let mut mp = start("room_wx_member.mjs", &srv, "mp", "call-1", json!({"enableCamera": true, "enableMic": true}));
     let entered = mp.wait_for("enter", LIMIT, |l| l["type"] == "entered" || l["type"] == "error");
     assert_eq!(entered["type"], "entered", "{}", mp.dump());
     assert_eq!(entered["pushUrl"], true, "a call room's member gets a push URL: {entered}");
-    let mut web =
-        Member::start("room_web_member.mjs", &srv, "web", "call-1", json!({"enableCamera": true, "enableMic": true}));
+    let mut web = start("room_web_member.mjs", &srv, "web", "call-1", json!({"enableCamera": true, "enableMic": true}));
     let entered = web.wait_for("enter", LIMIT, |l| l["type"] == "entered" || l["type"] == "result" && l["ok"] == false);
     assert_eq!(entered["type"], "entered", "{}", web.dump());
 
@@ -282,11 +139,10 @@ fn a_mini_program_and_a_browser_call_each_other_and_hang_up() {
 #[test]
 fn enable_mic_off_on_the_mini_program_removes_its_audio_at_the_browser_and_on_adds_it_back() {
     let srv = room_server();
-    let mut mp =
-        Member::start("room_wx_member.mjs", &srv, "mp2", "call-2", json!({"enableCamera": true, "enableMic": true}));
+    let mut mp = start("room_wx_member.mjs", &srv, "mp2", "call-2", json!({"enableCamera": true, "enableMic": true}));
     mp.wait_for("enter", LIMIT, |l| l["type"] == "entered");
     // The browser only watches (nothing to publish): its player of the mini program is what is tested.
-    let web = Member::start("room_web_member.mjs", &srv, "web2", "call-2", json!({}));
+    let web = start("room_web_member.mjs", &srv, "web2", "call-2", json!({}));
     assert_joined_with_media(&web, "mp2");
     web.wait_player("mp2", "video and audio", |p| {
         Member::num(p, "videoFrames") >= 25 && Member::num(p, "audioPackets") >= 25
@@ -326,10 +182,10 @@ fn enable_mic_off_on_the_mini_program_removes_its_audio_at_the_browser_and_on_ad
 fn enable_mic_off_in_the_browser_stops_its_audio_packets_and_the_mini_program_is_told() {
     let srv = room_server();
     let mut web =
-        Member::start("room_web_member.mjs", &srv, "web4", "call-4", json!({"enableCamera": true, "enableMic": true}));
+        start("room_web_member.mjs", &srv, "web4", "call-4", json!({"enableCamera": true, "enableMic": true}));
     web.wait_for("enter", LIMIT, |l| l["type"] == "entered");
     // The mini program only watches: its HTTP-FLV player of the browser is what is tested.
-    let mp = Member::start("room_wx_member.mjs", &srv, "mp4", "call-4", json!({}));
+    let mp = start("room_wx_member.mjs", &srv, "mp4", "call-4", json!({}));
     assert_joined_with_media(&mp, "web4");
     mp.wait_player("web4", "video and audio", |p| {
         Member::num(p, "videoDistinct") >= 25 && Member::num(p, "audioFrames") >= 25
@@ -370,10 +226,10 @@ fn enable_mic_off_in_the_browser_stops_its_audio_packets_and_the_mini_program_is
 fn messages_a_dropped_socket_and_a_kick_between_the_two_libraries() {
     let srv = room_server();
     // The browser's page is on another origin, as an integrator's site is: every room call is cross-origin.
-    let mut web = Member::start("room_web_member.mjs", &srv, "host", "talk-3", json!({"pageOrigin": "own"}));
+    let mut web = start("room_web_member.mjs", &srv, "host", "talk-3", json!({"pageOrigin": "own"}));
     let entered = web.wait_for("enter", LIMIT, |l| l["type"] == "entered" || l["type"] == "result" && l["ok"] == false);
     assert_eq!(entered["type"], "entered", "{}", web.dump());
-    let mut mp = Member::start("room_wx_member.mjs", &srv, "guest", "talk-3", json!({}));
+    let mut mp = start("room_wx_member.mjs", &srv, "guest", "talk-3", json!({}));
     mp.wait_for("enter", LIMIT, |l| l["type"] == "entered");
     web.wait_events("REMOTE_USER_JOIN", "guest", 1);
     mp.wait_events("REMOTE_USER_JOIN", "host", 1);
@@ -426,7 +282,7 @@ fn messages_a_dropped_socket_and_a_kick_between_the_two_libraries() {
 fn a_live_rooms_audience_in_the_browser_asks_to_co_host_and_the_mini_program_presenter_accepts() {
     let srv = room_server();
     // The presenter's enter creates a live room: it publishes at once, its audience only watches.
-    let mut mp = Member::start(
+    let mut mp = start(
         "room_wx_member.mjs",
         &srv,
         "teacher",
@@ -435,7 +291,7 @@ fn a_live_rooms_audience_in_the_browser_asks_to_co_host_and_the_mini_program_pre
     );
     let entered = mp.wait_for("enter", LIMIT, |l| l["type"] == "entered" || l["type"] == "error");
     assert_eq!((entered["role"].as_str(), &entered["pushUrl"]), (Some("presenter"), &json!(true)), "{entered}");
-    let mut web = Member::start("room_web_member.mjs", &srv, "pupil", "live-5", json!({}));
+    let mut web = start("room_web_member.mjs", &srv, "pupil", "live-5", json!({}));
     let entered = web.wait_for("enter", LIMIT, |l| l["type"] == "entered" || l["type"] == "result" && l["ok"] == false);
     assert_eq!((entered["role"].as_str(), &entered["push"]), (Some("audience"), &json!(false)), "{entered}");
     assert_joined_with_media(&web, "teacher");
@@ -471,9 +327,9 @@ fn a_live_rooms_audience_in_the_browser_asks_to_co_host_and_the_mini_program_pre
 fn a_member_joining_after_the_browser_unmuted_hears_it() {
     let srv = room_server();
     let mut web =
-        Member::start("room_web_member.mjs", &srv, "web6", "call-6", json!({"enableCamera": true, "enableMic": true}));
+        start("room_web_member.mjs", &srv, "web6", "call-6", json!({"enableCamera": true, "enableMic": true}));
     web.wait_for("enter", LIMIT, |l| l["type"] == "entered");
-    let mp = Member::start("room_wx_member.mjs", &srv, "mp6", "call-6", json!({}));
+    let mp = start("room_wx_member.mjs", &srv, "mp6", "call-6", json!({}));
     assert_joined_with_media(&mp, "web6");
     web.send(json!({"cmd": "setPusherAttributes", "attrs": {"enableMic": false}}));
     mp.wait_events("REMOTE_AUDIO_REMOVE", "web6", 1);
@@ -485,7 +341,7 @@ fn a_member_joining_after_the_browser_unmuted_hears_it() {
     web.send(json!({"cmd": "setPusherAttributes", "attrs": {"enableMic": true}}));
     mp.wait_events("REMOTE_AUDIO_ADD", "web6", 2);
 
-    let late = Member::start("room_wx_member.mjs", &srv, "late6", "call-6", json!({}));
+    let late = start("room_wx_member.mjs", &srv, "late6", "call-6", json!({}));
     assert_joined_with_media(&late, "web6");
     late.wait_player("web6", "video and audio", |p| {
         Member::num(p, "videoDistinct") >= 50 && Member::num(p, "audioDistinct") >= 50

@@ -9,21 +9,16 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
+use std::process::Command;
+
+use common::room_member::{Member, LIMIT};
 use common::*;
 use serde_json::{json, Value};
 
 const APP: u64 = 1_400_000_456;
 const KEY: &str = "9e107d9d372bb6826bd81d3542a419d6e277d4d731479571562f82a7b4b0a9c3";
-
-/// Long enough for Chromium to start on a loaded 2-core machine and for media to travel through the mix.
-const LIMIT: Duration = Duration::from_secs(90);
 
 /// A userSig made by livegate's own `livegate usersig` (tests/usersig.rs checks it against Tencent's package).
 fn user_sig(user: &str) -> String {
@@ -49,134 +44,19 @@ fn call(srv: &Server, method: &str, path: &str, token: Option<&str>, body: &Valu
     http_request_with_body(srv.http_port, method, path, &headers, &body)
 }
 
-/// One member: a Node driver script in its own process group (it, its ffmpegs and its Chromium go together), fed
-/// commands on stdin, its JSON lines collected as they come (as in tests/room_clients.rs).
-struct Member {
-    name: String,
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: Arc<Mutex<Vec<Value>>>,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Member {
-    fn start(script: &str, srv: &Server, user: &str, room: &str, extra: Value) -> Member {
-        let mut cfg = json!({
-            "server": format!("http://127.0.0.1:{}", srv.http_port),
-            "sdkAppId": APP,
-            "userId": user,
-            "userSig": user_sig(user),
-            "roomId": room,
-        });
-        for (k, v) in extra.as_object().expect("extra is an object") {
-            cfg[k] = v.clone();
-        }
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-        assert!(
-            dir.join("node_modules/ws").exists(),
-            "npm packages missing: run scripts/setup.sh (npm ci in tests/browser)"
-        );
-        let mut child = Command::new("node")
-            .arg(dir.join(script))
-            .arg(cfg.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .spawn()
-            .expect("node");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let (l, out) = (lines.clone(), child.stdout.take().unwrap());
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                let v = serde_json::from_str(&line).unwrap_or_else(|_| json!({"type": "raw", "text": line}));
-                l.lock().unwrap().push(v);
-            }
-        });
-        let (e, mut err) = (stderr.clone(), child.stderr.take().unwrap());
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = err.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                e.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        Member { name: user.to_owned(), stdin: child.stdin.take(), child, lines, stderr }
+/// Starts a member of `room` as `user` on `srv`, with the driver options in `extra`.
+fn start(script: &str, srv: &Server, user: &str, room: &str, extra: Value) -> Member {
+    let mut cfg = json!({
+        "server": format!("http://127.0.0.1:{}", srv.http_port),
+        "sdkAppId": APP,
+        "userId": user,
+        "userSig": user_sig(user),
+        "roomId": room,
+    });
+    for (k, v) in extra.as_object().expect("extra is an object") {
+        cfg[k] = v.clone();
     }
-
-    fn send(&mut self, cmd: Value) {
-        let stdin = self.stdin.as_mut().expect("stdin open");
-        writeln!(stdin, "{cmd}").expect("write a command");
-        stdin.flush().unwrap();
-    }
-
-    fn lines(&self) -> Vec<Value> {
-        self.lines.lock().unwrap().clone()
-    }
-
-    fn dump(&self) -> String {
-        let mut s = format!("---- {} ----\n", self.name);
-        for l in self.lines() {
-            s.push_str(&l.to_string());
-            s.push('\n');
-        }
-        s.push_str(&format!("---- {} stderr ----\n{}", self.name, self.stderr.lock().unwrap()));
-        s
-    }
-
-    /// The first line matching `pred`, waiting for it up to `limit`; panics with everything the member printed.
-    fn wait_for(&self, what: &str, limit: Duration, pred: impl Fn(&Value) -> bool) -> Value {
-        let mut found = None;
-        wait_until(limit, || {
-            found = self.lines().into_iter().find(|l| pred(l));
-            found.is_some()
-        });
-        found.unwrap_or_else(|| panic!("{}: no {what} within {limit:?}\n{}", self.name, self.dump()))
-    }
-
-    fn events(&self, name: &str) -> Vec<Value> {
-        self.lines().into_iter().filter(|l| l["type"] == "event" && l["name"] == name).collect()
-    }
-
-    /// The newest report on the player of `user`.
-    fn player(&self, user: &str) -> Option<Value> {
-        self.lines().into_iter().rev().find(|l| l["type"] == "player" && l["userID"] == user)
-    }
-
-    /// Waits until the newest report on `user`'s player satisfies `pred`.
-    fn wait_player(&self, user: &str, what: &str, pred: impl Fn(&Value) -> bool) {
-        let mut last = None;
-        let ok = wait_until(LIMIT, || {
-            last = self.player(user);
-            last.as_ref().is_some_and(&pred)
-        });
-        assert!(ok, "{}: the player of {user} never showed {what}; last {last:?}\n{}", self.name, self.dump());
-    }
-
-    fn num(v: &Value, k: &str) -> u64 {
-        v[k].as_u64().unwrap_or(0)
-    }
-}
-
-impl Drop for Member {
-    fn drop(&mut self) {
-        // Closing stdin quits the driver (exitRoom is not called: the test sends "exit" first).
-        drop(self.stdin.take());
-        let exited = wait_until(Duration::from_secs(15), || self.child.try_wait().ok().flatten().is_some());
-        // Whatever is left of its group (a hung driver, an ffmpeg, Chromium) goes.
-        unsafe {
-            libc::kill(-(self.child.id() as i32), libc::SIGKILL);
-        }
-        if !exited {
-            let _ = self.child.wait();
-        }
-        if std::thread::panicking() || std::env::var_os("ROOM_CLIENTS_DUMP").is_some() {
-            eprintln!("{}", self.dump());
-        }
-    }
+    Member::spawn(script, user, cfg)
 }
 
 type Rgb = (u8, u8, u8);
@@ -285,7 +165,7 @@ fn two_browsers_and_two_mini_programs_in_one_mixed_and_recorded_call() {
         };
         let mut cfg = json!({"enableCamera": true, "enableMic": true});
         cfg.as_object_mut().unwrap().extend(camera.as_object().unwrap().clone());
-        let m = Member::start(script, &srv, user, room, cfg);
+        let m = start(script, &srv, user, room, cfg);
         let entered = m.wait_for("enter", LIMIT, |l| {
             l["type"] == "entered" || l["type"] == "error" || l["type"] == "result" && l["ok"] == false
         });

@@ -535,7 +535,8 @@ impl Ingest {
                     self.need_key = false;
                     self.last_key = Some(at);
                 }
-                let ms = self.video.clock.to_ms(f.rtp_ts, self.arrival_ms(at), &self.sync);
+                let arrival = self.arrival_ms(at);
+                let ms = self.video.clock.to_ms(f.rtp_ts, arrival, &mut self.sync);
                 if let Some(pipe) = &self.vp8_pipe {
                     pipe.push(f.data, ms, !f.keyframe);
                 }
@@ -551,7 +552,8 @@ impl Ingest {
     }
 
     fn h264_unit(&mut self, au: H264AccessUnit, at: Instant) {
-        let ms = self.video.clock.to_ms(au.rtp_ts, self.arrival_ms(at), &self.sync);
+        let arrival = self.arrival_ms(at);
+        let ms = self.video.clock.to_ms(au.rtp_ts, arrival, &mut self.sync);
         // Readers need increasing DTS even when a clock re-sync steps the mapping back.
         let ms = ms.max(self.last_video_ms.map_or(i64::MIN, |l| l + 1));
         let mut payload = BytesMut::with_capacity(au.nalus.iter().map(|n| n.len() + 4).sum());
@@ -617,7 +619,8 @@ impl Ingest {
         if p.payload.is_empty() {
             return;
         }
-        let ms = self.audio.clock.to_ms(p.header.timestamp, self.arrival_ms(at), &self.sync);
+        let arrival = self.arrival_ms(at);
+        let ms = self.audio.clock.to_ms(p.header.timestamp, arrival, &mut self.sync);
         let ext = self.audio.clock.unwrap(p.header.timestamp);
         let ext0 = *self.audio_ext0.get_or_insert(ext);
         if let Some(pubr) = self.opus_pub.as_mut() {

@@ -27,7 +27,7 @@ level = "warn"
 [rooms]
 apps = [{ sdk_app_id = $APP, secret_key = "$KEY" }]
 TOML
-(cd "$ROOT" && "$BIN" serve --config "$WORK/livegate.toml" --ready-file "$WORK/ready.json" > "$WORK/livegate.log" 2>&1) &
+(cd "$ROOT" && exec "$BIN" serve --config "$WORK/livegate.toml" --ready-file "$WORK/ready.json" > "$WORK/livegate.log" 2>&1) &
 LG=$!
 for _ in $(seq 100); do [ -s "$WORK/ready.json" ] && break; sleep 0.1; done
 HTTP=$(python3 -c "import json; print(json.load(open('$WORK/ready.json'))['http'])")

@@ -28,8 +28,11 @@ pub enum AccessError {
     #[error("on_publish webhook refused: {0}")]
     Webhook(#[from] WebhookError),
     #[error("{0}")]
-    Refused(String),
+    Refused(GateError),
 }
+
+/// Why a [`StreamGate`] refused: the gate's own error type (the rooms': `rooms::service::GateRefusal`).
+pub type GateError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A check the streams of one app need beyond the signature, made by the service that hands out their URLs
 /// (the rooms: a member's push URL publishes that member's stream only while it is in its room, a member's
@@ -37,8 +40,8 @@ pub enum AccessError {
 pub trait StreamGate: Send + Sync {
     /// The app this gate guards.
     fn app(&self) -> &str;
-    fn publish(&self, key: &StreamKey) -> Result<(), String>;
-    fn play(&self, key: &StreamKey, query: &[(String, String)]) -> Result<(), String>;
+    fn publish(&self, key: &StreamKey) -> Result<(), GateError>;
+    fn play(&self, key: &StreamKey, query: &[(String, String)]) -> Result<(), GateError>;
 }
 
 /// The query parameter that ties a play to the member it was handed to (see `Access::player_tag`).

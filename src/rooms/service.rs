@@ -16,7 +16,7 @@ use super::state::{
     ClientKind, EnterRequest, LeaveReason, Member, RoomError, RoomEvent, RoomKey, RoomLimits, RoomSummary, Rooms,
     Sequenced,
 };
-use crate::access::{StreamGate, MEMBER_KEY_PARAM};
+use crate::access::{GateError, StreamGate, MEMBER_KEY_PARAM};
 use crate::config::{Config, RoomsConfig};
 use crate::events::Event;
 use crate::hub::{Audience, CachePolicy, Hub, Protocol, Purpose, StreamKey};
@@ -910,55 +910,65 @@ impl StreamGate for RoomService {
         &self.cfg.stream_app
     }
 
-    fn publish(&self, key: &StreamKey) -> Result<(), String> {
+    fn publish(&self, key: &StreamKey) -> Result<(), GateError> {
         let g = self.rooms.lock();
         let (rooms, inner) = &*g;
         let Some(s) = inner.by_stream.get(&key.name).and_then(|id| inner.sessions.get(id)) else {
-            return Err(format!(
-                "stream {} belongs to no member of an open room: enter a room for a push URL",
-                key.name
-            ));
+            return Err(GateRefusal::NoMember { stream: key.name.clone() }.into());
         };
-        let may = rooms.member(&s.room, &s.user).is_some_and(|m| m.may_publish);
-        if !may {
-            return Err(format!(
-                "{} is in the audience of live room {}: the presenter must accept a join request first",
-                s.user, s.room.id
-            ));
+        if !rooms.member(&s.room, &s.user).is_some_and(|m| m.may_publish) {
+            return Err(GateRefusal::Audience { user: s.user.clone(), room: s.room.id.clone() }.into());
         }
         if !s.allows(privilege::SEND_AUDIO | privilege::SEND_VIDEO) {
-            return Err(format!("the privateMapKey of {} grants neither send-audio (4) nor send-video (16)", s.user));
+            return Err(GateRefusal::NoSendBits { user: s.user.clone() }.into());
         }
         Ok(())
     }
 
-    fn play(&self, key: &StreamKey, query: &[(String, String)]) -> Result<(), String> {
+    fn play(&self, key: &StreamKey, query: &[(String, String)]) -> Result<(), GateError> {
         let name = crate::names::source_name(&key.name);
         let g = self.rooms.lock();
         let inner = &g.1;
         if inner.mix_streams.contains_key(name) {
             return Ok(()); // the room's mix: CDN-style, its signature is enough
         }
+        let stream = || name.to_owned();
         let viewer = crate::names::query_get(query, MEMBER_KEY_PARAM)
             .and_then(|k| inner.by_member_key.get(k))
             .and_then(|id| inner.sessions.get(id))
-            .ok_or_else(|| format!("playing {name} needs the memberKey of a member in its room (room play URLs)"))?;
+            .ok_or_else(|| GateRefusal::NoMemberKey { stream: stream() })?;
         let owner = inner
             .by_stream
             .get(name)
             .and_then(|id| inner.sessions.get(id))
-            .ok_or_else(|| format!("stream {name} belongs to no member of an open room"))?;
+            .ok_or_else(|| GateRefusal::NotMemberStream { stream: stream() })?;
         if owner.room != viewer.room {
-            return Err(format!("{} is not in the room of stream {name}", viewer.user));
+            return Err(GateRefusal::OtherRoom { user: viewer.user.clone(), stream: stream() }.into());
         }
         if !viewer.allows(privilege::RECV_AUDIO | privilege::RECV_VIDEO) {
-            return Err(format!(
-                "the privateMapKey of {} grants neither recv-audio (8) nor recv-video (32)",
-                viewer.user
-            ));
+            return Err(GateRefusal::NoRecvBits { user: viewer.user.clone() }.into());
         }
         Ok(())
     }
+}
+
+/// Why the room service refused a publish or a play of a room stream.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum GateRefusal {
+    #[error("stream {stream} belongs to no member of an open room: enter a room for a push URL")]
+    NoMember { stream: String },
+    #[error("{user} is in the audience of live room {room}: the presenter must accept a join request first")]
+    Audience { user: String, room: String },
+    #[error("the privateMapKey of {user} grants neither send-audio (4) nor send-video (16)")]
+    NoSendBits { user: String },
+    #[error("stream {stream} belongs to no member of an open room")]
+    NotMemberStream { stream: String },
+    #[error("playing {stream} needs the memberKey of a member in its room (room play URLs)")]
+    NoMemberKey { stream: String },
+    #[error("{user} is not in the room of stream {stream}")]
+    OtherRoom { user: String, stream: String },
+    #[error("the privateMapKey of {user} grants neither recv-audio (8) nor recv-video (32)")]
+    NoRecvBits { user: String },
 }
 
 /// The mix of a room, by id in the mix API.

@@ -194,6 +194,16 @@ impl Metrics {
 }
 
 /// One metric family with a `protocol` label: HELP, TYPE and a sample per protocol.
+/// One metric family: its HELP and TYPE lines, then a sample per (labels, value), the labels written as
+/// given (`stream="live/a"`). For the services that render their own families (pulls, relays).
+pub fn family(o: &mut String, name: &str, kind: &str, help: &str, samples: impl IntoIterator<Item = (String, u64)>) {
+    let _ = writeln!(o, "# HELP {name} {help}");
+    let _ = writeln!(o, "# TYPE {name} {kind}");
+    for (labels, v) in samples {
+        let _ = writeln!(o, "{name}{{{labels}}} {v}");
+    }
+}
+
 fn by_protocol(
     o: &mut String,
     name: &str,

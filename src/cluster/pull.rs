@@ -204,28 +204,18 @@ impl Pulls {
 
     /// Prometheus lines: bytes, attempts and whether live, per pull.
     pub fn render_metrics(&self, o: &mut String) {
-        use std::fmt::Write;
+        use crate::metrics::family;
         let pulls: Vec<_> = self.pulls.lock().values().cloned().collect();
         if pulls.is_empty() {
             return;
         }
-        let _ = writeln!(o, "# HELP livegate_pull_bytes_total Bytes a pull received from its source.");
-        let _ = writeln!(o, "# TYPE livegate_pull_bytes_total counter");
-        for p in &pulls {
-            let _ =
-                writeln!(o, "livegate_pull_bytes_total{{stream=\"{}\"}} {}", p.key, p.bytes_in.load(Ordering::Relaxed));
-        }
-        let _ = writeln!(o, "# HELP livegate_pull_attempts_total Connections a pull made to its source.");
-        let _ = writeln!(o, "# TYPE livegate_pull_attempts_total counter");
-        for p in &pulls {
-            let _ = writeln!(o, "livegate_pull_attempts_total{{stream=\"{}\"}} {}", p.key, p.status.lock().attempts);
-        }
-        let _ = writeln!(o, "# HELP livegate_pull_live Whether a pull is receiving its source now.");
-        let _ = writeln!(o, "# TYPE livegate_pull_live gauge");
-        for p in &pulls {
-            let live = u8::from(p.status.lock().state == PullState::Live);
-            let _ = writeln!(o, "livegate_pull_live{{stream=\"{}\"}} {live}", p.key);
-        }
+        let label = |p: &Pull| format!("stream=\"{}\"", p.key);
+        let bytes = pulls.iter().map(|p| (label(p), p.bytes_in.load(Ordering::Relaxed)));
+        family(o, "livegate_pull_bytes_total", "counter", "Bytes a pull received from its source.", bytes);
+        let attempts = pulls.iter().map(|p| (label(p), p.status.lock().attempts));
+        family(o, "livegate_pull_attempts_total", "counter", "Connections a pull made to its source.", attempts);
+        let live = pulls.iter().map(|p| (label(p), u64::from(p.status.lock().state == PullState::Live)));
+        family(o, "livegate_pull_live", "gauge", "Whether a pull is receiving its source now.", live);
     }
 
     pub fn get(&self, key: &StreamKey) -> Option<serde_json::Value> {

@@ -174,28 +174,18 @@ impl Relays {
 
     /// Prometheus lines: bytes, attempts and whether live, per relay.
     pub fn render_metrics(&self, o: &mut String) {
-        use std::fmt::Write;
+        use crate::metrics::family;
         let relays: Vec<_> = self.relays.lock().values().cloned().collect();
         if relays.is_empty() {
             return;
         }
         let label = |r: &Relay| format!("id=\"{}\",stream=\"{}\"", r.id, r.key);
-        let _ = writeln!(o, "# HELP livegate_relay_bytes_total Bytes a relay sent to its target.");
-        let _ = writeln!(o, "# TYPE livegate_relay_bytes_total counter");
-        for r in &relays {
-            let _ = writeln!(o, "livegate_relay_bytes_total{{{}}} {}", label(r), r.bytes_out.load(Ordering::Relaxed));
-        }
-        let _ = writeln!(o, "# HELP livegate_relay_attempts_total Sessions a relay opened to its target.");
-        let _ = writeln!(o, "# TYPE livegate_relay_attempts_total counter");
-        for r in &relays {
-            let _ = writeln!(o, "livegate_relay_attempts_total{{{}}} {}", label(r), r.attempts.load(Ordering::Relaxed));
-        }
-        let _ = writeln!(o, "# HELP livegate_relay_live Whether a relay is pushing now.");
-        let _ = writeln!(o, "# TYPE livegate_relay_live gauge");
-        for r in &relays {
-            let live = u8::from(r.state.lock().0 == RelayState::Live);
-            let _ = writeln!(o, "livegate_relay_live{{{}}} {live}", label(r));
-        }
+        let bytes = relays.iter().map(|r| (label(r), r.bytes_out.load(Ordering::Relaxed)));
+        family(o, "livegate_relay_bytes_total", "counter", "Bytes a relay sent to its target.", bytes);
+        let attempts = relays.iter().map(|r| (label(r), r.attempts.load(Ordering::Relaxed)));
+        family(o, "livegate_relay_attempts_total", "counter", "Sessions a relay opened to its target.", attempts);
+        let live = relays.iter().map(|r| (label(r), u64::from(r.state.lock().0 == RelayState::Live)));
+        family(o, "livegate_relay_live", "gauge", "Whether a relay is pushing now.", live);
     }
 
     pub fn get(&self, id: &str) -> Option<serde_json::Value> {

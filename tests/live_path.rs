@@ -337,35 +337,6 @@ fn sigterm_drains_readers_and_exits_zero() {
 const DEMO_APP: u64 = 1_400_000_321;
 const DEMO_KEY: &str = "3f1b0c9d5e7a4f2c8b6d1e0a9c7b5d3f2e4a6c8b0d1f3e5a7c9b2d4f6e8a0c1b";
 
-/// A userSig made by `livegate usersig`, as an integrator's server makes one for the page.
-fn demo_user_sig(user: &str) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_livegate"))
-        .args(["usersig", "--sdk-app-id", &DEMO_APP.to_string(), "--key", DEMO_KEY, "--user", user, "--expire", "1h"])
-        .output()
-        .expect("livegate usersig");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
-/// A room call as a mini program's page makes it (wx.request: JSON, the member's token, the server's own Host).
-fn demo_room_call(
-    srv: &Server,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: &serde_json::Value,
-) -> HttpResponse {
-    let body = body.to_string();
-    let len = body.len().to_string();
-    let host = format!("127.0.0.1:{}", srv.http_port);
-    let auth = token.map(|t| format!("Bearer {t}"));
-    let mut headers = vec![("Content-Type", "application/json"), ("Content-Length", len.as_str()), ("Host", &host)];
-    if let Some(a) = &auth {
-        headers.push(("Authorization", a));
-    }
-    http_request_with_body(srv.http_port, method, path, &headers, &body)
-}
-
 #[test]
 fn demo_page_lists_and_plays_a_stream() {
     let srv = Server::start(&format!(
@@ -378,7 +349,7 @@ fn demo_page_lists_and_plays_a_stream() {
     // After its players, the page enters a room with its Room panel (userSig made here, never the key) ...
     let (room, page_user, remote, remote_text) = ("demo-room", "page", "mp-demo", "hi from the mini program");
     let room_arg = serde_json::json!({
-        "sdkAppId": DEMO_APP, "userId": page_user, "userSig": demo_user_sig(page_user), "roomId": room,
+        "sdkAppId": DEMO_APP, "userId": page_user, "userSig": common::room_member::user_sig(DEMO_APP, DEMO_KEY, page_user), "roomId": room,
         "remote": remote, "remoteText": remote_text,
     })
     .to_string();
@@ -393,13 +364,13 @@ fn demo_page_lists_and_plays_a_stream() {
     assert!(publishing, "the page's member never sent video: {}", members());
     // A mini program's member enters (as livegate-wx.js does), publishes with the RTMP URL it was given (its
     // <live-pusher>: ffmpeg) and says something.
-    let body = serde_json::json!({"sdkAppId": DEMO_APP, "userId": remote, "userSig": demo_user_sig(remote), "client": "miniprogram"});
-    let r = demo_room_call(&srv, "POST", &format!("/api/v1/rooms/{room}/enter"), None, &body);
+    let body = serde_json::json!({"sdkAppId": DEMO_APP, "userId": remote, "userSig": common::room_member::user_sig(DEMO_APP, DEMO_KEY, remote), "client": "miniprogram"});
+    let r = common::room_member::room_call(&srv, "POST", &format!("/api/v1/rooms/{room}/enter"), None, &body);
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let mp = r.json();
     assert!(mp["members"].as_array().unwrap().iter().any(|m| m["user_id"] == page_user), "{mp}");
     let _mp_push = push_loop(&media("360p"), mp["push"]["rtmp"].as_str().expect("a push URL"));
-    let said = demo_room_call(
+    let said = common::room_member::room_call(
         &srv,
         "POST",
         &format!("/api/v1/rooms/{room}/messages"),

@@ -8,9 +8,7 @@
 
 mod common;
 
-use std::process::Command;
-
-use common::room_member::{Member, LIMIT};
+use common::room_member::{start_member, Member, LIMIT};
 use common::*;
 use serde_json::{json, Value};
 
@@ -21,31 +19,6 @@ fn room_server() -> Server {
     Server::start(&format!(
         "[webrtc]\nudp_port_min = 0\nudp_port_max = 0\n[rooms]\napps = [{{ sdk_app_id = {APP}, secret_key = \"{KEY}\" }}]\n"
     ))
-}
-
-/// A userSig made by livegate's own `livegate usersig` (tests/usersig.rs checks it against Tencent's package).
-fn user_sig(user: &str) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_livegate"))
-        .args(["usersig", "--sdk-app-id", &APP.to_string(), "--key", KEY, "--user", user, "--expire", "1h"])
-        .output()
-        .expect("livegate usersig");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
-/// Starts a member of `room` as `user` on `srv`, with the driver options in `extra`.
-fn start(script: &str, srv: &Server, user: &str, room: &str, extra: Value) -> Member {
-    let mut cfg = json!({
-        "server": format!("http://127.0.0.1:{}", srv.http_port),
-        "sdkAppId": APP,
-        "userId": user,
-        "userSig": user_sig(user),
-        "roomId": room,
-    });
-    for (k, v) in extra.as_object().expect("extra is an object") {
-        cfg[k] = v.clone();
-    }
-    Member::spawn(script, user, cfg)
 }
 
 /// Asserts that in `events` the first `a` comes before the first `b`.
@@ -83,11 +56,25 @@ fn assert_left(m: &Member, other: &str, reason: &str) {
 #[test]
 fn a_mini_program_and_a_browser_call_each_other_and_hang_up() {
     let srv = room_server();
-    let mut mp = start("room_wx_member.mjs", &srv, "mp", "call-1", json!({"enableCamera": true, "enableMic": true}));
+    let mut mp = start_member(
+        "room_wx_member.mjs",
+        &srv,
+        (APP, KEY),
+        "mp",
+        "call-1",
+        json!({"enableCamera": true, "enableMic": true}),
+    );
     let entered = mp.wait_for("enter", LIMIT, |l| l["type"] == "entered" || l["type"] == "error");
     assert_eq!(entered["type"], "entered", "{}", mp.dump());
     assert_eq!(entered["pushUrl"], true, "a call room's member gets a push URL: {entered}");
-    let mut web = start("room_web_member.mjs", &srv, "web", "call-1", json!({"enableCamera": true, "enableMic": true}));
+    let mut web = start_member(
+        "room_web_member.mjs",
+        &srv,
+        (APP, KEY),
+        "web",
+        "call-1",
+        json!({"enableCamera": true, "enableMic": true}),
+    );
     let entered = web.wait_for("enter", LIMIT, |l| l["type"] == "entered" || l["type"] == "result" && l["ok"] == false);
     assert_eq!(entered["type"], "entered", "{}", web.dump());
 
@@ -139,10 +126,17 @@ fn a_mini_program_and_a_browser_call_each_other_and_hang_up() {
 #[test]
 fn enable_mic_off_on_the_mini_program_removes_its_audio_at_the_browser_and_on_adds_it_back() {
     let srv = room_server();
-    let mut mp = start("room_wx_member.mjs", &srv, "mp2", "call-2", json!({"enableCamera": true, "enableMic": true}));
+    let mut mp = start_member(
+        "room_wx_member.mjs",
+        &srv,
+        (APP, KEY),
+        "mp2",
+        "call-2",
+        json!({"enableCamera": true, "enableMic": true}),
+    );
     mp.wait_for("enter", LIMIT, |l| l["type"] == "entered");
     // The browser only watches (nothing to publish): its player of the mini program is what is tested.
-    let web = start("room_web_member.mjs", &srv, "web2", "call-2", json!({}));
+    let web = start_member("room_web_member.mjs", &srv, (APP, KEY), "web2", "call-2", json!({}));
     assert_joined_with_media(&web, "mp2");
     web.wait_player("mp2", "video and audio", |p| {
         Member::num(p, "videoFrames") >= 25 && Member::num(p, "audioPackets") >= 25
@@ -181,11 +175,17 @@ fn enable_mic_off_on_the_mini_program_removes_its_audio_at_the_browser_and_on_ad
 #[test]
 fn enable_mic_off_in_the_browser_stops_its_audio_packets_and_the_mini_program_is_told() {
     let srv = room_server();
-    let mut web =
-        start("room_web_member.mjs", &srv, "web4", "call-4", json!({"enableCamera": true, "enableMic": true}));
+    let mut web = start_member(
+        "room_web_member.mjs",
+        &srv,
+        (APP, KEY),
+        "web4",
+        "call-4",
+        json!({"enableCamera": true, "enableMic": true}),
+    );
     web.wait_for("enter", LIMIT, |l| l["type"] == "entered");
     // The mini program only watches: its HTTP-FLV player of the browser is what is tested.
-    let mp = start("room_wx_member.mjs", &srv, "mp4", "call-4", json!({}));
+    let mp = start_member("room_wx_member.mjs", &srv, (APP, KEY), "mp4", "call-4", json!({}));
     assert_joined_with_media(&mp, "web4");
     mp.wait_player("web4", "video and audio", |p| {
         Member::num(p, "videoDistinct") >= 25 && Member::num(p, "audioFrames") >= 25
@@ -226,10 +226,10 @@ fn enable_mic_off_in_the_browser_stops_its_audio_packets_and_the_mini_program_is
 fn messages_a_dropped_socket_and_a_kick_between_the_two_libraries() {
     let srv = room_server();
     // The browser's page is on another origin, as an integrator's site is: every room call is cross-origin.
-    let mut web = start("room_web_member.mjs", &srv, "host", "talk-3", json!({"pageOrigin": "own"}));
+    let mut web = start_member("room_web_member.mjs", &srv, (APP, KEY), "host", "talk-3", json!({"pageOrigin": "own"}));
     let entered = web.wait_for("enter", LIMIT, |l| l["type"] == "entered" || l["type"] == "result" && l["ok"] == false);
     assert_eq!(entered["type"], "entered", "{}", web.dump());
-    let mut mp = start("room_wx_member.mjs", &srv, "guest", "talk-3", json!({}));
+    let mut mp = start_member("room_wx_member.mjs", &srv, (APP, KEY), "guest", "talk-3", json!({}));
     mp.wait_for("enter", LIMIT, |l| l["type"] == "entered");
     web.wait_events("REMOTE_USER_JOIN", "guest", 1);
     mp.wait_events("REMOTE_USER_JOIN", "host", 1);
@@ -282,16 +282,17 @@ fn messages_a_dropped_socket_and_a_kick_between_the_two_libraries() {
 fn a_live_rooms_audience_in_the_browser_asks_to_co_host_and_the_mini_program_presenter_accepts() {
     let srv = room_server();
     // The presenter's enter creates a live room: it publishes at once, its audience only watches.
-    let mut mp = start(
+    let mut mp = start_member(
         "room_wx_member.mjs",
         &srv,
+        (APP, KEY),
         "teacher",
         "live-5",
         json!({"role": "presenter", "enableCamera": true, "enableMic": true}),
     );
     let entered = mp.wait_for("enter", LIMIT, |l| l["type"] == "entered" || l["type"] == "error");
     assert_eq!((entered["role"].as_str(), &entered["pushUrl"]), (Some("presenter"), &json!(true)), "{entered}");
-    let mut web = start("room_web_member.mjs", &srv, "pupil", "live-5", json!({}));
+    let mut web = start_member("room_web_member.mjs", &srv, (APP, KEY), "pupil", "live-5", json!({}));
     let entered = web.wait_for("enter", LIMIT, |l| l["type"] == "entered" || l["type"] == "result" && l["ok"] == false);
     assert_eq!((entered["role"].as_str(), &entered["push"]), (Some("audience"), &json!(false)), "{entered}");
     assert_joined_with_media(&web, "teacher");
@@ -326,10 +327,16 @@ fn a_live_rooms_audience_in_the_browser_asks_to_co_host_and_the_mini_program_pre
 #[test]
 fn a_member_joining_after_the_browser_unmuted_hears_it() {
     let srv = room_server();
-    let mut web =
-        start("room_web_member.mjs", &srv, "web6", "call-6", json!({"enableCamera": true, "enableMic": true}));
+    let mut web = start_member(
+        "room_web_member.mjs",
+        &srv,
+        (APP, KEY),
+        "web6",
+        "call-6",
+        json!({"enableCamera": true, "enableMic": true}),
+    );
     web.wait_for("enter", LIMIT, |l| l["type"] == "entered");
-    let mp = start("room_wx_member.mjs", &srv, "mp6", "call-6", json!({}));
+    let mp = start_member("room_wx_member.mjs", &srv, (APP, KEY), "mp6", "call-6", json!({}));
     assert_joined_with_media(&mp, "web6");
     web.send(json!({"cmd": "setPusherAttributes", "attrs": {"enableMic": false}}));
     mp.wait_events("REMOTE_AUDIO_REMOVE", "web6", 1);
@@ -341,7 +348,7 @@ fn a_member_joining_after_the_browser_unmuted_hears_it() {
     web.send(json!({"cmd": "setPusherAttributes", "attrs": {"enableMic": true}}));
     mp.wait_events("REMOTE_AUDIO_ADD", "web6", 2);
 
-    let late = start("room_wx_member.mjs", &srv, "late6", "call-6", json!({}));
+    let late = start_member("room_wx_member.mjs", &srv, (APP, KEY), "late6", "call-6", json!({}));
     assert_joined_with_media(&late, "web6");
     late.wait_player("web6", "video and audio", |p| {
         Member::num(p, "videoDistinct") >= 50 && Member::num(p, "audioDistinct") >= 50

@@ -13,92 +13,12 @@ use std::path::{Path, PathBuf};
 
 use std::process::Command;
 
-use common::room_member::{Member, LIMIT};
+use common::room_member::{near, pixel, room_call, start_member, user_sig, wait_grid, Member, Rgb, GRID, LIMIT};
 use common::*;
-use serde_json::{json, Value};
+use serde_json::json;
 
 const APP: u64 = 1_400_000_456;
 const KEY: &str = "9e107d9d372bb6826bd81d3542a419d6e277d4d731479571562f82a7b4b0a9c3";
-
-/// A userSig made by livegate's own `livegate usersig` (tests/usersig.rs checks it against Tencent's package).
-fn user_sig(user: &str) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_livegate"))
-        .args(["usersig", "--sdk-app-id", &APP.to_string(), "--key", KEY, "--user", user, "--expire", "1h"])
-        .output()
-        .expect("livegate usersig");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
-/// A room call as a member's library makes it: JSON, the member's token, the server's own Host (the URLs the room
-/// hands out are built from it).
-fn call(srv: &Server, method: &str, path: &str, token: Option<&str>, body: &Value) -> HttpResponse {
-    let body = body.to_string();
-    let len = body.len().to_string();
-    let host = format!("127.0.0.1:{}", srv.http_port);
-    let auth = token.map(|t| format!("Bearer {t}"));
-    let mut headers = vec![("Content-Type", "application/json"), ("Content-Length", len.as_str()), ("Host", &host)];
-    if let Some(a) = &auth {
-        headers.push(("Authorization", a));
-    }
-    http_request_with_body(srv.http_port, method, path, &headers, &body)
-}
-
-/// Starts a member of `room` as `user` on `srv`, with the driver options in `extra`.
-fn start(script: &str, srv: &Server, user: &str, room: &str, extra: Value) -> Member {
-    let mut cfg = json!({
-        "server": format!("http://127.0.0.1:{}", srv.http_port),
-        "sdkAppId": APP,
-        "userId": user,
-        "userSig": user_sig(user),
-        "roomId": room,
-    });
-    for (k, v) in extra.as_object().expect("extra is an object") {
-        cfg[k] = v.clone();
-    }
-    Member::spawn(script, user, cfg)
-}
-
-type Rgb = (u8, u8, u8);
-
-/// The colour at (x, y) of a 640x360 RGB frame.
-fn pixel(frame: &[u8], x: usize, y: usize) -> Rgb {
-    let o = (y * 640 + x) * 3;
-    (frame[o], frame[o + 1], frame[o + 2])
-}
-
-fn near(a: Rgb, b: Rgb) -> bool {
-    [(a.0, b.0), (a.1, b.1), (a.2, b.2)].iter().all(|(p, q)| (*p as i32 - *q as i32).abs() <= 40)
-}
-
-/// The centres of a 640x360 2x2 grid's cells: top-left, top-right, bottom-left, bottom-right.
-const GRID: [(usize, usize); 4] = [(160, 90), (480, 90), (160, 270), (480, 270)];
-
-fn grid_of(frame: &[u8]) -> Vec<Rgb> {
-    GRID.iter().map(|(x, y)| pixel(frame, *x, *y)).collect()
-}
-
-/// Decodes the live mix until its 2x2 grid shows `want`; the colours last seen when it never does.
-fn wait_grid(url: &str, want: [Rgb; 4]) -> Result<(), Vec<Rgb>> {
-    let mut last = Vec::new();
-    let ok = wait_until(LIMIT, || {
-        // The mix starts with its first anchor's media: until then its URL answers 404.
-        let out = Command::new("timeout")
-            .args(["20", "ffmpeg", "-v", "error", "-i", url, "-frames:v", "30"])
-            .args(["-f", "rawvideo", "-pix_fmt", "rgb24", "-s", "640x360", "-"])
-            .output()
-            .expect("ffmpeg");
-        let size = 640 * 360 * 3;
-        let Some(n) = out.stdout.len().checked_div(size).filter(|n| *n > 0) else { return false };
-        last = grid_of(&out.stdout[(n - 1) * size..n * size]);
-        last.iter().zip(want).all(|(g, w)| near(*g, w))
-    });
-    if ok {
-        Ok(())
-    } else {
-        Err(last)
-    }
-}
 
 /// The grids of a recorded file, one frame a second.
 fn recorded_grids(file: &Path) -> Vec<Vec<Rgb>> {
@@ -109,7 +29,7 @@ fn recorded_grids(file: &Path) -> Vec<Vec<Rgb>> {
         .output()
         .expect("ffmpeg");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    out.stdout.chunks_exact(640 * 360 * 3).map(grid_of).collect()
+    out.stdout.chunks_exact(640 * 360 * 3).map(|f| GRID.iter().map(|(x, y)| pixel(f, *x, *y)).collect()).collect()
 }
 
 /// A solid-colour camera for Chromium (`--use-file-for-fake-video-capture`): 3 s of 320x180 I420, which Chromium
@@ -148,10 +68,10 @@ fn two_browsers_and_two_mini_programs_in_one_mixed_and_recorded_call() {
     // The organiser (an integrator's server) creates the room with its mix and recording: the client libraries'
     // enterRoom takes no `mix`/`record`/`recordId`. It hands the room over once the first member is in.
     let body = json!({
-        "sdkAppId": APP, "userId": "organiser", "userSig": user_sig("organiser"), "client": "web",
+        "sdkAppId": APP, "userId": "organiser", "userSig": user_sig(APP, KEY, "organiser"), "client": "web",
         "mix": {"template": "grid", "width": 640, "height": 360}, "record": ["mp4"], "recordId": "rec-1v3",
     });
-    let r = call(&srv, "POST", &format!("/api/v1/rooms/{room}/enter"), None, &body);
+    let r = room_call(&srv, "POST", &format!("/api/v1/rooms/{room}/enter"), None, &body);
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let organiser = r.json();
     assert_eq!((organiser["created"].as_bool(), organiser["room"]["kind"].as_str()), (Some(true), Some("call")));
@@ -165,7 +85,7 @@ fn two_browsers_and_two_mini_programs_in_one_mixed_and_recorded_call() {
         };
         let mut cfg = json!({"enableCamera": true, "enableMic": true});
         cfg.as_object_mut().unwrap().extend(camera.as_object().unwrap().clone());
-        let m = start(script, &srv, user, room, cfg);
+        let m = start_member(script, &srv, (APP, KEY), user, room, cfg);
         let entered = m.wait_for("enter", LIMIT, |l| {
             l["type"] == "entered" || l["type"] == "error" || l["type"] == "result" && l["ok"] == false
         });
@@ -173,7 +93,7 @@ fn two_browsers_and_two_mini_programs_in_one_mixed_and_recorded_call() {
         running.push(m);
         if i == 0 {
             let path = format!("/api/v1/rooms/{room}/leave");
-            let r = call(&srv, "POST", &path, organiser["token"].as_str(), &json!({}));
+            let r = room_call(&srv, "POST", &path, organiser["token"].as_str(), &json!({}));
             assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
         }
     }
@@ -192,7 +112,7 @@ fn two_browsers_and_two_mini_programs_in_one_mixed_and_recorded_call() {
     // The room's mix, played with its signature only (as a CDN or a live room's audience plays it): a 2x2 grid in
     // join order.
     assert!(!mix_flv.contains("memberKey"), "{mix_flv}");
-    wait_grid(&mix_flv, [red, lime, blue, yellow])
+    wait_grid(&mix_flv, [red, lime, blue, yellow], LIMIT)
         .unwrap_or_else(|got| panic!("the mix never showed the four members in join order: {got:?}"));
 
     // Everyone leaves: the mix stops and its recording ends, with the room's recordId in its callback.

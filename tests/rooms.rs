@@ -10,6 +10,7 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::room_member::{room_call, wait_grid, wait_pixels};
 use common::*;
 use serde_json::{json, Value};
 use tungstenite::protocol::frame::coding::CloseCode;
@@ -41,20 +42,6 @@ fn private_map_key(user: &str, room: u32, privileges: u32) -> String {
     livegate::usersig::sign(KEY.as_bytes(), APP, user, now(), 3600, Some(&map.to_userbuf()))
 }
 
-fn call(srv: &Server, method: &str, path: &str, token: Option<&str>, body: &Value) -> HttpResponse {
-    let body = body.to_string();
-    let len = body.len().to_string();
-    let auth = token.map(|t| format!("Bearer {t}"));
-    // As a browser or wx.request sends it: the URLs the room hands out are built from it.
-    let host = format!("127.0.0.1:{}", srv.http_port);
-    let mut headers =
-        vec![("Content-Type", "application/json"), ("Content-Length", len.as_str()), ("Host", host.as_str())];
-    if let Some(a) = &auth {
-        headers.push(("Authorization", a));
-    }
-    http_request_with_body(srv.http_port, method, path, &headers, &body)
-}
-
 /// Enters `room` as `user` with the extra body fields; panics unless 200.
 fn enter(srv: &Server, room: &str, user: &str, extra: Value) -> Value {
     let r = try_enter(srv, room, user, extra);
@@ -65,7 +52,7 @@ fn enter(srv: &Server, room: &str, user: &str, extra: Value) -> Value {
 fn try_enter(srv: &Server, room: &str, user: &str, extra: Value) -> HttpResponse {
     let mut body = json!({"sdkAppId": APP, "userId": user, "userSig": user_sig(user), "client": "web"});
     body.as_object_mut().unwrap().extend(extra.as_object().cloned().unwrap_or_default());
-    call(srv, "POST", &format!("/api/v1/rooms/{room}/enter"), None, &body)
+    room_call(srv, "POST", &format!("/api/v1/rooms/{room}/enter"), None, &body)
 }
 
 fn token(m: &Value) -> &str {
@@ -214,14 +201,14 @@ fn two_members_meet_and_the_events_follow_their_media() {
     assert!(String::from_utf8_lossy(&r.body).contains("memberKey"));
 
     // The room as Bob sees it: Alice's media flags follow hers (none), his own show in Alice's view.
-    let view = call(&srv, "GET", "/api/v1/rooms/1234", Some(token(&alice)), &json!({})).json();
+    let view = room_call(&srv, "GET", "/api/v1/rooms/1234", Some(token(&alice)), &json!({})).json();
     let b = view["members"].as_array().unwrap().iter().find(|m| m["user_id"] == "bob").unwrap().clone();
     assert_eq!(
         (b["audio"].as_bool(), b["video"].as_bool(), b["role"].as_str()),
         (Some(true), Some(true), Some("anchor"))
     );
 
-    let r = call(&srv, "POST", "/api/v1/rooms/1234/leave", Some(token(&bob)), &json!({}));
+    let r = room_call(&srv, "POST", "/api/v1/rooms/1234/leave", Some(token(&bob)), &json!({}));
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     a.wait("REMOTE_USER_LEAVE", Some("bob"));
     // Bob's audio and video come in whichever order his first frames did; the rest is fixed.
@@ -245,7 +232,7 @@ fn two_members_meet_and_the_events_follow_their_media() {
     assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "one numbering, no gaps: {seqs:?}");
     // His push ends with his stay, and his token with it.
     assert!(pushing.wait(Duration::from_secs(20)).is_some(), "Bob's push outlived his leave");
-    let r = call(&srv, "POST", "/api/v1/rooms/1234/leave", Some(token(&bob)), &json!({}));
+    let r = room_call(&srv, "POST", "/api/v1/rooms/1234/leave", Some(token(&bob)), &json!({}));
     assert_eq!((r.status, r.json()["error"].as_str()), (401, Some("bad_token")));
 
     // A socket reconnecting with the last number it saw gets nothing it had; one from before gets the rest.
@@ -334,7 +321,7 @@ fn kick_dissolve_and_a_second_login_put_members_out() {
     assert!(alice_reads.next_tag(Duration::from_secs(10)).is_some());
 
     // Bob is not the creator of a call room: he may not kick.
-    let r = call(&srv, "DELETE", "/api/v1/rooms/k1/members/alice", Some(token(&bob)), &json!({}));
+    let r = room_call(&srv, "DELETE", "/api/v1/rooms/k1/members/alice", Some(token(&bob)), &json!({}));
     assert_eq!(
         (r.status, r.json()["error"].as_str()),
         (403, Some("forbidden")),
@@ -347,11 +334,11 @@ fn kick_dissolve_and_a_second_login_put_members_out() {
     assert_eq!(kicked["reason"], "duplicate_login");
     assert_eq!(b.closed(), (4000, "duplicate_login".into()));
     assert!(bob_push.wait(Duration::from_secs(20)).is_some(), "the first login's push goes with it");
-    assert_eq!(call(&srv, "POST", "/api/v1/rooms/k1/leave", Some(token(&bob)), &json!({})).status, 401);
+    assert_eq!(room_call(&srv, "POST", "/api/v1/rooms/k1/leave", Some(token(&bob)), &json!({})).status, 401);
 
     // The creator kicks the new login.
     let mut b2 = Socket::open(&srv, &bob2, None);
-    let r = call(&srv, "DELETE", "/api/v1/rooms/k1/members/bob", Some(token(&alice)), &json!({}));
+    let r = room_call(&srv, "DELETE", "/api/v1/rooms/k1/members/bob", Some(token(&alice)), &json!({}));
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(b2.wait("KICKED_OUT", None)["reason"], "kicked");
     assert_eq!(b2.closed(), (4000, "kicked".into()));
@@ -392,20 +379,26 @@ fn a_live_room_presenter_takes_a_co_host_and_kicks_it() {
     let mix_flv = carol["mix"]["play"]["flv"].as_str().expect("the room's mix").to_owned();
     // float at 640x360: the first input fills the canvas, the next ones are 128x72 along the bottom from x=25.
     let (big, small) = ((320, 100), (89, 310));
-    wait_pixels(&mix_flv, &[(big, red), (small, red)]).unwrap_or_else(|got| panic!("no presenter in the mix: {got:?}"));
+    wait_pixels(&mix_flv, &[(big, red), (small, red)], Duration::from_secs(40))
+        .unwrap_or_else(|got| panic!("no presenter in the mix: {got:?}"));
     let mut h = Socket::open(&srv, &host, None);
     let mut c = Socket::open(&srv, &carol, None);
     // Carol's own stream name is refused until the presenter accepts (the server signs it, she cannot).
-    let r =
-        call(&srv, "POST", "/api/v1/rooms/live1/join-requests", Some(token(&carol)), &json!({"reason": "question"}));
+    let r = room_call(
+        &srv,
+        "POST",
+        "/api/v1/rooms/live1/join-requests",
+        Some(token(&carol)),
+        &json!({"reason": "question"}),
+    );
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
     let id = r.json()["request_id"].as_str().unwrap().to_owned();
-    let again = call(&srv, "POST", "/api/v1/rooms/live1/join-requests", Some(token(&carol)), &json!({}));
+    let again = room_call(&srv, "POST", "/api/v1/rooms/live1/join-requests", Some(token(&carol)), &json!({}));
     assert_eq!((again.status, again.json()["error"].as_str()), (429, Some("rate_limited")));
     let req = h.wait("JOIN_REQUEST", Some("carol"));
     assert_eq!((req["request_id"].as_str(), req["reason"].as_str()), (Some(id.as_str()), Some("question")));
     // Only the presenter answers.
-    let r = call(
+    let r = room_call(
         &srv,
         "POST",
         &format!("/api/v1/rooms/live1/join-requests/{id}"),
@@ -413,7 +406,7 @@ fn a_live_room_presenter_takes_a_co_host_and_kicks_it() {
         &json!({"accept": true}),
     );
     assert_eq!(r.status, 403);
-    let r = call(
+    let r = room_call(
         &srv,
         "POST",
         &format!("/api/v1/rooms/live1/join-requests/{id}"),
@@ -427,14 +420,15 @@ fn a_live_room_presenter_takes_a_co_host_and_kicks_it() {
     let mut carol_push = push_loop(&color_media("blue", 880, "320x180"), &url);
     h.wait("REMOTE_VIDEO_ADD", Some("carol"));
     // The mix re-lays out: the co-host joins small, the presenter stays big.
-    wait_pixels(&mix_flv, &[(big, red), (small, blue)]).unwrap_or_else(|got| panic!("no co-host in the mix: {got:?}"));
+    wait_pixels(&mix_flv, &[(big, red), (small, blue)], Duration::from_secs(40))
+        .unwrap_or_else(|got| panic!("no co-host in the mix: {got:?}"));
     // The presenter kicks the co-host: her push ends, her socket hears why.
-    let r = call(&srv, "DELETE", "/api/v1/rooms/live1/members/carol", Some(token(&host)), &json!({}));
+    let r = room_call(&srv, "DELETE", "/api/v1/rooms/live1/members/carol", Some(token(&host)), &json!({}));
     assert_eq!(r.status, 200);
     assert_eq!(c.wait("KICKED_OUT", None)["reason"], "kicked");
     assert!(carol_push.wait(Duration::from_secs(20)).is_some(), "the co-host's push outlived her kick");
     h.wait("REMOTE_USER_LEAVE", Some("carol"));
-    wait_pixels(&mix_flv, &[(big, red), (small, red)])
+    wait_pixels(&mix_flv, &[(big, red), (small, red)], Duration::from_secs(40))
         .unwrap_or_else(|got| panic!("the co-host stayed in the mix: {got:?}"));
     // The room list: the control API's, and a member's with a userSig.
     let list = srv.api("GET", "/api/v1/rooms?index=0&cnt=10").json();
@@ -444,7 +438,7 @@ fn a_live_room_presenter_takes_a_co_host_and_kicks_it() {
         (Some("Maths 7"), Some("host"))
     );
     let body = json!({"sdkAppId": APP, "userId": "dave", "userSig": user_sig("dave")});
-    let mine = call(&srv, "POST", "/api/v1/rooms/list", None, &body).json();
+    let mine = room_call(&srv, "POST", "/api/v1/rooms/list", None, &body).json();
     assert_eq!((mine["total"].as_u64(), mine["rooms"][0]["room_id"].as_str()), (Some(1), Some("live1")));
 }
 
@@ -459,7 +453,7 @@ fn bad_credentials_and_bad_requests_are_refused_with_the_reason() {
     let sig =
         |user: &str, time: i64, expire: i64| livegate::usersig::sign(KEY.as_bytes(), APP, user, time, expire, None);
     let body = |user: &str, sig: String| json!({"sdkAppId": APP, "userId": user, "userSig": sig});
-    let enter_with = |b: Value| call(&srv, "POST", "/api/v1/rooms/r1/enter", None, &b);
+    let enter_with = |b: Value| room_call(&srv, "POST", "/api/v1/rooms/r1/enter", None, &b);
     refused(enter_with(body("alice", sig("alice", now() - 7200, 3600))), 403, "bad_user_sig", "expired");
     refused(
         enter_with(body("alice", "eJyrVgrxCdYrSy1SslIy0jNQ0gHzM1NS8koy*0".into())),
@@ -473,17 +467,17 @@ fn bad_credentials_and_bad_requests_are_refused_with_the_reason() {
     let wrong_key = livegate::usersig::sign(b"another-secret-key-0123456789", APP, "alice", now(), 3600, None);
     refused(enter_with(body("alice", wrong_key)), 403, "bad_user_sig", "signature");
     refused(
-        call(&srv, "POST", "/api/v1/rooms/r1/enter", None, &json!({"sdkAppId": 7, "userId": "a", "userSig": "x"})),
+        room_call(&srv, "POST", "/api/v1/rooms/r1/enter", None, &json!({"sdkAppId": 7, "userId": "a", "userSig": "x"})),
         404,
         "unknown_app",
         "7",
     );
     refused(enter_with(body("a/b", sig("a/b", now(), 3600))), 400, "invalid_field", "userId");
-    refused(call(&srv, "POST", "/api/v1/rooms/r1/enter", None, &json!({"sdkAppId": APP})), 400, "bad_json", "");
+    refused(room_call(&srv, "POST", "/api/v1/rooms/r1/enter", None, &json!({"sdkAppId": APP})), 400, "bad_json", "");
 
     // privateMapKeys: another room, no enter bit; with send-audio only, a push with video is ended.
     let pmk = |user: &str, room: u32, bits: u32| json!({"sdkAppId": APP, "userId": user, "userSig": user_sig(user), "privateMapKey": private_map_key(user, room, bits)});
-    let at = |room: &str, b: Value| call(&srv, "POST", &format!("/api/v1/rooms/{room}/enter"), None, &b);
+    let at = |room: &str, b: Value| room_call(&srv, "POST", &format!("/api/v1/rooms/{room}/enter"), None, &b);
     refused(at("77", pmk("alice", 78, 255)), 403, "bad_private_map_key", "room");
     refused(at("77", pmk("alice", 77, 255 & !2)), 403, "bad_private_map_key", "enter (2)");
     let alice = at("77", pmk("alice", 77, 1 | 2 | 4 | 8 | 32)).json();
@@ -498,38 +492,49 @@ fn bad_credentials_and_bad_requests_are_refused_with_the_reason() {
     // Messages: to one member, to all; too large; to someone not in the room.
     let bob = enter(&srv, "77", "bob", json!({})); // logs in again: still two members
     let mut a = Socket::open(&srv, &alice, None);
-    let r = call(&srv, "POST", "/api/v1/rooms/77/messages", Some(token(&bob)), &json!({"to": "alice", "text": "hi"}));
+    let r =
+        room_call(&srv, "POST", "/api/v1/rooms/77/messages", Some(token(&bob)), &json!({"to": "alice", "text": "hi"}));
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let m = a.wait("TEXT_MESSAGE", None);
     assert_eq!((m["from"].as_str(), m["to"].as_str(), m["text"].as_str()), (Some("bob"), Some("alice"), Some("hi")));
     let big = "x".repeat(5000);
     refused(
-        call(&srv, "POST", "/api/v1/rooms/77/messages", Some(token(&bob)), &json!({"text": big})),
+        room_call(&srv, "POST", "/api/v1/rooms/77/messages", Some(token(&bob)), &json!({"text": big})),
         413,
         "message_too_large",
         "4096",
     );
     refused(
-        call(&srv, "POST", "/api/v1/rooms/77/messages", Some(token(&bob)), &json!({"to": "zed", "text": "?"})),
+        room_call(&srv, "POST", "/api/v1/rooms/77/messages", Some(token(&bob)), &json!({"to": "zed", "text": "?"})),
         404,
         "member_not_found",
         "zed",
     );
-    refused(call(&srv, "POST", "/api/v1/rooms/77/messages", None, &json!({"text": "?"})), 401, "bad_token", "Bearer");
     refused(
-        call(&srv, "POST", "/api/v1/rooms/77/messages", Some("nope"), &json!({"text": "?"})),
+        room_call(&srv, "POST", "/api/v1/rooms/77/messages", None, &json!({"text": "?"})),
+        401,
+        "bad_token",
+        "Bearer",
+    );
+    refused(
+        room_call(&srv, "POST", "/api/v1/rooms/77/messages", Some("nope"), &json!({"text": "?"})),
         401,
         "bad_token",
         "token",
     );
     // A call room has no join requests; a member token works in its own room only.
     refused(
-        call(&srv, "POST", "/api/v1/rooms/77/join-requests", Some(token(&bob)), &json!({})),
+        room_call(&srv, "POST", "/api/v1/rooms/77/join-requests", Some(token(&bob)), &json!({})),
         403,
         "forbidden",
         "call room",
     );
-    refused(call(&srv, "GET", "/api/v1/rooms/78", Some(token(&bob)), &json!({})), 403, "forbidden", "not in room 78");
+    refused(
+        room_call(&srv, "GET", "/api/v1/rooms/78", Some(token(&bob)), &json!({})),
+        403,
+        "forbidden",
+        "not in room 78",
+    );
     refused(srv.api("GET", "/api/v1/rooms/nosuch"), 404, "room_not_found", "nosuch");
 
     // A socket sending garbage is closed with the reason; the member stays in the room.
@@ -599,7 +604,7 @@ fn room_webhooks_arrive_in_order_signed_like_trtc() {
     let mut pushing = push_loop(&media("short"), bob["push"]["rtmp"].as_str().unwrap());
     a.wait("REMOTE_AUDIO_ADD", Some("bob"));
     a.wait("REMOTE_VIDEO_ADD", Some("bob"));
-    assert_eq!(call(&srv, "POST", "/api/v1/rooms/555/leave", Some(token(&bob)), &json!({})).status, 200);
+    assert_eq!(room_call(&srv, "POST", "/api/v1/rooms/555/leave", Some(token(&bob)), &json!({})).status, 200);
     assert!(pushing.wait(Duration::from_secs(20)).is_some());
     assert_eq!(srv.api("DELETE", "/api/v1/rooms/555").status, 200);
     let want = [101, 103, 103, 105, 201, 203, 202, 204, 104, 104, 102];
@@ -637,48 +642,6 @@ fn room_webhooks_arrive_in_order_signed_like_trtc() {
     assert_eq!((types[8].1.as_str(), types[9].1.as_str()), ("bob", "alice"), "{types:?}");
 }
 
-type Rgb = (u8, u8, u8);
-
-/// The colour at (x, y) of a 640x360 RGB frame.
-fn pixel(frame: &[u8], x: usize, y: usize) -> Rgb {
-    let o = (y * 640 + x) * 3;
-    (frame[o], frame[o + 1], frame[o + 2])
-}
-
-fn near(a: Rgb, b: Rgb) -> bool {
-    [(a.0, b.0), (a.1, b.1), (a.2, b.2)].iter().all(|(p, q)| (*p as i32 - *q as i32).abs() <= 40)
-}
-
-/// Decodes the mix until it shows each colour at its spot; the colours last seen when it never does.
-fn wait_pixels(url: &str, want: &[((usize, usize), Rgb)]) -> Result<(), Vec<Rgb>> {
-    let mut last = Vec::new();
-    let ok = wait_until(Duration::from_secs(40), || {
-        // The mix starts with its first anchor's media: until then its URL answers 404.
-        let out = std::process::Command::new("timeout")
-            .args(["20", "ffmpeg", "-v", "error", "-i", url, "-frames:v", "30"])
-            .args(["-f", "rawvideo", "-pix_fmt", "rgb24", "-s", "640x360", "-"])
-            .output()
-            .expect("ffmpeg");
-        let size = 640 * 360 * 3;
-        let Some(n) = out.stdout.len().checked_div(size).filter(|n| *n > 0) else { return false };
-        let frame = &out.stdout[(n - 1) * size..n * size];
-        last = want.iter().map(|((x, y), _)| pixel(frame, *x, *y)).collect();
-        last.iter().zip(want).all(|(g, (_, w))| near(*g, *w))
-    });
-    if ok {
-        Ok(())
-    } else {
-        Err(last)
-    }
-}
-
-/// The mix's 2x2 grid shows `want` (top-left, top-right, bottom-left, bottom-right).
-fn wait_grid(url: &str, want: [Rgb; 4]) -> Result<(), Vec<Rgb>> {
-    let spots = [(160, 90), (480, 90), (160, 270), (480, 270)];
-    let want: Vec<_> = spots.into_iter().zip(want).collect();
-    wait_pixels(url, &want)
-}
-
 #[test]
 fn the_room_mix_shows_its_anchors_follows_them_and_is_recorded() {
     let (cb_port, callbacks) = http_receiver(200);
@@ -703,15 +666,15 @@ fn the_room_mix_shows_its_anchors_follows_them_and_is_recorded() {
         .zip(&members)
         .map(|((_, c, hz), m)| push_loop(&color_media(c, *hz, "320x180"), m["push"]["rtmp"].as_str().unwrap()))
         .collect();
-    wait_grid(&mix_flv, [red, lime, blue, yellow])
+    wait_grid(&mix_flv, [red, lime, blue, yellow], Duration::from_secs(40))
         .unwrap_or_else(|got| panic!("the mix never showed all four: {got:?}"));
     // u2 leaves: the grid closes up.
-    assert_eq!(call(&srv, "POST", "/api/v1/rooms/mix1/leave", Some(token(&members[1])), &json!({})).status, 200);
-    wait_grid(&mix_flv, [red, blue, yellow, background])
+    assert_eq!(room_call(&srv, "POST", "/api/v1/rooms/mix1/leave", Some(token(&members[1])), &json!({})).status, 200);
+    wait_grid(&mix_flv, [red, blue, yellow, background], Duration::from_secs(40))
         .unwrap_or_else(|got| panic!("the mix did not follow: {got:?}"));
     // Everybody leaves: the mix stops and its recording is finished, with the room's recordId.
     for m in [&members[0], &members[2], &members[3]] {
-        assert_eq!(call(&srv, "POST", "/api/v1/rooms/mix1/leave", Some(token(m)), &json!({})).status, 200);
+        assert_eq!(room_call(&srv, "POST", "/api/v1/rooms/mix1/leave", Some(token(m)), &json!({})).status, 200);
     }
     for p in &mut pushes {
         assert!(p.wait(Duration::from_secs(20)).is_some());
@@ -741,16 +704,22 @@ fn server_assigned_rooms_string_ids_and_a_pusher_that_never_comes_back() {
         b.as_object_mut().unwrap().extend(extra.as_object().cloned().unwrap_or_default());
         b
     };
-    let made = call(&srv, "POST", "/api/v1/rooms/enter", None, &body("alice", json!({"roomName": "Drop-in"}))).json();
+    let made =
+        room_call(&srv, "POST", "/api/v1/rooms/enter", None, &body("alice", json!({"roomName": "Drop-in"}))).json();
     let id = made["room"]["room_id"].as_str().unwrap().to_owned();
     assert!(id.parse::<u32>().is_ok_and(|n| n >= 100_000), "{made}");
     assert_eq!((made["created"].as_bool(), made["room"]["name"].as_str()), (Some(true), Some("Drop-in")));
     let n: u32 = id.parse().unwrap();
-    let joined = call(&srv, "POST", "/api/v1/rooms/enter", None, &body("bob", json!({"roomId": n}))).json();
+    let joined = room_call(&srv, "POST", "/api/v1/rooms/enter", None, &body("bob", json!({"roomId": n}))).json();
     assert_eq!((joined["created"].as_bool(), joined["room"]["room_id"].as_str()), (Some(false), Some(id.as_str())));
     // A string id wins over a numeric one.
-    let s =
-        call(&srv, "POST", "/api/v1/rooms/enter", None, &body("carol", json!({"roomId": n, "strRoomId": "class-7"})));
+    let s = room_call(
+        &srv,
+        "POST",
+        "/api/v1/rooms/enter",
+        None,
+        &body("carol", json!({"roomId": n, "strRoomId": "class-7"})),
+    );
     assert_eq!(s.json()["room"]["room_id"], "class-7");
     // Kicking someone not in the room: 404 with who.
     let r = srv.api("DELETE", &format!("/api/v1/rooms/{id}/members/zed"));
@@ -764,7 +733,7 @@ fn server_assigned_rooms_string_ids_and_a_pusher_that_never_comes_back() {
     p.kill();
     let left = a.wait("REMOTE_USER_LEAVE", Some("bob"));
     assert_eq!(left["reason"], "timeout", "{left}");
-    assert_eq!(call(&srv, "GET", &format!("/api/v1/rooms/{id}"), Some(token(&joined)), &json!({})).status, 401);
+    assert_eq!(room_call(&srv, "GET", &format!("/api/v1/rooms/{id}"), Some(token(&joined)), &json!({})).status, 401);
 }
 
 #[test]

@@ -157,3 +157,102 @@ impl Drop for Member {
         }
     }
 }
+
+/// A userSig made by livegate's own `livegate usersig` (tests/usersig.rs checks it against Tencent's package), as
+/// an integrator's server makes one.
+pub fn user_sig(app: u64, key: &str, user: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_livegate"))
+        .args(["usersig", "--sdk-app-id", &app.to_string(), "--key", key, "--user", user, "--expire", "1h"])
+        .output()
+        .expect("livegate usersig");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// A room call as a member's page makes it (fetch or wx.request): JSON, the member's token, the server's own Host
+/// (the URLs the room hands out are built from it).
+pub fn room_call(
+    srv: &super::Server,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &Value,
+) -> super::HttpResponse {
+    let body = body.to_string();
+    let len = body.len().to_string();
+    let host = format!("127.0.0.1:{}", srv.http_port);
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("Content-Type", "application/json"), ("Content-Length", len.as_str()), ("Host", &host)];
+    if let Some(a) = &auth {
+        headers.push(("Authorization", a));
+    }
+    super::http_request_with_body(srv.http_port, method, path, &headers, &body)
+}
+
+/// Starts `script` as member `user` of room `room` of app `app` (its userSig made with `key`) on `srv`, with the
+/// driver options in `extra`.
+pub fn start_member(
+    script: &str,
+    srv: &super::Server,
+    (app, key): (u64, &str),
+    user: &str,
+    room: &str,
+    extra: Value,
+) -> Member {
+    let mut cfg = json!({
+        "server": format!("http://127.0.0.1:{}", srv.http_port),
+        "sdkAppId": app,
+        "userId": user,
+        "userSig": user_sig(app, key, user),
+        "roomId": room,
+    });
+    for (k, v) in extra.as_object().expect("extra is an object") {
+        cfg[k] = v.clone();
+    }
+    Member::spawn(script, user, cfg)
+}
+
+pub type Rgb = (u8, u8, u8);
+
+/// The colour at (x, y) of a 640x360 RGB frame.
+pub fn pixel(frame: &[u8], x: usize, y: usize) -> Rgb {
+    let o = (y * 640 + x) * 3;
+    (frame[o], frame[o + 1], frame[o + 2])
+}
+
+/// H.264 4:2:0 at a modest bitrate shifts flat colours by a few levels; 40 still tells these apart.
+pub fn near(a: Rgb, b: Rgb) -> bool {
+    [(a.0, b.0), (a.1, b.1), (a.2, b.2)].iter().all(|(p, q)| (*p as i32 - *q as i32).abs() <= 40)
+}
+
+/// The centres of a 640x360 2x2 grid's cells: top-left, top-right, bottom-left, bottom-right.
+pub const GRID: [(usize, usize); 4] = [(160, 90), (480, 90), (160, 270), (480, 270)];
+
+/// Decodes a live 640x360 stream (a room's mix) until it shows each colour at its spot, within `limit`; the colours
+/// last seen when it never does. A mix starts with its first anchor's media: until then its URL answers 404.
+pub fn wait_pixels(url: &str, want: &[((usize, usize), Rgb)], limit: Duration) -> Result<(), Vec<Rgb>> {
+    let mut last = Vec::new();
+    let ok = wait_until(limit, || {
+        let out = Command::new("timeout")
+            .args(["20", "ffmpeg", "-v", "error", "-i", url, "-frames:v", "30"])
+            .args(["-f", "rawvideo", "-pix_fmt", "rgb24", "-s", "640x360", "-"])
+            .output()
+            .expect("ffmpeg");
+        let size = 640 * 360 * 3;
+        let Some(n) = out.stdout.len().checked_div(size).filter(|n| *n > 0) else { return false };
+        let frame = &out.stdout[(n - 1) * size..n * size];
+        last = want.iter().map(|((x, y), _)| pixel(frame, *x, *y)).collect();
+        last.iter().zip(want).all(|(g, (_, w))| near(*g, *w))
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(last)
+    }
+}
+
+/// The mix's 2x2 grid shows `want` (top-left, top-right, bottom-left, bottom-right).
+pub fn wait_grid(url: &str, want: [Rgb; 4], limit: Duration) -> Result<(), Vec<Rgb>> {
+    let want: Vec<_> = GRID.into_iter().zip(want).collect();
+    wait_pixels(url, &want, limit)
+}

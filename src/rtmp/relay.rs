@@ -222,13 +222,15 @@ async fn run(hub: Hub, relay: Arc<Relay>, mut stop: watch::Receiver<bool>) {
             r = push(&hub, &relay, &url) => r,
             _ = stop.changed() => return,
         };
-        let (went_live, reason) = match r {
-            Ok(()) => (true, "the stream ended".to_owned()),
-            Err(Failure { live, error }) => (live, error.to_string()),
+        let (went_live, failure) = match r {
+            Ok(()) => (true, None),
+            Err(Failure { live, error }) => (live, Some(error)),
         };
+        let reason = failure.as_ref().map_or_else(|| "the stream ended".to_owned(), |e| e.to_string());
         tracing::info!(%reason, "relay session ended");
         relay.set(RelayState::Retrying, Some(reason.clone()));
-        if !went_live || reason != "the stream ended" {
+        // The stream ending is no failure of the relay; anything else is.
+        if failure.is_some() {
             hub.events().send(Event::RelayFailed {
                 stream: relay.key.clone(),
                 url: crate::names::redact_url(&relay.url),

@@ -29,6 +29,28 @@ pub enum AccessError {
     Webhook(#[from] WebhookError),
     #[error("{0}")]
     Refused(GateError),
+    #[error("{0}")]
+    Claim(ClaimRefusal),
+}
+
+/// Why a [`PublishClaim`] refused a publish.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum ClaimRefusal {
+    /// Another node publishes the stream (HTTP 409).
+    #[error("{0}")]
+    Held(String),
+    /// This node takes no publishers (HTTP 403).
+    #[error("{0}")]
+    NotHere(String),
+    /// Whether another node publishes it cannot be known now (HTTP 503).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// The last check of a publish, beyond this node: the cluster's one publisher per stream.
+#[async_trait::async_trait]
+pub trait PublishClaim: Send + Sync {
+    async fn claim(&self, key: &StreamKey) -> Result<(), ClaimRefusal>;
 }
 
 /// Why a [`StreamGate`] refused: the gate's own error type (the rooms': `rooms::service::GateRefusal`).
@@ -53,17 +75,25 @@ pub struct Access {
     config: Arc<Config>,
     webhooks: Webhooks,
     gate: Arc<OnceLock<Arc<dyn StreamGate>>>,
+    claim: Arc<OnceLock<Arc<dyn PublishClaim>>>,
 }
 
 impl Access {
     pub fn new(config: Arc<Config>, webhooks: Webhooks) -> Self {
-        Self { config, webhooks, gate: Arc::default() }
+        Self { config, webhooks, gate: Arc::default(), claim: Arc::default() }
     }
 
     /// Installs the gate of the app it names (once: the room service at start-up).
     pub fn set_gate(&self, gate: Arc<dyn StreamGate>) {
         if self.gate.set(gate).is_err() {
             tracing::warn!("a stream gate is installed already");
+        }
+    }
+
+    /// Installs the publish claim (once: the cluster service at start-up).
+    pub fn set_claim(&self, claim: Arc<dyn PublishClaim>) {
+        if self.claim.set(claim).is_err() {
+            tracing::warn!("a publish claim is installed already");
         }
     }
 
@@ -109,6 +139,11 @@ impl Access {
                     param: info.param.clone(),
                 };
                 self.webhooks.authorize_publish(&event).await?;
+                // Last: a claim that another check would refuse would keep the stream from its real publisher
+                // on another node until it expired.
+                if let Some(c) = self.claim.get() {
+                    c.claim(key).await.map_err(AccessError::Claim)?;
+                }
                 Ok(())
             }
         }

@@ -54,6 +54,14 @@ impl Metrics {
     pub fn bytes_out(&self, p: Protocol, n: u64) {
         self.bytes_out[p as usize].fetch_add(n, Ordering::Relaxed);
     }
+    /// Bytes delivered to readers, over every protocol.
+    pub fn bytes_out_total(&self) -> u64 {
+        self.bytes_out.iter().map(|b| b.load(Ordering::Relaxed)).sum()
+    }
+    /// Readers of `p` attached now.
+    pub fn readers_of(&self, p: Protocol) -> u64 {
+        self.readers[p as usize].load(Ordering::Relaxed).max(0) as u64
+    }
     /// A player's socket entered (+1) or left (-1) its stream's direct fan-out.
     pub fn parked(&self, p: Protocol, delta: i64) {
         self.parked[p as usize].fetch_add(delta, Ordering::Relaxed);

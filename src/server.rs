@@ -29,6 +29,8 @@ pub struct AppState {
     pub rooms: Arc<crate::rooms::RoomService>,
     pub pulls: Arc<crate::cluster::Pulls>,
     pub relays: Arc<crate::rtmp::relay::Relays>,
+    /// This node in the origin/edge cluster, when `[cluster]` names a role (joined once the ports are bound).
+    pub cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
     /// The bound RTMP and RTMPS ports (room URLs carry them).
     rtmp_port: u16,
     rtmps_port: Option<u16>,
@@ -75,6 +77,7 @@ impl AppState {
             rooms,
             pulls,
             relays,
+            cluster: std::sync::OnceLock::new(),
             rtmp_port,
             rtmps_port,
             hub,
@@ -118,6 +121,7 @@ impl AppState {
             rooms: self.rooms.clone(),
             pulls: self.pulls.clone(),
             relays: self.relays.clone(),
+            cluster: self.cluster.get().cloned(),
             rtmp_port: self.rtmp_port,
             rtmps_port: self.rtmps_port,
         })
@@ -197,6 +201,20 @@ pub async fn run(config: Config, ready_file: Option<std::path::PathBuf>) -> anyh
     let auto: std::collections::HashMap<String, Vec<crate::record::RecordFormat>> =
         state.config.apps.iter().map(|(k, v)| (k.clone(), v.record.clone())).collect();
     state.recorder.spawn(auto);
+    if state.config.cluster.role.is_some() {
+        let advertise = crate::cluster::service::resolve_advertise(&state.config.cluster, rtmp_addr, http_addr)?;
+        let cluster = crate::cluster::Cluster::start(
+            state.config.clone(),
+            state.hub.clone(),
+            &state.access,
+            state.pulls.clone(),
+            advertise,
+        )
+        .await?;
+        if let Some(c) = cluster {
+            let _ = state.cluster.set(c);
+        }
+    }
     tracing::info!(rtmp = %rtmp_addr, http = %http_addr, "livegate listening");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(state.webhooks.clone().run(state.hub.events().clone()));
@@ -219,6 +237,9 @@ pub async fn run(config: Config, ready_file: Option<std::path::PathBuf>) -> anyh
 
     wait_for_signal().await;
     tracing::info!("shutting down: draining connections");
+    if let Some(c) = state.cluster.get() {
+        c.leave().await;
+    }
     let _ = stop_tx.send(true);
     let _ = rtmp_task.await;
     let _ = http_task.await;

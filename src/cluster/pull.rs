@@ -26,6 +26,10 @@ use crate::media::flv::{frame_from_tag, FlvParser};
 /// The longest a pull waits between attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
+/// The longest an edge's pull waits between attempts: its origin may be back (or replaced) any moment, and
+/// every retry is one directory lookup and one connection, which the cluster affords.
+const EDGE_MAX_BACKOFF: Duration = Duration::from_secs(1);
+
 /// The most a source may have sent without completing a tag: FLV's largest tag (a 24-bit size) and its header.
 /// More is garbage (a huge DataOffset, a stream that never completes), and is not buffered.
 const MAX_PENDING: usize = (1 << 24) + 64 * 1024;
@@ -64,12 +68,20 @@ pub struct PullStatus {
     pub last_error: Option<String>,
     /// Unix seconds the current (or last) session went live.
     pub live_since: Option<u64>,
+    /// Where the current (or last) session reads from, when the pull's URL names no fixed source (an edge's
+    /// pull names its stream; the origin is looked up per attempt).
+    pub source: Option<String>,
 }
 
 struct Pull {
     key: StreamKey,
     url: String,
     on_demand: bool,
+    /// How its stream's publisher is shown (`pull`, or `edge` for a cluster edge's pull).
+    protocol: Protocol,
+    /// Made for one run of an on-demand stream (an edge's pull) and gone with it, not created by the API.
+    transient: bool,
+    max_backoff: Duration,
     created: SystemTime,
     status: Mutex<PullStatus>,
     bytes_in: AtomicU64,
@@ -95,6 +107,8 @@ impl Pull {
             "stream": self.key.to_string(),
             "url": crate::names::redact_url(&self.url),
             "on_demand": self.on_demand,
+            "kind": self.protocol,
+            "source": s.source,
             "state": s.state,
             "attempts": s.attempts,
             "last_error": s.last_error,
@@ -126,6 +140,11 @@ pub struct SourceFailure(pub String);
 pub trait TagSource: Send {
     /// The next tag; `None` when the source ended the stream.
     async fn next(&mut self) -> Result<Option<SourceTag>, SourceFailure>;
+
+    /// The URL this connection reads, when it is not the pull's own (an edge's: the origin it found).
+    fn from(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Opens sources of one URL scheme (the RTMP adapter installs `rtmp://`; HTTP-FLV is built in).
@@ -184,9 +203,12 @@ impl Pulls {
             url,
             on_demand,
             created: SystemTime::now(),
-            status: Mutex::new(PullStatus { state, attempts: 0, last_error: None, live_since: None }),
+            status: Mutex::new(PullStatus { state, attempts: 0, last_error: None, live_since: None, source: None }),
             bytes_in: AtomicU64::new(0),
             stop: Mutex::new(None),
+            protocol: Protocol::Pull,
+            transient: false,
+            max_backoff: MAX_BACKOFF,
         });
         if !on_demand {
             let (tx, rx) = watch::channel(false);
@@ -222,8 +244,51 @@ impl Pulls {
         self.pulls.lock().get(key).map(|p| p.json())
     }
 
+    /// Starts an edge's pull of `key` through `dialer` (which finds the node to read from per attempt), listed
+    /// with the other pulls for as long as the returned handle lives; dropping it stops the pull.
+    pub fn start_edge(self: &Arc<Self>, key: &StreamKey, dialer: Arc<dyn Dialer>) -> SourceHandle {
+        let pull = Arc::new(Pull {
+            key: key.clone(),
+            url: format!("cluster:{key}"),
+            on_demand: true,
+            protocol: Protocol::Edge,
+            transient: true,
+            max_backoff: EDGE_MAX_BACKOFF,
+            created: SystemTime::now(),
+            status: Mutex::new(PullStatus {
+                state: PullState::Connecting,
+                attempts: 0,
+                last_error: None,
+                live_since: None,
+                source: None,
+            }),
+            bytes_in: AtomicU64::new(0),
+            stop: Mutex::new(None),
+        });
+        self.pulls.lock().insert(key.clone(), pull.clone());
+        let (tx, rx) = watch::channel(false);
+        spawn(self.hub.clone(), self.cfg.clone(), dialer, pull.clone(), rx);
+        let info = SourceInfo { kind: SourceKind::Pull, from: pull.url.clone() };
+        let timeout = Duration::from_secs_f64(self.cfg.pull_timeout_secs);
+        let linger = Duration::from_secs_f64(self.cfg.edge_idle_secs);
+        let pulls = Arc::downgrade(self);
+        SourceHandle::new(info, timeout, linger, move || {
+            let _ = tx.send(true);
+            if let Some(pulls) = pulls.upgrade() {
+                let mut map = pulls.pulls.lock();
+                if map.get(&pull.key).is_some_and(|p| Arc::ptr_eq(p, &pull)) {
+                    map.remove(&pull.key);
+                }
+            }
+        })
+    }
+
     /// Removes a pull: it stops, and its stream's readers wait out the reconnect grace like any publisher's.
     pub fn delete(&self, key: &StreamKey) -> Result<(), PullError> {
+        if self.pulls.lock().get(key).is_some_and(|p| p.transient) {
+            // An edge's pull lives and ends with its readers, not by the API.
+            return Err(PullError::NotFound(key.to_string()));
+        }
         let pull = self.pulls.lock().remove(key).ok_or_else(|| PullError::NotFound(key.to_string()))?;
         if let Some(tx) = pull.stop.lock().take() {
             let _ = tx.send(true);
@@ -243,7 +308,7 @@ struct OnDemand(std::sync::Weak<Pulls>);
 impl SourceFactory for OnDemand {
     fn start(&self, key: &StreamKey) -> Option<Result<SourceHandle, SourceError>> {
         let pulls = self.0.upgrade()?;
-        let pull = pulls.pulls.lock().get(key).filter(|p| p.on_demand).cloned()?;
+        let pull = pulls.pulls.lock().get(key).filter(|p| p.on_demand && !p.transient).cloned()?;
         let dialer = pulls.dialer(&pull.url)?;
         let (tx, rx) = watch::channel(false);
         pull.set(PullState::Connecting, None);
@@ -296,7 +361,7 @@ async fn run(hub: Hub, cfg: ClusterConfig, dialer: Arc<dyn Dialer>, pull: Arc<Pu
             _ = tokio::time::sleep(backoff) => {}
             _ = stop.changed() => return,
         }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+        backoff = (backoff * 2).min(pull.max_backoff);
     }
 }
 
@@ -313,10 +378,13 @@ fn failed(reason: impl Into<String>) -> Failure {
 /// One connection to the source: open it, publish, feed its tags to the hub until it ends.
 async fn session(hub: &Hub, dialer: &dyn Dialer, pull: &Pull, timeout: Duration) -> Result<(), Failure> {
     let mut source = dialer.open(&pull.url, timeout).await.map_err(|e| failed(e.0))?;
-    let guard = hub.register_client(Protocol::Pull, None);
+    if let Some(from) = source.from() {
+        pull.status.lock().source = Some(crate::names::redact_url(&from));
+    }
+    let guard = hub.register_client(pull.protocol, None);
     let info = PublisherInfo {
         client_id: guard.handle.id,
-        protocol: Protocol::Pull,
+        protocol: pull.protocol,
         addr: None,
         param: format!("pull={}", crate::names::redact_url(&pull.url)),
     };
@@ -366,20 +434,48 @@ impl Dialer for HttpFlv {
     }
 
     async fn open(&self, url: &str, timeout: Duration) -> Result<Box<dyn TagSource>, SourceFailure> {
-        let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-        let req = http::Request::get(url)
-            .header(http::header::USER_AGENT, concat!("livegate/", env!("CARGO_PKG_VERSION"), " pull"))
-            .body(Empty::new())
-            .map_err(|e| SourceFailure(format!("bad request: {e}")))?;
-        let resp = tokio::time::timeout(timeout, client.request(req))
-            .await
-            .map_err(|_| SourceFailure(format!("no answer within {timeout:?}")))?
-            .map_err(|e| SourceFailure(format!("cannot reach the source: {e}")))?;
-        if !resp.status().is_success() {
-            return Err(SourceFailure(format!("the source answered {}", resp.status())));
-        }
-        Ok(Box::new(FlvBody { body: resp.into_body(), parser: FlvParser::new() }))
+        open_flv(url, &[], timeout).await
     }
+}
+
+/// GETs an HTTP-FLV stream with extra request `headers`; the source of its tags. An error answer's JSON
+/// `detail` (livegate's, when the source is another livegate) is in the failure.
+pub async fn open_flv(
+    url: &str,
+    headers: &[(&str, &str)],
+    timeout: Duration,
+) -> Result<Box<dyn TagSource>, SourceFailure> {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let mut req = http::Request::get(url)
+        .header(http::header::USER_AGENT, concat!("livegate/", env!("CARGO_PKG_VERSION"), " pull"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Empty::new()).map_err(|e| SourceFailure(format!("bad request: {e}")))?;
+    let resp = tokio::time::timeout(timeout, client.request(req))
+        .await
+        .map_err(|_| SourceFailure(format!("no answer within {timeout:?}")))?
+        .map_err(|e| SourceFailure(format!("cannot reach the source: {e}")))?;
+    let status = resp.status();
+    if !status.is_success() {
+        // The body of an error answer is small JSON; read at most 4 KiB of it, briefly.
+        let body = tokio::time::timeout(
+            Duration::from_secs(1),
+            http_body_util::Limited::new(resp.into_body(), 4096).collect(),
+        )
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .map(|b| b.to_bytes());
+        let detail = body
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v["detail"].as_str().map(str::to_owned));
+        return Err(SourceFailure(match detail {
+            Some(d) => format!("the source answered {status}: {d}"),
+            None => format!("the source answered {status}"),
+        }));
+    }
+    Ok(Box::new(FlvBody { body: resp.into_body(), parser: FlvParser::new() }))
 }
 
 struct FlvBody {

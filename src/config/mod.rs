@@ -314,6 +314,7 @@ impl Config {
         self.rooms.validate()?;
         secs("cluster.edge_idle_secs", self.cluster.edge_idle_secs, 0.0, 3600.0)?;
         secs("cluster.pull_timeout_secs", self.cluster.pull_timeout_secs, 1.0, 120.0)?;
+        self.cluster.validate()?;
         if self.rtmp.max_connections == 0 {
             return bad("rtmp.max_connections", "must be at least 1".into());
         }

@@ -297,14 +297,142 @@ impl RecordConfig {
     }
 }
 
-/// `[cluster]`: pulls from other servers (and, to come, the origin/edge cluster on Redis).
-#[derive(Debug, Clone, Deserialize)]
+/// `[cluster]`: pulls from other servers, and the origin/edge cluster on Redis (docs/cluster.md). Without
+/// `redis_url` the node is on its own. Debug output leaves the Redis password out.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     /// An on-demand pull stops this long after its stream's last reader left.
     pub edge_idle_secs: f64,
     /// A pull source must answer, and keep sending, within this long (else the pull retries).
     pub pull_timeout_secs: f64,
+    /// What this node does in the cluster; `None` (no `role`): not in a cluster.
+    #[serde(default)]
+    pub role: Option<NodeRole>,
+    /// This node's name in the directory (unique in the cluster; `[A-Za-z0-9_-]`).
+    #[serde(default)]
+    pub node_id: String,
+    /// The directory: `redis://[:password@]host:port[/db]`.
+    #[serde(default)]
+    pub redis_url: String,
+    /// Prefix of every key this cluster writes (several clusters may share one Redis).
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: String,
+    /// A stream's and a node's directory entries live this long without a heartbeat (a node that dies is gone
+    /// from the directory after it); heartbeats come three times per TTL.
+    #[serde(default = "default_ttl_secs")]
+    pub ttl_secs: f64,
+    /// Where other nodes and players reach this node.
+    #[serde(default)]
+    pub advertise: Advertise,
+    /// An edge of a second tier: pull every stream from this node (`http://host:port`, another edge) instead of
+    /// from the origin that has it.
+    #[serde(default)]
+    pub upstream: String,
+}
+
+fn default_key_prefix() -> String {
+    "livegate".into()
+}
+
+fn default_ttl_secs() -> f64 {
+    3.0
+}
+
+/// What a node does in the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeRole {
+    /// Takes publishers; its streams are in the directory for edges to pull.
+    Origin,
+    /// Takes players only; pulls each stream from the origin that has it, on demand.
+    Edge,
+    /// Both: its own publishers' streams are served here and pulled by edges; other streams are pulled.
+    Both,
+}
+
+impl NodeRole {
+    pub fn publishes(self) -> bool {
+        matches!(self, NodeRole::Origin | NodeRole::Both)
+    }
+    pub fn pulls(self) -> bool {
+        matches!(self, NodeRole::Edge | NodeRole::Both)
+    }
+}
+
+/// `[cluster.advertise]`: this node's addresses as others reach them.
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Advertise {
+    /// `rtmp://host:port`. Empty: the bound RTMP address, when `rtmp.listen` names one.
+    #[serde(default)]
+    pub rtmp: String,
+    /// `http://host:port`: edges pull HTTP-FLV from it, rooms send members to it. Empty: the bound HTTP address,
+    /// when `http.listen` names one (not 0.0.0.0).
+    #[serde(default)]
+    pub http: String,
+}
+
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("edge_idle_secs", &self.edge_idle_secs)
+            .field("pull_timeout_secs", &self.pull_timeout_secs)
+            .field("role", &self.role)
+            .field("node_id", &self.node_id)
+            .field("redis_url", &crate::names::redact_url(&self.redis_url))
+            .field("key_prefix", &self.key_prefix)
+            .field("ttl_secs", &self.ttl_secs)
+            .field("advertise", &self.advertise)
+            .field("upstream", &self.upstream)
+            .finish()
+    }
+}
+
+impl ClusterConfig {
+    /// The checks `[cluster]` needs beyond the value ranges.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, detail: String| Err(ConfigError::invalid(key, detail));
+        let Some(role) = self.role else {
+            if !self.redis_url.is_empty() {
+                return bad("cluster.role", "redis_url is set: say what this node is (origin, edge or both)".into());
+            }
+            return Ok(());
+        };
+        if !self.redis_url.starts_with("redis://") {
+            return bad("cluster.redis_url", format!("{role:?} needs a redis:// URL of the directory"));
+        }
+        if self.node_id.is_empty()
+            || self.node_id.len() > 64
+            || !self.node_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return bad("cluster.node_id", format!("{:?} is not 1-64 of [A-Za-z0-9_-]", self.node_id));
+        }
+        if !(1.0..=60.0).contains(&self.ttl_secs) {
+            return bad("cluster.ttl_secs", format!("{} is outside 1..=60", self.ttl_secs));
+        }
+        if self.key_prefix.is_empty() || self.key_prefix.contains(char::is_whitespace) {
+            return bad("cluster.key_prefix", format!("{:?} is empty or has white space", self.key_prefix));
+        }
+        let http_url =
+            |u: &str| u.parse::<http::Uri>().is_ok_and(|u| u.scheme_str() == Some("http") && u.host().is_some());
+        let extra_path = |u: &str| u.trim_end_matches('/').matches('/').count() > 2;
+        if !self.advertise.http.is_empty() && (!http_url(&self.advertise.http) || extra_path(&self.advertise.http)) {
+            return bad("cluster.advertise.http", format!("{:?} is not http://host:port", self.advertise.http));
+        }
+        if !self.advertise.rtmp.is_empty() && !self.advertise.rtmp.starts_with("rtmp://") {
+            return bad("cluster.advertise.rtmp", format!("{:?} is not rtmp://host:port", self.advertise.rtmp));
+        }
+        if !self.upstream.is_empty() {
+            if !role.pulls() {
+                return bad("cluster.upstream", "only an edge (or both) pulls from an upstream".into());
+            }
+            if !http_url(&self.upstream) {
+                return bad("cluster.upstream", format!("{:?} is not http://host:port", self.upstream));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `[rooms]`: the room service (docs/rooms.md). Without an app, no room can be entered. Debug output leaves the

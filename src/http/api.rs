@@ -95,6 +95,11 @@ pub async fn handle(state: &Arc<HttpState>, addr: SocketAddr, req: Request<Incom
         }
         (_, ["api", "v1", "mixes", rest @ ..]) => super::mixes::handle(state, req, rest).await,
         (_, ["api", "v1", "pulls", rest @ ..]) => super::pulls::handle(state, req, rest).await,
+        (Method::GET, ["api", "v1", "cluster"]) => match &state.cluster {
+            Some(c) => json(StatusCode::OK, &c.status().await),
+            // On its own: no directory, no other nodes; its pulls are still its own.
+            None => json(StatusCode::OK, &json!({ "node": null, "pulls": state.pulls.list() })),
+        },
         (_, ["api", "v1", "relays", rest @ ..]) => super::relays::handle(state, req, rest).await,
         (m, ["api", "v1", "streams" | "clients" | "recordings", ..]) => {
             error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", &format!("{m} is not allowed on {path}"))

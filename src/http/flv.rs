@@ -44,10 +44,12 @@ pub struct Progress {
 
 /// A player admitted to a stream: checks path, signature and cache parameters and subscribes. The error is
 /// the response to send instead (400/403/404/503 JSON).
-pub fn open(
+/// `via`: the cluster nodes an edge's pull came through (its `x-livegate-via` header), for loop refusal.
+pub async fn open(
     state: &Arc<HttpState>,
     addr: SocketAddr,
     uri: &http::Uri,
+    via: &[String],
 ) -> Result<(StreamKey, Reader, ClientGuard), Box<Response<Body>>> {
     let path = uri.path();
     let query = names::parse_query(uri.query().unwrap_or(""));
@@ -62,18 +64,38 @@ pub fn open(
         Ok(p) => p,
         Err(e) => return Err(Box::new(error(StatusCode::BAD_REQUEST, "bad_parameter", &e.to_string()))),
     };
+    // A stream that is not here may be elsewhere in the cluster: looked up before the player waits for it.
+    if let Err(e) = state.hub.locate(&key, via).await {
+        return Err(Box::new(hub_error(&e)));
+    }
     let guard = state.hub.register_client(Protocol::HttpFlv, Some(addr));
     if let Some(tag) = crate::access::Access::player_tag(&query) {
         let _ = guard.handle.tag.set(tag);
     }
     match state.hub.subscribe(&key, Protocol::HttpFlv, policy, guard.handle.clone()) {
         Ok(r) => Ok((key, r, guard)),
-        Err(e @ HubError::NotFound(_)) => {
-            metrics::global().play_refused.fetch_add(1, Ordering::Relaxed);
-            Err(Box::new(error(StatusCode::NOT_FOUND, "stream_not_found", &e.to_string())))
-        }
-        Err(e) => Err(Box::new(error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", &e.to_string()))),
+        Err(e) => Err(Box::new(hub_error(&e))),
     }
+}
+
+/// A player refused by the hub: 404 for a stream that is nowhere, 503 when it cannot be served now, 508 for a
+/// cluster loop.
+pub fn hub_error(e: &HubError) -> Response<Body> {
+    metrics::global().play_refused.fetch_add(1, Ordering::Relaxed);
+    match e {
+        HubError::NotFound(_) => error(StatusCode::NOT_FOUND, "stream_not_found", &e.to_string()),
+        HubError::Loop(_) => error(StatusCode::LOOP_DETECTED, "cluster_loop", &e.to_string()),
+        _ => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", &e.to_string()),
+    }
+}
+
+/// The cluster nodes a request came through (`x-livegate-via: a,b`).
+pub fn via(headers: &http::HeaderMap) -> Vec<String> {
+    headers
+        .get(crate::cluster::VIA_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).take(16).collect())
+        .unwrap_or_default()
 }
 
 /// The response headers of a playing HTTP-FLV stream (besides CORS, which every response gets).
@@ -85,13 +107,13 @@ pub const PLAY_HEADERS: [(&str, &str); 3] = [
 
 /// HTTP-FLV through hyper: for a `.flv` request that is not the first on its connection, and for HEAD.
 /// (The common case, a fresh connection's GET, is served by `flv_direct`.)
-pub fn play(
+pub async fn play(
     state: &Arc<HttpState>,
     addr: SocketAddr,
     req: Request<Incoming>,
     watch: Arc<Mutex<Option<Watch>>>,
 ) -> Response<Body> {
-    let (key, reader, guard) = match open(state, addr, req.uri()) {
+    let (key, reader, guard) = match open(state, addr, req.uri(), &via(req.headers())).await {
         Ok(x) => x,
         Err(resp) => return *resp,
     };

@@ -55,7 +55,15 @@ pub fn sniff(buf: &[u8]) -> Sniff {
             let path_only = path.split('?').next().unwrap_or("");
             // Exactly the routes `http::route` sends to `flv::play`: other prefixes win there.
             let other_route = ["/recordings/", "/api/", "/whep/", "/whip/"].iter().any(|p| path_only.starts_with(p));
-            if method == "GET" && path_only.ends_with(".flv") && path.starts_with('/') && !has_body && !other_route {
+            // A cluster edge's pull names the nodes it came through: hyper's path reads that header.
+            let from_edge = req.headers.iter().any(|h| h.name.eq_ignore_ascii_case(crate::cluster::VIA_HEADER));
+            if method == "GET"
+                && path_only.ends_with(".flv")
+                && path.starts_with('/')
+                && !has_body
+                && !other_route
+                && !from_edge
+            {
                 Sniff::FlvGet { head_len, uri: path.to_owned(), http10: version == 0 }
             } else {
                 Sniff::Other
@@ -87,7 +95,7 @@ pub async fn serve(state: Arc<HttpState>, addr: SocketAddr, sock: TcpStream, hea
             return;
         }
     };
-    let (key, mut reader, guard) = match super::flv::open(&state, addr, &uri) {
+    let (key, mut reader, guard) = match super::flv::open(&state, addr, &uri, &[]).await {
         Ok(x) => x,
         Err(resp) => {
             write_response(&mut io, *resp, &cors).await;

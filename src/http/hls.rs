@@ -24,6 +24,12 @@ pub async fn handle(state: &Arc<HttpState>, req: &Request<Incoming>) -> Response
     if let Err(e) = state.access.authorize_play(&key, &query) {
         return super::access_error(&e);
     }
+    if segment.is_none() {
+        // A stream that is not here may be elsewhere in the cluster: looked up before waiting for segments.
+        if let Err(e) = state.hub.locate(&key, &[]).await {
+            return super::flv::hub_error(&e);
+        }
+    }
     match segment {
         None => match state.hls.playlist(&key, query_str).await {
             Ok(text) => {

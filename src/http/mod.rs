@@ -49,6 +49,7 @@ pub struct HttpState {
     pub rooms: Arc<crate::rooms::RoomService>,
     pub pulls: Arc<crate::cluster::Pulls>,
     pub relays: Arc<crate::rtmp::relay::Relays>,
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
     /// The bound RTMP (and RTMPS) ports, for the push and play URLs rooms hand out.
     pub rtmp_port: u16,
     pub rtmps_port: Option<u16>,
@@ -255,7 +256,7 @@ async fn route(
     } else if path.starts_with("/api/") {
         api::handle(&state, addr, req).await
     } else if path.ends_with(".flv") && (req.method() == Method::GET || req.method() == Method::HEAD) {
-        flv::play(&state, addr, req, watch)
+        flv::play(&state, addr, req, watch).await
     } else if (path.ends_with(".m3u8") || path.ends_with(".ts")) && req.method() == Method::GET {
         hls::handle(&state, &req).await
     } else if req.method() == Method::GET || req.method() == Method::HEAD {
@@ -345,6 +346,11 @@ pub fn access_error(e: &crate::access::AccessError) -> Response<Body> {
     crate::metrics::global().play_refused.fetch_add(1, Ordering::Relaxed);
     let (status, code) = match e {
         AccessError::Auth(_) | AccessError::Refused(_) => (StatusCode::FORBIDDEN, "forbidden"),
+        AccessError::Claim(crate::access::ClaimRefusal::Held(_)) => (StatusCode::CONFLICT, "stream_busy"),
+        AccessError::Claim(crate::access::ClaimRefusal::NotHere(_)) => (StatusCode::FORBIDDEN, "not_an_origin"),
+        AccessError::Claim(crate::access::ClaimRefusal::Unavailable(_)) => {
+            (StatusCode::SERVICE_UNAVAILABLE, "directory_unavailable")
+        }
         AccessError::UnknownApp(_) => (StatusCode::NOT_FOUND, "unknown_app"),
         _ => (StatusCode::BAD_REQUEST, "bad_name"),
     };

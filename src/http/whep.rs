@@ -121,6 +121,10 @@ async fn play(state: &Arc<HttpState>, addr: SocketAddr, key: StreamKey, req: Req
         Ok(o) => o,
         Err(r) => return *r,
     };
+    // A stream that is not here may be elsewhere in the cluster: looked up before any WebRTC work.
+    if let Err(e) = state.hub.locate(&key, &[]).await {
+        return super::flv::hub_error(&e);
+    }
     let tag = crate::access::Access::player_tag(&query);
     match state.whep.play(&key, offer, policy, Some(addr), tag).await {
         Ok((id, answer)) => sdp_created(state, answer, &format!("/whep/session/{id}")),

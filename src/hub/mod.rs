@@ -23,7 +23,7 @@ use crate::media::{Frame, MediaKind};
 pub use attach::{Attachment, AttachmentInfo, Audience, Purpose};
 pub use packet::{HeaderSet, Packet};
 pub use reader::{CachePolicy, EndReason, Reader, Tracks};
-pub use source::{SourceError, SourceFactory, SourceHandle, SourceInfo, SourceKind};
+pub use source::{LocateError, Locator, SourceError, SourceFactory, SourceHandle, SourceInfo, SourceKind};
 pub use stream::{PublisherInfo, Stream};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -70,10 +70,12 @@ pub enum Protocol {
     Pull,
     /// A relay pushing a stream to another server.
     Relay,
+    /// An edge's pull of a stream from the cluster node that has it.
+    Edge,
 }
 
 impl Protocol {
-    pub const COUNT: usize = 10;
+    pub const COUNT: usize = 11;
     pub const ALL: [Protocol; Self::COUNT] = [
         Protocol::Rtmp,
         Protocol::HttpFlv,
@@ -85,6 +87,7 @@ impl Protocol {
         Protocol::Room,
         Protocol::Pull,
         Protocol::Relay,
+        Protocol::Edge,
     ];
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -98,6 +101,7 @@ impl Protocol {
             Protocol::Room => "room",
             Protocol::Pull => "pull",
             Protocol::Relay => "relay",
+            Protocol::Edge => "edge",
         }
     }
 }
@@ -172,6 +176,12 @@ pub enum HubError {
     ShuttingDown,
     #[error("{0}")]
     Source(#[from] SourceError),
+    /// The stream is elsewhere but cannot be reached now (the cluster directory is down): 503.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Serving the stream here would pull it from a node that pulls it from here: 508.
+    #[error("{0}")]
+    Loop(String),
 }
 
 /// Tunables the hub needs (from `[hub]` and `[play]` in the config).
@@ -221,6 +231,8 @@ struct HubInner {
     shutting_down: AtomicBool,
     /// Asked, in order, for streams nobody publishes (see `hub::source`).
     factories: RwLock<Vec<Arc<dyn SourceFactory>>>,
+    /// Finds streams this node does not have (the cluster's directory), before a player waits for them.
+    locator: std::sync::OnceLock<Arc<dyn Locator>>,
     starting: Mutex<()>,
 }
 
@@ -238,6 +250,7 @@ impl Hub {
             events,
             shutting_down: AtomicBool::new(false),
             factories: RwLock::new(Vec::new()),
+            locator: std::sync::OnceLock::new(),
             starting: Mutex::new(()),
         }))
     }

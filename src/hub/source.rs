@@ -17,7 +17,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::stream::Stream;
-use super::{Hub, StreamKey};
+use super::{Hub, HubError, StreamKey};
 
 /// What kind of source publishes an on-demand stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -81,6 +81,32 @@ pub struct SourceError {
     pub detail: String,
 }
 
+/// Why a stream this node does not have cannot be served from elsewhere.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum LocateError {
+    /// Nobody has it.
+    #[error("{0}")]
+    NotFound(String),
+    /// Where it is cannot be known now.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The request came through this node already.
+    #[error("{0}")]
+    Loop(String),
+}
+
+/// Finds where a stream nobody publishes here is (the cluster's directory), so that a player asking for one
+/// that exists nowhere is told so at once instead of waiting for a source that will never publish.
+#[async_trait::async_trait]
+pub trait Locator: Send + Sync {
+    /// A loop error when `via` (the nodes a request came through) names this node.
+    fn check_via(&self, via: &[String]) -> Result<(), LocateError>;
+
+    /// `via`: the nodes the request came through (an edge pulling from this node names itself and those before
+    /// it), for loop refusal.
+    async fn locate(&self, key: &StreamKey, via: &[String]) -> Result<(), LocateError>;
+}
+
 /// Starts sources for the stream names it serves.
 pub trait SourceFactory: Send + Sync {
     /// A source for `key`: `None` when this factory does not serve that name (the next one is asked), an
@@ -90,6 +116,41 @@ pub trait SourceFactory: Send + Sync {
 }
 
 impl Hub {
+    /// Installs the locator (once: the cluster service at start-up).
+    pub fn set_locator(&self, l: Arc<dyn Locator>) {
+        if self.0.locator.set(l).is_err() {
+            tracing::warn!("a stream locator is installed already");
+        }
+    }
+
+    /// Checks that a player's stream can be served here before it is subscribed: live here, or found by the
+    /// locator (a cluster edge: the directory names an origin that has it). Renditions (`a@opus`) are made
+    /// here from their source, which is what is looked up.
+    pub async fn locate(&self, key: &StreamKey, via: &[String]) -> Result<(), HubError> {
+        let Some(locator) = self.0.locator.get().cloned() else { return Ok(()) };
+        let to_hub = |e| match e {
+            LocateError::NotFound(m) => HubError::NotFound(m),
+            LocateError::Unavailable(m) => HubError::Unavailable(m),
+            LocateError::Loop(m) => HubError::Loop(m),
+        };
+        // A request that came through here is a loop even for a stream this node has.
+        locator.check_via(via).map_err(to_hub)?;
+        let source = StreamKey::new(&key.app, crate::names::source_name(&key.name));
+        if self.get(&source).is_some_and(|s| !s.is_closed()) {
+            return Ok(());
+        }
+        locator.locate(&source, via).await.map_err(to_hub)
+    }
+
+    /// The stream `key`, started on demand if a source serves it: for a reader that looks at the stream before
+    /// it subscribes (a WHEP viewer chooses renditions by the stream's codecs). Not found: `Ok(None)`.
+    pub fn open_stream(&self, key: &StreamKey) -> Result<Option<Arc<Stream>>, HubError> {
+        if let Some(s) = self.get(key).filter(|s| !s.is_closed()) {
+            return Ok(Some(s));
+        }
+        Ok(self.start_on_demand(key)?)
+    }
+
     /// Adds a factory asked for streams nobody publishes (after the ones added before it).
     pub fn add_source_factory(&self, f: Arc<dyn SourceFactory>) {
         self.0.factories.write().push(f);

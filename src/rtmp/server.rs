@@ -512,7 +512,7 @@ impl Session {
                 }
             }
             Event::Publish(req) => self.on_publish(req).await?,
-            Event::Play(req) => self.on_play(req)?,
+            Event::Play(req) => self.on_play(req).await?,
             Event::Media { type_id, timestamp, payload } => self.on_media(type_id, timestamp, payload)?,
             Event::Metadata { timestamp, body } => {
                 if let Role::Publishing(publisher) = &mut self.role {
@@ -599,7 +599,7 @@ impl Session {
         self.proto.refuse_publish("NetStream.Publish.BadName", &description).into()
     }
 
-    fn on_play(&mut self, req: StreamRequest) -> Result<(), SessionError> {
+    async fn on_play(&mut self, req: StreamRequest) -> Result<(), SessionError> {
         let key = StreamKey::new(&req.app, &req.name);
         tracing::Span::current().record("stream", tracing::field::display(&key));
         if let Err(e) = self.state.access.authorize_play(&key, &req.query) {
@@ -615,6 +615,10 @@ impl Session {
         };
         if let Some(tag) = crate::access::Access::player_tag(&req.query) {
             let _ = self.handle.tag.set(tag);
+        }
+        // A stream that is not here may be elsewhere in the cluster: looked up before the player waits for it.
+        if let Err(e) = self.state.hub.locate(&key, &[]).await {
+            return Err(self.refuse_play("NetStream.Play.StreamNotFound", e.to_string()));
         }
         match self.state.hub.subscribe(&key, Protocol::Rtmp, policy, self.handle.clone()) {
             Ok(reader) => {

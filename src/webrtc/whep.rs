@@ -41,6 +41,22 @@ pub enum WhepError {
     Internal(String),
 }
 
+/// The longest a viewer of a stream started on demand waits for its first media before being answered.
+const SOURCE_WAIT: Duration = Duration::from_secs(10);
+
+/// Waits until `stream` has a codec configuration (or ends, or [`SOURCE_WAIT`] passes). The stream has no
+/// signal for its first header, and this is once per viewer of a cold stream: a short poll.
+async fn wait_for_headers(stream: &crate::hub::Stream) {
+    let deadline = tokio::time::Instant::now() + SOURCE_WAIT;
+    while !stream.is_closed() && tokio::time::Instant::now() < deadline {
+        let h = stream.headers();
+        if h.video.is_some() || h.audio.is_some() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 struct Session {
     pc: Arc<dyn PeerConnection>,
     key: StreamKey,
@@ -85,10 +101,15 @@ impl Whep {
         if !offer.lines().any(|l| l.starts_with("m=video")) || (vp8 && !lower.contains("vp8/90000")) {
             return Err(WhepError::NoCodec);
         }
-        // Refuse before doing any WebRTC work when the stream does not exist.
-        if self.hub.get(key).filter(|s| !s.is_closed()).is_none() {
-            return Err(WhepError::NotFound(format!("stream {key} is not being published")));
-        }
+        // Refuse before doing any WebRTC work when the stream does not exist. One started on demand here (an
+        // edge's pull) is waited for: which renditions the viewer needs depends on its codecs.
+        let not_found = || WhepError::NotFound(format!("stream {key} is not being published"));
+        let stream = match self.hub.open_stream(key) {
+            Ok(Some(s)) => s,
+            Ok(None) | Err(HubError::NotFound(_)) => return Err(not_found()),
+            Err(e) => return Err(WhepError::Internal(e.to_string())),
+        };
+        wait_for_headers(&stream).await;
         // Audio: the stream's shared Opus rendition, when the browser takes Opus and the stream has AAC.
         let wants_opus = offer.to_ascii_lowercase().contains("opus/48000");
         let opus_key = if wants_opus {

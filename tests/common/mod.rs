@@ -39,6 +39,7 @@ pub struct Server {
 }
 
 pub mod enhanced_rtmp;
+pub mod redis;
 pub mod room_member;
 
 pub mod tempdir {

@@ -1,0 +1,148 @@
+//! The origin/edge cluster (issue #12): a real redis-server, origins and edges as separate livegate processes
+//! on loopback ports. ffmpeg publishes to an origin; ffprobe and the tests' FLV and RTMP clients play from the
+//! edges; origins are killed with SIGKILL and the publisher moves; Redis goes away and comes back.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::redis::Redis;
+use common::*;
+use livegate::media::flv::Tag;
+use serde_json::Value;
+
+fn node(redis: &Redis, role: &str, id: &str, extra: &str) -> Server {
+    Server::start(&format!(
+        "[cluster]\nrole = \"{role}\"\nnode_id = \"{id}\"\nredis_url = \"{}\"\n{extra}",
+        redis.url()
+    ))
+}
+
+fn cluster(srv: &Server) -> Value {
+    srv.api("GET", "/api/v1/cluster").json()
+}
+
+fn node_ids(srv: &Server) -> Vec<String> {
+    let c = cluster(srv);
+    let mut ids: Vec<String> =
+        c["nodes"].as_array().into_iter().flatten().filter_map(|n| n["id"].as_str().map(String::from)).collect();
+    ids.sort();
+    ids
+}
+
+/// The directory's holder of `stream`, as a node's API shows it.
+fn holder(srv: &Server, stream: &str) -> Option<String> {
+    cluster(srv)["streams"]
+        .as_array()?
+        .iter()
+        .find(|s| s["stream"] == stream)
+        .and_then(|s| s["node"].as_str().map(String::from))
+}
+
+fn edge_pulls(srv: &Server) -> Vec<Value> {
+    cluster(srv)["pulls"].as_array().cloned().unwrap_or_default().into_iter().filter(|p| p["kind"] == "edge").collect()
+}
+
+fn readers(srv: &Server, name: &str, proto: &str) -> u64 {
+    srv.stream_json(name).map_or(0, |s| s["readers"][proto].as_u64().unwrap_or(0))
+}
+
+/// Probes `url` until ffprobe names an H.264 and an AAC track.
+fn wait_av(url: &str) {
+    let mut got = Vec::new();
+    let ok = wait_until(Duration::from_secs(30), || {
+        let out = ffprobe(url, &["-show_entries", "stream=codec_name", "-of", "csv=p=0"]);
+        got = String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect();
+        got.sort();
+        // HLS lists each track once per program too.
+        got.dedup();
+        out.status.success() && got == ["aac", "h264"]
+    });
+    assert!(ok, "{url}: {got:?}");
+}
+
+/// An RTMP publish of `name` on `srv`: the status it got.
+fn publish_status(srv: &Server, name: &str) -> (String, String) {
+    let mut c = RtmpClient::connect(srv.rtmp_port, false).unwrap();
+    c.connect_app("live");
+    statuses(&c.publish(name)).pop().expect("an onStatus")
+}
+
+/// Newest media timestamp among `tags` read so far.
+fn newest_ts(tags: &[(Instant, Tag)]) -> Option<u32> {
+    tags.iter().filter(|(_, t)| is_video_frame(t)).map(|(_, t)| t.timestamp).max()
+}
+
+#[test]
+fn edges_pull_from_the_origin_that_has_the_stream_and_follow_it_when_that_origin_dies() {
+    let redis = Redis::start();
+    let mut a = node(&redis, "origin", "origin-a", "");
+    let b = node(&redis, "origin", "origin-b", "");
+    let e1 = node(&redis, "edge", "edge-1", "");
+    let e2 = node(&redis, "edge", "edge-2", "");
+    assert!(
+        wait_until(Duration::from_secs(10), || node_ids(&e1) == ["edge-1", "edge-2", "origin-a", "origin-b"]),
+        "{}",
+        cluster(&e1)
+    );
+    let _push = push_loop(&media("short"), &a.rtmp_url("a"));
+    a.wait_live("a");
+    assert!(wait_until(Duration::from_secs(10), || holder(&e2, "live/a").as_deref() == Some("origin-a")));
+
+    // Every protocol at both edges.
+    for url in [e1.flv_url("a"), e1.rtmp_url("a"), format!("http://127.0.0.1:{}/live/a.m3u8", e1.http_port)] {
+        wait_av(&url);
+    }
+    wait_av(&e2.flv_url("a"));
+    // However many readers an edge has, it holds one pull, and the origin sees one reader per edge.
+    let mut r1: Vec<FlvClient> = (0..3).map(|_| FlvClient::connect(e1.http_port, "/live/a.flv", None)).collect();
+    let _r2 = FlvClient::connect(e2.http_port, "/live/a.flv", None);
+    assert!(wait_until(Duration::from_secs(10), || readers(&e1, "a", "http-flv") == 3));
+    assert!(wait_until(Duration::from_secs(10), || readers(&a, "a", "http-flv") == 2), "{:?}", a.stream_json("a"));
+    let pulls = edge_pulls(&e1);
+    assert_eq!(pulls.len(), 1, "{pulls:?}");
+    assert_eq!(pulls[0]["state"], "live", "{pulls:?}");
+    assert!(pulls[0]["source"].as_str().unwrap().contains(&format!(":{}/live/a.flv", a.http_port)), "{pulls:?}");
+    assert_eq!(e1.stream_json("a").unwrap()["publisher"]["protocol"], "edge");
+
+    // One publisher cluster-wide: a second one on the other origin is refused, naming the holder; an edge takes
+    // no publishers; a stream no origin has is 404 at once.
+    let (code, desc) = publish_status(&b, "a");
+    assert_eq!(code, "NetStream.Publish.BadName", "{desc}");
+    assert!(desc.contains("live on origin origin-a"), "{desc}");
+    let (_, desc) = publish_status(&e1, "x");
+    assert!(desc.contains("edge-1 is an edge"), "{desc}");
+    let r = http_get(e1.http_port, "/live/nope.flv").unwrap();
+    assert_eq!(r.status, 404, "{}", String::from_utf8_lossy(&r.body));
+    assert!(r.json()["detail"].as_str().unwrap().contains("no origin of the cluster has stream live/nope"));
+
+    // Origin A dies; its entries leave the directory within the TTL; the publisher comes back on B (as a load
+    // balancer would send it), and the edges' readers carry on without reconnecting, on one timeline.
+    let before = newest_ts(&r1[0].read_for(Duration::from_millis(300))).expect("video before the kill");
+    a.child.kill().unwrap();
+    let _ = a.child.wait();
+    assert!(wait_until(Duration::from_secs(10), || !node_ids(&e1).contains(&"origin-a".to_string())));
+    let mut push_b = push_loop(&media("short"), &b.rtmp_url("a"));
+    // The directory may still name A for up to a TTL: a refused publisher tries again, as encoders do.
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            if !push_b.running() {
+                push_b = push_loop(&media("short"), &b.rtmp_url("a"));
+            }
+            holder(&e1, "live/a").as_deref() == Some("origin-b")
+        }),
+        "{}",
+        b.log_text()
+    );
+    let mut after = None;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            after = newest_ts(&r1[0].read_for(Duration::from_millis(200)));
+            after.is_some_and(|t| t > before + 500)
+        }),
+        "edge reader stalled at {before} ({after:?})"
+    );
+    let pulls = edge_pulls(&e1);
+    assert!(pulls[0]["source"].as_str().unwrap().contains(&format!(":{}/live/a.flv", b.http_port)), "{pulls:?}");
+    assert_eq!(readers(&e1, "a", "http-flv"), 3, "the edge's readers stayed connected");
+}

@@ -110,9 +110,24 @@ const SECRET_KEYS: &[&str] = &[
 /// of every credential parameter becomes `***`; the rest is kept as sent.
 /// A URL with its query's credentials redacted (`names::redact_query`), for logs and API answers.
 pub fn redact_url(url: &str) -> String {
-    match url.split_once('?') {
-        Some((base, q)) => format!("{base}?{}", redact_query(q)),
-        None => url.to_owned(),
+    let (base, query) = match url.split_once('?') {
+        Some((base, q)) => (base, Some(q)),
+        None => (url, None),
+    };
+    // Credentials in the authority (`redis://:password@host`, `rtmp://user:key@host`) are shown as `***`.
+    let base = match base.split_once("://") {
+        Some((scheme, rest)) => {
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            match rest[..authority_end].rfind('@') {
+                Some(at) => format!("{scheme}://***{}", &rest[at..]),
+                None => base.to_owned(),
+            }
+        }
+        None => base.to_owned(),
+    };
+    match query {
+        Some(q) => format!("{base}?{}", redact_query(q)),
+        None => base,
     }
 }
 
@@ -189,6 +204,11 @@ mod tests {
         assert_eq!(redact_query(""), "");
         assert_eq!(redact_query("sign"), "sign=***");
         assert_eq!(redact_query("monkey=1"), "monkey=1");
+        assert_eq!(redact_url("redis://:hunter2@10.0.0.5:6379/0"), "redis://***@10.0.0.5:6379/0");
+        assert_eq!(redact_url("rtmp://u:p@cdn/app/s?txSecret=a"), "rtmp://***@cdn/app/s?txSecret=***");
+        // An @ after the authority is not a credential.
+        assert_eq!(redact_url("http://h/a@b.flv"), "http://h/a@b.flv");
+        assert_eq!(redact_url("redis://10.0.0.5"), "redis://10.0.0.5");
     }
 
     #[test]

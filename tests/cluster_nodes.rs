@@ -146,3 +146,91 @@ fn edges_pull_from_the_origin_that_has_the_stream_and_follow_it_when_that_origin
     assert!(pulls[0]["source"].as_str().unwrap().contains(&format!(":{}/live/a.flv", b.http_port)), "{pulls:?}");
     assert_eq!(readers(&e1, "a", "http-flv"), 3, "the edge's readers stayed connected");
 }
+
+#[test]
+fn a_node_whose_directory_is_unreachable_at_start_says_which_and_exits() {
+    let dir = tempdir::TempDir::new("noredis");
+    let cfg = dir.path().join("c.toml");
+    let port = free_port();
+    std::fs::write(
+        &cfg,
+        format!(
+            "[rtmp]\nlisten = \"127.0.0.1:0\"\n[http]\nlisten = \"127.0.0.1:0\"\n[cluster]\nrole = \"origin\"\n\
+             node_id = \"o\"\nredis_url = \"redis://:hunter2@127.0.0.1:{port}/0\"\n"
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_livegate"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("the cluster directory at redis://***@127.0.0.1:{port}/0 is unreachable")), "{err}");
+    assert!(!err.contains("hunter2"), "the password leaked: {err}");
+}
+
+#[test]
+fn nodes_keep_serving_without_redis_refuse_what_needs_it_and_recover_when_it_returns() {
+    let mut redis = Redis::start();
+    let a = node(&redis, "origin", "origin-a", "");
+    let e = node(&redis, "edge", "edge-1", "");
+    let _push = push_loop(&media("short"), &a.rtmp_url("a"));
+    a.wait_live("a");
+    assert!(wait_until(Duration::from_secs(10), || holder(&e, "live/a").is_some()));
+    let mut reader = FlvClient::connect(e.http_port, "/live/a.flv", None);
+    let before = newest_ts(&reader.read_for(Duration::from_millis(500))).expect("video through the edge");
+
+    redis.kill();
+    // What is here keeps playing.
+    let mut after = None;
+    assert!(wait_until(Duration::from_secs(20), || {
+        after = newest_ts(&reader.read_for(Duration::from_millis(200)));
+        after.is_some_and(|t| t > before + 2000)
+    }));
+    // What needs the directory is refused with the reason, at once.
+    let r = http_get(e.http_port, "/live/other.flv").unwrap();
+    assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+    let detail = r.json()["detail"].as_str().unwrap().to_owned();
+    assert!(detail.contains("cannot look stream live/other up") && detail.contains("unreachable"), "{detail}");
+    let (_, desc) = publish_status(&a, "c");
+    assert!(desc.contains("cannot claim stream live/c") && desc.contains("unreachable"), "{desc}");
+    let c = cluster(&a);
+    assert_eq!(c["directory"]["reachable"], false, "{c}");
+
+    // Redis comes back empty: the origin's next heartbeat writes its stream again, and new work goes through.
+    redis.restart();
+    assert!(
+        wait_until(Duration::from_secs(15), || holder(&e, "live/a").as_deref() == Some("origin-a")),
+        "{}",
+        a.log_text()
+    );
+    let _push_c = push_loop(&media("short"), &a.rtmp_url("c"));
+    a.wait_live("c");
+    wait_av(&e.flv_url("c"));
+    assert_eq!(cluster(&a)["directory"]["reachable"], true);
+}
+
+#[test]
+fn a_second_tier_edge_pulls_from_its_upstream_edge_and_an_upstream_loop_is_refused() {
+    let redis = Redis::start();
+    let a = node(&redis, "origin", "origin-a", "");
+    let e1 = node(&redis, "edge", "edge-1", "");
+    let e2 = node(&redis, "edge", "edge-2", &format!("upstream = \"http://127.0.0.1:{}\"\n", e1.http_port));
+    let _push = push_loop(&media("short"), &a.rtmp_url("a"));
+    a.wait_live("a");
+    assert!(wait_until(Duration::from_secs(10), || holder(&e2, "live/a").is_some()));
+    // Tier 2 → tier 1 → origin: the origin has one reader (edge 1), edge 1 one (edge 2).
+    let _r = FlvClient::connect(e2.http_port, "/live/a.flv", None);
+    wait_av(&e2.flv_url("a"));
+    assert!(wait_until(Duration::from_secs(10), || readers(&e1, "a", "http-flv") >= 1));
+    assert_eq!(readers(&a, "a", "http-flv"), 1, "{:?}", a.stream_json("a"));
+    let p = edge_pulls(&e2);
+    assert!(p[0]["source"].as_str().unwrap().contains(&format!(":{}/live/a.flv", e1.http_port)), "{p:?}");
+
+    // A request that came through a node already is a loop: refused with 508 and the chain.
+    let r = http_request(e1.http_port, "GET", "/live/a.flv", &[("x-livegate-via", "edge-9,edge-1")]).unwrap();
+    assert_eq!(r.status, 508, "{}", String::from_utf8_lossy(&r.body));
+    assert!(r.json()["detail"].as_str().unwrap().contains("came through node edge-1 already"));
+}

@@ -33,7 +33,7 @@ pub const VIA_HEADER: &str = "x-livegate-via";
 /// Why the cluster could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
-    #[error("{0}")]
+    #[error(transparent)]
     Directory(#[from] DirectoryError),
     #[error("cluster.advertise.{0} is needed: {1} listens on every address, so other nodes cannot tell which")]
     Advertise(&'static str, std::net::SocketAddr),

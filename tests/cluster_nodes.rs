@@ -234,3 +234,30 @@ fn a_second_tier_edge_pulls_from_its_upstream_edge_and_an_upstream_loop_is_refus
     assert_eq!(r.status, 508, "{}", String::from_utf8_lossy(&r.body));
     assert!(r.json()["detail"].as_str().unwrap().contains("came through node edge-1 already"));
 }
+
+#[test]
+fn chromium_plays_whep_from_an_edge_whose_opus_rendition_is_made_at_the_edge() {
+    let redis = Redis::start();
+    let a = node(&redis, "origin", "origin-a", "");
+    let e = node(&redis, "edge", "edge-1", "[webrtc]\nudp_port_min = 0\nudp_port_max = 0\n");
+    let _push = push_loop(&media("360p"), &a.rtmp_url("w"));
+    a.wait_live("w");
+    assert!(wait_until(Duration::from_secs(10), || holder(&e, "live/w").is_some()));
+    // The edge has nothing of the stream until the browser asks: then it pulls it and answers.
+    assert!(e.stream_json("w").is_none());
+    let shot = e.dir.path().join("whep.png");
+    let url = format!("http://127.0.0.1:{}/whep/live/w", e.http_port);
+    let j = browser_check("whep_play.mjs", &[&url, shot.to_str().unwrap(), "4"]);
+    assert_eq!(j["status"], 201, "{j}");
+    assert_eq!(j["width"], 640, "{j}");
+    assert!(j["fps"].as_f64().unwrap() > 20.0, "{j}");
+    assert!(j["audioPackets"].as_u64().unwrap_or(0) > 50, "{j}");
+    // The Opus rendition is the edge's own; the origin sends its one stream and makes none.
+    assert_eq!(e.stream_json("w@opus").expect("the edge's Opus rendition")["audio"]["codec"], "Opus");
+    assert!(a.stream_json("w@opus").is_none(), "the origin made a rendition");
+    assert_eq!(edge_pulls(&e).len(), 1);
+    // WHEP of a stream no origin has: 404 before any WebRTC work.
+    let offer = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 H264/90000\r\n";
+    let r = http_request_with_body(e.http_port, "POST", "/whep/live/nope", &[("content-type", "application/sdp")], offer);
+    assert_eq!(r.status, 404, "{}", String::from_utf8_lossy(&r.body));
+}

@@ -288,8 +288,10 @@ LivegateWx.prototype._request = function (method, path, body, auth) {
       if (!self.token) return reject(LivegateError(0, 'not_in_room', 'enterRoom first'));
       header.Authorization = 'Bearer ' + self.token;
     }
+    // A member's calls go to the node its room lives on (the enter's `server`, in a cluster); the rest to ours.
+    var base = auth !== false && self._roomServer ? self._roomServer : self.server;
     wx.request({
-      url: self.server + path,
+      url: base + path,
       method: method,
       header: header,
       data: body === undefined ? (method === 'GET' ? undefined : {}) : body,
@@ -378,10 +380,11 @@ LivegateWx.prototype.enterRoom = function (params) {
       if (attempt !== self._enterGen || self._state !== 'entering') {
         // exitRoom() was called while entering: leave again at once.
         var room = encodeURIComponent(answer.room ? answer.room.room_id : String(roomId));
-        wx.request({ url: self.server + '/api/v1/rooms/' + room + '/leave', method: 'POST', data: {}, header: { 'content-type': 'application/json', Authorization: 'Bearer ' + answer.token } });
+        wx.request({ url: (answer.server || self.server) + '/api/v1/rooms/' + room + '/leave', method: 'POST', data: {}, header: { 'content-type': 'application/json', Authorization: 'Bearer ' + answer.token } });
         throw LivegateError(0, 'cancelled', 'exitRoom was called while entering');
       }
       self._state = 'in';
+      self._roomServer = answer.server ? String(answer.server).replace(/\/+$/, '') : self.server;
       self.userId = answer.user_id || String(userId);
       self.room = answer.room || null;
       self.roomId = String(answer.room && answer.room.room_id !== undefined ? answer.room.room_id : roomId);

@@ -212,6 +212,11 @@ pub async fn run(config: Config, ready_file: Option<std::path::PathBuf>) -> anyh
         )
         .await?;
         if let Some(c) = cluster {
+            let rooms = state.rooms.clone();
+            c.set_open_rooms(move || {
+                let open = rooms.open_rooms().into_iter();
+                open.map(|k| crate::cluster::directory::RoomRef { app: k.app, id: k.id }).collect()
+            });
             let _ = state.cluster.set(c);
         }
     }

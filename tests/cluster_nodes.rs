@@ -258,6 +258,76 @@ fn chromium_plays_whep_from_an_edge_whose_opus_rendition_is_made_at_the_edge() {
     assert_eq!(edge_pulls(&e).len(), 1);
     // WHEP of a stream no origin has: 404 before any WebRTC work.
     let offer = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 H264/90000\r\n";
-    let r = http_request_with_body(e.http_port, "POST", "/whep/live/nope", &[("content-type", "application/sdp")], offer);
+    let r =
+        http_request_with_body(e.http_port, "POST", "/whep/live/nope", &[("content-type", "application/sdp")], offer);
     assert_eq!(r.status, 404, "{}", String::from_utf8_lossy(&r.body));
+}
+
+const APP: u32 = 1400000123;
+const KEY: &str = "5bd2850fff3ecb11d7c805251c51ee463a25727bddc2385f3fa8bfee1bb93b5e";
+
+fn room_node(redis: &Redis, role: &str, id: &str) -> Server {
+    node(redis, role, id, &format!("[rooms]\napps = [{{ sdk_app_id = {APP}, secret_key = \"{KEY}\" }}]\n"))
+}
+
+fn enter_body(user: &str) -> Value {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let sig = livegate::usersig::sign(KEY.as_bytes(), APP, user, now, 86400, None);
+    serde_json::json!({"sdkAppId": APP, "userId": user, "userSig": sig, "client": "web"})
+}
+
+fn enter(srv: &Server, path: &str, user: &str) -> Value {
+    let r = common::room_member::room_call(srv, "POST", path, None, &enter_body(user));
+    assert_eq!(r.status, 200, "enter {path} as {user} on :{}: {}", srv.http_port, String::from_utf8_lossy(&r.body));
+    r.json()
+}
+
+#[test]
+fn a_room_lives_on_one_node_and_an_enter_on_any_node_is_answered_by_it() {
+    let redis = Redis::start();
+    let mut a = room_node(&redis, "origin", "origin-a");
+    let b = room_node(&redis, "origin", "origin-b");
+    let e = room_node(&redis, "edge", "edge-1");
+    let a_http = format!("http://127.0.0.1:{}", a.http_port);
+    assert!(wait_until(Duration::from_secs(10), || node_ids(&e).len() == 3));
+
+    let alice = enter(&a, "/api/v1/rooms/r1/enter", "alice");
+    assert_eq!((alice["created"].as_bool(), alice["server"].as_str()), (Some(true), Some(a_http.as_str())));
+    assert_eq!(redis.command(&format!("GET livegate:room:{APP}:r1")).unwrap(), "$8\r\norigin-a\r\n");
+    // Bob enters on the other origin, Carol on the edge: both are answered by A, with A's URLs.
+    let bob = enter(&b, "/api/v1/rooms/r1/enter", "bob");
+    let carol = enter(&e, "/api/v1/rooms/r1/enter", "carol");
+    for m in [&bob, &carol] {
+        assert_eq!((m["created"].as_bool(), m["server"].as_str()), (Some(false), Some(a_http.as_str())), "{m}");
+        assert!(m["events_url"].as_str().unwrap().starts_with(&format!("ws://127.0.0.1:{}/", a.http_port)), "{m}");
+        assert!(m["push"]["rtmp"].as_str().unwrap().starts_with(&format!("rtmp://127.0.0.1:{}/", a.rtmp_port)));
+    }
+    let users: Vec<&str> = carol["members"].as_array().unwrap().iter().filter_map(|m| m["user_id"].as_str()).collect();
+    assert!(users.contains(&"alice") && users.contains(&"bob"), "{carol}");
+    // Their media meets on A: Alice pushes to her URL, Bob plays her with the URL his (forwarded) enter gave.
+    let _push = push_loop(&media("short"), alice["push"]["rtmp"].as_str().unwrap());
+    let bob_again = enter(&e, "/api/v1/rooms/r1/enter", "bob");
+    let alice_flv = bob_again["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["user_id"] == "alice")
+        .map(|m| m["play"]["flv"].as_str().unwrap().to_owned())
+        .unwrap();
+    wait_av(&alice_flv);
+    // A room with a server-assigned id asked of the edge opens on an origin.
+    let fresh = enter(&e, "/api/v1/rooms/enter", "dave");
+    let server = fresh["server"].as_str().unwrap();
+    assert!(server == a_http || server == format!("http://127.0.0.1:{}", b.http_port), "{fresh}");
+
+    // A dies: its room leaves the directory with it, and the next enter opens the room again elsewhere.
+    a.child.kill().unwrap();
+    let _ = a.child.wait();
+    let mut again = Value::Null;
+    assert!(wait_until(Duration::from_secs(15), || {
+        let r = common::room_member::room_call(&e, "POST", "/api/v1/rooms/r1/enter", None, &enter_body("erin"));
+        again = r.json();
+        r.status == 200 && again["created"] == true
+    }));
+    assert_eq!(again["server"].as_str(), Some(format!("http://127.0.0.1:{}", b.http_port).as_str()), "{again}");
 }

@@ -149,10 +149,11 @@ export class LivegateRoom {
       // exitRoom() was called while entering: leave again at once.
       const auth = { Authorization: `Bearer ${answer.token}`, 'Content-Type': 'application/json' };
       const room = encodeURIComponent(answer.room ? answer.room.room_id : p.roomId);
-      fetch(`${this.server}/api/v1/rooms/${room}/leave`, { method: 'POST', headers: auth, body: '{}' }).catch(() => {});
+      fetch(`${answer.server || this.server}/api/v1/rooms/${room}/leave`, { method: 'POST', headers: auth, body: '{}' }).catch(() => {});
       throw new LivegateError(0, 'cancelled', 'exitRoom was called while entering');
     }
     this._state = 'in';
+    this._roomServer = answer.server ? String(answer.server).replace(/\/+$/, '') : this.server;
     this.userId = answer.user_id || p.userId;
     this.room = answer.room;
     this.roomId = String(answer.room && answer.room.room_id !== undefined ? answer.room.room_id : p.roomId);
@@ -721,7 +722,9 @@ export class LivegateRoom {
       if (!this.token) throw new LivegateError(0, 'not_in_room', 'enterRoom first');
       headers.Authorization = `Bearer ${this.token}`;
     }
-    const r = await fetch(this.server + path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+    // A member's calls go to the node its room lives on (the enter's `server`, in a cluster); the rest to ours.
+    const base = auth && this._roomServer ? this._roomServer : this.server;
+    const r = await fetch(base + path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
     const text = await r.text();
     if (!r.ok) throw errorOf(r.status, text, `http_${r.status}`);
     try {

@@ -6,6 +6,8 @@
 //! - `P:stream:{app}/{name}` = the id of the node holding the stream's publisher. Claimed atomically (a Lua
 //!   script: set when absent or ours, or when taking over), renewed and released only by its holder.
 //! - `P:node:{id}` = the node's [`NodeRecord`] as JSON.
+//! - `P:room:{sdkAppId}:{roomId}` = the id of the node a room lives on (members of one room meet on one node),
+//!   claimed, renewed and released like a stream.
 //!
 //! One round trip per heartbeat whatever the number of streams (one script renews them all); lookups are two
 //! GETs. Everything here is I/O; what to claim and when is the cluster service's business.
@@ -68,6 +70,13 @@ pub enum Claim {
     TakenOver { from: String },
     /// It is live on another node.
     Held { by: String },
+}
+
+/// A room as the directory knows it: its app and id (the rooms service's key, without depending on it).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RoomRef {
+    pub app: u32,
+    pub id: String,
 }
 
 /// A stream's directory entry.
@@ -163,6 +172,10 @@ impl Directory {
         format!("{}:stream:{}/{}", self.prefix, key.app, key.name)
     }
 
+    fn room_key(&self, room: &RoomRef) -> String {
+        format!("{}:room:{}:{}", self.prefix, room.app, room.id)
+    }
+
     fn node_key(&self, id: &str) -> String {
         format!("{}:node:{id}", self.prefix)
     }
@@ -189,8 +202,32 @@ impl Directory {
 
     /// Claims `key` for this node; with `takeover`, from whichever node holds it.
     pub async fn claim(&self, key: &StreamKey, takeover: bool) -> Result<Claim, DirectoryError> {
+        self.claim_key(self.stream_key(key), takeover).await
+    }
+
+    /// Claims a room for this node (it lives here) unless a live node has it; with `takeover`, whoever has it.
+    pub async fn claim_room(&self, room: &RoomRef, takeover: bool) -> Result<Claim, DirectoryError> {
+        self.claim_key(self.room_key(room), takeover).await
+    }
+
+    /// The node a room lives on, if it is alive; `Err(id)` of a node that holds it but is gone.
+    pub async fn room_node(&self, room: &RoomRef) -> Result<Option<Result<NodeRecord, String>>, DirectoryError> {
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(self.room_key(room));
+        let Some(id): Option<String> = self.run(cmd).await? else { return Ok(None) };
+        Ok(Some(self.node(&id).await?.ok_or(id)))
+    }
+
+    /// Renews this node's rooms (as [`renew`](Self::renew) does its streams); answers those another node has.
+    pub async fn renew_rooms(&self, rooms: &[RoomRef]) -> Result<Vec<(RoomRef, String)>, DirectoryError> {
+        let keys: Vec<String> = rooms.iter().map(|r| self.room_key(r)).collect();
+        let owners = self.renew_keys(keys).await?;
+        Ok(rooms.iter().zip(owners).filter(|(_, o)| !o.is_empty()).map(|(k, o)| (k.clone(), o)).collect())
+    }
+
+    async fn claim_key(&self, key: String, takeover: bool) -> Result<Claim, DirectoryError> {
         let mut conn = self.conn.clone();
-        let mut inv = self.claim.key(self.stream_key(key));
+        let mut inv = self.claim.key(key);
         inv.arg(&self.node_id).arg(self.ttl_ms).arg(if takeover { "1" } else { "0" });
         let (code, who): (i64, String) = self.bounded(async move { inv.invoke_async(&mut conn).await }).await?;
         Ok(match code {
@@ -202,17 +239,22 @@ impl Directory {
 
     /// Renews this node's claims on `keys`; answers those another node holds now, with that node.
     pub async fn renew(&self, keys: &[StreamKey]) -> Result<Vec<(StreamKey, String)>, DirectoryError> {
+        let owners = self.renew_keys(keys.iter().map(|k| self.stream_key(k)).collect()).await?;
+        Ok(keys.iter().zip(owners).filter(|(_, o)| !o.is_empty()).map(|(k, o)| (k.clone(), o)).collect())
+    }
+
+    /// Per key, "" when renewed for this node, else the node holding it.
+    async fn renew_keys(&self, keys: Vec<String>) -> Result<Vec<String>, DirectoryError> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
         let mut conn = self.conn.clone();
         let mut inv = self.renew.prepare_invoke();
         for k in keys {
-            inv.key(self.stream_key(k));
+            inv.key(k);
         }
         inv.arg(&self.node_id).arg(self.ttl_ms);
-        let owners: Vec<String> = self.bounded(async move { inv.invoke_async(&mut conn).await }).await?;
-        Ok(keys.iter().zip(owners).filter(|(_, o)| !o.is_empty()).map(|(k, o)| (k.clone(), o)).collect())
+        self.bounded(async move { inv.invoke_async(&mut conn).await }).await
     }
 
     /// Removes this node's claim on `key` (the publisher left).

@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime};
 
 use parking_lot::Mutex;
 
-use super::directory::{Claim, Directory, DirectoryError, NodeLoad, NodeRecord};
+use super::directory::{Claim, Directory, DirectoryError, NodeLoad, NodeRecord, RoomRef};
 use super::pull::{open_flv, Dialer, Pulls, SourceFailure, TagSource};
 use crate::access::{Access, ClaimRefusal, PublishClaim};
 use crate::config::{Advertise, ClusterConfig, Config, NodeRole};
@@ -56,6 +56,24 @@ pub struct Cluster {
     load: Mutex<LoadSampler>,
     /// The `via` of the request that made an edge pull start, for the pull to pass on (loop refusal).
     via: Mutex<HashMap<StreamKey, Vec<String>>>,
+    /// The rooms open on this node (installed by the process wiring, which knows the room service).
+    open_rooms: std::sync::OnceLock<Box<dyn Fn() -> Vec<RoomRef> + Send + Sync>>,
+}
+
+/// Where a room lives.
+#[derive(Debug, Clone)]
+pub enum RoomHome {
+    /// On this node (claimed for it now, if it was nowhere).
+    Here,
+    /// On another node, alive: members enter there.
+    Elsewhere(NodeRecord),
+}
+
+/// Why a room call could not be sent to the room's node.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("node {node} did not answer: {detail}")]
+    Unreachable { node: String, detail: String },
 }
 
 fn unix_ms() -> u64 {
@@ -111,6 +129,7 @@ impl Cluster {
             started_ms: unix_ms(),
             load: Mutex::new(LoadSampler::new()),
             via: Mutex::new(HashMap::new()),
+            open_rooms: std::sync::OnceLock::new(),
         });
         access.set_claim(this.clone());
         hub.set_locator(this.clone());
@@ -183,6 +202,100 @@ impl Cluster {
             tracing::info!(stream = %key, %holder, "another node took the stream over");
             let _ = self.hub.kick_publisher(&key, &format!("another publisher took the stream over on node {holder}"));
         }
+        let rooms = self.open_rooms.get().map(|f| f()).unwrap_or_default();
+        let r = self.dir.renew_rooms(&rooms).await;
+        if let Ok(lost) = self.directory_result(r) {
+            for (room, holder) in lost {
+                // Two nodes opened the room while the directory could not tell them apart (an outage): new
+                // members go to the directory's node; the ones here stay until they leave.
+                tracing::warn!(app = room.app, room = %room.id, %holder, "room is open on another node too");
+            }
+        }
+    }
+
+    /// Installs what lists the rooms open here (once, at start-up).
+    pub fn set_open_rooms(&self, f: impl Fn() -> Vec<RoomRef> + Send + Sync + 'static) {
+        let _ = self.open_rooms.set(Box::new(f));
+    }
+
+    /// Where room `room` lives, claiming it for this node when it lives nowhere (or on a node that is gone). A
+    /// node that takes no publishers sends a new room to the least loaded origin.
+    pub async fn room_home(&self, room: &RoomRef) -> Result<RoomHome, DirectoryError> {
+        let r = self.dir.room_node(room).await;
+        let takeover = match self.directory_result(r)? {
+            Some(Ok(node)) if node.id == self.node_id => return Ok(RoomHome::Here),
+            Some(Ok(node)) => return Ok(RoomHome::Elsewhere(node)),
+            Some(Err(_gone)) => true,
+            None => false,
+        };
+        if !self.role.publishes() {
+            return self.least_loaded_origin().await.map(RoomHome::Elsewhere);
+        }
+        let r = self.dir.claim_room(room, takeover).await;
+        match self.directory_result(r)? {
+            Claim::Claimed | Claim::TakenOver { .. } => Ok(RoomHome::Here),
+            // Another node claimed it a moment ago.
+            Claim::Held { by } => match self.dir.node(&by).await? {
+                Some(node) => Ok(RoomHome::Elsewhere(node)),
+                None => Ok(RoomHome::Here),
+            },
+        }
+    }
+
+    /// Records a room just opened here (one with a server-assigned id).
+    pub async fn room_opened(&self, room: &RoomRef) {
+        let r = self.dir.claim_room(room, false).await;
+        let _ = self.directory_result(r);
+    }
+
+    /// Whether this node may open rooms (it takes publishers).
+    pub fn hosts_rooms(&self) -> bool {
+        self.role.publishes()
+    }
+
+    /// The origin with the least CPU in use (then the fewest streams), for a room an edge was asked to open.
+    pub async fn least_loaded_origin(&self) -> Result<NodeRecord, DirectoryError> {
+        let r = self.dir.nodes().await;
+        let nodes = self.directory_result(r)?;
+        nodes
+            .into_iter()
+            .filter(|n| n.role.publishes() && n.id != self.node_id)
+            .min_by(|a, b| a.load.cpu_percent.total_cmp(&b.load.cpu_percent).then(a.load.streams.cmp(&b.load.streams)))
+            .ok_or_else(|| DirectoryError::Unreachable {
+                url: self.dir.url().to_owned(),
+                detail: "the directory lists no origin to open the room on".into(),
+            })
+    }
+
+    /// Sends a room call to `node` (the room lives there) as this node received it: `path_and_query` and a JSON
+    /// `body`; its answer, status and body, bounded in time and bytes.
+    pub async fn forward(
+        &self,
+        node: &NodeRecord,
+        path_and_query: &str,
+        body: bytes::Bytes,
+    ) -> Result<(http::StatusCode, bytes::Bytes), ForwardError> {
+        use http_body_util::{BodyExt, Full, Limited};
+        let fail = |detail: String| ForwardError::Unreachable { node: node.id.clone(), detail };
+        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http::<Full<bytes::Bytes>>();
+        let req = http::Request::post(format!("{}{path_and_query}", node.http))
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(VIA_HEADER, self.node_id.as_str())
+            .body(Full::new(body))
+            .map_err(|e| fail(e.to_string()))?;
+        let limit = Duration::from_secs(5);
+        let resp = tokio::time::timeout(limit, client.request(req))
+            .await
+            .map_err(|_| fail(format!("no answer within {limit:?}")))?
+            .map_err(|e| fail(e.to_string()))?;
+        let status = resp.status();
+        let body = tokio::time::timeout(limit, Limited::new(resp.into_body(), 256 * 1024).collect())
+            .await
+            .map_err(|_| fail(format!("the answer did not end within {limit:?}")))?
+            .map_err(|e| fail(e.to_string()))?
+            .to_bytes();
+        Ok((status, body))
     }
 
     async fn heartbeat(self: Arc<Self>) {

@@ -20,6 +20,8 @@ use tokio_tungstenite::WebSocketStream;
 use tracing::Instrument;
 
 use super::{error, json, Body, HttpState};
+use crate::cluster::directory::RoomRef;
+use crate::cluster::service::RoomHome;
 use crate::rooms::service::MAX_MESSAGE_BYTES;
 use crate::rooms::{
     Actor, Backlog, ClientKind, EnterParams, MemberView, RoomError, RoomEvent, RoomKey, RoomService, Sequenced,
@@ -241,11 +243,27 @@ async fn enter(
     req: Request<Incoming>,
     urls: &Urls,
 ) -> Response<Body> {
-    let b: EnterBody = match read_json(state, req).await {
+    let path_and_query = req.uri().path_and_query().map_or_else(String::new, |p| p.as_str().to_owned());
+    let via = super::flv::via(req.headers());
+    let raw = match super::read_body(state, req.into_body(), BODY_LIMIT).await {
         Ok(b) => b,
         Err(r) => return *r,
     };
-    let room = room.or(b.str_room_id.filter(|s| !s.is_empty())).or(b.room_id.map(|n| n.to_string()));
+    let b: EnterBody = match serde_json::from_slice(&raw) {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_json", &e.to_string()),
+    };
+    let room = room.or(b.str_room_id.clone().filter(|s| !s.is_empty())).or(b.room_id.map(|n| n.to_string()));
+    // In a cluster a room lives on one node: an enter for a room elsewhere is answered by that node (its URLs).
+    // The userSig is checked here first, so that nobody unauthenticated makes this node look rooms up.
+    if let Some(cluster) = &state.cluster {
+        if let Err(e) = rooms.check_user_sig(b.sdk_app_id, &b.user_id, &b.user_sig, crate::auth::unix_now()) {
+            return service_error(&e);
+        }
+        if let Some(r) = to_room_home(cluster, b.sdk_app_id, room.as_deref(), &via, &path_and_query, raw).await {
+            return r;
+        }
+    }
     if !b.record.is_empty() && b.mix.is_none() {
         return error(StatusCode::BAD_REQUEST, "invalid_field", "record: a room records its mix: ask for a mix too");
     }
@@ -272,6 +290,9 @@ async fn enter(
         Err(e) => return service_error(&e),
     };
     let s = &out.session;
+    if let (Some(cluster), true) = (&state.cluster, out.created) {
+        cluster.room_opened(&RoomRef { app: s.room.app, id: s.room.id.clone() }).await;
+    }
     let members: Vec<Value> = out.members.iter().map(|m| member_json(rooms, urls, m, Some(s))).collect();
     let events_url = format!("{}/api/v1/rooms/{}/events?sdkAppId={}&token={}", urls.ws, s.room.id, s.room.app, s.token);
     let push = if out.may_publish { urls.push(rooms, s) } else { Value::Null };
@@ -287,6 +308,8 @@ async fn enter(
         &json!({
             "room": out.room,
             "created": out.created,
+            // The node the room lives on: the member's further calls go here.
+            "server": urls.http,
             "user_id": s.user,
             "role": out.role,
             "token": s.token,
@@ -297,6 +320,43 @@ async fn enter(
             "members": members,
         }),
     )
+}
+
+/// Sends an enter to the node its room lives on, when that is not this one: `None` to enter here, or the
+/// answer (that node's, or why it could not be had).
+async fn to_room_home(
+    cluster: &crate::cluster::Cluster,
+    app: u32,
+    room: Option<&str>,
+    via: &[String],
+    path_and_query: &str,
+    body: bytes::Bytes,
+) -> Option<Response<Body>> {
+    let home = match room {
+        Some(id) => cluster.room_home(&RoomRef { app, id: id.to_owned() }).await,
+        None if cluster.hosts_rooms() => Ok(RoomHome::Here),
+        None => cluster.least_loaded_origin().await.map(RoomHome::Elsewhere),
+    };
+    let node = match home {
+        Ok(RoomHome::Here) => return None,
+        Ok(RoomHome::Elsewhere(node)) => node,
+        Err(e) => return Some(error(StatusCode::SERVICE_UNAVAILABLE, "directory_unavailable", &e.to_string())),
+    };
+    if !via.is_empty() {
+        // Sent here by another node, which the directory named a moment ago: do not bounce it on.
+        let detail = format!("the room moved to node {} while this enter was on its way: enter again", node.id);
+        return Some(error(StatusCode::CONFLICT, "room_moved", &detail));
+    }
+    tracing::info!(app, room = ?room, node = %node.id, "room enter sent to the room's node");
+    Some(match cluster.forward(&node, path_and_query, body).await {
+        Ok((status, body)) => {
+            let mut r = Response::new(super::full(body));
+            *r.status_mut() = status;
+            r.headers_mut().insert(header::CONTENT_TYPE, "application/json".parse().expect("static"));
+            r
+        }
+        Err(e) => error(StatusCode::BAD_GATEWAY, "room_node_unreachable", &e.to_string()),
+    })
 }
 
 #[derive(Deserialize)]

@@ -592,6 +592,11 @@ impl RoomService {
         Ok((rooms.summary(key)?, member_views(rooms, inner, key), rooms.seq(key).unwrap_or(0)))
     }
 
+    /// Every room open on this node (the cluster keeps them in its directory).
+    pub fn open_rooms(&self) -> Vec<RoomKey> {
+        self.rooms.lock().0.keys()
+    }
+
     pub fn list(&self, app: u32, index: usize, cnt: usize) -> (usize, Vec<RoomSummary>) {
         self.rooms.lock().0.list(app, index, cnt)
     }

@@ -623,6 +623,11 @@ impl Rooms {
 
     /// Rooms of `app` in id order, `cnt` from position `index` (the RoomService list's paging), and how many
     /// there are in all.
+    /// Every open room's key.
+    pub fn keys(&self) -> Vec<RoomKey> {
+        self.rooms.keys().cloned().collect()
+    }
+
     pub fn list(&self, app: u32, index: usize, cnt: usize) -> (usize, Vec<RoomSummary>) {
         let mine: Vec<_> = self.rooms.iter().filter(|(k, _)| k.app == app).collect();
         let page = mine.iter().skip(index).take(cnt).map(|(k, r)| r.summary(k)).collect();

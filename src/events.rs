@@ -24,6 +24,7 @@ pub enum Event {
         #[serde(serialize_with = "key_path")]
         stream: StreamKey,
         client_id: u64,
+        protocol: Protocol,
     },
     #[serde(rename = "on_play")]
     Play {

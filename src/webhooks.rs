@@ -86,6 +86,9 @@ impl Webhooks {
                 Err(broadcast::error::RecvError::Closed) => return,
             };
             let urls = match &event {
+                // An edge's copy of another node's stream is no publish of this cluster's (its on_publish
+                // was never asked either).
+                Event::Unpublish { protocol: crate::hub::Protocol::Edge, .. } => continue,
                 Event::Unpublish { .. } => &self.cfg.on_unpublish,
                 Event::Play { .. } => &self.cfg.on_play,
                 Event::Stop { .. } => &self.cfg.on_stop,

@@ -102,7 +102,7 @@ fn edges_pull_from_the_origin_that_has_the_stream_and_follow_it_when_that_origin
     let pulls = edge_pulls(&e1);
     assert_eq!(pulls.len(), 1, "{pulls:?}");
     assert_eq!(pulls[0]["state"], "live", "{pulls:?}");
-    assert!(pulls[0]["source"].as_str().unwrap().contains(&format!(":{}/live/a.flv", a.http_port)), "{pulls:?}");
+    assert!(pulls[0]["source"].as_str().unwrap().contains(&format!(":{}/live/a.flv?", a.http_port)), "{pulls:?}");
     assert_eq!(e1.stream_json("a").unwrap()["publisher"]["protocol"], "edge");
 
     // One publisher cluster-wide: a second one on the other origin is refused, naming the holder; an edge takes
@@ -143,8 +143,65 @@ fn edges_pull_from_the_origin_that_has_the_stream_and_follow_it_when_that_origin
         "edge reader stalled at {before} ({after:?})"
     );
     let pulls = edge_pulls(&e1);
-    assert!(pulls[0]["source"].as_str().unwrap().contains(&format!(":{}/live/a.flv", b.http_port)), "{pulls:?}");
+    assert!(pulls[0]["source"].as_str().unwrap().contains(&format!(":{}/live/a.flv?", b.http_port)), "{pulls:?}");
     assert_eq!(readers(&e1, "a", "http-flv"), 3, "the edge's readers stayed connected");
+    // The other edge's reader too.
+    let mut r2 = _r2;
+    assert!(wait_until(Duration::from_secs(20), || newest_ts(&r2.read_for(Duration::from_millis(200)))
+        .is_some_and(|t| t > before + 500)));
+    let m = String::from_utf8(e1.api("GET", "/metrics").body).unwrap();
+    assert!(m.contains("livegate_cluster_directory_up{node=\"edge-1\"} 1"), "{m}");
+    assert!(m.contains("livegate_cluster_lookups_total{node=\"edge-1\",result=\"not_found\"} 1"), "{m}");
+}
+
+#[test]
+fn take_over_moves_a_stream_between_origins_and_edges_record_and_refuse_what_is_not_theirs() {
+    let redis = Redis::start();
+    let over = "[hub]\nallow_takeover = true\n";
+    let a = node(&redis, "origin", "origin-a", over);
+    let b = node(&redis, "origin", "origin-b", over);
+    // Every node auto-records app live: the origin that has the push does, the edge's copy does not.
+    // A long pull timeout: the edge must not need it to leave an origin that lost the stream.
+    let e = node(&redis, "edge", "edge-1", "pull_timeout_secs = 60\n[apps.live]\nrecord = [\"flv\"]\n");
+    let _push_a = push_loop(&media("short"), &a.rtmp_url("t"));
+    a.wait_live("t");
+    assert!(wait_until(Duration::from_secs(10), || holder(&e, "live/t").as_deref() == Some("origin-a")));
+    let mut reader = FlvClient::connect(e.http_port, "/live/t.flv", None);
+    assert!(newest_ts(&reader.read_for(Duration::from_millis(500))).is_some());
+    // With take-over allowed, a publisher on B takes the stream: A's publisher is put out at A's next
+    // heartbeat, and the edge follows to B.
+    let _push_b = push_loop(&media("short"), &b.rtmp_url("t"));
+    b.wait_live("t");
+    assert!(wait_until(Duration::from_secs(10), || holder(&e, "live/t").as_deref() == Some("origin-b")));
+    assert!(
+        wait_until(Duration::from_secs(10), || a
+            .log_text()
+            .contains("another publisher took the stream over on node origin-b")),
+        "{}",
+        a.log_text()
+    );
+    assert!(wait_until(Duration::from_secs(20), || edge_pulls(&e)
+        .first()
+        .and_then(|p| p["source"].as_str().map(|s| s.contains(&format!(":{}/", b.http_port))))
+        == Some(true)));
+    // A recording asked of the edge records what the edge pulls; the edge's copy is not auto-recorded.
+    let r = http_request_body(
+        e.http_port,
+        "POST",
+        "/api/v1/recordings",
+        r#"{"app":"live","stream":"t","record_id":"at-edge"}"#,
+    );
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let running = e.api("GET", "/api/v1/recordings").json()["running"].clone();
+    assert_eq!(running.as_array().unwrap().len(), 1, "{running}");
+    assert_eq!(running[0]["record_id"], "at-edge", "{running}");
+    let r = http_request_body(e.http_port, "POST", "/api/v1/recordings", r#"{"app":"live","stream":"nope"}"#);
+    assert_eq!(r.status, 404, "{}", String::from_utf8_lossy(&r.body));
+    // An edge takes no publisher, over WHIP either.
+    let r =
+        http_request_with_body(e.http_port, "POST", "/whip/live/w", &[("content-type", "application/sdp")], "v=0\r\n");
+    assert_eq!(r.status, 403, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["error"], "not_an_origin");
 }
 
 #[test]
@@ -227,7 +284,7 @@ fn a_second_tier_edge_pulls_from_its_upstream_edge_and_an_upstream_loop_is_refus
     assert!(wait_until(Duration::from_secs(10), || readers(&e1, "a", "http-flv") >= 1));
     assert_eq!(readers(&a, "a", "http-flv"), 1, "{:?}", a.stream_json("a"));
     let p = edge_pulls(&e2);
-    assert!(p[0]["source"].as_str().unwrap().contains(&format!(":{}/live/a.flv", e1.http_port)), "{p:?}");
+    assert!(p[0]["source"].as_str().unwrap().contains(&format!(":{}/live/a.flv?", e1.http_port)), "{p:?}");
 
     // A request that came through a node already is a loop: refused with 508 and the chain.
     let r = http_request(e1.http_port, "GET", "/live/a.flv", &[("x-livegate-via", "edge-9,edge-1")]).unwrap();
@@ -330,4 +387,33 @@ fn a_room_lives_on_one_node_and_an_enter_on_any_node_is_answered_by_it() {
         r.status == 200 && again["created"] == true
     }));
     assert_eq!(again["server"].as_str(), Some(format!("http://127.0.0.1:{}", b.http_port).as_str()), "{again}");
+}
+
+#[test]
+fn edges_leave_a_live_origin_whose_publisher_went_to_another_one() {
+    let redis = Redis::start();
+    // Long graces and timeouts: only being told lets the edge move within the test's bounds.
+    let a = node(&redis, "origin", "origin-a", "[hub]\nreconnect_grace_secs = 60\n");
+    let b = node(&redis, "origin", "origin-b", "");
+    let e = node(&redis, "edge", "edge-1", "pull_timeout_secs = 60\n[hub]\nreconnect_grace_secs = 60\n");
+    let mut push_a = push_loop(&media("short"), &a.rtmp_url("m"));
+    a.wait_live("m");
+    assert!(wait_until(Duration::from_secs(10), || holder(&e, "live/m").as_deref() == Some("origin-a")));
+    let mut reader = FlvClient::connect(e.http_port, "/live/m.flv", None);
+    let before = newest_ts(&reader.read_for(Duration::from_millis(500))).expect("video through the edge");
+    // The publisher leaves A (A stays up, holding the stream in its grace) and comes back on B.
+    push_a.kill();
+    a.wait_unpublished("m");
+    let _push_b = push_loop(&media("short"), &b.rtmp_url("m"));
+    b.wait_live("m");
+    let mut after = None;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            after = newest_ts(&reader.read_for(Duration::from_millis(200)));
+            after.is_some_and(|t| t > before + 1000)
+        }),
+        "the edge stayed on origin A: {after:?}\n{}",
+        e.log_text()
+    );
+    assert!(edge_pulls(&e)[0]["source"].as_str().unwrap().contains(&format!(":{}/", b.http_port)));
 }

@@ -30,6 +30,13 @@ use crate::hub::{Hub, LocateError, Locator, Protocol, SourceError, SourceFactory
 /// The request header naming the nodes an edge's pull came through (loop refusal).
 pub const VIA_HEADER: &str = "x-livegate-via";
 
+/// The tag of another node's pull of `key` here (its HTTP-FLV connection), by which it is put out when this node
+/// stops holding the stream: the edge then looks the stream up again at once instead of waiting out this
+/// node's reconnect grace for a publisher that went to another origin.
+pub fn edge_reader_tag(key: &StreamKey) -> String {
+    format!("cluster-edge:{key}")
+}
+
 /// Why the cluster could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -58,6 +65,8 @@ pub struct Cluster {
     via: Mutex<HashMap<StreamKey, Vec<String>>>,
     /// The rooms open on this node (installed by the process wiring, which knows the room service).
     open_rooms: std::sync::OnceLock<Box<dyn Fn() -> Vec<RoomRef> + Send + Sync>>,
+    /// Stream lookups for players: found, not found, directory error.
+    lookups: [std::sync::atomic::AtomicU64; 3],
 }
 
 /// Where a room lives.
@@ -130,6 +139,7 @@ impl Cluster {
             load: Mutex::new(LoadSampler::new()),
             via: Mutex::new(HashMap::new()),
             open_rooms: std::sync::OnceLock::new(),
+            lookups: Default::default(),
         });
         access.set_claim(this.clone());
         hub.set_locator(this.clone());
@@ -201,6 +211,7 @@ impl Cluster {
         for (key, holder) in lost {
             tracing::info!(stream = %key, %holder, "another node took the stream over");
             let _ = self.hub.kick_publisher(&key, &format!("another publisher took the stream over on node {holder}"));
+            self.hub.kick_tagged(&edge_reader_tag(&key), &format!("the stream moved to node {holder}"));
         }
         let rooms = self.open_rooms.get().map(|f| f()).unwrap_or_default();
         let r = self.dir.renew_rooms(&rooms).await;
@@ -333,11 +344,39 @@ impl Cluster {
                     if !held {
                         let r = self.dir.release(&stream).await;
                         let _ = self.directory_result(r);
+                        // Edges reading it here look it up again: the publisher may be back on another origin.
+                        self.hub.kick_tagged(&edge_reader_tag(&stream), "the publisher left this origin");
                     }
                 }
                 _ => {}
             }
         }
+    }
+
+    /// Prometheus lines: whether the directory answers, and what this node refused for the cluster.
+    pub fn render_metrics(&self, o: &mut String) {
+        use crate::metrics::family;
+        let node = format!("node=\"{}\"", self.node_id);
+        let up = [(node.clone(), u64::from(self.reachable.load(Ordering::Relaxed)))];
+        family(
+            o,
+            "livegate_cluster_directory_up",
+            "gauge",
+            "Whether the cluster directory answered the last call.",
+            up,
+        );
+        let lookups = [
+            (format!("{node},result=\"found\""), self.lookups[0].load(Ordering::Relaxed)),
+            (format!("{node},result=\"not_found\""), self.lookups[1].load(Ordering::Relaxed)),
+            (format!("{node},result=\"error\""), self.lookups[2].load(Ordering::Relaxed)),
+        ];
+        family(
+            o,
+            "livegate_cluster_lookups_total",
+            "counter",
+            "Directory lookups of streams not on this node.",
+            lookups,
+        );
     }
 
     /// Leaves the directory (a clean shutdown): other nodes learn at once instead of after the TTL.
@@ -429,6 +468,12 @@ impl Locator for Cluster {
             return Ok(());
         }
         let r = self.dir.owner(key).await;
+        let counter = match &r {
+            Ok(Some(_)) => 0,
+            Ok(None) => 1,
+            Err(_) => 2,
+        };
+        self.lookups[counter].fetch_add(1, Ordering::Relaxed);
         match self.directory_result(r) {
             Ok(Some(node)) if node.id == self.node_id => {
                 Err(LocateError::NotFound(format!("stream {key} is not being published on this node")))
@@ -485,14 +530,16 @@ impl Dialer for EdgeDialer {
         } else {
             cluster.upstream.clone()
         };
-        let mut target = format!("{base}/{}/{}.flv", key.app, key.name);
+        // Low latency: every frame written to the edge as it comes (no merged writes), from the newest keyframe
+        // (the edge's readers start from its own GOP cache), skipped ahead only when a second behind.
+        let mut target = format!("{base}/{}/{}.flv?mode=rtc&min_cache=0&max_cache=1", key.app, key.name);
         if let Some(app) = cluster.config.app(&key.app) {
             let keys = app.play_keys();
             if keys.is_set() {
                 let secret = if keys.key.is_empty() { &keys.backup } else { &keys.key };
                 let tx_time = format!("{:X}", crate::auth::unix_now() + 3600);
                 let tx_secret = crate::auth::sign(secret, &key.name, &tx_time);
-                target.push_str(&format!("?txSecret={tx_secret}&txTime={tx_time}"));
+                target.push_str(&format!("&txSecret={tx_secret}&txTime={tx_time}"));
             }
         }
         let mut via = cluster.via.lock().get(&key).cloned().unwrap_or_default();

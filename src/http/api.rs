@@ -136,6 +136,10 @@ async fn start_recording(state: &Arc<HttpState>, req: Request<Incoming>) -> Resp
     }
     let key = StreamKey::new(&r.app, &r.stream);
     let formats = r.formats.unwrap_or_else(|| vec!["flv".into()]);
+    // A stream that is not here may be elsewhere in the cluster (an edge records what it pulls).
+    if let Err(e) = state.hub.locate(&key, &[]).await {
+        return super::flv::hub_error(&e);
+    }
     match state.recorder.start(key, formats, r.fragment_secs, r.record_id, r.pre_roll_secs) {
         Ok(id) => json(StatusCode::CREATED, &json!({ "record_id": id })),
         Err(e @ RecordError::NotFound(_)) => error(StatusCode::NOT_FOUND, "stream_not_found", &e.to_string()),

@@ -71,6 +71,9 @@ pub async fn open(
     let guard = state.hub.register_client(Protocol::HttpFlv, Some(addr));
     if let Some(tag) = crate::access::Access::player_tag(&query) {
         let _ = guard.handle.tag.set(tag);
+    } else if !via.is_empty() {
+        // Another node's pull: put out when this node stops holding the stream (see cluster::service).
+        let _ = guard.handle.tag.set(crate::cluster::service::edge_reader_tag(&key));
     }
     match state.hub.subscribe(&key, Protocol::HttpFlv, policy, guard.handle.clone()) {
         Ok(r) => Ok((key, r, guard)),
@@ -83,7 +86,9 @@ pub async fn open(
 pub fn hub_error(e: &HubError) -> Response<Body> {
     metrics::global().play_refused.fetch_add(1, Ordering::Relaxed);
     match e {
-        HubError::NotFound(_) => error(StatusCode::NOT_FOUND, "stream_not_found", &e.to_string()),
+        HubError::NotFound(_) | HubError::Nowhere(_) => {
+            error(StatusCode::NOT_FOUND, "stream_not_found", &e.to_string())
+        }
         HubError::Loop(_) => error(StatusCode::LOOP_DETECTED, "cluster_loop", &e.to_string()),
         _ => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", &e.to_string()),
     }

@@ -242,6 +242,9 @@ async fn route(
         let mut text = metrics::global().render(&state.hub);
         state.pulls.render_metrics(&mut text);
         state.relays.render_metrics(&mut text);
+        if let Some(c) = &state.cluster {
+            c.render_metrics(&mut text);
+        }
         let mut r = Response::new(full(text));
         r.headers_mut().insert(header::CONTENT_TYPE, "text/plain; version=0.0.4".parse().expect("static"));
         r

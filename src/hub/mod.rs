@@ -176,6 +176,9 @@ pub enum HubError {
     ShuttingDown,
     #[error("{0}")]
     Source(#[from] SourceError),
+    /// Nobody has the stream, here or elsewhere (the cluster directory says why): 404.
+    #[error("{0}")]
+    Nowhere(String),
     /// The stream is elsewhere but cannot be reached now (the cluster directory is down): 503.
     #[error("{0}")]
     Unavailable(String),
@@ -440,14 +443,14 @@ impl Hub {
     }
 
     fn unpublish(&self, stream: &Arc<Stream>, generation: u64, client_id: u64) {
-        {
+        let protocol = {
             let mut st = stream.state.lock();
             if st.generation != generation {
                 return;
             }
-            st.publisher = None;
-        }
-        self.0.events.send(Event::Unpublish { stream: stream.key.clone(), client_id });
+            st.publisher.take().map_or(Protocol::Rtmp, |(info, _)| info.protocol)
+        };
+        self.0.events.send(Event::Unpublish { stream: stream.key.clone(), client_id, protocol });
         let grace =
             if self.0.shutting_down.load(Ordering::Acquire) { Duration::ZERO } else { self.0.opts.reconnect_grace };
         tracing::info!(stream = %stream.key, client = client_id, grace_secs = grace.as_secs_f64(), "publisher left");

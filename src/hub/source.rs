@@ -129,7 +129,7 @@ impl Hub {
     pub async fn locate(&self, key: &StreamKey, via: &[String]) -> Result<(), HubError> {
         let Some(locator) = self.0.locator.get().cloned() else { return Ok(()) };
         let to_hub = |e| match e {
-            LocateError::NotFound(m) => HubError::NotFound(m),
+            LocateError::NotFound(m) => HubError::Nowhere(m),
             LocateError::Unavailable(m) => HubError::Unavailable(m),
             LocateError::Loop(m) => HubError::Loop(m),
         };

@@ -250,7 +250,8 @@ impl Decoder {
         let mut batch = Vec::new();
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         while !*stop.borrow() {
-            let Some(stream) = self.hub.get(&self.key).filter(|s| !s.is_closed()) else {
+            // An input pulled on demand (a cluster edge's) is started by its mix as by a player.
+            let Some(stream) = self.hub.open_stream(&self.key).ok().flatten() else {
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(200)) => {}
                     _ = stop.changed() => {}

@@ -203,6 +203,8 @@ impl Recorder {
         tokio::spawn(async move {
             loop {
                 match rx.recv().await {
+                    // An edge's copy of another node's stream is recorded where it is published.
+                    Ok(Event::Publish { protocol: crate::hub::Protocol::Edge, .. }) => {}
                     Ok(Event::Publish { stream: key, .. }) => {
                         // A rendition (`x@opus`, `x@aac`) is the same push in another codec, not a stream to record:
                         // recording it would also start renditions of it, without end.
@@ -310,10 +312,12 @@ impl Recorder {
         start: Start,
     ) -> Result<(), RecordError> {
         let auto = start == Start::Publish;
+        // A stream pulled on demand (a cluster edge's) starts for its recording as for a player.
         let stream = self
             .hub
-            .get(&key)
-            .filter(|s| !s.is_closed())
+            .open_stream(&key)
+            .ok()
+            .flatten()
             .ok_or_else(|| RecordError::NotFound(format!("stream {key} is not being published")))?;
         let guard = self.hub.register_client(Protocol::Record, None);
         // Never skipping; from the start of the push (a recording on publish), or from the keyframe at or

@@ -109,7 +109,10 @@ impl Relays {
             let mut events = this.hub.events().subscribe();
             loop {
                 match events.recv().await {
-                    Ok(Event::Publish { stream, .. }) if !crate::names::is_rendition(&stream.name) => {
+                    // An edge's copy of another node's stream is forwarded where it is published.
+                    Ok(Event::Publish { stream, protocol, .. })
+                        if !crate::names::is_rendition(&stream.name) && protocol != Protocol::Edge =>
+                    {
                         let bases = this.config.app(&stream.app).map(|a| a.forward.clone()).unwrap_or_default();
                         for base in bases {
                             let url = forward_url(&base, &stream.name);

@@ -122,7 +122,7 @@ fn pulls_of_nothing_and_of_garbage_fail_with_the_reason_and_leave_the_server_up(
         );
     };
     bad(json!({"stream": "live/x", "url": "rtsp://h/x"}), 400, "invalid_field");
-    bad(json!({"stream": "live/x", "url": "http://h/x.m3u8"}), 400, "invalid_field");
+    bad(json!({"stream": "live/x", "url": "http://h/x.mp4"}), 400, "invalid_field");
     bad(json!({"stream": "nosuchapp/x", "url": "http://h/x.flv"}), 400, "invalid_field");
     bad(json!({"stream": "x", "url": "http://h/x.flv"}), 400, "invalid_field");
 

@@ -2,6 +2,7 @@
 //! Redis directory (docs/cluster.md). Relays (pushes to other servers) are the RTMP adapter's.
 
 pub mod directory;
+pub mod hls_source;
 pub mod pull;
 pub mod service;
 

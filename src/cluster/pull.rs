@@ -37,8 +37,8 @@ const MAX_PENDING: usize = (1 << 24) + 64 * 1024;
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PullError {
     #[error(
-        "url {0:?} is neither an HTTP-FLV URL (http://host[:port]/app/stream.flv) nor an RTMP one \
-         (rtmp://host[:port]/app/stream)"
+        "url {0:?} is neither an HTTP-FLV URL (http://host[:port]/app/stream.flv), an HLS one \
+         (http://host[:port]/app/stream.m3u8) nor an RTMP one (rtmp://host[:port]/app/stream)"
     )]
     BadUrl(String),
     #[error("stream {0} is pulled already (DELETE it first)")]
@@ -167,7 +167,7 @@ pub fn check_url(url: &str) -> Result<(), PullError> {
 
 impl Pulls {
     pub fn new(hub: Hub, cfg: ClusterConfig) -> Arc<Self> {
-        let dialers: Vec<Arc<dyn Dialer>> = vec![Arc::new(HttpFlv)];
+        let dialers: Vec<Arc<dyn Dialer>> = vec![Arc::new(HttpFlv), Arc::new(super::hls_source::HlsDialer)];
         let pulls = Arc::new(Self {
             hub: hub.clone(),
             cfg,

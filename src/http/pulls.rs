@@ -16,7 +16,8 @@ use crate::hub::StreamKey;
 struct CreatePull {
     /// `app/name` here.
     stream: String,
-    /// The source: `http://host[:port]/app/name.flv[?query]`.
+    /// The source: `http://host[:port]/app/name.flv[?query]`, `http://…/name.m3u8` (live HLS, MPEG-TS) or
+    /// `rtmp://host[:port]/app/name`.
     url: String,
     #[serde(default)]
     on_demand: bool,

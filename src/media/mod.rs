@@ -9,6 +9,7 @@ pub mod hevc;
 pub mod mp4;
 pub mod rtmp_chunk;
 pub mod ts;
+pub mod ts_demux;
 
 use bytes::Bytes;
 

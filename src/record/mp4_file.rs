@@ -10,10 +10,9 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
-use crate::media::aac::AudioSpecificConfig;
-use crate::media::avc::{self, AvcDecoderConfig};
+use crate::media::avc::AvcDecoderConfig;
 use crate::media::hevc::HevcDecoderConfig;
-use crate::media::mp4::{self, Fragmenter, Handler, Movie, TopBox, TrackInfo};
+use crate::media::mp4::{self, Fragmenter, Handler, Movie, TopBox};
 use crate::media::{Codec, Frame, MediaKind};
 
 /// Media time buffered before a fragment is written.
@@ -33,31 +32,7 @@ pub struct Mp4File {
     pub bytes: u64,
 }
 
-/// The tracks an MP4 can hold for these sequence headers (H.264 or H.265, and AAC; other codecs are left out).
-pub fn tracks_for(video: Option<&Frame>, audio: Option<&Frame>) -> Vec<TrackInfo> {
-    let mut out = Vec::new();
-    let clamp = |(w, h): (u32, u32)| (w.min(65_535) as u16, h.min(65_535) as u16);
-    match video {
-        Some(v) if v.codec == Codec::H264 => {
-            let cfg = AvcDecoderConfig::parse(&v.payload).ok();
-            let sps = cfg.as_ref().and_then(|c| c.sps.first()).and_then(|s| avc::parse_sps(s).ok());
-            let (w, h) = sps.map_or((0, 0), |s| clamp((s.width, s.height)));
-            out.push(TrackInfo::h264(out.len() as u32 + 1, &v.payload, w, h));
-        }
-        Some(v) if v.codec == Codec::H265 => {
-            let size = HevcDecoderConfig::parse(&v.payload).ok().and_then(|c| c.picture_size().ok());
-            let (w, h) = size.map_or((0, 0), clamp);
-            out.push(TrackInfo::h265(out.len() as u32 + 1, &v.payload, w, h));
-        }
-        _ => {}
-    }
-    if let Some(a) = audio.filter(|f| f.codec == Codec::Aac) {
-        if let Ok(asc) = AudioSpecificConfig::parse(&a.payload) {
-            out.push(TrackInfo::aac(out.len() as u32 + 1, &a.payload, asc.sample_rate, asc.channels));
-        }
-    }
-    out
-}
+pub use crate::media::mp4::tracks_for;
 
 /// What identifies a video configuration for "is this still the same file": codec and SPS (a new PPS alone
 /// does not change the sample entry's meaning).

@@ -199,6 +199,33 @@ impl Movie {
     }
 }
 
+/// The tracks an MP4 can hold for these sequence headers (H.264 or H.265, and AAC; other codecs are left out).
+pub fn tracks_for(video: Option<&crate::media::Frame>, audio: Option<&crate::media::Frame>) -> Vec<TrackInfo> {
+    let mut out = Vec::new();
+    let clamp = |(w, h): (u32, u32)| (w.min(65_535) as u16, h.min(65_535) as u16);
+    match video {
+        Some(v) if v.codec == crate::media::Codec::H264 => {
+            let cfg = crate::media::avc::AvcDecoderConfig::parse(&v.payload).ok();
+            let sps = cfg.as_ref().and_then(|c| c.sps.first()).and_then(|s| crate::media::avc::parse_sps(s).ok());
+            let (w, h) = sps.map_or((0, 0), |s| clamp((s.width, s.height)));
+            out.push(TrackInfo::h264(out.len() as u32 + 1, &v.payload, w, h));
+        }
+        Some(v) if v.codec == crate::media::Codec::H265 => {
+            let size =
+                crate::media::hevc::HevcDecoderConfig::parse(&v.payload).ok().and_then(|c| c.picture_size().ok());
+            let (w, h) = size.map_or((0, 0), clamp);
+            out.push(TrackInfo::h265(out.len() as u32 + 1, &v.payload, w, h));
+        }
+        _ => {}
+    }
+    if let Some(a) = audio.filter(|f| f.codec == crate::media::Codec::Aac) {
+        if let Ok(asc) = crate::media::aac::AudioSpecificConfig::parse(&a.payload) {
+            out.push(TrackInfo::aac(out.len() as u32 + 1, &a.payload, asc.sample_rate, asc.channels));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
 

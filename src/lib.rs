@@ -23,6 +23,7 @@ pub mod record;
 pub mod rooms;
 pub mod rtmp;
 pub mod server;
+pub mod timefmt;
 pub mod tls;
 pub mod transcode;
 pub mod usersig;

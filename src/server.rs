@@ -49,7 +49,8 @@ impl AppState {
         let events = EventBus::new();
         let hub = Hub::new(crate::hub::HubOptions::from_config(&config.hub), events);
         let webhooks = Webhooks::new(config.webhooks.clone());
-        let hls = crate::hls::Hls::new(hub.clone(), config.hls.clone());
+        let variants = config.apps.iter().filter_map(|(k, a)| Some((k.clone(), a.hls_variant?))).collect();
+        let hls = crate::hls::Hls::new(hub.clone(), config.hls.clone(), variants);
         let recorder =
             crate::record::Recorder::new(hub.clone(), config.record.clone(), http_addr, config.hls.segment_secs);
         let transcoders = crate::transcode::Transcoders::new(hub.clone(), config.transcode.clone())?;

@@ -141,6 +141,9 @@ pub struct AppConfig {
     /// Relay every stream of this app to these RTMP bases (`rtmp://host/app`: the stream's name is appended).
     #[serde(default)]
     pub forward: Vec<String>,
+    /// This app's live HLS variant, instead of `hls.variant`.
+    #[serde(default)]
+    pub hls_variant: Option<HlsVariant>,
 }
 
 impl AppConfig {

@@ -12,12 +12,44 @@ pub struct HlsConfig {
     pub segment_secs: f64,
     pub window: usize,
     pub idle_stop_secs: f64,
+    /// What live HLS serves (per app: `[apps.NAME] hls_variant`).
+    #[serde(default)]
+    pub variant: HlsVariant,
+    /// Low-Latency HLS part length (PART-TARGET), seconds.
+    #[serde(default = "default_part_secs")]
+    pub part_secs: f64,
+}
+
+fn default_part_secs() -> f64 {
+    0.2
+}
+
+/// The kind of live HLS a stream gets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HlsVariant {
+    /// MPEG-TS segments (HLS version 3): every player, 6–10 s behind live.
+    #[default]
+    Mpegts,
+    /// CMAF segments (fMP4: an init section, then `moof`+`mdat`).
+    Fmp4,
+    /// Apple's Low-Latency HLS on CMAF: parts, blocking playlist reload, preload hints, delta playlists.
+    Lowlatency,
 }
 
 impl HlsConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !(self.segment_secs.is_finite() && (0.5..=30.0).contains(&self.segment_secs)) {
             return Err(ConfigError::invalid("hls.segment_secs", format!("{} is outside 0.5..=30", self.segment_secs)));
+        }
+        if !(self.part_secs.is_finite() && (0.1..=2.0).contains(&self.part_secs)) {
+            return Err(ConfigError::invalid("hls.part_secs", format!("{} is outside 0.1..=2", self.part_secs)));
+        }
+        if self.part_secs * 2.0 > self.segment_secs {
+            return Err(ConfigError::invalid(
+                "hls.part_secs",
+                format!("{} s leaves fewer than two parts in a {} s segment", self.part_secs, self.segment_secs),
+            ));
         }
         if !(2..=30).contains(&self.window) {
             return Err(ConfigError::invalid("hls.window", format!("{} is outside 2..=30", self.window)));

@@ -1,8 +1,14 @@
 //! Live HLS: one segmenter per stream (a hub reader, started by the first playlist request and stopped when
-//! nobody has fetched anything for `hls.idle_stop_secs`), MPEG-TS segments cut on keyframes and held in memory.
+//! nobody has fetched anything for `hls.idle_stop_secs`), segments cut on keyframes and held in memory.
 //!
-//! `GET /{app}/{stream}.m3u8` → playlist; segments are `/{app}/{stream}/{instance}-{seq}.ts`, where `instance`
-//! is random per segmenter run, so a segment URL always names the same bytes and may be cached for good.
+//! Three variants (`hls.variant`, per app `hls_variant`): MPEG-TS segments; CMAF (fMP4) segments; and
+//! Low-Latency HLS on CMAF, whose parts are listed as they complete and whose playlist requests may block until
+//! a part exists (`_HLS_msn`/`_HLS_part`: one wake-up per part for all waiting requests, not one per request).
+//!
+//! `GET /{app}/{stream}.m3u8` → playlist; media is `/{app}/{stream}/{instance}-{seq}.ts` (MPEG-TS), or
+//! `{instance}-init{n}.mp4`, `{instance}-{msn}.m4s` and parts `{instance}-{msn}.{part}.m4s` (CMAF), where
+//! `instance` is random per segmenter run, so a media URL always names the same bytes and may be cached for
+//! good. Every part is one `Bytes` shared by all clients; a segment is its parts joined once.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,7 +20,13 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 pub use crate::config::HlsConfig;
+use crate::config::HlsVariant;
 use crate::hub::{Audience, CachePolicy, EndReason, Hub, HubError, Packet, Protocol, Purpose, Reader, StreamKey};
+use cmaf::{CmafCutter, CmafEvent};
+use playlist::{Blocking, Listing, PartMeta, SegMeta};
+pub mod cmaf;
+pub mod playlist;
+
 use crate::media::ts::TsMuxer;
 use crate::media::{Codec, Frame, MediaKind};
 
@@ -34,10 +46,66 @@ struct SegState {
     ended: bool,
 }
 
+/// A CMAF segment: open (parts still coming) or complete.
+struct CmafSeg {
+    msn: u64,
+    duration_ms: Option<i64>,
+    discontinuity: bool,
+    init: u32,
+    wall_ms: u64,
+    /// Its parts while they are listed (dropped once the segment is older than the part window).
+    parts: Vec<(PartMeta, Bytes)>,
+    part_meta: Vec<PartMeta>,
+    /// The whole segment, once complete: its parts joined.
+    data: Option<Bytes>,
+}
+
+#[derive(Default)]
+struct CmafState {
+    inits: VecDeque<(u32, Bytes)>,
+    segs: VecDeque<CmafSeg>,
+    discontinuity_seq: u64,
+    ended: bool,
+    /// The part that comes next (the preload hint).
+    next_part: Option<(u64, u32)>,
+    /// Playlist and part requests waiting for a part now.
+    waiting: usize,
+}
+
+impl CmafState {
+    fn complete(&self) -> impl Iterator<Item = &CmafSeg> {
+        self.segs.iter().filter(|s| s.duration_ms.is_some())
+    }
+
+    fn seg(&self, msn: u64) -> Option<&CmafSeg> {
+        self.segs.iter().find(|s| s.msn == msn)
+    }
+
+    /// Whether a blocking request for (`msn`, `part`) can be answered: that part exists, or the segment is
+    /// complete (a part index past its last part means part 0 of the next segment, as the spec says).
+    fn has(&self, msn: u64, part: Option<u32>) -> bool {
+        if self.ended || self.segs.front().is_some_and(|s| msn < s.msn) {
+            return true;
+        }
+        match (self.seg(msn), part) {
+            (Some(s), None) => s.duration_ms.is_some(),
+            (Some(s), Some(p)) if (p as usize) < s.part_meta.len() => true,
+            (Some(s), Some(_)) if s.duration_ms.is_some() => self.has(msn + 1, Some(0)),
+            _ => false,
+        }
+    }
+}
+
+/// The most requests one stream may hold waiting for a part: beyond, 503 (memory stays bounded).
+const MAX_WAITING: usize = 20_000;
+
 struct Segmenter {
     key: StreamKey,
     instance: String,
+    variant: HlsVariant,
     state: Mutex<SegState>,
+    cmaf: Mutex<CmafState>,
+    /// Woken once per segment (and, for CMAF, once per part) for every request waiting.
     new_segment: Notify,
     /// Milliseconds since `started` of the last playlist or segment request.
     last_access: AtomicU64,
@@ -62,31 +130,55 @@ pub enum HlsError {
     NotFound(String),
     #[error("no segment of {0} was ready in time (is the publisher sending video?)")]
     NotReady(String),
+    /// A malformed or impossible blocking request (`_HLS_msn` far in the future …): 400.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The awaited part did not come in time, or too many requests wait already: 503.
+    #[error("{0}")]
+    Busy(String),
+}
+
+/// A media file of a stream's HLS: its bytes and content type.
+pub struct MediaFile {
+    pub data: Bytes,
+    pub content_type: &'static str,
 }
 
 /// All segmenters, keyed by stream.
 pub struct Hls {
     hub: Hub,
     cfg: HlsConfig,
+    /// Apps whose variant is not `cfg.variant`.
+    variants: HashMap<String, HlsVariant>,
     segmenters: Mutex<HashMap<StreamKey, Arc<Segmenter>>>,
 }
 
 impl Hls {
-    pub fn new(hub: Hub, cfg: HlsConfig) -> Arc<Self> {
-        Arc::new(Self { hub, cfg, segmenters: Mutex::new(HashMap::new()) })
+    pub fn new(hub: Hub, cfg: HlsConfig, variants: HashMap<String, HlsVariant>) -> Arc<Self> {
+        Arc::new(Self { hub, cfg, variants, segmenters: Mutex::new(HashMap::new()) })
     }
 
-    /// The playlist of a stream, starting its segmenter if needed and waiting for its first segment.
-    pub async fn playlist(self: &Arc<Self>, key: &StreamKey, query: &str) -> Result<String, HlsError> {
+    /// The variant streams of `app` get.
+    pub fn variant(&self, app: &str) -> HlsVariant {
+        self.variants.get(app).copied().unwrap_or(self.cfg.variant)
+    }
+
+    /// The playlist of a stream, starting its segmenter if needed and waiting for its first segment. `query`
+    /// is the request's (its `_HLS_*` parameters block a Low-Latency request until that part exists); the
+    /// answer says whether it blocked (such answers are cacheable by their query).
+    pub async fn playlist(self: &Arc<Self>, key: &StreamKey, query: &str) -> Result<(String, bool), HlsError> {
         let seg = self.segmenter(key)?;
         seg.touch();
+        if seg.variant != HlsVariant::Mpegts {
+            return self.cmaf_playlist(&seg, query).await;
+        }
         let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(self.cfg.segment_secs * 3.0 + 2.0);
         loop {
             let notified = seg.new_segment.notified();
             {
                 let st = seg.state.lock();
                 if !st.segments.is_empty() {
-                    return Ok(self.render(&seg, &st, query));
+                    return Ok((self.render(&seg, &st, query), false));
                 }
                 if st.ended {
                     return Err(HlsError::NotFound(format!("stream {key} ended before its first segment")));
@@ -94,6 +186,127 @@ impl Hls {
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 return Err(HlsError::NotReady(key.to_string()));
+            }
+        }
+    }
+
+    async fn cmaf_playlist(&self, seg: &Segmenter, query: &str) -> Result<(String, bool), HlsError> {
+        let low_latency = seg.variant == HlsVariant::Lowlatency;
+        let blocking = match Blocking::parse(&crate::names::parse_query(query)) {
+            Ok(b) if low_latency => b,
+            Ok(_) => Blocking::default(),
+            Err(e) => return Err(HlsError::BadRequest(e.to_string())),
+        };
+        let segment_ms = (self.cfg.segment_secs * 1000.0) as i64;
+        // The first complete segment (a player needs one to start), then for a blocking request its part.
+        let first_wait = Duration::from_secs_f64(self.cfg.segment_secs * 3.0 + 2.0);
+        seg.wait_for(
+            first_wait,
+            |st| st.complete().next().is_some() || st.ended,
+            || HlsError::NotReady(seg.key.to_string()),
+        )
+        .await?;
+        if let Some(msn) = blocking.msn {
+            {
+                let st = seg.cmaf.lock();
+                let last = st.segs.back().map_or(0, |s| s.msn);
+                if msn > last + 2 {
+                    return Err(HlsError::BadRequest(format!(
+                        "_HLS_msn={msn} is more than two segments past the last one ({last})"
+                    )));
+                }
+            }
+            // Three target durations, as the spec bounds a blocked reload.
+            let limit = Duration::from_secs_f64(3.0 * (self.cfg.segment_secs.ceil()).max(1.0));
+            let part = blocking.part;
+            let busy = || HlsError::Busy(format!("segment {msn} part {part:?} of {} did not come in time", seg.key));
+            seg.wait_for(limit, |st| st.has(msn, part), busy).await?;
+        }
+        let st = seg.cmaf.lock();
+        if st.segs.is_empty() {
+            return Err(HlsError::NotFound(format!("stream {} ended before its first segment", seg.key)));
+        }
+        let window_start = st.complete().count().saturating_sub(self.cfg.window);
+        let mut passed = st.discontinuity_seq;
+        let mut metas = Vec::with_capacity(st.segs.len());
+        let mut complete_seen = 0;
+        for s in &st.segs {
+            if s.duration_ms.is_some() {
+                complete_seen += 1;
+                if complete_seen <= window_start {
+                    passed += u64::from(s.discontinuity);
+                    continue;
+                }
+            }
+            metas.push(SegMeta {
+                msn: s.msn,
+                duration_ms: s.duration_ms,
+                discontinuity: s.discontinuity,
+                init: s.init,
+                wall_ms: s.wall_ms,
+                parts: if low_latency { &s.part_meta[..s.parts.len().min(s.part_meta.len())] } else { &[] },
+            });
+        }
+        if !low_latency {
+            metas.retain(|m| m.duration_ms.is_some());
+        }
+        let base = format!("{}/{}-", seg.key.name, seg.instance);
+        let stripped = Blocking::strip(query);
+        let q = if stripped.is_empty() { String::new() } else { format!("?{stripped}") };
+        let listing = Listing {
+            base: &base,
+            query: &q,
+            low_latency,
+            part_target_ms: (self.cfg.part_secs * 1000.0).round() as i64,
+            segment_ms,
+            segments: &metas,
+            discontinuity_seq: passed,
+            ended: st.ended,
+            skip: blocking.skip,
+            preload: st.next_part,
+        };
+        Ok((playlist::render(&listing), blocking.msn.is_some()))
+    }
+
+    /// A CMAF media file by name: `{instance}-init{n}.mp4`, `{instance}-{msn}.m4s` or `{instance}-{msn}.{part}.m4s`.
+    /// The part a preload hint names is waited for (until complete, bounded).
+    pub async fn media_file(&self, key: &StreamKey, file: &str) -> Option<MediaFile> {
+        let seg = self.segmenters.lock().get(key).cloned()?;
+        let rest = file.strip_prefix(seg.instance.as_str())?.strip_prefix('-')?;
+        seg.touch();
+        if let Some(n) = rest.strip_prefix("init").and_then(|r| r.strip_suffix(".mp4")) {
+            let n: u32 = n.parse().ok()?;
+            let st = seg.cmaf.lock();
+            let data = st.inits.iter().find(|(i, _)| *i == n)?.1.clone();
+            return Some(MediaFile { data, content_type: "video/mp4" });
+        }
+        let name = rest.strip_suffix(".m4s")?;
+        let file = |data: Bytes| Some(MediaFile { data, content_type: "video/iso.segment" });
+        match name.split_once('.') {
+            None => {
+                let msn: u64 = name.parse().ok()?;
+                let st = seg.cmaf.lock();
+                file(st.seg(msn)?.data.clone()?)
+            }
+            Some((msn, part)) => {
+                let (msn, part): (u64, u32) = (msn.parse().ok()?, part.parse().ok()?);
+                let find = |st: &CmafState| st.seg(msn).and_then(|s| s.parts.get(part as usize)).map(|p| p.1.clone());
+                {
+                    let st = seg.cmaf.lock();
+                    if let Some(d) = find(&st) {
+                        return file(d);
+                    }
+                    // Only the part that comes next is waited for; any other missing part is gone or bogus.
+                    if st.next_part != Some((msn, part)) || st.ended {
+                        return None;
+                    }
+                }
+                let limit = Duration::from_secs_f64(self.cfg.part_secs * 3.0 + self.cfg.segment_secs);
+                seg.wait_for(limit, |st| find(st).is_some() || st.ended, || HlsError::Busy(String::new()))
+                    .await
+                    .ok()?;
+                let st = seg.cmaf.lock();
+                file(find(&st)?)
             }
         }
     }
@@ -129,7 +342,9 @@ impl Hls {
         let seg = Arc::new(Segmenter {
             key: key.clone(),
             instance: format!("{:08x}", rand::random::<u32>()),
+            variant: self.variant(&key.app),
             state: Mutex::new(SegState::default()),
+            cmaf: Mutex::new(CmafState::default()),
             new_segment: Notify::new(),
             last_access: AtomicU64::new(0),
             started: Instant::now(),
@@ -146,11 +361,70 @@ impl Hls {
             }
             tracing::info!(stream = %s.key, "hls segmenter stopped");
         });
-        tracing::info!(stream = %key, instance = %seg.instance, "hls segmenter started");
+        tracing::info!(stream = %key, instance = %seg.instance, variant = ?seg.variant, "hls segmenter started");
         Ok(seg)
     }
 
-    async fn run(&self, seg: &Segmenter, mut reader: Reader) {
+    async fn run(&self, seg: &Segmenter, reader: Reader) {
+        if seg.variant == HlsVariant::Mpegts {
+            self.run_ts(seg, reader).await
+        } else {
+            self.run_cmaf(seg, reader).await
+        }
+    }
+
+    async fn run_cmaf(&self, seg: &Segmenter, mut reader: Reader) {
+        let part_ms = (self.cfg.part_secs * 1000.0).round() as i64;
+        let segment_ms = (self.cfg.segment_secs * 1000.0) as i64;
+        let t = reader.tracks();
+        let mut cut = CmafCutter::new(part_ms, segment_ms, t.video, t.audio);
+        let mut batch: Vec<Arc<Packet>> = Vec::new();
+        let idle_stop = Duration::from_secs_f64(self.cfg.idle_stop_secs);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        // Segments kept: the window, and a few more for players a little behind.
+        let keep = self.cfg.window + 2;
+        let mut warned = false;
+        loop {
+            tokio::select! {
+                r = reader.next_batch(&mut batch) => match r {
+                    Ok(()) => {
+                        let mut events = Vec::new();
+                        for p in batch.drain(..) {
+                            events.extend(cut.push(&p.frame, wall_ms(p.received)));
+                        }
+                        if let (Some(codec), false) = (cut.skipped_codec, warned) {
+                            tracing::warn!(stream = %seg.key, ?codec, "fMP4 HLS carries H.264, H.265 and AAC: this track is left out");
+                            warned = true;
+                        }
+                        if !events.is_empty() {
+                            seg.apply(events, keep);
+                        }
+                    }
+                    Err(reason) => {
+                        let events = cut.finish();
+                        seg.apply(events, keep);
+                        seg.cmaf.lock().ended = true;
+                        seg.new_segment.notify_waiters();
+                        if reason != EndReason::StreamClosed {
+                            tracing::info!(stream = %seg.key, %reason, "hls segmenter ended");
+                            return;
+                        }
+                        while seg.idle_for() < idle_stop {
+                            tick.tick().await;
+                        }
+                        return;
+                    }
+                },
+                _ = tick.tick() => {
+                    if seg.idle_for() >= idle_stop {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn run_ts(&self, seg: &Segmenter, mut reader: Reader) {
         let mut cut = Cutter::new(self.cfg.segment_secs, self.cfg.window + 2);
         let mut batch: Vec<Arc<Packet>> = Vec::new();
         let idle_stop = Duration::from_secs_f64(self.cfg.idle_stop_secs);
@@ -224,7 +498,111 @@ impl Hls {
     }
 }
 
+/// Unix ms of a hub arrival instant (program date-times say when a segment's first frame reached livegate).
+fn wall_ms(at: Instant) -> u64 {
+    let now = std::time::SystemTime::now();
+    let then = now.checked_sub(at.elapsed()).unwrap_or(now);
+    then.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
 impl Segmenter {
+    /// Waits until `ready` holds for the CMAF state (one wake-up per part for every waiter), bounded by `limit`
+    /// and by [`MAX_WAITING`] waiters.
+    async fn wait_for(
+        &self,
+        limit: Duration,
+        ready: impl Fn(&CmafState) -> bool,
+        late: impl FnOnce() -> HlsError,
+    ) -> Result<(), HlsError> {
+        let deadline = tokio::time::Instant::now() + limit;
+        {
+            let mut st = self.cmaf.lock();
+            if ready(&st) {
+                return Ok(());
+            }
+            if st.waiting >= MAX_WAITING {
+                return Err(HlsError::Busy(format!("{MAX_WAITING} requests of {} wait already", self.key)));
+            }
+            st.waiting += 1;
+        }
+        let result = loop {
+            let notified = self.new_segment.notified();
+            if ready(&self.cmaf.lock()) {
+                break Ok(());
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                break if ready(&self.cmaf.lock()) { Ok(()) } else { Err(late()) };
+            }
+        };
+        self.cmaf.lock().waiting -= 1;
+        result
+    }
+
+    /// Takes the cutter's events into the served state; wakes every waiting request once.
+    fn apply(&self, events: Vec<CmafEvent>, keep: usize) {
+        let mut st = self.cmaf.lock();
+        for ev in events {
+            match ev {
+                CmafEvent::Init { number, data } => {
+                    st.inits.push_back((number, data));
+                }
+                CmafEvent::SegmentStart { msn, discontinuity, init, wall_ms } => {
+                    st.segs.push_back(CmafSeg {
+                        msn,
+                        duration_ms: None,
+                        discontinuity,
+                        init,
+                        wall_ms,
+                        parts: Vec::new(),
+                        part_meta: Vec::new(),
+                        data: None,
+                    });
+                    st.next_part = Some((msn, 0));
+                }
+                CmafEvent::Part { msn, index, part } => {
+                    if let Some(s) = st.segs.back_mut().filter(|s| s.msn == msn) {
+                        let meta = PartMeta { duration_ms: part.duration_ms, independent: part.independent };
+                        s.part_meta.push(meta);
+                        s.parts.push((meta, part.data));
+                    }
+                    st.next_part = Some((msn, index + 1));
+                }
+                CmafEvent::SegmentEnd { msn, duration_ms } => {
+                    if let Some(s) = st.segs.back_mut().filter(|s| s.msn == msn) {
+                        s.duration_ms = Some(duration_ms);
+                        let len = s.parts.iter().map(|p| p.1.len()).sum();
+                        let mut whole = Vec::with_capacity(len);
+                        s.parts.iter().for_each(|p| whole.extend_from_slice(&p.1));
+                        s.data = Some(Bytes::from(whole));
+                    }
+                    st.next_part = Some((msn + 1, 0));
+                }
+            }
+        }
+        // Parts are listed (and kept) for the last few segments only; whole segments for the window.
+        let complete = st.complete().count();
+        let mut seen = 0;
+        for s in st.segs.iter_mut() {
+            if s.duration_ms.is_some() {
+                seen += 1;
+                if complete - seen >= 4 {
+                    s.parts = Vec::new();
+                }
+            }
+        }
+        while st.complete().count() > keep {
+            if let Some(old) = st.segs.pop_front() {
+                st.discontinuity_seq += u64::from(old.discontinuity);
+            }
+        }
+        let oldest_init = st.segs.front().map_or(u32::MAX, |s| s.init);
+        while st.inits.len() > 1 && st.inits.front().is_some_and(|(n, _)| *n < oldest_init) {
+            st.inits.pop_front();
+        }
+        drop(st);
+        self.new_segment.notify_waiters();
+    }
+
     fn publish(&self, s: Segment, keep: usize) {
         let mut st = self.state.lock();
         st.segments.push_back(s);

@@ -260,7 +260,12 @@ async fn route(
         api::handle(&state, addr, req).await
     } else if path.ends_with(".flv") && (req.method() == Method::GET || req.method() == Method::HEAD) {
         flv::play(&state, addr, req, watch).await
-    } else if (path.ends_with(".m3u8") || path.ends_with(".ts")) && req.method() == Method::GET {
+    } else if (path.ends_with(".m3u8")
+        || path.ends_with(".ts")
+        || path.ends_with(".m4s")
+        || (path.ends_with(".mp4") && path.matches('/').count() == 3))
+        && req.method() == Method::GET
+    {
         hls::handle(&state, &req).await
     } else if req.method() == Method::GET || req.method() == Method::HEAD {
         static_file(&state.config.http.web_root, &path).await

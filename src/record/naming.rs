@@ -96,22 +96,7 @@ pub fn strftime_utc(fmt: &str, unix: u64) -> String {
     out
 }
 
-/// Unix seconds → (year, month, day, hour, minute, second), proleptic Gregorian, UTC.
-fn civil(unix: u64) -> (i64, u32, u32, u32, u32, u32) {
-    let days = (unix / 86_400) as i64;
-    let secs = unix % 86_400;
-    // Howard Hinnant's days-from-civil inverse.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
-    (y, m, d, (secs / 3600) as u32, ((secs / 60) % 60) as u32, (secs % 60) as u32)
-}
+use crate::timefmt::civil;
 
 #[cfg(test)]
 mod tests {

@@ -140,6 +140,8 @@ window.__state = () => {
     readyState: video.readyState,
     errors: window.__errors.slice(),
     warnings: window.__warnings.slice(0, 20),
+    // Whatever the player script measures beyond these (hls.js: its latency), merged into the result.
+    extra: window.__extra ? window.__extra() : null,
   };
 };
 try {
@@ -228,6 +230,7 @@ export async function runPlaybackCheck({ name, title, libFile, script }) {
         width: s.width,
         height: s.height,
       });
+      if (s.extra) Object.assign(result, s.extra);
       result.errors = [...new Set([...result.errors, ...s.errors])];
       if (s.warnings.length) result.warnings = s.warnings;
       if (result.errors.length) return finish(false, `player error: ${result.errors[0]}`);

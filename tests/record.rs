@@ -277,6 +277,46 @@ fn hls_recording_is_one_playlist_per_push_continued_after_a_discontinuity() {
 }
 
 #[test]
+fn fmp4_hls_recordings_have_init_sections_survive_a_resumed_push_and_delete_whole() {
+    let srv = Server::start(
+        "[apps.live]\nrecord = [\"hls\"]\n[hub]\nreconnect_grace_secs = 8.0\n[record]\nresume_secs = 5.0\nhls_variant = \"fmp4\"\n",
+    );
+    let mut p1 = push_secs(&srv, "fr", 30.0);
+    srv.wait_live("fr");
+    srv.wait_media("fr", 4.0);
+    p1.kill();
+    srv.wait_unpublished("fr");
+    let mut p2 = push_secs(&srv, "fr", 4.0);
+    assert!(p2.wait(Duration::from_secs(20)).is_some());
+    assert!(wait_until(Duration::from_secs(15), || complete(&srv, "fr").len() == 1), "{:?}", complete(&srv, "fr"));
+    let hls = complete(&srv, "fr").remove(0);
+    let playlist = srv.dir.path().join("recordings").join(hls["path"].as_str().unwrap());
+    let text = std::fs::read_to_string(&playlist).unwrap();
+    assert!(text.contains("#EXT-X-VERSION:7") && text.contains("#EXT-X-ENDLIST"), "{text}");
+    assert!(text.contains(".m4s") && !text.contains(".ts\n"), "{text}");
+    // The resumed push: a discontinuity, and a new initialization section for its new timeline.
+    assert!(text.contains("#EXT-X-DISCONTINUITY\n#EXT-X-MAP:URI="), "{text}");
+    assert_eq!(text.matches("#EXT-X-MAP:").count(), 2, "{text}");
+    let d = probe_duration(&playlist);
+    assert!((d - hls["duration"].as_f64().unwrap()).abs() < 0.5 && d > 6.0, "{d} vs {hls}");
+    assert_eq!(decode_errors(&playlist), "");
+    let streams = probe_streams(playlist.to_str().unwrap());
+    assert!(streams.iter().any(|s| s["codec_name"] == "h264") && streams.iter().any(|s| s["codec_name"] == "aac"));
+    let media = || {
+        std::fs::read_dir(playlist.parent().unwrap())
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "m4s" || x == "mp4"))
+            .count()
+    };
+    assert!(media() > 3);
+    assert_eq!(
+        srv.api("DELETE", &format!("/api/v1/recordings/files/{}", hls["file_id"].as_str().unwrap())).status,
+        200
+    );
+    assert_eq!(media(), 0, "segments and init sections go with the playlist");
+}
+
+#[test]
 fn timestamps_that_jump_by_hours_or_backwards_keep_players_and_files_continuous() {
     use livegate::media::flv::FlvParser;
     let srv = Server::start("[apps.live]\nrecord = [\"flv\"]\n[hub]\nreconnect_grace_secs = 0.5\n");

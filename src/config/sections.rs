@@ -207,6 +207,9 @@ pub struct MixConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RecordConfig {
+    /// HLS recordings as MPEG-TS or fMP4 segments (`lowlatency` is for live playback only).
+    #[serde(default)]
+    pub hls_variant: HlsVariant,
     pub root: String,
     pub template: String,
     pub fragment_secs: u64,
@@ -303,6 +306,12 @@ pub const RECORD_FRAGMENT_RANGE: std::ops::RangeInclusive<u64> = 60..=7200;
 impl RecordConfig {
     /// The ranges; the name template is the recorder's to check (`record::check_config`).
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.hls_variant == HlsVariant::Lowlatency {
+            return Err(ConfigError::invalid(
+                "record.hls_variant",
+                "\"lowlatency\" is for live playback: a recording is \"mpegts\" or \"fmp4\"",
+            ));
+        }
         if !RECORD_FRAGMENT_RANGE.contains(&self.fragment_secs) {
             return Err(ConfigError::invalid(
                 "record.fragment_secs",

@@ -203,6 +203,17 @@ impl CmafCutter {
         out
     }
 
+    /// The next segment starts a new timeline (a resumed push): the open one closes now, and a new
+    /// initialization section and a discontinuity come with the next keyframe.
+    pub fn mark_discontinuity(&mut self) -> Vec<CmafEvent> {
+        let mut out = Vec::new();
+        let end = self.last_dts.map_or(0, |d| d + self.interval);
+        self.close_segment(end, &mut out);
+        self.frag = None;
+        self.discontinuity = true;
+        out
+    }
+
     /// The stream ended: the open part and segment close with what they have.
     pub fn finish(&mut self) -> Vec<CmafEvent> {
         let mut out = Vec::new();

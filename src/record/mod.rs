@@ -849,7 +849,9 @@ impl Writer {
                         } else {
                             for o in open.iter_mut().flatten() {
                                 if let Sink::Hls(h) = &mut o.sink {
-                                    h.discontinuity();
+                                    if let Err(e) = h.discontinuity() {
+                                        tracing::warn!(error = %e, "hls recording: segment not written");
+                                    }
                                 }
                             }
                         }
@@ -961,8 +963,16 @@ impl Writer {
                 // MP3 has no header to announce it: the stream says what its audio is, even before a frame of
                 // it reached this recording.
                 let audio = self.stream.audio_codec();
-                let mut h =
-                    HlsFile::create(&path, has_video, has_audio || audio.is_some(), audio, self.rec.segment_secs)?;
+                let video = headers.video.as_ref().map(|p| p.frame.codec);
+                let mut h = HlsFile::create(
+                    &path,
+                    has_video,
+                    has_audio || audio.is_some(),
+                    audio,
+                    video,
+                    self.rec.segment_secs,
+                    self.rec.cfg.hls_variant,
+                )?;
                 for hp in [&headers.video, &headers.audio].into_iter().flatten() {
                     h.push(hp)?;
                 }
@@ -1168,6 +1178,10 @@ fn remove_recording(root: &Path, info: &RecordInfo) {
         if let Ok(text) = std::fs::read_to_string(&path) {
             for l in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
                 let _ = std::fs::remove_file(path.with_file_name(l));
+            }
+            // fMP4: the initialization sections the segments name.
+            for init in text.lines().filter_map(|l| l.strip_prefix("#EXT-X-MAP:URI=\"")?.strip_suffix('"')) {
+                let _ = std::fs::remove_file(path.with_file_name(init));
             }
         }
     }

@@ -226,6 +226,13 @@ fn delta_playlists_skip_old_segments_and_audio_only_streams_have_parts() {
     let delta = text(&get(&srv, "/live/d.m3u8?_HLS_skip=YES"));
     assert!(delta.len() < full.len());
     assert!(delta.contains("#EXT-X-MAP:URI="), "{delta}");
+    // The oldest segment is still served whole, but its parts are gone (evicted): 404.
+    let first: u64 = full.lines().find_map(|l| l.strip_prefix("#EXT-X-MEDIA-SEQUENCE:")).unwrap().parse().unwrap();
+    let seg_uri = full.lines().find(|l| l.ends_with(&format!("-{first}.m4s"))).unwrap();
+    assert_eq!(get(&srv, &format!("/live/{seg_uri}")).status, 200);
+    let part_uri = seg_uri.replace(".m4s", ".0.m4s");
+    assert!(!full.contains(&part_uri), "{full}");
+    assert_eq!(get(&srv, &format!("/live/{part_uri}")).status, 404);
     let pl = text(&get(&srv, "/live/a.m3u8"));
     assert!(pl.contains("#EXT-X-PART:"), "{pl}");
     let streams = probe_streams(&format!("http://127.0.0.1:{}/live/a.m3u8", srv.http_port));

@@ -525,17 +525,23 @@ impl Segmenter {
             }
             st.waiting += 1;
         }
-        let result = loop {
+        // Counted out however the wait ends, a client that hangs up (the future dropped) included.
+        struct Waiting<'a>(&'a Mutex<CmafState>);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.lock().waiting -= 1;
+            }
+        }
+        let _waiting = Waiting(&self.cmaf);
+        loop {
             let notified = self.new_segment.notified();
             if ready(&self.cmaf.lock()) {
-                break Ok(());
+                return Ok(());
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                break if ready(&self.cmaf.lock()) { Ok(()) } else { Err(late()) };
+                return if ready(&self.cmaf.lock()) { Ok(()) } else { Err(late()) };
             }
-        };
-        self.cmaf.lock().waiting -= 1;
-        result
+        }
     }
 
     /// Takes the cutter's events into the served state; wakes every waiting request once.
@@ -731,5 +737,52 @@ impl Cutter {
     pub(crate) fn finish(&mut self) -> Option<Segment> {
         let end = self.last_dts + 33;
         self.close(end)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn segmenter() -> Arc<Segmenter> {
+        Arc::new(Segmenter {
+            key: StreamKey::new("live", "t"),
+            instance: "i".into(),
+            variant: HlsVariant::Lowlatency,
+            state: Mutex::new(SegState::default()),
+            cmaf: Mutex::new(CmafState::default()),
+            new_segment: Notify::new(),
+            last_access: AtomicU64::new(0),
+            started: Instant::now(),
+        })
+    }
+
+    #[tokio::test]
+    async fn waiting_requests_are_counted_out_however_they_end() {
+        let seg = segmenter();
+        let s = seg.clone();
+        let hung_up = tokio::spawn(async move {
+            let _ = s.wait_for(Duration::from_secs(60), |_| false, || HlsError::Busy(String::new())).await;
+        });
+        let s = seg.clone();
+        let answered = tokio::spawn(async move {
+            s.wait_for(Duration::from_secs(60), |st| st.ended, || HlsError::Busy(String::new())).await
+        });
+        while seg.cmaf.lock().waiting < 2 {
+            tokio::task::yield_now().await;
+        }
+        // A client that hangs up: its request's future is dropped mid-wait.
+        hung_up.abort();
+        let _ = hung_up.await;
+        assert_eq!(seg.cmaf.lock().waiting, 1);
+        // One wake-up answers the rest.
+        seg.cmaf.lock().ended = true;
+        seg.new_segment.notify_waiters();
+        assert_eq!(answered.await.unwrap(), Ok(()));
+        assert_eq!(seg.cmaf.lock().waiting, 0);
+        // And beyond the bound, a request is turned away at once.
+        seg.cmaf.lock().waiting = MAX_WAITING;
+        let r = seg.wait_for(Duration::from_secs(60), |_| false, || HlsError::Busy(String::new())).await;
+        assert!(matches!(r, Err(HlsError::Busy(m)) if m.contains("wait already")));
     }
 }

@@ -22,23 +22,6 @@ fn pull_state(srv: &Server, name: &str) -> Value {
     api(srv, "GET", &format!("/api/v1/pulls/live/{name}"), &json!({})).json()
 }
 
-/// Probes `url` until ffprobe names an H.264 and an AAC track (it fails until the server has the stream); the
-/// last tracks seen otherwise.
-fn wait_av(url: &str) -> Result<(), Vec<String>> {
-    let mut got = Vec::new();
-    let ok = wait_until(Duration::from_secs(30), || {
-        let out = ffprobe(url, &["-show_entries", "stream=codec_name", "-of", "csv=p=0"]);
-        got = String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect();
-        got.sort();
-        out.status.success() && got == ["aac", "h264"]
-    });
-    if ok {
-        Ok(())
-    } else {
-        Err(got)
-    }
-}
-
 fn codecs(url: &str) -> Vec<String> {
     probe_streams(url).iter().filter_map(|s| s["codec_name"].as_str().map(String::from)).collect()
 }

@@ -47,18 +47,10 @@ fn readers(srv: &Server, name: &str, proto: &str) -> u64 {
     srv.stream_json(name).map_or(0, |s| s["readers"][proto].as_u64().unwrap_or(0))
 }
 
-/// Probes `url` until ffprobe names an H.264 and an AAC track.
 fn wait_av(url: &str) {
-    let mut got = Vec::new();
-    let ok = wait_until(Duration::from_secs(30), || {
-        let out = ffprobe(url, &["-show_entries", "stream=codec_name", "-of", "csv=p=0"]);
-        got = String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect();
-        got.sort();
-        // HLS lists each track once per program too.
-        got.dedup();
-        out.status.success() && got == ["aac", "h264"]
-    });
-    assert!(ok, "{url}: {got:?}");
+    if let Err(got) = common::wait_av(url) {
+        panic!("{url}: {got:?}");
+    }
 }
 
 /// An RTMP publish of `name` on `srv`: the status it got.

@@ -27,22 +27,6 @@ fn create_pull(srv: &Server, name: &str, url: &str) {
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
 }
 
-/// Probes `url` until ffprobe names an H.264 and an AAC track; the tracks it saw last otherwise.
-fn wait_av(url: &str) -> Result<(), Vec<String>> {
-    let mut got = Vec::new();
-    let ok = wait_until(Duration::from_secs(30), || {
-        let out = ffprobe(url, &["-show_entries", "stream=codec_name", "-of", "csv=p=0"]);
-        got = String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect();
-        got.sort();
-        out.status.success() && got == ["aac", "h264"]
-    });
-    if ok {
-        Ok(())
-    } else {
-        Err(got)
-    }
-}
-
 /// The pulled stream plays here as H.264 + AAC, and its media time keeps advancing (new segments keep coming).
 fn assert_plays_and_advances(srv: &Server, name: &str) {
     srv.wait_live(name);

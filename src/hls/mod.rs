@@ -365,90 +365,26 @@ impl Hls {
         Ok(seg)
     }
 
-    async fn run(&self, seg: &Segmenter, reader: Reader) {
-        if seg.variant == HlsVariant::Mpegts {
-            self.run_ts(seg, reader).await
+    async fn run(&self, seg: &Segmenter, mut reader: Reader) {
+        let mut mux = if seg.variant == HlsVariant::Mpegts {
+            SegMux::Ts(Box::new(Cutter::new(self.cfg.segment_secs, self.cfg.window + 2)))
         } else {
-            self.run_cmaf(seg, reader).await
-        }
-    }
-
-    async fn run_cmaf(&self, seg: &Segmenter, mut reader: Reader) {
-        let part_ms = (self.cfg.part_secs * 1000.0).round() as i64;
-        let segment_ms = (self.cfg.segment_secs * 1000.0) as i64;
-        let t = reader.tracks();
-        let mut cut = CmafCutter::new(part_ms, segment_ms, t.video, t.audio);
-        let mut batch: Vec<Arc<Packet>> = Vec::new();
-        let idle_stop = Duration::from_secs_f64(self.cfg.idle_stop_secs);
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        // Segments kept: the window, and a few more for players a little behind.
+            let t = reader.tracks();
+            let part_ms = (self.cfg.part_secs * 1000.0).round() as i64;
+            let segment_ms = (self.cfg.segment_secs * 1000.0) as i64;
+            SegMux::Cmaf { cut: Box::new(CmafCutter::new(part_ms, segment_ms, t.video, t.audio)), warned: false }
+        };
+        // CMAF segments kept: the window, and a few more for players a little behind.
         let keep = self.cfg.window + 2;
-        let mut warned = false;
-        loop {
-            tokio::select! {
-                r = reader.next_batch(&mut batch) => match r {
-                    Ok(()) => {
-                        let mut events = Vec::new();
-                        for p in batch.drain(..) {
-                            events.extend(cut.push(&p.frame, wall_ms(p.received)));
-                        }
-                        if let (Some(codec), false) = (cut.skipped_codec, warned) {
-                            tracing::warn!(stream = %seg.key, ?codec, "fMP4 HLS carries H.264, H.265 and AAC: this track is left out");
-                            warned = true;
-                        }
-                        if !events.is_empty() {
-                            seg.apply(events, keep);
-                        }
-                    }
-                    Err(reason) => {
-                        let events = cut.finish();
-                        seg.apply(events, keep);
-                        seg.cmaf.lock().ended = true;
-                        seg.new_segment.notify_waiters();
-                        if reason != EndReason::StreamClosed {
-                            tracing::info!(stream = %seg.key, %reason, "hls segmenter ended");
-                            return;
-                        }
-                        while seg.idle_for() < idle_stop {
-                            tick.tick().await;
-                        }
-                        return;
-                    }
-                },
-                _ = tick.tick() => {
-                    if seg.idle_for() >= idle_stop {
-                        return;
-                    }
-                }
-            }
-        }
-    }
-
-    async fn run_ts(&self, seg: &Segmenter, mut reader: Reader) {
-        let mut cut = Cutter::new(self.cfg.segment_secs, self.cfg.window + 2);
         let mut batch: Vec<Arc<Packet>> = Vec::new();
         let idle_stop = Duration::from_secs_f64(self.cfg.idle_stop_secs);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
                 r = reader.next_batch(&mut batch) => match r {
-                    Ok(()) => {
-                        if cut.muxer.is_none() {
-                            let t = reader.tracks();
-                            let audio = reader.stream().audio_codec();
-                            cut.muxer = Some(TsMuxer::new(t.video, t.audio).with_audio_codec(audio));
-                        }
-                        for p in batch.drain(..) {
-                            if let Some(done) = cut.push(&p) {
-                                seg.publish(done, cut.keep);
-                            }
-                        }
-                    }
+                    Ok(()) => mux.take(seg, &reader, &mut batch, keep),
                     Err(reason) => {
-                        if let Some(done) = cut.finish() {
-                            seg.publish(done, cut.keep);
-                        }
-                        seg.state.lock().ended = true;
+                        mux.end(seg, keep);
                         seg.new_segment.notify_waiters();
                         if reason != EndReason::StreamClosed {
                             tracing::info!(stream = %seg.key, %reason, "hls segmenter ended");
@@ -495,6 +431,62 @@ impl Hls {
             let _ = writeln!(o, "#EXT-X-ENDLIST");
         }
         o
+    }
+}
+
+/// A segmenter's muxer: MPEG-TS segments, or CMAF parts and segments.
+enum SegMux {
+    Ts(Box<Cutter>),
+    Cmaf { cut: Box<CmafCutter>, warned: bool },
+}
+
+impl SegMux {
+    /// A batch of the stream's packets into segments (and parts), published as they complete.
+    fn take(&mut self, seg: &Segmenter, reader: &Reader, batch: &mut Vec<Arc<Packet>>, keep: usize) {
+        match self {
+            SegMux::Ts(cut) => {
+                if cut.muxer.is_none() {
+                    let t = reader.tracks();
+                    let audio = reader.stream().audio_codec();
+                    cut.muxer = Some(TsMuxer::new(t.video, t.audio).with_audio_codec(audio));
+                }
+                for p in batch.drain(..) {
+                    if let Some(done) = cut.push(&p) {
+                        seg.publish(done, cut.keep);
+                    }
+                }
+            }
+            SegMux::Cmaf { cut, warned } => {
+                let mut events = Vec::new();
+                for p in batch.drain(..) {
+                    events.extend(cut.push(&p.frame, wall_ms(p.received)));
+                }
+                if let (Some(codec), false) = (cut.skipped_codec, *warned) {
+                    tracing::warn!(stream = %seg.key, ?codec, "fMP4 HLS carries H.264, H.265 and AAC: this track is left out");
+                    *warned = true;
+                }
+                if !events.is_empty() {
+                    seg.apply(events, keep);
+                }
+            }
+        }
+    }
+
+    /// The stream ended: the last segment, and the playlist marked ended.
+    fn end(&mut self, seg: &Segmenter, keep: usize) {
+        match self {
+            SegMux::Ts(cut) => {
+                if let Some(done) = cut.finish() {
+                    seg.publish(done, cut.keep);
+                }
+                seg.state.lock().ended = true;
+            }
+            SegMux::Cmaf { cut, .. } => {
+                let events = cut.finish();
+                seg.apply(events, keep);
+                seg.cmaf.lock().ended = true;
+            }
+        }
     }
 }
 

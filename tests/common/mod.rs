@@ -992,3 +992,21 @@ pub fn av_offsets(file: &Path) -> Vec<f64> {
         })
         .collect()
 }
+
+/// Probes `url` until ffprobe names exactly an H.264 and an AAC track (it fails until the server has the
+/// stream); the tracks it saw last otherwise. HLS lists each track once per program too: counted once.
+pub fn wait_av(url: &str) -> Result<(), Vec<String>> {
+    let mut got = Vec::new();
+    let ok = wait_until(Duration::from_secs(30), || {
+        let out = ffprobe(url, &["-show_entries", "stream=codec_name", "-of", "csv=p=0"]);
+        got = String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect();
+        got.sort();
+        got.dedup();
+        out.status.success() && got == ["aac", "h264"]
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(got)
+    }
+}

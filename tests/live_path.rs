@@ -427,6 +427,35 @@ fn demo_page_lists_and_plays_a_stream() {
 }
 
 #[test]
+fn demo_page_plays_low_latency_hls_in_low_latency_mode_and_shows_its_latency() {
+    let srv = Server::start("[hls]\nvariant = \"lowlatency\"\nsegment_secs = 2.0\npart_secs = 0.2\n");
+    let _pub = push_loop(&media("360p"), &srv.rtmp_url("ll"));
+    srv.wait_live("ll");
+    let shot = srv.dir.path().join("demo-ll.png");
+    let origin = format!("http://127.0.0.1:{}", srv.http_port);
+    let j = browser_check("demo_page.mjs", &[&origin, "live/ll", shot.to_str().unwrap(), "hls"]);
+    let h = &j["hls"];
+    assert_eq!(j["hlsWidth"], 640, "{j}");
+    // The page saw #EXT-X-PART-INF: hls.js in lowLatencyMode with its own defaults, so it holds PART-HOLD-BACK
+    // (0.6 s) behind live, not a number of segments.
+    assert_eq!(
+        (h["mode"].as_str(), h["lowLatencyMode"].as_bool(), h["liveSync"].as_bool()),
+        (Some("low-latency"), Some(true), Some(false)),
+        "{h}"
+    );
+    assert!((h["partTarget"].as_f64().unwrap() - 0.2).abs() < 1e-6, "{h}");
+    assert!((h["targetLatency"].as_f64().unwrap() - 0.6).abs() < 1e-6, "{h}");
+    // The latency it shows, hls.js's and by program date-time, the two agreeing. The page's request starts the
+    // segmenter here, so hls.js starts from the first segment's parts (~2.5 s behind) and, at its default
+    // playback rate, stays there; a player that comes later is ~1.2 s behind (tests/ll_hls.rs). Classic HLS
+    // would be two 2 s segments behind.
+    let latency: f64 = h["latency"].as_str().unwrap().parse().unwrap();
+    let pdt: f64 = h["pdtLatency"].as_str().unwrap().parse().unwrap();
+    println!("demo page: {}", h["text"]);
+    assert!(latency > 0.0 && latency < 3.5 && (pdt - latency).abs() < 0.5, "{h}");
+}
+
+#[test]
 fn a_player_that_stops_reading_is_disconnected_with_a_reason() {
     use livegate::media::amf0::Amf0Value;
     let srv = Server::start("[play]\nstall_timeout_secs = 2.0\n");

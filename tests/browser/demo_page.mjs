@@ -5,17 +5,19 @@
 // then stops that camera and uses the Room panel: enters the room as a call member (publishing the fake camera),
 // prints {"step":"room-entered"} (the test then lets the `remote` member in and has it publish and say
 // `remoteText`), waits for the remote member's video to play in the panel's grid, says something in the chat,
-// turns the camera off and on, and leaves.
-// usage: node tests/browser/demo_page.mjs <livegate-origin> <stream app/name> <screenshot.png> [room-json]
-// Prints one JSON line {ok, listed, currentTime, frames, width, height, room?, message}; exit 0 ok, 1 failure.
+// turns the camera off and on, and leaves. With "hls" instead, it only plays the stream with the page's HLS button
+// and reads the HLS mode the page picked, hls.js's config and the latency the page shows (under "hls").
+// usage: node tests/browser/demo_page.mjs <livegate-origin> <stream app/name> <screenshot.png> [room-json | hls]
+// Prints one JSON line {ok, listed, currentTime, frames, width, height, hls, room?, message}; exit 0 ok, 1 failure.
 import { launchChromium, HARD_TIMEOUT_MS } from './lib.mjs';
 
 const [origin, stream, shot, roomArg] = process.argv.slice(2);
 if (!origin || !stream || !shot) {
-  console.error('usage: demo_page.mjs <origin> <app/stream> <screenshot.png> [room-json]');
+  console.error('usage: demo_page.mjs <origin> <app/stream> <screenshot.png> [room-json | hls]');
   process.exit(2);
 }
-const roomCfg = roomArg ? JSON.parse(roomArg) : null;
+const hlsOnly = roomArg === 'hls';
+const roomCfg = roomArg && !hlsOnly ? JSON.parse(roomArg) : null;
 // The room part waits for another member (its ffmpeg, its first keyframe) and plays it: a minute more.
 const hardTimeoutMs = HARD_TIMEOUT_MS + (roomCfg ? 60_000 : 0);
 const result = { ok: false, listed: false, currentTime: 0, frames: 0, width: 0, height: 0 };
@@ -55,6 +57,11 @@ async function main() {
   const row = page.locator('#streams tr', { hasText: stream });
   await row.waitFor({ timeout: 10_000 });
   result.listed = true;
+  if (hlsOnly) {
+    await page.locator('#name').fill(stream);
+    const failed = await playHls(page);
+    return await done(!failed, failed);
+  }
   await row.locator('button').click();
   const deadline = Date.now() + 20_000;
   while (Date.now() < deadline) {
@@ -74,10 +81,8 @@ async function main() {
   if (!w) return await done(false, 'WebRTC video did not play');
   result.whepWidth = w.w;
   // And over HLS (hls.js).
-  await page.locator('#hls').click();
-  const h = await playsFor(page, 1, (x) => !x.webrtc);
-  if (!h) return await done(false, 'HLS video did not play');
-  result.hlsWidth = h.w;
+  const failed = await playHls(page);
+  if (failed) return await done(false, failed);
   // Publish the camera with WHIP, then play it like a mini program would (HTTP-FLV).
   await page.locator('#pubname').fill('live/cam');
   await page.locator('#publish').click();
@@ -102,6 +107,43 @@ async function main() {
     if (failed) return await done(false, failed);
   }
   await done(true);
+}
+
+// The page's HLS button: the video plays; then what the page shows of HLS (its mode, the latency it measures, once
+// that shows a figure) and the hls.js config it picked go under result.hls. Returns a failure message, or null.
+async function playHls(page) {
+  await page.locator('#hls').click();
+  const h = await playsFor(page, 1, (x) => !x.webrtc);
+  if (!h) return 'HLS video did not play';
+  result.hlsWidth = h.w;
+  const shown = () => page.evaluate(() => {
+    const el = document.getElementById('latency');
+    const c = hls.userConfig;
+    return {
+      mode: el.dataset.mode, text: el.textContent, latency: el.dataset.latency, pdtLatency: el.dataset.pdtLatency,
+      lowLatencyMode: hls.lowLatencyMode, liveSync: 'liveSyncDuration' in c || 'liveSyncDurationCount' in c,
+      targetLatency: hls.targetLatency, partTarget: hls.levels.map((l) => l.details && l.details.partTarget)[0] ?? null,
+    };
+  });
+  // hls.js's figure first; the program date-time one follows (when the playlist has one) within a few seconds.
+  let first = null;
+  const s = await until('a latency figure on the page', 10_000, async () => {
+    const x = await shown();
+    if (!x.latency) return null;
+    first ??= Date.now();
+    return (x.pdtLatency || Date.now() - first > 3000) && x;
+  });
+  result.hls = s || (await shown());
+  // The figure is kept up to date (every half second): a few seconds of it.
+  result.hls.seen = [];
+  for (let i = 0; s && i < 6; i++) {
+    await sleep(500);
+    const x = await shown();
+    result.hls.seen.push(x.text);
+    Object.assign(result.hls, x);
+  }
+  step = '';
+  return s ? null : `the page showed no HLS latency: ${JSON.stringify(result.hls)}`;
 }
 
 // Waits until `f()` (in Node) is truthy, polling every 200 ms; returns its value or null after `ms`.

@@ -330,8 +330,9 @@ impl Cluster {
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             };
             match ev {
-                Event::Publish { stream, protocol, .. }
-                    if self.role.publishes() && protocol != Protocol::Edge && !stream.name.contains('@') =>
+                // RTMP and WHIP publishes were claimed by their access check; a pull's was not.
+                Event::Publish { stream, protocol: Protocol::Pull, .. }
+                    if self.role.publishes() && !stream.name.contains('@') =>
                 {
                     if let Err(e) = self.claim(&stream).await {
                         tracing::warn!(%stream, reason = %e, "a stream published here is held elsewhere");

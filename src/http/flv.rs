@@ -96,11 +96,12 @@ pub fn hub_error(e: &HubError) -> Response<Body> {
 
 /// The cluster nodes a request came through (`x-livegate-via: a,b`).
 pub fn via(headers: &http::HeaderMap) -> Vec<String> {
-    headers
-        .get(crate::cluster::VIA_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).take(16).collect())
-        .unwrap_or_default()
+    headers.get(crate::cluster::VIA_HEADER).and_then(|v| v.to_str().ok()).map(parse_via).unwrap_or_default()
+}
+
+/// An `x-livegate-via` value's node ids (at most 16: a longer chain is a loop or garbage either way).
+pub fn parse_via(v: &str) -> Vec<String> {
+    v.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).take(16).collect()
 }
 
 /// The response headers of a playing HTTP-FLV stream (besides CORS, which every response gets).

@@ -31,8 +31,9 @@ pub const SNIFF_BYTES: usize = 8192;
 /// What a connection's first bytes are.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Sniff {
-    /// A complete `GET /….flv` head of `head_len` bytes.
-    FlvGet { head_len: usize, uri: String, http10: bool },
+    /// A complete `GET /….flv` head of `head_len` bytes; `via`: the cluster nodes an edge's pull came
+    /// through (its `x-livegate-via` header).
+    FlvGet { head_len: usize, uri: String, http10: bool, via: Vec<String> },
     /// Not complete yet.
     Partial,
     /// Anything else: hyper's.
@@ -55,16 +56,17 @@ pub fn sniff(buf: &[u8]) -> Sniff {
             let path_only = path.split('?').next().unwrap_or("");
             // Exactly the routes `http::route` sends to `flv::play`: other prefixes win there.
             let other_route = ["/recordings/", "/api/", "/whep/", "/whip/"].iter().any(|p| path_only.starts_with(p));
-            // A cluster edge's pull names the nodes it came through: hyper's path reads that header.
-            let from_edge = req.headers.iter().any(|h| h.name.eq_ignore_ascii_case(crate::cluster::VIA_HEADER));
-            if method == "GET"
-                && path_only.ends_with(".flv")
-                && path.starts_with('/')
-                && !has_body
-                && !other_route
-                && !from_edge
-            {
-                Sniff::FlvGet { head_len, uri: path.to_owned(), http10: version == 0 }
+            // A cluster edge's pull is a player like any other (the direct fan-out), naming the nodes it came
+            // through.
+            let via = req
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case(crate::cluster::VIA_HEADER))
+                .and_then(|h| std::str::from_utf8(h.value).ok())
+                .map(super::flv::parse_via)
+                .unwrap_or_default();
+            if method == "GET" && path_only.ends_with(".flv") && path.starts_with('/') && !has_body && !other_route {
+                Sniff::FlvGet { head_len, uri: path.to_owned(), http10: version == 0, via }
             } else {
                 Sniff::Other
             }
@@ -75,7 +77,15 @@ pub fn sniff(buf: &[u8]) -> Sniff {
 }
 
 /// Serves one HTTP-FLV player; `head_len` bytes of request head are still unread on `sock`.
-pub async fn serve(state: Arc<HttpState>, addr: SocketAddr, sock: TcpStream, head_len: usize, uri: &str, http10: bool) {
+pub async fn serve(
+    state: Arc<HttpState>,
+    addr: SocketAddr,
+    sock: TcpStream,
+    head_len: usize,
+    uri: &str,
+    http10: bool,
+    via: &[String],
+) {
     let sock = Arc::new(sock);
     let mut io = SharedStream(sock.clone());
     let mut head = vec![0u8; head_len];
@@ -95,7 +105,7 @@ pub async fn serve(state: Arc<HttpState>, addr: SocketAddr, sock: TcpStream, hea
             return;
         }
     };
-    let (key, mut reader, guard) = match super::flv::open(&state, addr, &uri, &[]).await {
+    let (key, mut reader, guard) = match super::flv::open(&state, addr, &uri, via).await {
         Ok(x) => x,
         Err(resp) => {
             write_response(&mut io, *resp, &cors).await;
@@ -316,8 +326,11 @@ mod tests {
         let get = b"GET /live/test.flv?mode=rtc HTTP/1.1\r\nHost: x\r\n\r\n";
         assert_eq!(
             sniff(get),
-            Sniff::FlvGet { head_len: get.len(), uri: "/live/test.flv?mode=rtc".into(), http10: false }
+            Sniff::FlvGet { head_len: get.len(), uri: "/live/test.flv?mode=rtc".into(), http10: false, via: vec![] }
         );
+        // A cluster edge's pull takes the direct path too, with the nodes it came through.
+        let edge = b"GET /live/a.flv HTTP/1.1\r\nX-Livegate-Via: edge-2, edge-1\r\n\r\n";
+        assert!(matches!(sniff(edge), Sniff::FlvGet { via, .. } if via == ["edge-2", "edge-1"]));
         let old = b"GET /live/t.flv HTTP/1.0\r\n\r\n";
         assert!(matches!(sniff(old), Sniff::FlvGet { http10: true, .. }));
         assert_eq!(sniff(b"GET /live/test.flv HTTP/1.1\r\nHost"), Sniff::Partial);

@@ -78,8 +78,8 @@ pub async fn serve(listener: TcpListener, state: Arc<HttpState>, shutdown: tokio
             tokio::spawn(async move {
                 match peek_first_request(&sock).await {
                     Err(()) => return,
-                    Ok(flv_direct::Sniff::FlvGet { head_len, uri, http10 }) => {
-                        flv_direct::serve(state, addr, sock, head_len, &uri, http10).await;
+                    Ok(flv_direct::Sniff::FlvGet { head_len, uri, http10, via }) => {
+                        flv_direct::serve(state, addr, sock, head_len, &uri, http10, &via).await;
                         drop(permit);
                         return;
                     }

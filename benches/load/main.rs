@@ -16,6 +16,7 @@ mod rtmp_client;
 mod sys;
 mod whep;
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -123,6 +124,15 @@ pub struct Args {
     /// Stream name: rtmp://.../live/NAME and http://.../live/NAME.flv.
     #[arg(long, default_value = "load")]
     stream: String,
+    /// Readers connect to these HTTP addresses instead (comma-separated; reader i to address i mod n), e.g. a
+    /// cluster's edges; the publisher still publishes to the started or attached livegate. The report breaks
+    /// readers, behind and latency down by address.
+    #[arg(long, value_delimiter = ',')]
+    read_from: Vec<SocketAddr>,
+    /// Other processes measured over the same windows (NAME=PID, comma-separated), e.g. a cluster's edges:
+    /// CPU over the readers phase and the steady window, and RSS, in the report and the JSON line.
+    #[arg(long, value_delimiter = ',', value_parser = parse_watch)]
+    watch_pids: Vec<Watch>,
     /// Query string appended to the readers' URLs, e.g. "?mode=rtc".
     #[arg(long, default_value = "")]
     query: String,
@@ -153,6 +163,19 @@ pub struct Args {
     /// CPU window begins: connection setup and join bursts are left out of it.
     #[arg(long, default_value_t = 3.0)]
     settle_secs: f64,
+}
+
+/// A process given with --watch-pids.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Watch {
+    pub name: String,
+    pub pid: u32,
+}
+
+fn parse_watch(s: &str) -> Result<Watch, String> {
+    let (name, pid) = s.split_once('=').ok_or_else(|| format!("{s:?} is not NAME=PID"))?;
+    let pid = pid.trim().parse().map_err(|e| format!("{s:?}: PID: {e}"))?;
+    Ok(Watch { name: name.trim().to_owned(), pid })
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
@@ -238,6 +261,12 @@ fn main() -> Result<()> {
             "warning: RLIMIT_NOFILE is {soft} (hard {hard}); {} readers may run out of descriptors",
             args.readers
         );
+    }
+    if !args.read_from.is_empty() && (args.readers == 0 || args.proto == Proto::Rtmp) {
+        bail!("--read-from takes HTTP addresses for readers: --proto flv, hls or whep, and --readers 1 or more");
+    }
+    if !args.watch_pids.is_empty() && args.readers == 0 {
+        bail!("--watch-pids measures over the readers phase: --readers 1 or more");
     }
     if args.solo_secs > 0.0 && args.readers < 2 {
         bail!("--solo-secs compares 1 reader with N: pass --readers 2 or more");
@@ -348,6 +377,23 @@ pub struct Run {
     pub run_end_ns: u64,
     /// Seconds into the readers phase at which livegate was seen gone.
     pub livegate_died_at: Option<f64>,
+    /// The --watch-pids processes, in order.
+    pub watched: Vec<Watched>,
+}
+
+/// A process measured with --watch-pids.
+pub struct Watched {
+    pub name: String,
+    pub pid: u32,
+    /// CPU seconds over the readers phase.
+    pub cpu: f64,
+    /// CPU seconds over the steady window (None without one).
+    pub steady_cpu: Option<f64>,
+    /// VmRSS when the readers phase began, and when it ended (readers still connected).
+    pub rss_before_kib: u64,
+    pub rss_end_kib: u64,
+    /// VmHWM at the end: since the process started, so across runs on one process it is the largest run's.
+    pub hwm_end_kib: u64,
 }
 
 /// CPU seconds used over a measurement window.
@@ -371,10 +417,12 @@ struct Mark {
     lg: f64,
     tool: f64,
     machine: Option<(u64, u64)>,
+    /// CPU seconds of each --watch-pids process.
+    watched: Vec<f64>,
 }
 
 impl Mark {
-    fn now(pid: &str) -> Self {
+    fn now(pid: &str, watch: &[Watch]) -> Self {
         Self {
             at: tokio::time::Instant::now(),
             ns: now_ns(),
@@ -382,6 +430,7 @@ impl Mark {
             lg: sys::cpu_secs(pid).unwrap_or(0.0),
             tool: sys::cpu_secs("self").unwrap_or(0.0),
             machine: sys::machine_jiffies(),
+            watched: watch_cpu(watch),
         }
     }
 
@@ -398,6 +447,10 @@ impl Mark {
     }
 }
 
+fn watch_cpu(watch: &[Watch]) -> Vec<f64> {
+    watch.iter().map(|w| sys::cpu_secs(&w.pid.to_string()).unwrap_or(0.0)).collect()
+}
+
 async fn readers_phase(
     args: &Args,
     pid: &str,
@@ -411,6 +464,12 @@ async fn readers_phase(
     let hwm_before_kib = sys::status_kib(pid, "VmHWM").unwrap_or(0);
     let tool0 = sys::cpu_secs("self").unwrap_or(0.0);
     let machine0 = sys::machine_jiffies();
+    let watch = &args.watch_pids;
+    let watch_rss = |key: &str| -> Vec<u64> {
+        watch.iter().map(|w| sys::status_kib(&w.pid.to_string(), key).unwrap_or(0)).collect()
+    };
+    let watch_rss0 = watch_rss("VmRSS");
+    let watch_cpu0 = watch_cpu(watch);
 
     let t0 = tokio::time::Instant::now();
     let run_start_ns = now_ns();
@@ -424,19 +483,28 @@ async fn readers_phase(
     // Video frames a reader can see: the run plus a GOP-cache burst, with slack.
     let fps = input.video_tags as f64 / (input.loop_ms as f64 / 1000.0).max(0.001);
     let sample_cap = ((total_secs + 12.0) * fps * 1.2) as usize;
-    let cfg = Arc::new(ReaderCfg {
-        proto: args.proto,
-        rtmp: lg.rtmp,
-        http: lg.http,
-        stream: args.stream.clone(),
-        query: args.query.clone(),
-        stop_at,
-        read_buf: args.read_buf,
-        sample_cap,
-        poll: Duration::from_secs_f64(args.segment_secs.unwrap_or(2.0) / 2.0),
-        whep_audio: args.whep_audio,
-        whep_pli_ms: args.whep_pli_ms,
-    });
+    // One config per address readers connect to: --read-from's, else livegate's.
+    let read_from = if args.read_from.is_empty() { vec![lg.http] } else { args.read_from.clone() };
+    let cfgs: Vec<Arc<ReaderCfg>> = read_from
+        .iter()
+        .enumerate()
+        .map(|(via, &http)| {
+            Arc::new(ReaderCfg {
+                proto: args.proto,
+                rtmp: lg.rtmp,
+                http,
+                via,
+                stream: args.stream.clone(),
+                query: args.query.clone(),
+                stop_at,
+                read_buf: args.read_buf,
+                sample_cap,
+                poll: Duration::from_secs_f64(args.segment_secs.unwrap_or(2.0) / 2.0),
+                whep_audio: args.whep_audio,
+                whep_pli_ms: args.whep_pli_ms,
+            })
+        })
+        .collect();
 
     let pid_w = pid.to_owned();
     let watcher = tokio::spawn(async move {
@@ -473,13 +541,13 @@ async fn readers_phase(
     for i in 0..args.readers {
         if i == 1 && args.solo_secs > 0.0 {
             tokio::time::sleep_until(t0 + settle).await;
-            let m0 = Mark::now(pid);
+            let m0 = Mark::now(pid, watch);
             tokio::time::sleep_until(t0 + lead).await;
-            solo = Some(m0.window_to(&Mark::now(pid)));
+            solo = Some(m0.window_to(&Mark::now(pid, watch)));
         }
         let at = if i == 0 { t0 } else { t0 + lead + ramp * i as u32 };
         tokio::time::sleep_until(at).await;
-        let cfg = cfg.clone();
+        let cfg = cfgs[i % cfgs.len()].clone();
         match args.proto {
             Proto::Hls => hls_handles.push(tokio::spawn(async move { hls::run(&cfg).await })),
             Proto::Whep => whep_handles.push(tokio::spawn(async move { whep::run(&cfg).await })),
@@ -487,15 +555,33 @@ async fn readers_phase(
         }
     }
     let steady_start = last_start + settle;
-    let steady = if stop_at.saturating_duration_since(steady_start) >= Duration::from_secs(2) {
+    let (steady, steady_watched) = if stop_at.saturating_duration_since(steady_start) >= Duration::from_secs(2) {
         tokio::time::sleep_until(steady_start).await;
-        let m0 = Mark::now(pid);
+        let m0 = Mark::now(pid, watch);
         tokio::time::sleep_until(stop_at).await;
-        Some(m0.window_to(&Mark::now(pid)))
+        let m1 = Mark::now(pid, watch);
+        let used: Vec<Option<f64>> = m0.watched.iter().zip(&m1.watched).map(|(a, b)| Some(b - a)).collect();
+        (Some(m0.window_to(&m1)), used)
     } else {
-        None
+        (None, vec![None; watch.len()])
     };
     tokio::time::sleep_until(stop_at).await;
+    let watch_rss1 = watch_rss("VmRSS");
+    let watch_hwm = watch_rss("VmHWM");
+    let watched = watch
+        .iter()
+        .zip(watch_cpu0.iter().zip(watch_cpu(watch)))
+        .enumerate()
+        .map(|(i, (w, (c0, c1)))| Watched {
+            name: w.name.clone(),
+            pid: w.pid,
+            cpu: c1 - c0,
+            steady_cpu: steady_watched[i],
+            rss_before_kib: watch_rss0[i],
+            rss_end_kib: watch_rss1[i],
+            hwm_end_kib: watch_hwm[i],
+        })
+        .collect();
     let lg_cpu = sys::cpu_secs(pid).unwrap_or(cpu0) - cpu0;
     let machine_busy = sys::busy_cpus(machine0, sys::machine_jiffies());
     let hwm_end_kib = sys::status_kib(pid, "VmHWM").unwrap_or(0);
@@ -552,5 +638,33 @@ async fn readers_phase(
         run_start_ns,
         run_end_ns,
         livegate_died_at,
+        watched,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_read_from_and_watch_pids() {
+        let a = Args::try_parse_from([
+            "livegate-load",
+            "--read-from",
+            "127.0.0.1:8001,127.0.0.1:8002",
+            "--watch-pids",
+            "edge-1=101,edge-2=102",
+        ])
+        .unwrap();
+        assert_eq!(a.read_from, ["127.0.0.1:8001".parse::<SocketAddr>().unwrap(), "127.0.0.1:8002".parse().unwrap()]);
+        assert_eq!(
+            a.watch_pids,
+            [Watch { name: "edge-1".into(), pid: 101 }, Watch { name: "edge-2".into(), pid: 102 }]
+        );
+        let a = Args::try_parse_from(["livegate-load"]).unwrap();
+        assert!(a.read_from.is_empty() && a.watch_pids.is_empty());
+        assert!(Args::try_parse_from(["livegate-load", "--watch-pids", "edge-1"]).is_err());
+        assert!(Args::try_parse_from(["livegate-load", "--watch-pids", "edge-1=x"]).is_err());
+        assert!(Args::try_parse_from(["livegate-load", "--read-from", "localhost"]).is_err());
+    }
 }

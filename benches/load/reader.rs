@@ -36,6 +36,8 @@ pub struct ReaderCfg {
     pub proto: Proto,
     pub rtmp: SocketAddr,
     pub http: SocketAddr,
+    /// Index of `http` in --read-from (0 without it).
+    pub via: usize,
     pub stream: String,
     pub query: String,
     pub stop_at: tokio::time::Instant,
@@ -76,6 +78,8 @@ pub struct Anomalies {
 }
 
 pub struct ReaderResult {
+    /// `ReaderCfg::via` of the reader.
+    pub via: usize,
     pub start_ns: u64,
     pub end_ns: u64,
     pub first_key_ns: Option<u64>,
@@ -159,6 +163,7 @@ pub async fn run(cfg: &ReaderCfg) -> ReaderResult {
     ACTIVE.fetch_add(1, Ordering::Relaxed);
     let mut sink = Sink {
         r: ReaderResult {
+            via: cfg.via,
             start_ns: now_ns(),
             end_ns: 0,
             first_key_ns: None,

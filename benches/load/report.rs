@@ -59,20 +59,29 @@ pub fn print(args: &Args, run: &Run, pub_log: &PubLog, livegate_exit: Option<&st
     let mut errors: BTreeMap<String, usize> = BTreeMap::new();
     let mut an = Anomalies::default();
     let mut anomalous_readers = 0usize;
+    // --read-from: the same per address.
+    let mut by: Vec<ByAddr> = (0..args.read_from.len().max(1)).map(|_| ByAddr::default()).collect();
     for r in &run.results {
         wire += r.wire_bytes;
+        let b = &mut by[r.via];
+        b.readers += 1;
+        b.wire += r.wire_bytes;
         match &r.outcome {
             Outcome::Ran => ran += 1,
             Outcome::Closed => closed += 1,
             Outcome::Error(e) => *errors.entry(e.chars().take(160).collect()).or_default() += 1,
         }
         match r.first_key_ns {
-            Some(k) => ttfk.push(k - r.start_ns),
+            Some(k) => {
+                ttfk.push(k - r.start_ns);
+                b.ttfk.push(k - r.start_ns);
+            }
             None => no_key += 1,
         }
         let published = cum_at(r.end_ns) - cum_at(r.start_ns);
         if (r.media_bytes as f64) < published as f64 * args.behind_pct / 100.0 {
             behind += 1;
+            b.behind += 1;
         }
         let a = r.anomalies;
         an.ts_backwards += a.ts_backwards;
@@ -105,8 +114,13 @@ pub fn print(args: &Args, run: &Run, pub_log: &PubLog, livegate_exit: Option<&st
                 negative += 1;
             } else {
                 lat.push(recv - sent);
+                b.lat.push(recv - sent);
             }
         }
+    }
+    for b in &mut by {
+        b.lat.sort_unstable();
+        b.ttfk.sort_unstable();
     }
     ttfk.sort_unstable();
     lat.sort_unstable();
@@ -131,8 +145,25 @@ pub fn print(args: &Args, run: &Run, pub_log: &PubLog, livegate_exit: Option<&st
         published_in_run as f64 / 1e6
     );
     println!("  livegate CPU       {:.2} s ({:.0}% of a core); {cpu_us_per_mb:.0} CPU-us per delivered MB; publisher-only {:.1} ms/s", run.lg_cpu, 100.0 * run.lg_cpu / run.wall_secs, run.lg_cpu_idle_rate * 1e3);
+    let idle = run.lg_cpu_idle_rate;
+    let steady_net = run.steady.as_ref().map(|w| rate(w) - idle);
+    if let (Some(w), Some(net)) = (&run.steady, steady_net) {
+        println!(
+            "  steady CPU         {:.1} s window: livegate {:.2} ms/s = publisher-only {:.2} + {:.2} ms/s{}",
+            w.secs,
+            rate(w) * 1e3,
+            idle * 1e3,
+            net * 1e3,
+            if args.read_from.is_empty() {
+                format!(" for {n} readers -> {:.0} CPU-us per reader-second", net * 1e6 / n.max(1) as f64)
+            } else {
+                " (readers are on --read-from)".into()
+            }
+        );
+    }
     print_tool_cpu(args, run.tool_cpu, run.lg_cpu, run.wall_secs, run.machine_busy);
     println!("  livegate RSS       before readers {} KiB (HWM {}), peak {} KiB, now {} KiB -> {per_reader_kib:.1} KiB per reader", run.rss_before_kib, run.hwm_before_kib, run.hwm_end_kib, run.rss_end_kib);
+    let watched = print_watched(run);
     println!(
         "  first keyframe     p50 {:.1} ms, p95 {:.1} ms, max {:.1} ms ({} readers without one)",
         ms(pct(&ttfk, 50.0)),
@@ -158,6 +189,26 @@ pub fn print(args: &Args, run: &Run, pub_log: &PubLog, livegate_exit: Option<&st
     for (e, c) in errors.iter().take(6) {
         println!("    {c} x {e}");
     }
+    let mut by_address = Vec::new();
+    for (addr, b) in args.read_from.iter().zip(&by) {
+        let (l, k) = (&b.lat, &b.ttfk);
+        println!(
+            "  from {addr:<21} {} readers, {:.1} MB, {} behind, first keyframe p50 {:.1} ms, added latency p50 {:.1} / p95 {:.1} / p99 {:.1} ms ({} samples)",
+            b.readers,
+            b.wire as f64 / 1e6,
+            b.behind,
+            ms(pct(k, 50.0)),
+            ms(pct(l, 50.0)),
+            ms(pct(l, 95.0)),
+            ms(pct(l, 99.0)),
+            l.len()
+        );
+        by_address.push(json!({
+            "addr": addr.to_string(), "readers": b.readers, "delivered_mb": b.wire as f64 / 1e6, "readers_behind": b.behind,
+            "ttfk_ms": {"p50": ms(pct(k, 50.0)), "p95": ms(pct(k, 95.0))},
+            "latency_ms": {"p50": ms(pct(l, 50.0)), "p95": ms(pct(l, 95.0)), "p99": ms(pct(l, 99.0)), "max": ms(pct(l, 100.0)), "samples": l.len()},
+        }));
+    }
     println!("  stream anomalies   {anomalous_readers} readers: {an:?}");
     print_publisher_and_end(sends.len(), pub_log, livegate_exit, run.livegate_died_at, log_lines);
     let j = json!({
@@ -170,6 +221,8 @@ pub fn print(args: &Args, run: &Run, pub_log: &PubLog, livegate_exit: Option<&st
         "livegate_cpu_s": run.lg_cpu,
         "cpu_us_per_mb": cpu_us_per_mb,
         "livegate_publisher_only_cpu_ms_per_s": run.lg_cpu_idle_rate * 1e3,
+        "steady": run.steady.map(|w| json!({"secs": w.secs, "livegate_cpu_s": w.lg_cpu, "tool_cpu_s": w.tool_cpu, "machine_busy_cpus": w.machine_busy})),
+        "livegate_steady_net_cpu_ms_per_s": steady_net.map(|v| v * 1e3),
         "tool_cpu_s": run.tool_cpu,
         "machine_busy_cpus": run.machine_busy,
         "rss_before_kib": run.rss_before_kib,
@@ -188,8 +241,46 @@ pub fn print(args: &Args, run: &Run, pub_log: &PubLog, livegate_exit: Option<&st
         "livegate_alive": livegate_exit.is_none(),
         "livegate_exit": livegate_exit,
         "livegate_died_at_s": run.livegate_died_at,
+        "by_address": by_address,
+        "watched": watched,
     });
     println!("{j}");
+}
+
+/// Readers, bytes, behind, first keyframes and latencies of the readers of one --read-from address.
+#[derive(Default)]
+struct ByAddr {
+    readers: usize,
+    wire: u64,
+    behind: usize,
+    ttfk: Vec<u64>,
+    lat: Vec<u64>,
+}
+
+/// The --watch-pids lines; their JSON.
+fn print_watched(run: &Run) -> serde_json::Value {
+    let mut out = Vec::new();
+    for w in &run.watched {
+        let steady = run.steady.as_ref().zip(w.steady_cpu).map(|(win, c)| c / win.secs.max(0.001));
+        println!(
+            "  watched {} (pid {}) CPU {:.2} s ({:.0}% of a core){}; RSS {} KiB before readers, {} KiB at the end ({:+} KiB), peak {} KiB",
+            w.name,
+            w.pid,
+            w.cpu,
+            100.0 * w.cpu / run.wall_secs,
+            steady.map_or(String::new(), |r| format!(", steady window {:.2} ms/s", r * 1e3)),
+            w.rss_before_kib,
+            w.rss_end_kib,
+            w.rss_end_kib as i64 - w.rss_before_kib as i64,
+            w.hwm_end_kib
+        );
+        out.push(json!({
+            "name": w.name, "pid": w.pid, "cpu_s": w.cpu, "steady_cpu_s": w.steady_cpu,
+            "steady_cpu_ms_per_s": steady.map(|r| r * 1e3), "rss_before_kib": w.rss_before_kib,
+            "rss_end_kib": w.rss_end_kib, "rss_peak_kib": w.hwm_end_kib,
+        }));
+    }
+    serde_json::Value::Array(out)
 }
 
 fn print_tool_cpu(args: &Args, tool_cpu: f64, lg_cpu: f64, wall: f64, machine_busy: Option<f64>) {
@@ -285,6 +376,7 @@ pub fn print_hls(args: &Args, run: &Run, pub_log: &PubLog, livegate_exit: Option
         "  livegate RSS       before readers {} KiB, peak {} KiB, now {} KiB -> {per_reader_kib:.1} KiB per reader",
         run.rss_before_kib, run.hwm_end_kib, run.rss_end_kib
     );
+    let watched = print_watched(run);
     println!(
         "  first segment      p50 {:.0} ms, p95 {:.0} ms, max {:.0} ms after the reader started ({no_segment} readers without one)",
         ms(pct(&first, 50.0)),
@@ -337,6 +429,7 @@ pub fn print_hls(args: &Args, run: &Run, pub_log: &PubLog, livegate_exit: Option
         "publisher_late": pub_log.late,
         "livegate_alive": livegate_exit.is_none(),
         "livegate_exit": livegate_exit,
+        "watched": watched,
     });
     println!("{j}");
 }
@@ -642,6 +735,7 @@ pub fn print_whep(args: &Args, run: &Run, pub_log: &PubLog, livegate_exit: Optio
         run.rss_end_kib,
         grow_kib as f64 / n.max(1) as f64
     );
+    let watched = print_watched(run);
     println!(
         "  setup              POST->201 p50 {:.1} ms, p95 {:.1} ms, max {:.1} ms; start->first RTP p50 {:.0} ms, p95 {:.0} ms, max {:.0} ms ({no_rtp} viewers without RTP; audio in {with_audio} answers)",
         ms(pct(&answer, 50.0)),
@@ -724,6 +818,7 @@ pub fn print_whep(args: &Args, run: &Run, pub_log: &PubLog, livegate_exit: Optio
         "viewers_without_rtp": no_rtp,
         "livegate_alive": livegate_exit.is_none(),
         "livegate_exit": livegate_exit,
+        "watched": watched,
     });
     println!("{j}");
 }

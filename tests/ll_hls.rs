@@ -109,14 +109,13 @@ fn low_latency_hls_blocks_until_the_part_exists_and_hls_js_plays_it_about_a_seco
     assert!(pl.contains("#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=0.600,CAN-SKIP-UNTIL="), "{pl}");
     assert!(pl.contains("#EXT-X-PART-INF:PART-TARGET=0.200") && pl.contains("#EXT-X-PROGRAM-DATE-TIME:"));
     let hint = pl.lines().find(|l| l.starts_with("#EXT-X-PRELOAD-HINT:TYPE=PART")).expect("a preload hint");
-    // The rules: parts within PART-TARGET, the first part of each segment independent, the hint names the part
-    // after the last one listed.
+    // The rules: parts within PART-TARGET, the first part of each segment independent and no other (the
+    // input's keyframes are 2 s apart: a segment's), the hint names the part after the last one listed.
     for l in pl.lines().filter(|l| l.starts_with("#EXT-X-PART:")) {
         let d: f64 = attr(l, "DURATION").unwrap().parse().unwrap();
         assert!(d <= 0.2 + 1e-9, "{l}");
-        if attr(l, "URI").unwrap().ends_with(".0.m4s") {
-            assert_eq!(attr(l, "INDEPENDENT"), Some("YES"), "{l}");
-        }
+        let first = attr(l, "URI").unwrap().ends_with(".0.m4s");
+        assert_eq!(attr(l, "INDEPENDENT"), first.then_some("YES"), "only keyframe parts are independent: {pl}");
     }
     let (msn, part) = last_part(&pl);
     let hinted = attr(hint, "URI").unwrap();
@@ -238,4 +237,117 @@ fn delta_playlists_skip_old_segments_and_audio_only_streams_have_parts() {
     let streams = probe_streams(&format!("http://127.0.0.1:{}/live/a.m3u8", srv.http_port));
     assert_eq!(streams.len(), 1, "{streams:?}");
     assert_eq!(streams[0]["codec_name"], "aac");
+}
+
+/// The init section named by a CMAF playlist's first EXT-X-MAP.
+fn init_of(srv: &Server, app: &str, playlist: &str) -> Vec<u8> {
+    let map = playlist
+        .lines()
+        .find_map(|l| l.strip_prefix("#EXT-X-MAP:"))
+        .and_then(|l| attr(&format!("x:{l}"), "URI").map(String::from))
+        .unwrap_or_else(|| panic!("no EXT-X-MAP in {playlist}"));
+    let r = get(srv, &format!("/{app}/{map}"));
+    assert_eq!(r.status, 200);
+    r.body
+}
+
+fn has(b: &[u8], tag: &[u8]) -> bool {
+    b.windows(tag.len()).any(|w| w == tag)
+}
+
+/// Connects a Chromium WHIP publish (`codec`: h264, or none for the microphone only) and waits until the
+/// stream's Low-Latency playlist lists a complete segment.
+fn whip_into_hls(srv: &Server, name: &str, codec: &str) -> (Proc, String) {
+    let url = format!("http://127.0.0.1:{}/whip/live/{name}", srv.http_port);
+    let browser = node_bg("whip_publish.mjs", &[&url, "25", codec]);
+    assert!(
+        wait_until(Duration::from_secs(20), || browser.stdout().contains("\"event\":\"connected\"")),
+        "WHIP publish did not connect: {}\n{}",
+        browser.stdout(),
+        browser.stderr()
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || srv.stream_json(name).is_some_and(|j| j["audio"].is_object())),
+        "the WHIP stream never went live with audio"
+    );
+    let path = format!("/live/{name}.m3u8");
+    let mut pl = String::new();
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            pl = text(&get(srv, &path));
+            pl.contains("#EXTINF")
+        }),
+        "no complete segment: {pl}"
+    );
+    (browser, pl)
+}
+
+/// fMP4 and LL-HLS of a WHIP stream carry the browser's Opus as sent (no transcode in the path), beside its
+/// H.264, in A/V sync: ffmpeg decodes both, and hls.js in Chromium plays it with "opus" in MediaSource.
+#[test]
+fn a_whip_stream_reaches_low_latency_hls_with_the_browsers_own_opus() {
+    let srv = Server::start(&format!("{LL}[webrtc]\nudp_port_min = 0\nudp_port_max = 0\n"));
+    let (mut browser, pl) = whip_into_hls(&srv, "wo", "h264");
+    let init = init_of(&srv, "live", &pl);
+    let tracks: Vec<&str> = ["avc1", "Opus", "dOps", "mp4a"].into_iter().filter(|t| has(&init, t.as_bytes())).collect();
+    assert_eq!(
+        tracks,
+        ["avc1", "Opus", "dOps"],
+        "H.264 and the browser's Opus, no AAC round trip: {pl}\n{}",
+        srv.log_text()
+    );
+    // ffmpeg reads 4 s through the playlist: both tracks decode, and start together.
+    let url = format!("http://127.0.0.1:{}/live/wo.m3u8", srv.http_port);
+    let file = srv.dir.path().join("wo.nut");
+    let out = Command::new("timeout")
+        .args(["40", "ffmpeg", "-v", "error", "-y", "-i", &url, "-t", "4", "-map", "0", "-c", "copy"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let o =
+        ffprobe(file.to_str().unwrap(), &["-show_entries", "stream=codec_name,sample_rate,start_time", "-of", "json"]);
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let streams = j["streams"].as_array().unwrap();
+    let stream = |c: &str| streams.iter().find(|s| s["codec_name"] == c).unwrap_or_else(|| panic!("no {c}: {j}"));
+    assert_eq!(stream("opus")["sample_rate"], "48000", "{j}");
+    let start = |c: &str| stream(c)["start_time"].as_str().unwrap().parse::<f64>().unwrap();
+    let skew = (start("h264") - start("opus")).abs();
+    assert!(skew <= 0.1, "A/V start times {skew:.3} s apart: {j}");
+    let dec = ffprobe(file.to_str().unwrap(), &["-show_entries", "frame=media_type", "-of", "csv=p=0"]);
+    assert!(dec.stderr.is_empty(), "decode errors: {}", String::from_utf8_lossy(&dec.stderr));
+    let frames = String::from_utf8_lossy(&dec.stdout).into_owned();
+    let count = |t: &str| frames.lines().filter(|l| l.trim() == t).count();
+    // 4 s: 200 Opus packets of 20 ms, and the browser's variable-rate video.
+    assert!(
+        count("audio") >= 150 && count("video") >= 40,
+        "decoded {} video, {} audio",
+        count("video"),
+        count("audio")
+    );
+    // hls.js in Chromium: MediaSource takes fMP4 Opus, and the audio decodes.
+    let shot = srv.dir.path().join("wo.png");
+    let j = browser_check("hls_play.mjs", &[&url, shot.to_str().unwrap(), "3", "ll"]);
+    assert_eq!(j["width"], 640, "{j}");
+    assert!(j["audioCodec"].as_str().is_some_and(|c| c.contains("opus")), "hls.js audio codec: {j}");
+    assert!(j["audioDecodedBytes"].as_u64().is_some_and(|n| n > 0), "Chromium decoded no audio: {j}");
+    assert!(srv.log_text().contains("fMP4 HLS carries the WHIP publisher's Opus"));
+    let j = browser_result(&mut browser, Duration::from_secs(40));
+    assert_eq!(j["status"], 201, "{j}");
+}
+
+/// `hls.webrtc_audio = "aac"`: for players without Opus in MP4, a WHIP stream's fMP4 carries the AAC made for
+/// RTMP and FLV readers (here an audio-only publish: its segments open on audio frames).
+#[test]
+fn webrtc_audio_aac_gives_a_whip_streams_hls_the_aac_rendition() {
+    let srv = Server::start(&format!("{LL}webrtc_audio = \"aac\"\n[webrtc]\nudp_port_min = 0\nudp_port_max = 0\n"));
+    let (mut browser, pl) = whip_into_hls(&srv, "wa", "none");
+    let init = init_of(&srv, "live", &pl);
+    assert!(has(&init, b"mp4a") && !has(&init, b"Opus") && !has(&init, b"avc1"), "init: AAC only");
+    assert!(pl.contains("#EXT-X-PART:") && pl.contains("INDEPENDENT=YES"), "{pl}");
+    let url = format!("http://127.0.0.1:{}/live/wa.m3u8", srv.http_port);
+    let streams = probe_streams(&url);
+    assert!(streams.len() == 1 && streams[0]["codec_name"] == "aac", "{streams:?}");
+    let j = browser_result(&mut browser, Duration::from_secs(40));
+    assert_eq!(j["status"], 201, "{j}");
 }

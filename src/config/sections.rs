@@ -18,6 +18,22 @@ pub struct HlsConfig {
     /// Low-Latency HLS part length (PART-TARGET), seconds.
     #[serde(default = "default_part_secs")]
     pub part_secs: f64,
+    /// The audio fMP4 and Low-Latency HLS carry for a stream published over WHIP.
+    #[serde(default)]
+    pub webrtc_audio: WebrtcAudio,
+}
+
+/// A WHIP stream's audio in fMP4 and Low-Latency HLS (MPEG-TS always carries AAC).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WebrtcAudio {
+    /// The browser's own Opus, as sent (no transcode in the path): hls.js in Chromium and Firefox, ffmpeg,
+    /// GStreamer.
+    #[default]
+    Opus,
+    /// The AAC livegate makes from it for RTMP and FLV readers: for players without Opus in MP4 (Apple's
+    /// native HLS players before iOS 17, many TVs).
+    Aac,
 }
 
 fn default_part_secs() -> f64 {

@@ -104,6 +104,13 @@ impl CmafCutter {
         }
     }
 
+    /// The stream's tracks, once known (before any frame): with video, segments open on its keyframes and
+    /// only parts that start with one are independent.
+    pub fn set_tracks(&mut self, has_video: bool, has_audio: bool) {
+        self.has_video = has_video;
+        self.has_audio = has_audio;
+    }
+
     /// The msn and part index the next part will have (what a preload hint names), once a segment is open.
     pub fn next_part(&self) -> Option<(u64, u32)> {
         self.open.as_ref().map(|o| (o.msn, o.parts))
@@ -116,20 +123,20 @@ impl CmafCutter {
             return out;
         }
         if f.config {
-            let slot = if f.kind == MediaKind::Video { &mut self.video_cfg } else { &mut self.audio_cfg };
-            let changed = slot.as_ref().is_some_and(|c| c.payload != f.payload || c.codec != f.codec);
-            *slot = Some(f.clone());
-            if changed && self.frag.is_some() {
-                // New SPS/PPS or AAC configuration: a new initialization section from the next keyframe.
-                self.close_segment(self.last_dts.unwrap_or(0), &mut out);
-                self.frag = None;
-                self.discontinuity = true;
-            }
+            self.configure(f.clone(), &mut out);
             return out;
+        }
+        // Opus carries no configuration record: the first packet stands for one (and a switch from AAC to
+        // Opus is a configuration change like any other).
+        if f.kind == MediaKind::Audio
+            && f.codec == Codec::Opus
+            && self.audio_cfg.as_ref().is_none_or(|c| c.codec != Codec::Opus)
+        {
+            self.configure(opus_config(), &mut out);
         }
         let supported = match f.kind {
             MediaKind::Video => matches!(f.codec, Codec::H264 | Codec::H265),
-            _ => f.codec == Codec::Aac,
+            _ => matches!(f.codec, Codec::Aac | Codec::Opus),
         };
         if !supported {
             self.skipped_codec.get_or_insert(f.codec);
@@ -203,6 +210,33 @@ impl CmafCutter {
         out
     }
 
+    /// A track's configuration (SPS/PPS, AAC's, Opus's stand-in).
+    fn configure(&mut self, f: Frame, out: &mut Vec<CmafEvent>) {
+        // A track the initialization section lacks (its configuration came after the first keyframe) is a
+        // change too: without a new one its frames would have nowhere to go.
+        // And a track the reader did not know of when it joined (a WHIP stream's video can start after its
+        // audio) is one from now on: with video, segments open on its keyframes.
+        let missing = match f.kind {
+            MediaKind::Video => {
+                self.has_video = true;
+                self.video_idx.is_none()
+            }
+            _ => {
+                self.has_audio = true;
+                self.audio_idx.is_none()
+            }
+        };
+        let slot = if f.kind == MediaKind::Video { &mut self.video_cfg } else { &mut self.audio_cfg };
+        let changed = missing || slot.as_ref().is_some_and(|c| c.payload != f.payload || c.codec != f.codec);
+        *slot = Some(f);
+        if changed && self.frag.is_some() {
+            // New SPS/PPS or audio configuration: a new initialization section from the next keyframe.
+            self.close_segment(self.last_dts.unwrap_or(0), out);
+            self.frag = None;
+            self.discontinuity = true;
+        }
+    }
+
     /// The next segment starts a new timeline (a resumed push): the open one closes now, and a new
     /// initialization section and a discontinuity come with the next keyframe.
     pub fn mark_discontinuity(&mut self) -> Vec<CmafEvent> {
@@ -236,7 +270,7 @@ impl CmafCutter {
     fn make_fragmenter(&mut self, out: &mut Vec<CmafEvent>) -> bool {
         // Wait for the configurations the announced tracks need.
         let video = self.video_cfg.as_ref().filter(|v| matches!(v.codec, Codec::H264 | Codec::H265));
-        let audio = self.audio_cfg.as_ref().filter(|a| a.codec == Codec::Aac);
+        let audio = self.audio_cfg.as_ref().filter(|a| matches!(a.codec, Codec::Aac | Codec::Opus));
         if (self.has_video && video.is_none()) || (self.has_audio && audio.is_none() && !self.has_video) {
             return false;
         }
@@ -297,6 +331,13 @@ impl CmafCutter {
             self.end_segment(end_dts, out);
         }
     }
+}
+
+/// Opus's configuration stand-in: WebRTC's Opus is declared stereo (`opus/48000/2`), and a decoder set up for
+/// two channels plays mono packets too. Pushed ahead of the first frame when Opus is expected, so the first
+/// initialization section has the track.
+pub fn opus_config() -> Frame {
+    Frame::config(MediaKind::Audio, Codec::Opus, Bytes::from_static(&[2]))
 }
 
 #[cfg(test)]
@@ -485,5 +526,121 @@ mod tests {
         assert!(c.push(&mp3, 0).is_empty());
         assert_eq!(c.skipped_codec, Some(Codec::OtherAudio { flv_sound_byte: 0x2f }));
         assert!(c.push(&video(33, true), 5).iter().any(|e| matches!(e, CmafEvent::SegmentStart { wall_ms: 5, .. })));
+    }
+
+    fn opus(dts: i64) -> Frame {
+        Frame { codec: Codec::Opus, payload: Bytes::from_static(&[0xfc, 0xff, 0xfe]), ..audio(dts) }
+    }
+
+    /// WHIP's Opus (20 ms packets, arriving from its own rendition beside the stream's video) goes into the
+    /// segments as an `Opus` track, and a switch back to AAC is a new initialization section.
+    #[test]
+    fn opus_is_a_track_of_its_own_and_a_switch_to_aac_starts_a_new_init() {
+        let mut c = CmafCutter::new(200, 1000, true, true);
+        // As the segmenter does when it reads a rendition's Opus: the track is announced before any frame.
+        let mut ev = c.push(&avc_config(), 0);
+        ev.extend(c.push(&opus_config(), 0));
+        for v in 0..60i64 {
+            let vd = v * 1000 / 30;
+            ev.extend(c.push(&video(vd, v % 30 == 0), 0));
+            // Audio arrives in bursts, a little behind the video: its samples go into whatever part is open.
+            if v % 3 == 2 {
+                for k in 0..5 {
+                    let ad = (v - 2) * 1000 / 30 + k * 20;
+                    if ad / 20 * 20 == ad {
+                        ev.extend(c.push(&opus(ad), 0));
+                    }
+                }
+            }
+        }
+        let init = ev.iter().find_map(|e| if let CmafEvent::Init { data, .. } = e { Some(data.clone()) } else { None });
+        let init = init.expect("an init section");
+        let has = |b: &[u8], tag: &[u8]| b.windows(tag.len()).any(|w| w == tag);
+        assert!(has(&init, b"avc1") && has(&init, b"Opus") && has(&init, b"dOps") && !has(&init, b"mp4a"));
+        // dOps: version 0, 2 channels, pre-skip 0, 48 kHz, gain 0, mapping family 0.
+        let at = init.windows(4).position(|w| w == b"dOps").unwrap() + 4;
+        assert_eq!(&init[at..at + 11], &[0, 2, 0, 0, 0, 0, 0xbb, 0x80, 0, 0, 0]);
+        let parts: Vec<_> =
+            ev.iter().filter_map(|e| if let CmafEvent::Part { part, .. } = e { Some(part) } else { None }).collect();
+        assert!(parts.len() >= 4);
+        // Two tracks' fragments: the Opus one's samples are 960 ticks (20 ms at 48 kHz).
+        let with_audio = parts.iter().filter(|p| p.data.windows(4).filter(|w| w == b"traf").count() == 2).count();
+        assert!(with_audio >= parts.len() / 2, "{with_audio} of {} parts carry both tracks", parts.len());
+        // The rendition ends and the stream's AAC takes over: a new init section at the next keyframe.
+        let mut after = c.push(&aac_config(), 0);
+        after.extend(c.push(&audio(2000), 0));
+        after.extend(c.push(&video(2000, true), 0));
+        let init2 = after.iter().find_map(|e| {
+            if let CmafEvent::Init { number, data } = e {
+                Some((*number, data.clone()))
+            } else {
+                None
+            }
+        });
+        let (n, init2) = init2.expect("a second init section");
+        assert_eq!(n, 1);
+        assert!(has(&init2, b"mp4a") && !has(&init2, b"Opus"));
+        assert!(after.iter().any(|e| matches!(e, CmafEvent::SegmentStart { discontinuity: true, .. })));
+    }
+
+    /// An audio configuration that comes after the first keyframe (a WHIP stream's Opus rendition starts a
+    /// moment after its video) gets a new initialization section with the track at the next keyframe, not
+    /// frames with nowhere to go.
+    #[test]
+    fn a_late_audio_configuration_starts_a_new_init_with_the_track() {
+        let mut c = CmafCutter::new(200, 1000, true, true);
+        let mut ev = c.push(&avc_config(), 0);
+        ev.extend(c.push(&video(0, true), 0));
+        ev.extend(c.push(&video(33, false), 0));
+        ev.extend(c.push(&aac_config(), 0));
+        for v in 2..40i64 {
+            ev.extend(c.push(&audio(v * 33), 0));
+            ev.extend(c.push(&video(v * 33, v % 30 == 0), 0));
+        }
+        let inits: Vec<_> = ev
+            .iter()
+            .filter_map(|e| if let CmafEvent::Init { data, .. } = e { Some(data.clone()) } else { None })
+            .collect();
+        assert_eq!(inits.len(), 2);
+        let has = |b: &[u8], tag: &[u8]| b.windows(tag.len()).any(|w| w == tag);
+        assert!(!has(&inits[0], b"mp4a") && has(&inits[1], b"mp4a") && has(&inits[1], b"avc1"));
+    }
+
+    /// A reader that joined before the stream's video existed (WHIP: audio flows while the browser's first
+    /// keyframe is on its way) learns of the video from its configuration: from the next keyframe, segments
+    /// open on keyframes and only keyframe parts are independent.
+    #[test]
+    fn video_that_starts_after_the_audio_takes_over_the_cutting() {
+        let mut c = CmafCutter::new(200, 1000, false, true);
+        let mut ev = c.push(&aac_config(), 0);
+        for a in 0..20i64 {
+            ev.extend(c.push(&audio(a * 23), 0));
+        }
+        ev.extend(c.push(&avc_config(), 0));
+        let before = ev.len();
+        for v in 14..120i64 {
+            ev.extend(c.push(&audio(v * 33), 0));
+            ev.extend(c.push(&video(v * 33, v % 30 == 0), 0));
+        }
+        let after = &ev[before..];
+        let init =
+            after.iter().find_map(|e| if let CmafEvent::Init { data, .. } = e { Some(data.clone()) } else { None });
+        let has = |b: &[u8], tag: &[u8]| b.windows(tag.len()).any(|w| w == tag);
+        assert!(init.is_some_and(|i| has(&i, b"avc1") && has(&i, b"mp4a")));
+        let starts: Vec<u64> = after
+            .iter()
+            .filter_map(|e| if let CmafEvent::SegmentStart { msn, .. } = e { Some(*msn) } else { None })
+            .collect();
+        assert!(starts.len() >= 2, "{starts:?}");
+        // Independent: the parts that open on the three keyframes (30, 60, 90), and no other.
+        let independent: Vec<(u64, u32)> = after
+            .iter()
+            .filter_map(|e| match e {
+                CmafEvent::Part { msn, index, part } if part.independent => Some((*msn, *index)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(independent.len(), 3, "{independent:?}");
+        assert!(independent.iter().filter(|(_, i)| *i == 0).count() == starts.len(), "{independent:?}");
     }
 }

@@ -20,8 +20,10 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 pub use crate::config::HlsConfig;
-use crate::config::HlsVariant;
-use crate::hub::{Audience, CachePolicy, EndReason, Hub, HubError, Packet, Protocol, Purpose, Reader, StreamKey};
+use crate::config::{HlsVariant, WebrtcAudio};
+use crate::hub::{
+    Audience, CachePolicy, ClientGuard, EndReason, Hub, HubError, Packet, Protocol, Purpose, Reader, StreamKey,
+};
 use cmaf::{CmafCutter, CmafEvent};
 use playlist::{Blocking, Listing, PartMeta, SegMeta};
 pub mod cmaf;
@@ -339,10 +341,19 @@ impl Hls {
                 other => HlsError::NotFound(other.to_string()),
             },
         )?;
+        let variant = self.variant(&key.app);
+        // A WHIP stream's fMP4 takes the browser's Opus from its `@opus` rendition (the stream itself carries
+        // the AAC made for RTMP and FLV readers).
+        let opus = match variant {
+            HlsVariant::Fmp4 | HlsVariant::Lowlatency if self.cfg.webrtc_audio == WebrtcAudio::Opus => {
+                self.whip_opus(key, policy)
+            }
+            _ => None,
+        };
         let seg = Arc::new(Segmenter {
             key: key.clone(),
             instance: format!("{:08x}", rand::random::<u32>()),
-            variant: self.variant(&key.app),
+            variant,
             state: Mutex::new(SegState::default()),
             cmaf: Mutex::new(CmafState::default()),
             new_segment: Notify::new(),
@@ -354,7 +365,7 @@ impl Hls {
         let s = seg.clone();
         tokio::spawn(async move {
             let _client = handle;
-            this.run(&s, reader).await;
+            this.run(&s, reader, opus).await;
             let mut map = this.segmenters.lock();
             if map.get(&s.key).is_some_and(|x| Arc::ptr_eq(x, &s)) {
                 map.remove(&s.key);
@@ -365,15 +376,46 @@ impl Hls {
         Ok(seg)
     }
 
-    async fn run(&self, seg: &Segmenter, mut reader: Reader) {
+    /// The reader of `key`'s `@opus` rendition when `key` is published over WHIP and the session publishes the
+    /// browser's Opus there (not a transcode: an RTMP stream's `@opus` is made from its AAC).
+    fn whip_opus(&self, key: &StreamKey, policy: CachePolicy) -> Option<(Reader, ClientGuard)> {
+        let whip = |k: &StreamKey| {
+            self.hub
+                .get(k)
+                .filter(|s| !s.is_closed())
+                .and_then(|s| s.publisher())
+                .is_some_and(|p| p.protocol == Protocol::Whip)
+        };
+        let opus_key = StreamKey::new(&key.app, &format!("{}@opus", key.name));
+        if !whip(key) || !whip(&opus_key) {
+            return None;
+        }
+        let handle = self.hub.register_client(Protocol::Hls, None);
+        let audience = Audience::Internal(Purpose::HlsSegmenter);
+        match self.hub.subscribe_as(&opus_key, Protocol::Hls, policy, handle.handle.clone(), audience) {
+            Ok(r) => Some((r, handle)),
+            Err(e) => {
+                tracing::info!(stream = %key, error = %e, "fMP4 HLS takes the stream's AAC: its Opus is gone");
+                None
+            }
+        }
+    }
+
+    async fn run(&self, seg: &Segmenter, mut reader: Reader, opus: Option<(Reader, ClientGuard)>) {
+        let (mut opus, _opus_client) = opus.unzip();
         let mut mux = if seg.variant == HlsVariant::Mpegts {
             SegMux::Ts(Box::new(Cutter::new(self.cfg.segment_secs, self.cfg.window + 2)))
         } else {
-            let t = reader.tracks();
             let part_ms = (self.cfg.part_secs * 1000.0).round() as i64;
             let segment_ms = (self.cfg.segment_secs * 1000.0) as i64;
-            SegMux::Cmaf { cut: Box::new(CmafCutter::new(part_ms, segment_ms, t.video, t.audio)), warned: false }
+            // Its tracks are set with the stream's first batch (a reader knows them from then on).
+            let cut = Box::new(CmafCutter::new(part_ms, segment_ms, false, false));
+            SegMux::Cmaf { cut, tracks_known: false, warned: false, own_audio: opus.is_none() }
         };
+        if opus.is_some() {
+            tracing::info!(stream = %seg.key, "fMP4 HLS carries the WHIP publisher's Opus");
+        }
+        let mut opus_batch: Vec<Arc<Packet>> = Vec::new();
         // CMAF segments kept: the window, and a few more for players a little behind.
         let keep = self.cfg.window + 2;
         let mut batch: Vec<Arc<Packet>> = Vec::new();
@@ -382,7 +424,7 @@ impl Hls {
         loop {
             tokio::select! {
                 r = reader.next_batch(&mut batch) => match r {
-                    Ok(()) => mux.take(seg, &reader, &mut batch, keep),
+                    Ok(()) => mux.take(seg, &reader, &mut batch, Batch::Stream, keep),
                     Err(reason) => {
                         mux.end(seg, keep);
                         seg.new_segment.notify_waiters();
@@ -395,6 +437,15 @@ impl Hls {
                             tick.tick().await;
                         }
                         return;
+                    }
+                },
+                r = next_of(&mut opus, &mut opus_batch) => match r {
+                    Ok(()) => mux.take(seg, &reader, &mut opus_batch, Batch::Opus, keep),
+                    Err(reason) => {
+                        // The session ended or its Opus stopped: whatever follows on the stream has AAC again.
+                        tracing::info!(stream = %seg.key, %reason, "the WHIP Opus ended: fMP4 HLS goes on with the stream's AAC");
+                        opus = None;
+                        mux.own_audio(seg, &reader, keep);
                     }
                 },
                 _ = tick.tick() => {
@@ -434,15 +485,36 @@ impl Hls {
     }
 }
 
+/// The next batch of a reader that may not be there (then never).
+async fn next_of(r: &mut Option<Reader>, batch: &mut Vec<Arc<Packet>>) -> Result<(), EndReason> {
+    match r {
+        Some(r) => r.next_batch(batch).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// A segmenter's muxer: MPEG-TS segments, or CMAF parts and segments.
 enum SegMux {
     Ts(Box<Cutter>),
-    Cmaf { cut: Box<CmafCutter>, warned: bool },
+    /// `own_audio`: the stream's audio goes in (false while a WHIP stream's Opus comes from its rendition).
+    Cmaf {
+        cut: Box<CmafCutter>,
+        tracks_known: bool,
+        warned: bool,
+        own_audio: bool,
+    },
+}
+
+/// Where a batch came from: the stream's reader, or its WHIP Opus rendition's.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Batch {
+    Stream,
+    Opus,
 }
 
 impl SegMux {
     /// A batch of the stream's packets into segments (and parts), published as they complete.
-    fn take(&mut self, seg: &Segmenter, reader: &Reader, batch: &mut Vec<Arc<Packet>>, keep: usize) {
+    fn take(&mut self, seg: &Segmenter, reader: &Reader, batch: &mut Vec<Arc<Packet>>, from: Batch, keep: usize) {
         match self {
             SegMux::Ts(cut) => {
                 if cut.muxer.is_none() {
@@ -456,15 +528,49 @@ impl SegMux {
                     }
                 }
             }
-            SegMux::Cmaf { cut, warned } => {
+            SegMux::Cmaf { cut, tracks_known, warned, own_audio } => {
+                if !*tracks_known {
+                    if from == Batch::Opus {
+                        // Before the stream's first batch nobody knows whether it has video (segments open
+                        // on its keyframes then): this audio precedes any segment anyway.
+                        batch.clear();
+                        return;
+                    }
+                    let t = reader.tracks();
+                    cut.set_tracks(t.video, t.audio || !*own_audio);
+                    if !*own_audio {
+                        // The rendition's first packet may come after the first keyframe.
+                        cut.push(&cmaf::opus_config(), 0);
+                    }
+                    *tracks_known = true;
+                }
                 let mut events = Vec::new();
                 for p in batch.drain(..) {
+                    // The rendition's Opus is the only Opus there is; the stream's own AAC waits its turn.
+                    let theirs = p.frame.kind == MediaKind::Audio && p.frame.codec != Codec::Opus;
+                    if theirs && !*own_audio {
+                        continue;
+                    }
                     events.extend(cut.push(&p.frame, wall_ms(p.received)));
                 }
                 if let (Some(codec), false) = (cut.skipped_codec, *warned) {
-                    tracing::warn!(stream = %seg.key, ?codec, "fMP4 HLS carries H.264, H.265 and AAC: this track is left out");
+                    tracing::warn!(stream = %seg.key, ?codec, "fMP4 HLS carries H.264, H.265, AAC and Opus: this track is left out");
                     *warned = true;
                 }
+                if !events.is_empty() {
+                    seg.apply(events, keep);
+                }
+            }
+        }
+    }
+
+    /// The stream's own audio goes in from now on (a WHIP stream's Opus rendition ended): its configuration
+    /// now, so the next keyframe starts a new initialization section with it.
+    fn own_audio(&mut self, seg: &Segmenter, reader: &Reader, keep: usize) {
+        if let SegMux::Cmaf { cut, own_audio, .. } = self {
+            *own_audio = true;
+            if let Some(h) = reader.stream().headers().audio.as_ref() {
+                let events = cut.push(&h.frame, wall_ms(h.received));
                 if !events.is_empty() {
                     seg.apply(events, keep);
                 }

@@ -28,6 +28,13 @@ hls.on(Hls.Events.MANIFEST_PARSED, () => {
   if (p && p.catch) p.catch((e) => window.__warnings.push('play(): ' + e));
 });
 window.__hls = hls;
+// What hls.js put into MediaSource (its audio codec: "mp4a.40.2", "opus" …; an fMP4 init section with both
+// tracks gets one "audiovideo" SourceBuffer, "avc1.…,opus"), and how much audio Chromium decoded.
+let audioCodec = null;
+hls.on(Hls.Events.BUFFER_CODECS, (ev, data) => {
+  const t = data.audio || data.audiovideo;
+  if (t) audioCodec = t.codec || t.container;
+});
 // Latency as hls.js sees it (live edge - playhead), and from the stream's program date-time (wall clock now -
 // the wall-clock time the playhead's frame reached livegate), when the playlist carries one.
 window.__extra = () => {
@@ -37,6 +44,8 @@ window.__extra = () => {
   if (pdt && !Number.isNaN(pdt.getTime())) out.pdtLatency = Number(((Date.now() - pdt.getTime()) / 1000).toFixed(3));
   const details = hls.levels && hls.levels[hls.currentLevel] && hls.levels[hls.currentLevel].details;
   if (details) out.partTarget = details.partTarget || 0;
+  if (audioCodec) out.audioCodec = audioCodec;
+  if (typeof video.webkitAudioDecodedByteCount === 'number') out.audioDecodedBytes = video.webkitAudioDecodedByteCount;
   return out;
 };
 `,

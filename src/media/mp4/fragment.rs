@@ -35,8 +35,13 @@ impl Fragmenter {
         let tracks = tracks
             .into_iter()
             .map(|info| {
-                // Until a second sample arrives: one 30 fps frame or one AAC frame.
-                let last_duration = if info.handler == Handler::Video { info.timescale / 30 } else { 1024 };
+                // Until a second sample arrives: one 30 fps frame, one AAC frame or one WebRTC Opus packet.
+                let last_duration = match info.handler {
+                    Handler::Video => info.timescale / 30,
+                    // WebRTC's Opus packets are 20 ms.
+                    Handler::Audio if info.fourcc() == b"Opus" => info.timescale / 50,
+                    Handler::Audio => 1024,
+                };
                 FragTrack { info, pending: Vec::new(), last_dts: None, last_duration }
             })
             .collect();

@@ -106,6 +106,41 @@ impl TrackInfo {
     }
 }
 
+impl TrackInfo {
+    /// Opus as ISO/IEC 14496-12 carries it ("Encapsulation of Opus in ISOBMFF"): an `Opus` sample entry with a
+    /// `dOps` box, 48 kHz timescale. A live stream is joined mid-way, so there is no encoder delay to skip.
+    pub fn opus(id: u32, channels: u8) -> Self {
+        let channels = channels.clamp(1, 2);
+        let mut e = Vec::with_capacity(64);
+        bx(&mut e, b"Opus", |o| {
+            o.extend_from_slice(&[0; 6]);
+            put16(o, 1);
+            o.extend_from_slice(&[0; 8]);
+            put16(o, u16::from(channels));
+            put16(o, 16);
+            put32(o, 0);
+            put32(o, OPUS_RATE << 16);
+            bx(o, b"dOps", |o| {
+                o.push(0); // version
+                o.push(channels);
+                put16(o, 0); // pre-skip
+                put32(o, OPUS_RATE); // input sample rate
+                put16(o, 0); // output gain
+                o.push(0); // channel mapping family 0: mono or stereo
+            });
+        });
+        Self { id, handler: Handler::Audio, timescale: OPUS_RATE, width: 0, height: 0, sample_entry: e.into() }
+    }
+
+    /// The sample entry's four-character code (`avc1`, `mp4a`, `Opus` …).
+    pub fn fourcc(&self) -> &[u8] {
+        self.sample_entry.get(4..8).unwrap_or_default()
+    }
+}
+
+/// Opus always runs at 48 kHz in MP4 (whatever rate the source had).
+pub const OPUS_RATE: u32 = 48_000;
+
 /// An MPEG-4 descriptor with the 4-byte length form players all accept.
 fn descriptor(tag: u8, body: &[u8]) -> Vec<u8> {
     let n = body.len() as u32;
@@ -199,7 +234,8 @@ impl Movie {
     }
 }
 
-/// The tracks an MP4 can hold for these sequence headers (H.264 or H.265, and AAC; other codecs are left out).
+/// The tracks an MP4 can hold for these sequence headers (H.264 or H.265, and AAC or Opus; other codecs are left
+/// out).
 pub fn tracks_for(video: Option<&crate::media::Frame>, audio: Option<&crate::media::Frame>) -> Vec<TrackInfo> {
     let mut out = Vec::new();
     let clamp = |(w, h): (u32, u32)| (w.min(65_535) as u16, h.min(65_535) as u16);
@@ -218,10 +254,17 @@ pub fn tracks_for(video: Option<&crate::media::Frame>, audio: Option<&crate::med
         }
         _ => {}
     }
-    if let Some(a) = audio.filter(|f| f.codec == crate::media::Codec::Aac) {
-        if let Ok(asc) = crate::media::aac::AudioSpecificConfig::parse(&a.payload) {
-            out.push(TrackInfo::aac(out.len() as u32 + 1, &a.payload, asc.sample_rate, asc.channels));
+    match audio {
+        Some(a) if a.codec == crate::media::Codec::Aac => {
+            if let Ok(asc) = crate::media::aac::AudioSpecificConfig::parse(&a.payload) {
+                out.push(TrackInfo::aac(out.len() as u32 + 1, &a.payload, asc.sample_rate, asc.channels));
+            }
         }
+        // Opus has no configuration record on the wire: its "header" frame names the channel count.
+        Some(a) if a.codec == crate::media::Codec::Opus => {
+            out.push(TrackInfo::opus(out.len() as u32 + 1, a.payload.first().copied().unwrap_or(2)));
+        }
+        _ => {}
     }
     out
 }

@@ -5,6 +5,7 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 
 use crate::config::RecordFormat;
+use crate::health::{PublisherState, Quality};
 use crate::hub::{key_path, Protocol, StreamKey};
 
 #[derive(Debug, Clone, Serialize)]
@@ -61,6 +62,25 @@ pub enum Event {
     /// A mix input sent media the mix cannot use (its slot freezes or blanks; the mix carries on).
     #[serde(rename = "on_mix_error")]
     MixError { mix: String, stream: String, detail: String },
+    /// A publisher's network quality level changed (live-pusher's `netQualityLevel`: 0 unknown, 1 best …
+    /// 5 very poor, 6 unavailable); `quality` names it.
+    #[serde(rename = "on_quality")]
+    Quality {
+        #[serde(serialize_with = "key_path")]
+        stream: StreamKey,
+        client_id: u64,
+        level: Quality,
+        previous: Quality,
+        quality: &'static str,
+    },
+    /// A publisher went to the background (its video dropped to 5 fps or less: a still picture) or came back.
+    #[serde(rename = "on_publisher_state")]
+    PublisherState {
+        #[serde(serialize_with = "key_path")]
+        stream: StreamKey,
+        client_id: u64,
+        state: PublisherState,
+    },
     /// A relay to another server failed (it retries); `url` has its credentials redacted.
     #[serde(rename = "on_relay_failed")]
     RelayFailed {

@@ -11,6 +11,7 @@ pub mod config;
 pub mod conn;
 pub mod events;
 pub mod fuzz;
+pub mod health;
 pub mod hls;
 pub mod http;
 pub mod hub;

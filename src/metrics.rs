@@ -88,6 +88,21 @@ impl Metrics {
         let _ = writeln!(o, "# TYPE livegate_streams gauge");
         let _ = writeln!(o, "livegate_streams{{state=\"live\"}} {live}");
         let _ = writeln!(o, "livegate_streams{{state=\"waiting\"}} {}", streams.len() - live);
+        let _ = writeln!(
+            o,
+            "# HELP livegate_publisher_quality A publisher's network quality (netQualityLevel: 0 unknown, 1 best ... 5 very poor, 6 unavailable)."
+        );
+        let _ = writeln!(o, "# TYPE livegate_publisher_quality gauge");
+        let mut background = 0;
+        for s in streams.iter().filter(|s| s.publisher().is_some() && !crate::names::is_rendition(&s.key.name)) {
+            let h = s.health();
+            background += usize::from(h.publisher_state == crate::health::PublisherState::Background);
+            let _ = writeln!(o, "livegate_publisher_quality{{stream=\"{}\"}} {}", s.key, h.quality.level());
+        }
+        let _ =
+            writeln!(o, "# HELP livegate_publishers_background Publishers in the background (video at 5 fps or less).");
+        let _ = writeln!(o, "# TYPE livegate_publishers_background gauge");
+        let _ = writeln!(o, "livegate_publishers_background {background}");
         let _ = writeln!(o, "# HELP livegate_clients Connected clients.");
         let _ = writeln!(o, "# TYPE livegate_clients gauge");
         let _ = writeln!(o, "livegate_clients {}", hub.clients().len());

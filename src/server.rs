@@ -224,6 +224,7 @@ pub async fn run(config: Config, ready_file: Option<std::path::PathBuf>) -> anyh
     tracing::info!(rtmp = %rtmp_addr, http = %http_addr, "livegate listening");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(state.webhooks.clone().run(state.hub.events().clone()));
+    tokio::spawn(state.hub.clone().run_health());
     state.rooms.start();
     state.relays.start();
     let rtmp_task = tokio::spawn(crate::rtmp::server::serve(rtmp, state.rtmp_state(), stop_rx.clone()));

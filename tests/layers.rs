@@ -11,7 +11,7 @@ use std::path::Path;
 /// Lowest first. Pure code at the bottom; the hub with its event and metric types; services; protocol
 /// adapters; process wiring.
 const LAYERS: &[&[&str]] = &[
-    &["media", "names", "auth", "usersig", "netio", "tls", "config", "timefmt"],
+    &["media", "names", "auth", "usersig", "netio", "tls", "config", "timefmt", "health"],
     &["hub", "events", "metrics"],
     &["hls", "record", "transcode", "mix", "rooms", "cluster", "webhooks", "access", "conn"],
     &["rtmp", "http", "webrtc"],

@@ -166,6 +166,9 @@ pub struct WebhookConfig {
     pub on_play: Vec<String>,
     #[serde(default)]
     pub on_stop: Vec<String>,
+    /// Publisher quality level and background/foreground changes (`on_quality`, `on_publisher_state`).
+    #[serde(default)]
+    pub on_stream_health: Vec<String>,
     #[serde(default = "default_webhook_timeout")]
     pub timeout_ms: u64,
 }
@@ -380,6 +383,7 @@ impl Config {
             ("webhooks.on_unpublish", &self.webhooks.on_unpublish),
             ("webhooks.on_play", &self.webhooks.on_play),
             ("webhooks.on_stop", &self.webhooks.on_stop),
+            ("webhooks.on_stream_health", &self.webhooks.on_stream_health),
         ] {
             for u in urls {
                 if !u.starts_with("http://") || u.parse::<http::Uri>().is_err() {

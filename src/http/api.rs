@@ -291,6 +291,7 @@ pub fn stream_json(s: &Stream) -> Value {
         .map(|p| (p.as_str().to_owned(), json!(s.stats.readers[*p as usize].load(Ordering::Relaxed))))
         .collect();
     let published = s.state.lock().published_wall;
+    let health = publisher.as_ref().map(|_| s.health());
     json!({
         "app": s.key.app,
         "stream": s.key.name,
@@ -304,6 +305,15 @@ pub fn stream_json(s: &Stream) -> Value {
         })),
         "video": video,
         "audio": audio,
+        // The publisher's network quality (live-pusher's netQualityLevel) and whether it is in the background.
+        "quality": health.map(|h| json!({"level": h.quality.level(), "name": h.quality.name()})),
+        "publisher_state": health.map(|h| h.publisher_state),
+        "ingest": health.map(|h| json!({
+            "delay_ms": h.delay_ms,
+            "jitter_ms": h.jitter_ms,
+            "last_1s": h.last_1s,
+            "last_10s": h.last_10s,
+        })),
         "bitrate_in_kbps": (in_bps / 1000.0).round(),
         "bitrate_out_kbps": (out_bps / 1000.0).round(),
         "gop_ms": s.stats.last_key_interval_ms.load(Ordering::Relaxed),

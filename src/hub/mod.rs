@@ -19,12 +19,13 @@ use serde::Serialize;
 use tokio::sync::Notify;
 
 use crate::events::{Event, EventBus};
+use crate::health::HealthChange;
 use crate::media::{Frame, MediaKind};
 pub use attach::{Attachment, AttachmentInfo, Audience, Purpose};
 pub use packet::{HeaderSet, Packet};
 pub use reader::{CachePolicy, EndReason, Reader, Tracks};
 pub use source::{LocateError, Locator, SourceError, SourceFactory, SourceHandle, SourceInfo, SourceKind};
-pub use stream::{PublisherInfo, Stream};
+pub use stream::{Health, PublisherInfo, Stream};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct StreamKey {
@@ -343,6 +344,7 @@ impl Hub {
                 old_handle.kick("another publisher took over the stream");
             }
             resumed = stream.last_dts().is_some();
+            stream.reset_health();
             st.generation += 1;
             generation = st.generation;
             st.publisher = Some((info.clone(), handle.clone()));
@@ -390,6 +392,45 @@ impl Hub {
                 tokio::spawn(s.clone().run_flusher());
                 streams.insert(key.clone(), s.clone());
                 s
+            }
+        }
+    }
+
+    /// Re-reads every publisher's health once a second and tells the event bus what changed (quality level,
+    /// background/foreground). Renditions and an edge's copies are not publishers of their own.
+    pub async fn run_health(self) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tick.tick().await;
+            if self.0.shutting_down.load(Ordering::Acquire) {
+                return;
+            }
+            for s in self.streams() {
+                let Some(p) = s.publisher() else { continue };
+                if crate::names::is_rendition(&s.key.name) || p.protocol == Protocol::Edge {
+                    continue;
+                }
+                for change in s.evaluate_health() {
+                    let event = match change {
+                        HealthChange::Quality { level, previous } => {
+                            tracing::info!(stream = %s.key, client = p.client_id, level = level.level(),
+                                quality = level.name(), previous = previous.level(), "publisher quality");
+                            Event::Quality {
+                                stream: s.key.clone(),
+                                client_id: p.client_id,
+                                level,
+                                previous,
+                                quality: level.name(),
+                            }
+                        }
+                        HealthChange::State { state } => {
+                            tracing::info!(stream = %s.key, client = p.client_id, ?state, "publisher state");
+                            Event::PublisherState { stream: s.key.clone(), client_id: p.client_id, state }
+                        }
+                    };
+                    self.0.events.send(event);
+                }
             }
         }
     }

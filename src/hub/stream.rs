@@ -16,6 +16,7 @@ use super::fanout::{self, Class, Format, Slot};
 use super::packet::{HeaderSet, Packet};
 use super::source::{SourceHandle, SourceInfo};
 use super::{ClientHandle, Protocol, StreamKey};
+use crate::health::{HealthChange, IngestMeter, IngestWindow, PublisherState, Quality};
 use crate::media::{Codec, Frame, MediaKind};
 
 /// A point a reader can start at: a video keyframe (or, in an audio-only stream, any audio frame), with the
@@ -85,6 +86,18 @@ pub struct StreamStats {
     pub skips: AtomicU64,
 }
 
+/// A publisher's ingest health (the API's `quality`, `publisher_state` and `ingest`).
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Health {
+    pub quality: Quality,
+    pub publisher_state: PublisherState,
+    /// How far behind its own best the newest frame arrived (the publisher's backlog), ms.
+    pub delay_ms: f64,
+    pub jitter_ms: f64,
+    pub last_1s: IngestWindow,
+    pub last_10s: IngestWindow,
+}
+
 /// Bytes-per-second over the last full second, computed lazily from totals.
 #[derive(Debug)]
 pub(crate) struct RateMeter {
@@ -100,6 +113,8 @@ pub(crate) struct RateMeter {
 pub struct Stream {
     pub key: StreamKey,
     pub id: u64,
+    /// The current publish's ingest health (quality level, background state, 1 s / 10 s windows).
+    pub(crate) health: Mutex<IngestMeter>,
     pub(crate) ring: RwLock<Ring>,
     wakers: Mutex<Vec<Waker>>,
     /// Players parked for direct fan-out, per wire format and latency class (see `fanout::group_index`).
@@ -202,6 +217,7 @@ impl Stream {
                 fps: 0.0,
             }),
             stats: StreamStats::default(),
+            health: Mutex::new(IngestMeter::default()),
             closed: AtomicBool::new(false),
             bframes: AtomicBool::new(false),
             last_dts: AtomicI64::new(i64::MIN),
@@ -281,6 +297,8 @@ impl Stream {
     pub fn push_session(&self, frame: Frame, received: Instant, session: u64) {
         let urgent;
         let len = frame.payload.len() as u64;
+        let at_ms = received.saturating_duration_since(self.created).as_millis() as u64;
+        self.health.lock().observe(at_ms, frame.kind, frame.keyframe, frame.config, frame.dts, frame.payload.len());
         self.stats.bytes_in.fetch_add(len, Ordering::Relaxed);
         self.stats.frames_in.fetch_add(1, Ordering::Relaxed);
         if frame.kind == MediaKind::Video && !frame.config {
@@ -487,6 +505,31 @@ impl Stream {
 
     pub fn reader_count(&self) -> usize {
         self.stats.readers.iter().map(|r| r.load(Ordering::Relaxed)).sum()
+    }
+
+    /// The publisher's ingest health now: (quality, state, delay ms, jitter ms, last 1 s, last 10 s).
+    pub fn health(&self) -> Health {
+        let now = self.created.elapsed().as_millis() as u64;
+        let m = self.health.lock();
+        Health {
+            quality: m.quality(),
+            publisher_state: m.state(),
+            delay_ms: m.delay_ms().round(),
+            jitter_ms: (m.jitter_ms() * 10.0).round() / 10.0,
+            last_1s: m.window(now, 1),
+            last_10s: m.window(now, 10),
+        }
+    }
+
+    /// Re-reads the publisher's health (the hub's ticker, once a second): what changed.
+    pub(crate) fn evaluate_health(&self) -> Vec<HealthChange> {
+        let now = self.created.elapsed().as_millis() as u64;
+        self.health.lock().evaluate(now)
+    }
+
+    /// A new publisher: its health is its own.
+    pub(crate) fn reset_health(&self) {
+        *self.health.lock() = IngestMeter::default();
     }
 
     /// Current rates, recomputed when the last sample is at least a second old.

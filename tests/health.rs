@@ -1,0 +1,247 @@
+//! Stream health (issue #14): a publisher's quality level as live-pusher's `netQualityLevel` names it, and a
+//! background pusher (a 2 fps still picture without audio, as WeChat sends from the background) that every
+//! kind of player rides through. Driven as users do: a paced RTMP publisher, ffmpeg, HTTP-FLV, RTMP and HLS
+//! readers, and Chromium over WHEP.
+
+mod common;
+
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// An FLV file's tags: (type, timestamp ms, body).
+fn flv_tags(path: &std::path::Path) -> Vec<(u8, u32, Vec<u8>)> {
+    let b = std::fs::read(path).unwrap();
+    let mut tags = Vec::new();
+    let mut i = 9 + 4;
+    while i + 11 <= b.len() {
+        let size = u32::from_be_bytes([0, b[i + 1], b[i + 2], b[i + 3]]) as usize;
+        let ts = u32::from_be_bytes([b[i + 7], b[i + 4], b[i + 5], b[i + 6]]);
+        if i + 11 + size > b.len() {
+            break;
+        }
+        tags.push((b[i], ts, b[i + 11..i + 11 + size].to_vec()));
+        i += 11 + size + 4;
+    }
+    tags
+}
+
+/// Polls the stream API every 200 ms in a thread until `stop`: (ms since start, quality level, state, the
+/// stream's reader skips).
+type Reading = (u64, u64, String, u64);
+
+fn watch(srv: &Server, name: &str, stop: Arc<Mutex<bool>>) -> std::thread::JoinHandle<Vec<Reading>> {
+    let port = srv.http_port;
+    let path = format!("/api/v1/streams/live/{name}");
+    std::thread::spawn(move || {
+        let start = Instant::now();
+        let mut seen = Vec::new();
+        while !*stop.lock().unwrap() {
+            if let Some(r) = http_get(port, &path).filter(|r| r.status == 200) {
+                let j = r.json();
+                if let Some(level) = j["quality"]["level"].as_u64() {
+                    let state = j["publisher_state"].as_str().unwrap_or("").to_owned();
+                    let skips = j["skips"].as_u64().unwrap_or(0);
+                    seen.push((start.elapsed().as_millis() as u64, level, state, skips));
+                }
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        seen
+    })
+}
+
+/// A publisher that cannot keep up (its writes paced at two thirds of real time, as a slow uplink drains
+/// them) sinks from best to very poor, and is best again once it has caught up; each change reaches the
+/// `on_stream_health` webhook as `on_quality`, and the API shows the ingest windows.
+#[test]
+fn a_throttled_publisher_sinks_to_very_poor_and_comes_back() {
+    let (hook_port, hooks) = http_receiver(200);
+    let srv = Server::start(&format!("[webhooks]\non_stream_health = [\"http://127.0.0.1:{hook_port}/health\"]\n"));
+    let mut p = RtmpClient::connect(srv.rtmp_port, false).unwrap();
+    p.connect_app("live");
+    assert_eq!(statuses(&p.publish("q"))[0].0, "NetStream.Publish.Start");
+    let tags = flv_tags(&media("360p"));
+    let stop = Arc::new(Mutex::new(false));
+    let watcher = watch(&srv, "q", stop.clone());
+    // Wall time per media ms: real time for 6 s, 1.5x (a backlog growing 0.5 s a second) until 14 s, then as
+    // fast as the socket takes until caught up, then real time to 22 s.
+    let start = Instant::now();
+    let mut lag = 0.0f64;
+    let mut phase_at = [None; 3];
+    for (kind, ts, body) in tags.iter().filter(|t| t.1 <= 22_000) {
+        let media = f64::from(*ts);
+        if (6_000.0..14_000.0).contains(&media) {
+            lag = (media - 6_000.0) * 0.5;
+            phase_at[0].get_or_insert(start.elapsed());
+        } else if media >= 14_000.0 {
+            lag = 0.0;
+            phase_at[1].get_or_insert(start.elapsed());
+        }
+        pace(start, (media + lag) as u64);
+        let csid = if *kind == 9 { 6 } else { 4 };
+        p.send_raw_message(csid, *kind, 1, *ts, body);
+    }
+    phase_at[2] = Some(start.elapsed());
+    let j = srv.stream_json("q").unwrap();
+    *stop.lock().unwrap() = true;
+    let seen = watcher.join().unwrap();
+    let (throttled, caught_up) = (phase_at[0].unwrap().as_millis() as u64, phase_at[1].unwrap().as_millis() as u64);
+    let level_at = |from: u64, to: u64| -> Vec<u64> {
+        seen.iter().filter(|(t, ..)| (from..to).contains(t)).map(|(_, l, ..)| *l).collect()
+    };
+    let before = level_at(2_500, throttled);
+    assert!(!before.is_empty() && before.iter().all(|l| *l <= 2), "before the throttle: {seen:?}");
+    let during = level_at(throttled, caught_up + 500);
+    assert!(during.iter().any(|l| *l >= 5), "very poor while throttled: {seen:?}");
+    let after = level_at(caught_up + 3_000, u64::MAX);
+    assert!(!after.is_empty() && after.iter().all(|l| *l <= 2), "best or good again: {seen:?}");
+    // The windows describe the last second and ten of a 30 fps, ~700 kbit/s push.
+    let w1 = &j["ingest"]["last_1s"];
+    assert!((25.0..=35.0).contains(&w1["fps"].as_f64().unwrap()), "{j}");
+    assert!(w1["audio_fps"].as_f64().unwrap() > 30.0, "{j}");
+    assert!(j["ingest"]["last_10s"]["keyframe_interval_ms"].as_f64().is_some_and(|k| (1_900.0..2_100.0).contains(&k)));
+    assert_eq!(j["publisher_state"], "foreground");
+    // The webhook heard every change, from the same publisher, worst first then back.
+    let hooks = hooks.lock().unwrap().clone();
+    let levels: Vec<u64> =
+        hooks.iter().filter(|h| h["action"] == "on_quality").map(|h| h["level"].as_u64().unwrap()).collect();
+    let worst = levels.iter().position(|l| *l >= 5).unwrap_or_else(|| panic!("{hooks:?}"));
+    assert!(levels[worst..].iter().any(|l| *l <= 2), "{hooks:?}");
+    assert!(hooks.iter().all(|h| h["stream"] == "live/q" && h["client_id"].is_u64() && h["quality"].is_string()));
+}
+
+/// WeChat's live-pusher in the background: 10 s of camera, 60 s of a 2 fps still picture with no audio, and
+/// the camera again. HTTP-FLV, RTMP and HLS readers and a WHEP viewer in Chromium stay connected through it,
+/// nobody skips, the timeline runs on, full rate is back within a GOP of the return, and the API says
+/// background, then foreground.
+#[test]
+fn a_background_pusher_keeps_every_player_and_comes_back_at_full_rate() {
+    let srv = Server::start(
+        "[hls]\nsegment_secs = 2.0\n[webrtc]\nudp_port_min = 0\nudp_port_max = 0\n[webhooks]\non_stream_health = []\n",
+    );
+    let input = background_media();
+    // ffmpeg's muxer would hold video for up to 10 s waiting for the audio that stopped (its interleaving,
+    // max_interleave_delta): a live-pusher sends each frame as it is made, so the stand-in must too.
+    let _pusher = Proc::spawn(Command::new("ffmpeg").args(["-v", "error", "-re", "-i"]).arg(&input).args([
+        "-c",
+        "copy",
+        "-max_interleave_delta",
+        "100000",
+        "-f",
+        "flv",
+        &srv.rtmp_url("bg"),
+    ]));
+    srv.wait_live("bg");
+    let stop = Arc::new(Mutex::new(false));
+    let watcher = watch(&srv, "bg", stop.clone());
+    // Readers from the start: HTTP-FLV (its tags kept), RTMP (ffmpeg copying to a file), HLS (the playlist
+    // polled every second), WHEP (Chromium).
+    let port = srv.http_port;
+    let flv = std::thread::spawn(move || {
+        let mut c = FlvClient::connect(port, "/live/bg.flv", None);
+        c.read_for(Duration::from_secs(82))
+    });
+    let rtmp_out = srv.dir.path().join("rtmp.flv");
+    let mut rtmp = Proc::spawn(
+        Command::new("ffmpeg")
+            .args(["-v", "error", "-y", "-i", &srv.rtmp_url("bg"), "-t", "80", "-map", "0", "-c", "copy"])
+            .arg(&rtmp_out),
+    );
+    let hls_stop = stop.clone();
+    let hls = std::thread::spawn(move || {
+        let mut seqs = Vec::new();
+        // Through the background and back (the push ends at 80 s).
+        let until = Instant::now() + Duration::from_secs(76);
+        while !*hls_stop.lock().unwrap() && Instant::now() < until {
+            let r = http_get(port, "/live/bg.m3u8").expect("playlist");
+            assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+            let text = String::from_utf8_lossy(&r.body).into_owned();
+            let seq =
+                text.lines().find_map(|l| l.strip_prefix("#EXT-X-MEDIA-SEQUENCE:")).and_then(|v| v.parse::<u64>().ok());
+            let last = text.lines().filter(|l| l.ends_with(".ts")).count() as u64;
+            seqs.push(seq.unwrap_or(0) + last);
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        seqs
+    });
+    let shot = srv.dir.path().join("whep.png");
+    let whep_url = format!("http://127.0.0.1:{port}/whep/live/bg");
+    let mut whep = node_bg("whep_play.mjs", &[&whep_url, shot.to_str().unwrap(), "78"]);
+
+    let tags = flv.join().unwrap();
+    assert!(rtmp.wait(Duration::from_secs(40)).is_some_and(|s| s.success()), "ffmpeg RTMP reader: {}", rtmp.stderr());
+    let w = browser_result(&mut whep, Duration::from_secs(60));
+    *stop.lock().unwrap() = true;
+    let hls = hls.join().unwrap();
+    let seen = watcher.join().unwrap();
+
+    // The HTTP-FLV reader's timeline: no skip (no video gap beyond the still picture's 500 ms), 2 fps in the
+    // background, 30 fps again within 2 s (one GOP) of the return.
+    let video: Vec<u32> = tags.iter().filter(|(_, t)| is_video_frame(t)).map(|(_, t)| t.timestamp).collect();
+    check_timeline("HTTP-FLV", &video);
+    // The RTMP reader's: the same.
+    let rtmp_video: Vec<u32> = flv_tags(&rtmp_out)
+        .iter()
+        .filter(|t| t.0 == 9 && t.2.first().is_some_and(|b| b & 0x0f == 7) && t.2[1] == 1)
+        .map(|t| t.1)
+        .collect();
+    check_timeline("RTMP", &rtmp_video);
+    // HLS: the playlist never stalled for long (a new segment at least every 6 s), through to the end.
+    let grew = hls.windows(7).all(|w| w[6] > w[0]);
+    assert!(grew && hls.len() > 60, "HLS playlist stalled: {hls:?}");
+    // WHEP: connected to the end and decoding at full rate again.
+    assert_eq!(w["ok"], true, "{w}");
+    assert!(w["framesDecoded"].as_u64().unwrap() > 500, "{w}");
+    assert_eq!(w["connection"], "connected", "{w}");
+    // The API said background during the still picture and foreground after.
+    let t_bg = seen.iter().find(|r| r.2 == "background").map(|x| x.0);
+    let t_fg = seen.iter().skip_while(|r| r.2 != "background").find(|r| r.2 == "foreground").map(|x| x.0);
+    assert!(t_bg.is_some() && t_fg.is_some(), "{seen:?}");
+    assert!(seen.iter().all(|r| r.1 <= 3), "a background pusher is not a bad one: {seen:?}");
+    assert!(seen.iter().all(|r| r.3 == 0), "no reader skipped: {seen:?}");
+    let log = srv.log_text();
+    assert!(log.contains("publisher state") && log.contains("Background"), "no state change logged");
+}
+
+/// The media timeline of a background pusher as a reader got it.
+fn check_timeline(who: &str, video: &[u32]) {
+    assert!(video.len() > 400, "{who}: {} video frames", video.len());
+    let first = video[0];
+    let rel: Vec<u32> = video.iter().map(|t| t - first).collect();
+    for w in rel.windows(2) {
+        assert!(w[1] >= w[0] && w[1] - w[0] <= 600, "{who}: a gap {} -> {} ms", w[0], w[1]);
+    }
+    // Background frames (2 fps) between 12 s and 68 s of the input.
+    let in_bg = video.iter().filter(|t| (12_000..68_000).contains(*t)).count();
+    assert!((100..=120).contains(&in_bg), "{who}: {in_bg} frames in 56 s of background");
+    // Full rate within 2 s of the return at 70 s: 30 fps over 72–74 s.
+    let back = video.iter().filter(|t| (72_000..74_000).contains(*t)).count();
+    assert!(back >= 55, "{who}: {back} frames in 72–74 s");
+}
+
+/// 80 s: 10 s of 640x360 30 fps camera with AAC, 60 s of a 2 fps still picture and no audio (keyframes
+/// every 2 s, as a still picture costs nothing to refresh), 10 s of camera again; keyframes every 2 s.
+fn background_media() -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-media");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("background.flv");
+    if !path.exists() {
+        let tmp = dir.join(format!("background.{}.tmp.flv", std::process::id()));
+        let st = Command::new("ffmpeg")
+            .args(["-y", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30"])
+            .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100", "-t", "80"])
+            .args(["-vf", "select='lt(t,10)+gte(t,70)+not(mod(n,15))'", "-vsync", "vfr"])
+            .args(["-af", "aselect='lt(t,10)+gte(t,70)'"])
+            .args(["-c:v", "libx264", "-preset", "veryfast", "-force_key_frames", "expr:gte(t,n_forced*2)"])
+            .args(["-bf", "0", "-pix_fmt", "yuv420p", "-b:v", "600k", "-c:a", "aac", "-b:a", "64k"])
+            .arg(&tmp)
+            .status()
+            .unwrap();
+        assert!(st.success(), "ffmpeg could not make the background input");
+        std::fs::rename(&tmp, &path).unwrap();
+    }
+    path
+}

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use super::api_guard::{self, ApiRequest};
 use super::HttpState;
 use super::{error, json, Body};
-use crate::hub::{HubError, Protocol, Stream, StreamKey};
+use crate::hub::{HubError, Protocol, SeiInjectError, Stream, StreamKey};
 use crate::media::aac::AudioSpecificConfig;
 use crate::media::avc::{self, AvcDecoderConfig};
 use crate::media::hevc::HevcDecoderConfig;
@@ -46,6 +46,7 @@ pub async fn handle(state: &Arc<HttpState>, addr: SocketAddr, req: Request<Incom
                 Err(e) => error(StatusCode::CONFLICT, "conflict", &e.to_string()),
             }
         }
+        (Method::POST, ["api", "v1", "streams", app, name, "sei"]) => inject_sei(state, req, app, name).await,
         (Method::GET, ["api", "v1", "clients"]) => {
             let clients: Vec<Value> = state.hub.clients().iter().map(|c| client_json(c)).collect();
             json(StatusCode::OK, &json!({ "clients": clients }))
@@ -118,6 +119,81 @@ struct StartRecording {
     fragment_secs: Option<u64>,
     record_id: Option<String>,
     pre_roll_secs: Option<f64>,
+}
+
+/// The largest message `POST …/sei` takes (after its UUID): what live-pusher's `sendMessage` carries, with room.
+pub const MAX_SEI_BYTES: usize = 4096;
+
+/// The UUID injected messages carry unless the request names one.
+pub const LIVEGATE_SEI_UUID: [u8; 16] = *b"livegate.sei.v1\0";
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InjectSei {
+    /// 32 hex digits (dashes allowed).
+    uuid: Option<String>,
+    /// The message: base64 bytes, or text (UTF-8), not both.
+    data: Option<String>,
+    text: Option<String>,
+}
+
+/// `POST /api/v1/streams/{app}/{stream}/sei`: an SEI message (user data unregistered) into the live stream,
+/// carried by its next video frame to every reader.
+async fn inject_sei(state: &Arc<HttpState>, req: Request<Incoming>, app: &str, name: &str) -> Response<Body> {
+    use base64::Engine;
+    let body = match super::read_body(state, req.into_body(), 16 * 1024).await {
+        Ok(b) => b,
+        Err(resp) => return *resp,
+    };
+    let r: InjectSei = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_json", &e.to_string()),
+    };
+    let data = match (&r.data, &r.text) {
+        (Some(b64), None) => match base64::engine::general_purpose::STANDARD.decode(b64) {
+            Ok(d) => d,
+            Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_field", &format!("data is not base64: {e}")),
+        },
+        (None, Some(t)) => t.as_bytes().to_vec(),
+        _ => return error(StatusCode::BAD_REQUEST, "invalid_field", "give the message as data (base64) or text"),
+    };
+    if data.len() > MAX_SEI_BYTES {
+        let detail = format!("the message is {} bytes; an injected SEI carries at most {MAX_SEI_BYTES}", data.len());
+        return error(StatusCode::BAD_REQUEST, "too_large", &detail);
+    }
+    let uuid = match r.uuid.as_deref().map(parse_uuid) {
+        None => LIVEGATE_SEI_UUID,
+        Some(Some(u)) => u,
+        Some(None) => {
+            return error(StatusCode::BAD_REQUEST, "invalid_field", "uuid must be 32 hex digits (dashes allowed)")
+        }
+    };
+    let Some(stream) = state.hub.get(&StreamKey::new(app, name)).filter(|s| s.publisher().is_some()) else {
+        return not_found_stream(app, name);
+    };
+    let bytes = data.len();
+    let nal = crate::media::sei::build_nal(&[crate::media::sei::SeiMessage::unregistered(uuid, data)]);
+    match stream.inject_sei(nal) {
+        Ok(()) => json(StatusCode::ACCEPTED, &json!({ "queued": true, "bytes": bytes, "uuid": hex(&uuid) })),
+        Err(e @ SeiInjectError::Busy(_)) => error(StatusCode::TOO_MANY_REQUESTS, "busy", &e.to_string()),
+        Err(e) => error(StatusCode::CONFLICT, "no_h264_video", &e.to_string()),
+    }
+}
+
+fn parse_uuid(s: &str) -> Option<[u8; 16]> {
+    let hexits: Vec<u8> = s.bytes().filter(|b| *b != b'-').collect();
+    if hexits.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, pair) in hexits.chunks(2).enumerate() {
+        out[i] = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(out)
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 async fn start_recording(state: &Arc<HttpState>, req: Request<Incoming>) -> Response<Body> {

@@ -86,6 +86,19 @@ pub struct StreamStats {
     pub skips: AtomicU64,
 }
 
+/// SEI messages waiting for the next video frame, at most.
+pub const MAX_PENDING_SEI: usize = 32;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SeiInjectError {
+    #[error("SEI messages ride in H.264 video: this stream's video is {0}")]
+    NotH264(&'static str),
+    #[error("the stream has no video (yet) to carry an SEI message")]
+    NoVideo,
+    #[error("{0} SEI messages already wait for the next video frame")]
+    Busy(usize),
+}
+
 /// A publisher's ingest health (the API's `quality`, `publisher_state` and `ingest`).
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct Health {
@@ -115,6 +128,10 @@ pub struct Stream {
     pub id: u64,
     /// The current publish's ingest health (quality level, background state, 1 s / 10 s windows).
     pub(crate) health: Mutex<IngestMeter>,
+    /// SEI NAL units to add to the next H.264 video frame (`POST …/sei`), and how many wait (read per frame
+    /// without the lock).
+    sei_pending: Mutex<Vec<Vec<u8>>>,
+    sei_waiting: AtomicUsize,
     pub(crate) ring: RwLock<Ring>,
     wakers: Mutex<Vec<Waker>>,
     /// Players parked for direct fan-out, per wire format and latency class (see `fanout::group_index`).
@@ -218,6 +235,8 @@ impl Stream {
             }),
             stats: StreamStats::default(),
             health: Mutex::new(IngestMeter::default()),
+            sei_pending: Mutex::new(Vec::new()),
+            sei_waiting: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
             bframes: AtomicBool::new(false),
             last_dts: AtomicI64::new(i64::MIN),
@@ -294,7 +313,10 @@ impl Stream {
     }
 
     /// Adds a frame from publish session `session` (see [`Packet::session`]).
-    pub fn push_session(&self, frame: Frame, received: Instant, session: u64) {
+    pub fn push_session(&self, mut frame: Frame, received: Instant, session: u64) {
+        if frame.kind == MediaKind::Video && !frame.config && self.sei_waiting.load(Ordering::Relaxed) > 0 {
+            self.add_pending_sei(&mut frame);
+        }
         let urgent;
         let len = frame.payload.len() as u64;
         let at_ms = received.saturating_duration_since(self.created).as_millis() as u64;
@@ -505,6 +527,43 @@ impl Stream {
 
     pub fn reader_count(&self) -> usize {
         self.stats.readers.iter().map(|r| r.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Queues an SEI NAL unit (built by `media::sei::build_nal`) for the next H.264 video frame, so every
+    /// reader gets it with the picture it belongs to.
+    pub fn inject_sei(&self, nal: Vec<u8>) -> Result<(), SeiInjectError> {
+        match self.headers().video.as_ref().map(|p| p.frame.codec) {
+            Some(Codec::H264) => {}
+            Some(other) => return Err(SeiInjectError::NotH264(other.name())),
+            None => return Err(SeiInjectError::NoVideo),
+        }
+        let mut q = self.sei_pending.lock();
+        if q.len() >= MAX_PENDING_SEI {
+            return Err(SeiInjectError::Busy(MAX_PENDING_SEI));
+        }
+        q.push(nal);
+        self.sei_waiting.store(q.len(), Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn add_pending_sei(&self, frame: &mut Frame) {
+        if frame.codec != Codec::H264 {
+            return;
+        }
+        let len_size = self
+            .headers()
+            .video
+            .as_ref()
+            .and_then(|p| crate::media::avc::AvcDecoderConfig::parse(&p.frame.payload).ok())
+            .map_or(4, |c| usize::from(c.nal_length_size));
+        let pending = std::mem::take(&mut *self.sei_pending.lock());
+        self.sei_waiting.store(0, Ordering::Relaxed);
+        for nal in pending.iter().rev() {
+            match crate::media::sei::insert_into(&frame.payload, len_size, nal) {
+                Some(p) => frame.payload = p,
+                None => tracing::warn!(stream = %self.key, "an injected SEI was dropped: the video frame is malformed"),
+            }
+        }
     }
 
     /// The publisher's ingest health now: (quality, state, delay ms, jitter ms, last 1 s, last 10 s).

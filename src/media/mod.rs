@@ -8,6 +8,7 @@ pub mod flv;
 pub mod hevc;
 pub mod mp4;
 pub mod rtmp_chunk;
+pub mod sei;
 pub mod ts;
 pub mod ts_demux;
 

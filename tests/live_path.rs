@@ -444,11 +444,15 @@ fn demo_page_plays_low_latency_hls_in_low_latency_mode_and_shows_its_latency() {
         "{h}"
     );
     assert!((h["partTarget"].as_f64().unwrap() - 0.2).abs() < 1e-6, "{h}");
-    assert!((h["targetLatency"].as_f64().unwrap() - 0.6).abs() < 1e-6, "{h}");
-    // The latency it shows, hls.js's and by program date-time, the two agreeing. The page's request starts the
-    // segmenter here, so hls.js starts from the first segment's parts (~2.5 s behind) and, at its default
-    // playback rate, stays there; a player that comes later is ~1.2 s behind (tests/ll_hls.rs). Classic HLS
-    // would be two 2 s segments behind.
+    // Its target is PART-HOLD-BACK (0.6 s), plus 1 s if it stalled once catching up from a cold start (hls.js
+    // raises its target by liveSyncOnStallIncrease after a stall): the page's request starts the segmenter, the
+    // only independent part is the cached keyframe's, up to a GOP back, and the page plays at up to 1.5x to
+    // close the gap.
+    let target = h["targetLatency"].as_f64().unwrap();
+    assert!((target - 0.6).abs() < 1e-6 || (target - 1.6).abs() < 1e-6, "{h}");
+    // The latency it shows, hls.js's and by program date-time, the two agreeing: after a cold start ~1.75 s
+    // (its target raised to 1.6 s); a player that comes to a running segmenter ~0.9 s (benches/hls_bench.sh).
+    // Classic HLS would be three 2 s segments behind.
     let latency: f64 = h["latency"].as_str().unwrap().parse().unwrap();
     let pdt: f64 = h["pdtLatency"].as_str().unwrap().parse().unwrap();
     println!("demo page: {}", h["text"]);

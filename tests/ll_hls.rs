@@ -205,10 +205,11 @@ fn blocking_requests_that_cannot_be_answered_are_refused_precisely() {
 }
 
 #[test]
-fn delta_playlists_skip_old_segments_and_audio_only_streams_have_parts() {
+fn delta_playlists_skip_old_segments_and_audio_or_video_only_streams_have_parts() {
     let srv = Server::start(LL);
     let _pub = push_loop(&media("360p"), &srv.rtmp_url("d"));
     let _audio = push_one_track(&media("360p"), &srv.rtmp_url("a"), "-vn", &["-stream_loop", "-1"]);
+    let _video = push_one_track(&media("360p"), &srv.rtmp_url("v"), "-an", &["-stream_loop", "-1"]);
     srv.wait_live("d");
     assert!(
         wait_until(Duration::from_secs(20), || srv.media_ms("a").is_some_and(|m| m > 0)),
@@ -237,6 +238,21 @@ fn delta_playlists_skip_old_segments_and_audio_only_streams_have_parts() {
     let streams = probe_streams(&format!("http://127.0.0.1:{}/live/a.m3u8", srv.http_port));
     assert_eq!(streams.len(), 1, "{streams:?}");
     assert_eq!(streams[0]["codec_name"], "aac");
+    // Video only: parts, independent on keyframes only, and one H.264 track.
+    srv.wait_live("v");
+    let mut pl = String::new();
+    assert!(wait_until(Duration::from_secs(20), || {
+        pl = text(&get(&srv, "/live/v.m3u8"));
+        pl.contains("#EXTINF")
+    }));
+    let parts: Vec<&str> = pl.lines().filter(|l| l.starts_with("#EXT-X-PART:")).collect();
+    assert!(parts.len() > 10, "{pl}");
+    assert!(parts
+        .iter()
+        .all(|l| (attr(l, "INDEPENDENT") == Some("YES")) == attr(l, "URI").unwrap().ends_with(".0.m4s")));
+    let streams = probe_streams(&format!("http://127.0.0.1:{}/live/v.m3u8", srv.http_port));
+    assert_eq!(streams.len(), 1, "{streams:?}");
+    assert_eq!(streams[0]["codec_name"], "h264");
 }
 
 /// The init section named by a CMAF playlist's first EXT-X-MAP.

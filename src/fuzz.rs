@@ -27,7 +27,20 @@ pub const TARGETS: &[Target] = &[
     Target { name: "sdp_offer", run: sdp_offer },
     Target { name: "rtmp_chunks", run: rtmp_chunks },
     Target { name: "rtmp_session", run: crate::rtmp::session::fuzz_input },
+    Target { name: "sei", run: sei_units },
 ];
+
+/// SEI NAL units (a publisher's, or any bytes as an access unit): parsed, and an SEI added to them.
+pub fn sei_units(data: &[u8]) {
+    use crate::media::sei;
+    if let Ok(msgs) = sei::parse_nal(data) {
+        // What parses, rebuilds to something that parses the same.
+        let again = sei::parse_nal(&sei::build_nal(&msgs)).expect("a rebuilt SEI parses");
+        assert_eq!(again, msgs);
+    }
+    let _ = sei::messages_in(data, 4);
+    let _ = sei::insert_into(data, 4, &[6, 5, 0x80]);
+}
 
 /// AMF0 values (RTMP commands and metadata).
 pub fn amf0_values(data: &[u8]) {

@@ -7,7 +7,6 @@ mod common;
 
 use std::io::Read;
 use std::net::TcpStream;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::room_member::{room_call, wait_grid, wait_pixels};
@@ -241,24 +240,6 @@ fn two_members_meet_and_the_events_follow_their_media() {
     let replay: Vec<Value> = (0..2).map(|_| again.next(Duration::from_secs(5)).unwrap()).collect();
     assert_eq!(replay.iter().map(|v| v["seq"].as_u64().unwrap()).collect::<Vec<_>>(), [last - 1, last]);
     assert!(again.next(Duration::from_millis(500)).is_none());
-}
-
-/// An FLV file's tags: (type, timestamp ms, body).
-fn flv_tags(path: &Path) -> Vec<(u8, u32, Vec<u8>)> {
-    let mut b = Vec::new();
-    std::fs::File::open(path).unwrap().read_to_end(&mut b).unwrap();
-    let mut tags = Vec::new();
-    let mut i = 9 + 4;
-    while i + 11 <= b.len() {
-        let size = u32::from_be_bytes([0, b[i + 1], b[i + 2], b[i + 3]]) as usize;
-        let ts = u32::from_be_bytes([b[i + 7], b[i + 4], b[i + 5], b[i + 6]]);
-        if i + 11 + size > b.len() {
-            break;
-        }
-        tags.push((b[i], ts, b[i + 11..i + 11 + size].to_vec()));
-        i += 11 + size + 4;
-    }
-    tags
 }
 
 #[test]

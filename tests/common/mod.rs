@@ -1010,3 +1010,20 @@ pub fn wait_av(url: &str) -> Result<(), Vec<String>> {
         Err(got)
     }
 }
+
+/// An FLV file's tags: (type, timestamp ms, body).
+pub fn flv_tags(path: &Path) -> Vec<(u8, u32, Vec<u8>)> {
+    let b = std::fs::read(path).unwrap();
+    let mut tags = Vec::new();
+    let mut i = 9 + 4;
+    while i + 11 <= b.len() {
+        let size = u32::from_be_bytes([0, b[i + 1], b[i + 2], b[i + 3]]) as usize;
+        let ts = u32::from_be_bytes([b[i + 7], b[i + 4], b[i + 5], b[i + 6]]);
+        if i + 11 + size > b.len() {
+            break;
+        }
+        tags.push((b[i], ts, b[i + 11..i + 11 + size].to_vec()));
+        i += 11 + size + 4;
+    }
+    tags
+}

@@ -335,11 +335,20 @@ fn a_whip_stream_reaches_low_latency_hls_with_the_browsers_own_opus() {
     let frames = String::from_utf8_lossy(&dec.stdout).into_owned();
     let count = |t: &str| frames.lines().filter(|l| l.trim() == t).count();
     // 4 s: 200 Opus packets of 20 ms, and the browser's variable-rate video.
+    let packets = ffprobe(file.to_str().unwrap(), &["-show_entries", "packet=stream_index,pts_time", "-of", "csv=p=0"]);
+    let packets = String::from_utf8_lossy(&packets.stdout).into_owned();
+    let span = |i: &str| {
+        let t: Vec<f64> =
+            packets.lines().filter(|l| l.starts_with(i)).filter_map(|l| l.split(',').nth(1)?.parse().ok()).collect();
+        (t.len(), t.first().copied(), t.last().copied())
+    };
     assert!(
         count("audio") >= 150 && count("video") >= 40,
-        "decoded {} video, {} audio",
+        "decoded {} video, {} audio; packets (count, first, last) 0: {:?} 1: {:?}; {j}",
         count("video"),
-        count("audio")
+        count("audio"),
+        span("0,"),
+        span("1,")
     );
     // hls.js in Chromium: MediaSource takes fMP4 Opus, and the audio decodes.
     let shot = srv.dir.path().join("wo.png");

@@ -392,6 +392,9 @@ impl Hls {
         }
         let handle = self.hub.register_client(Protocol::Hls, None);
         let audience = Audience::Internal(Purpose::HlsSegmenter);
+        // From as far back as the stream keeps: the video reader starts at its cached keyframe, up to a GOP
+        // back, and the audio must cover the same time (the cutter drops what comes before that keyframe).
+        let policy = CachePolicy { min_cache: policy.max_cache, ..policy };
         match self.hub.subscribe_as(&opus_key, Protocol::Hls, policy, handle.handle.clone(), audience) {
             Ok(r) => Some((r, handle)),
             Err(e) => {
@@ -410,7 +413,7 @@ impl Hls {
             let segment_ms = (self.cfg.segment_secs * 1000.0) as i64;
             // Its tracks are set with the stream's first batch (a reader knows them from then on).
             let cut = Box::new(CmafCutter::new(part_ms, segment_ms, false, false));
-            SegMux::Cmaf { cut, tracks_known: false, warned: false, own_audio: opus.is_none() }
+            SegMux::Cmaf { cut, tracks_known: false, warned: false, own_audio: opus.is_none(), held: VecDeque::new() }
         };
         if opus.is_some() {
             tracing::info!(stream = %seg.key, "fMP4 HLS carries the WHIP publisher's Opus");
@@ -496,14 +499,37 @@ async fn next_of(r: &mut Option<Reader>, batch: &mut Vec<Arc<Packet>>) -> Result
 /// A segmenter's muxer: MPEG-TS segments, or CMAF parts and segments.
 enum SegMux {
     Ts(Box<Cutter>),
-    /// `own_audio`: the stream's audio goes in (false while a WHIP stream's Opus comes from its rendition).
+    /// `own_audio`: the stream's audio goes in (false while a WHIP stream's Opus comes from its rendition);
+    /// `held`: the rendition's audio that came before the first segment opened, interleaved by time with the
+    /// stream's first frames.
     Cmaf {
         cut: Box<CmafCutter>,
         tracks_known: bool,
         warned: bool,
         own_audio: bool,
+        held: VecDeque<Arc<Packet>>,
     },
 }
+
+/// Puts held rendition audio into the cutter up to the stream's newest frame, so parts carry the audio of
+/// their own time (a WHIP stream's video and Opus come from two readers, in batches of their own). Audio
+/// more than a second ahead of the video goes in anyway (video slowed to a still picture, or stopped).
+fn interleave(cut: &mut CmafCutter, held: &mut VecDeque<Arc<Packet>>, events: &mut Vec<CmafEvent>) {
+    // Without video the audio is what cuts: nothing to wait for.
+    let upto = if cut.has_video() { cut.newest_dts() } else { Some(i64::MAX) };
+    let Some(upto) = upto else { return };
+    while let Some(a) = held.front() {
+        let ahead = held.back().map_or(0, |b| b.frame.dts.saturating_sub(upto));
+        if a.frame.dts > upto && ahead <= 1000 {
+            return;
+        }
+        let a = held.pop_front().expect("front");
+        events.extend(cut.push(&a.frame, wall_ms(a.received)));
+    }
+}
+
+/// Rendition audio held before the first segment opens, at most (10 s of 20 ms packets).
+const MAX_HELD_AUDIO: usize = 500;
 
 /// Where a batch came from: the stream's reader, or its WHIP Opus rendition's.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -528,30 +554,38 @@ impl SegMux {
                     }
                 }
             }
-            SegMux::Cmaf { cut, tracks_known, warned, own_audio } => {
-                if !*tracks_known {
-                    if from == Batch::Opus {
-                        // Before the stream's first batch nobody knows whether it has video (segments open
-                        // on its keyframes then): this audio precedes any segment anyway.
-                        batch.clear();
-                        return;
-                    }
-                    let t = reader.tracks();
-                    cut.set_tracks(t.video, t.audio || !*own_audio);
-                    if !*own_audio {
-                        // The rendition's first packet may come after the first keyframe.
-                        cut.push(&cmaf::opus_config(), 0);
-                    }
-                    *tracks_known = true;
-                }
+            SegMux::Cmaf { cut, tracks_known, warned, own_audio, held } => {
                 let mut events = Vec::new();
-                for p in batch.drain(..) {
-                    // The rendition's Opus is the only Opus there is; the stream's own AAC waits its turn.
-                    let theirs = p.frame.kind == MediaKind::Audio && p.frame.codec != Codec::Opus;
-                    if theirs && !*own_audio {
-                        continue;
+                if from == Batch::Opus {
+                    // The rendition's audio goes in beside the stream's frames of its time (see `interleave`).
+                    held.extend(batch.drain(..));
+                    while held.len() > MAX_HELD_AUDIO {
+                        held.pop_front();
                     }
-                    events.extend(cut.push(&p.frame, wall_ms(p.received)));
+                    if *tracks_known {
+                        interleave(cut, held, &mut events);
+                    }
+                } else {
+                    if !*tracks_known {
+                        let t = reader.tracks();
+                        cut.set_tracks(t.video, t.audio || !*own_audio);
+                        if !*own_audio {
+                            // The rendition's first packet may come after the first keyframe.
+                            cut.push(&cmaf::opus_config(), 0);
+                        }
+                        *tracks_known = true;
+                    }
+                    for p in batch.drain(..) {
+                        // The rendition's Opus is the only Opus there is; the stream's own AAC waits its turn.
+                        let theirs = p.frame.kind == MediaKind::Audio && p.frame.codec != Codec::Opus;
+                        if theirs && !*own_audio {
+                            continue;
+                        }
+                        events.extend(cut.push(&p.frame, wall_ms(p.received)));
+                        if !held.is_empty() {
+                            interleave(cut, held, &mut events);
+                        }
+                    }
                 }
                 if let (Some(codec), false) = (cut.skipped_codec, *warned) {
                     tracing::warn!(stream = %seg.key, ?codec, "fMP4 HLS carries H.264, H.265, AAC and Opus: this track is left out");

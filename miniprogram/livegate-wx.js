@@ -46,6 +46,8 @@ var EVENT = {
   PLAYER_WARNING: 'PLAYER_WARNING',
   ROLE_CHANGED: 'ROLE_CHANGED',
   TEXT_MESSAGE: 'TEXT_MESSAGE',
+  // A member's push quality (netQualityLevel: 0 unknown, 1 best ... 5 very poor, 6 unavailable).
+  NETWORK_QUALITY: 'NETWORK_QUALITY',
   CUSTOM_MESSAGE: 'CUSTOM_MESSAGE',
   JOIN_REQUEST: 'JOIN_REQUEST',
   JOIN_RESPONSE: 'JOIN_RESPONSE',
@@ -783,6 +785,9 @@ LivegateWx.prototype._handle = function (ev) {
       if (self) this.role = ev.role;
       else if (this._members[ev.user_id]) this._members[ev.user_id].role = ev.role;
       this._emit(EVENT.ROLE_CHANGED, assign({ userID: ev.user_id, role: ev.role, self: self }, this._lists()));
+      break;
+    case 'NETWORK_QUALITY':
+      this._emit(EVENT.NETWORK_QUALITY, { userID: ev.user_id, quality: ev.quality, self: ev.user_id === this.userId });
       break;
     case 'TEXT_MESSAGE':
       this._emit(EVENT.TEXT_MESSAGE, { userID: ev.from, from: ev.from, to: ev.to, text: ev.text, message: ev.text, seq: ev.seq });

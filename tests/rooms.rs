@@ -275,6 +275,9 @@ fn microphone_off_and_on_is_seen_from_the_media() {
         }
     });
     a.wait("REMOTE_AUDIO_ADD", Some("bob"));
+    // Bob's push quality, as livegate measures it (2 s in: from unknown to best or good), reaches Alice.
+    let q = a.wait("NETWORK_QUALITY", Some("bob"));
+    assert!((1..=2).contains(&q["quality"].as_u64().unwrap()), "{q}");
     a.wait("REMOTE_AUDIO_REMOVE", Some("bob"));
     a.wait("REMOTE_AUDIO_ADD", Some("bob"));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);

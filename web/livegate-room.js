@@ -27,6 +27,8 @@ export const EVENT = Object.freeze({
   REMOTE_STATE_UPDATE: 'REMOTE_STATE_UPDATE',
   ROLE_CHANGED: 'ROLE_CHANGED',
   TEXT_MESSAGE: 'TEXT_MESSAGE',
+  // A member's push quality (netQualityLevel: 0 unknown, 1 best ... 5 very poor, 6 unavailable).
+  NETWORK_QUALITY: 'NETWORK_QUALITY',
   CUSTOM_MESSAGE: 'CUSTOM_MESSAGE',
   JOIN_REQUEST: 'JOIN_REQUEST',
   JOIN_RESPONSE: 'JOIN_RESPONSE',
@@ -675,6 +677,9 @@ export class LivegateRoom {
         if (self) this.role = ev.role;
         else if (this._members.has(ev.user_id)) this._members.get(ev.user_id).role = ev.role;
         this._emit(EVENT.ROLE_CHANGED, { userID: ev.user_id, role: ev.role, self, ...this._lists() });
+        break;
+      case 'NETWORK_QUALITY':
+        this._emit(EVENT.NETWORK_QUALITY, { userID: ev.user_id, quality: ev.quality, self: ev.user_id === this.userId });
         break;
       case 'TEXT_MESSAGE':
         this._emit(EVENT.TEXT_MESSAGE, { userID: ev.from, from: ev.from, to: ev.to, text: ev.text, message: ev.text, seq: ev.seq });

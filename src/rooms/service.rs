@@ -292,6 +292,9 @@ impl RoomService {
                         Ok(Event::Publish { stream, .. }) if stream.app == this.cfg.stream_app => {
                             this.clone().watch(stream);
                         }
+                        Ok(Event::Quality { stream, level, .. }) if stream.app == this.cfg.stream_app => {
+                            this.network_quality(&stream, level.level());
+                        }
                         Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
                         Err(broadcast::error::RecvError::Closed) => return,
                     },
@@ -882,6 +885,16 @@ impl RoomService {
     }
 
     /// Reports a member's tracks; false when the member has left.
+    /// Forwards a member's push quality to its room as `NETWORK_QUALITY`.
+    fn network_quality(&self, stream: &StreamKey, level: u8) {
+        let mut g = self.rooms.lock();
+        let (rooms, inner) = &mut *g;
+        let Some(s) = inner.by_stream.get(&stream.name).and_then(|sid| inner.sessions.get(sid)) else { return };
+        let (key, user) = (s.room.clone(), s.user.clone());
+        let events = rooms.network_quality(&key, &user, level);
+        deliver(rooms, inner, &key, events);
+    }
+
     fn set_media(&self, session: u64, t: Tracks) -> bool {
         let mut g = self.rooms.lock();
         let (rooms, inner) = &mut *g;

@@ -118,6 +118,12 @@ pub enum RoomEvent {
     RoomClosed {
         reason: LeaveReason,
     },
+    /// A member's push quality changed (live-pusher's `netQualityLevel`: 0 unknown, 1 best … 5 very poor, 6
+    /// unavailable), from what livegate measures of its ingest.
+    NetworkQuality {
+        user_id: String,
+        quality: u8,
+    },
     /// Something the room asked for failed (its mix could not start): to everyone.
     Error {
         code: String,
@@ -413,6 +419,16 @@ impl Rooms {
 
     /// What a member's stream carries now, as the hub sees it (media, not what a client claims): the
     /// differences become `*_ADD`/`*_REMOVE` events, and in call rooms the role follows the uplink.
+    /// A member's push quality changed: everyone hears it (a member not in the room: nothing).
+    pub fn network_quality(&mut self, key: &RoomKey, user: &str, quality: u8) -> Vec<Sequenced> {
+        let replay = self.limits.replay_events;
+        let mut events = Vec::new();
+        if let Some(room) = self.rooms.get_mut(key).filter(|r| r.members.iter().any(|m| m.user_id == user)) {
+            room.emit(replay, RoomEvent::NetworkQuality { user_id: user.to_owned(), quality }, &mut events);
+        }
+        events
+    }
+
     pub fn set_media(
         &mut self,
         key: &RoomKey,

@@ -5,7 +5,7 @@
 mod common;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine;
 use common::*;
@@ -31,28 +31,11 @@ fn ours_in_flv_bodies<'a>(bodies: impl Iterator<Item = &'a [u8]>) -> Vec<SeiMess
 
 /// SEI messages of ours in an Annex B H.264 elementary stream.
 fn ours_in_annex_b(es: &[u8]) -> Vec<SeiMessage> {
-    let mut starts = Vec::new();
-    let mut i = 0;
-    while i + 3 <= es.len() {
-        if es[i] == 0 && es[i + 1] == 0 && es[i + 2] == 1 {
-            starts.push(i + 3);
-            i += 3;
-        } else {
-            i += 1;
-        }
-    }
-    let mut out = Vec::new();
-    for (k, s) in starts.iter().enumerate() {
-        let mut end = starts.get(k + 1).map_or(es.len(), |n| n - 3);
-        while end > *s && es[end - 1] == 0 {
-            end -= 1; // the zero_byte of a 4-byte start code, or trailing zeros
-        }
-        let nal = &es[*s..end];
-        if nal.first().is_some_and(|h| h & 0x1f == sei::NAL_SEI) {
-            out.extend(sei::parse_nal(nal).unwrap_or_default().into_iter().filter(|m| m.uuid == Some(UUID_BYTES)));
-        }
-    }
-    out
+    livegate::media::ts_demux::annexb_nalus(es)
+        .filter(|nal| nal.first().is_some_and(|h| h & 0x1f == sei::NAL_SEI))
+        .flat_map(|nal| sei::parse_nal(nal).unwrap_or_default())
+        .filter(|m| m.uuid == Some(UUID_BYTES))
+        .collect()
 }
 
 /// The H.264 of a file or URL as Annex B (ffmpeg stream copy).
@@ -94,17 +77,19 @@ fn an_injected_sei_reaches_flv_rtmp_hls_and_mp4_byte_for_byte() {
     let hls_url2 = hls_url.clone();
     let hls_out2 = hls_out.clone();
     let hls = std::thread::spawn(move || annex_b(&hls_url2, "6", &hls_out2));
-    // One message every 300 ms for 6 s, so every reader, whenever it joined, gets some.
+    // One message per 300 ms of the stream's media time, for 6 s of it, so every reader, whenever it joined,
+    // gets some.
     let data = payload();
     let b64 = base64::engine::general_purpose::STANDARD.encode(&data);
-    let start = Instant::now();
+    let start = srv.media_ms("s").unwrap();
+    let mut at = start;
     let mut sent = 0;
-    while start.elapsed() < Duration::from_secs(6) {
+    while at < start + 6_000 {
         let r = post_sei(&srv, "s", &serde_json::json!({"uuid": UUID, "data": b64}));
         assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
         assert_eq!(r.json()["uuid"], UUID.replace('-', ""));
         sent += 1;
-        std::thread::sleep(Duration::from_millis(300));
+        at = srv.wait_media_at("s", at + 300);
     }
     let tags = flv.join().unwrap();
     assert!(rtmp.wait(Duration::from_secs(30)).is_some_and(|s| s.success()), "{}", rtmp.stderr());
@@ -113,16 +98,7 @@ fn an_injected_sei_reaches_flv_rtmp_hls_and_mp4_byte_for_byte() {
     let mp4_es = annex_b(rec[0].1.to_str().unwrap(), "60", &srv.dir.path().join("mp4.h264"));
 
     let from_flv = ours_in_flv_bodies(tags.iter().map(|(_, t)| t.body.as_ref()));
-    let rtmp_tags = {
-        let b = std::fs::read(&rtmp_file).unwrap();
-        let mut parser = livegate::media::flv::FlvParser::new();
-        parser.feed(&b);
-        let mut v = Vec::new();
-        while let Ok(Some(t)) = parser.next_tag() {
-            v.push(t.body.to_vec());
-        }
-        v
-    };
+    let rtmp_tags: Vec<Vec<u8>> = flv_tags(&rtmp_file).into_iter().map(|t| t.2).collect();
     let from_rtmp = ours_in_flv_bodies(rtmp_tags.iter().map(Vec::as_slice));
     let from_hls = ours_in_annex_b(&hls_es);
     let from_mp4 = ours_in_annex_b(&mp4_es);

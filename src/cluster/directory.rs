@@ -61,6 +61,17 @@ pub struct NodeLoad {
     pub cpu_percent: f64,
 }
 
+/// Where the directory says a room lives.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RoomEntry {
+    /// No node holds it.
+    Nowhere,
+    /// On this live node.
+    Alive(NodeRecord),
+    /// Held by a node whose record expired (it died): the room may be taken over.
+    Gone { node_id: String },
+}
+
 /// What claiming a stream found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
@@ -210,12 +221,15 @@ impl Directory {
         self.claim_key(self.room_key(room), takeover).await
     }
 
-    /// The node a room lives on, if it is alive; `Err(id)` of a node that holds it but is gone.
-    pub async fn room_node(&self, room: &RoomRef) -> Result<Option<Result<NodeRecord, String>>, DirectoryError> {
+    /// The node a room lives on, as the directory says.
+    pub async fn room_node(&self, room: &RoomRef) -> Result<RoomEntry, DirectoryError> {
         let mut cmd = redis::cmd("GET");
         cmd.arg(self.room_key(room));
-        let Some(id): Option<String> = self.run(cmd).await? else { return Ok(None) };
-        Ok(Some(self.node(&id).await?.ok_or(id)))
+        let Some(id): Option<String> = self.run(cmd).await? else { return Ok(RoomEntry::Nowhere) };
+        Ok(match self.node(&id).await? {
+            Some(node) => RoomEntry::Alive(node),
+            None => RoomEntry::Gone { node_id: id },
+        })
     }
 
     /// Renews this node's rooms (as [`renew`](Self::renew) does its streams); answers those another node has.

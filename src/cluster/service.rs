@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime};
 
 use parking_lot::Mutex;
 
-use super::directory::{Claim, Directory, DirectoryError, NodeLoad, NodeRecord, RoomRef};
+use super::directory::{Claim, Directory, DirectoryError, NodeLoad, NodeRecord, RoomEntry, RoomRef};
 use super::pull::{open_flv, Dialer, Pulls, SourceFailure, TagSource};
 use crate::access::{Access, ClaimRefusal, PublishClaim};
 use crate::config::{Advertise, ClusterConfig, Config, NodeRole};
@@ -234,10 +234,10 @@ impl Cluster {
     pub async fn room_home(&self, room: &RoomRef) -> Result<RoomHome, DirectoryError> {
         let r = self.dir.room_node(room).await;
         let takeover = match self.directory_result(r)? {
-            Some(Ok(node)) if node.id == self.node_id => return Ok(RoomHome::Here),
-            Some(Ok(node)) => return Ok(RoomHome::Elsewhere(node)),
-            Some(Err(_gone)) => true,
-            None => false,
+            RoomEntry::Alive(node) if node.id == self.node_id => return Ok(RoomHome::Here),
+            RoomEntry::Alive(node) => return Ok(RoomHome::Elsewhere(node)),
+            RoomEntry::Gone { .. } => true,
+            RoomEntry::Nowhere => false,
         };
         if !self.role.publishes() {
             return self.least_loaded_origin().await.map(RoomHome::Elsewhere);

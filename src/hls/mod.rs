@@ -500,8 +500,7 @@ async fn next_of(r: &mut Option<Reader>, batch: &mut Vec<Arc<Packet>>) -> Result
 enum SegMux {
     Ts(Box<Cutter>),
     /// `own_audio`: the stream's audio goes in (false while a WHIP stream's Opus comes from its rendition);
-    /// `held`: the rendition's audio that came before the first segment opened, interleaved by time with the
-    /// stream's first frames.
+    /// `held`: the rendition's audio not yet in a part (see `interleave`).
     Cmaf {
         cut: Box<CmafCutter>,
         tracks_known: bool,
@@ -528,7 +527,7 @@ fn interleave(cut: &mut CmafCutter, held: &mut VecDeque<Arc<Packet>>, events: &m
     }
 }
 
-/// Rendition audio held before the first segment opens, at most (10 s of 20 ms packets).
+/// Rendition audio held for interleaving, at most (10 s of 20 ms packets: the reader's first batch).
 const MAX_HELD_AUDIO: usize = 500;
 
 /// Where a batch came from: the stream's reader, or its WHIP Opus rendition's.

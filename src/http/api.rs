@@ -174,26 +174,16 @@ async fn inject_sei(state: &Arc<HttpState>, req: Request<Incoming>, app: &str, n
     let bytes = data.len();
     let nal = crate::media::sei::build_nal(&[crate::media::sei::SeiMessage::unregistered(uuid, data)]);
     match stream.inject_sei(nal) {
-        Ok(()) => json(StatusCode::ACCEPTED, &json!({ "queued": true, "bytes": bytes, "uuid": hex(&uuid) })),
+        Ok(()) => json(StatusCode::ACCEPTED, &json!({ "queued": true, "bytes": bytes, "uuid": hex::encode(uuid) })),
         Err(e @ SeiInjectError::Busy(_)) => error(StatusCode::TOO_MANY_REQUESTS, "busy", &e.to_string()),
         Err(e) => error(StatusCode::CONFLICT, "no_h264_video", &e.to_string()),
     }
 }
 
 fn parse_uuid(s: &str) -> Option<[u8; 16]> {
-    let hexits: Vec<u8> = s.bytes().filter(|b| *b != b'-').collect();
-    if hexits.len() != 32 {
-        return None;
-    }
     let mut out = [0u8; 16];
-    for (i, pair) in hexits.chunks(2).enumerate() {
-        out[i] = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
-    }
+    hex::decode_to_slice(s.replace('-', ""), &mut out).ok()?;
     Some(out)
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 async fn start_recording(state: &Arc<HttpState>, req: Request<Incoming>) -> Response<Body> {

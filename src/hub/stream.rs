@@ -127,7 +127,7 @@ pub struct Stream {
     pub key: StreamKey,
     pub id: u64,
     /// The current publish's ingest health (quality level, background state, 1 s / 10 s windows).
-    pub(crate) health: Mutex<IngestMeter>,
+    health: Mutex<IngestMeter>,
     /// SEI NAL units to add to the next H.264 video frame (`POST …/sei`), and how many wait (read per frame
     /// without the lock).
     sei_pending: Mutex<Vec<Vec<u8>>>,

@@ -94,18 +94,9 @@ pub fn parse_nal(nal: &[u8]) -> Result<Vec<SeiMessage>, SeiError> {
     Ok(out)
 }
 
-/// The NAL units of an AVCC access unit (`len_size`-byte big-endian lengths).
+/// The NAL units of an AVCC access unit (`len_size`-byte big-endian lengths), all or an error.
 pub fn nal_units(au: &[u8], len_size: usize) -> Result<Vec<&[u8]>, SeiError> {
-    let mut out = Vec::new();
-    let mut at = 0;
-    while at < au.len() {
-        let len_bytes = au.get(at..at + len_size).ok_or(SeiError::BadAccessUnit)?;
-        let len = len_bytes.iter().fold(0usize, |n, b| n << 8 | *b as usize);
-        at += len_size;
-        out.push(au.get(at..at + len).ok_or(SeiError::BadAccessUnit)?);
-        at += len;
-    }
-    Ok(out)
+    crate::media::avc::avcc_nalus(au, len_size as u8).collect::<Result<_, _>>().map_err(|_| SeiError::BadAccessUnit)
 }
 
 /// Every SEI message in an AVCC access unit, with how many SEI NAL units were malformed (skipped).
@@ -127,8 +118,11 @@ pub fn messages_in(au: &[u8], len_size: usize) -> (Vec<SeiMessage>, usize) {
 /// is one, else first. `None` if the access unit is malformed (it is then left as it is).
 pub fn insert_into(au: &[u8], len_size: usize, sei_nal: &[u8]) -> Option<Bytes> {
     let nals = nal_units(au, len_size).ok()?;
+    // Where the delimiter ends, in the access unit's bytes (empty units before it are skipped by the parse).
     let split = match nals.first() {
-        Some(first) if first.first().is_some_and(|h| h & 0x1f == NAL_AUD) => len_size + first.len(),
+        Some(first) if first.first().is_some_and(|h| h & 0x1f == NAL_AUD) => {
+            first.as_ptr() as usize - au.as_ptr() as usize + first.len()
+        }
         _ => 0,
     };
     let mut out = Vec::with_capacity(au.len() + len_size + sei_nal.len());

@@ -88,6 +88,11 @@ fn a_throttled_publisher_sinks_to_very_poor_and_comes_back() {
     assert!(w1["audio_fps"].as_f64().unwrap() > 30.0, "{j}");
     assert!(j["ingest"]["last_10s"]["keyframe_interval_ms"].as_f64().is_some_and(|k| (1_900.0..2_100.0).contains(&k)));
     assert_eq!(j["publisher_state"], "foreground");
+    // /metrics says the same level (best or good by now), and no publisher in the background.
+    let m = String::from_utf8(srv.api("GET", "/metrics").body).unwrap();
+    let level = m.lines().find_map(|l| l.strip_prefix("livegate_publisher_quality{stream=\"live/q\"} "));
+    assert!(level.is_some_and(|l| l == "1" || l == "2"), "{m}");
+    assert!(m.lines().any(|l| l == "livegate_publishers_background 0"), "{m}");
     // The webhook heard every change, from the same publisher, worst first then back.
     let hooks = hooks.lock().unwrap().clone();
     let levels: Vec<u64> =

@@ -282,9 +282,15 @@ fn whip_into_hls(srv: &Server, name: &str, codec: &str) -> (Proc, String) {
         browser.stdout(),
         browser.stderr()
     );
+    // With video, wait for it too: a segmenter started before the browser's first keyframe arrived starts
+    // audio-only and switches to a new init section when the video comes (ffmpeg's HLS reader then loses the
+    // audio track: noted in #14's note, a player's first request 0.3 s into a WHIP publish).
+    let video = codec != "none";
     assert!(
-        wait_until(Duration::from_secs(20), || srv.stream_json(name).is_some_and(|j| j["audio"].is_object())),
-        "the WHIP stream never went live with audio"
+        wait_until(Duration::from_secs(20), || srv
+            .stream_json(name)
+            .is_some_and(|j| j["audio"].is_object() && (!video || j["video"].is_object()))),
+        "the WHIP stream never went live with its tracks"
     );
     let path = format!("/live/{name}.m3u8");
     let mut pl = String::new();

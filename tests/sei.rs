@@ -141,3 +141,147 @@ fn bad_sei_requests_get_a_reason() {
     assert_eq!(r.status, 400);
     assert_eq!(r.json()["error"], "bad_json");
 }
+
+/// x264 writes its settings as a user_data_unregistered SEI with this UUID in a stream's first frame.
+const X264_UUID: &str = "dc45e9bde6d948b7962cd820d923eeef";
+
+#[test]
+fn a_browser_gets_the_streams_sei_as_json_on_a_whep_data_channel() {
+    let srv = Server::start("");
+    // The 6 s file looped: x264's own SEI comes back with its first frame every loop.
+    let _pub = push_loop(&media("short"), &srv.rtmp_url("s"));
+    srv.wait_live("s");
+    let whep = format!("http://127.0.0.1:{}/whep/live/s", srv.http_port);
+    let mut page = node_bg("whep_sei.mjs", &[&whep, "9"]);
+    assert!(wait_until(Duration::from_secs(60), || page.stderr().contains("READY")), "{}", page.stderr());
+    let data = payload();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&data);
+    let start = srv.media_ms("s").unwrap();
+    let (mut at, mut sent) = (start, 0);
+    while at < start + 6_000 {
+        let r = post_sei(&srv, "s", &serde_json::json!({"uuid": UUID, "data": b64}));
+        assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+        sent += 1;
+        at = srv.wait_media_at("s", at + 300);
+    }
+    let j = browser_result(&mut page, Duration::from_secs(90));
+    let msgs = j["messages"].as_array().unwrap();
+    let ours: Vec<_> = msgs.iter().filter(|m| m["uuid"] == UUID.replace('-', "")).collect();
+    assert!(ours.len() >= sent - 2 && ours.len() <= sent, "{} of {sent} injected messages arrived: {j}", ours.len());
+    for m in &ours {
+        assert_eq!(m["type"], "sei");
+        assert_eq!(m["payload_type"], 5);
+        assert_eq!(m["data"], b64, "the payload bytes, base64");
+    }
+    // Stream time rises with the messages, and each names a picture the page rendered (its RTP timestamp).
+    let pts: Vec<i64> = ours.iter().map(|m| m["pts"].as_i64().unwrap()).collect();
+    assert!(pts.windows(2).all(|w| w[1] > w[0]), "{pts:?}");
+    let matched = ours.iter().filter(|m| m["matched_frame"] == true).count();
+    assert!(matched * 10 >= ours.len() * 8, "{matched} of {} messages name a rendered frame: {j}", ours.len());
+    // The publisher's own SEI (x264's settings, at each loop of the file) arrives the same way.
+    let x264: Vec<_> = msgs.iter().filter(|m| m["uuid"] == X264_UUID).collect();
+    assert!(!x264.is_empty(), "no x264 SEI in {} messages", msgs.len());
+    let text = base64::engine::general_purpose::STANDARD.decode(x264[0]["data"].as_str().unwrap()).unwrap();
+    assert!(text.starts_with(b"x264 - core"), "{}", String::from_utf8_lossy(&text));
+    assert_eq!(srv.stream_json("s").unwrap()["sei_malformed"], 0);
+}
+
+#[test]
+fn sei_crosses_the_baseline_transcode_and_a_mix() {
+    let srv = Server::start("");
+    // B-frames: the source WebRTC viewers get through the constrained-baseline rendition (`@cb`).
+    let _pub = push_loop(&media("bframes"), &srv.rtmp_url("s"));
+    srv.wait_live("s");
+    let mix = serde_json::json!({"id": "m", "template": "grid", "inputs": [{"stream": "live/s"}],
+        "output": {"stream": "live/s-mix", "width": 320, "height": 180, "video_bitrate": 300, "gop_secs": 1.0}});
+    let r = http_request_body(srv.http_port, "POST", "/api/v1/mixes", &mix.to_string());
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    srv.wait_live("s-mix");
+    let port = srv.http_port;
+    let read = |path: &'static str| {
+        std::thread::spawn(move || FlvClient::connect(port, path, None).read_for(Duration::from_secs(9)))
+    };
+    // Reading the rendition starts its transcoder; both readers see every message injected from now on.
+    let (cb, mixed) = (read("/live/s@cb.flv"), read("/live/s-mix.flv"));
+    assert!(wait_until(Duration::from_secs(20), || srv.media_ms("s@cb").is_some_and(|m| m > 0)));
+    let data = payload();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&data);
+    let start = srv.media_ms("s").unwrap();
+    let (mut at, mut sent) = (start, 0);
+    while at < start + 5_000 {
+        let r = post_sei(&srv, "s", &serde_json::json!({"uuid": UUID, "data": b64}));
+        assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+        sent += 1;
+        at = srv.wait_media_at("s", at + 300);
+    }
+    for (who, reader) in [("@cb", cb), ("mix", mixed)] {
+        let tags = reader.join().unwrap();
+        let got = ours_in_flv_bodies(tags.iter().map(|(_, t)| t.body.as_ref()));
+        // Messages injected in the reader's last moments may still be inside the encoder when it stops.
+        assert!(got.len() + 3 >= sent && got.len() <= sent, "{who}: {} of {sent} messages", got.len());
+        assert!(got.iter().all(|m| m.payload_type == 5 && m.data.as_ref() == data.as_slice()), "{who}: bytes differ");
+    }
+    assert_eq!(srv.stream_json("s").unwrap()["sei_malformed"], 0);
+}
+
+#[test]
+fn a_malformed_sei_is_counted_and_its_frame_passes_unchanged() {
+    let srv = Server::start("");
+    // A publisher whose every 10th picture starts with a broken SEI (a size past its end) and then a good one.
+    let broken: &[u8] = &[0x06, 0x05, 0xc8, 1, 2, 3, 0x80];
+    let good = sei::build_nal(&[SeiMessage::unregistered(UUID_BYTES, payload())]);
+    let file = srv.dir.path().join("src.flv");
+    let o = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-i"])
+        .arg(media("short"))
+        .args(["-an", "-c", "copy", "-f", "flv"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let tags: Vec<_> = flv_tags(&file).into_iter().filter(|t| t.0 == 9).collect();
+    let mut c = RtmpClient::connect(srv.rtmp_port, false).unwrap();
+    c.connect_app("live");
+    c.publish("bad");
+    let port = srv.http_port;
+    let mut sent_bad = Vec::new();
+    let mut readers = None;
+    let start = std::time::Instant::now();
+    for (i, (_, ts, body)) in tags.iter().enumerate() {
+        let mut body = body.clone();
+        if body[1] == 1 && i % 10 == 5 {
+            let mut au = body[..5].to_vec();
+            for nal in [broken, &good[..]] {
+                au.extend_from_slice(&(nal.len() as u32).to_be_bytes());
+                au.extend_from_slice(nal);
+            }
+            au.extend_from_slice(&body[5..]);
+            body = au;
+            // Well inside the readers' 4 s (from 0.5 s of the stream on).
+            if (1_000..4_000).contains(ts) {
+                sent_bad.push(body.clone());
+            }
+        }
+        c.send_raw_message(6, livegate::rtmp::message::VIDEO, 1, *ts, &body);
+        pace(start, u64::from(*ts));
+        if readers.is_none() && *ts >= 500 {
+            // Readers from half a second in: the stream as sent, and its H.264 rendition (a re-encode).
+            let read = |path: &'static str| {
+                std::thread::spawn(move || FlvClient::connect(port, path, None).read_for(Duration::from_secs(4)))
+            };
+            readers = Some((read("/live/bad.flv"), read("/live/bad@cb.flv")));
+        }
+    }
+    let (plain, cb) = readers.unwrap();
+    let plain: Vec<Vec<u8>> = plain.join().unwrap().into_iter().map(|(_, t)| t.body.to_vec()).collect();
+    // Byte for byte: a malformed SEI is not livegate's to repair on a passthrough.
+    let arrived = sent_bad.iter().filter(|b| plain.contains(b)).count();
+    assert!(arrived == sent_bad.len() && arrived >= 5, "{arrived} of {} frames", sent_bad.len());
+    // The re-encode reads the SEI: the broken one is counted and left behind, the good one carried.
+    let cb = cb.join().unwrap();
+    let carried = ours_in_flv_bodies(cb.iter().map(|(_, t)| t.body.as_ref()));
+    assert!(!carried.is_empty() && carried.iter().all(|m| m.data.as_ref() == payload().as_slice()));
+    let malformed = srv.stream_json("bad").unwrap()["sei_malformed"].as_u64().unwrap();
+    assert!(malformed >= carried.len() as u64, "{malformed} malformed counted, {} carried", carried.len());
+    assert!(srv.log_text().contains("malformed SEI dropped"));
+}

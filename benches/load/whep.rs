@@ -110,7 +110,7 @@ async fn session(cfg: &ReaderCfg, r: &mut WhepResult) -> Result<Outcome> {
         .with_media_engine(me)
         .with_setting_engine(se)
         .with_interceptor_registry(registry)
-        .with_handler(Arc::new(Handler { gathered: g_tx, state: s_tx, tracks: Some(t_tx) }))
+        .with_handler(Arc::new(Handler { gathered: g_tx, state: s_tx, tracks: Some(t_tx), channels: None }))
         .with_udp_addrs(vec!["127.0.0.1:0".to_owned()])
         .build()
         .await

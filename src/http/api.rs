@@ -388,6 +388,7 @@ pub fn stream_json(s: &Stream) -> Value {
         "attachments": s.attachments(),
         "source": s.source(),
         "skips": s.stats.skips.load(Ordering::Relaxed),
+        "sei_malformed": s.stats.sei_malformed.load(Ordering::Relaxed),
         "bytes_in": s.stats.bytes_in.load(Ordering::Relaxed),
         "bytes_out": s.stats.bytes_out.load(Ordering::Relaxed),
         "published_at": unix(published),

@@ -28,6 +28,7 @@ pub struct Packet {
     flv: OnceLock<Bytes>,
     rtmp: OnceLock<Bytes>,
     rtp: OnceLock<Vec<Bytes>>,
+    sei: OnceLock<Vec<String>>,
 }
 
 impl Packet {
@@ -44,6 +45,7 @@ impl Packet {
             flv: OnceLock::new(),
             rtmp: OnceLock::new(),
             rtp: OnceLock::new(),
+            sei: OnceLock::new(),
         })
     }
 
@@ -88,6 +90,12 @@ impl Packet {
     /// same codec configuration and MTU, so the result is the same for all.
     pub fn rtp_payloads(&self, build: impl FnOnce(&Frame) -> Vec<Bytes>) -> &[Bytes] {
         self.rtp.get_or_init(|| build(&self.frame))
+    }
+
+    /// The frame's SEI messages as the texts WebRTC viewers receive on their `sei` data channel, built once
+    /// for all of them (by the first viewer that has the channel open).
+    pub fn sei_texts(&self, build: impl FnOnce(&Frame) -> Vec<String>) -> &[String] {
+        self.sei.get_or_init(|| build(&self.frame))
     }
 }
 

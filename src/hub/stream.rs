@@ -84,6 +84,9 @@ pub struct StreamStats {
     pub last_key_interval_ms: AtomicI64,
     pub readers: [AtomicUsize; Protocol::COUNT],
     pub skips: AtomicU64,
+    /// SEI NAL units that could not be parsed where livegate reads them (dropped from what it extracts; the
+    /// frame is passed on as it is).
+    pub sei_malformed: AtomicU64,
 }
 
 /// SEI messages waiting for the next video frame, at most.
@@ -527,6 +530,18 @@ impl Stream {
 
     pub fn reader_count(&self) -> usize {
         self.stats.readers.iter().map(|r| r.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Counts SEI NAL units found malformed (`n` of them in one frame), with a warning for the first and then
+    /// one per thousand: a publisher sending them in every frame must not flood the log.
+    pub fn count_malformed_sei(&self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let before = self.stats.sei_malformed.fetch_add(n as u64, Ordering::Relaxed);
+        if before == 0 || before / 1000 != (before + n as u64) / 1000 {
+            tracing::warn!(stream = %self.key, total = before + n as u64, "malformed SEI dropped (the frame passes on)");
+        }
     }
 
     /// Queues an SEI NAL unit (built by `media::sei::build_nal`) for the next H.264 video frame, so every

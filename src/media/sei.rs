@@ -14,6 +14,14 @@ pub const PAYLOAD_REGISTERED: u32 = 4;
 /// messages).
 pub const PAYLOAD_UNREGISTERED: u32 = 5;
 
+/// Whether a message is the sender's own data (what `LivePusherContext.sendMessage`, x264 and `POST …/sei`
+/// put in: registered and unregistered user data, and the types above the standard's range that pushers use,
+/// such as Tencent's 242/243), as opposed to the decoding-process messages (buffering period, picture timing,
+/// recovery point …) that belong to one encoding and must not outlive it.
+pub fn is_user_data(payload_type: u32) -> bool {
+    payload_type == PAYLOAD_REGISTERED || payload_type == PAYLOAD_UNREGISTERED || payload_type >= 100
+}
+
 /// One SEI message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SeiMessage {
@@ -183,6 +191,66 @@ fn unescape(b: &[u8]) -> Vec<u8> {
     out
 }
 
+/// User-data SEI messages on their way through a re-encode (a transcoded rendition, a mix): taken from the
+/// input's access units and attached to the first output access unit whose time covers theirs, so a message
+/// reaches the output with the picture it came with (or the next one, if the encoder dropped that).
+/// Timestamps are the caller's (ms on one timeline); at most [`Carry::MAX`] input frames' messages wait.
+#[derive(Debug, Default)]
+pub struct Carry {
+    pending: std::collections::VecDeque<(i64, Vec<SeiMessage>)>,
+    /// Messages given up because too many waited (an encoder that stopped producing).
+    pub dropped: u64,
+}
+
+impl Carry {
+    pub const MAX: usize = 64;
+
+    /// Keeps the user-data messages of an input frame at `ts`.
+    pub fn input(&mut self, ts: i64, msgs: Vec<SeiMessage>) {
+        let msgs: Vec<_> = msgs.into_iter().filter(|m| is_user_data(m.payload_type)).collect();
+        if msgs.is_empty() {
+            return;
+        }
+        if self.pending.len() == Self::MAX {
+            if let Some((_, lost)) = self.pending.pop_front() {
+                self.dropped += lost.len() as u64;
+            }
+        }
+        self.pending.push_back((ts, msgs));
+    }
+
+    /// Keeps the user-data messages of an input AVCC access unit at `ts`; returns how many of its SEI NAL
+    /// units were malformed (skipped).
+    pub fn input_au(&mut self, ts: i64, au: &[u8], len_size: usize) -> usize {
+        let (msgs, bad) = messages_in(au, len_size);
+        self.input(ts, msgs);
+        bad
+    }
+
+    /// Whether any message waits (checked per output frame before doing anything).
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// The output AVCC access unit at `ts` with every waiting message from inputs at or before `ts` added as
+    /// one SEI NAL unit (unchanged when none waits, or when it is malformed).
+    pub fn attach(&mut self, ts: i64, au: Bytes, len_size: usize) -> Bytes {
+        // Inputs come in decode order: with B-frames a later one may be due before an earlier one.
+        let mut msgs = Vec::new();
+        self.pending.retain_mut(|(t, m)| {
+            let due = *t <= ts;
+            if due {
+                msgs.append(m);
+            }
+            !due
+        });
+        if msgs.is_empty() {
+            return au;
+        }
+        insert_into(&au, len_size, &build_nal(&msgs)).unwrap_or(au)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -259,5 +327,44 @@ mod tests {
         two = insert_into(&two, 4, &sei).unwrap().to_vec();
         let (found, bad) = messages_in(&two, 4);
         assert_eq!((found.len(), bad), (1, 1));
+    }
+
+    #[test]
+    fn carried_messages_land_on_the_output_frame_covering_their_time() {
+        let au = |nals: &[&[u8]]| -> Bytes {
+            let mut v = Vec::new();
+            for n in nals {
+                v.extend_from_slice(&(n.len() as u32).to_be_bytes());
+                v.extend_from_slice(n);
+            }
+            v.into()
+        };
+        let ours = SeiMessage::unregistered([9; 16], &b"at 40"[..]);
+        let timing = SeiMessage { payload_type: 1, uuid: None, data: Bytes::from_static(&[1, 2]) };
+        let input = au(&[&build_nal(&[ours.clone(), timing]), &[0x41, 0x9a]]);
+        let mut c = Carry::default();
+        assert_eq!(c.input_au(40, &input, 4), 0);
+        c.input_au(73, &au(&[&[0x41, 0x9b]]), 4); // no SEI: nothing kept
+                                                  // A B-frame's message (decode order after a later picture) is due at its own time.
+        let b_frame = SeiMessage::unregistered([8; 16], &b"b at 45"[..]);
+        c.input(120, vec![SeiMessage::unregistered([7; 16], &b"p at 120"[..])]);
+        c.input(45, vec![b_frame.clone()]);
+        assert!(!c.is_empty());
+        // An output frame before the message's time does not take it; the one at its time (or after) does,
+        // without the decoding-process message (picture timing belongs to the input's encoding).
+        let out = au(&[&[0x09, 0x10], &[0x65, 0x88]]);
+        assert_eq!(c.attach(33, out.clone(), 4), out);
+        let with = c.attach(47, out.clone(), 4);
+        assert_eq!(messages_in(&with, 4).0, vec![ours, b_frame]);
+        let nals = nal_units(&with, 4).unwrap();
+        assert_eq!(nals[0], &[0x09, 0x10], "after the access unit delimiter");
+        assert_eq!(messages_in(&c.attach(120, out.clone(), 4), 4).0.len(), 1);
+        assert!(c.is_empty());
+        assert_eq!(c.attach(80, out.clone(), 4), out, "given once");
+        // Bounded: an encoder that stops taking frames costs at most MAX waiting frames.
+        for i in 0..(Carry::MAX as i64 + 5) {
+            c.input(1000 + i, vec![SeiMessage::unregistered([1; 16], &b"x"[..])]);
+        }
+        assert_eq!(c.dropped, 5);
     }
 }

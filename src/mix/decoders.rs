@@ -19,6 +19,7 @@ use super::pipeline::{self, Templates};
 use super::timing;
 use crate::hub::{Audience, CachePolicy, Hub, Protocol, Purpose, Stream, StreamKey};
 use crate::media::avc::{self, AvcDecoderConfig};
+use crate::media::sei::{self, SeiMessage};
 use crate::media::{Codec, Frame, MediaKind};
 use crate::transcode::{Template, TranscodeError};
 
@@ -31,7 +32,15 @@ const QUEUE: usize = 128;
 pub enum Decoded {
     /// A decoded picture or audio chunk, with the stream's newest media timestamp (ms) when it came out (what
     /// the mix's clock mapping places at "now"), and for video when its access unit reached the hub.
-    Media { video: bool, buf: gst::Buffer, caps: gst::Caps, head: i64, received: Option<Instant> },
+    /// `sei`: the user-data SEI messages of the access units up to this picture (carried into the mix's output).
+    Media {
+        video: bool,
+        buf: gst::Buffer,
+        caps: gst::Caps,
+        head: i64,
+        received: Option<Instant>,
+        sei: Option<Arc<Vec<SeiMessage>>>,
+    },
     /// The input's resolution from its decoder configuration (before anything is decoded).
     Size { width: u32, height: u32 },
     /// Bad input. `blank`: the decoder failed and restarts at the next keyframe, so the slot has no picture
@@ -158,8 +167,15 @@ impl Drop for DecodePipe {
     }
 }
 
-/// When access units reached the hub, by pts (ms), for the mixes' latency probes.
-type Arrivals = Arc<Mutex<VecDeque<(i64, Instant)>>>;
+/// An access unit on its way through a decoder: when it reached the hub (for the mixes' latency probes) and
+/// its user-data SEI messages (for the mixes' outputs), by pts (ms).
+struct Arrival {
+    pts: i64,
+    at: Instant,
+    sei: Vec<SeiMessage>,
+}
+
+type Arrivals = Arc<Mutex<VecDeque<Arrival>>>;
 
 impl DecodePipe {
     fn build(
@@ -182,15 +198,24 @@ impl DecodePipe {
                     };
                     let Some(pts) = buf.pts().map(|t| t.mseconds() as i64) else { return Ok(gst::FlowSuccess::Ok) };
                     let head = stream.upgrade().and_then(|s| s.last_dts()).unwrap_or(pts);
-                    let received = if video {
+                    let (received, sei) = if video {
                         let mut a = arrivals.lock();
-                        let at = a.iter().position(|(t, _)| *t == pts).map(|i| a[i].1);
-                        a.retain(|(t, _)| *t > pts);
-                        at
+                        let at = a.iter().find(|x| x.pts == pts).map(|x| x.at);
+                        // A picture the decoder dropped passes its messages on to this one (arrivals are in decode
+                        // order, pictures come out in presentation order: every earlier one is done).
+                        let mut msgs = Vec::new();
+                        a.retain_mut(|x| {
+                            let done = x.pts <= pts;
+                            if done {
+                                msgs.append(&mut x.sei);
+                            }
+                            !done
+                        });
+                        (at, (!msgs.is_empty()).then(|| Arc::new(msgs)))
                     } else {
-                        None
+                        (None, None)
                     };
-                    consumers.send(Decoded::Media { video, buf, caps, head, received });
+                    consumers.send(Decoded::Media { video, buf, caps, head, received, sei });
                     Ok(gst::FlowSuccess::Ok)
                 })
                 .build(),
@@ -342,12 +367,15 @@ impl Decoder {
                     }
                 }
                 let pts = f.dts + f.cts as i64;
+                let (mut msgs, bad) = sei::messages_in(&f.payload, usize::from(*nls));
+                stream.count_malformed_sei(bad);
+                msgs.retain(|m| sei::is_user_data(m.payload_type));
                 {
                     let mut a = s.arrivals.lock();
                     if a.len() == 64 {
                         a.pop_front();
                     }
-                    a.push_back((pts, received));
+                    a.push_back(Arrival { pts, at: received, sei: msgs });
                 }
                 if let Some(p) = &s.video {
                     p.push(f, f.dts, pts);

@@ -78,6 +78,8 @@ struct Mix {
     created: SystemTime,
     frames_out: AtomicU64,
     latency: Mutex<timing::LatencyProbe>,
+    /// The inputs' user-data SEI messages, by output running time, until the output picture covering them.
+    sei: Mutex<crate::media::sei::Carry>,
 }
 
 /// One input's place in a running mix. Branches are named `in{serial}v` / `in{serial}a` so a bus message
@@ -256,6 +258,7 @@ impl Mix {
             created: SystemTime::now(),
             frames_out: AtomicU64::new(0),
             latency: Mutex::new(timing::LatencyProbe::default()),
+            sei: Mutex::new(crate::media::sei::Carry::default()),
         });
         if let Err(e) = mix.pipe.pipeline.set_state(gst::State::Playing) {
             let _ = mix.pipe.pipeline.set_state(gst::State::Null);
@@ -282,6 +285,7 @@ impl Mix {
     ) {
         let mut stop = self.stop.subscribe();
         let mut configs: [Option<Bytes>; 2] = [None, None];
+        let mut video_nal_len = 4;
         // AAC is stamped ENCODER_PRIMING_SAMPLES early, as every AAC the hub gets from an encoder.
         let mut priming_ms = 0i64;
         let mut last_audio: Option<i64> = None;
@@ -295,6 +299,9 @@ impl Mix {
                             let rate = crate::media::aac::AudioSpecificConfig::parse(&cd).map(|a| a.sample_rate).unwrap_or(48_000);
                             priming_ms = crate::media::aac::ENCODER_PRIMING_SAMPLES * 1000 / rate.max(1) as i64;
                         }
+                        if e.video {
+                            video_nal_len = crate::media::avc::AvcDecoderConfig::parse(&cd).map_or(4, |c| usize::from(c.nal_length_size));
+                        }
                         let cfg = Frame::config(kind, codec, cd.clone());
                         publisher.push_raw(cfg, e.dts as u32, Instant::now());
                         configs[slot] = Some(cd);
@@ -306,7 +313,14 @@ impl Mix {
                         self.frames_out.fetch_add(1, Ordering::Relaxed);
                     }
                     let cts = if e.video { (e.pts - e.dts) as i32 } else { 0 };
-                    let frame = Frame { kind, codec, dts: 0, cts, keyframe: e.video && e.key, config: false, payload: e.data };
+                    let payload = match e.video {
+                        true => {
+                            let mut sei = self.sei.lock();
+                            if sei.is_empty() { e.data } else { sei.attach(e.pts, e.data, video_nal_len) }
+                        }
+                        false => e.data,
+                    };
+                    let frame = Frame { kind, codec, dts: 0, cts, keyframe: e.video && e.key, config: false, payload };
                     let ts = match e.video {
                         true => e.dts,
                         false => {
@@ -421,7 +435,7 @@ impl Mix {
                 anchor.reset();
                 self.check_lost(slot);
             }
-            Decoded::Media { video, buf, caps, head, received } => {
+            Decoded::Media { video, buf, caps, head, received, sei } => {
                 let wanted =
                     if video { place.kind.has_video() } else { matches!(place.kind, InputKind::Av | InputKind::Audio) };
                 if !wanted {
@@ -464,6 +478,9 @@ impl Mix {
                 }
                 let _ = src.push_buffer(out);
                 if video {
+                    if let Some(msgs) = sei {
+                        self.sei.lock().input(rt, msgs.to_vec());
+                    }
                     if let Some(at) = received {
                         self.latency.lock().input(rt, at, Instant::now());
                     }

@@ -19,6 +19,7 @@ use crate::hub::{
     Audience, CachePolicy, Hub, Packet, Protocol, PublisherInfo, Purpose, SourceError, SourceFactory, SourceHandle,
     SourceInfo, SourceKind, StreamKey,
 };
+use crate::media::avc::AvcDecoderConfig;
 use crate::media::{Codec, Frame, MediaKind};
 
 const AAC_TO_OPUS: &str = include_str!("../../pipelines/aac_to_opus.pipeline");
@@ -420,7 +421,17 @@ impl Transcoders {
         let mut base: Option<i64> = None;
         let mut out_config: Option<Bytes> = None;
         let derived_stream = publisher.stream().clone();
+        let source_stream = reader.stream().clone();
         let mut last_forced: Option<Instant> = None;
+        // User-data SEI (a pusher's messages, injected ones) rides from the H.264 source into the H.264
+        // rendition, on the output picture covering the input's time; VP8 and audio have nowhere to put it.
+        let mut sei = crate::media::sei::Carry::default();
+        let nal_len = |record: &[u8]| AvcDecoderConfig::parse(record).map_or(4, |c| usize::from(c.nal_length_size));
+        let mut in_len = match input {
+            Input::Config { codec: Codec::H264, record } if kind == Kind::Baseline => Some(nal_len(record)),
+            _ => None,
+        };
+        let mut out_len = 4;
         let want_kind = match kind {
             Kind::Opus | Kind::Aac | Kind::Mp3 => MediaKind::Audio,
             Kind::Baseline | Kind::Vp8 => MediaKind::Video,
@@ -439,10 +450,14 @@ impl Transcoders {
                         if f.config {
                             // A new decoder configuration (the publisher changed resolution): new caps.
                             src.set_caps(Some(&input.caps(&f.payload)));
+                            in_len = in_len.map(|_| nal_len(&f.payload));
                             continue;
                         }
                         // GStreamer timestamps start near zero; the hub timeline is restored on the way out.
                         let b = *base.get_or_insert(f.dts);
+                        if let Some(len) = in_len {
+                            source_stream.count_malformed_sei(sei.input_au(f.pts() - b, &f.payload, len));
+                        }
                         let mut buf = gst::Buffer::from_slice(f.payload.clone());
                         if let Some(m) = buf.get_mut() {
                             m.set_pts(gst::ClockTime::from_mseconds((f.pts() - b).max(0) as u64));
@@ -482,8 +497,10 @@ impl Transcoders {
                             if let Some(cd) = codec_data.filter(|cd| out_config.as_ref() != Some(cd)) {
                                 let cfg = Frame::config(MediaKind::Video, Codec::H264, cd.clone());
                                 publisher.push_raw(cfg, (b + dts) as u32, Instant::now());
+                                out_len = nal_len(&cd);
                                 out_config = Some(cd);
                             }
+                            let data = if sei.is_empty() { data } else { sei.attach(pts, data, out_len) };
                             let frame = Frame { kind: MediaKind::Video, codec: Codec::H264, dts: 0, cts: (pts - dts) as i32, keyframe: key, config: false, payload: data };
                             publisher.push_raw(frame, (b + dts) as u32, Instant::now());
                         }

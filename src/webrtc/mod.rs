@@ -5,6 +5,7 @@
 pub mod depacketize;
 pub mod reorder;
 pub mod rtp_clock;
+pub mod sei_channel;
 pub mod udp_mux;
 pub mod whep;
 pub mod whip;
@@ -25,6 +26,7 @@ use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
 use tokio::sync::{mpsc, watch};
+use webrtc::data_channel::DataChannel;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_remote::TrackRemote;
 use webrtc::peer_connection::{
@@ -136,12 +138,14 @@ fn rtp_track(kind: RtpCodecKind, id: &str, codec: RTCRtpCodec, ssrc: u32) -> Arc
     )))
 }
 
-/// Latches what a session waits for: gathering done, connection state, and remote tracks (when `tracks` is
-/// set). Public so that the load tool's viewers use the same one.
+/// Latches what a session waits for: gathering done, connection state, remote tracks (when `tracks` is set)
+/// and the data channels the peer opens (when `channels` is set). Public so that the load tool's viewers use
+/// the same one.
 pub struct Handler {
     pub gathered: watch::Sender<bool>,
     pub state: watch::Sender<RTCPeerConnectionState>,
     pub tracks: Option<mpsc::UnboundedSender<Arc<dyn TrackRemote>>>,
+    pub channels: Option<mpsc::UnboundedSender<Arc<dyn DataChannel>>>,
 }
 
 #[async_trait::async_trait]
@@ -159,7 +163,24 @@ impl PeerConnectionEventHandler for Handler {
             let _ = tx.send(track);
         }
     }
+    async fn on_data_channel(&self, dc: Arc<dyn DataChannel>) {
+        if let Some(tx) = &self.channels {
+            let _ = tx.send(dc);
+        }
+    }
 }
+
+/// What a session's PeerConnection hands back besides its state: remote tracks (WHIP) and the data channels
+/// the peer opens (WHEP's `sei` channel).
+#[derive(Default)]
+pub(crate) struct PeerOutputs {
+    pub tracks: Option<mpsc::UnboundedSender<Arc<dyn TrackRemote>>>,
+    pub channels: Option<mpsc::UnboundedSender<Arc<dyn DataChannel>>>,
+}
+
+/// Bytes a session's data channels may hold unsent: a viewer that stops reading loses messages
+/// (`try_send` fails) instead of growing the server's memory. 16 of the largest SEI messages.
+const DATA_CHANNEL_SEND_LIMIT: usize = 128 * 1024;
 
 /// Inbound RTCP stops inside the interceptor chain unless marked for the application. livegate wants
 /// keyframe requests (PLI/FIR, on the tracks it sends) and sender reports (A/V sync of the tracks it
@@ -264,15 +285,13 @@ impl PeerFactory {
         format!("{}:{port}", self.cfg.ice_ip)
     }
 
-    /// `codecs` are registered in order (payload type, codec, kind); remote tracks go to `tracks`.
-    async fn build(
-        &self,
-        codecs: &[(u8, RTCRtpCodec, RtpCodecKind)],
-        tracks: Option<mpsc::UnboundedSender<Arc<dyn TrackRemote>>>,
-    ) -> Result<Peer, PeerError> {
+    /// `codecs` are registered in order (payload type, codec, kind); remote tracks and data channels go to
+    /// `outputs`.
+    async fn build(&self, codecs: &[(u8, RTCRtpCodec, RtpCodecKind)], outputs: PeerOutputs) -> Result<Peer, PeerError> {
         let (g_tx, g_rx) = watch::channel(false);
         let (s_tx, s_rx) = watch::channel(RTCPeerConnectionState::New);
-        let handler = Arc::new(Handler { gathered: g_tx, state: s_tx, tracks });
+        let handler =
+            Arc::new(Handler { gathered: g_tx, state: s_tx, tracks: outputs.tracks, channels: outputs.channels });
         let mux = match &self.mux {
             Some(Ok(m)) => Some(udp_mux::MuxRuntime::new(m.clone()).map_err(PeerError::MuxRuntime)?),
             Some(Err(e)) => return Err(PeerError::MuxBind(e.clone())),
@@ -309,6 +328,7 @@ impl PeerFactory {
                 .with_setting_engine(se)
                 .with_interceptor_registry(registry)
                 .with_handler(handler.clone())
+                .with_data_channel_send_buffer_limit(DATA_CHANNEL_SEND_LIMIT)
                 .with_udp_addrs(vec![addr])
                 .build()
                 .await;

@@ -16,14 +16,16 @@ use rtc::rtp::codec::h264::H264Payloader;
 use rtc::rtp::codec::vp8::Vp8Payloader;
 use rtc::rtp::packetizer::Payloader;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+use webrtc::data_channel::DataChannel;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::peer_connection::{PeerConnection, RTCPeerConnectionState};
 use webrtc::rtp_transceiver::RtpSender;
 
 use super::{
-    answer, h264_codec, has_active_media, opus_codec, rtp_track, vp8_codec, AnswerError, PeerFactory, WebrtcConfig, MTU,
+    answer, h264_codec, has_active_media, opus_codec, rtp_track, sei_channel, vp8_codec, AnswerError, PeerFactory,
+    PeerOutputs, WebrtcConfig, MTU,
 };
 use crate::hub::{Audience, CachePolicy, ClientGuard, Hub, HubError, Packet, Protocol, Purpose, StreamKey};
 use crate::media::avc::{self, AvcDecoderConfig};
@@ -153,7 +155,15 @@ impl Whep {
         };
         // An offered Opus section is answered even when the stream has no audio (yet): a track that stays silent
         // is what every WebRTC client handles, while a rejected section trips some (aiortc refuses the answer).
-        let (pc, track, sender, audio, ssrc, mut state_rx, answer) = self.negotiate(offer, wants_opus, vp8).await?;
+        // A viewer that opened a data channel in its offer may ask for the stream's SEI messages on it.
+        let (dc_tx, dc_rx) = if offer.lines().any(|l| l.starts_with("m=application")) {
+            let (tx, rx) = mpsc::unbounded_channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        let (pc, track, sender, audio, ssrc, mut state_rx, answer) =
+            self.negotiate(offer, wants_opus, vp8, dc_tx).await?;
         let guard = self.hub.register_client(Protocol::Whep, addr);
         if let Some(tag) = tag {
             let _ = guard.handle.tag.set(tag);
@@ -199,7 +209,7 @@ impl Whep {
                         _ => None,
                     };
                     let r = tokio::select! {
-                        r = pump(&mut reader, &track, &sender, ssrc, &mut state_rx, vp8) => r,
+                        r = pump(&mut reader, &track, &sender, ssrc, &mut state_rx, vp8, dc_rx) => r,
                         _ = stop_rx.wait_for(|deleted| *deleted) => "deleted by the client".into(),
                     };
                     if let Some(t) = audio_task {
@@ -240,6 +250,7 @@ impl Whep {
         offer: String,
         with_audio: bool,
         vp8: bool,
+        channels: Option<mpsc::UnboundedSender<Arc<dyn DataChannel>>>,
     ) -> Result<
         (
             Arc<dyn PeerConnection>,
@@ -257,7 +268,11 @@ impl Whep {
         if with_audio {
             codecs.push((111, opus_codec(), RtpCodecKind::Audio));
         }
-        let mut peer = self.peers.build(&codecs, None).await.map_err(|e| WhepError::Internal(e.to_string()))?;
+        let mut peer = self
+            .peers
+            .build(&codecs, PeerOutputs { tracks: None, channels })
+            .await
+            .map_err(|e| WhepError::Internal(e.to_string()))?;
         let pc = peer.pc.clone();
         let internal = |e: webrtc::error::Error| WhepError::Internal(e.to_string());
         let fail = |pc: Arc<dyn PeerConnection>, e: WhepError| async move {
@@ -341,7 +356,16 @@ impl Whep {
     }
 }
 
-/// Sends the stream's video to one viewer until the stream ends, the viewer goes away or a write fails.
+/// The next data channel the viewer opens; never, once it can open none.
+async fn next_channel(rx: &mut Option<mpsc::UnboundedReceiver<Arc<dyn DataChannel>>>) -> Option<Arc<dyn DataChannel>> {
+    match rx {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sends the stream's video to one viewer until the stream ends, the viewer goes away or a write fails; and
+/// its SEI messages as JSON on the viewer's `sei` data channel, once it opens one.
 async fn pump(
     reader: &mut crate::hub::Reader,
     track: &TrackLocalStaticRTP,
@@ -349,6 +373,7 @@ async fn pump(
     ssrc: u32,
     state: &mut watch::Receiver<RTCPeerConnectionState>,
     vp8: bool,
+    mut channels: Option<mpsc::UnboundedReceiver<Arc<dyn DataChannel>>>,
 ) -> String {
     let pt = match negotiated_pt(sender).await {
         Some(pt) => pt,
@@ -358,12 +383,23 @@ async fn pump(
     let mut seq: u16 = rand::random();
     let ts_base: u32 = rand::random();
     let mut batch: Vec<Arc<Packet>> = Vec::new();
+    let mut sei_dc: Option<Arc<dyn DataChannel>> = None;
+    let mut sei_dropped = 0u64;
+    let stream = reader.stream().clone();
     loop {
         tokio::select! {
             r = reader.next_batch(&mut batch) => {
                 if let Err(reason) = r {
                     return reason.to_string();
                 }
+            }
+            dc = next_channel(&mut channels) => {
+                match dc {
+                    Some(dc) if dc.label().await.is_ok_and(|l| l == sei_channel::LABEL) => sei_dc = Some(dc),
+                    Some(_) => {}
+                    None => channels = None,
+                }
+                continue;
             }
             changed = state.changed() => {
                 let s = *state.borrow();
@@ -392,6 +428,22 @@ async fn pump(
                 _ => continue,
             };
             let ts = ts_base.wrapping_add((f.pts() as u32).wrapping_mul(90));
+            if let (Some(dc), Some(c)) = (&sei_dc, cfg.as_ref().filter(|_| f.codec == Codec::H264)) {
+                let texts = p.sei_texts(|f| {
+                    let (texts, bad) = sei_channel::texts(f, usize::from(c.nal_length_size));
+                    stream.count_malformed_sei(bad);
+                    texts
+                });
+                for t in texts {
+                    // Never waits: a viewer whose channel is full (or not open yet) loses the message.
+                    if dc.try_send_text(&sei_channel::finish(t, ts)).await.is_err() {
+                        sei_dropped += 1;
+                        if sei_dropped.is_power_of_two() {
+                            tracing::debug!(stream = %stream.key, dropped = sei_dropped, "SEI not sent: the viewer's data channel is full or closed");
+                        }
+                    }
+                }
+            }
             let last = parts.len().saturating_sub(1);
             for (i, payload) in parts.iter().enumerate() {
                 sent += payload.len() + 12;

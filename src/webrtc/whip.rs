@@ -167,7 +167,8 @@ impl Whip {
             reg.push((111, opus_codec(), RtpCodecKind::Audio));
         }
         let (tracks_tx, tracks_rx) = mpsc::unbounded_channel();
-        let mut peer = self.peers.build(&reg, Some(tracks_tx)).await.map_err(|e| WhipError::Internal(e.to_string()))?;
+        let outputs = super::PeerOutputs { tracks: Some(tracks_tx), channels: None };
+        let mut peer = self.peers.build(&reg, outputs).await.map_err(|e| WhipError::Internal(e.to_string()))?;
         let sdp = match answer(&mut peer, offer).await {
             Ok(sdp) => sdp,
             Err(AnswerError::BadOffer(e)) => return Err(WhipError::BadOffer(e)),

@@ -73,6 +73,17 @@ pub enum Event {
         previous: Quality,
         quality: &'static str,
     },
+    /// A player's quality level changed (its backlog, skips, socket stalls, WebRTC loss: the rule is in
+    /// `crate::health::player`); `stream` is the one it asked for.
+    #[serde(rename = "on_player_quality")]
+    PlayerQuality {
+        stream: String,
+        client_id: u64,
+        protocol: crate::hub::Protocol,
+        level: Quality,
+        previous: Quality,
+        quality: &'static str,
+    },
     /// A publisher went to the background (its video dropped to 5 fps or less: a still picture) or came back.
     #[serde(rename = "on_publisher_state")]
     PublisherState {

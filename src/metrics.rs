@@ -103,6 +103,18 @@ impl Metrics {
             writeln!(o, "# HELP livegate_publishers_background Publishers in the background (video at 5 fps or less).");
         let _ = writeln!(o, "# TYPE livegate_publishers_background gauge");
         let _ = writeln!(o, "livegate_publishers_background {background}");
+        let _ = writeln!(
+            o,
+            "# HELP livegate_players_by_quality Players (RTMP, HTTP-FLV, WHEP) by quality level (0 unknown, 1 best ... 6 unavailable)."
+        );
+        let _ = writeln!(o, "# TYPE livegate_players_by_quality gauge");
+        let mut levels = [0usize; 7];
+        for c in hub.clients().iter().filter(|c| c.is_player()) {
+            levels[c.player.quality().level() as usize] += 1;
+        }
+        for (level, n) in levels.iter().enumerate() {
+            let _ = writeln!(o, "livegate_players_by_quality{{level=\"{level}\"}} {n}");
+        }
         let _ = writeln!(o, "# HELP livegate_clients Connected clients.");
         let _ = writeln!(o, "# TYPE livegate_clients gauge");
         let _ = writeln!(o, "livegate_clients {}", hub.clients().len());

@@ -92,7 +92,9 @@ impl Webhooks {
                 Event::Unpublish { .. } => &self.cfg.on_unpublish,
                 Event::Play { .. } => &self.cfg.on_play,
                 Event::Stop { .. } => &self.cfg.on_stop,
-                Event::Quality { .. } | Event::PublisherState { .. } => &self.cfg.on_stream_health,
+                Event::Quality { .. } | Event::PublisherState { .. } | Event::PlayerQuality { .. } => {
+                    &self.cfg.on_stream_health
+                }
                 // on_publish is asked synchronously before the publish is accepted.
                 Event::Publish { .. }
                 | Event::StreamClosed { .. }

@@ -169,6 +169,24 @@ fn a_background_pusher_keeps_every_player_and_comes_back_at_full_rate() {
     let shot = srv.dir.path().join("whep.png");
     let whep_url = format!("http://127.0.0.1:{port}/whep/live/bg");
     let mut whep = node_bg("whep_play.mjs", &[&whep_url, shot.to_str().unwrap(), "78"]);
+    // The WHEP viewer's receiver reports reach its quality: no loss on loopback, a round trip, best or good
+    // (a still picture's few frames are all it is owed).
+    let mut viewer = serde_json::Value::Null;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let clients = srv.api("GET", "/api/v1/clients").json();
+            viewer = clients["clients"]
+                .as_array()
+                .and_then(|cs| cs.iter().find(|c| c["protocol"] == "whep" && c["role"] == "player").cloned())
+                .map(|c| c["player"].clone())
+                .unwrap_or_default();
+            let judged = viewer["quality"]["level"].as_u64().is_some_and(|l| l >= 1);
+            judged && viewer["loss_percent"].is_number() && viewer["rtt_ms"].is_number()
+        }),
+        "no receiver report in the WHEP viewer's quality: {viewer}"
+    );
+    assert!(viewer["loss_percent"].as_f64().unwrap() < 2.0, "{viewer}");
+    assert!(viewer["quality"]["level"].as_u64().is_some_and(|l| (1..=2).contains(&l)), "{viewer}");
 
     let tags = flv.join().unwrap();
     assert!(rtmp.wait(Duration::from_secs(40)).is_some_and(|s| s.success()), "ffmpeg RTMP reader: {}", rtmp.stderr());
@@ -243,4 +261,81 @@ fn background_media() -> std::path::PathBuf {
         std::fs::rename(&tmp, &path).unwrap();
     }
     path
+}
+
+/// The API's view of the HTTP-FLV player on local port `port`: (client id, its `player` object).
+fn player(srv: &Server, port: u16) -> Option<(u64, serde_json::Value)> {
+    let clients = srv.api("GET", "/api/v1/clients").json();
+    let c = clients["clients"].as_array()?.iter().find(|c| c["addr"] == format!("127.0.0.1:{port}"))?.clone();
+    Some((c["id"].as_u64()?, c["player"].clone()))
+}
+
+/// A player whose downlink stops (it reads nothing: its socket fills) sinks to unavailable, with its backlog,
+/// stalls and skips in the client API, and is best again once it reads; a player beside it stays best. Each
+/// change reaches the `on_stream_health` webhook as `on_player_quality`.
+#[test]
+fn a_stalled_player_sinks_to_unavailable_and_comes_back() {
+    let (hook_port, hooks) = http_receiver(200);
+    let srv = Server::start(&format!("[webhooks]\non_stream_health = [\"http://127.0.0.1:{hook_port}/health\"]\n"));
+    let _pub = push_loop(&media("360p"), &srv.rtmp_url("pq"));
+    srv.wait_live("pq");
+    let port = srv.http_port;
+    let stop = Arc::new(Mutex::new(false));
+    let mut good = FlvClient::connect(port, "/live/pq.flv", None);
+    let good_port = good.local_port();
+    let stop2 = stop.clone();
+    let good_reader = std::thread::spawn(move || {
+        let mut tags = 0;
+        while !*stop2.lock().unwrap() {
+            tags += usize::from(good.next_tag(Duration::from_millis(200)).is_some());
+        }
+        tags
+    });
+    let mut slow = FlvClient::connect(port, "/live/pq.flv", Some(8 * 1024));
+    assert!(slow.next_tag(Duration::from_secs(10)).is_some());
+    let (slow_id, _) = player(&srv, slow.local_port()).expect("the slow player is listed");
+    // It reads nothing now: its socket fills and the stream goes on without it.
+    let mut worst = serde_json::Value::Null;
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            worst = player(&srv, slow.local_port()).map(|p| p.1).unwrap_or_default();
+            worst["quality"]["level"].as_u64().is_some_and(|l| l >= 5)
+        }),
+        "the stalled player never sank: {worst}"
+    );
+    assert!(worst["stalls"].as_u64().unwrap() >= 1, "{worst}");
+    // Reading again (it skips to a keyframe near live) it comes back to best.
+    let mut back = serde_json::Value::Null;
+    assert!(
+        wait_until(Duration::from_secs(40), || {
+            slow.read_for(Duration::from_millis(300));
+            back = player(&srv, slow.local_port()).map(|p| p.1).unwrap_or_default();
+            back["quality"]["level"] == 1
+        }),
+        "the player did not recover: {back}"
+    );
+    assert!(back["backlog_ms"].as_i64().unwrap() < 300, "{back}");
+    let (good_id, g) = player(&srv, good_port).unwrap();
+    assert_eq!(g["quality"]["level"], 1, "{g}");
+    assert_eq!((g["skips"].as_u64(), g["loss_percent"].as_f64()), (Some(0), None), "{g}");
+    let m = String::from_utf8(srv.api("GET", "/metrics").body).unwrap();
+    assert!(m.lines().any(|l| l == "livegate_players_by_quality{level=\"1\"} 2"), "{m}");
+    *stop.lock().unwrap() = true;
+    assert!(good_reader.join().unwrap() > 100);
+    // The webhook: the slow player down to 5 or 6 and back to 1; the good one never worse than good.
+    let hooks = hooks.lock().unwrap().clone();
+    let levels = |id: u64| -> Vec<u64> {
+        hooks
+            .iter()
+            .filter(|h| h["action"] == "on_player_quality" && h["client_id"] == id)
+            .map(|h| h["level"].as_u64().unwrap())
+            .collect()
+    };
+    let slow_levels = levels(slow_id);
+    let sank = slow_levels.iter().position(|l| *l >= 5).unwrap_or_else(|| panic!("{slow_levels:?}"));
+    assert_eq!(slow_levels.last(), Some(&1), "{slow_levels:?}");
+    assert!(sank < slow_levels.len() - 1);
+    assert!(levels(good_id).iter().all(|l| *l <= 2), "{:?}", levels(good_id));
+    let h = hooks.iter().find(|h| h["action"] == "on_player_quality").unwrap();
+    assert_eq!((h["stream"].as_str(), h["protocol"].as_str()), (Some("live/pq"), Some("http-flv")), "{h}");
 }

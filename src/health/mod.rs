@@ -22,10 +22,15 @@
 //! - 6 unavailable: nothing arrived for 3 s (the publisher is connected but its media stalled). 0 unknown:
 //!   less than 2 s of media so far.
 //! - A background publisher is not a bad one: its few frames arrive on time, so it stays best or good.
+//!
+//! Players get a level of their own from their backlog, skips, socket stalls and (WebRTC) receiver-reported
+//! loss: see `player`.
 
 mod ingest;
+mod player;
 
 pub use ingest::{IngestMeter, IngestWindow};
+pub use player::{PlayerMeter, PlayerSample};
 
 use serde::Serialize;
 
@@ -45,6 +50,19 @@ pub enum Quality {
 impl Quality {
     pub fn level(self) -> u8 {
         self as u8
+    }
+
+    /// The level numbered `n` (0–6); unknown for anything else.
+    pub fn from_level(n: u8) -> Self {
+        match n {
+            1 => Quality::Best,
+            2 => Quality::Good,
+            3 => Quality::Normal,
+            4 => Quality::Poor,
+            5 => Quality::VeryPoor,
+            6 => Quality::Unavailable,
+            _ => Quality::Unknown,
+        }
     }
 
     pub fn name(self) -> &'static str {

@@ -296,7 +296,21 @@ fn unix(t: SystemTime) -> u64 {
 
 fn client_json(c: &crate::hub::ClientHandle) -> Value {
     let st = c.info.lock().clone();
+    // A player's quality and what it is judged from (crate::health::player).
+    let player = c.is_player().then(|| {
+        let p = &c.player;
+        let q = p.quality();
+        json!({
+            "quality": {"level": q.level(), "name": q.name()},
+            "backlog_ms": p.backlog_ms.load(Ordering::Relaxed),
+            "skips": p.skips.load(Ordering::Relaxed),
+            "stalls": p.stalls.load(Ordering::Relaxed),
+            "loss_percent": p.loss_percent(),
+            "rtt_ms": p.rtt_ms(),
+        })
+    });
     json!({
+        "player": player,
         "id": c.id,
         "protocol": c.protocol,
         "addr": c.addr.map(|a| a.to_string()),

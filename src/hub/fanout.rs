@@ -392,6 +392,7 @@ fn write_members(batch: &Batch, members: Vec<Arc<Slot>>) -> (Vec<Arc<Slot>>, u64
         }
         if st.pos < start || (st.pos - start) as usize >= n || n - (st.pos - start) as usize + 2 > MAX_IOV {
             // Its packets left the ring, or the backlog is too long for one writev: its Reader deals with it.
+            slot.client.player.stalls.fetch_add(1, Ordering::Relaxed);
             let hb = st.here();
             slot.hand_back(&mut st, hb);
             continue;
@@ -425,12 +426,14 @@ fn write_members(batch: &Batch, members: Vec<Arc<Slot>>) -> (Vec<Arc<Slot>>, u64
                     parts.push(Bytes::from_static(b"\r\n"));
                 }
                 slot.client.bytes_out.fetch_add(w as u64, Ordering::Relaxed);
+                slot.client.player.stalls.fetch_add(1, Ordering::Relaxed);
                 total += w as u64;
                 let hb =
                     Handback { tail: skip_bytes(parts, w), next_seq: end, headers: Some(headers.clone()), error: None };
                 slot.hand_back(&mut st, hb);
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                slot.client.player.stalls.fetch_add(1, Ordering::Relaxed);
                 let hb = st.here();
                 slot.hand_back(&mut st, hb);
             }

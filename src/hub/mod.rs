@@ -9,7 +9,7 @@ pub mod stream;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::Waker;
 use std::time::{Duration, Instant, SystemTime};
@@ -19,7 +19,7 @@ use serde::Serialize;
 use tokio::sync::Notify;
 
 use crate::events::{Event, EventBus};
-use crate::health::HealthChange;
+use crate::health::{HealthChange, PlayerSample, Quality};
 use crate::media::{Frame, MediaKind};
 pub use attach::{Attachment, AttachmentInfo, Audience, Purpose};
 pub use packet::{HeaderSet, Packet};
@@ -132,6 +132,72 @@ pub struct ClientHandle {
     pub bytes_out: AtomicU64,
     /// Who the connection plays for beyond itself (a room member's key), so a service can end its plays.
     pub tag: std::sync::OnceLock<String>,
+    /// What a player's connection counts for its quality level.
+    pub player: PlayerStats,
+}
+
+/// A player's counters for its quality level (crate::health::PlayerMeter): written with relaxed atomics by
+/// its reader (backlog, skips), the fan-out (stalls) and a WebRTC session (receiver-reported loss and RTT);
+/// read by the hub's health ticker once a second, which keeps the meter and the level.
+#[derive(Debug)]
+pub struct PlayerStats {
+    pub backlog_ms: AtomicI64,
+    pub skips: AtomicU64,
+    pub stalls: AtomicU64,
+    /// Receiver-reported fraction lost in hundredths of a percent; -1 when none came (not a WebRTC viewer).
+    pub loss_centi_percent: AtomicI64,
+    /// Round-trip time from receiver reports, ms; -1 when unknown.
+    pub rtt_ms: AtomicI64,
+    level: AtomicU8,
+    meter: Mutex<crate::health::PlayerMeter>,
+}
+
+impl Default for PlayerStats {
+    fn default() -> Self {
+        Self {
+            backlog_ms: AtomicI64::new(0),
+            skips: AtomicU64::new(0),
+            stalls: AtomicU64::new(0),
+            loss_centi_percent: AtomicI64::new(-1),
+            rtt_ms: AtomicI64::new(-1),
+            level: AtomicU8::new(0),
+            meter: Mutex::new(Default::default()),
+        }
+    }
+}
+
+impl PlayerStats {
+    /// The level the ticker last judged.
+    pub fn quality(&self) -> Quality {
+        Quality::from_level(self.level.load(Ordering::Relaxed))
+    }
+
+    pub fn loss_percent(&self) -> Option<f64> {
+        let c = self.loss_centi_percent.load(Ordering::Relaxed);
+        (c >= 0).then(|| c as f64 / 100.0)
+    }
+
+    pub fn rtt_ms(&self) -> Option<i64> {
+        let r = self.rtt_ms.load(Ordering::Relaxed);
+        (r >= 0).then_some(r)
+    }
+
+    /// Samples the counters into the meter; the level change, if any.
+    fn evaluate(&self, now_ms: u64, bytes_out: u64, stream_head_ms: Option<i64>) -> Option<(Quality, Quality)> {
+        let sample = PlayerSample {
+            backlog_ms: self.backlog_ms.load(Ordering::Relaxed),
+            skips: self.skips.load(Ordering::Relaxed),
+            stalls: self.stalls.load(Ordering::Relaxed),
+            bytes_out,
+            loss_percent: self.loss_percent(),
+            stream_head_ms,
+        };
+        let change = self.meter.lock().evaluate(now_ms, sample);
+        if let Some((level, _)) = change {
+            self.level.store(level.level(), Ordering::Relaxed);
+        }
+        change
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -160,6 +226,12 @@ impl ClientHandle {
         if !slot.as_ref().is_some_and(|x| x.will_wake(w)) {
             *slot = Some(w.clone());
         }
+    }
+
+    /// Whether this is a player whose quality is judged (an RTMP, HTTP-FLV or WHEP viewer).
+    pub fn is_player(&self) -> bool {
+        matches!(self.protocol, Protocol::Rtmp | Protocol::HttpFlv | Protocol::Whep)
+            && self.info.lock().role == Role::Player
     }
 
     pub fn set_state(&self, role: Role, stream: Option<&StreamKey>) {
@@ -230,6 +302,8 @@ struct HubInner {
     opts: HubOptions,
     streams: RwLock<HashMap<StreamKey, Arc<Stream>>>,
     clients: RwLock<HashMap<u64, Arc<ClientHandle>>>,
+    /// The clock the health ticker reads players' meters by.
+    started: Instant,
     next_id: AtomicU64,
     events: EventBus,
     shutting_down: AtomicBool,
@@ -250,6 +324,7 @@ impl Hub {
             opts,
             streams: RwLock::new(HashMap::new()),
             clients: RwLock::new(HashMap::new()),
+            started: Instant::now(),
             next_id: AtomicU64::new(1),
             events,
             shutting_down: AtomicBool::new(false),
@@ -283,6 +358,7 @@ impl Hub {
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             tag: std::sync::OnceLock::new(),
+            player: PlayerStats::default(),
         });
         self.0.clients.write().insert(id, handle.clone());
         ClientGuard { hub: self.clone(), handle }
@@ -432,6 +508,35 @@ impl Hub {
                     self.0.events.send(event);
                 }
             }
+            self.evaluate_players();
+        }
+    }
+
+    /// Judges every player's quality from its counters (once a second: a thousand players cost a thousand
+    /// short lock-free reads and one uncontended lock each) and sends the changes as events.
+    fn evaluate_players(&self) {
+        let now_ms = self.0.started.elapsed().as_millis() as u64;
+        let heads: HashMap<String, Option<i64>> =
+            self.streams().iter().map(|s| (s.key.to_string(), s.last_dts())).collect();
+        for c in self.clients() {
+            if !c.is_player() {
+                continue;
+            }
+            let st = c.info.lock().clone();
+            let (Role::Player, Some(stream)) = (st.role, st.stream) else { continue };
+            let head = heads.get(&stream).copied().flatten();
+            let Some((level, previous)) = c.player.evaluate(now_ms, c.bytes_out.load(Ordering::Relaxed), head) else {
+                continue;
+            };
+            tracing::debug!(%stream, client = c.id, level = level.level(), previous = previous.level(), "player quality");
+            self.0.events.send(Event::PlayerQuality {
+                stream,
+                client_id: c.id,
+                protocol: c.protocol,
+                level,
+                previous,
+                quality: level.name(),
+            });
         }
     }
 

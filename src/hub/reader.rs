@@ -125,6 +125,8 @@ pub struct Reader {
     /// Why this reader stops, for its player's `on_stop` (the first reason told wins).
     end_reason: Option<String>,
     attach: AttachGuard,
+    /// Whether its backlog is its client's (a WebRTC viewer's audio reader shares the video's client).
+    reports_backlog: bool,
 }
 
 impl std::fmt::Debug for Reader {
@@ -161,6 +163,7 @@ impl Reader {
             tracks: Tracks::default(),
             end_reason: None,
             attach,
+            reports_backlog: true,
         }
     }
 
@@ -172,6 +175,11 @@ impl Reader {
 
     pub fn stream(&self) -> &Arc<Stream> {
         &self.stream
+    }
+
+    /// Whether this reader's backlog is its client's quality input (it is unless told otherwise).
+    pub fn set_reports_backlog(&mut self, yes: bool) {
+        self.reports_backlog = yes;
     }
 
     /// Starts this reader (before its first read) no earlier than publish session `session`: a recording
@@ -335,6 +343,11 @@ impl Reader {
             c += 1;
         }
         self.cursor = Some(c);
+        // What the player has yet to take (its quality's backlog): nothing once it has everything.
+        if self.reports_backlog {
+            let backlog = if c >= end { 0 } else { ring.get(c).map_or(0, |p| ring.head_dts - p.frame.dts) };
+            self.handle.player.backlog_ms.store(backlog, Ordering::Relaxed);
+        }
         if out.len() > start_len {
             // Only after the burst has been handed out does a backlog count against max_cache.
             if c >= end {
@@ -382,6 +395,7 @@ impl Reader {
         let now = Instant::now();
         self.skips += 1;
         self.stream.stats.skips.fetch_add(1, Ordering::Relaxed);
+        self.handle.player.skips.fetch_add(1, Ordering::Relaxed);
         metrics::global().skip(self.protocol);
         self.skip_times.push_back(now);
         while self.skip_times.front().is_some_and(|t| now.duration_since(*t) > Duration::from_secs(60)) {

@@ -21,6 +21,7 @@ use rtc::interceptor::{Attribute, Interceptor, Packet as IPacket, Registry, Slot
 use rtc::media_stream::MediaStreamTrack;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::receiver_report::ReceiverReport;
 use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
@@ -183,8 +184,9 @@ pub(crate) struct PeerOutputs {
 const DATA_CHANNEL_SEND_LIMIT: usize = 128 * 1024;
 
 /// Inbound RTCP stops inside the interceptor chain unless marked for the application. livegate wants
-/// keyframe requests (PLI/FIR, on the tracks it sends) and sender reports (A/V sync of the tracks it
-/// receives); everything else flows on untouched.
+/// keyframe requests (PLI/FIR) and receiver reports (a viewer's loss and round trip, for its quality level)
+/// on the tracks it sends, and sender reports (A/V sync) of the tracks it receives; everything else flows on
+/// untouched.
 #[derive(Default)]
 struct RtcpToApp {
     reads: VecDeque<TaggedPacket>,
@@ -204,7 +206,10 @@ impl rtc::sansio::Protocol<TaggedPacket, TaggedPacket, ()> for RtcpToApp {
                 .iter()
                 .filter(|x| {
                     let a = x.as_any();
-                    a.is::<PictureLossIndication>() || a.is::<FullIntraRequest>() || a.is::<SenderReport>()
+                    a.is::<PictureLossIndication>()
+                        || a.is::<FullIntraRequest>()
+                        || a.is::<SenderReport>()
+                        || a.is::<ReceiverReport>()
                 })
                 .cloned()
                 .collect();
@@ -233,6 +238,47 @@ impl Interceptor for RtcpToApp {
     fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
     fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
     fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
+}
+
+/// What a viewer's RTCP says about a track we send it.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub(crate) struct Feedback {
+    /// A PLI or FIR: the viewer wants a keyframe.
+    pub keyframe: bool,
+    /// The newest receiver report's fraction lost, in hundredths of a percent.
+    pub loss_centi_percent: Option<i64>,
+    /// Round trip from that report's LSR/DLSR (RFC 3550 §6.4.1), when it echoes a sender report of ours.
+    pub rtt_ms: Option<i64>,
+}
+
+/// Reads a batch of RTCP for the track sent with `ssrc`; `now_ntp_mid` is the middle 32 bits of the NTP
+/// time now (RFC 3550's compact form, 1/65536 s units), which the report's LSR and DLSR are in.
+pub(crate) fn feedback(pkts: &[Box<dyn rtc::rtcp::Packet>], ssrc: u32, now_ntp_mid: u32) -> Feedback {
+    let mut f = Feedback::default();
+    for p in pkts {
+        let a = p.as_any();
+        if a.is::<PictureLossIndication>() || a.is::<FullIntraRequest>() {
+            f.keyframe = true;
+        } else if let Some(rr) = a.downcast_ref::<ReceiverReport>() {
+            for r in rr.reports.iter().filter(|r| r.ssrc == ssrc) {
+                f.loss_centi_percent = Some(i64::from(r.fraction_lost) * 10_000 / 256);
+                if r.last_sender_report != 0 {
+                    let units = now_ntp_mid.wrapping_sub(r.last_sender_report).wrapping_sub(r.delay);
+                    // A clock step or a report from before a wrap reads as minutes: ignore it.
+                    f.rtt_ms = (units < 60 << 16).then(|| i64::from(units) * 1000 / 65_536);
+                }
+            }
+        }
+    }
+    f
+}
+
+/// The middle 32 bits of the NTP time now (seconds since 1900 in the high half, the fraction in the low).
+pub(crate) fn ntp_mid_now() -> u32 {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() + 2_208_988_800;
+    let frac = (u64::from(d.subsec_nanos()) << 32) / 1_000_000_000;
+    (((secs & 0xffff) << 16) | (frac >> 16)) as u32
 }
 
 /// A PeerConnection being set up, with the signals its session task waits on.
@@ -401,4 +447,44 @@ pub(crate) fn offered_codecs(sdp: &str) -> Vec<String> {
         .filter_map(|l| l.trim().strip_prefix("a=rtpmap:"))
         .filter_map(|l| l.split_once(' ').map(|(_, c)| c.to_ascii_lowercase()))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtc::rtcp::reception_report::ReceptionReport;
+
+    #[test]
+    fn receiver_reports_give_loss_and_round_trip_for_our_track_only() {
+        let ours = 0x1234;
+        let now: u32 = 0x0005_8000; // 5.5 s in 1/65536 s units
+        let rr = ReceiverReport {
+            ssrc: 9,
+            reports: vec![
+                ReceptionReport { ssrc: 77, fraction_lost: 255, ..Default::default() },
+                // 64/256 lost; our SR echoed 5.0 s, held 0.25 s by the viewer: 250 ms on the wire and back.
+                ReceptionReport {
+                    ssrc: ours,
+                    fraction_lost: 64,
+                    last_sender_report: 0x0005_0000,
+                    delay: 0x0000_4000,
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let pkts: Vec<Box<dyn rtc::rtcp::Packet>> = vec![Box::new(rr)];
+        let f = feedback(&pkts, ours, now);
+        assert_eq!(f, Feedback { keyframe: false, loss_centi_percent: Some(2500), rtt_ms: Some(250) });
+        let pli: Vec<Box<dyn rtc::rtcp::Packet>> =
+            vec![Box::new(PictureLossIndication { sender_ssrc: 1, media_ssrc: ours })];
+        assert_eq!(feedback(&pli, ours, now), Feedback { keyframe: true, ..Default::default() });
+        // No sender report seen yet (LSR 0): no round trip.
+        let rr = ReceiverReport {
+            reports: vec![ReceptionReport { ssrc: ours, ..Default::default() }],
+            ..Default::default()
+        };
+        let f = feedback(&[Box::new(rr) as Box<dyn rtc::rtcp::Packet>], ours, now);
+        assert_eq!((f.loss_centi_percent, f.rtt_ms), (Some(0), None));
+    }
 }

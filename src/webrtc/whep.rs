@@ -7,6 +7,7 @@
 //! `docs/notes/webrtc-rs-0.21.md`.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -186,12 +187,21 @@ impl Whep {
         self.sessions.lock().insert(id.clone(), Session { pc: pc.clone(), key: key.clone(), stop: stop_tx });
         // PLI/FIR from the viewer: the stream's publisher makes a keyframe if it can (a transcoder's encoder,
         // a WHIP browser); a passthrough RTMP source cannot, and the viewer waits for the next GOP.
-        let (kf_track, kf_stream) = (track.clone(), reader.stream().clone());
+        // Receiver reports: the viewer's loss and round trip, for its quality level.
+        let (kf_track, kf_stream, viewer) = (track.clone(), reader.stream().clone(), guard.handle.clone());
         tokio::spawn(async move {
             while let Some(ev) = kf_track.poll().await {
-                if let TrackLocalEvent::OnRtcpPacket(_) = ev {
+                let TrackLocalEvent::OnRtcpPacket(pkts) = ev else { continue };
+                let f = super::feedback(&pkts, ssrc, super::ntp_mid_now());
+                if f.keyframe {
                     tracing::debug!(stream = %kf_stream.key, "keyframe requested by a WebRTC viewer");
                     kf_stream.request_keyframe();
+                }
+                if let Some(l) = f.loss_centi_percent {
+                    viewer.player.loss_centi_percent.store(l, Ordering::Relaxed);
+                }
+                if let Some(r) = f.rtt_ms {
+                    viewer.player.rtt_ms.store(r, Ordering::Relaxed);
                 }
             }
         });
@@ -326,6 +336,8 @@ impl Whep {
         let policy = CachePolicy::internal(Duration::from_millis(500));
         let audience = Audience::Internal(Purpose::ViewerAudio { viewer_of: viewer_of.to_string() });
         let mut reader = self.hub.subscribe_as(&key, Protocol::Whep, policy, guard.handle.clone(), audience).ok()?;
+        // The viewer's backlog is its video's: this reader shares its client.
+        reader.set_reports_backlog(false);
         Some(tokio::spawn(async move {
             let Some(pt) = negotiated_pt(&a.sender).await else { return };
             let mut seq: u16 = rand::random();

@@ -487,6 +487,11 @@ pub struct FlvClient {
 }
 
 impl FlvClient {
+    /// The client's own port (how the API's client list shows it: `addr`).
+    pub fn local_port(&self) -> u16 {
+        self.sock.local_addr().unwrap().port()
+    }
+
     pub fn connect(port: u16, path: &str, rcvbuf: Option<usize>) -> FlvClient {
         let sock = match rcvbuf {
             Some(n) => {

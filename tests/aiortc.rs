@@ -224,3 +224,54 @@ fn a_whip_flash_and_its_beep_reach_flv_readers_within_50_ms() {
     let j = last_json(&client.stdout());
     assert!(st.is_some_and(|s| s.success()), "whip_sync.py failed: {j}\n{}", client.stderr());
 }
+
+/// A WHIP publisher on a lossy uplink (aiortc dropping every 7th RTP packet it sends, retransmissions too, for
+/// 8 s): its quality sinks to poor or worse with the loss in the API, and is best or good again after.
+#[test]
+fn a_whip_publishers_packet_loss_sets_its_quality() {
+    let _g = serial();
+    let srv = Server::start(WEBRTC);
+    let url = format!("http://127.0.0.1:{}/whip/live/lossy", srv.http_port);
+    let mut client = Proc::spawn_capture(&mut aiortc("whip_publish.py", &[&url, "32", "h264", "loss=7:12:20"]));
+    assert!(
+        wait_until(Duration::from_secs(20), || client.stdout().contains("\"event\":\"connected\"")),
+        "aiortc did not connect over WHIP: {}\n{}",
+        client.stdout(),
+        client.stderr()
+    );
+    srv.wait_live("lossy");
+    let quality = || {
+        let j = srv.stream_json("lossy").unwrap_or_default();
+        (j["quality"]["level"].as_u64().unwrap_or(0), j["ingest"]["loss_percent"].as_f64())
+    };
+    // Before the loss: a clean uplink on loopback (best, or good for the jitter of a software encoder on a
+    // busy machine).
+    assert!(
+        wait_until(Duration::from_secs(10), || (1..=2).contains(&quality().0)),
+        "not best or good before the loss: {:?}",
+        quality()
+    );
+    assert!(quality().1.is_some_and(|l| l < 2.0), "{:?}", quality());
+    assert!(wait_until(Duration::from_secs(20), || client.stdout().contains("\"on\":true")), "{}", client.stdout());
+    let mut worst = (0, None);
+    assert!(
+        wait_until(Duration::from_secs(12), || {
+            worst = quality();
+            worst.0 >= 4
+        }),
+        "the lossy publisher stayed at {worst:?}"
+    );
+    assert!(worst.1.is_some_and(|l| l >= 10.0), "{worst:?}");
+    assert!(wait_until(Duration::from_secs(20), || client.stdout().contains("\"on\":false")), "{}", client.stdout());
+    let mut after = (0, None);
+    assert!(
+        wait_until(Duration::from_secs(8), || {
+            after = quality();
+            (1..=2).contains(&after.0)
+        }),
+        "did not recover: {after:?}"
+    );
+    let st = client.wait(Duration::from_secs(40));
+    assert!(st.is_some_and(|s| s.success()), "{}\n{}", client.stdout(), client.stderr());
+    assert!(srv.log_text().contains("publisher quality"));
+}

@@ -65,6 +65,8 @@ pub struct IngestMeter {
     state: PublisherState,
     /// The video rate this publisher usually sends at (decays slowly; only learnt in the foreground).
     usual_fps: f64,
+    /// A WebRTC publisher's packet loss before repair over its last second (percent), and when it was read.
+    loss: Option<(u64, f64)>,
 }
 
 impl Default for IngestMeter {
@@ -82,6 +84,7 @@ impl Default for IngestMeter {
             quality: Quality::Unknown,
             state: PublisherState::Foreground,
             usual_fps: 0.0,
+            loss: None,
         }
     }
 }
@@ -162,6 +165,17 @@ impl IngestMeter {
         self.jitter
     }
 
+    /// A WebRTC publisher's RTP loss before repair (NACK retransmissions count as lost) over the last second,
+    /// percent, read at `at_ms`. Publishers over TCP (RTMP) have none.
+    pub fn observe_loss(&mut self, at_ms: u64, percent: f64) {
+        self.loss = Some((at_ms, percent));
+    }
+
+    /// The newest loss reading, unless it is older than the stall bound (the session stopped measuring).
+    pub fn loss_percent(&self, now_ms: u64) -> Option<f64> {
+        self.loss.filter(|(at, _)| now_ms.saturating_sub(*at) < STALLED_AFTER_MS).map(|(_, p)| p)
+    }
+
     pub fn quality(&self) -> Quality {
         self.quality
     }
@@ -209,7 +223,8 @@ impl IngestMeter {
                 if now_ms.saturating_sub(last) >= STALLED_AFTER_MS {
                     Quality::Unavailable
                 } else {
-                    Quality::for_delay(self.delay_ms()).max(Quality::for_jitter(self.jitter))
+                    let loss = self.loss_percent(now_ms).map_or(Quality::Best, Quality::for_loss);
+                    Quality::for_delay(self.delay_ms()).max(Quality::for_jitter(self.jitter)).max(loss)
                 }
             }
             (Some(_), Some(last)) if now_ms.saturating_sub(last) >= STALLED_AFTER_MS => Quality::Unavailable,
@@ -335,6 +350,22 @@ mod tests {
         assert_eq!(w10.keyframe_interval_ms, Some(1_000.0));
         assert!(w10.max_gap_ms < 60, "{w10:?}");
         assert!(end >= 12_000);
+    }
+
+    /// A WebRTC publisher on time but losing 12 % of its packets is poor while the loss lasts; a loss reading
+    /// the session stopped sending (older than 3 s) no longer counts.
+    #[test]
+    fn a_lossy_webrtc_publisher_is_poor_while_it_loses() {
+        let mut m = IngestMeter::default();
+        let (t, r) = run(&mut m, 0, 4, 30, true, |_| 5);
+        assert_eq!(r.last().unwrap().1, Quality::Best);
+        let lost_at = t;
+        m.observe_loss(lost_at, 12.0);
+        let (t, r) = run(&mut m, t, 2, 30, true, |_| 5);
+        assert_eq!(qualities(&r), [Quality::Poor; 2], "{r:?}");
+        let (_, r) = run(&mut m, t, 1, 30, true, |_| 5);
+        assert_eq!(r[0].1, Quality::Best, "{r:?}");
+        assert_eq!(m.loss_percent(lost_at + 3_000), None, "stale 3 s after the last reading");
     }
 
     /// A publisher paced below real time (75 %: its socket drains slower than it encodes) falls behind by

@@ -9,15 +9,17 @@
 //!   transit time minus the least transit time of the last 10 s). A publisher that cannot send in real time
 //!   (a slow uplink, a throttled socket) builds a backlog and its delay grows; jitter alone does not.
 //! - `jitter`: the RFC 3550 interarrival jitter estimate over all media frames, in ms.
-//! - The level is the worse of the two, by these thresholds (a level applies from its bound up):
+//! - `loss` (WebRTC publishers): RTP packets lost on the way over the last second, before repair (a packet
+//!   NACKed and retransmitted counts), percent.
+//! - The level is the worst of these, by these thresholds (a level applies from its bound up):
 //!
-//!   | level | delay ms | jitter ms |
-//!   |---|---|---|
-//!   | 1 best | < 150 | < 30 |
-//!   | 2 good | 150 | 30 |
-//!   | 3 normal | 300 | 60 |
-//!   | 4 poor | 600 | 120 |
-//!   | 5 very poor | 1200 | 250 |
+//!   | level | delay ms | jitter ms | loss % |
+//!   |---|---|---|---|
+//!   | 1 best | < 150 | < 30 | < 2 |
+//!   | 2 good | 150 | 30 | 2 |
+//!   | 3 normal | 300 | 60 | 5 |
+//!   | 4 poor | 600 | 120 | 10 |
+//!   | 5 very poor | 1200 | 250 | 20 |
 //!
 //! - 6 unavailable: nothing arrived for 3 s (the publisher is connected but its media stalled). 0 unknown:
 //!   less than 2 s of media so far.
@@ -80,6 +82,11 @@ impl Quality {
     /// The level a measured delay (ms) calls for.
     pub fn for_delay(ms: f64) -> Self {
         Self::banded(ms, [150.0, 300.0, 600.0, 1200.0])
+    }
+
+    /// The level a WebRTC publisher's loss before repair (percent) calls for.
+    pub fn for_loss(percent: f64) -> Self {
+        Self::banded(percent, [2.0, 5.0, 10.0, 20.0])
     }
 
     /// The level a measured jitter (ms) calls for.

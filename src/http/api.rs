@@ -391,6 +391,7 @@ pub fn stream_json(s: &Stream) -> Value {
         "ingest": health.map(|h| json!({
             "delay_ms": h.delay_ms,
             "jitter_ms": h.jitter_ms,
+            "loss_percent": h.loss_percent,
             "last_1s": h.last_1s,
             "last_10s": h.last_10s,
         })),

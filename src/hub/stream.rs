@@ -112,6 +112,8 @@ pub struct Health {
     pub jitter_ms: f64,
     pub last_1s: IngestWindow,
     pub last_10s: IngestWindow,
+    /// A WebRTC publisher's packet loss before repair over the last second, percent (none over RTMP).
+    pub loss_percent: Option<f64>,
 }
 
 /// Bytes-per-second over the last full second, computed lazily from totals.
@@ -592,7 +594,14 @@ impl Stream {
             jitter_ms: (m.jitter_ms() * 10.0).round() / 10.0,
             last_1s: m.window(now, 1),
             last_10s: m.window(now, 10),
+            loss_percent: m.loss_percent(now).map(|p| (p * 10.0).round() / 10.0),
         }
+    }
+
+    /// A WebRTC publisher's RTP loss before repair over its last second (percent), for its quality level.
+    pub fn observe_loss(&self, percent: f64) {
+        let now = self.created.elapsed().as_millis() as u64;
+        self.health.lock().observe_loss(now, percent);
     }
 
     /// Re-reads the publisher's health (the hub's ticker, once a second): what changed.

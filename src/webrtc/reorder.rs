@@ -15,11 +15,16 @@ pub struct Reorder<T> {
     max_held: usize,
     /// Packets given up on so far.
     pub lost: u64,
+    /// Packets that arrived behind a newer one (a retransmission after a NACK, or reordering): with `lost`,
+    /// what the network lost before repair.
+    pub late: u64,
+    /// The first extended sequence number seen.
+    first: Option<u64>,
 }
 
 impl<T> Reorder<T> {
     pub fn new(max_wait: Duration, max_held: usize) -> Self {
-        Self { next: None, highest: None, held: BTreeMap::new(), max_wait, max_held, lost: 0 }
+        Self { next: None, highest: None, held: BTreeMap::new(), max_wait, max_held, lost: 0, late: 0, first: None }
     }
 
     /// Extends a 16-bit sequence number to the one nearest the highest seen.
@@ -40,12 +45,25 @@ impl<T> Reorder<T> {
 
     /// Takes a packet. Duplicates and packets older than what was already released are dropped.
     pub fn push(&mut self, seq: u16, item: T, now: Instant) {
+        let before = self.highest;
         let e = self.extend(seq);
+        self.first.get_or_insert(e);
         let next = *self.next.get_or_insert(e);
-        if e < next {
+        if e < next || self.held.contains_key(&e) {
             return;
         }
-        self.held.entry(e).or_insert((item, now));
+        if before.is_some_and(|h| e < h) {
+            self.late += 1;
+        }
+        self.held.insert(e, (item, now));
+    }
+
+    /// Packets the sender has numbered so far (RFC 3550's "expected"): highest − first + 1.
+    pub fn expected(&self) -> u64 {
+        match (self.first, self.highest) {
+            (Some(f), Some(h)) => h - f + 1,
+            _ => 0,
+        }
     }
 
     /// The next packet in order, if it is here or the wait for a missing one is over. The flag is true when
@@ -99,6 +117,8 @@ mod tests {
         assert_eq!(drain(&mut r, t), vec![(10, false)]);
         assert!(r.deadline().is_some());
         r.push(11, 11, t + Duration::from_millis(30));
+        assert_eq!(r.late, 1, "filled a hole: lost on the way, then repaired");
+        assert_eq!(r.expected(), 3);
         assert_eq!(drain(&mut r, t + Duration::from_millis(30)), vec![(11, false), (12, false)]);
         // A duplicate of something already released is ignored.
         r.push(11, 11, t);

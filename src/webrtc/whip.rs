@@ -406,6 +406,8 @@ struct Ingest {
     keyframe_interval: Duration,
     last_media: Instant,
     frames_dropped: u64,
+    /// The last loss reading: when, and (expected, lost or late) packets of both tracks then.
+    loss_mark: (Instant, u64, u64),
 }
 
 impl Ingest {
@@ -458,6 +460,7 @@ impl Ingest {
             keyframe_interval: Duration::from_secs_f64(whip.cfg.whip_keyframe_interval_secs),
             last_media: Instant::now(),
             frames_dropped: 0,
+            loss_mark: (Instant::now(), 0, 0),
         })
     }
 
@@ -711,6 +714,7 @@ impl Ingest {
     fn on_tick(&mut self, now: Instant) {
         self.drain(RtpCodecKind::Video, now);
         self.drain(RtpCodecKind::Audio, now);
+        self.measure_loss(now);
         if self.video_codec.is_none() {
             return;
         }
@@ -726,6 +730,33 @@ impl Ingest {
         };
         if want {
             self.request_keyframe(now);
+        }
+    }
+
+    /// Once a second: the share of packets numbered since the last reading that the network lost, repaired
+    /// or not (given up on, or arrived late: a NACK's retransmission), for the publisher's quality level.
+    fn measure_loss(&mut self, now: Instant) {
+        let (at, expected0, lost0) = self.loss_mark;
+        if now.saturating_duration_since(at) < Duration::from_secs(1) {
+            return;
+        }
+        let (v, a) = (&self.video.reorder, &self.audio.reorder);
+        let expected = v.expected() + a.expected();
+        let lost = v.lost + v.late + a.lost + a.late;
+        self.loss_mark = (now, expected, lost);
+        let numbered = expected.saturating_sub(expected0);
+        if numbered > 0 {
+            let percent = lost.saturating_sub(lost0) as f64 * 100.0 / numbered as f64;
+            tracing::debug!(
+                numbered,
+                lost_or_late = lost.saturating_sub(lost0),
+                video_lost = v.lost,
+                video_late = v.late,
+                audio_lost = a.lost,
+                audio_late = a.late,
+                "whip loss"
+            );
+            self.publisher.stream().observe_loss(percent.min(100.0));
         }
     }
 

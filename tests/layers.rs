@@ -13,7 +13,7 @@ use std::path::Path;
 const LAYERS: &[&[&str]] = &[
     &["media", "names", "auth", "usersig", "netio", "tls", "config", "timefmt", "health"],
     &["hub", "events", "metrics"],
-    &["hls", "record", "transcode", "mix", "rooms", "cluster", "webhooks", "access", "conn"],
+    &["hls", "record", "transcode", "mix", "rooms", "cluster", "webhooks", "access", "conn", "placeholder"],
     &["rtmp", "http", "webrtc"],
     &["server", "main", "lib", "fuzz"],
 ];

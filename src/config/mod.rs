@@ -144,6 +144,39 @@ pub struct AppConfig {
     /// This app's live HLS variant, instead of `hls.variant`.
     #[serde(default)]
     pub hls_variant: Option<HlsVariant>,
+    /// A picture that stands in for a publisher's video when it stops (the server placeholder).
+    #[serde(default)]
+    pub placeholder: Option<PlaceholderConfig>,
+}
+
+/// `[apps.X] placeholder = { image = "…", after_ms = 1500 }`: when the publisher sends no video for
+/// `after_ms`, or dropped and is in its reconnect grace, livegate keeps the stream going with `image`
+/// (encoded once per stream at the stream's size, H.264, `fps` frames a second) and, with no publisher,
+/// silence for AAC audio; the publisher's next keyframe takes over on the same timeline.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlaceholderConfig {
+    /// A PNG or JPEG file.
+    pub image: std::path::PathBuf,
+    #[serde(default = "default_placeholder_after_ms")]
+    pub after_ms: u64,
+    #[serde(default = "default_placeholder_fps")]
+    pub fps: f64,
+    /// Whether recordings keep the placeholder's frames (else they leave them out).
+    #[serde(default = "default_true")]
+    pub record: bool,
+}
+
+fn default_placeholder_after_ms() -> u64 {
+    1500
+}
+
+fn default_placeholder_fps() -> f64 {
+    5.0
+}
+
+fn default_true() -> bool {
+    true
 }
 
 impl AppConfig {
@@ -348,6 +381,18 @@ impl Config {
             return bad("http.api_read_token", "must differ from http.api_token".into());
         }
         for (name, app) in &self.apps {
+            if let Some(p) = &app.placeholder {
+                let key = format!("apps.{name}.placeholder");
+                if !(100..=600_000).contains(&p.after_ms) {
+                    return bad(&key, format!("after_ms {} is outside 100..=600000", p.after_ms));
+                }
+                if !(p.fps.is_finite() && (0.5..=30.0).contains(&p.fps)) {
+                    return bad(&key, format!("fps {} is outside 0.5..=30", p.fps));
+                }
+                if !p.image.is_file() {
+                    return bad(&key, format!("image {} is not a readable file", p.image.display()));
+                }
+            }
             for f in &app.forward {
                 let base = f.split('?').next().unwrap_or("");
                 let ok = base.starts_with("rtmp://") && base.trim_start_matches("rtmp://").contains('/');

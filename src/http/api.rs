@@ -404,6 +404,8 @@ pub fn stream_json(s: &Stream) -> Value {
         "source": s.source(),
         "skips": s.stats.skips.load(Ordering::Relaxed),
         "sei_malformed": s.stats.sei_malformed.load(Ordering::Relaxed),
+        // A placeholder picture stands in for the publisher's video now (`[apps.X] placeholder`).
+        "placeholder": s.is_filling(),
         "bytes_in": s.stats.bytes_in.load(Ordering::Relaxed),
         "bytes_out": s.stats.bytes_out.load(Ordering::Relaxed),
         "published_at": unix(published),

@@ -23,6 +23,8 @@ pub struct Packet {
     /// The publish session (hub generation) the frame came from: recorders start a new file when it changes.
     pub session: u64,
     pub frame: Frame,
+    /// A placeholder frame livegate made while the publisher sent no video (recordings may leave it out).
+    pub filler: bool,
     /// When ingest handed the frame to the hub; egress measures added latency from here.
     pub received: Instant,
     flv: OnceLock<Bytes>,
@@ -37,10 +39,15 @@ impl Packet {
     }
 
     pub fn with_session(seq: u64, session: u64, frame: Frame, received: Instant) -> Arc<Self> {
+        Self::build(seq, session, frame, received, false)
+    }
+
+    pub fn build(seq: u64, session: u64, frame: Frame, received: Instant, filler: bool) -> Arc<Self> {
         Arc::new(Self {
             seq,
             session,
             frame,
+            filler,
             received,
             flv: OnceLock::new(),
             rtmp: OnceLock::new(),

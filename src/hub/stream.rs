@@ -174,6 +174,13 @@ pub struct Stream {
     /// dts of the newest video frame and the interval before it: whether a next frame is due within the
     /// merge window.
     last_video_dts: AtomicI64,
+    /// When the publisher's newest video frame arrived (ms since `created`; 0: none yet).
+    last_video_at: AtomicU64,
+    /// A placeholder picture stands in for the publisher's video (see [`Stream::push_filler`]).
+    filling: AtomicBool,
+    /// The publisher's video decoder configuration while the placeholder's is in force: sent again before its
+    /// first keyframe when it comes back.
+    held_video_config: Mutex<Option<Frame>>,
     video_interval_ms: AtomicI64,
     retention_ms: i64,
     max_bytes: usize,
@@ -246,6 +253,9 @@ impl Stream {
             bframes: AtomicBool::new(false),
             last_dts: AtomicI64::new(i64::MIN),
             last_video_dts: AtomicI64::new(i64::MIN),
+            last_video_at: AtomicU64::new(0),
+            filling: AtomicBool::new(false),
+            held_video_config: Mutex::new(None),
             video_interval_ms: AtomicI64::new(0),
             retention_ms: retention.as_millis() as i64,
             max_bytes,
@@ -317,15 +327,93 @@ impl Stream {
         self.push_session(frame, received, 0)
     }
 
-    /// Adds a frame from publish session `session` (see [`Packet::session`]).
-    pub fn push_session(&self, mut frame: Frame, received: Instant, session: u64) {
+    /// Adds a frame from publish session `session` (see [`Packet::session`]). While a placeholder stands in,
+    /// the publisher's video waits for its next keyframe, which ends the placeholder.
+    pub fn push_session(&self, frame: Frame, received: Instant, session: u64) {
+        if frame.kind == MediaKind::Video {
+            let at = received.saturating_duration_since(self.created).as_millis() as u64;
+            self.last_video_at.store(at.max(1), Ordering::Relaxed);
+            if self.filling.load(Ordering::Acquire) {
+                let mut held = self.held_video_config.lock();
+                if frame.config {
+                    *held = Some(frame);
+                    return;
+                }
+                if !frame.keyframe {
+                    return;
+                }
+                self.filling.store(false, Ordering::Release);
+                let config = held.take();
+                drop(held);
+                tracing::info!(stream = %self.key, "placeholder ends: the publisher's video is back");
+                if let Some(mut c) = config {
+                    c.dts = frame.dts;
+                    self.push_inner(c, received, session, false);
+                }
+            }
+        }
+        self.push_inner(frame, received, session, false)
+    }
+
+    /// Whether a placeholder stands in for the publisher's video now.
+    pub fn is_filling(&self) -> bool {
+        self.filling.load(Ordering::Acquire)
+    }
+
+    /// How long ago the publisher's newest video frame arrived (None: no video yet).
+    pub fn video_silent_for(&self) -> Option<Duration> {
+        match self.last_video_at.load(Ordering::Relaxed) {
+            0 => None,
+            at => Some(self.created.elapsed().saturating_sub(Duration::from_millis(at))),
+        }
+    }
+
+    /// Starts standing in for the publisher's video: its current decoder configuration is kept to be sent
+    /// again when it comes back, and until its next keyframe only [`push_filler`](Self::push_filler) frames
+    /// carry video.
+    pub fn start_filling(&self) {
+        let mut held = self.held_video_config.lock();
+        if held.is_none() {
+            *held = self.publisher_video_config();
+        }
+        self.filling.store(true, Ordering::Release);
+    }
+
+    /// Stops standing in without the publisher's return (the stream ends, the placeholder failed).
+    pub fn stop_filling(&self) {
+        self.filling.store(false, Ordering::Release);
+        *self.held_video_config.lock() = None;
+    }
+
+    fn publisher_video_config(&self) -> Option<Frame> {
+        self.headers().video.as_ref().map(|p| p.frame.clone())
+    }
+
+    /// Adds a placeholder frame (marked as such for recorders that leave it out), unless the publisher's video
+    /// took over meanwhile: false then. Checked under the lock the publisher's takeover holds, so no placeholder
+    /// frame ever follows its keyframe.
+    pub fn push_filler(&self, frame: Frame, received: Instant) -> bool {
+        let held = self.held_video_config.lock();
+        if !self.filling.load(Ordering::Acquire) {
+            return false;
+        }
+        let session = self.state.lock().generation;
+        self.push_inner(frame, received, session, true);
+        drop(held);
+        true
+    }
+
+    fn push_inner(&self, mut frame: Frame, received: Instant, session: u64, filler: bool) {
         if frame.kind == MediaKind::Video && !frame.config && self.sei_waiting.load(Ordering::Relaxed) > 0 {
             self.add_pending_sei(&mut frame);
         }
         let urgent;
         let len = frame.payload.len() as u64;
-        let at_ms = received.saturating_duration_since(self.created).as_millis() as u64;
-        self.health.lock().observe(at_ms, frame.kind, frame.keyframe, frame.config, frame.dts, frame.payload.len());
+        if !filler {
+            // The publisher's health is what it sends, not what stands in for it.
+            let at_ms = received.saturating_duration_since(self.created).as_millis() as u64;
+            self.health.lock().observe(at_ms, frame.kind, frame.keyframe, frame.config, frame.dts, frame.payload.len());
+        }
         self.stats.bytes_in.fetch_add(len, Ordering::Relaxed);
         self.stats.frames_in.fetch_add(1, Ordering::Relaxed);
         if frame.kind == MediaKind::Video && !frame.config {
@@ -344,7 +432,7 @@ impl Stream {
             urgent = !(frame.kind == MediaKind::Audio && !frame.config && ring.has_video);
             let seq = ring.next_seq();
             let dts = frame.dts;
-            let packet = Packet::with_session(seq, session, frame, received);
+            let packet = Packet::build(seq, session, frame, received, filler);
             let f = &packet.frame;
             if f.config {
                 let same = ring.headers.get(f.kind).is_some_and(|p| p.frame.payload == f.payload);

@@ -114,6 +114,8 @@ pub struct Recorder {
     /// File states whose sidecar could not be written (disk full): listings show these instead.
     unsaved: Mutex<HashMap<PathBuf, RecordInfo>>,
     finalizer: Finalizer,
+    /// Apps whose placeholder frames recordings leave out (`placeholder.record = false`).
+    without_filler: Mutex<std::collections::HashSet<String>>,
 }
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -157,6 +159,11 @@ impl Finalizer {
 }
 
 impl Recorder {
+    /// Recordings of `app` leave a placeholder's frames out (its `placeholder.record = false`).
+    pub fn leave_out_filler(&self, app: &str) {
+        self.without_filler.lock().insert(app.to_owned());
+    }
+
     pub fn new(hub: Hub, cfg: RecordConfig, http_listen: std::net::SocketAddr, segment_secs: f64) -> Arc<Self> {
         let root = PathBuf::from(&cfg.root);
         let base_url = if cfg.public_url.is_empty() {
@@ -178,6 +185,7 @@ impl Recorder {
             jobs: Mutex::new(HashMap::new()),
             unsaved: Mutex::new(HashMap::new()),
             finalizer: Finalizer::default(),
+            without_filler: Mutex::new(Default::default()),
         })
     }
 
@@ -416,6 +424,12 @@ impl Recorder {
                             // The writer could not keep up with the hub's buffer: media is missing from the file.
                             skips = reader.skips;
                             tracing::warn!(stream = %key, record_id = %record_id, skips, "recording fell behind and lost media");
+                        }
+                        if this.without_filler.lock().contains(&key.app) {
+                            batch.retain(|p| !p.filler);
+                            if batch.is_empty() {
+                                continue;
+                            }
                         }
                         if first_dts.is_none() {
                             first_dts = batch.iter().find(|p| !p.frame.config).map(|p| p.frame.dts);

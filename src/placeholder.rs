@@ -151,16 +151,7 @@ async fn watch(stream: &Arc<Stream>, cfg: &PlaceholderConfig) {
         // Pictures at `fps`, each a keyframe, on a timeline that runs on from the stream's last frame.
         while (st.pictures as f64) * interval_ms <= elapsed {
             let dts = st.base_dts + ((st.pictures as f64) * interval_ms) as i64;
-            let picture = Frame {
-                kind: MediaKind::Video,
-                codec: Codec::H264,
-                dts,
-                cts: 0,
-                keyframe: true,
-                config: false,
-                payload: f.picture.clone(),
-            };
-            if !stream.push_filler(picture, now) {
+            if !stream.push_filler(media_frame(MediaKind::Video, Codec::H264, dts, &f.picture), now) {
                 break;
             }
             st.pictures += 1;
@@ -174,22 +165,19 @@ async fn watch(stream: &Arc<Stream>, cfg: &PlaceholderConfig) {
             }
             while (st.silences as f64) * ms <= elapsed {
                 let dts = st.base_dts + ((st.silences as f64) * ms) as i64;
-                let a = Frame {
-                    kind: MediaKind::Audio,
-                    codec: Codec::Aac,
-                    dts,
-                    cts: 0,
-                    keyframe: false,
-                    config: false,
-                    payload: frame.clone(),
-                };
-                if !stream.push_filler(a, now) {
+                if !stream.push_filler(media_frame(MediaKind::Audio, Codec::Aac, dts, frame), now) {
                     break;
                 }
                 st.silences += 1;
             }
         }
     }
+}
+
+/// A placeholder media frame: every picture is a keyframe (the same IDR again), audio frames stand alone.
+fn media_frame(kind: MediaKind, codec: Codec, dts: i64, payload: &Bytes) -> Frame {
+    let keyframe = kind == MediaKind::Video;
+    Frame { kind, codec, dts, cts: 0, keyframe, config: false, payload: payload.clone() }
 }
 
 /// Encodes the picture at the stream's size, and silence for its AAC audio (blocking work, off the runtime).

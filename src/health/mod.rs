@@ -94,7 +94,8 @@ impl Quality {
         Self::banded(ms, [30.0, 60.0, 120.0, 250.0])
     }
 
-    fn banded(v: f64, bounds: [f64; 4]) -> Self {
+    /// The level for `v` against ascending bounds (best below the first, very poor from the last).
+    pub(crate) fn banded(v: f64, bounds: [f64; 4]) -> Self {
         match bounds.iter().filter(|b| v >= **b).count() {
             0 => Quality::Best,
             1 => Quality::Good,

@@ -85,7 +85,7 @@ impl PlayerMeter {
         if stalled {
             return Quality::Unavailable;
         }
-        let backlog = Self::banded(newest.backlog_ms as f64, [300.0, 600.0, 1200.0, 2400.0]);
+        let backlog = Quality::banded(newest.backlog_ms as f64, [300.0, 600.0, 1200.0, 2400.0]);
         let skips = match newest.skips.saturating_sub(oldest.skips) {
             0 => Quality::Best,
             1 => Quality::Normal,
@@ -98,18 +98,8 @@ impl PlayerMeter {
             3..=9 => Quality::Normal,
             _ => Quality::Poor,
         };
-        let loss = newest.loss_percent.map_or(Quality::Best, |l| Self::banded(l, [2.0, 5.0, 10.0, 20.0]));
+        let loss = newest.loss_percent.map_or(Quality::Best, |l| Quality::banded(l, [2.0, 5.0, 10.0, 20.0]));
         backlog.max(skips).max(stalls).max(loss)
-    }
-
-    fn banded(v: f64, bounds: [f64; 4]) -> Quality {
-        match bounds.iter().filter(|b| v >= **b).count() {
-            0 => Quality::Best,
-            1 => Quality::Good,
-            2 => Quality::Normal,
-            3 => Quality::Poor,
-            _ => Quality::VeryPoor,
-        }
     }
 }
 

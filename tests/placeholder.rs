@@ -108,7 +108,7 @@ fn a_placeholder_stands_in_while_video_stops_and_while_the_publisher_is_away() {
     // A recording and a reader from the first keyframe on.
     let start = Instant::now();
     send(&mut c, &tags, (0, 100), true, false, start);
-    start_recording(&srv, "ph", &["flv"], "ph-rec");
+    start_recording(&srv, "ph", &["flv", "mp4"], "ph-rec");
     let port = srv.http_port;
     let reader = std::thread::spawn(move || {
         let mut r = FlvClient::connect(port, "/live/ph.flv", None);
@@ -194,8 +194,18 @@ fn a_placeholder_stands_in_while_video_stops_and_while_the_publisher_is_away() {
         !all.is_empty() && all.iter().all(|r| r["status"] == "complete")
     }));
     let recorded: Vec<Vec<bool>> = paths.iter().map(|p| red_frames(p)).collect();
-    let red_total: usize = recorded.iter().map(|r| r.iter().filter(|x| **x).count()).sum();
-    assert!(red_total >= 30, "{red_total} red frames recorded in {} files", paths.len());
+    let red_in = |ext: &str| -> usize {
+        paths
+            .iter()
+            .zip(&recorded)
+            .filter(|(p, _)| p.extension().is_some_and(|e| e == ext))
+            .map(|(_, r)| r.iter().filter(|x| **x).count())
+            .sum()
+    };
+    // MP4 starts a new file at each change of picture configuration (its avcC holds one), FLV carries it.
+    for ext in ["flv", "mp4"] {
+        assert!(red_in(ext) >= 30, "{} red frames recorded in {ext}: {paths:?}", red_in(ext));
+    }
     assert!(srv.log_text().contains("placeholder stands in"));
 }
 

@@ -338,3 +338,46 @@ fn a_stalled_player_sinks_to_unavailable_and_comes_back() {
     let h = hooks.iter().find(|h| h["action"] == "on_player_quality").unwrap();
     assert_eq!((h["stream"].as_str(), h["protocol"].as_str()), (Some("live/pq"), Some("http-flv")), "{h}");
 }
+
+/// A publisher whose timestamps stall while its frames keep coming (an encoder clock that stopped for 3 s):
+/// the frames are placed by their arrival, so players get a timeline that runs on (no seconds of frames at one
+/// instant, no hole when the clock moves again) and the stream's media time keeps up with the wall clock.
+#[test]
+fn a_publisher_whose_timestamps_stall_is_placed_by_arrival() {
+    let srv = Server::start("");
+    let tags = flv_tags(&media("360p"));
+    let mut p = RtmpClient::connect(srv.rtmp_port, false).unwrap();
+    p.connect_app("live");
+    p.publish("stall");
+    let port = srv.http_port;
+    let start = Instant::now();
+    let mut reader = None;
+    let mut media_at_stall = None;
+    for (kind, ts, body) in tags.iter().filter(|t| t.1 <= 8_000) {
+        // 2 s to 5 s: every frame stamped 2000.
+        let sent_ts = if (2_000..5_000).contains(ts) { 2_000 } else { *ts };
+        if *ts >= 2_000 && media_at_stall.is_none() {
+            media_at_stall = srv.media_ms("stall");
+        }
+        let id = if *kind == 9 { livegate::rtmp::message::VIDEO } else { livegate::rtmp::message::AUDIO };
+        p.send_raw_message(if *kind == 9 { 6 } else { 4 }, id, 1, sent_ts, body);
+        pace(start, u64::from(*ts));
+        if reader.is_none() && *ts >= 500 {
+            reader = Some(std::thread::spawn(move || {
+                FlvClient::connect(port, "/live/stall.flv", None).read_for(Duration::from_secs(8))
+            }));
+        }
+    }
+    let media_after = srv.media_ms("stall").unwrap();
+    let got = reader.unwrap().join().unwrap();
+    let video: Vec<u32> = got.iter().filter(|(_, t)| is_video_frame(t)).map(|(_, t)| t.timestamp).collect();
+    assert!(video.windows(2).all(|w| w[1] >= w[0]), "time went back: {video:?}");
+    let worst_gap = video.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    assert!(worst_gap <= 400, "a {worst_gap} ms hole: {video:?}");
+    let same = video.windows(2).filter(|w| w[1] == w[0]).count();
+    assert!(same <= 4, "{same} video frames share a timestamp: {video:?}");
+    // 6 s of the publisher's media after the stall began took about 6 s on the stream's timeline too.
+    let advanced = media_after - media_at_stall.unwrap();
+    assert!((5_000..=7_500).contains(&advanced), "media time advanced {advanced} ms over the stall and after");
+    assert!(srv.log_text().contains("publisher timestamps stalled"));
+}

@@ -680,14 +680,24 @@ pub struct Publisher {
     audio_clock: TrackClock,
 }
 
-/// A media track's repair of its publisher's timestamp jumps.
+/// A media track's repair of its publisher's timestamp jumps and stalls.
 #[derive(Debug, Default)]
 struct TrackClock {
     /// Added to the track's timestamps since its last jump.
     adjust: i64,
     /// The last frame's timeline position and arrival.
     last: Option<(i64, Instant)>,
+    /// The last frame's timestamp as published (before `adjust`), and how many frames in a row did not
+    /// advance it.
+    last_raw: Option<i64>,
+    stuck: u32,
+    /// Stalled: frames are placed by their arrival until the publisher's timestamps move again.
+    retiming: bool,
 }
+
+/// Frames in a row with a timestamp that does not advance before a track counts as stalled (an encoder whose
+/// clock stopped while it keeps sending: players would get seconds of frames at one instant).
+const STUCK_FRAMES: u32 = 3;
 
 impl Publisher {
     pub fn stream(&self) -> &Arc<Stream> {
@@ -725,24 +735,38 @@ impl Publisher {
             MediaKind::Data => None,
         };
         // Metadata follows the timeline as published: only media tracks have their jumps repaired.
-        let mut dts = ts + offset + clock.as_ref().map_or(0, |c| c.adjust);
+        let raw = ts + offset;
+        let mut dts = raw + clock.as_ref().map_or(0, |c| c.adjust);
         if let Some(clock) = clock.filter(|_| !frame.config) {
+            let not_advancing = clock.last_raw.is_some_and(|r| raw <= r);
+            clock.stuck = if not_advancing { clock.stuck + 1 } else { 0 };
+            clock.last_raw = Some(raw);
             if let Some((prev, at)) = clock.last {
                 // An encoder whose clock jumps (backwards, or far beyond the time that passed) would give
                 // players a frozen picture and recordings hours of nothing: continue from where the timeline
-                // was, advanced by the wall-clock time that passed.
+                // was, advanced by the wall-clock time that passed. One whose clock stops while frames keep
+                // coming is placed by their arrival until it moves again (then once more, to re-anchor).
                 let wall = received.saturating_duration_since(at).as_millis() as i64;
-                if dts < prev - 1000 || dts > prev + wall + 10_000 {
-                    let target = prev + wall.max(1);
+                let jumped = dts < prev - 1000 || dts > prev + wall + 10_000;
+                let stalled = clock.stuck >= STUCK_FRAMES;
+                if stalled && !clock.retiming {
+                    tracing::warn!(stream = %self.stream.key, kind = ?frame.kind, frames = clock.stuck,
+                        "publisher timestamps stalled; frames placed by their arrival");
+                }
+                if jumped && !stalled {
                     tracing::warn!(
                         stream = %self.stream.key,
                         kind = ?frame.kind,
                         jump_ms = dts - prev,
                         "publisher timestamps jumped; timeline continued"
                     );
+                }
+                if jumped || stalled || clock.retiming {
+                    let target = prev + wall.max(1);
                     clock.adjust += target - dts;
                     dts = target;
                 }
+                clock.retiming = stalled;
             }
             clock.last = Some((dts, received));
         }

@@ -173,11 +173,17 @@ fn a_browser_gets_the_streams_sei_as_json_on_a_whep_data_channel() {
         assert_eq!(m["payload_type"], 5);
         assert_eq!(m["data"], b64, "the payload bytes, base64");
     }
-    // Stream time rises with the messages, and each names a picture the page rendered (its RTP timestamp).
+    // Stream time rises with the messages, each message's RTP timestamp is its picture's (stream time × 90 on
+    // one base), and those of pictures the page rendered match what requestVideoFrameCallback saw. (A loaded
+    // machine's compositor skips some decoded frames, so not every message's picture was rendered.)
     let pts: Vec<i64> = ours.iter().map(|m| m["pts"].as_i64().unwrap()).collect();
     assert!(pts.windows(2).all(|w| w[1] > w[0]), "{pts:?}");
+    let base = |m: &serde_json::Value| {
+        (m["rtp_timestamp"].as_u64().unwrap() as u32).wrapping_sub((m["pts"].as_i64().unwrap() as u32).wrapping_mul(90))
+    };
+    assert!(ours.iter().all(|m| base(m) == base(ours[0])), "RTP timestamps on more than one base: {j}");
     let matched = ours.iter().filter(|m| m["matched_frame"] == true).count();
-    assert!(matched * 10 >= ours.len() * 8, "{matched} of {} messages name a rendered frame: {j}", ours.len());
+    assert!(matched * 3 >= ours.len(), "{matched} of {} messages name a rendered frame: {j}", ours.len());
     // The publisher's own SEI (x264's settings, at each loop of the file) arrives the same way.
     let x264: Vec<_> = msgs.iter().filter(|m| m["uuid"] == X264_UUID).collect();
     assert!(!x264.is_empty(), "no x264 SEI in {} messages", msgs.len());

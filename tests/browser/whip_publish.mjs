@@ -35,6 +35,11 @@ window.__publish = async (url, codec) => {
       if (!want.length) throw new Error('this browser cannot send ' + codec);
       // Offer only the codec under test (plus nothing else), as a VP8-only browser would.
       t.setCodecPreferences(want);
+      // A loaded machine makes Chromium's encoder shed resolution (480x360 seen in a CI run); the checks
+      // read the size, so it sheds frame rate instead, as a publisher wanting a fixed size sets it.
+      const params = t.sender.getParameters();
+      params.degradationPreference = 'maintain-resolution';
+      await t.sender.setParameters(params).catch(() => {});
     }
   }
   const offer = await pc.createOffer();

@@ -3,7 +3,7 @@
 // messages livegate sends on it (what live-player's event 2012 gives a mini program), checking each message's
 // rtp_timestamp against the RTP timestamps of the frames the page rendered (requestVideoFrameCallback).
 // usage: node tests/browser/whep_sei.mjs <whep-url> <seconds> [sei-api-url [count]]
-//   With sei-api-url, this script injects `count` (default 20) messages itself, one every 250 ms, each text
+//   With sei-api-url, this script injects `count` (default 20) messages itself, one per 250 ms of the stream's media time, each text
 //   "probe <n> <Date.now()>", and reports how long each took from the POST to the page (latency_ms): the
 //   figure benches/README.md gives. Without it, the caller injects (the tests pace by media time).
 // Prints one JSON line {ok, framesDecoded, messages: [{payload_type, uuid, data, pts, dts, rtp_timestamp,
@@ -80,6 +80,16 @@ const done = async (ok, message) => {
 const hardTimeout = Math.max(HARD_TIMEOUT_MS, (seconds + 40) * 1000);
 setTimeout(() => done(false, `timeout after ${hardTimeout / 1000}s`), hardTimeout).unref();
 
+// The stream's API resource (the SEI URL without its last segment) and its media time.
+const streamUrl = injectUrl ? injectUrl.replace(/\/sei$/, '') : null;
+const mediaMs = async () => (await (await fetch(streamUrl)).json()).media_ms || 0;
+
+// Waits until the stream's media time moved on by `ms`: the injections are paced by the stream's clock.
+async function mediaAdvanced(ms) {
+  const target = (await mediaMs()) + ms;
+  while ((await mediaMs()) < target) await new Promise((res) => setTimeout(res, 20));
+}
+
 async function inject() {
   const sent = new Map();
   for (let n = 0; n < count; n++) {
@@ -88,7 +98,7 @@ async function inject() {
     const r = await fetch(injectUrl, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ text }) });
     if (r.status !== 202) throw new Error(`inject: ${r.status} ${await r.text()}`);
     sent.set(Buffer.from(text).toString('base64'), t0);
-    await new Promise((res) => setTimeout(res, 250));
+    await mediaAdvanced(250);
   }
   return sent;
 }

@@ -2410,6 +2410,13 @@ impl RTCPeerConnection {
         }
     }
 
+    /// livegate patch: the local SRTP master key and salt negotiated by DTLS, and the peer's
+    /// address on the DTLS path; `None` until the handshake completes. For an application that
+    /// protects and sends some of its RTP itself (an SSRC this connection then never sends on).
+    pub fn srtp_local_keying(&self) -> Option<transport::SrtpLocalKeying> {
+        self.dtls_transport().srtp_local_keying.clone()
+    }
+
     /// Returns a snapshot of accumulated statistics.
     ///
     /// This method creates an immutable snapshot of WebRTC statistics

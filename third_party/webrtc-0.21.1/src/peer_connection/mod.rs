@@ -718,6 +718,13 @@ pub trait PeerConnection: crate::sealed::Sealed + Send + Sync + 'static {
     ///
     /// * [W3C](https://www.w3.org/TR/webrtc/#dom-rtcpeerconnection-sctp)
     async fn sctp(&self) -> Option<Arc<dyn SctpTransport>>;
+
+    /// livegate patch: this end's SRTP master key and salt and the peer's address on the DTLS
+    /// path, once DTLS has completed; for an application that protects and sends RTP on an SSRC
+    /// of its own (see `rtc::peer_connection::RTCPeerConnection::srtp_local_keying`).
+    async fn srtp_local_keying(&self) -> Option<rtc::peer_connection::transport::SrtpLocalKeying> {
+        None
+    }
 }
 
 /// Concrete async peer connection implementation (generic over interceptor type).
@@ -1545,6 +1552,11 @@ impl PeerConnection for PeerConnectionImpl {
     async fn get_stats(&self, now: Instant, selector: StatsSelector) -> RTCStatsReport {
         let mut core = self.inner.core.lock().await;
         core.get_stats(now, selector)
+    }
+
+    async fn srtp_local_keying(&self) -> Option<rtc::peer_connection::transport::SrtpLocalKeying> {
+        let core = self.inner.core.lock().await;
+        core.srtp_local_keying()
     }
 
     async fn sctp(&self) -> Option<Arc<dyn SctpTransport>> {

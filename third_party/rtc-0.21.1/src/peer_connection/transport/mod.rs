@@ -160,6 +160,8 @@ pub use dtls::fingerprint::RTCDtlsFingerprint;
 pub use dtls::parameters::RTCDtlsParameters;
 pub use dtls::role::RTCDtlsRole;
 pub use dtls::state::RTCDtlsTransportState;
+// livegate patch
+pub use dtls::SrtpLocalKeying;
 use std::fmt;
 
 pub use ice::candidate::{

@@ -62,6 +62,33 @@ pub(crate) struct DtlsTransport {
     pub(crate) allow_insecure_verification_algorithm: bool,
     pub(crate) disable_certificate_fingerprint_verification: bool,
     pub(crate) replay_protection: ReplayProtection,
+
+    // livegate patch: the keys this end protects its SRTP with, kept from the handshake.
+    pub(crate) srtp_local_keying: Option<SrtpLocalKeying>,
+}
+
+/// livegate patch: what an application needs to protect and send SRTP itself on this session's
+/// path: the local master key and salt of the negotiated profile, and the peer's address on the
+/// DTLS path. The key and salt are secrets; `Debug` leaves them out.
+#[derive(Clone)]
+pub struct SrtpLocalKeying {
+    /// The SRTP protection profile DTLS negotiated.
+    pub profile: srtp::protection_profile::ProtectionProfile,
+    /// This end's master key.
+    pub master_key: Vec<u8>,
+    /// This end's master salt.
+    pub master_salt: Vec<u8>,
+    /// Where the peer's DTLS came from: the selected path.
+    pub peer_addr: std::net::SocketAddr,
+}
+
+impl std::fmt::Debug for SrtpLocalKeying {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SrtpLocalKeying")
+            .field("profile", &self.profile)
+            .field("peer_addr", &self.peer_addr)
+            .finish_non_exhaustive()
+    }
 }
 
 pub(crate) struct RTCDtlsTransportConfig {
@@ -126,6 +153,7 @@ impl DtlsTransport {
             disable_certificate_fingerprint_verification,
             replay_protection,
             crypto_provider,
+            srtp_local_keying: None,
         })
     }
 

@@ -2414,7 +2414,11 @@ impl RTCPeerConnection {
     /// address on the DTLS path; `None` until the handshake completes. For an application that
     /// protects and sends some of its RTP itself (an SSRC this connection then never sends on).
     pub fn srtp_local_keying(&self) -> Option<transport::SrtpLocalKeying> {
-        self.dtls_transport().srtp_local_keying.clone()
+        // DTLS runs on a placeholder transport context: the peer's address is the selected pair's.
+        let (_, remote) = self.ice_transport().agent.get_selected_candidate_pair()?;
+        let mut keying = self.dtls_transport().srtp_local_keying.clone()?;
+        keying.peer_addr = remote.addr();
+        Some(keying)
     }
 
     /// Returns a snapshot of accumulated statistics.

@@ -257,10 +257,7 @@ impl<'a>
                                     &self.ctx.dtls_transport.crypto_provider,
                                 )?;
                             // livegate patch: kept for `RTCPeerConnection::srtp_local_keying`.
-                            self.ctx.dtls_transport.srtp_local_keying = Some(SrtpLocalKeying {
-                                peer_addr: msg.transport.peer_addr,
-                                ..keying
-                            });
+                            self.ctx.dtls_transport.srtp_local_keying = Some(keying);
                             srtp_contexts = Some((local_srtp_context, remote_srtp_context));
                         } else {
                             warn!(

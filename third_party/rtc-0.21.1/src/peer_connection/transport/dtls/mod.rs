@@ -78,7 +78,7 @@ pub struct SrtpLocalKeying {
     pub master_key: Vec<u8>,
     /// This end's master salt.
     pub master_salt: Vec<u8>,
-    /// Where the peer's DTLS came from: the selected path.
+    /// The peer's address on the selected ICE candidate pair.
     pub peer_addr: std::net::SocketAddr,
 }
 

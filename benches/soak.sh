@@ -32,6 +32,7 @@ listen = "127.0.0.1:0"
 max_connections = 5000
 max_connections_per_addr = 0
 [webrtc]
+udp_mux_port = 0
 udp_port_min = 0
 udp_port_max = 0
 [apps.live]

@@ -7,9 +7,17 @@ use std::time::Duration;
 
 use common::*;
 
+/// Both media paths: the shared socket (the default), where livegate protects and sends the media itself, and
+/// a socket per session (`udp_mux = false`), where webrtc-rs does.
 #[test]
 fn chromium_plays_an_rtmp_stream_over_whep() {
-    let srv = Server::start("[webrtc]\nudp_port_min = 0\nudp_port_max = 0\n");
+    for (config, direct) in [("", true), ("[webrtc]\nudp_mux = false\nudp_port_min = 0\nudp_port_max = 0\n", false)] {
+        chromium_plays_over_whep(config, direct);
+    }
+}
+
+fn chromium_plays_over_whep(config: &str, direct: bool) {
+    let srv = Server::start(config);
     let _pub = push(&media("360p"), &srv.rtmp_url("wv"));
     srv.wait_live("wv");
     let shot = srv.dir.path().join("whep.png");
@@ -28,6 +36,15 @@ fn chromium_plays_an_rtmp_stream_over_whep() {
     assert_eq!(rendition["audio"]["codec"], "Opus", "described without a config record: {rendition}");
     assert_eq!(rendition["audio"]["sample_rate"], 48000, "{rendition}");
     assert!(std::fs::metadata(&shot).unwrap().len() > 1000);
+    // Sender reports reached the browser for both tracks (it syncs audio to video by them), counting packets.
+    for kind in ["video", "audio"] {
+        let sr = &j["senderReports"][kind];
+        assert!(
+            sr["reports"].as_u64().unwrap_or(0) >= 2 && sr["packetsSent"].as_u64().unwrap_or(0) > 50,
+            "{kind}: {j}"
+        );
+    }
+    assert!(srv.log_text().contains(&format!("direct={direct}")), "the session took the expected media path");
 }
 
 #[test]

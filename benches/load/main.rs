@@ -63,7 +63,8 @@ peak RSS, and late publisher tags; with --record also the bytes livegate wrote o
 --proto whep: each reader is a webrtc-rs PeerConnection that offers recvonly H.264 (42e01f, \
 packetization-mode 1) [and Opus with --whep-audio, which makes livegate run its AAC->Opus transcoder], POSTs \
 the offer to http://.../whep/live/NAME (non-trickle), applies the answer and reads the RTP. livegate gets \
-[webrtc] udp_port_min = udp_port_max = 0 (OS-picked ports). The publisher adds a 0/1 ms pseudo-random code to \
+[webrtc] udp_mux_port = 0: all sessions on one OS-picked UDP port, where livegate sends WHEP media itself \
+(--whep-no-mux: a port per session, media through webrtc-rs). The publisher adds a 0/1 ms pseudo-random code to \
 video timestamps so that viewers can map RTP timestamps (pts x 90 + a random base) back to the frames sent. \
 Reported: added latency RTMP->WHEP (publisher sent the frame -> its first RTP packet reached the viewer) over \
 frames sent after the viewer's first RTP packet, and livegate CPU per reader over a steady window (after the \
@@ -148,6 +149,10 @@ pub struct Args {
     /// --proto whep: viewers offer Opus audio too (livegate transcodes AAC->Opus once for the stream).
     #[arg(long)]
     whep_audio: bool,
+    /// --proto whep: livegate gives each session a UDP socket of its own (`udp_mux = false`), where webrtc-rs
+    /// sends the media, instead of the shared socket where livegate sends it: the A/B of the two paths.
+    #[arg(long)]
+    whep_no_mux: bool,
     /// --proto whep: each viewer sends a PLI every this many ms once media flows (0: never), and the report
     /// counts the keyframes viewers received: shows that a keyframe request reaches the stream's encoder.
     #[arg(long, default_value_t = 0)]
@@ -231,8 +236,13 @@ fn config_extra(args: &Args, record_root: Option<&Path>) -> String {
         c.push_str(&format!("[hls]\nsegment_secs = {s:?}\n\n"));
     }
     if args.proto == reader::Proto::Whep {
-        // OS-picked UDP ports: the default range may be in use by other livegate instances on this machine.
-        c.push_str("[webrtc]\nudp_port_min = 0\nudp_port_max = 0\n\n");
+        // OS-picked UDP ports: the default ones may be in use by other livegate instances on this machine.
+        // (`udp_mux_port = 0` is also what a build before the shared socket was the default reads as "off".)
+        c.push_str("[webrtc]\nudp_mux_port = 0\nudp_port_min = 0\nudp_port_max = 0\n");
+        if args.whep_no_mux {
+            c.push_str("udp_mux = false\n");
+        }
+        c.push('\n');
     }
     if let Some(root) = record_root {
         let mut formats: Vec<&str> = args.record.iter().map(|f| f.name()).collect();

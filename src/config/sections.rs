@@ -85,10 +85,14 @@ impl HlsConfig {
 pub struct WebrtcConfig {
     /// The address ICE binds and advertises (the host candidate browsers connect to).
     pub ice_ip: std::net::IpAddr,
-    /// UDP ports for sessions, one per viewer; 0/0 lets the OS pick.
+    /// With `udp_mux = false`: UDP ports for sessions, one per session; 0/0 lets the OS pick.
     pub udp_port_min: u16,
-    /// Non-zero: every session shares this one UDP port (for a NAT or firewall that opens one port);
-    /// udp_port_min/max are then unused.
+    /// Every session shares one UDP socket (the default): one port to open in a firewall, and WHEP media is
+    /// protected and sent by livegate itself in batches (`webrtc::media_out`). `false`: a socket per session
+    /// from udp_port_min..=udp_port_max, and webrtc-rs sends the media (several times the CPU per viewer).
+    #[serde(default = "super::default_true")]
+    pub udp_mux: bool,
+    /// The shared socket's port; 0 lets the OS pick one (the answer's candidate names it).
     #[serde(default)]
     pub udp_mux_port: u16,
     pub udp_port_max: u16,

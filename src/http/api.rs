@@ -305,6 +305,7 @@ fn client_json(c: &crate::hub::ClientHandle) -> Value {
             "backlog_ms": p.backlog_ms.load(Ordering::Relaxed),
             "skips": p.skips.load(Ordering::Relaxed),
             "stalls": p.stalls.load(Ordering::Relaxed),
+            "dropped_packets": p.dropped_packets.load(Ordering::Relaxed),
             "loss_percent": p.loss_percent(),
             "rtt_ms": p.rtt_ms(),
         })

@@ -144,6 +144,8 @@ pub struct PlayerStats {
     pub backlog_ms: AtomicI64,
     pub skips: AtomicU64,
     pub stalls: AtomicU64,
+    /// WebRTC datagrams a full socket buffer refused (the viewer then skipped to a keyframe).
+    pub dropped_packets: AtomicU64,
     /// Receiver-reported fraction lost in hundredths of a percent; -1 when none came (not a WebRTC viewer).
     pub loss_centi_percent: AtomicI64,
     /// Round-trip time from receiver reports, ms; -1 when unknown.
@@ -158,6 +160,7 @@ impl Default for PlayerStats {
             backlog_ms: AtomicI64::new(0),
             skips: AtomicU64::new(0),
             stalls: AtomicU64::new(0),
+            dropped_packets: AtomicU64::new(0),
             loss_centi_percent: AtomicI64::new(-1),
             rtt_ms: AtomicI64::new(-1),
             level: AtomicU8::new(0),

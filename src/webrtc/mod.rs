@@ -3,9 +3,11 @@
 //! are kept apart from the sockets. See `docs/notes/webrtc-rs-0.21.md` for the library's quirks.
 
 pub mod depacketize;
+pub mod media_out;
 pub mod reorder;
 pub mod rtp_clock;
 pub mod sei_channel;
+pub mod udp_batch;
 pub mod udp_mux;
 pub mod whep;
 pub mod whip;
@@ -23,8 +25,9 @@ use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::receiver_report::ReceiverReport;
 use rtc::rtcp::sender_report::SenderReport;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
 use tokio::sync::{mpsc, watch};
 use webrtc::data_channel::DataChannel;
@@ -210,6 +213,7 @@ impl rtc::sansio::Protocol<TaggedPacket, TaggedPacket, ()> for RtcpToApp {
                         || a.is::<FullIntraRequest>()
                         || a.is::<SenderReport>()
                         || a.is::<ReceiverReport>()
+                        || a.is::<TransportLayerNack>()
                 })
                 .cloned()
                 .collect();
@@ -241,10 +245,12 @@ impl Interceptor for RtcpToApp {
 }
 
 /// What a viewer's RTCP says about a track we send it.
-#[derive(Debug, Default, Clone, Copy, PartialEq)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub(crate) struct Feedback {
     /// A PLI or FIR: the viewer wants a keyframe.
     pub keyframe: bool,
+    /// Sequence numbers of our track the viewer reports lost (NACK), for a retransmission.
+    pub nacks: Vec<u16>,
     /// The newest receiver report's fraction lost, in hundredths of a percent.
     pub loss_centi_percent: Option<i64>,
     /// Round trip from that report's LSR/DLSR (RFC 3550 §6.4.1), when it echoes a sender report of ours.
@@ -259,6 +265,10 @@ pub(crate) fn feedback(pkts: &[Box<dyn rtc::rtcp::Packet>], ssrc: u32, now_ntp_m
         let a = p.as_any();
         if a.is::<PictureLossIndication>() || a.is::<FullIntraRequest>() {
             f.keyframe = true;
+        } else if let Some(n) = a.downcast_ref::<TransportLayerNack>().filter(|n| n.media_ssrc == ssrc) {
+            for pair in &n.nacks {
+                f.nacks.extend(pair.packet_list());
+            }
         } else if let Some(rr) = a.downcast_ref::<ReceiverReport>() {
             for r in rr.reports.iter().filter(|r| r.ssrc == ssrc) {
                 f.loss_centi_percent = Some(i64::from(r.fraction_lost) * 10_000 / 256);
@@ -282,8 +292,17 @@ pub(crate) fn ntp_mid_now() -> u32 {
 }
 
 /// A PeerConnection being set up, with the signals its session task waits on.
+/// What a session does: its interceptors and media path differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PeerRole {
+    Whep,
+    Whip,
+}
+
 pub(crate) struct Peer {
     pc: Arc<dyn PeerConnection>,
+    /// A WHEP viewer on the shared socket: the socket its media goes out of (`media_out`).
+    own_media: Option<std::io::Result<Arc<tokio::net::UdpSocket>>>,
     /// Set when the session runs on the shared UDP port.
     mux: Option<Arc<udp_mux::MuxRuntime>>,
     gathered: watch::Receiver<bool>,
@@ -310,7 +329,7 @@ pub struct MuxBindError {
 impl PeerFactory {
     pub fn new(cfg: WebrtcConfig) -> Self {
         let start = cfg.udp_port_min;
-        let mux = (cfg.udp_mux_port != 0).then(|| {
+        let mux = cfg.udp_mux.then(|| {
             let addr = std::net::SocketAddr::new(cfg.ice_ip, cfg.udp_mux_port);
             udp_mux::UdpMux::bind(addr).map_err(|e| {
                 tracing::error!(%addr, error = %e, "cannot bind webrtc.udp_mux_port: WebRTC sessions will fail");
@@ -333,7 +352,12 @@ impl PeerFactory {
 
     /// `codecs` are registered in order (payload type, codec, kind); remote tracks and data channels go to
     /// `outputs`.
-    async fn build(&self, codecs: &[(u8, RTCRtpCodec, RtpCodecKind)], outputs: PeerOutputs) -> Result<Peer, PeerError> {
+    async fn build(
+        &self,
+        codecs: &[(u8, RTCRtpCodec, RtpCodecKind)],
+        outputs: PeerOutputs,
+        role: PeerRole,
+    ) -> Result<Peer, PeerError> {
         let (g_tx, g_rx) = watch::channel(false);
         let (s_tx, s_rx) = watch::channel(RTCPeerConnectionState::New);
         let handler =
@@ -351,8 +375,22 @@ impl PeerFactory {
             for (pt, codec, kind) in codecs {
                 me.register_codec(RTCRtpCodecParameters { rtp_codec: codec.clone(), payload_type: *pt }, *kind)?;
             }
-            let registry =
-                register_default_interceptors(Registry::new(), &mut me)?.with(Slot::from(14_000), RtcpToApp::default());
+            // A WHEP viewer on the shared socket gets its media from `media_out`, which answers NACKs and sends
+            // sender reports itself: webrtc-rs' interceptors would only add per-packet work (TWCC is for
+            // receiving, which a viewer's session never does). The feedback the viewer may send is still
+            // announced, or browsers send none.
+            let own_media = role == PeerRole::Whep && mux.is_some();
+            let registry = if own_media {
+                for (typ, parameter) in [("nack", ""), ("nack", "pli"), ("ccm", "fir")] {
+                    me.register_feedback(
+                        RTCPFeedback { typ: typ.into(), parameter: parameter.into() },
+                        RtpCodecKind::Video,
+                    );
+                }
+                Registry::new().with(Slot::from(14_000), RtcpToApp::default())
+            } else {
+                register_default_interceptors(Registry::new(), &mut me)?.with(Slot::from(14_000), RtcpToApp::default())
+            };
             let se = SettingEngineBuilder::new()
                 .with_lite(true)
                 .with_multicast_dns_mode(MulticastDnsMode::Disabled)
@@ -379,7 +417,10 @@ impl PeerFactory {
                 .build()
                 .await;
             match r {
-                Ok(pc) => return Ok(Peer { pc: Arc::new(pc), mux, gathered: g_rx, state: s_rx }),
+                Ok(pc) => {
+                    let own_media = (role == PeerRole::Whep).then(|| mux.as_ref().map(|m| m.shared_socket())).flatten();
+                    return Ok(Peer { pc: Arc::new(pc), mux, gathered: g_rx, state: s_rx, own_media });
+                }
                 Err(e) => last_err = e.to_string(),
             }
         }
@@ -475,7 +516,7 @@ mod tests {
         };
         let pkts: Vec<Box<dyn rtc::rtcp::Packet>> = vec![Box::new(rr)];
         let f = feedback(&pkts, ours, now);
-        assert_eq!(f, Feedback { keyframe: false, loss_centi_percent: Some(2500), rtt_ms: Some(250) });
+        assert_eq!(f, Feedback { loss_centi_percent: Some(2500), rtt_ms: Some(250), ..Default::default() });
         let pli: Vec<Box<dyn rtc::rtcp::Packet>> =
             vec![Box::new(PictureLossIndication { sender_ssrc: 1, media_ssrc: ours })];
         assert_eq!(feedback(&pli, ours, now), Feedback { keyframe: true, ..Default::default() });

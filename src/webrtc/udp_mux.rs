@@ -233,6 +233,11 @@ impl MuxRuntime {
         Ok(Arc::new(Self { inner, mux, socket: Mutex::new(None) }))
     }
 
+    /// The shared socket, for a session that sends its media itself.
+    pub fn shared_socket(&self) -> io::Result<Arc<tokio::net::UdpSocket>> {
+        self.mux.socket()
+    }
+
     /// After the answer: routes the session's datagrams to it and returns the answer with the shared port.
     pub fn attach(&self, sdp: &str) -> Result<String, MuxError> {
         let socket = self.socket.lock().clone().ok_or(MuxError::NoSocket)?;

@@ -9,10 +9,11 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
+use rtc::peer_connection::transport::SrtpLocalKeying;
 use rtc::rtp::codec::h264::H264Payloader;
 use rtc::rtp::codec::vp8::Vp8Payloader;
 use rtc::rtp::packetizer::Payloader;
@@ -24,11 +25,15 @@ use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::peer_connection::{PeerConnection, RTCPeerConnectionState};
 use webrtc::rtp_transceiver::RtpSender;
 
+use super::media_out::{Datagrams, MediaOutError, TrackOut};
+use super::udp_batch;
 use super::{
     answer, h264_codec, has_active_media, opus_codec, rtp_track, sei_channel, vp8_codec, AnswerError, PeerFactory,
     PeerOutputs, WebrtcConfig, MTU,
 };
-use crate::hub::{Audience, CachePolicy, ClientGuard, Hub, HubError, Packet, Protocol, Purpose, StreamKey};
+use crate::hub::{
+    Audience, CachePolicy, ClientGuard, ClientHandle, Hub, HubError, Packet, Protocol, Purpose, StreamKey,
+};
 use crate::media::avc::{self, AvcDecoderConfig};
 use crate::media::{Codec, MediaKind};
 
@@ -163,7 +168,7 @@ impl Whep {
         } else {
             (None, None)
         };
-        let (pc, track, sender, audio, ssrc, mut state_rx, answer) =
+        let (pc, track, sender, audio, ssrc, mut state_rx, answer, own_media) =
             self.negotiate(offer, wants_opus, vp8, dc_tx).await?;
         let guard = self.hub.register_client(Protocol::Whep, addr);
         if let Some(tag) = tag {
@@ -188,6 +193,8 @@ impl Whep {
         // PLI/FIR from the viewer: the stream's publisher makes a keyframe if it can (a transcoder's encoder,
         // a WHIP browser); a passthrough RTMP source cannot, and the viewer waits for the next GOP.
         // Receiver reports: the viewer's loss and round trip, for its quality level.
+        // NACKs: the pump retransmits from its history when it sends the media itself.
+        let (nack_tx, nack_rx) = mpsc::channel::<Vec<u16>>(64);
         let (kf_track, kf_stream, viewer) = (track.clone(), reader.stream().clone(), guard.handle.clone());
         tokio::spawn(async move {
             while let Some(ev) = kf_track.poll().await {
@@ -203,6 +210,9 @@ impl Whep {
                 if let Some(r) = f.rtt_ms {
                     viewer.player.rtt_ms.store(r, Ordering::Relaxed);
                 }
+                if !f.nacks.is_empty() {
+                    let _ = nack_tx.try_send(f.nacks);
+                }
             }
         });
         let this = self.clone();
@@ -212,21 +222,37 @@ impl Whep {
         tokio::spawn(async move {
             let waited = super::await_connected(&mut state_rx, &mut stop_rx, connect_timeout).await;
             let reason = match waited.end_reason() {
-                None => {
-                    tracing::info!(session = %sid, client = guard.handle.id, audio = opus_key.is_some(), "whep connected");
-                    let audio_task = match (audio, opus_key) {
-                        (Some(a), Some(k)) => this.spawn_audio(k, a, &guard, &key),
-                        _ => None,
-                    };
-                    let r = tokio::select! {
-                        r = pump(&mut reader, &track, &sender, ssrc, &mut state_rx, vp8, dc_rx) => r,
-                        _ = stop_rx.wait_for(|deleted| *deleted) => "deleted by the client".into(),
-                    };
-                    if let Some(t) = audio_task {
-                        t.abort();
+                None => match direct_path(&pc, own_media).await {
+                    Err(reason) => reason,
+                    Ok(direct) => {
+                        tracing::info!(session = %sid, client = guard.handle.id, audio = opus_key.is_some(),
+                            direct = direct.is_some(), "whep connected");
+                        let audio_task = match (audio, opus_key) {
+                            (Some(a), Some(k)) => this.spawn_audio(k, a, &guard, &key, direct.clone()),
+                            _ => None,
+                        };
+                        let sink = match direct {
+                            Some(d) => match negotiated_pt(&sender).await {
+                                Some(pt) => Direct::new(d, ssrc, pt, 90_000, guard.handle.clone())
+                                    .map(|d| VideoSink::Direct(Box::new((d, nack_rx))))
+                                    .map_err(|e| format!("cannot protect media: {e}")),
+                                None => Err("no negotiated payload type".into()),
+                            },
+                            None => Ok(VideoSink::Track(track.clone())),
+                        };
+                        let r = match sink {
+                            Err(reason) => reason,
+                            Ok(mut sink) => tokio::select! {
+                                r = pump(&mut reader, &mut sink, &sender, ssrc, &mut state_rx, vp8, dc_rx) => r,
+                                _ = stop_rx.wait_for(|deleted| *deleted) => "deleted by the client".into(),
+                            },
+                        };
+                        if let Some(t) = audio_task {
+                            t.abort();
+                        }
+                        r
                     }
-                    r
-                }
+                },
                 Some(reason) => reason,
             };
             tracing::info!(session = %sid, client = guard.handle.id, %reason, "whep session ended");
@@ -270,6 +296,7 @@ impl Whep {
             u32,
             watch::Receiver<RTCPeerConnectionState>,
             String,
+            Option<std::io::Result<Arc<tokio::net::UdpSocket>>>,
         ),
         WhepError,
     > {
@@ -280,7 +307,7 @@ impl Whep {
         }
         let mut peer = self
             .peers
-            .build(&codecs, PeerOutputs { tracks: None, channels })
+            .build(&codecs, PeerOutputs { tracks: None, channels }, super::PeerRole::Whep)
             .await
             .map_err(|e| WhepError::Internal(e.to_string()))?;
         let pc = peer.pc.clone();
@@ -313,7 +340,7 @@ impl Whep {
         if !has_active_media(&sdp, "video") {
             return fail(pc, WhepError::NoCodec).await;
         }
-        Ok((pc, track, sender, audio, ssrc, peer.state, sdp))
+        Ok((pc, track, sender, audio, ssrc, peer.state, sdp, peer.own_media.take()))
     }
 }
 
@@ -331,6 +358,7 @@ impl Whep {
         a: AudioOut,
         guard: &ClientGuard,
         viewer_of: &StreamKey,
+        direct: Option<DirectPath>,
     ) -> Option<tokio::task::JoinHandle<()>> {
         // Audio follows live closely: start at the newest packet, keep at most half a second of backlog.
         let policy = CachePolicy::internal(Duration::from_millis(500));
@@ -338,8 +366,16 @@ impl Whep {
         let mut reader = self.hub.subscribe_as(&key, Protocol::Whep, policy, guard.handle.clone(), audience).ok()?;
         // The viewer's backlog is its video's: this reader shares its client.
         reader.set_reports_backlog(false);
+        let viewer = guard.handle.clone();
         Some(tokio::spawn(async move {
             let Some(pt) = negotiated_pt(&a.sender).await else { return };
+            if let Some(d) = direct {
+                match Direct::new(d, a.ssrc, pt, 48_000, viewer) {
+                    Ok(d) => direct_audio(reader, d).await,
+                    Err(e) => tracing::warn!(error = %e, "no WebRTC audio for this viewer"),
+                }
+                return;
+            }
             let mut seq: u16 = rand::random();
             let base: u32 = rand::random();
             let mut batch: Vec<Arc<Packet>> = Vec::new();
@@ -368,6 +404,109 @@ impl Whep {
     }
 }
 
+/// The shared socket and this session's SRTP keys: what a viewer's media needs to go out without webrtc-rs.
+pub(crate) type DirectPath = (Arc<tokio::net::UdpSocket>, SrtpLocalKeying);
+
+/// Once connected: the direct path when the session is on the shared socket (`None` on a port of its own,
+/// where only webrtc-rs can send). An error is the session's end reason.
+async fn direct_path(
+    pc: &Arc<dyn PeerConnection>,
+    own_media: Option<std::io::Result<Arc<tokio::net::UdpSocket>>>,
+) -> Result<Option<DirectPath>, String> {
+    match own_media {
+        None => Ok(None),
+        Some(Err(e)) => Err(format!("no shared UDP socket: {e}")),
+        Some(Ok(socket)) => match pc.srtp_local_keying().await {
+            Some(k) => Ok(Some((socket, k))),
+            None => Err("DTLS completed without SRTP keys".into()),
+        },
+    }
+}
+
+/// One track of one viewer, protected here and sent on the shared socket (`media_out`, `udp_batch`).
+struct Direct {
+    track: TrackOut,
+    socket: Arc<tokio::net::UdpSocket>,
+    peer: std::net::SocketAddr,
+    out: Datagrams,
+    viewer: Arc<ClientHandle>,
+    /// A full socket buffer refused datagrams: the video waits for a keyframe instead of showing damage.
+    skipping: bool,
+}
+
+impl Direct {
+    fn new(
+        (socket, keying): DirectPath,
+        ssrc: u32,
+        pt: u8,
+        clock_rate: u32,
+        viewer: Arc<ClientHandle>,
+    ) -> Result<Self, MediaOutError> {
+        let track = TrackOut::new(&keying, ssrc, pt, clock_rate, rand::random())?;
+        Ok(Self { track, socket, peer: keying.peer_addr, out: Datagrams::default(), viewer, skipping: false })
+    }
+
+    /// Sends what is queued (with a sender report when one is due); counts what the socket refused.
+    fn flush(&mut self) {
+        if let Err(e) = self.track.report_if_due(Instant::now(), SystemTime::now(), &mut self.out) {
+            tracing::debug!(error = %e, "no sender report");
+        }
+        if self.out.is_empty() {
+            return;
+        }
+        let r = udp_batch::send(&self.socket, self.peer, &self.out);
+        self.out.clear();
+        if r.dropped > 0 {
+            self.viewer.player.dropped_packets.fetch_add(r.dropped as u64, Ordering::Relaxed);
+            if !self.skipping {
+                self.skipping = true;
+                self.viewer.player.skips.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(
+                    client = self.viewer.id,
+                    dropped = r.dropped,
+                    "socket buffer full: the viewer skips to the next keyframe"
+                );
+            }
+        }
+    }
+}
+
+/// Where a viewer's video goes.
+enum VideoSink {
+    /// Through webrtc-rs: a session on a UDP port of its own.
+    Track(Arc<TrackLocalStaticRTP>),
+    /// Protected and sent here, with the NACKs the viewer sends for it.
+    Direct(Box<(Direct, mpsc::Receiver<Vec<u16>>)>),
+}
+
+/// The next NACK for a direct sink; never for webrtc-rs' (its interceptors answer them).
+async fn next_nack(sink: &mut VideoSink) -> Option<Vec<u16>> {
+    match sink {
+        VideoSink::Direct(d) => d.1.recv().await,
+        VideoSink::Track(_) => std::future::pending().await,
+    }
+}
+
+/// A viewer's Opus audio on the direct path: its own SRTP context, one batch per hub batch.
+async fn direct_audio(mut reader: crate::hub::Reader, mut d: Direct) {
+    let base: u32 = rand::random();
+    let mut batch: Vec<Arc<Packet>> = Vec::new();
+    while reader.next_batch(&mut batch).await.is_ok() {
+        let now = Instant::now();
+        for p in batch.drain(..) {
+            let f = &p.frame;
+            if f.kind != MediaKind::Audio || f.config {
+                continue;
+            }
+            let ts = base.wrapping_add((f.dts as u32).wrapping_mul(48));
+            if let Err(e) = d.track.push(&f.payload, ts, false, now, &mut d.out) {
+                tracing::debug!(error = %e, "audio packet not protected");
+            }
+        }
+        d.flush();
+    }
+}
+
 /// The next data channel the viewer opens; never, once it can open none.
 async fn next_channel(rx: &mut Option<mpsc::UnboundedReceiver<Arc<dyn DataChannel>>>) -> Option<Arc<dyn DataChannel>> {
     match rx {
@@ -380,7 +519,7 @@ async fn next_channel(rx: &mut Option<mpsc::UnboundedReceiver<Arc<dyn DataChanne
 /// its SEI messages as JSON on the viewer's `sei` data channel, once it opens one.
 async fn pump(
     reader: &mut crate::hub::Reader,
-    track: &TrackLocalStaticRTP,
+    sink: &mut VideoSink,
     sender: &Arc<dyn RtpSender>,
     ssrc: u32,
     state: &mut watch::Receiver<RTCPeerConnectionState>,
@@ -413,6 +552,17 @@ async fn pump(
                 }
                 continue;
             }
+            nack = next_nack(sink) => {
+                if let (Some(seqs), VideoSink::Direct(d)) = (nack, &mut *sink) {
+                    let d = &mut d.0;
+                    match d.track.resend(&seqs, &mut d.out) {
+                        Ok(n) => tracing::trace!(asked = seqs.len(), resent = n, "NACK answered"),
+                        Err(e) => tracing::debug!(error = %e, "NACK not answered"),
+                    }
+                    d.flush();
+                }
+                continue;
+            }
             changed = state.changed() => {
                 let s = *state.borrow();
                 if changed.is_err() || matches!(s, RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed | RTCPeerConnectionState::Disconnected) {
@@ -422,6 +572,7 @@ async fn pump(
             }
         }
         let mut sent = 0usize;
+        let now = Instant::now();
         for p in batch.drain(..) {
             let f = &p.frame;
             if f.kind != MediaKind::Video {
@@ -430,6 +581,12 @@ async fn pump(
             if f.config {
                 cfg = AvcDecoderConfig::parse(&f.payload).ok();
                 continue;
+            }
+            if let VideoSink::Direct(d) = &mut *sink {
+                if d.0.skipping && !f.keyframe {
+                    continue;
+                }
+                d.0.skipping = false;
             }
             let parts = match (vp8, f.codec) {
                 (true, Codec::Vp8) => p.rtp_payloads(vp8_payloads),
@@ -459,21 +616,34 @@ async fn pump(
             let last = parts.len().saturating_sub(1);
             for (i, payload) in parts.iter().enumerate() {
                 sent += payload.len() + 12;
-                let header = rtc::rtp::header::Header {
-                    version: 2,
-                    marker: i == last,
-                    payload_type: pt,
-                    sequence_number: seq,
-                    timestamp: ts,
-                    ssrc,
-                    ..Default::default()
-                };
-                seq = seq.wrapping_add(1);
-                if track.write_rtp(rtc::rtp::Packet { header, payload: payload.clone() }).await.is_err() {
-                    // The error carries the whole packet: the useful fact is that the connection is gone.
-                    return "peer connection closed".into();
+                match sink {
+                    VideoSink::Direct(d) => {
+                        let d = &mut d.0;
+                        if let Err(e) = d.track.push(payload, ts, i == last, now, &mut d.out) {
+                            return format!("cannot protect media: {e}");
+                        }
+                    }
+                    VideoSink::Track(track) => {
+                        let header = rtc::rtp::header::Header {
+                            version: 2,
+                            marker: i == last,
+                            payload_type: pt,
+                            sequence_number: seq,
+                            timestamp: ts,
+                            ssrc,
+                            ..Default::default()
+                        };
+                        seq = seq.wrapping_add(1);
+                        if track.write_rtp(rtc::rtp::Packet { header, payload: payload.clone() }).await.is_err() {
+                            // The error carries the whole packet: the useful fact is that the connection is gone.
+                            return "peer connection closed".into();
+                        }
+                    }
                 }
             }
+        }
+        if let VideoSink::Direct(d) = &mut *sink {
+            d.0.flush();
         }
         reader.add_bytes_out(sent);
     }

@@ -168,7 +168,11 @@ impl Whip {
         }
         let (tracks_tx, tracks_rx) = mpsc::unbounded_channel();
         let outputs = super::PeerOutputs { tracks: Some(tracks_tx), channels: None };
-        let mut peer = self.peers.build(&reg, outputs).await.map_err(|e| WhipError::Internal(e.to_string()))?;
+        let mut peer = self
+            .peers
+            .build(&reg, outputs, super::PeerRole::Whip)
+            .await
+            .map_err(|e| WhipError::Internal(e.to_string()))?;
         let sdp = match answer(&mut peer, offer).await {
             Ok(sdp) => sdp,
             Err(AnswerError::BadOffer(e)) => return Err(WhipError::BadOffer(e)),

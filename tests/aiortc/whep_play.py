@@ -1,12 +1,16 @@
 """Plays a stream over WHEP with aiortc (a recvonly, non-browser client) and decodes what arrives.
 
-usage: whep_play.py <whep-url> [seconds=4]
+usage: whep_play.py <whep-url> [seconds=4] [loss=EVERY]
 
 Offers recvonly video + audio (all ICE candidates in the offer, as livegate is non-trickle), applies the answer,
 then decodes video (aiortc decodes H.264 with PyAV) and audio (Opus) for `seconds` after the first decoded video
 frame, and DELETEs the session. Prints one JSON line:
   {ok, status, location, videoCodec, frames, fps, width, height, audioFrames, audioRms, deleteStatus, message}
 Exit 0 when media was decoded, 1 otherwise.
+
+With loss=EVERY, every EVERY-th video RTP packet that arrives is dropped (after SRTP, before aiortc's receiver
+sees it), each sequence number once: aiortc NACKs the holes, and a retransmission of a dropped number passes.
+Adds {lossDropped, lossRecovered} (dropped numbers that arrived again) to the JSON.
 """
 
 import asyncio
@@ -15,11 +19,69 @@ import sys
 import time
 
 import numpy as np
+import pylibsrtp
 
 from lib import close, die_usage, offer_answer, peer_connection, run, sdp_video_codec
+from aiortc import rtcdtlstransport
 from aiortc.mediastreams import MediaStreamError
 
 result: dict = {"ok": False}
+
+
+class Loss:
+    """Drops every `every`-th arriving video packet once, before SRTP (as the network would: a packet SRTP
+    has seen once counts as a replay when it comes again); counts the dropped numbers that come back."""
+
+    def __init__(self, every: int) -> None:
+        self.every, self.seen, self.dropped, self.recovered = every, 0, 0, 0
+        self.video_pt: int | None = None
+        self.lost: set[int] = set()
+
+    def keep(self, data: bytes) -> bool:
+        if len(data) < 12 or self.video_pt is None or data[1] & 0x7F != self.video_pt:
+            return True
+        seq = int.from_bytes(data[2:4], "big")
+        if seq in self.lost:
+            self.lost.discard(seq)
+            self.recovered += 1
+            return True
+        self.seen += 1
+        if self.seen % self.every:
+            return True
+        self.lost.add(seq)
+        self.dropped += 1
+        return False
+
+    def install(self) -> None:
+        setup = rtcdtlstransport.RTCDtlsTransport._setup_srtp
+        loss = self
+
+        class LossyRx:
+            def __init__(self, inner) -> None:
+                self.inner = inner
+
+            def unprotect(self, data: bytes) -> bytes:
+                if not loss.keep(data):
+                    raise pylibsrtp.Error("dropped by the test")
+                return self.inner.unprotect(data)
+
+            def unprotect_rtcp(self, data: bytes) -> bytes:
+                return self.inner.unprotect_rtcp(data)
+
+        def lossy_setup(transport) -> None:
+            setup(transport)
+            if transport._rx_srtp is not None:
+                transport._rx_srtp = LossyRx(transport._rx_srtp)
+
+        rtcdtlstransport.RTCDtlsTransport._setup_srtp = lossy_setup
+
+
+def video_pt(sdp: str) -> int | None:
+    for line in sdp.splitlines():
+        if line.startswith("m=video "):
+            parts = line.split()
+            return int(parts[3]) if len(parts) > 3 else None
+    return None
 
 
 async def consume_video(track, stats: dict) -> None:
@@ -51,7 +113,9 @@ async def consume_audio(track, stats: dict) -> None:
         stats["sampleRate"] = frame.sample_rate
 
 
-async def main(url: str, seconds: float) -> bool:
+async def main(url: str, seconds: float, loss: Loss | None = None) -> bool:
+    if loss:
+        loss.install()
     pc = peer_connection()
     pc.addTransceiver("video", direction="recvonly")
     pc.addTransceiver("audio", direction="recvonly")
@@ -68,6 +132,8 @@ async def main(url: str, seconds: float) -> bool:
         if answer is None:
             return False
         result["videoCodec"] = sdp_video_codec(answer)
+        if loss:
+            loss.video_pt = video_pt(answer)
         deadline = time.monotonic() + 15
         while stats["first"] is None and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -89,6 +155,8 @@ async def main(url: str, seconds: float) -> bool:
             audioSampleRate=stats.get("sampleRate"),
             connection=pc.connectionState,
         )
+        if loss:
+            result.update(lossDropped=loss.dropped, lossRecovered=loss.recovered)
         return True
     finally:
         for t in tasks:
@@ -98,6 +166,7 @@ async def main(url: str, seconds: float) -> bool:
 
 if __name__ == "__main__":
     if len(sys.argv) < 2:
-        die_usage("usage: whep_play.py <whep-url> [seconds=4]")
+        die_usage("usage: whep_play.py <whep-url> [seconds=4] [loss=EVERY]")
     secs = float(sys.argv[2]) if len(sys.argv) > 2 else 4.0
-    run(main(sys.argv[1], secs), secs, result)
+    lossy = Loss(int(sys.argv[3].removeprefix("loss="))) if len(sys.argv) > 3 else None
+    run(main(sys.argv[1], secs, lossy), secs, result)

@@ -52,6 +52,11 @@ window.__poll = async () => {
       window.__state.codec = codecs[s.codecId];
     }
     if (s.type === 'inbound-rtp' && s.kind === 'audio') window.__state.audioPackets = s.packetsReceived || 0;
+    // Only an RTCP sender report makes these: what the server says it sent, per track.
+    if (s.type === 'remote-outbound-rtp') {
+      window.__state.senderReports = window.__state.senderReports || {};
+      window.__state.senderReports[s.kind] = { reports: s.reportsSent || 0, packetsSent: s.packetsSent || 0 };
+    }
   });
   if (window.__analyser) {
     const buf = new Float32Array(window.__analyser.fftSize);

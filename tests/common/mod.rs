@@ -73,7 +73,7 @@ impl Server {
         let dir = tempdir::TempDir::new("srv");
         let rec = dir.path().join("recordings");
         let cfg = format!(
-            "[rtmp]\nlisten = \"127.0.0.1:0\"\n[http]\nlisten = \"127.0.0.1:0\"\n[record]\nroot = \"{}\"\n[log]\nlevel = \"livegate=debug,info\"\n{extra}",
+            "[rtmp]\nlisten = \"127.0.0.1:0\"\n[http]\nlisten = \"127.0.0.1:0\"\n[webrtc]\nudp_mux_port = 0\n[record]\nroot = \"{}\"\n[log]\nlevel = \"livegate=debug,info\"\n{extra}",
             rec.display()
         );
         // `extra` may repeat a table header ([rtmp] ...): the tables are merged before livegate reads them.

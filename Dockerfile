@@ -37,6 +37,6 @@ USER livegate
 WORKDIR /var/lib/livegate
 # RTMP, HTTP (HTTP-FLV, HLS, WHEP signalling, API), and one UDP port per WebRTC viewer ([webrtc] range;
 # set webrtc.ice_ip to the host's address, e.g. with --config).
-EXPOSE 1935 1936 8080 8443 20000-20999/udp
+EXPOSE 1935 1936 8080 8443 8189/udp
 ENTRYPOINT ["/usr/bin/tini", "--"]
 CMD ["livegate", "serve"]

@@ -55,6 +55,9 @@ pub fn rewrite_candidate_port(sdp: &str, ip: std::net::IpAddr, from: u16, to: u1
 
 type Datagram = (Vec<u8>, SocketAddr);
 
+/// Send and receive buffer asked for on the shared socket.
+const SOCKET_BUFFER: usize = 8 << 20;
+
 #[derive(Default)]
 struct Routes {
     by_ufrag: HashMap<String, mpsc::Sender<Datagram>>,
@@ -80,6 +83,11 @@ impl UdpMux {
     pub fn bind(addr: SocketAddr) -> io::Result<Arc<Self>> {
         let std = std::net::UdpSocket::bind(addr)?;
         std.set_nonblocking(true)?;
+        // Every viewer's media leaves through this one socket, a keyframe for all of them at once: ask for
+        // room (the kernel caps it at net.core.wmem_max/rmem_max). A refused datagram is dropped, not queued.
+        let sock = socket2::SockRef::from(&std);
+        let _ = sock.set_send_buffer_size(SOCKET_BUFFER);
+        let _ = sock.set_recv_buffer_size(SOCKET_BUFFER);
         let addr = std.local_addr()?;
         Ok(Arc::new(Self { std: Mutex::new(Some(std)), socket: OnceLock::new(), addr, routes: Default::default() }))
     }

@@ -18,6 +18,8 @@ pub struct Metrics {
     parked: [AtomicI64; Protocol::COUNT],
     /// Parked players the fan-out handed back to their tasks because their sockets were full (or failed).
     pub fanout_handbacks: AtomicU64,
+    /// WHEP datagrams the shared UDP socket refused (a full send buffer); their viewers skipped to a keyframe.
+    pub whep_datagrams_refused: AtomicU64,
     pub bytes_in: AtomicU64,
     pub connections: AtomicU64,
     pub disconnects_slow: AtomicU64,
@@ -141,7 +143,7 @@ impl Metrics {
             "livegate_fanout_parked",
             "gauge",
             "Players caught up with live, written to directly by their stream's fan-out.",
-            &[Protocol::HttpFlv, Protocol::Rtmp],
+            &[Protocol::HttpFlv, Protocol::Rtmp, Protocol::Whep],
             |p| self.parked[p as usize].load(Ordering::Relaxed) as i128,
         );
         let _ = writeln!(
@@ -150,6 +152,16 @@ impl Metrics {
         );
         let _ = writeln!(o, "# TYPE livegate_fanout_handbacks_total counter");
         let _ = writeln!(o, "livegate_fanout_handbacks_total {}", self.fanout_handbacks.load(Ordering::Relaxed));
+        let _ = writeln!(
+            o,
+            "# HELP livegate_whep_datagrams_refused_total WHEP datagrams the shared UDP socket refused (send buffer full); their viewers skipped to the next keyframe."
+        );
+        let _ = writeln!(o, "# TYPE livegate_whep_datagrams_refused_total counter");
+        let _ = writeln!(
+            o,
+            "livegate_whep_datagrams_refused_total {}",
+            self.whep_datagrams_refused.load(Ordering::Relaxed)
+        );
         let _ = writeln!(o, "# HELP livegate_disconnects_total Connections ended by livegate, by reason.");
         let _ = writeln!(o, "# TYPE livegate_disconnects_total counter");
         let _ = writeln!(

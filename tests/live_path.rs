@@ -494,13 +494,6 @@ fn a_player_that_stops_reading_is_disconnected_with_a_reason() {
     drop(stuck_flv);
 }
 
-/// The `livegate_fanout_parked{protocol=…}` gauge: players the stream's fan-out writes to directly.
-fn parked(srv: &Server, protocol: &str) -> i64 {
-    let m = String::from_utf8(srv.api("GET", "/metrics").body).unwrap();
-    let key = format!("livegate_fanout_parked{{protocol=\"{protocol}\"}} ");
-    m.lines().find_map(|l| l.strip_prefix(&key)).and_then(|v| v.parse().ok()).expect("parked gauge")
-}
-
 fn video_gaps(ts: &[u32]) -> Vec<(u32, u32)> {
     ts.windows(2).filter(|w| !(w[1] > w[0] && w[1] - w[0] <= 34)).map(|w| (w[0], w[1])).collect()
 }

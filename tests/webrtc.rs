@@ -97,6 +97,13 @@ fn all_sessions_can_share_one_udp_port() {
     let shots = [srv.dir.path().join("m1.png"), srv.dir.path().join("m2.png")];
     let mut a = node_bg("whep_play.mjs", &[&url, shots[0].to_str().unwrap(), "3"]);
     let mut b = node_bg("whep_play.mjs", &[&url, shots[1].to_str().unwrap(), "3"]);
+    // Caught up with live, both viewers' video and audio are sent by their streams' fan-out (the stream and
+    // its Opus rendition), not by a task per viewer.
+    assert!(
+        wait_until(Duration::from_secs(30), || parked(&srv, "whep") == 4),
+        "parked WHEP tracks: {}",
+        parked(&srv, "whep")
+    );
     // And a WHIP publisher beside them: its RTP and RTCP come in on the same port.
     let whip = format!("http://127.0.0.1:{}/whip/live/muxpub", srv.http_port);
     let mut c = node_bg("whip_publish.mjs", &[&whip, "8"]);
@@ -104,6 +111,8 @@ fn all_sessions_can_share_one_udp_port() {
         assert!(j["fps"].as_f64().unwrap() > 20.0, "{j}");
         assert!(j["audioRms"].as_f64().unwrap_or(0.0) > 0.01, "{j}");
     }
+    // Their DELETEs took them out of the fan-out.
+    assert!(wait_until(Duration::from_secs(10), || parked(&srv, "whep") == 0), "{}", parked(&srv, "whep"));
     srv.wait_live("muxpub");
     let codecs: Vec<String> = probe_streams(&srv.flv_url("muxpub"))
         .iter()

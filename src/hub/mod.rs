@@ -25,7 +25,7 @@ pub use attach::{Attachment, AttachmentInfo, Audience, Purpose};
 pub use packet::{HeaderSet, Packet};
 pub use reader::{CachePolicy, EndReason, Reader, Tracks};
 pub use source::{LocateError, Locator, SourceError, SourceFactory, SourceHandle, SourceInfo, SourceKind};
-pub use stream::{Health, PublisherInfo, SeiInjectError, Stream};
+pub use stream::{Health, ParkedGroup, PublisherInfo, SeiInjectError, Stream};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct StreamKey {

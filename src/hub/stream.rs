@@ -128,6 +128,16 @@ pub(crate) struct RateMeter {
     pub fps: f64,
 }
 
+/// Players of a layer above the hub parked for direct fan-out (WHEP viewers: `webrtc::fanout`), so that the
+/// hub needs to know nothing of their wire format. The stream's flusher calls `flush` with its rtc-mode
+/// players, at every video frame; `release` when the stream closes.
+pub trait ParkedGroup: Send + Sync {
+    /// Sends everything new in `stream`'s ring to the players parked in the group.
+    fn flush(&self, stream: &Stream);
+    /// The stream closed: every player goes back to its task.
+    fn release(&self, stream: &Stream);
+}
+
 pub struct Stream {
     pub key: StreamKey,
     pub id: u64,
@@ -141,6 +151,9 @@ pub struct Stream {
     wakers: Mutex<Vec<Waker>>,
     /// Players parked for direct fan-out, per wire format and latency class (see `fanout::group_index`).
     pub(crate) fanout: [Mutex<Vec<Arc<Slot>>>; fanout::GROUPS],
+    /// Parked players of a layer above the hub (WHEP viewers, `webrtc::fanout`), flushed with rtc players.
+    #[allow(clippy::type_complexity)]
+    parked_elsewhere: Mutex<Option<(Arc<dyn ParkedGroup>, Arc<dyn std::any::Any + Send + Sync>)>>,
     /// Round-robin of merge phases for players parking.
     pub(crate) next_phase: AtomicUsize,
     /// Bumped on every wake-up, so a reader registers its waker once per wake-up rather than once per poll.
@@ -219,6 +232,7 @@ impl Stream {
             }),
             wakers: Mutex::new(Vec::new()),
             fanout: Default::default(),
+            parked_elsewhere: Mutex::new(None),
             next_phase: AtomicUsize::new(0),
             wake_gen: AtomicU64::new(0),
             flush_signal: Notify::new(),
@@ -290,7 +304,42 @@ impl Stream {
         self.flush_signal.notify_one();
         // Parked players go back to their tasks, whose Readers send what is left and end cleanly.
         fanout::release_all(self);
+        self.release_elsewhere();
         self.wake_readers();
+    }
+
+    /// The stream's group of parked players of another layer, made by `make` on first use.
+    /// `None` if the stream already has a group of another type (one layer parks players here).
+    pub fn parked_group<G: ParkedGroup + 'static>(&self, make: impl FnOnce() -> Arc<G>) -> Option<Arc<G>> {
+        let mut g = self.parked_elsewhere.lock();
+        let (_, any) = g.get_or_insert_with(|| {
+            let made = make();
+            (made.clone() as Arc<dyn ParkedGroup>, made as Arc<dyn std::any::Any + Send + Sync>)
+        });
+        any.clone().downcast::<G>().ok()
+    }
+
+    fn release_elsewhere(&self) {
+        let g = self.parked_elsewhere.lock().as_ref().map(|(g, _)| g.clone());
+        if let Some(g) = g {
+            g.release(self);
+        }
+    }
+
+    /// Media sent to players of `protocol` outside a [`Reader`](super::Reader) (a parked group's flush).
+    pub fn count_bytes_out(&self, protocol: super::Protocol, n: u64) {
+        self.stats.bytes_out.fetch_add(n, Ordering::Relaxed);
+        crate::metrics::global().bytes_out(protocol, n);
+    }
+
+    /// The packets from `start` (or the oldest the ring still holds) to the newest, with the headers in force
+    /// after them; `start` is returned as it was clamped. For a parked group's flush.
+    pub fn packets_since(&self, start: u64, out: &mut Vec<Arc<Packet>>) -> (u64, u64, Arc<HeaderSet>) {
+        let ring = self.ring.read();
+        let end = ring.next_seq();
+        let start = start.max(ring.first_seq).min(end);
+        out.extend((start..end).filter_map(|seq| ring.get(seq).cloned()));
+        (start, end, ring.headers.clone())
     }
 
     /// Newest dts pushed so far, if any.
@@ -523,6 +572,12 @@ impl Stream {
     fn flush_class(&self, class: Class) {
         fanout::flush(self, Format::Flv, class);
         fanout::flush(self, Format::Rtmp, class);
+        if class == Class::Immediate {
+            let g = self.parked_elsewhere.lock().as_ref().map(|(g, _)| g.clone());
+            if let Some(g) = g {
+                g.flush(self);
+            }
+        }
     }
 
     pub(crate) fn wake_readers(&self) {
@@ -603,6 +658,7 @@ impl Stream {
             }
             if closed {
                 fanout::release_all(&self);
+                self.release_elsewhere();
                 return;
             }
         }

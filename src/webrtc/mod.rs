@@ -3,6 +3,7 @@
 //! are kept apart from the sockets. See `docs/notes/webrtc-rs-0.21.md` for the library's quirks.
 
 pub mod depacketize;
+pub mod fanout;
 pub mod media_out;
 pub mod reorder;
 pub mod rtp_clock;

@@ -9,14 +9,10 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
-use bytes::Bytes;
 use parking_lot::Mutex;
 use rtc::peer_connection::transport::SrtpLocalKeying;
-use rtc::rtp::codec::h264::H264Payloader;
-use rtc::rtp::codec::vp8::Vp8Payloader;
-use rtc::rtp::packetizer::Payloader;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use tokio::sync::{mpsc, watch};
 use webrtc::data_channel::DataChannel;
@@ -25,16 +21,16 @@ use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::peer_connection::{PeerConnection, RTCPeerConnectionState};
 use webrtc::rtp_transceiver::RtpSender;
 
-use super::media_out::{Datagrams, MediaOutError, TrackOut};
-use super::udp_batch;
+use super::fanout::{self, Media, Member};
+use super::media_out::{MediaOutError, TrackOut};
 use super::{
     answer, h264_codec, has_active_media, opus_codec, rtp_track, sei_channel, vp8_codec, AnswerError, PeerFactory,
-    PeerOutputs, WebrtcConfig, MTU,
+    PeerOutputs, WebrtcConfig,
 };
 use crate::hub::{
     Audience, CachePolicy, ClientGuard, ClientHandle, Hub, HubError, Packet, Protocol, Purpose, StreamKey,
 };
-use crate::media::avc::{self, AvcDecoderConfig};
+use crate::media::avc::AvcDecoderConfig;
 use crate::media::{Codec, MediaKind};
 
 #[derive(Debug, thiserror::Error)]
@@ -231,11 +227,15 @@ impl Whep {
                             (Some(a), Some(k)) => this.spawn_audio(k, a, &guard, &key, direct.clone()),
                             _ => None,
                         };
+                        let ts_base: u32 = rand::random();
                         let sink = match direct {
                             Some(d) => match negotiated_pt(&sender).await {
-                                Some(pt) => Direct::new(d, ssrc, pt, 90_000, guard.handle.clone())
-                                    .map(|d| VideoSink::Direct(Box::new((d, nack_rx))))
-                                    .map_err(|e| format!("cannot protect media: {e}")),
+                                Some(pt) => {
+                                    let media = Media::Video { vp8, cfg: None, ts_base };
+                                    member(d, ssrc, pt, 90_000, media, guard.handle.clone())
+                                        .map(|m| VideoSink::Direct(m, nack_rx))
+                                        .map_err(|e| format!("cannot protect media: {e}"))
+                                }
                                 None => Err("no negotiated payload type".into()),
                             },
                             None => Ok(VideoSink::Track(track.clone())),
@@ -243,7 +243,7 @@ impl Whep {
                         let r = match sink {
                             Err(reason) => reason,
                             Ok(mut sink) => tokio::select! {
-                                r = pump(&mut reader, &mut sink, &sender, ssrc, &mut state_rx, vp8, dc_rx) => r,
+                                r = pump(&mut reader, &mut sink, &sender, VideoRtp { ssrc, ts_base, vp8 }, &mut state_rx, dc_rx) => r,
                                 _ = stop_rx.wait_for(|deleted| *deleted) => "deleted by the client".into(),
                             },
                         };
@@ -370,8 +370,8 @@ impl Whep {
         Some(tokio::spawn(async move {
             let Some(pt) = negotiated_pt(&a.sender).await else { return };
             if let Some(d) = direct {
-                match Direct::new(d, a.ssrc, pt, 48_000, viewer) {
-                    Ok(d) => direct_audio(reader, d).await,
+                match member(d, a.ssrc, pt, 48_000, Media::Audio { ts_base: rand::random() }, viewer) {
+                    Ok(m) => direct_audio(reader, m).await,
                     Err(e) => tracing::warn!(error = %e, "no WebRTC audio for this viewer"),
                 }
                 return;
@@ -423,87 +423,110 @@ async fn direct_path(
     }
 }
 
-/// One track of one viewer, protected here and sent on the shared socket (`media_out`, `udp_batch`).
-struct Direct {
-    track: TrackOut,
-    socket: Arc<tokio::net::UdpSocket>,
-    peer: std::net::SocketAddr,
-    out: Datagrams,
+/// A viewer's track on the direct path.
+fn member(
+    (socket, keying): DirectPath,
+    ssrc: u32,
+    pt: u8,
+    clock_rate: u32,
+    media: Media,
     viewer: Arc<ClientHandle>,
-    /// A full socket buffer refused datagrams: the video waits for a keyframe instead of showing damage.
-    skipping: bool,
+) -> Result<Arc<Member>, MediaOutError> {
+    let out = TrackOut::new(&keying, ssrc, pt, clock_rate, rand::random())?;
+    Ok(Member::new(socket, keying.peer_addr, out, media, viewer))
 }
 
-impl Direct {
-    fn new(
-        (socket, keying): DirectPath,
-        ssrc: u32,
-        pt: u8,
-        clock_rate: u32,
-        viewer: Arc<ClientHandle>,
-    ) -> Result<Self, MediaOutError> {
-        let track = TrackOut::new(&keying, ssrc, pt, clock_rate, rand::random())?;
-        Ok(Self { track, socket, peer: keying.peer_addr, out: Datagrams::default(), viewer, skipping: false })
-    }
-
-    /// Sends what is queued (with a sender report when one is due); counts what the socket refused.
-    fn flush(&mut self) {
-        if let Err(e) = self.track.report_if_due(Instant::now(), SystemTime::now(), &mut self.out) {
-            tracing::debug!(error = %e, "no sender report");
-        }
-        if self.out.is_empty() {
-            return;
-        }
-        let r = udp_batch::send(&self.socket, self.peer, &self.out);
-        self.out.clear();
-        if r.dropped > 0 {
-            self.viewer.player.dropped_packets.fetch_add(r.dropped as u64, Ordering::Relaxed);
-            if !self.skipping {
-                self.skipping = true;
-                self.viewer.player.skips.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(
-                    client = self.viewer.id,
-                    dropped = r.dropped,
-                    "socket buffer full: the viewer skips to the next keyframe"
-                );
-            }
-        }
-    }
+/// A viewer's video RTP: its SSRC, the random base of its timestamps, and VP8 (else H.264).
+#[derive(Debug, Clone, Copy)]
+struct VideoRtp {
+    ssrc: u32,
+    ts_base: u32,
+    vp8: bool,
 }
 
 /// Where a viewer's video goes.
 enum VideoSink {
     /// Through webrtc-rs: a session on a UDP port of its own.
     Track(Arc<TrackLocalStaticRTP>),
-    /// Protected and sent here, with the NACKs the viewer sends for it.
-    Direct(Box<(Direct, mpsc::Receiver<Vec<u16>>)>),
+    /// Protected and sent here (parked for the stream's fan-out once caught up), with the viewer's NACKs.
+    Direct(Arc<Member>, mpsc::Receiver<Vec<u16>>),
 }
 
 /// The next NACK for a direct sink; never for webrtc-rs' (its interceptors answer them).
 async fn next_nack(sink: &mut VideoSink) -> Option<Vec<u16>> {
     match sink {
-        VideoSink::Direct(d) => d.1.recv().await,
+        VideoSink::Direct(_, nacks) => nacks.recv().await,
         VideoSink::Track(_) => std::future::pending().await,
     }
 }
 
-/// A viewer's Opus audio on the direct path: its own SRTP context, one batch per hub batch.
-async fn direct_audio(mut reader: crate::hub::Reader, mut d: Direct) {
-    let base: u32 = rand::random();
-    let mut batch: Vec<Arc<Packet>> = Vec::new();
-    while reader.next_batch(&mut batch).await.is_ok() {
-        let now = Instant::now();
-        for p in batch.drain(..) {
-            let f = &p.frame;
-            if f.kind != MediaKind::Audio || f.config {
-                continue;
-            }
-            let ts = base.wrapping_add((f.dts as u32).wrapping_mul(48));
-            if let Err(e) = d.track.push(&f.payload, ts, false, now, &mut d.out) {
-                tracing::debug!(error = %e, "audio packet not protected");
-            }
+/// Resolves when a parked member is handed back; never while it is not parked.
+async fn handed_back(m: Option<&Arc<Member>>) {
+    match m {
+        Some(m) => m.handed_back().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A direct track's place in its stream's fan-out, from its task's side. Dropping it (the task ends, or is
+/// cancelled by a DELETE) takes the track out of the group, so nothing is sent to a viewer that left.
+struct Parking {
+    member: Arc<Member>,
+    group: Option<Arc<fanout::Group>>,
+}
+
+impl Parking {
+    fn is_parked(&self) -> bool {
+        self.group.is_some()
+    }
+
+    /// Parks the track when the reader has caught up with live.
+    fn park_if_caught_up(&mut self, reader: &crate::hub::Reader) {
+        if self.group.is_some() || !reader.caught_up() {
+            return;
         }
-        d.flush();
+        let (Some(c), Some(group)) = (reader.cursor(), fanout::Group::of(reader.stream())) else { return };
+        self.member.park(reader.stream(), &group, c);
+        self.group = Some(group);
+    }
+
+    /// Takes the track back (handed back by the fan-out, or wanted back); the reader goes on from there.
+    fn take_back(&mut self, reader: &mut crate::hub::Reader) {
+        if let Some(hb) = self.member.unpark() {
+            reader.resume(hb.next_seq, hb.headers);
+        }
+        self.group = None;
+    }
+}
+
+impl Drop for Parking {
+    fn drop(&mut self) {
+        if let Some(g) = self.group.take() {
+            self.member.leave(&g);
+        }
+    }
+}
+
+/// A viewer's Opus audio on the direct path: sent by its task until caught up, then by the fan-out of the
+/// stream's Opus rendition.
+async fn direct_audio(mut reader: crate::hub::Reader, m: Arc<Member>) {
+    let mut batch: Vec<Arc<Packet>> = Vec::new();
+    let mut parking = Parking { member: m.clone(), group: None };
+    loop {
+        if parking.is_parked() {
+            m.handed_back().await;
+            parking.take_back(&mut reader);
+            continue;
+        }
+        if reader.next_batch(&mut batch).await.is_err() {
+            break;
+        }
+        match m.deliver(&batch) {
+            Ok(n) => reader.add_bytes_out(n),
+            Err(e) => tracing::debug!(error = %e, "audio not protected"),
+        }
+        batch.clear();
+        parking.park_if_caught_up(&reader);
     }
 }
 
@@ -521,9 +544,8 @@ async fn pump(
     reader: &mut crate::hub::Reader,
     sink: &mut VideoSink,
     sender: &Arc<dyn RtpSender>,
-    ssrc: u32,
+    VideoRtp { ssrc, ts_base, vp8 }: VideoRtp,
     state: &mut watch::Receiver<RTCPeerConnectionState>,
-    vp8: bool,
     mut channels: Option<mpsc::UnboundedReceiver<Arc<dyn DataChannel>>>,
 ) -> String {
     let pt = match negotiated_pt(sender).await {
@@ -532,34 +554,50 @@ async fn pump(
     };
     let mut cfg: Option<AvcDecoderConfig> = None;
     let mut seq: u16 = rand::random();
-    let ts_base: u32 = rand::random();
     let mut batch: Vec<Arc<Packet>> = Vec::new();
     let mut sei_dc: Option<Arc<dyn DataChannel>> = None;
     let mut sei_dropped = 0u64;
     let stream = reader.stream().clone();
+    let direct = match sink {
+        VideoSink::Direct(m, _) => Some(m.clone()),
+        VideoSink::Track(_) => None,
+    };
+    // While parked in the stream's fan-out the flusher sends the viewer's video and this task waits.
+    let mut parking = direct.clone().map(|member| Parking { member, group: None });
+    let is_parked = |p: &Option<Parking>| p.as_ref().is_some_and(Parking::is_parked);
     loop {
         tokio::select! {
-            r = reader.next_batch(&mut batch) => {
+            r = reader.next_batch(&mut batch), if !is_parked(&parking) => {
                 if let Err(reason) = r {
                     return reason.to_string();
                 }
             }
+            _ = handed_back(direct.as_ref().filter(|_| is_parked(&parking))) => {
+                if let Some(p) = &mut parking {
+                    p.take_back(reader);
+                }
+                continue;
+            }
             dc = next_channel(&mut channels) => {
                 match dc {
-                    Some(dc) if dc.label().await.is_ok_and(|l| l == sei_channel::LABEL) => sei_dc = Some(dc),
+                    Some(dc) if dc.label().await.is_ok_and(|l| l == sei_channel::LABEL) => {
+                        sei_dc = Some(dc);
+                        // SEI goes out on this task's path, next to its frame: take the viewer back.
+                        if let Some(p) = parking.as_mut().filter(|p| p.is_parked()) {
+                            p.take_back(reader);
+                        }
+                    }
                     Some(_) => {}
                     None => channels = None,
                 }
                 continue;
             }
             nack = next_nack(sink) => {
-                if let (Some(seqs), VideoSink::Direct(d)) = (nack, &mut *sink) {
-                    let d = &mut d.0;
-                    match d.track.resend(&seqs, &mut d.out) {
+                if let (Some(seqs), Some(m)) = (nack, &direct) {
+                    match m.resend(&seqs) {
                         Ok(n) => tracing::trace!(asked = seqs.len(), resent = n, "NACK answered"),
                         Err(e) => tracing::debug!(error = %e, "NACK not answered"),
                     }
-                    d.flush();
                 }
                 continue;
             }
@@ -572,8 +610,7 @@ async fn pump(
             }
         }
         let mut sent = 0usize;
-        let now = Instant::now();
-        for p in batch.drain(..) {
+        for p in &batch {
             let f = &p.frame;
             if f.kind != MediaKind::Video {
                 continue;
@@ -582,20 +619,6 @@ async fn pump(
                 cfg = AvcDecoderConfig::parse(&f.payload).ok();
                 continue;
             }
-            if let VideoSink::Direct(d) = &mut *sink {
-                if d.0.skipping && !f.keyframe {
-                    continue;
-                }
-                d.0.skipping = false;
-            }
-            let parts = match (vp8, f.codec) {
-                (true, Codec::Vp8) => p.rtp_payloads(vp8_payloads),
-                (false, Codec::H264) => match cfg.as_ref() {
-                    Some(c) => p.rtp_payloads(|f| h264_payloads(f, c)),
-                    None => continue,
-                },
-                _ => continue,
-            };
             let ts = ts_base.wrapping_add((f.pts() as u32).wrapping_mul(90));
             if let (Some(dc), Some(c)) = (&sei_dc, cfg.as_ref().filter(|_| f.codec == Codec::H264)) {
                 let texts = p.sei_texts(|f| {
@@ -613,56 +636,46 @@ async fn pump(
                     }
                 }
             }
+            let VideoSink::Track(track) = &*sink else { continue };
+            let parts = match (vp8, f.codec) {
+                (true, Codec::Vp8) => p.rtp_payloads(fanout::vp8_payloads),
+                (false, Codec::H264) => match cfg.as_ref() {
+                    Some(c) => p.rtp_payloads(|f| fanout::h264_payloads(f, c)),
+                    None => continue,
+                },
+                _ => continue,
+            };
             let last = parts.len().saturating_sub(1);
             for (i, payload) in parts.iter().enumerate() {
                 sent += payload.len() + 12;
-                match sink {
-                    VideoSink::Direct(d) => {
-                        let d = &mut d.0;
-                        if let Err(e) = d.track.push(payload, ts, i == last, now, &mut d.out) {
-                            return format!("cannot protect media: {e}");
-                        }
-                    }
-                    VideoSink::Track(track) => {
-                        let header = rtc::rtp::header::Header {
-                            version: 2,
-                            marker: i == last,
-                            payload_type: pt,
-                            sequence_number: seq,
-                            timestamp: ts,
-                            ssrc,
-                            ..Default::default()
-                        };
-                        seq = seq.wrapping_add(1);
-                        if track.write_rtp(rtc::rtp::Packet { header, payload: payload.clone() }).await.is_err() {
-                            // The error carries the whole packet: the useful fact is that the connection is gone.
-                            return "peer connection closed".into();
-                        }
-                    }
+                let header = rtc::rtp::header::Header {
+                    version: 2,
+                    marker: i == last,
+                    payload_type: pt,
+                    sequence_number: seq,
+                    timestamp: ts,
+                    ssrc,
+                    ..Default::default()
+                };
+                seq = seq.wrapping_add(1);
+                if track.write_rtp(rtc::rtp::Packet { header, payload: payload.clone() }).await.is_err() {
+                    // The error carries the whole packet: the useful fact is that the connection is gone.
+                    return "peer connection closed".into();
                 }
             }
         }
-        if let VideoSink::Direct(d) = &mut *sink {
-            d.0.flush();
+        if let Some(m) = &direct {
+            match m.deliver(&batch) {
+                Ok(n) => sent += n,
+                Err(e) => return format!("cannot protect media: {e}"),
+            }
         }
+        batch.clear();
         reader.add_bytes_out(sent);
+        if let Some(p) = parking.as_mut().filter(|_| sei_dc.is_none()) {
+            p.park_if_caught_up(reader);
+        }
     }
-}
-
-/// An access unit as H.264 RTP payloads (STAP-A for parameter sets, FU-A above the MTU); empty when the
-/// frame cannot be converted.
-fn h264_payloads(f: &crate::media::Frame, cfg: &AvcDecoderConfig) -> Vec<Bytes> {
-    let mut annexb = Vec::with_capacity(f.payload.len() + 64);
-    if avc::avcc_to_annexb(&f.payload, cfg, f.keyframe, false, &mut annexb).is_err() {
-        return Vec::new();
-    }
-    // A fresh payloader per access unit: no state leaks from one frame to the next, so the result can be shared.
-    H264Payloader::default().payload(MTU - 12, &Bytes::from(annexb)).unwrap_or_default()
-}
-
-/// A VP8 frame as RTP payloads (RFC 7741 descriptor, split at the MTU).
-fn vp8_payloads(f: &crate::media::Frame) -> Vec<Bytes> {
-    Vp8Payloader::default().payload(MTU - 12, &f.payload).unwrap_or_default()
 }
 
 /// The payload type the answer settled on: the browser's number for H.264, not the one registered here.

@@ -905,6 +905,13 @@ pub fn last_frame_rgb(url: &str, frames: usize, width: usize, height: usize) -> 
 }
 
 /// Starts an API recording of live/`stream` in `formats` (e.g. `["mp4","flv"]`) under `record_id`.
+/// The `livegate_fanout_parked{protocol=…}` gauge: players the stream's fan-out writes to directly.
+pub fn parked(srv: &Server, protocol: &str) -> i64 {
+    let m = String::from_utf8(srv.api("GET", "/metrics").body).unwrap();
+    let key = format!("livegate_fanout_parked{{protocol=\"{protocol}\"}} ");
+    m.lines().find_map(|l| l.strip_prefix(&key)).and_then(|v| v.parse().ok()).expect("parked gauge")
+}
+
 pub fn start_recording(srv: &Server, stream: &str, formats: &[&str], record_id: &str) {
     let body = serde_json::json!({"app": "live", "stream": stream, "formats": formats, "record_id": record_id});
     let r = http_request_body(srv.http_port, "POST", "/api/v1/recordings", &body.to_string());

@@ -1,0 +1,384 @@
+//! WHEP viewers parked for their stream's fan-out: the same discipline as HTTP-FLV's (`hub::fanout`).
+//!
+//! A viewer's task sends the join burst and any backlog itself, through its hub reader. Once it has caught up
+//! with live it *parks*: from then on the stream's flusher, at every video frame, protects the new packets for
+//! every parked viewer (each with its own SRTP context, over the stream's shared RTP payloads) and sends all of
+//! them in `sendmmsg` calls of up to 64 datagrams, whoever they are for. No viewer task wakes per frame.
+//!
+//! A viewer whose packets have left the ring by the time it is flushed is handed back to its task, whose
+//! reader applies the cache policy. A viewer whose datagrams the socket refuses stays parked and skips to the
+//! next keyframe. Which side touches a viewer's RTP state is decided by its mutex: NACK retransmissions, the
+//! flusher and the task each take it for one synchronous send.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use rtc::rtp::codec::h264::H264Payloader;
+use rtc::rtp::codec::vp8::Vp8Payloader;
+use rtc::rtp::packetizer::Payloader;
+use tokio::sync::Notify;
+
+use super::media_out::{Datagrams, MediaOutError, TrackOut};
+use super::{udp_batch, MTU};
+use crate::hub::{ClientHandle, HeaderSet, Packet, ParkedGroup, Protocol, Stream};
+use crate::media::avc::{self, AvcDecoderConfig};
+use crate::media::{Codec, MediaKind};
+use crate::metrics;
+
+/// What a viewer's track carries, and what it needs to turn hub packets into RTP.
+#[derive(Debug)]
+pub enum Media {
+    /// H.264 passed through (the decoder configuration comes in the stream) or VP8 (a transcode).
+    Video { vp8: bool, cfg: Option<AvcDecoderConfig>, ts_base: u32 },
+    /// Opus, from the stream's Opus rendition.
+    Audio { ts_base: u32 },
+}
+
+/// Where the task gets its viewer back.
+#[derive(Debug, Default)]
+pub struct Handback {
+    /// The first packet the viewer has not been sent.
+    pub next_seq: u64,
+    /// The headers in force at `next_seq`, when the flusher moved the viewer past header packets.
+    pub headers: Option<Arc<HeaderSet>>,
+}
+
+struct State {
+    out: TrackOut,
+    media: Media,
+    /// The socket refused datagrams: video waits for a keyframe instead of showing damage.
+    skipping: bool,
+    parked: bool,
+    in_group: bool,
+    pos: u64,
+    headers: Option<Arc<HeaderSet>>,
+    handback: Option<Handback>,
+    /// Reused per send by the task and the NACK path (the flusher has one buffer for the whole group).
+    scratch: Datagrams,
+}
+
+/// One track of one viewer on the direct path.
+pub struct Member {
+    state: Mutex<State>,
+    socket: Arc<tokio::net::UdpSocket>,
+    peer: SocketAddr,
+    client: Arc<ClientHandle>,
+    pos_hint: AtomicU64,
+    gone: AtomicBool,
+    wake: Notify,
+}
+
+impl std::fmt::Debug for Member {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Member").field("peer", &self.peer).field("client", &self.client.id).finish_non_exhaustive()
+    }
+}
+
+impl Member {
+    pub fn new(
+        socket: Arc<tokio::net::UdpSocket>,
+        peer: SocketAddr,
+        out: TrackOut,
+        media: Media,
+        client: Arc<ClientHandle>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(State {
+                out,
+                media,
+                skipping: false,
+                parked: false,
+                in_group: false,
+                pos: 0,
+                headers: None,
+                handback: None,
+                scratch: Datagrams::default(),
+            }),
+            socket,
+            peer,
+            client,
+            pos_hint: AtomicU64::new(0),
+            gone: AtomicBool::new(false),
+            wake: Notify::new(),
+        })
+    }
+
+    /// Sends `packets` now (the task's path, before parking); the RTP bytes sent.
+    pub fn deliver(&self, packets: &[Arc<Packet>]) -> Result<usize, MediaOutError> {
+        let mut st = self.state.lock();
+        let st = &mut *st;
+        let mut d = std::mem::take(&mut st.scratch);
+        let now = Instant::now();
+        let mut bytes = 0;
+        for p in packets {
+            bytes += st.queue(p, now, &mut d)?;
+        }
+        st.out.report_if_due(now, SystemTime::now(), &mut d)?;
+        let r = udp_batch::send(&self.socket, self.peer, &d);
+        d.clear();
+        st.scratch = d;
+        if r.dropped > 0 {
+            self.refused(st, r.dropped);
+        }
+        Ok(bytes)
+    }
+
+    /// Answers a NACK from the history.
+    pub fn resend(&self, seqs: &[u16]) -> Result<usize, MediaOutError> {
+        let mut st = self.state.lock();
+        let st = &mut *st;
+        let mut d = std::mem::take(&mut st.scratch);
+        let n = st.out.resend(seqs, &mut d)?;
+        let r = udp_batch::send(&self.socket, self.peer, &d);
+        d.clear();
+        st.scratch = d;
+        if r.dropped > 0 {
+            self.refused(st, r.dropped);
+        }
+        Ok(n)
+    }
+
+    fn refused(&self, st: &mut State, n: usize) {
+        self.client.player.dropped_packets.fetch_add(n as u64, Ordering::Relaxed);
+        metrics::global().whep_datagrams_refused.fetch_add(n as u64, Ordering::Relaxed);
+        if matches!(st.media, Media::Video { .. }) && !std::mem::replace(&mut st.skipping, true) {
+            self.client.player.skips.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(
+                client = self.client.id,
+                dropped = n,
+                "socket buffer full: the viewer skips to the next keyframe"
+            );
+        }
+    }
+
+    /// Hands the viewer to `stream`'s fan-out: the next flushes send it everything from `pos` on.
+    pub fn park(self: &Arc<Self>, stream: &Stream, group: &Group, pos: u64) {
+        let join = {
+            let mut st = self.state.lock();
+            if !st.parked {
+                metrics::global().parked(Protocol::Whep, 1);
+            }
+            st.parked = true;
+            st.pos = pos;
+            st.headers = None;
+            st.handback = None;
+            self.pos_hint.store(pos, Ordering::Relaxed);
+            !std::mem::replace(&mut st.in_group, true)
+        };
+        if join {
+            group.members.lock().push(self.clone());
+        }
+        // A stream that closed meanwhile flushes nothing more: hand the viewer back so its reader ends it.
+        if stream.is_closed() {
+            group.release(stream);
+        }
+    }
+
+    /// Takes the viewer back; `None` if it was not parked and nothing was handed back.
+    pub fn unpark(&self) -> Option<Handback> {
+        let mut st = self.state.lock();
+        if std::mem::replace(&mut st.parked, false) {
+            metrics::global().parked(Protocol::Whep, -1);
+            return Some(Handback { next_seq: st.pos, headers: st.headers.take() });
+        }
+        st.handback.take()
+    }
+
+    /// Resolves when the fan-out has handed the viewer back (or may have: call [`unpark`](Self::unpark)).
+    pub async fn handed_back(&self) {
+        self.wake.notified().await
+    }
+
+    /// The viewer is leaving: out of the group now.
+    pub fn leave(self: &Arc<Self>, group: &Group) {
+        self.gone.store(true, Ordering::Release);
+        self.unpark();
+        group.members.lock().retain(|m| !Arc::ptr_eq(m, self));
+        self.state.lock().in_group = false;
+    }
+
+    fn give_back(&self, st: &mut State) {
+        let hb = Handback { next_seq: st.pos, headers: st.headers.take() };
+        if st.parked {
+            metrics::global().parked(Protocol::Whep, -1);
+        }
+        st.parked = false;
+        st.in_group = false;
+        st.handback = Some(hb);
+        self.wake.notify_one();
+    }
+}
+
+impl State {
+    /// Queues one hub packet as protected RTP; the RTP bytes (payloads and headers).
+    fn queue(&mut self, p: &Packet, now: Instant, out: &mut Datagrams) -> Result<usize, MediaOutError> {
+        let f = &p.frame;
+        match &mut self.media {
+            Media::Audio { ts_base } => {
+                if f.kind != MediaKind::Audio || f.config {
+                    return Ok(0);
+                }
+                let ts = ts_base.wrapping_add((f.dts as u32).wrapping_mul(48));
+                self.out.push(&f.payload, ts, false, now, out)?;
+                Ok(f.payload.len() + 12)
+            }
+            Media::Video { vp8, cfg, ts_base } => {
+                if f.kind != MediaKind::Video {
+                    return Ok(0);
+                }
+                if f.config {
+                    *cfg = AvcDecoderConfig::parse(&f.payload).ok();
+                    return Ok(0);
+                }
+                if self.skipping {
+                    if !f.keyframe {
+                        return Ok(0);
+                    }
+                    self.skipping = false;
+                }
+                let parts = match (*vp8, f.codec) {
+                    (true, Codec::Vp8) => p.rtp_payloads(vp8_payloads),
+                    (false, Codec::H264) => match cfg.as_ref() {
+                        Some(c) => p.rtp_payloads(|f| h264_payloads(f, c)),
+                        None => return Ok(0),
+                    },
+                    _ => return Ok(0),
+                };
+                let ts = ts_base.wrapping_add((f.pts() as u32).wrapping_mul(90));
+                let last = parts.len().saturating_sub(1);
+                let mut bytes = 0;
+                for (i, payload) in parts.iter().enumerate() {
+                    self.out.push(payload, ts, i == last, now, out)?;
+                    bytes += payload.len() + 12;
+                }
+                Ok(bytes)
+            }
+        }
+    }
+}
+
+/// The parked WHEP viewers of one stream.
+#[derive(Default)]
+pub struct Group {
+    members: Mutex<Vec<Arc<Member>>>,
+}
+
+impl Group {
+    /// `stream`'s group (made on first use); `None` if another layer parks players there.
+    pub fn of(stream: &Stream) -> Option<Arc<Group>> {
+        stream.parked_group(|| Arc::new(Group::default()))
+    }
+}
+
+impl ParkedGroup for Group {
+    fn flush(&self, stream: &Stream) {
+        let mut members = std::mem::take(&mut *self.members.lock());
+        let Some(start) = members.iter().map(|m| m.pos_hint.load(Ordering::Relaxed)).min() else { return };
+        let mut packets = Vec::new();
+        let (start, end, headers) = stream.packets_since(start, &mut packets);
+        let socket = members[0].socket.clone();
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        let mut all = Datagrams::default();
+        let mut owners: Vec<usize> = Vec::new();
+        let mut peers: Vec<socket2::SockAddr> = Vec::with_capacity(members.len());
+        let mut keep: Vec<Arc<Member>> = Vec::with_capacity(members.len());
+        let mut total = 0u64;
+        for m in members.drain(..) {
+            let mut st = m.state.lock();
+            if !st.parked {
+                st.in_group = false;
+                continue;
+            }
+            if st.pos >= end {
+                drop(st);
+                peers.push(socket2::SockAddr::from(m.peer));
+                keep.push(m);
+                continue;
+            }
+            if st.pos < start {
+                // Its packets left the ring: its reader takes over, with the cache policy.
+                m.client.player.stalls.fetch_add(1, Ordering::Relaxed);
+                m.give_back(&mut st);
+                continue;
+            }
+            let before = all.len();
+            let mut bytes = 0;
+            let mut failed = None;
+            for p in &packets[(st.pos - start) as usize..] {
+                match st.queue(p, now, &mut all) {
+                    Ok(n) => bytes += n,
+                    Err(e) => failed = Some(e),
+                }
+            }
+            if let Err(e) = st.out.report_if_due(now, wall, &mut all) {
+                failed = Some(e);
+            }
+            if let Some(e) = failed {
+                tracing::debug!(client = m.client.id, error = %e, "WHEP media not protected");
+            }
+            st.pos = end;
+            st.headers = Some(headers.clone());
+            m.pos_hint.store(end, Ordering::Relaxed);
+            drop(st);
+            m.client.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
+            total += bytes as u64;
+            if all.len() > before {
+                owners.extend(std::iter::repeat_n(keep.len(), all.len() - before));
+            }
+            peers.push(socket2::SockAddr::from(m.peer));
+            keep.push(m);
+        }
+        if !all.is_empty() {
+            // Refused datagrams, as (member, how many): a member's datagrams are consecutive.
+            let mut refused: Vec<(usize, usize)> = Vec::new();
+            udp_batch::for_each_refused(&socket, &all, &peers, &owners, |i| match refused.last_mut() {
+                Some((k, n)) if *k == owners[i] => *n += 1,
+                _ => refused.push((owners[i], 1)),
+            });
+            for (k, n) in refused {
+                let m = &keep[k];
+                let mut st = m.state.lock();
+                m.refused(&mut st, n);
+            }
+        }
+        if total > 0 {
+            stream.count_bytes_out(Protocol::Whep, total);
+        }
+        keep.retain(|m| !m.gone.load(Ordering::Acquire));
+        if !keep.is_empty() {
+            self.members.lock().append(&mut keep);
+        }
+    }
+
+    fn release(&self, _stream: &Stream) {
+        for m in std::mem::take(&mut *self.members.lock()) {
+            let mut st = m.state.lock();
+            if st.parked {
+                m.give_back(&mut st);
+            } else {
+                st.in_group = false;
+            }
+        }
+    }
+}
+
+/// An access unit as H.264 RTP payloads (STAP-A for parameter sets, FU-A above the MTU); empty when the
+/// frame cannot be converted.
+pub(crate) fn h264_payloads(f: &crate::media::Frame, cfg: &AvcDecoderConfig) -> Vec<Bytes> {
+    let mut annexb = Vec::with_capacity(f.payload.len() + 64);
+    if avc::avcc_to_annexb(&f.payload, cfg, f.keyframe, false, &mut annexb).is_err() {
+        return Vec::new();
+    }
+    // A fresh payloader per access unit: no state leaks from one frame to the next, so the result can be shared.
+    H264Payloader::default().payload(MTU - 12, &Bytes::from(annexb)).unwrap_or_default()
+}
+
+/// A VP8 frame as RTP payloads (RFC 7741 descriptor, split at the MTU).
+pub(crate) fn vp8_payloads(f: &crate::media::Frame) -> Vec<Bytes> {
+    Vp8Payloader::default().payload(MTU - 12, &f.payload).unwrap_or_default()
+}

@@ -204,6 +204,9 @@ pub async fn run(config: Config, ready_file: Option<std::path::PathBuf>) -> anyh
         .recorder
         .check_root()
         .map_err(|e| anyhow::anyhow!("recording directory {} is not writable: {e}", state.recorder.root().display()))?;
+    if let Some(e) = state.whep.start_error() {
+        anyhow::bail!("cannot listen for WebRTC: {e} (webrtc.udp_mux_port = 0 takes any free port)");
+    }
     let auto: std::collections::HashMap<String, Vec<crate::record::RecordFormat>> =
         state.config.apps.iter().map(|(k, v)| (k.clone(), v.record.clone())).collect();
     state.recorder.spawn(auto);

@@ -281,6 +281,29 @@ fn a_broken_pipeline_template_stops_start_up_with_its_name() {
     assert!(err.contains("aac_to_opus") && err.contains("nosuchelement"), "{err}");
 }
 
+/// The shared WebRTC port taken by another program stops start-up with the reason, rather than leaving a
+/// server whose every WebRTC session fails.
+#[test]
+fn a_taken_webrtc_port_stops_start_up_with_the_reason() {
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempdir::TempDir::new("mux");
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[rtmp]\nlisten = \"127.0.0.1:0\"\n[http]\nlisten = \"127.0.0.1:0\"\n[record]\nroot = \"{}\"\n[webrtc]\nudp_mux_port = {port}\n",
+            dir.path().join("rec").display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_livegate")).args(["serve", "--config"]).arg(&cfg).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot listen for WebRTC") && err.contains(&format!("127.0.0.1:{port}")), "{err}");
+    drop(taken);
+}
+
 #[test]
 fn deleting_an_unconnected_session_releases_it_at_once() {
     // A long connect timeout: only the DELETE can end these sessions within the test's waits.

@@ -65,7 +65,8 @@ struct State {
 pub struct Member {
     state: Mutex<State>,
     socket: Arc<tokio::net::UdpSocket>,
-    peer: SocketAddr,
+    /// The selected ICE pair's remote address; it moves if the viewer nominates another pair.
+    peer: Mutex<SocketAddr>,
     client: Arc<ClientHandle>,
     pos_hint: AtomicU64,
     gone: AtomicBool,
@@ -74,7 +75,10 @@ pub struct Member {
 
 impl std::fmt::Debug for Member {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Member").field("peer", &self.peer).field("client", &self.client.id).finish_non_exhaustive()
+        f.debug_struct("Member")
+            .field("peer", &*self.peer.lock())
+            .field("client", &self.client.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -99,7 +103,7 @@ impl Member {
                 scratch: Datagrams::default(),
             }),
             socket,
-            peer,
+            peer: Mutex::new(peer),
             client,
             pos_hint: AtomicU64::new(0),
             gone: AtomicBool::new(false),
@@ -118,7 +122,7 @@ impl Member {
             bytes += st.queue(p, now, &mut d)?;
         }
         st.out.report_if_due(now, SystemTime::now(), &mut d)?;
-        let r = udp_batch::send(&self.socket, self.peer, &d);
+        let r = udp_batch::send(&self.socket, *self.peer.lock(), &d);
         d.clear();
         st.scratch = d;
         if r.dropped > 0 {
@@ -133,13 +137,22 @@ impl Member {
         let st = &mut *st;
         let mut d = std::mem::take(&mut st.scratch);
         let n = st.out.resend(seqs, &mut d)?;
-        let r = udp_batch::send(&self.socket, self.peer, &d);
+        let r = udp_batch::send(&self.socket, *self.peer.lock(), &d);
         d.clear();
         st.scratch = d;
         if r.dropped > 0 {
             self.refused(st, r.dropped);
         }
         Ok(n)
+    }
+
+    /// Sends to `peer` from now on (the viewer's ICE agent nominated another candidate pair).
+    pub fn set_peer(&self, peer: SocketAddr) {
+        let mut p = self.peer.lock();
+        if *p != peer {
+            tracing::info!(client = self.client.id, from = %*p, to = %peer, "WebRTC viewer moved to another path");
+            *p = peer;
+        }
     }
 
     fn refused(&self, st: &mut State, n: usize) {
@@ -296,7 +309,7 @@ impl ParkedGroup for Group {
             }
             if st.pos >= end {
                 drop(st);
-                peers.push(socket2::SockAddr::from(m.peer));
+                peers.push(socket2::SockAddr::from(*m.peer.lock()));
                 keep.push(m);
                 continue;
             }
@@ -330,7 +343,7 @@ impl ParkedGroup for Group {
             if all.len() > before {
                 owners.extend(std::iter::repeat_n(keep.len(), all.len() - before));
             }
-            peers.push(socket2::SockAddr::from(m.peer));
+            peers.push(socket2::SockAddr::from(*m.peer.lock()));
             keep.push(m);
         }
         if !all.is_empty() {
@@ -381,4 +394,48 @@ pub(crate) fn h264_payloads(f: &crate::media::Frame, cfg: &AvcDecoderConfig) -> 
 /// A VP8 frame as RTP payloads (RFC 7741 descriptor, split at the MTU).
 pub(crate) fn vp8_payloads(f: &crate::media::Frame) -> Vec<Bytes> {
     Vp8Payloader::default().payload(MTU - 12, &f.payload).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::Frame;
+    use rtc::srtp::protection_profile::ProtectionProfile;
+
+    fn opus(dts: i64) -> Arc<Packet> {
+        let payload = Bytes::from(vec![dts as u8; 60]);
+        let frame =
+            Frame { kind: MediaKind::Audio, codec: Codec::Opus, dts, cts: 0, keyframe: true, config: false, payload };
+        Packet::new(dts as u64, frame, Instant::now())
+    }
+
+    #[tokio::test]
+    async fn a_member_follows_its_viewer_to_another_path() {
+        let socket = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let (a, b) =
+            (std::net::UdpSocket::bind("127.0.0.1:0").unwrap(), std::net::UdpSocket::bind("127.0.0.1:0").unwrap());
+        let profile = ProtectionProfile::AeadAes128Gcm;
+        let keying = rtc::peer_connection::transport::SrtpLocalKeying {
+            profile,
+            master_key: vec![1; profile.key_len()],
+            master_salt: vec![2; profile.salt_len()],
+            peer_addr: a.local_addr().unwrap(),
+        };
+        let out = TrackOut::new(&keying, 7, 111, 48_000, 100).unwrap();
+        let hub = crate::hub::Hub::new(Default::default(), crate::events::EventBus::new());
+        let client = hub.register_client(Protocol::Whep, None).handle.clone();
+        let m = Member::new(socket, keying.peer_addr, out, Media::Audio { ts_base: 0 }, client);
+        let mut buf = [0u8; 1500];
+        assert!(m.deliver(&[opus(20)]).unwrap() > 0);
+        let n = a.recv(&mut buf).unwrap();
+        assert_eq!(u16::from_be_bytes([buf[2], buf[3]]), 100, "seq 100 to the first path ({n} bytes)");
+        a.recv(&mut buf).unwrap();
+        assert_eq!(buf[1], 200, "and the track's first sender report");
+        m.set_peer(b.local_addr().unwrap());
+        m.deliver(&[opus(40)]).unwrap();
+        b.recv(&mut buf).unwrap();
+        assert_eq!(u16::from_be_bytes([buf[2], buf[3]]), 101, "the next packet goes to the new path");
+        a.set_nonblocking(true).unwrap();
+        assert!(a.recv(&mut buf).is_err(), "nothing more on the old path");
+    }
 }

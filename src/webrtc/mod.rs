@@ -340,6 +340,14 @@ impl PeerFactory {
         Self { cfg, next_port: AtomicU16::new(start), mux }
     }
 
+    /// The shared UDP socket's bind error, if it has one.
+    pub fn mux_error(&self) -> Option<MuxBindError> {
+        match &self.mux {
+            Some(Err(e)) => Some(e.clone()),
+            _ => None,
+        }
+    }
+
     fn next_udp_addr(&self) -> String {
         let port = if self.cfg.udp_port_min == 0 {
             0

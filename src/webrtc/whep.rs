@@ -87,6 +87,11 @@ impl Whep {
         Arc::new(Self { hub, cfg, transcoders, sessions: Mutex::new(HashMap::new()), peers })
     }
 
+    /// Why no WebRTC session can be made at all (the shared UDP port could not be bound): a start-up error.
+    pub fn start_error(&self) -> Option<super::MuxBindError> {
+        self.peers.mux_error()
+    }
+
     /// Answers a recvonly offer for `key`. Returns (session id, answer SDP).
     pub async fn play(
         self: &Arc<Self>,
@@ -223,8 +228,13 @@ impl Whep {
                     Ok(direct) => {
                         tracing::info!(session = %sid, client = guard.handle.id, audio = opus_key.is_some(),
                             direct = direct.is_some(), "whep connected");
+                        // The direct tracks, kept on the viewer's selected path.
+                        let followers = Arc::new(Mutex::new(Vec::<Arc<Member>>::new()));
+                        if direct.is_some() {
+                            follow_path(pc.clone(), followers.clone(), state_rx.clone());
+                        }
                         let audio_task = match (audio, opus_key) {
-                            (Some(a), Some(k)) => this.spawn_audio(k, a, &guard, &key, direct.clone()),
+                            (Some(a), Some(k)) => this.spawn_audio(k, a, &guard, &key, direct.clone(), &followers),
                             _ => None,
                         };
                         let ts_base: u32 = rand::random();
@@ -233,6 +243,7 @@ impl Whep {
                                 Some(pt) => {
                                     let media = Media::Video { vp8, cfg: None, ts_base };
                                     member(d, ssrc, pt, 90_000, media, guard.handle.clone())
+                                        .inspect(|m| followers.lock().push(m.clone()))
                                         .map(|m| VideoSink::Direct(m, nack_rx))
                                         .map_err(|e| format!("cannot protect media: {e}"))
                                 }
@@ -359,6 +370,7 @@ impl Whep {
         guard: &ClientGuard,
         viewer_of: &StreamKey,
         direct: Option<DirectPath>,
+        followers: &Arc<Mutex<Vec<Arc<Member>>>>,
     ) -> Option<tokio::task::JoinHandle<()>> {
         // Audio follows live closely: start at the newest packet, keep at most half a second of backlog.
         let policy = CachePolicy::internal(Duration::from_millis(500));
@@ -367,11 +379,15 @@ impl Whep {
         // The viewer's backlog is its video's: this reader shares its client.
         reader.set_reports_backlog(false);
         let viewer = guard.handle.clone();
+        let followers = followers.clone();
         Some(tokio::spawn(async move {
             let Some(pt) = negotiated_pt(&a.sender).await else { return };
             if let Some(d) = direct {
                 match member(d, a.ssrc, pt, 48_000, Media::Audio { ts_base: rand::random() }, viewer) {
-                    Ok(m) => direct_audio(reader, m).await,
+                    Ok(m) => {
+                        followers.lock().push(m.clone());
+                        direct_audio(reader, m).await
+                    }
                     Err(e) => tracing::warn!(error = %e, "no WebRTC audio for this viewer"),
                 }
                 return;
@@ -421,6 +437,38 @@ async fn direct_path(
             None => Err("DTLS completed without SRTP keys".into()),
         },
     }
+}
+
+/// How often a direct session checks which ICE pair its viewer has selected.
+const PATH_CHECK: Duration = Duration::from_secs(1);
+
+/// Keeps a session's direct tracks sending to the selected ICE pair's remote address: a viewer's ICE agent may
+/// nominate another pair (its network changed) while DTLS, and so the keys, stay. Ends with the connection.
+fn follow_path(
+    pc: Arc<dyn PeerConnection>,
+    members: Arc<Mutex<Vec<Arc<Member>>>>,
+    mut state: watch::Receiver<RTCPeerConnectionState>,
+) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(PATH_CHECK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                r = state.changed() => {
+                    let s = *state.borrow();
+                    if r.is_err() || matches!(s, RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed) {
+                        return;
+                    }
+                }
+            }
+            if let Some(k) = pc.srtp_local_keying().await {
+                for m in members.lock().iter() {
+                    m.set_peer(k.peer_addr);
+                }
+            }
+        }
+    });
 }
 
 /// A viewer's track on the direct path.

@@ -113,37 +113,40 @@ impl Member {
 
     /// Sends `packets` now (the task's path, before parking); the RTP bytes sent.
     pub fn deliver(&self, packets: &[Arc<Packet>]) -> Result<usize, MediaOutError> {
-        let mut st = self.state.lock();
-        let st = &mut *st;
-        let mut d = std::mem::take(&mut st.scratch);
-        let now = Instant::now();
-        let mut bytes = 0;
-        for p in packets {
-            bytes += st.queue(p, now, &mut d)?;
-        }
-        st.out.report_if_due(now, SystemTime::now(), &mut d)?;
-        let r = udp_batch::send(&self.socket, *self.peer.lock(), &d);
-        d.clear();
-        st.scratch = d;
-        if r.dropped > 0 {
-            self.refused(st, r.dropped);
-        }
-        Ok(bytes)
+        self.send_now(|st, d| {
+            let now = Instant::now();
+            let mut bytes = 0;
+            for p in packets {
+                bytes += st.queue(p, now, d)?;
+            }
+            st.out.report_if_due(now, SystemTime::now(), d)?;
+            Ok(bytes)
+        })
     }
 
-    /// Answers a NACK from the history.
+    /// Answers a NACK from the history; how many packets went again.
     pub fn resend(&self, seqs: &[u16]) -> Result<usize, MediaOutError> {
+        self.send_now(|st, d| st.out.resend(seqs, d))
+    }
+
+    /// Sends what `fill` queues, under the state's lock (one synchronous send: the flusher waits at most that).
+    fn send_now(
+        &self,
+        fill: impl FnOnce(&mut State, &mut Datagrams) -> Result<usize, MediaOutError>,
+    ) -> Result<usize, MediaOutError> {
         let mut st = self.state.lock();
         let st = &mut *st;
         let mut d = std::mem::take(&mut st.scratch);
-        let n = st.out.resend(seqs, &mut d)?;
-        let r = udp_batch::send(&self.socket, *self.peer.lock(), &d);
+        let r = fill(st, &mut d);
+        if !d.is_empty() {
+            let sent = udp_batch::send(&self.socket, *self.peer.lock(), &d);
+            if sent.dropped > 0 {
+                self.refused(st, sent.dropped);
+            }
+        }
         d.clear();
         st.scratch = d;
-        if r.dropped > 0 {
-            self.refused(st, r.dropped);
-        }
-        Ok(n)
+        r
     }
 
     /// Sends to `peer` from now on (the viewer's ICE agent nominated another candidate pair).

@@ -92,20 +92,55 @@ pub struct Handback {
     pub error: Option<std::io::Error>,
 }
 
+/// A player's side of parking, the same for every fan-out (this one, and another layer's: WHEP's): whether
+/// the fan-out or the player's task sends to it, where it is in the ring, and what it was handed back. Kept
+/// under its owner's lock; the owner adds the group and the wake-up.
 #[derive(Debug, Default)]
-struct SlotState {
-    parked: bool,
-    /// In the stream's group (or in a flush that is running): guards against a slot entering it twice.
-    in_group: bool,
-    pos: u64,
-    headers: Option<Arc<HeaderSet>>,
+pub struct ParkState {
+    pub(crate) parked: bool,
+    /// In the stream's group (or in a flush that is running): guards against a player entering it twice.
+    pub(crate) in_group: bool,
+    pub(crate) pos: u64,
+    pub(crate) headers: Option<Arc<HeaderSet>>,
     handback: Option<Handback>,
 }
 
-impl SlotState {
+impl ParkState {
     /// A handback at the player's current position: nothing half-written.
-    fn here(&mut self) -> Handback {
+    pub(crate) fn here(&mut self) -> Handback {
         Handback { next_seq: self.pos, headers: self.headers.take(), ..Default::default() }
+    }
+
+    /// Parked at `pos`; true when the player is not in its group yet and must be added.
+    pub(crate) fn park(&mut self, protocol: Protocol, pos: u64) -> bool {
+        if !self.parked {
+            metrics::global().parked(protocol, 1);
+        }
+        self.parked = true;
+        self.pos = pos;
+        self.headers = None;
+        self.handback = None;
+        !std::mem::replace(&mut self.in_group, true)
+    }
+
+    /// Taken back by the task: where to go on from, or what the fan-out handed back; `None` if neither.
+    pub(crate) fn unpark(&mut self, protocol: Protocol) -> Option<Handback> {
+        if self.parked {
+            self.parked = false;
+            metrics::global().parked(protocol, -1);
+            return Some(self.here());
+        }
+        self.handback.take()
+    }
+
+    /// Handed back by the fan-out (the owner wakes its task).
+    pub(crate) fn give_back(&mut self, protocol: Protocol, hb: Handback) {
+        if self.parked {
+            metrics::global().parked(protocol, -1);
+        }
+        self.parked = false;
+        self.in_group = false;
+        self.handback = Some(hb);
     }
 }
 
@@ -119,7 +154,7 @@ pub struct Slot {
     chunked: bool,
     /// An rtc-mode player: flushed at every video frame, never held for the merge window.
     immediate: bool,
-    state: Mutex<SlotState>,
+    state: Mutex<ParkState>,
     /// Lock-free copy of `state.pos` for the flusher's first pass.
     pos_hint: AtomicU64,
     /// The player left: a flush that still holds the slot must not put it back into the group.
@@ -141,7 +176,7 @@ impl Slot {
             format,
             chunked,
             immediate,
-            state: Mutex::new(SlotState::default()),
+            state: Mutex::new(ParkState::default()),
             pos_hint: AtomicU64::new(0),
             gone: AtomicBool::new(false),
             wake: Notify::new(),
@@ -152,15 +187,8 @@ impl Slot {
     pub fn park(self: &Arc<Self>, stream: &Stream, pos: u64) {
         let join = {
             let mut st = self.state.lock();
-            if !st.parked {
-                metrics::global().parked(self.format.protocol(), 1);
-            }
-            st.parked = true;
-            st.pos = pos;
-            st.headers = None;
-            st.handback = None;
             self.pos_hint.store(pos, Ordering::Relaxed);
-            !std::mem::replace(&mut st.in_group, true)
+            st.park(self.format.protocol(), pos)
         };
         if join {
             let class = if self.immediate {
@@ -179,13 +207,7 @@ impl Slot {
 
     /// Takes the socket back. `None` if it was not parked and nothing was handed back (e.g. a repeated call).
     pub fn unpark(&self) -> Option<Handback> {
-        let mut st = self.state.lock();
-        if st.parked {
-            st.parked = false;
-            metrics::global().parked(self.format.protocol(), -1);
-            return Some(st.here());
-        }
-        st.handback.take()
+        self.state.lock().unpark(self.format.protocol())
     }
 
     /// Takes the socket back for good (the player is leaving) and drops the group's reference to it at once,
@@ -212,18 +234,13 @@ impl Slot {
     }
 
     /// The flusher could not write this player's batch whole: its task takes over (counted in metrics).
-    fn hand_back(&self, st: &mut SlotState, hb: Handback) {
+    fn hand_back(&self, st: &mut ParkState, hb: Handback) {
         metrics::global().fanout_handbacks.fetch_add(1, Ordering::Relaxed);
         self.give_back(st, hb);
     }
 
-    fn give_back(&self, st: &mut SlotState, hb: Handback) {
-        if st.parked {
-            metrics::global().parked(self.format.protocol(), -1);
-        }
-        st.parked = false;
-        st.in_group = false;
-        st.handback = Some(hb);
+    fn give_back(&self, st: &mut ParkState, hb: Handback) {
+        st.give_back(self.format.protocol(), hb);
         self.wake.notify_one();
     }
 }

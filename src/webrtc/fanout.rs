@@ -24,7 +24,8 @@ use tokio::sync::Notify;
 
 use super::media_out::{Datagrams, MediaOutError, TrackOut};
 use super::{udp_batch, MTU};
-use crate::hub::{ClientHandle, HeaderSet, Packet, ParkedGroup, Protocol, Stream};
+use crate::hub::fanout::{Handback, ParkState};
+use crate::hub::{ClientHandle, Packet, ParkedGroup, Protocol, Stream};
 use crate::media::avc::{self, AvcDecoderConfig};
 use crate::media::{Codec, MediaKind};
 use crate::metrics;
@@ -38,25 +39,13 @@ pub enum Media {
     Audio { ts_base: u32 },
 }
 
-/// Where the task gets its viewer back.
-#[derive(Debug, Default)]
-pub struct Handback {
-    /// The first packet the viewer has not been sent.
-    pub next_seq: u64,
-    /// The headers in force at `next_seq`, when the flusher moved the viewer past header packets.
-    pub headers: Option<Arc<HeaderSet>>,
-}
-
 struct State {
     out: TrackOut,
     media: Media,
     /// The socket refused datagrams: video waits for a keyframe instead of showing damage.
     skipping: bool,
-    parked: bool,
-    in_group: bool,
-    pos: u64,
-    headers: Option<Arc<HeaderSet>>,
-    handback: Option<Handback>,
+    /// Parked or not, where, and what was handed back: the same as the hub's players.
+    park: ParkState,
     /// Reused per send by the task and the NACK path (the flusher has one buffer for the whole group).
     scratch: Datagrams,
 }
@@ -95,11 +84,7 @@ impl Member {
                 out,
                 media,
                 skipping: false,
-                parked: false,
-                in_group: false,
-                pos: 0,
-                headers: None,
-                handback: None,
+                park: ParkState::default(),
                 scratch: Datagrams::default(),
             }),
             socket,
@@ -175,15 +160,8 @@ impl Member {
     pub fn park(self: &Arc<Self>, stream: &Stream, group: &Group, pos: u64) {
         let join = {
             let mut st = self.state.lock();
-            if !st.parked {
-                metrics::global().parked(Protocol::Whep, 1);
-            }
-            st.parked = true;
-            st.pos = pos;
-            st.headers = None;
-            st.handback = None;
             self.pos_hint.store(pos, Ordering::Relaxed);
-            !std::mem::replace(&mut st.in_group, true)
+            st.park.park(Protocol::Whep, pos)
         };
         if join {
             group.members.lock().push(self.clone());
@@ -196,12 +174,7 @@ impl Member {
 
     /// Takes the viewer back; `None` if it was not parked and nothing was handed back.
     pub fn unpark(&self) -> Option<Handback> {
-        let mut st = self.state.lock();
-        if std::mem::replace(&mut st.parked, false) {
-            metrics::global().parked(Protocol::Whep, -1);
-            return Some(Handback { next_seq: st.pos, headers: st.headers.take() });
-        }
-        st.handback.take()
+        self.state.lock().park.unpark(Protocol::Whep)
     }
 
     /// Resolves when the fan-out has handed the viewer back (or may have: call [`unpark`](Self::unpark)).
@@ -214,17 +187,12 @@ impl Member {
         self.gone.store(true, Ordering::Release);
         self.unpark();
         group.members.lock().retain(|m| !Arc::ptr_eq(m, self));
-        self.state.lock().in_group = false;
+        self.state.lock().park.in_group = false;
     }
 
     fn give_back(&self, st: &mut State) {
-        let hb = Handback { next_seq: st.pos, headers: st.headers.take() };
-        if st.parked {
-            metrics::global().parked(Protocol::Whep, -1);
-        }
-        st.parked = false;
-        st.in_group = false;
-        st.handback = Some(hb);
+        let hb = st.park.here();
+        st.park.give_back(Protocol::Whep, hb);
         self.wake.notify_one();
     }
 }
@@ -306,17 +274,17 @@ impl ParkedGroup for Group {
         let mut total = 0u64;
         for m in members.drain(..) {
             let mut st = m.state.lock();
-            if !st.parked {
-                st.in_group = false;
+            if !st.park.parked {
+                st.park.in_group = false;
                 continue;
             }
-            if st.pos >= end {
+            if st.park.pos >= end {
                 drop(st);
                 peers.push(socket2::SockAddr::from(*m.peer.lock()));
                 keep.push(m);
                 continue;
             }
-            if st.pos < start {
+            if st.park.pos < start {
                 // Its packets left the ring: its reader takes over, with the cache policy.
                 m.client.player.stalls.fetch_add(1, Ordering::Relaxed);
                 m.give_back(&mut st);
@@ -325,7 +293,7 @@ impl ParkedGroup for Group {
             let before = all.len();
             let mut bytes = 0;
             let mut failed = None;
-            for p in &packets[(st.pos - start) as usize..] {
+            for p in &packets[(st.park.pos - start) as usize..] {
                 match st.queue(p, now, &mut all) {
                     Ok(n) => bytes += n,
                     Err(e) => failed = Some(e),
@@ -337,8 +305,8 @@ impl ParkedGroup for Group {
             if let Some(e) = failed {
                 tracing::debug!(client = m.client.id, error = %e, "WHEP media not protected");
             }
-            st.pos = end;
-            st.headers = Some(headers.clone());
+            st.park.pos = end;
+            st.park.headers = Some(headers.clone());
             m.pos_hint.store(end, Ordering::Relaxed);
             drop(st);
             m.client.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
@@ -374,10 +342,10 @@ impl ParkedGroup for Group {
     fn release(&self, _stream: &Stream) {
         for m in std::mem::take(&mut *self.members.lock()) {
             let mut st = m.state.lock();
-            if st.parked {
+            if st.park.parked {
                 m.give_back(&mut st);
             } else {
-                st.in_group = false;
+                st.park.in_group = false;
             }
         }
     }

@@ -145,7 +145,14 @@ fn grid_and_1v3_mixes_show_every_input_and_follow_live_changes() {
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
     let live = srv.wait_live("grid-mix");
     assert_eq!((live["video"]["width"].as_u64(), live["video"]["height"].as_u64()), (Some(W as u64), Some(H as u64)));
-    assert_eq!(live["audio"]["sample_rate"], 48000);
+    // The mix's audio branch may describe its track a little after the video went live (a CI run under load
+    // saw the stream live with no audio yet): wait for it.
+    let mut audio = serde_json::Value::Null;
+    wait_until(Duration::from_secs(10), || {
+        audio = srv.stream_json("grid-mix").map(|j| j["audio"].clone()).unwrap_or_default();
+        !audio["sample_rate"].is_null()
+    });
+    assert_eq!(audio["sample_rate"], 48000, "{audio}");
     srv.wait_live("talk-mix");
     assert!(
         wait_until(Duration::from_secs(10), || mix_json(&srv, "grid")["inputs"]

@@ -224,7 +224,7 @@ impl Whep {
             let waited = super::await_connected(&mut state_rx, &mut stop_rx, connect_timeout).await;
             let reason = match waited.end_reason() {
                 None => match direct_path(&pc, own_media).await {
-                    Err(reason) => reason,
+                    Err(e) => e.to_string(),
                     Ok(direct) => {
                         tracing::info!(session = %sid, client = guard.handle.id, audio = opus_key.is_some(),
                             direct = direct.is_some(), "whep connected");
@@ -423,19 +423,25 @@ impl Whep {
 /// The shared socket and this session's SRTP keys: what a viewer's media needs to go out without webrtc-rs.
 pub(crate) type DirectPath = (Arc<tokio::net::UdpSocket>, SrtpLocalKeying);
 
+/// Why a session on the shared socket cannot send its media: its end reason.
+#[derive(Debug, thiserror::Error)]
+enum DirectPathError {
+    #[error("no shared UDP socket: {0}")]
+    NoSocket(std::io::Error),
+    #[error("DTLS completed without SRTP keys")]
+    NoKeys,
+}
+
 /// Once connected: the direct path when the session is on the shared socket (`None` on a port of its own,
-/// where only webrtc-rs can send). An error is the session's end reason.
+/// where only webrtc-rs can send).
 async fn direct_path(
     pc: &Arc<dyn PeerConnection>,
     own_media: Option<std::io::Result<Arc<tokio::net::UdpSocket>>>,
-) -> Result<Option<DirectPath>, String> {
+) -> Result<Option<DirectPath>, DirectPathError> {
     match own_media {
         None => Ok(None),
-        Some(Err(e)) => Err(format!("no shared UDP socket: {e}")),
-        Some(Ok(socket)) => match pc.srtp_local_keying().await {
-            Some(k) => Ok(Some((socket, k))),
-            None => Err("DTLS completed without SRTP keys".into()),
-        },
+        Some(Err(e)) => Err(DirectPathError::NoSocket(e)),
+        Some(Ok(socket)) => pc.srtp_local_keying().await.map(|k| Some((socket, k))).ok_or(DirectPathError::NoKeys),
     }
 }
 

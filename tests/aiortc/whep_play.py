@@ -3,13 +3,13 @@
 usage: whep_play.py <whep-url> [seconds=4] [loss=EVERY]
 
 Offers recvonly video + audio (all ICE candidates in the offer, as livegate is non-trickle), applies the answer,
-then decodes video (aiortc decodes H.264 with PyAV) and audio (Opus) for `seconds` after the first decoded video
-frame, and DELETEs the session. Prints one JSON line:
+then decodes video (aiortc decodes H.264 with PyAV) and audio (Opus) until `seconds` of video (by its timestamps)
+follow the first decoded frame, and DELETEs the session. Prints one JSON line:
   {ok, status, location, videoCodec, frames, fps, width, height, audioFrames, audioRms, deleteStatus, message}
 Exit 0 when media was decoded, 1 otherwise.
 
-With loss=EVERY, every EVERY-th video RTP packet that arrives is dropped (after SRTP, before aiortc's receiver
-sees it), each sequence number once: aiortc NACKs the holes, and a retransmission of a dropped number passes.
+With loss=EVERY, every EVERY-th video RTP packet that arrives is dropped before SRTP, as the network would lose
+it, each sequence number once: aiortc NACKs the holes, and a retransmission of a dropped number passes.
 Adds {lossDropped, lossRecovered} (dropped numbers that arrived again) to the JSON.
 """
 
@@ -93,7 +93,11 @@ async def consume_video(track, stats: dict) -> None:
         stats["frames"] += 1
         stats["width"], stats["height"] = frame.width, frame.height
         if stats["first"] is None:
-            stats["first"] = time.monotonic()
+            stats["first"] = frame.time
+            stats["started"].set()
+        # The window ends on the stream's own clock: `seconds` of video decoded after the first frame.
+        if frame.time is not None and stats["first"] is not None and frame.time - stats["first"] >= stats["window"]:
+            stats["covered"].set()
 
 
 async def consume_audio(track, stats: dict) -> None:
@@ -119,7 +123,8 @@ async def main(url: str, seconds: float, loss: Loss | None = None) -> bool:
     pc = peer_connection()
     pc.addTransceiver("video", direction="recvonly")
     pc.addTransceiver("audio", direction="recvonly")
-    stats = {"frames": 0, "width": 0, "height": 0, "first": None, "audioFrames": 0, "audioRms": 0.0}
+    stats = {"frames": 0, "width": 0, "height": 0, "first": None, "audioFrames": 0, "audioRms": 0.0,
+             "window": seconds, "started": asyncio.Event(), "covered": asyncio.Event()}
     tasks = []
 
     @pc.on("track")
@@ -134,16 +139,20 @@ async def main(url: str, seconds: float, loss: Loss | None = None) -> bool:
         result["videoCodec"] = sdp_video_codec(answer)
         if loss:
             loss.video_pt = video_pt(answer)
-        deadline = time.monotonic() + 15
-        while stats["first"] is None and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        result["connection"] = pc.connectionState
-        if stats["first"] is None:
+        try:
+            await asyncio.wait_for(stats["started"].wait(), 15)
+        except asyncio.TimeoutError:
+            result["connection"] = pc.connectionState
             result["message"] = f"no video decoded within 15 s (connection {pc.connectionState})"
             return False
-        # Count from one point in time to another so the rate is not skewed by the first frame's burst.
+        result["connection"] = pc.connectionState
+        # The rate: frames decoded per second between the first frame and the one `seconds` of media later.
         t0, f0 = time.monotonic(), stats["frames"]
-        await asyncio.sleep(seconds)
+        try:
+            await asyncio.wait_for(stats["covered"].wait(), seconds + 15)
+        except asyncio.TimeoutError:
+            result["message"] = f"{seconds} s of video not decoded within {seconds + 15} s"
+            return False
         t1, f1 = time.monotonic(), stats["frames"]
         result.update(
             frames=stats["frames"],

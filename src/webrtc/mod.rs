@@ -537,4 +537,19 @@ mod tests {
         let f = feedback(&[Box::new(rr) as Box<dyn rtc::rtcp::Packet>], ours, now);
         assert_eq!((f.loss_centi_percent, f.rtt_ms), (Some(0), None));
     }
+
+    #[test]
+    fn nacks_name_the_lost_sequence_numbers_of_our_track_only() {
+        use rtc::rtcp::transport_feedbacks::transport_layer_nack::NackPair;
+        let ours = 0x1234;
+        let nack = |media_ssrc| TransportLayerNack {
+            sender_ssrc: 1,
+            media_ssrc,
+            // 65535 lost, and of the 16 after it the 1st and 3rd (0 and 2, across the wrap).
+            nacks: vec![NackPair { packet_id: 65_535, lost_packets: 0b101 }],
+        };
+        let pkts: Vec<Box<dyn rtc::rtcp::Packet>> = vec![Box::new(nack(ours)), Box::new(nack(77))];
+        assert_eq!(feedback(&pkts, ours, 0).nacks, vec![65_535, 0, 2]);
+        assert!(feedback(&pkts[1..], ours, 0).nacks.is_empty());
+    }
 }

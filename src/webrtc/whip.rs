@@ -371,6 +371,24 @@ impl Drop for Pipe {
     }
 }
 
+/// Where a session's timeline starts: its first packet's arrival is this far in. Frames are placed a little
+/// before their own arrival (the AAC encoder's priming puts the first AAC frame 21 ms before the Opus it came
+/// from; a sender report can move a track back by its network delay), and the hub's session timestamps are
+/// 32-bit: a frame before zero would wrap to ~49.7 days and put everything after it there (fMP4 HLS then
+/// had video 2³² ms away from the Opus rendition and carried no audio).
+const TIMELINE_START_MS: f64 = 1000.0;
+
+/// Session timeline milliseconds of a packet that arrived `since_epoch` after the session began.
+fn timeline_ms(since_epoch: Duration) -> f64 {
+    TIMELINE_START_MS + since_epoch.as_secs_f64() * 1000.0
+}
+
+/// The hub's 32-bit session timestamp of a timeline millisecond. Clamped rather than wrapped: a frame
+/// placed before the timeline's start (only a pathological clock mapping can) joins at its start.
+fn session_ts(ms: i64) -> u32 {
+    ms.clamp(0, u32::MAX as i64) as u32
+}
+
 /// One direction's RTP state.
 struct TrackIn {
     reorder: Reorder<(rtc::rtp::Packet, Instant)>,
@@ -502,7 +520,7 @@ impl Ingest {
     }
 
     fn arrival_ms(&self, at: Instant) -> f64 {
-        at.saturating_duration_since(self.epoch).as_secs_f64() * 1000.0
+        timeline_ms(at.saturating_duration_since(self.epoch))
     }
 
     fn video_packet(&mut self, p: rtc::rtp::Packet, at: Instant, lost: bool) {
@@ -592,7 +610,7 @@ impl Ingest {
                 match AvcDecoderConfig::from_sps_pps(sps, pps) {
                     Ok(cfg) => {
                         let frame = Frame::config(MediaKind::Video, Codec::H264, Bytes::from(cfg.to_bytes()));
-                        self.publisher.push_raw(frame, ms as u32, at);
+                        self.publisher.push_raw(frame, session_ts(ms), at);
                         self.config_sent = true;
                     }
                     Err(e) => tracing::warn!(error = %e, "browser sent an unusable SPS/PPS"),
@@ -619,7 +637,7 @@ impl Ingest {
             config: false,
             payload: payload.freeze(),
         };
-        self.publisher.push_raw(frame, ms as u32, at);
+        self.publisher.push_raw(frame, session_ts(ms), at);
         self.last_video_ms = Some(ms);
     }
 
@@ -641,7 +659,7 @@ impl Ingest {
                 config: false,
                 payload: p.payload.clone(),
             };
-            pubr.push_raw(frame, ms as u32, at);
+            pubr.push_raw(frame, session_ts(ms), at);
         }
         // The transcoder is stamped in the track's own RTP time, which is gapless (the sender-report
         // correction would otherwise reach the encoder as a jump); its output is mapped back in on_transcoded.
@@ -677,7 +695,7 @@ impl Ingest {
         let Some(pipe) = pipe else { return };
         if let Some(cd) = codec_data.filter(|cd| pipe.config.as_ref() != Some(cd)) {
             let cfg = Frame::config(kind, codec, cd.clone());
-            self.publisher.push_raw(cfg, ts as u32, now);
+            self.publisher.push_raw(cfg, session_ts(ts), now);
             pipe.config = Some(cd);
         }
         if pipe.config.is_none() {
@@ -696,7 +714,7 @@ impl Ingest {
                 return;
             }
         }
-        self.publisher.push_raw(frame, ts as u32, now);
+        self.publisher.push_raw(frame, session_ts(ts), now);
         if kind == MediaKind::Video {
             self.last_video_ms = Some(ts);
             self.release_audio(now, false);
@@ -711,7 +729,7 @@ impl Ingest {
                 break;
             }
             let (frame, ts) = self.held_audio.pop_front().expect("front exists");
-            self.publisher.push_raw(frame, ts as u32, now);
+            self.publisher.push_raw(frame, session_ts(ts), now);
         }
     }
 
@@ -803,5 +821,33 @@ impl Ingest {
         );
         self.aac_pipe = None;
         self.vp8_pipe = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A session whose first Opus packet arrives the moment it begins: the AAC made from it is stamped a
+    /// priming delay earlier, and must still be a small positive session timestamp, not one wrapped to the
+    /// top of the 32-bit range (which put a WHIP stream's video ~49.7 days from its Opus rendition).
+    #[test]
+    fn the_first_aac_frame_is_not_stamped_before_the_session() {
+        let mut clock = TrackClock::new(48_000);
+        let mut sync = SyncOffset::default();
+        let first_rtp = 3_000_000_000u32;
+        let opus_ms = clock.to_ms(first_rtp, timeline_ms(Duration::ZERO), &mut sync);
+        let ext0 = clock.unwrap(first_rtp);
+        let aac_ms = clock.map_ext(ext0 - crate::media::aac::ENCODER_PRIMING_SAMPLES, &sync).unwrap().round() as i64;
+        assert!(aac_ms < opus_ms, "priming puts the AAC first: {aac_ms} vs {opus_ms}");
+        let (aac, opus) = (session_ts(aac_ms), session_ts(opus_ms));
+        assert!(aac < opus && opus - aac <= 22, "AAC {aac} and Opus {opus} must be 21 ms apart on one timeline");
+    }
+
+    #[test]
+    fn session_timestamps_clamp_instead_of_wrapping() {
+        assert_eq!(session_ts(-5), 0);
+        assert_eq!(session_ts(1234), 1234);
+        assert_eq!(session_ts(i64::MAX), u32::MAX);
     }
 }

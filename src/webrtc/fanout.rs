@@ -249,6 +249,17 @@ impl State {
 #[derive(Default)]
 pub struct Group {
     members: Mutex<Vec<Arc<Member>>>,
+    /// A flush's buffers, kept at their size from one flush to the next (a keyframe for 250 viewers is
+    /// megabytes of datagrams: grown afresh each time, it was reallocated and copied a dozen times).
+    scratch: Mutex<Scratch>,
+}
+
+#[derive(Default)]
+struct Scratch {
+    all: Datagrams,
+    owners: Vec<usize>,
+    peers: Vec<socket2::SockAddr>,
+    packets: Vec<Arc<Packet>>,
 }
 
 impl Group {
@@ -262,14 +273,16 @@ impl ParkedGroup for Group {
     fn flush(&self, stream: &Stream) {
         let mut members = std::mem::take(&mut *self.members.lock());
         let Some(start) = members.iter().map(|m| m.pos_hint.load(Ordering::Relaxed)).min() else { return };
-        let mut packets = Vec::new();
-        let (start, end, headers) = stream.packets_since(start, &mut packets);
+        let mut scratch = self.scratch.lock();
+        let Scratch { all, owners, peers, packets } = &mut *scratch;
+        all.clear();
+        owners.clear();
+        peers.clear();
+        packets.clear();
+        let (start, end, headers) = stream.packets_since(start, packets);
         let socket = members[0].socket.clone();
         let now = Instant::now();
         let wall = SystemTime::now();
-        let mut all = Datagrams::default();
-        let mut owners: Vec<usize> = Vec::new();
-        let mut peers: Vec<socket2::SockAddr> = Vec::with_capacity(members.len());
         let mut keep: Vec<Arc<Member>> = Vec::with_capacity(members.len());
         let mut total = 0u64;
         for m in members.drain(..) {
@@ -294,12 +307,12 @@ impl ParkedGroup for Group {
             let mut bytes = 0;
             let mut failed = None;
             for p in &packets[(st.park.pos - start) as usize..] {
-                match st.queue(p, now, &mut all) {
+                match st.queue(p, now, all) {
                     Ok(n) => bytes += n,
                     Err(e) => failed = Some(e),
                 }
             }
-            if let Err(e) = st.out.report_if_due(now, wall, &mut all) {
+            if let Err(e) = st.out.report_if_due(now, wall, all) {
                 failed = Some(e);
             }
             if let Some(e) = failed {
@@ -316,20 +329,13 @@ impl ParkedGroup for Group {
             }
             peers.push(socket2::SockAddr::from(*m.peer.lock()));
             keep.push(m);
-        }
-        if !all.is_empty() {
-            // Refused datagrams, as (member, how many): a member's datagrams are consecutive.
-            let mut refused: Vec<(usize, usize)> = Vec::new();
-            udp_batch::for_each_refused(&socket, &all, &peers, &owners, |i| match refused.last_mut() {
-                Some((k, n)) if *k == owners[i] => *n += 1,
-                _ => refused.push((owners[i], 1)),
-            });
-            for (k, n) in refused {
-                let m = &keep[k];
-                let mut st = m.state.lock();
-                m.refused(&mut st, n);
+            if all.buf.len() >= SEND_AT_BYTES {
+                send_batch(&socket, all, peers, owners, &keep);
             }
         }
+        send_batch(&socket, all, peers, owners, &keep);
+        packets.clear();
+        drop(scratch);
         if total > 0 {
             stream.count_bytes_out(Protocol::Whep, total);
         }
@@ -349,6 +355,37 @@ impl ParkedGroup for Group {
             }
         }
     }
+}
+
+/// A flush sends what it has protected once this much is queued: the buffer stays this size however many
+/// viewers there are (a keyframe for 250 of them is megabytes), and its datagrams leave while still in cache.
+const SEND_AT_BYTES: usize = 256 * 1024;
+
+/// Sends the queued datagrams of `keep`'s members (`owners[i]` is datagram i's, `peers[k]` member k's
+/// address), counts what the socket refused against its viewer, and empties the queue.
+fn send_batch(
+    socket: &tokio::net::UdpSocket,
+    all: &mut Datagrams,
+    peers: &[socket2::SockAddr],
+    owners: &mut Vec<usize>,
+    keep: &[Arc<Member>],
+) {
+    if all.is_empty() {
+        return;
+    }
+    // Refused datagrams, as (member, how many): a member's datagrams are consecutive.
+    let mut refused: Vec<(usize, usize)> = Vec::new();
+    udp_batch::for_each_refused(socket, all, peers, owners, |i| match refused.last_mut() {
+        Some((k, n)) if *k == owners[i] => *n += 1,
+        _ => refused.push((owners[i], 1)),
+    });
+    for (k, n) in refused {
+        let m = &keep[k];
+        let mut st = m.state.lock();
+        m.refused(&mut st, n);
+    }
+    all.clear();
+    owners.clear();
 }
 
 /// An access unit as H.264 RTP payloads (STAP-A for parameter sets, FU-A above the MTU); empty when the

@@ -88,6 +88,7 @@ impl UdpMux {
         let sock = socket2::SockRef::from(&std);
         let _ = sock.set_send_buffer_size(SOCKET_BUFFER);
         let _ = sock.set_recv_buffer_size(SOCKET_BUFFER);
+        super::udp_batch::dont_fragment(&std);
         let addr = std.local_addr()?;
         Ok(Arc::new(Self { std: Mutex::new(Some(std)), socket: OnceLock::new(), addr, routes: Default::default() }))
     }

@@ -50,6 +50,12 @@ struct State {
     scratch: Datagrams,
 }
 
+/// Hub packets (frames) a viewer's task protects and sends at a time.
+const DELIVER_FRAMES: usize = 4;
+
+/// The largest send buffer a viewer keeps between sends.
+const SCRATCH_KEEP_BYTES: usize = 16 * 1024;
+
 /// One track of one viewer on the direct path.
 pub struct Member {
     state: Mutex<State>,
@@ -98,15 +104,21 @@ impl Member {
 
     /// Sends `packets` now (the task's path, before parking); the RTP bytes sent.
     pub fn deliver(&self, packets: &[Arc<Packet>]) -> Result<usize, MediaOutError> {
-        self.send_now(|st, d| {
-            let now = Instant::now();
-            let mut bytes = 0;
-            for p in packets {
-                bytes += st.queue(p, now, d)?;
-            }
-            st.out.report_if_due(now, SystemTime::now(), d)?;
-            Ok(bytes)
-        })
+        let mut bytes = 0;
+        // A few frames per send: a join burst (a GOP) protected in one go would grow the viewer's buffer to
+        // hundreds of kilobytes, for every viewer that joins at once.
+        for chunk in packets.chunks(DELIVER_FRAMES) {
+            bytes += self.send_now(|st, d| {
+                let now = Instant::now();
+                let mut bytes = 0;
+                for p in chunk {
+                    bytes += st.queue(p, now, d)?;
+                }
+                st.out.report_if_due(now, SystemTime::now(), d)?;
+                Ok(bytes)
+            })?;
+        }
+        Ok(bytes)
     }
 
     /// Answers a NACK from the history; how many packets went again.
@@ -130,7 +142,10 @@ impl Member {
             }
         }
         d.clear();
-        st.scratch = d;
+        // Kept for the next send unless a keyframe grew it: a parked viewer's task sends little (NACK answers).
+        if d.buf.capacity() <= SCRATCH_KEEP_BYTES {
+            st.scratch = d;
+        }
         r
     }
 

@@ -18,9 +18,10 @@ use rtc::rtcp::sender_report::SenderReport;
 use rtc::shared::marshal::Marshal;
 use rtc::srtp::context::Context;
 
-/// Packets kept per track for NACK retransmission: 512 is about 3 s of 720p video at 1.5 Mbit/s. Each entry
-/// holds a reference to the stream's shared payload, not a copy.
-pub const HISTORY: usize = 512;
+/// Packets kept per track for NACK retransmission: 256 is about 1.6 s of 720p video at 1.5 Mbit/s, several
+/// round trips (a NACK comes one RTT after the loss; a retransmission later than that is past the viewer's
+/// jitter buffer anyway). Each entry holds a reference to the stream's shared payload, not a copy.
+pub const HISTORY: usize = 256;
 
 /// How often a track sends a sender report (browsers sync audio to video by them).
 pub const REPORT_EVERY: Duration = Duration::from_secs(1);

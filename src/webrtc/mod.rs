@@ -410,6 +410,12 @@ impl PeerFactory {
             let addr = match &mux {
                 Some(rt) => {
                     builder = builder.with_runtime(rt.clone());
+                    if role == PeerRole::Whep {
+                        // livegate sends this session's media itself: the application → driver queue
+                        // carries a few control events, and its 256 preallocated slots were 61 KB of
+                        // every viewer's memory (heaptrack's largest per-viewer item).
+                        builder = builder.with_event_channel_capacity(16);
+                    }
                     // Only lends its address to the session; the shared port carries the traffic.
                     format!("{}:0", self.cfg.ice_ip)
                 }

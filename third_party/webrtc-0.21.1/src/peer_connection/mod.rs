@@ -186,6 +186,7 @@ pub struct PeerConnectionBuilder<A: ToSocketAddrs> {
     tcp_addrs: Vec<A>,
     dedicated_reactor_pool_size: usize,
     data_channel_send_buffer_limit: usize,
+    event_channel_capacity: usize,
     /// Held rather than forwarded immediately, so [`build`](Self::build) can resolve the crypto
     /// provider and inject it before the core connection is constructed — see there for why.
     setting_engine: SettingEngine,
@@ -205,6 +206,7 @@ impl<A: ToSocketAddrs> Default for PeerConnectionBuilder<A> {
             // opts in via `with_data_channel_send_buffer_limit`. This keeps `send`/
             // `send_text` non-blocking by default (zero behaviour change).
             data_channel_send_buffer_limit: usize::MAX,
+            event_channel_capacity: APPLICATION_TO_DRIVER_EVENT_CHANNEL_CAPACITY,
         }
     }
 }
@@ -333,6 +335,15 @@ impl<A: ToSocketAddrs> PeerConnectionBuilder<A> {
         self
     }
 
+    /// Capacity of the application → driver event channel (default 256). Its slots are
+    /// allocated up front (~240 bytes each), so an application that sends no RTP through
+    /// the connection's tracks can save most of it per connection with a small value;
+    /// `write_rtp` waits for room when it is full.
+    pub fn with_event_channel_capacity(mut self, capacity: usize) -> Self {
+        self.event_channel_capacity = capacity.max(1);
+        self
+    }
+
     /// Builds the [`PeerConnection`] and starts the background event loop driver.
     ///
     /// `A: Send + 'static` because the configured addresses are handed to the driver unresolved
@@ -401,6 +412,7 @@ impl<A: ToSocketAddrs> PeerConnectionBuilder<A> {
             self.tcp_addrs,
             self.dedicated_reactor_pool_size,
             data_channel_send_buffer_limit,
+            self.event_channel_capacity,
             turn_allocation_refresh_interval_cap,
             crypto_provider,
         )
@@ -996,6 +1008,7 @@ impl PeerConnectionImpl {
         tcp_addrs: Vec<A>,
         dedicated_reactor_pool_size: usize,
         data_channel_send_buffer_limit: usize,
+        event_channel_capacity: usize,
         turn_allocation_refresh_interval_cap: Option<Duration>,
         crypto_provider: Arc<dyn crypto::RTCCryptoProvider>,
     ) -> Result<Self> {
@@ -1003,8 +1016,7 @@ impl PeerConnectionImpl {
         let ice_servers = configuration.ice_servers().to_vec();
         let ice_gather_policy = configuration.ice_transport_policy();
 
-        let (driver_event_tx, driver_event_rx) =
-            channel(APPLICATION_TO_DRIVER_EVENT_CHANNEL_CAPACITY);
+        let (driver_event_tx, driver_event_rx) = channel(event_channel_capacity);
         let peer_connection = Self {
             inner: Arc::new(PeerConnectionRef {
                 core: Mutex::new(core),

@@ -63,6 +63,8 @@ pub struct Member {
     /// The selected ICE pair's remote address; it moves if the viewer nominates another pair.
     peer: Mutex<SocketAddr>,
     client: Arc<ClientHandle>,
+    /// Its reader's max_cache: a flush that finds it further behind than this hands it back (see `flush`).
+    max_behind_ms: i64,
     pos_hint: AtomicU64,
     gone: AtomicBool,
     wake: Notify,
@@ -84,6 +86,7 @@ impl Member {
         out: TrackOut,
         media: Media,
         client: Arc<ClientHandle>,
+        max_behind: std::time::Duration,
     ) -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::new(State {
@@ -96,6 +99,7 @@ impl Member {
             socket,
             peer: Mutex::new(peer),
             client,
+            max_behind_ms: i64::try_from(max_behind.as_millis()).unwrap_or(i64::MAX),
             pos_hint: AtomicU64::new(0),
             gone: AtomicBool::new(false),
             wake: Notify::new(),
@@ -312,8 +316,11 @@ impl ParkedGroup for Group {
                 keep.push(m);
                 continue;
             }
-            if st.park.pos < start {
-                // Its packets left the ring: its reader takes over, with the cache policy.
+            let backlog = &packets[st.park.pos.saturating_sub(start) as usize..];
+            if st.park.pos < start || behind_ms(backlog) > m.max_behind_ms {
+                // Its packets left the ring, or the machine fell behind (a flush late by more than the viewer's
+                // max_cache: UDP never pushes back, so this is where a backlog shows): its reader takes over
+                // and skips to a newer keyframe by the cache policy, instead of the viewer getting it all late.
                 m.client.player.stalls.fetch_add(1, Ordering::Relaxed);
                 m.give_back(&mut st);
                 continue;
@@ -321,7 +328,7 @@ impl ParkedGroup for Group {
             let before = all.len();
             let mut bytes = 0;
             let mut failed = None;
-            for p in &packets[(st.park.pos - start) as usize..] {
+            for p in backlog {
                 match st.queue(p, now, all) {
                     Ok(n) => bytes += n,
                     Err(e) => failed = Some(e),
@@ -369,6 +376,14 @@ impl ParkedGroup for Group {
                 st.park.in_group = false;
             }
         }
+    }
+}
+
+/// How much media time a backlog spans, first packet to newest (ms).
+fn behind_ms(backlog: &[Arc<Packet>]) -> i64 {
+    match (backlog.first(), backlog.last()) {
+        (Some(a), Some(b)) => b.frame.dts - a.frame.dts,
+        _ => 0,
     }
 }
 
@@ -424,12 +439,21 @@ mod tests {
     use super::*;
     use crate::media::Frame;
     use rtc::srtp::protection_profile::ProtectionProfile;
+    use std::time::Duration;
 
     fn opus(dts: i64) -> Arc<Packet> {
         let payload = Bytes::from(vec![dts as u8; 60]);
         let frame =
             Frame { kind: MediaKind::Audio, codec: Codec::Opus, dts, cts: 0, keyframe: true, config: false, payload };
         Packet::new(dts as u64, frame, Instant::now())
+    }
+
+    #[test]
+    fn a_backlog_is_measured_in_media_time() {
+        assert_eq!(behind_ms(&[]), 0);
+        assert_eq!(behind_ms(&[opus(20)]), 0, "one frame: nothing to catch up on");
+        let backlog: Vec<_> = (0..40).map(|i| opus(1000 + 20 * i)).collect();
+        assert_eq!(behind_ms(&backlog), 780);
     }
 
     #[tokio::test]
@@ -447,7 +471,7 @@ mod tests {
         let out = TrackOut::new(&keying, 7, 111, 48_000, 100).unwrap();
         let hub = crate::hub::Hub::new(Default::default(), crate::events::EventBus::new());
         let client = hub.register_client(Protocol::Whep, None).handle.clone();
-        let m = Member::new(socket, keying.peer_addr, out, Media::Audio { ts_base: 0 }, client);
+        let m = Member::new(socket, keying.peer_addr, out, Media::Audio { ts_base: 0 }, client, Duration::from_secs(1));
         let mut buf = [0u8; 1500];
         assert!(m.deliver(&[opus(20)]).unwrap() > 0);
         let n = a.recv(&mut buf).unwrap();

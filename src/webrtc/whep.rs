@@ -242,7 +242,7 @@ impl Whep {
                             Some(d) => match negotiated_pt(&sender).await {
                                 Some(pt) => {
                                     let media = Media::Video { vp8, cfg: None, ts_base };
-                                    member(d, ssrc, pt, 90_000, media, guard.handle.clone())
+                                    member(d, ssrc, pt, 90_000, media, guard.handle.clone(), policy.max_cache)
                                         .inspect(|m| followers.lock().push(m.clone()))
                                         .map(|m| VideoSink::Direct(m, nack_rx))
                                         .map_err(|e| format!("cannot protect media: {e}"))
@@ -373,7 +373,7 @@ impl Whep {
         followers: &Arc<Mutex<Vec<Arc<Member>>>>,
     ) -> Option<tokio::task::JoinHandle<()>> {
         // Audio follows live closely: start at the newest packet, keep at most half a second of backlog.
-        let policy = CachePolicy::internal(Duration::from_millis(500));
+        let policy = CachePolicy::internal(AUDIO_MAX_BEHIND);
         let audience = Audience::Internal(Purpose::ViewerAudio { viewer_of: viewer_of.to_string() });
         let mut reader = self.hub.subscribe_as(&key, Protocol::Whep, policy, guard.handle.clone(), audience).ok()?;
         // The viewer's backlog is its video's: this reader shares its client.
@@ -383,7 +383,8 @@ impl Whep {
         Some(tokio::spawn(async move {
             let Some(pt) = negotiated_pt(&a.sender).await else { return };
             if let Some(d) = direct {
-                match member(d, a.ssrc, pt, 48_000, Media::Audio { ts_base: rand::random() }, viewer) {
+                match member(d, a.ssrc, pt, 48_000, Media::Audio { ts_base: rand::random() }, viewer, AUDIO_MAX_BEHIND)
+                {
                     Ok(m) => {
                         followers.lock().push(m.clone());
                         direct_audio(reader, m).await
@@ -485,10 +486,14 @@ fn member(
     clock_rate: u32,
     media: Media,
     viewer: Arc<ClientHandle>,
+    max_behind: Duration,
 ) -> Result<Arc<Member>, MediaOutError> {
     let out = TrackOut::new(&keying, ssrc, pt, clock_rate, rand::random())?;
-    Ok(Member::new(socket, keying.peer_addr, out, media, viewer))
+    Ok(Member::new(socket, keying.peer_addr, out, media, viewer, max_behind))
 }
+
+/// A viewer's audio is never more than this behind live.
+const AUDIO_MAX_BEHIND: Duration = Duration::from_millis(500);
 
 /// A viewer's video RTP: its SSRC, the random base of its timestamps, and VP8 (else H.264).
 #[derive(Debug, Clone, Copy)]

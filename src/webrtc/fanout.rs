@@ -5,8 +5,9 @@
 //! every parked viewer (each with its own SRTP context, over the stream's shared RTP payloads) and sends all of
 //! them in `sendmmsg` calls of up to 64 datagrams, whoever they are for. No viewer task wakes per frame.
 //!
-//! A viewer whose packets have left the ring by the time it is flushed is handed back to its task, whose
-//! reader applies the cache policy. A viewer whose datagrams the socket refuses stays parked and skips to the
+//! A viewer whose packets have left the ring by the time it is flushed, or whose backlog spans more media time
+//! than its max_cache (the machine fell behind: UDP never pushes back), is handed back to its task, whose
+//! reader applies the cache policy and skips to a newer keyframe. A viewer whose datagrams the socket refuses stays parked and skips to the
 //! next keyframe. Which side touches a viewer's RTP state is decided by its mutex: NACK retransmissions, the
 //! flusher and the task each take it for one synchronous send.
 

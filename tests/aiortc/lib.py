@@ -20,6 +20,30 @@ from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSes
 SAMPLE_RATE, SAMPLES = 48_000, 960  # 20 ms audio frames
 
 
+class MediaClock:
+    """The media time a track has produced, and the moments scripts wait for on it: a client publishes for,
+    or does something at, so many seconds of its own media, not of the wall clock."""
+
+    def __init__(self) -> None:
+        self.secs = 0.0
+        self._marks: list[tuple[float, asyncio.Event]] = []
+
+    def advance(self, secs: float) -> None:
+        self.secs = secs
+        for at, ev in self._marks:
+            if secs >= at:
+                ev.set()
+        self._marks = [(at, ev) for at, ev in self._marks if not ev.is_set()]
+
+    async def reached(self, secs: float) -> None:
+        """Returns once the track has produced `secs` seconds of media."""
+        if self.secs >= secs:
+            return
+        ev = asyncio.Event()
+        self._marks.append((secs, ev))
+        await ev.wait()
+
+
 class PacedAudioTrack(MediaStreamTrack):
     """s16 stereo 48 kHz audio paced in real time from the wall clock (as aiortc's AudioStreamTrack paces),
     so a sample's capture instant is `start + index / SAMPLE_RATE`. Subclasses say what each frame sounds

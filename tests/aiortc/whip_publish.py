@@ -24,6 +24,7 @@ import numpy as np
 from lib import (
     SAMPLE_RATE,
     SAMPLES,
+    MediaClock,
     PacedAudioTrack,
     close,
     connected_event,
@@ -55,6 +56,7 @@ class PatternTrack(VideoStreamTrack):
         self._chroma = np.full((HEIGHT // 2, WIDTH), 160, dtype=np.uint8)
         self._chroma[: HEIGHT // 4] = 170
         self.frames = 0
+        self.clock = MediaClock()
 
     async def recv(self) -> av.VideoFrame:
         pts, time_base = await self.next_timestamp()
@@ -65,6 +67,7 @@ class PatternTrack(VideoStreamTrack):
         frame = av.VideoFrame.from_ndarray(np.vstack([y, self._chroma]), format="yuv420p")
         frame.pts, frame.time_base = pts, time_base
         self.frames += 1
+        self.clock.advance(float(pts * time_base))
         return frame
 
 
@@ -97,11 +100,12 @@ class Loss:
         rtcdtlstransport.RTCDtlsTransport._send_rtp = lossy
 
 
-async def lossy_window(loss: Loss, start: float, end: float) -> None:
-    await asyncio.sleep(start)
+async def lossy_window(loss: Loss, clock: MediaClock, start: float, end: float) -> None:
+    """Loss from `start` to `end` seconds of the published video."""
+    await clock.reached(start)
     loss.on = True
     emit({"event": "loss", "on": True})
-    await asyncio.sleep(end - start)
+    await clock.reached(end)
     loss.on = False
     emit({"event": "loss", "on": False, "dropped": loss.dropped})
 
@@ -136,8 +140,8 @@ async def main(url: str, seconds: float, codec: str, loss_spec: str | None = Non
             every, start, end = loss_spec.split(":")
             loss = Loss(int(every))
             loss.install()
-            window = asyncio.ensure_future(lossy_window(loss, float(start), float(end)))
-        await asyncio.sleep(seconds)
+            window = asyncio.ensure_future(lossy_window(loss, video.clock, float(start), float(end)))
+        await video.clock.reached(seconds)
         if window is not None:
             window.cancel()
         for s in (await pc.getStats()).values():

@@ -20,6 +20,7 @@ import numpy as np
 from lib import (
     SAMPLE_RATE,
     SAMPLES,
+    MediaClock,
     PacedAudioTrack,
     close,
     connected_event,
@@ -43,6 +44,7 @@ class FlashTrack(VideoStreamTrack):
     def __init__(self) -> None:
         super().__init__()
         self.frames = 0
+        self.clock = MediaClock()
         self._dark = np.vstack([np.full((HEIGHT, WIDTH), 16, np.uint8), np.full((HEIGHT // 2, WIDTH), 128, np.uint8)])
         self._white = np.vstack([np.full((HEIGHT, WIDTH), 235, np.uint8), np.full((HEIGHT // 2, WIDTH), 128, np.uint8)])
 
@@ -55,6 +57,7 @@ class FlashTrack(VideoStreamTrack):
         frame = av.VideoFrame.from_ndarray(self._white if flash else self._dark, format="yuv420p")
         frame.pts, frame.time_base = pts, time_base
         self.frames += 1
+        self.clock.advance(float(pts * time_base))
         return frame
 
 
@@ -70,7 +73,8 @@ class BeepTrack(PacedAudioTrack):
 
 async def main(url: str, seconds: float) -> bool:
     pc = peer_connection()
-    vt = pc.addTransceiver(FlashTrack(), direction="sendonly")
+    video = FlashTrack()
+    vt = pc.addTransceiver(video, direction="sendonly")
     pc.addTransceiver(BeepTrack(), direction="sendonly")
     vt.setCodecPreferences([c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType.lower() == "video/h264"])
     connected = connected_event(pc)
@@ -79,7 +83,7 @@ async def main(url: str, seconds: float) -> bool:
             return False
         await asyncio.wait_for(connected.wait(), timeout=15)
         emit({"event": "connected"})
-        await asyncio.sleep(seconds)
+        await video.clock.reached(seconds)
         result["flashes"] = len(flashes)
         return pc.connectionState == "connected"
     finally:

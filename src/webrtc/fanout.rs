@@ -406,10 +406,16 @@ fn send_batch(
     }
     // Refused datagrams, as (member, how many): a member's datagrams are consecutive.
     let mut refused: Vec<(usize, usize)> = Vec::new();
-    udp_batch::for_each_refused(socket, all, peers, owners, |i| match refused.last_mut() {
-        Some((k, n)) if *k == owners[i] => *n += 1,
-        _ => refused.push((owners[i], 1)),
-    });
+    udp_batch::for_each_refused(
+        socket,
+        all,
+        peers,
+        |i| owners[i],
+        |i| match refused.last_mut() {
+            Some((k, n)) if *k == owners[i] => *n += 1,
+            _ => refused.push((owners[i], 1)),
+        },
+    );
     for (k, n) in refused {
         let m = &keep[k];
         let mut st = m.state.lock();

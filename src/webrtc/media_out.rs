@@ -58,7 +58,8 @@ impl Datagrams {
         self.ends.clear();
     }
 
-    /// The datagrams in order.
+    /// The datagrams in order (the sender reads `buf` and `ends` directly).
+    #[cfg(test)]
     pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
         let mut start = 0;
         self.ends.iter().map(move |&end| {

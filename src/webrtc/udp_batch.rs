@@ -42,15 +42,15 @@ struct Run {
 
 /// The run that starts at datagram `first`: as many of the same peer's datagrams as one message can carry
 /// (all the size of the first but the last, which may be shorter), or just `first` without offload.
-fn run_at(ends: &[usize], owners: &[usize], first: usize, gso: bool) -> Run {
-    let len = |i: usize| ends[i] - if i == 0 { 0 } else { ends[i - 1] };
+fn run_at(ends: &[usize], owner: impl Fn(usize) -> usize, first: usize, gso: bool) -> Run {
+    let len = |i: usize| ends[i] - start_of(ends, i);
     let size = len(first);
     let mut end = first + 1;
     if gso {
         let mut bytes = size;
         while end < ends.len()
             && end - first < MAX_SEGMENTS
-            && owners[end] == owners[first]
+            && owner(end) == owner(first)
             && len(end) <= size
             && bytes + len(end) <= MAX_GSO_BYTES
         {
@@ -65,23 +65,31 @@ fn run_at(ends: &[usize], owners: &[usize], first: usize, gso: bool) -> Run {
     Run { first, end, segment: if end - first > 1 { size } else { 0 } }
 }
 
+/// Where datagram `i` starts in its buffer.
+fn start_of(ends: &[usize], i: usize) -> usize {
+    if i == 0 {
+        0
+    } else {
+        ends[i - 1]
+    }
+}
+
 /// Sends `d` to `to` on `socket` with as few system calls as it takes.
 pub fn send(socket: &tokio::net::UdpSocket, to: SocketAddr, d: &Datagrams) -> Sent {
-    let owners = vec![0; d.len()];
     let mut out = Sent::default();
-    for_each_refused(socket, d, &[socket2::SockAddr::from(to)], &owners, |_| out.dropped += 1);
+    for_each_refused(socket, d, &[socket2::SockAddr::from(to)], |_| 0, |_| out.dropped += 1);
     out.sent = d.len() - out.dropped;
     out
 }
 
-/// Sends datagram `i` of `d` to `peers[owners[i]]`, all of them with as few system calls as it takes (one
+/// Sends datagram `i` of `d` to `peers[owner(i)]`, all of them with as few system calls as it takes (one
 /// `sendmmsg` for up to 128 messages, whoever they are for; a message carries up to 64 consecutive datagrams
 /// for one peer with segmentation offload); calls `refused(i)` for each one not sent.
 pub fn for_each_refused(
     socket: &tokio::net::UdpSocket,
     d: &Datagrams,
     peers: &[socket2::SockAddr],
-    owners: &[usize],
+    owner: impl Fn(usize) -> usize + Copy,
     mut refused: impl FnMut(usize),
 ) {
     let fd = socket.as_raw_fd();
@@ -92,13 +100,13 @@ pub fn for_each_refused(
         runs.clear();
         let mut at = next;
         while at < d.len() && runs.len() < MAX_PER_CALL {
-            let r = run_at(&d.ends, owners, at, gso);
+            let r = run_at(&d.ends, owner, at, gso);
             at = r.end;
             runs.push(r);
         }
         // Straight to the socket, not through tokio's readiness (which only learns of writability after a
         // send has once waited): MSG_DONTWAIT makes a full buffer an EAGAIN, which is what sheds load here.
-        match sendmmsg(fd, d, &runs, |r| &peers[owners[r.first]]) {
+        match sendmmsg(fd, d, &runs, |r| &peers[owner(r.first)]) {
             Ok(0) => {
                 (runs[0].first..runs[0].end).for_each(&mut refused);
                 next = runs[0].end;
@@ -158,8 +166,7 @@ fn sendmmsg<'a>(
     let mut iovs: Vec<libc::iovec> = runs
         .iter()
         .map(|r| {
-            let start = if r.first == 0 { 0 } else { d.ends[r.first - 1] };
-            let bytes = &d.buf[start..d.ends[r.end - 1]];
+            let bytes = &d.buf[start_of(&d.ends, r.first)..d.ends[r.end - 1]];
             libc::iovec { iov_base: bytes.as_ptr() as *mut libc::c_void, iov_len: bytes.len() }
         })
         .collect();
@@ -235,7 +242,7 @@ mod tests {
             owners.push(usize::from(i) % 3);
         }
         let mut refused = 0;
-        for_each_refused(&tx, &d, &peers, &owners, |_| refused += 1);
+        for_each_refused(&tx, &d, &peers, |i| owners[i], |_| refused += 1);
         assert_eq!(refused, 0);
         for (k, r) in rx.iter().enumerate() {
             let mut buf = [0u8; 16];
@@ -257,19 +264,18 @@ mod tests {
     #[test]
     fn a_message_carries_one_peers_equal_datagrams_and_a_shorter_last() {
         let e = ends(&[1200, 1200, 1200, 700, 1200, 1200, 90, 1200]);
-        let one = [0; 8];
-        assert_eq!(run_at(&e, &one, 0, true), Run { first: 0, end: 4, segment: 1200 }, "ends after the shorter");
-        assert_eq!(run_at(&e, &one, 4, true), Run { first: 4, end: 7, segment: 1200 });
-        assert_eq!(run_at(&e, &one, 7, true), Run { first: 7, end: 8, segment: 0 }, "one datagram: no offload");
-        assert_eq!(run_at(&e, &one, 0, false), Run { first: 0, end: 1, segment: 0 }, "without offload");
+        assert_eq!(run_at(&e, |_| 0, 0, true), Run { first: 0, end: 4, segment: 1200 }, "ends after the shorter");
+        assert_eq!(run_at(&e, |_| 0, 4, true), Run { first: 4, end: 7, segment: 1200 });
+        assert_eq!(run_at(&e, |_| 0, 7, true), Run { first: 7, end: 8, segment: 0 }, "one datagram: no offload");
+        assert_eq!(run_at(&e, |_| 0, 0, false), Run { first: 0, end: 1, segment: 0 }, "without offload");
         let e = ends(&[500, 600, 600]);
-        assert_eq!(run_at(&e, &[0; 3], 0, true).end, 1, "a longer datagram starts a new message");
+        assert_eq!(run_at(&e, |_| 0, 0, true).end, 1, "a longer datagram starts a new message");
         let e = ends(&[1200; 4]);
-        assert_eq!(run_at(&e, &[0, 0, 1, 1], 0, true).end, 2, "another peer's starts a new message");
+        assert_eq!(run_at(&e, |i| [0, 0, 1, 1][i], 0, true).end, 2, "another peer's starts a new message");
         let e = ends(&[1200; 200]);
-        assert_eq!(run_at(&e, &[0; 200], 0, true).end, 54, "at most 65,000 bytes");
+        assert_eq!(run_at(&e, |_| 0, 0, true).end, 54, "at most 65,000 bytes");
         let e = ends(&[100; 200]);
-        assert_eq!(run_at(&e, &[0; 200], 0, true).end, MAX_SEGMENTS, "at most 64 datagrams");
+        assert_eq!(run_at(&e, |_| 0, 0, true).end, MAX_SEGMENTS, "at most 64 datagrams");
     }
 
     /// What a viewer gets from an offloaded message: each datagram on its own, whole and in order, however
@@ -294,7 +300,7 @@ mod tests {
             }
         }
         let mut refused = 0;
-        for_each_refused(&tx, &d, &peers, &owners, |_| refused += 1);
+        for_each_refused(&tx, &d, &peers, |i| owners[i], |_| refused += 1);
         assert_eq!(refused, 0);
         assert!(GSO.load(Ordering::Relaxed), "the kernel took the offload (loopback has it since Linux 4.18)");
         for (k, r) in rx.iter().enumerate() {

@@ -20,6 +20,8 @@ pub struct Metrics {
     pub fanout_handbacks: AtomicU64,
     /// WHEP datagrams the shared UDP socket refused (a full send buffer); their viewers skipped to a keyframe.
     pub whep_datagrams_refused: AtomicU64,
+    /// RTP/RTCP datagrams in on the shared WebRTC port dropped because their session was behind.
+    pub webrtc_datagrams_shed: AtomicU64,
     pub bytes_in: AtomicU64,
     pub connections: AtomicU64,
     pub disconnects_slow: AtomicU64,
@@ -162,6 +164,13 @@ impl Metrics {
             "livegate_whep_datagrams_refused_total {}",
             self.whep_datagrams_refused.load(Ordering::Relaxed)
         );
+        let _ = writeln!(
+            o,
+            "# HELP livegate_webrtc_datagrams_shed_total RTP/RTCP datagrams in on the shared WebRTC port dropped because their session was behind (STUN and DTLS are never shed)."
+        );
+        let _ = writeln!(o, "# TYPE livegate_webrtc_datagrams_shed_total counter");
+        let _ =
+            writeln!(o, "livegate_webrtc_datagrams_shed_total {}", self.webrtc_datagrams_shed.load(Ordering::Relaxed));
         let _ = writeln!(o, "# HELP livegate_disconnects_total Connections ended by livegate, by reason.");
         let _ = writeln!(o, "# TYPE livegate_disconnects_total counter");
         let _ = writeln!(

@@ -10,6 +10,7 @@ pub mod rtp_clock;
 pub mod sei_channel;
 pub mod udp_batch;
 pub mod udp_mux;
+pub mod udp_recv;
 pub mod whep;
 pub mod whip;
 
@@ -372,7 +373,13 @@ impl PeerFactory {
         let handler =
             Arc::new(Handler { gathered: g_tx, state: s_tx, tracks: outputs.tracks, channels: outputs.channels });
         let mux = match &self.mux {
-            Some(Ok(m)) => Some(udp_mux::MuxRuntime::new(m.clone()).map_err(PeerError::MuxRuntime)?),
+            Some(Ok(m)) => {
+                let inbound = match role {
+                    PeerRole::Whep => udp_mux::InboundMedia::Feedback,
+                    PeerRole::Whip => udp_mux::InboundMedia::Media,
+                };
+                Some(udp_mux::MuxRuntime::new(m.clone(), inbound).map_err(PeerError::MuxRuntime)?)
+            }
             Some(Err(e)) => return Err(PeerError::MuxBind(e.clone())),
             None => None,
         };
@@ -415,6 +422,8 @@ impl PeerFactory {
                         // carries a few control events, and its 256 preallocated slots were 61 KB of
                         // every viewer's memory (heaptrack's largest per-viewer item).
                         builder = builder.with_event_channel_capacity(16);
+                        // Its driver (ICE, DTLS, RTCP in) runs on the mux's control lane, ahead of media.
+                        builder = builder.with_dedicated_reactor_pool_size(1);
                     }
                     // Only lends its address to the session; the shared port carries the traffic.
                     format!("{}:0", self.cfg.ice_ip)

@@ -14,6 +14,7 @@ use std::future::Future;
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -53,15 +54,82 @@ pub fn rewrite_candidate_port(sdp: &str, ip: std::net::IpAddr, from: u16, to: u1
     sdp.replace(&format!(" {ip} {from} typ host"), &format!(" {ip} {to} typ host"))
 }
 
-type Datagram = (Vec<u8>, SocketAddr);
+/// A datagram in, with when it was read off the socket.
+struct Datagram {
+    data: Vec<u8>,
+    from: SocketAddr,
+    at: Instant,
+}
+
+/// A viewer's RTCP that waited longer than this for its session is dropped unread: a receiver report or NACK that
+/// old is stale (the NACKed packets are past their use), and working through it would only delay what
+/// comes after.
+const MEDIA_STALE: Duration = Duration::from_millis(250);
+
+/// Which queue a datagram in takes (RFC 7983 tells them apart by the first byte). STUN keeps ICE and consent
+/// alive and DTLS carries handshakes: always delivered, ahead of anything queued. RTP and RTCP are media and
+/// its feedback: when a session is behind they are dropped, as a full socket buffer would drop them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    Control,
+    Media,
+}
+
+impl Lane {
+    pub fn of(p: &[u8]) -> Lane {
+        match p.first() {
+            Some(0..=3) | Some(20..=63) => Lane::Control,
+            _ => Lane::Media,
+        }
+    }
+}
+
+/// A session's STUN and DTLS queue: a handshake flight is a few datagrams, a consent check one every few
+/// seconds.
+const CONTROL_QUEUE: usize = 64;
+
+/// A session's inbound queues on the shared port.
+#[derive(Clone)]
+struct Inbound {
+    control: mpsc::Sender<Datagram>,
+    media: mpsc::Sender<Datagram>,
+    /// RTP/RTCP older than this is dropped ([`InboundMedia::stale_after`]).
+    stale: Option<Duration>,
+}
+
+/// How many RTP/RTCP datagrams a session may have waiting. A viewer's only inbound media is RTCP (receiver
+/// reports, NACKs, PLIs): a few queued is plenty, and hundreds would be stale work for a session that is
+/// behind. A publisher's (WHIP) is its media: a keyframe arrives as a burst of datagrams.
+#[derive(Debug, Clone, Copy)]
+pub enum InboundMedia {
+    Feedback,
+    Media,
+}
+
+impl InboundMedia {
+    fn capacity(self) -> usize {
+        match self {
+            InboundMedia::Feedback => 64,
+            InboundMedia::Media => 1024,
+        }
+    }
+
+    fn stale_after(self) -> Option<Duration> {
+        match self {
+            InboundMedia::Feedback => Some(MEDIA_STALE),
+            InboundMedia::Media => None,
+        }
+    }
+}
 
 /// Send and receive buffer asked for on the shared socket.
 const SOCKET_BUFFER: usize = 8 << 20;
 
 #[derive(Default)]
 struct Routes {
-    by_ufrag: HashMap<String, mpsc::Sender<Datagram>>,
-    by_addr: HashMap<SocketAddr, String>,
+    by_ufrag: HashMap<String, Inbound>,
+    /// A known peer address: its session's ufrag (to unregister) and queues (no lookup by name per datagram).
+    by_addr: HashMap<SocketAddr, (String, Inbound)>,
 }
 
 /// The shared socket and who gets what arrives on it.
@@ -70,6 +138,44 @@ pub struct UdpMux {
     socket: OnceLock<Arc<tokio::net::UdpSocket>>,
     pub addr: SocketAddr,
     routes: Mutex<Routes>,
+    /// The control lane: the receive loop and the WHEP sessions' ICE/DTLS drivers (see [`ControlLane`]).
+    control: ControlLane,
+}
+
+/// A thread of its own for what keeps sessions alive: the socket's receive loop, and the ICE, DTLS and RTCP
+/// drivers of the sessions whose media livegate sends itself. On the media runtime, an overloaded machine
+/// starved STUN consent and handshakes along with the media it was shedding, and viewers lost ICE (3×
+/// overload: half of 500, benches/README.md). This work is small and wakes rarely; on its own thread the
+/// kernel's scheduler runs it promptly however busy the media threads are, while the media sheds load.
+struct ControlLane {
+    handle: tokio::runtime::Handle,
+    /// Dropped with the mux: ends the thread.
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl ControlLane {
+    fn start() -> io::Result<Self> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let handle = rt.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new().name("webrtc-control".into()).spawn(move || {
+            let _ = rt.block_on(stopped);
+        })?;
+        Ok(Self { handle, _stop: stop })
+    }
+}
+
+/// A task on the control lane, as webrtc-rs' runtime interface wants it.
+struct ControlTask(tokio::task::JoinHandle<()>);
+
+impl JoinHandle for ControlTask {
+    fn detach(&self) {}
+    fn abort(&self) {
+        self.0.abort();
+    }
+    fn is_finished(&self) -> bool {
+        self.0.is_finished()
+    }
 }
 
 impl fmt::Debug for UdpMux {
@@ -90,10 +196,17 @@ impl UdpMux {
         let _ = sock.set_recv_buffer_size(SOCKET_BUFFER);
         super::udp_batch::dont_fragment(&std);
         let addr = std.local_addr()?;
-        Ok(Arc::new(Self { std: Mutex::new(Some(std)), socket: OnceLock::new(), addr, routes: Default::default() }))
+        Ok(Arc::new(Self {
+            std: Mutex::new(Some(std)),
+            socket: OnceLock::new(),
+            addr,
+            routes: Default::default(),
+            control: ControlLane::start()?,
+        }))
     }
 
-    /// The tokio socket, and its receive loop, started on first use (inside the runtime).
+    /// The tokio socket, and its receive loop, started on first use. Both belong to the control lane: the
+    /// socket's readiness comes from that thread's reactor, not from the busy media runtime's.
     fn socket(self: &Arc<Self>) -> io::Result<Arc<tokio::net::UdpSocket>> {
         if let Some(s) = self.socket.get() {
             return Ok(s.clone());
@@ -101,49 +214,80 @@ impl UdpMux {
         let Some(std) = self.std.lock().take() else {
             return self.socket.get().cloned().ok_or_else(|| io::Error::other("UDP mux not ready"));
         };
-        let s = Arc::new(tokio::net::UdpSocket::from_std(std)?);
+        let s = {
+            let _lane = self.control.handle.enter();
+            Arc::new(tokio::net::UdpSocket::from_std(std)?)
+        };
         let _ = self.socket.set(s.clone());
         let this = self.clone();
         let rx = s.clone();
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 2048];
+        if let Err(e) = super::udp_recv::stamp_arrivals(&*s) {
+            tracing::warn!(error = %e, "no arrival times on the WebRTC UDP mux socket: stale RTCP is not shed");
+        }
+        self.control.handle.spawn(async move {
+            let mut batch = super::udp_recv::RecvBatch::default();
             loop {
-                match rx.recv_from(&mut buf).await {
-                    Ok((n, from)) => this.route(&buf[..n], from),
-                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "WebRTC UDP mux socket failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                if let Err(e) = rx.readable().await {
+                    tracing::warn!(error = %e, "WebRTC UDP mux socket failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+                // Drain what is queued, a few batches at a time: the sessions' drivers share this thread.
+                for _ in 0..8 {
+                    match rx.try_io(tokio::io::Interest::READABLE, || batch.recv(&*rx)) {
+                        Ok(_) => {
+                            let (now, at) = (std::time::SystemTime::now(), Instant::now());
+                            for d in batch.datagrams(now) {
+                                this.route(d.data, d.from, at.checked_sub(d.waited).unwrap_or(at));
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "WebRTC UDP mux socket failed");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            break;
+                        }
                     }
                 }
+                tokio::task::yield_now().await;
             }
         });
         Ok(s)
     }
 
-    fn route(&self, p: &[u8], from: SocketAddr) {
+    /// Hands a datagram that arrived at `at` to its session. A viewer's RTCP that already waited too long in
+    /// the socket is dropped here, before any session spends work on it.
+    fn route(&self, p: &[u8], from: SocketAddr, at: Instant) {
         let mut routes = self.routes.lock();
-        let ufrag = match routes.by_addr.get(&from) {
-            Some(u) => u.clone(),
+        let rx = match routes.by_addr.get(&from) {
+            Some((_, rx)) => rx,
             None => {
                 let Some(ufrag) = stun_username(p).and_then(|u| u.split(':').next()) else { return };
-                if !routes.by_ufrag.contains_key(ufrag) {
-                    return;
-                }
-                routes.by_addr.insert(from, ufrag.to_owned());
-                ufrag.to_owned()
+                let Some(rx) = routes.by_ufrag.get(ufrag).cloned() else { return };
+                &routes.by_addr.entry(from).or_insert((ufrag.to_owned(), rx)).1
             }
         };
-        if let Some(tx) = routes.by_ufrag.get(&ufrag) {
-            // A session that does not keep up loses datagrams, as a full socket buffer would.
-            let _ = tx.try_send((p.to_vec(), from));
+        let lane = Lane::of(p);
+        if lane == Lane::Media && rx.stale.is_some_and(|s| at.elapsed() > s) {
+            crate::metrics::global().webrtc_datagrams_shed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let d = Datagram { data: p.to_vec(), from, at };
+        let r = match lane {
+            Lane::Control => rx.control.try_send(d),
+            Lane::Media => rx.media.try_send(d),
+        };
+        // A session that does not keep up loses datagrams, as a full socket buffer would.
+        if let Err(mpsc::error::TrySendError::Full(_)) = r {
+            crate::metrics::global().webrtc_datagrams_shed.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     fn unregister(&self, ufrag: &str) {
         let mut routes = self.routes.lock();
         routes.by_ufrag.remove(ufrag);
-        routes.by_addr.retain(|_, u| u != ufrag);
+        routes.by_addr.retain(|_, (u, _)| u != ufrag);
     }
 }
 
@@ -153,9 +297,41 @@ pub struct MuxedSocket {
     shared: Arc<tokio::net::UdpSocket>,
     /// The address the session's own (unused) socket had: the session keys its candidate by it.
     nominal: SocketAddr,
-    rx: Mutex<mpsc::Receiver<Datagram>>,
-    tx: mpsc::Sender<Datagram>,
+    rx: Mutex<Queues>,
+    tx: Inbound,
     ufrag: Mutex<Option<String>>,
+}
+
+/// A session's two inbound queues, both ends.
+fn session_queues(inbound: InboundMedia) -> (Inbound, Queues) {
+    let (control_tx, control) = mpsc::channel(CONTROL_QUEUE);
+    let (media_tx, media) = mpsc::channel(inbound.capacity());
+    let stale = inbound.stale_after();
+    (Inbound { control: control_tx, media: media_tx, stale }, Queues { control, media, stale })
+}
+
+struct Queues {
+    control: mpsc::Receiver<Datagram>,
+    media: mpsc::Receiver<Datagram>,
+    /// A viewer's feedback goes stale; a publisher's media is never dropped for waiting.
+    stale: Option<Duration>,
+}
+
+impl Queues {
+    /// The next datagram, STUN and DTLS first; stale RTP/RTCP is dropped on the way.
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Datagram>> {
+        if let Poll::Ready(Some(d)) = self.control.poll_recv(cx) {
+            return Poll::Ready(Some(d));
+        }
+        loop {
+            match self.media.poll_recv(cx) {
+                Poll::Ready(Some(d)) if self.stale.is_some_and(|s| d.at.elapsed() > s) => {
+                    crate::metrics::global().webrtc_datagrams_shed.fetch_add(1, Ordering::Relaxed);
+                }
+                other => return other,
+            }
+        }
+    }
 }
 
 impl fmt::Debug for MuxedSocket {
@@ -196,8 +372,8 @@ impl AsyncUdpSocket for MuxedSocket {
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
         let (Some(buf), Some(m)) = (bufs.first_mut(), meta.first_mut()) else { return Poll::Ready(Ok(0)) };
-        match self.rx.lock().poll_recv(cx) {
-            Poll::Ready(Some((data, from))) => {
+        match self.rx.lock().poll_next(cx) {
+            Poll::Ready(Some(Datagram { data, from, .. })) => {
                 let n = data.len().min(buf.len());
                 buf[..n].copy_from_slice(&data[..n]);
                 let mut r = RecvMeta::default();
@@ -218,6 +394,7 @@ impl AsyncUdpSocket for MuxedSocket {
 pub struct MuxRuntime {
     inner: Arc<dyn Runtime>,
     mux: Arc<UdpMux>,
+    inbound: InboundMedia,
     socket: Mutex<Option<Arc<MuxedSocket>>>,
 }
 
@@ -237,9 +414,9 @@ pub enum MuxError {
 }
 
 impl MuxRuntime {
-    pub fn new(mux: Arc<UdpMux>) -> io::Result<Arc<Self>> {
+    pub fn new(mux: Arc<UdpMux>, inbound: InboundMedia) -> io::Result<Arc<Self>> {
         let inner = webrtc::runtime::default_runtime().ok_or_else(|| io::Error::other("no async runtime"))?;
-        Ok(Arc::new(Self { inner, mux, socket: Mutex::new(None) }))
+        Ok(Arc::new(Self { inner, mux, inbound, socket: Mutex::new(None) }))
     }
 
     /// The shared socket, for a session that sends its media itself.
@@ -260,13 +437,15 @@ impl Runtime for MuxRuntime {
     fn spawn(&self, future: Pin<Box<dyn Future<Output = ()> + Send>>) -> Box<dyn JoinHandle> {
         self.inner.spawn(future)
     }
-    fn spawn_reactor(&self, n: usize, future: Pin<Box<dyn Future<Output = ()> + Send>>) -> Box<dyn JoinHandle> {
-        self.inner.spawn_reactor(n, future)
+    /// A session's driver (webrtc-rs asks for a "dedicated reactor" when the builder is given a pool size)
+    /// runs on the control lane.
+    fn spawn_reactor(&self, _n: usize, future: Pin<Box<dyn Future<Output = ()> + Send>>) -> Box<dyn JoinHandle> {
+        Box::new(ControlTask(self.mux.control.handle.spawn(future)))
     }
     fn wrap_udp_socket(&self, socket: std::net::UdpSocket) -> io::Result<Arc<dyn AsyncUdpSocket>> {
         // The session's own socket only lends its address; everything goes through the shared one.
         let nominal = socket.local_addr()?;
-        let (tx, rx) = mpsc::channel(1024);
+        let (tx, rx) = session_queues(self.inbound);
         let s = Arc::new(MuxedSocket {
             mux: self.mux.clone(),
             shared: self.mux.socket()?,
@@ -343,6 +522,66 @@ mod tests {
         assert_eq!(stun_username(&resp), None);
         let p = binding_request("srvU:cliU");
         assert_eq!(stun_username(&p[..26]), None);
+    }
+
+    /// What the session's queues hold now, in the order the session reads it.
+    fn drain(q: &mut Queues) -> Vec<Vec<u8>> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut out = Vec::new();
+        while let Poll::Ready(Some(d)) = q.poll_next(&mut cx) {
+            out.push(d.data);
+        }
+        out
+    }
+
+    /// A mux with one session registered under `ufrag`, and that session's queues.
+    fn one_session(ufrag: &str, inbound: InboundMedia) -> (Arc<UdpMux>, Queues) {
+        let mux = UdpMux::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let (tx, q) = session_queues(inbound);
+        mux.routes.lock().by_ufrag.insert(ufrag.into(), tx);
+        (mux, q)
+    }
+
+    const RR: [u8; 8] = [0x81, 201, 0, 1, 0, 0, 0, 1];
+    const NACK: [u8; 8] = [0x81, 205, 0, 1, 0, 0, 0, 1];
+    const DTLS: [u8; 4] = [22, 0xfe, 0xfd, 0];
+
+    #[test]
+    fn a_viewers_stale_rtcp_is_shed_and_stun_and_dtls_go_first() {
+        let (mux, mut q) = one_session("srvU", InboundMedia::Feedback);
+        let peer: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let now = Instant::now();
+        let long_ago = now - Duration::from_secs(1);
+        let stun = binding_request("srvU:cliU");
+        mux.route(&stun, peer, now);
+        mux.route(&RR, peer, now);
+        // Waited a second in the socket: the NACK is shed, STUN and DTLS never are.
+        mux.route(&NACK, peer, long_ago);
+        mux.route(&stun, peer, long_ago);
+        mux.route(&DTLS, peer, long_ago);
+        assert_eq!(drain(&mut q), vec![stun.clone(), stun, DTLS.to_vec(), RR.to_vec()]);
+        // An address that never sent a binding request for a session gets nothing through.
+        mux.route(&RR, "127.0.0.1:5001".parse().unwrap(), now);
+        assert!(drain(&mut q).is_empty());
+    }
+
+    #[test]
+    fn a_publishers_media_is_never_shed_for_waiting() {
+        let (mux, mut q) = one_session("pubU", InboundMedia::Media);
+        let peer: SocketAddr = "127.0.0.1:5002".parse().unwrap();
+        let long_ago = Instant::now() - Duration::from_secs(1);
+        let rtp = [0x80, 96, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1];
+        mux.route(&binding_request("pubU:cliU"), peer, long_ago);
+        mux.route(&rtp, peer, long_ago);
+        assert_eq!(drain(&mut q).len(), 2);
+    }
+
+    #[test]
+    fn demultiplexes_by_first_byte() {
+        assert_eq!(Lane::of(&binding_request("a:b")), Lane::Control);
+        assert_eq!(Lane::of(&DTLS), Lane::Control);
+        assert_eq!(Lane::of(&RR), Lane::Media);
+        assert_eq!(Lane::of(&[]), Lane::Media);
     }
 
     #[test]

@@ -61,6 +61,15 @@ async fn wait_for_headers(stream: &crate::hub::Stream) {
     }
 }
 
+/// A WHEP viewer's reader policy: the play policy without its limit on skips. Over TCP a reader that has to
+/// skip keeps its socket full, so skipping often means the player cannot keep up and is let go. UDP never
+/// pushes back: a WHEP viewer's backlog is the server's own lateness (an overloaded machine), and cutting its
+/// viewers off for it turns load shedding into lost viewers (270 of 500 at 3x overload, benches/README.md).
+/// A viewer whose network loses media shows it in its receiver reports, not here.
+fn udp_policy(play: CachePolicy) -> CachePolicy {
+    CachePolicy { max_skips_per_minute: u32::MAX, ..play }
+}
+
 struct Session {
     pc: Arc<dyn PeerConnection>,
     key: StreamKey,
@@ -177,6 +186,7 @@ impl Whep {
         }
         // One player per viewer, named by the stream it asked for, whatever rendition its video comes from.
         let audience = Audience::Player { requested: key.clone() };
+        let policy = udp_policy(policy);
         let mut reader = match self.hub.subscribe_as(&video_key, Protocol::Whep, policy, guard.handle.clone(), audience)
         {
             Ok(r) => r,
@@ -740,4 +750,22 @@ async fn pump(
 /// The payload type the answer settled on: the browser's number for H.264, not the one registered here.
 async fn negotiated_pt(sender: &Arc<dyn RtpSender>) -> Option<u8> {
     sender.get_parameters().await.ok()?.rtp_parameters.codecs.first().map(|c| c.payload_type)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_viewer_keeps_its_caches_but_is_never_cut_off_for_skipping() {
+        let play = CachePolicy {
+            min_cache: Duration::from_millis(100),
+            max_cache: Duration::from_millis(500),
+            max_skips_per_minute: 6,
+            low_latency: true,
+        };
+        let p = udp_policy(play);
+        assert_eq!(p.max_skips_per_minute, u32::MAX);
+        assert_eq!((p.min_cache, p.max_cache, p.low_latency), (play.min_cache, play.max_cache, play.low_latency));
+    }
 }

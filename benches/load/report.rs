@@ -782,6 +782,16 @@ pub fn print_whep(args: &Args, run: &Run, pub_log: &PubLog, livegate_exit: Optio
     println!(
         "  outcome            {ran} ran to the end, {closed} lost their connection (ICE Disconnected/Failed or track ended), {failed} failed"
     );
+    if closed > 0 {
+        let by = |i: usize| crate::whep::ENDED_BY[i].load(std::sync::atomic::Ordering::Relaxed);
+        println!(
+            "    lost: {} ICE Disconnected, {} Failed, {} Closed, {} video track ended",
+            by(0),
+            by(1),
+            by(2),
+            by(3)
+        );
+    }
     for (e, c) in errors.iter().take(6) {
         println!("    {c} x {e}");
     }

@@ -40,6 +40,10 @@ use crate::reader::{Dechunker, Outcome, ReaderCfg, ACTIVE, KEYED, KEYFRAMES_RX, 
 use livegate::webrtc::{h264_codec, opus_codec, Handler};
 
 /// What one WHEP viewer saw.
+/// Why viewers that had media lost their connection: ICE Disconnected, Failed, the connection Closed, the
+/// video track ended (in that order).
+pub static ENDED_BY: [std::sync::atomic::AtomicUsize; 4] = [const { std::sync::atomic::AtomicUsize::new(0) }; 4];
+
 pub struct WhepResult {
     pub start_ns: u64,
     pub end_ns: u64,
@@ -213,7 +217,10 @@ async fn play(
                         }
                     }
                 }
-                Some(TrackRemoteEvent::OnEnded) | None => return Ok(Outcome::Closed),
+                Some(TrackRemoteEvent::OnEnded) | None => {
+                    ENDED_BY[3].fetch_add(1, Ordering::Relaxed);
+                    return Ok(Outcome::Closed);
+                }
                 Some(_) => {}
             },
             ev = next(&audio) => match ev {
@@ -243,6 +250,14 @@ async fn play(
                     return Ok(Outcome::Closed);
                 }
                 if matches!(s, RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed | RTCPeerConnectionState::Disconnected) {
+                    if r.first_rtp_ns.is_some() {
+                        let i = match s {
+                            RTCPeerConnectionState::Disconnected => 0,
+                            RTCPeerConnectionState::Failed => 1,
+                            _ => 2,
+                        };
+                        ENDED_BY[i].fetch_add(1, Ordering::Relaxed);
+                    }
                     return if r.first_rtp_ns.is_some() { Ok(Outcome::Closed) } else { bail!("peer connection {s:?} before any RTP") };
                 }
             }

@@ -14,7 +14,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -87,7 +87,7 @@ impl Member {
         out: TrackOut,
         media: Media,
         client: Arc<ClientHandle>,
-        max_behind: std::time::Duration,
+        max_behind: Duration,
     ) -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::new(State {
@@ -318,7 +318,12 @@ impl ParkedGroup for Group {
                 continue;
             }
             let backlog = &packets[st.park.pos.saturating_sub(start) as usize..];
-            if st.park.pos < start || behind_ms(backlog) > m.max_behind_ms {
+            let behind = behind_ms(backlog);
+            // A second of backlog is dozens of packets; two packets a second apart are a timestamp jump.
+            if backlog.len() >= LATE_MIN_PACKETS {
+                super::admission::global().flushed(Duration::from_millis(behind.max(0) as u64), now);
+            }
+            if st.park.pos < start || behind > m.max_behind_ms {
                 // Its packets left the ring, or the machine fell behind (a flush late by more than the viewer's
                 // max_cache: UDP never pushes back, so this is where a backlog shows): its reader takes over
                 // and skips to a newer keyframe by the cache policy, instead of the viewer getting it all late.
@@ -381,6 +386,9 @@ impl ParkedGroup for Group {
 }
 
 /// How much media time a backlog spans, first packet to newest (ms).
+/// The fewest packets a backlog must hold to count as the machine being late (`admission`).
+const LATE_MIN_PACKETS: usize = 10;
+
 fn behind_ms(backlog: &[Arc<Packet>]) -> i64 {
     match (backlog.first(), backlog.last()) {
         (Some(a), Some(b)) => b.frame.dts - a.frame.dts,

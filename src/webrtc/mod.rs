@@ -2,6 +2,7 @@
 //! PeerConnection and one UDP port per session. Pure protocol pieces (`depacketize`, `reorder`, `rtp_clock`)
 //! are kept apart from the sockets. See `docs/notes/webrtc-rs-0.21.md` for the library's quirks.
 
+pub mod admission;
 pub mod depacketize;
 pub mod fanout;
 pub mod media_out;

@@ -43,6 +43,8 @@ pub enum WhepError {
     NoCodec,
     #[error("WebRTC failure: {0}")]
     Internal(String),
+    #[error(transparent)]
+    Overloaded(#[from] super::admission::Overloaded),
 }
 
 /// The longest a viewer of a stream started on demand waits for its first media before being answered.
@@ -121,6 +123,8 @@ impl Whep {
         }
         // Refuse before doing any WebRTC work when the stream does not exist. One started on demand here (an
         // edge's pull) is waited for: which renditions the viewer needs depends on its codecs.
+        // A machine too far behind to serve the viewers it has takes no more (`admission`).
+        super::admission::global().admit(std::time::Instant::now())?;
         let not_found = || WhepError::NotFound(format!("stream {key} is not being published"));
         let stream = match self.hub.open_stream(key) {
             Ok(Some(s)) => s,

@@ -1,0 +1,109 @@
+//! Whether to take another WebRTC viewer: not while the machine is so far behind that the viewers it has are
+//! getting their media a second late. A viewer admitted then costs a handshake the starved machine cannot
+//! finish in time (at 3.7x overload 105 of 500 new viewers timed out after their answer took 5 s), and its
+//! media takes CPU from viewers that are still watching. A refused one gets a 503 with Retry-After at once.
+//!
+//! The signal is the stream fan-out's own lateness: how far behind live a parked viewer's flush found it. Time
+//! is passed in, so the rule is tested without clocks.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// A flush this far behind live means the machine is behind: twice the rtc cache policy's max_cache, so a
+/// viewer's own skip (at 0.5 s) does not count, only a machine that stays behind after skipping.
+pub const LATE: Duration = Duration::from_secs(1);
+/// New viewers are refused for this long after the last late flush (and told to retry after it).
+pub const HOLD: Duration = Duration::from_secs(2);
+
+/// Refused: the machine is behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the server is overloaded: its WebRTC viewers were getting media {late_ms} ms late {ago_ms} ms ago")]
+pub struct Overloaded {
+    pub late_ms: u64,
+    pub ago_ms: u64,
+    /// When to try again.
+    pub retry_after: Duration,
+}
+
+/// The last late flush, for all streams of the process.
+#[derive(Debug)]
+pub struct Admission {
+    base: Instant,
+    /// Milliseconds after `base` of the last late flush, plus one (0: none yet).
+    last_late: AtomicU64,
+    late_ms: AtomicU64,
+}
+
+impl Admission {
+    pub fn new(base: Instant) -> Self {
+        Self { base, last_late: AtomicU64::new(0), late_ms: AtomicU64::new(0) }
+    }
+
+    fn ms(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.base).as_millis()).unwrap_or(u64::MAX - 1)
+    }
+
+    /// A flush at `now` found a viewer `behind` live.
+    pub fn flushed(&self, behind: Duration, now: Instant) {
+        if behind >= LATE {
+            self.late_ms.store(u64::try_from(behind.as_millis()).unwrap_or(u64::MAX), Ordering::Relaxed);
+            self.last_late.store(self.ms(now) + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether a new viewer is taken at `now`.
+    pub fn admit(&self, now: Instant) -> Result<(), Overloaded> {
+        let last = self.last_late.load(Ordering::Relaxed);
+        if last == 0 {
+            return Ok(());
+        }
+        let ago_ms = self.ms(now).saturating_sub(last - 1);
+        let hold = HOLD.as_millis() as u64;
+        if ago_ms >= hold {
+            return Ok(());
+        }
+        Err(Overloaded {
+            late_ms: self.late_ms.load(Ordering::Relaxed),
+            ago_ms,
+            retry_after: Duration::from_millis(hold - ago_ms).max(Duration::from_secs(1)),
+        })
+    }
+}
+
+/// The process's admission state.
+pub fn global() -> &'static Admission {
+    static A: OnceLock<Admission> = OnceLock::new();
+    A.get_or_init(|| Admission::new(Instant::now()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admits_until_a_flush_is_late_then_refuses_for_the_hold() {
+        let t0 = Instant::now();
+        let a = Admission::new(t0);
+        assert_eq!(a.admit(t0), Ok(()));
+        // Behind by less than LATE: a viewer's own skip, not the machine.
+        a.flushed(Duration::from_millis(900), t0 + Duration::from_millis(100));
+        assert_eq!(a.admit(t0 + Duration::from_millis(200)), Ok(()));
+        a.flushed(Duration::from_millis(1500), t0 + Duration::from_millis(1000));
+        let e = a.admit(t0 + Duration::from_millis(1500)).unwrap_err();
+        assert_eq!((e.late_ms, e.ago_ms), (1500, 500));
+        assert_eq!(e.retry_after, Duration::from_millis(1500));
+        // Close to the end of the hold the advice is still a whole second.
+        assert_eq!(a.admit(t0 + Duration::from_millis(2900)).unwrap_err().retry_after, Duration::from_secs(1));
+        assert_eq!(a.admit(t0 + Duration::from_millis(3000)), Ok(()));
+    }
+
+    #[test]
+    fn a_late_flush_at_the_start_counts() {
+        let t0 = Instant::now();
+        let a = Admission::new(t0);
+        a.flushed(LATE, t0);
+        assert!(a.admit(t0).is_err());
+        assert!(a.admit(t0 + HOLD).is_ok());
+    }
+}

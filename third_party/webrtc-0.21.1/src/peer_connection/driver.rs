@@ -112,7 +112,11 @@ pub(crate) const DRIVER_TO_TRACK_REMOTE_EVENT_CHANNEL_CAPACITY: usize = 256;
 ///
 /// `TrackLocalEvent::OnRtcpPacket` is its only variant and only producer — this queue carries
 /// no lifecycle traffic at all, so unlike track-remote it has nothing that must not be dropped.
-pub(crate) const DRIVER_TO_TRACK_LOCAL_EVENT_CHANNEL_CAPACITY: usize = 256;
+///
+/// livegate: 32, not 256. The channel preallocates its slots (~4.5 KB per sending track at 256),
+/// and a sender's RTCP (receiver reports, NACKs, PLIs) is a few packets a second: a consumer 32
+/// behind is better served by dropping (`try_send`) than by a backlog of stale feedback.
+pub(crate) const DRIVER_TO_TRACK_LOCAL_EVENT_CHANNEL_CAPACITY: usize = 32;
 
 const DEFAULT_TIMEOUT_DURATION: Duration = Duration::from_secs(86400); // 1 day duration
 

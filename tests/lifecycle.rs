@@ -217,7 +217,10 @@ fn a_rendition_starts_with_its_first_reader_and_stops_after_its_last() {
     let mut ids = Vec::new();
     // Twice: a rendition stopped after its last reader comes back for the next one.
     for round in 0..2 {
-        let mut viewer = whep_viewer(&srv, "od", 2);
+        // 4 s of video after its first frame: a viewer's first frame is the newest keyframe (this media has one
+        // every 2 s), so it stays at least 2 s after connecting whatever the join's place in the GOP. With 2 s
+        // it could leave within 100 ms of connecting, before the reader count was polled.
+        let mut viewer = whep_viewer(&srv, "od", 4);
         assert!(
             wait_until(Duration::from_secs(30), || srv.stream_json("od@opus").is_some_and(|j| j["readers_total"] == 1)),
             "round {round}: {:?}",

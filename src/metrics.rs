@@ -20,6 +20,8 @@ pub struct Metrics {
     pub fanout_handbacks: AtomicU64,
     /// WHEP datagrams the shared UDP socket refused (a full send buffer); their viewers skipped to a keyframe.
     pub whep_datagrams_refused: AtomicU64,
+    /// New WHEP viewers refused with 503 because the machine was behind (`webrtc::admission`).
+    pub whep_overloaded: AtomicU64,
     /// RTP/RTCP datagrams in on the shared WebRTC port dropped because their session was behind.
     pub webrtc_datagrams_shed: AtomicU64,
     pub bytes_in: AtomicU64,
@@ -164,6 +166,12 @@ impl Metrics {
             "livegate_whep_datagrams_refused_total {}",
             self.whep_datagrams_refused.load(Ordering::Relaxed)
         );
+        let _ = writeln!(
+            o,
+            "# HELP livegate_whep_overloaded_total New WHEP viewers refused with 503 because the server's fan-out was behind (webrtc.overload_late_secs)."
+        );
+        let _ = writeln!(o, "# TYPE livegate_whep_overloaded_total counter");
+        let _ = writeln!(o, "livegate_whep_overloaded_total {}", self.whep_overloaded.load(Ordering::Relaxed));
         let _ = writeln!(
             o,
             "# HELP livegate_webrtc_datagrams_shed_total RTP/RTCP datagrams in on the shared WebRTC port dropped because their session was behind (STUN and DTLS are never shed)."

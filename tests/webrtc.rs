@@ -124,6 +124,59 @@ fn all_sessions_can_share_one_udp_port() {
 }
 
 #[test]
+fn an_overloaded_server_refuses_new_viewers_with_503_and_keeps_the_ones_it_has() {
+    // A late threshold below any real flush's wait: every flush that sends the parked viewer a packet finds it
+    // waited longer, which is the signal a starved machine gives (real overloads, a CPU quota at half of what
+    // the viewers need, are measured in benches/README.md, "ICE under overload"). How late is late is the
+    // operator's setting; what is tested here is what a refused viewer and the admitted one get.
+    let srv = Server::start("[webrtc]\noverload_late_secs = 0.000001\noverload_hold_secs = 2.0\n");
+    let _pub = push(&media("360p"), &srv.rtmp_url("ov"));
+    srv.wait_live("ov");
+    let url = format!("http://127.0.0.1:{}/whep/live/ov", srv.http_port);
+    let shot = srv.dir.path().join("ov.png");
+    // Admitted before any flush was late.
+    let mut kept = node_bg("whep_play.mjs", &[&url, shot.to_str().unwrap(), "6"]);
+    assert!(wait_until(Duration::from_secs(30), || parked(&srv, "whep") >= 1), "{}", parked(&srv, "whep"));
+    let offer = String::from_utf8(node("make_offer.mjs", &[]).stdout).unwrap();
+    let mut last = None;
+    let refused = wait_until(Duration::from_secs(20), || {
+        let len = offer.len().to_string();
+        let r = http_request_with_body(
+            srv.http_port,
+            "POST",
+            "/whep/live/ov",
+            &[("Content-Type", "application/sdp"), ("Content-Length", &len)],
+            &offer,
+        );
+        if r.status == 201 {
+            // Admitted between two flushes: not this test's viewer.
+            let location = r.header("location").unwrap().to_owned();
+            assert_eq!(http_request(srv.http_port, "DELETE", &location, &[]).unwrap().status, 200);
+        }
+        let done = r.status == 503;
+        last = Some(r);
+        done
+    });
+    let r = last.expect("one answer");
+    assert!(refused, "{} {}", r.status, String::from_utf8_lossy(&r.body));
+    let j = r.json();
+    assert_eq!(j["error"], "overloaded", "{j}");
+    assert!(j["detail"].as_str().unwrap().contains("waited"), "says how late the machine is: {j}");
+    let retry: u64 = r.header("retry-after").expect("Retry-After").parse().unwrap();
+    assert!((1..=2).contains(&retry), "retry after the hold, in whole seconds: {retry}");
+    let m = String::from_utf8(srv.api("GET", "/metrics").body).unwrap();
+    let n: u64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("livegate_whep_overloaded_total "))
+        .and_then(|v| v.parse().ok())
+        .expect("counter");
+    assert!(n >= 1, "{n}");
+    // The viewer it had kept playing throughout.
+    let j = browser_result(&mut kept, Duration::from_secs(40));
+    assert!(j["fps"].as_f64().unwrap() > 20.0, "{j}");
+}
+
+#[test]
 fn whep_play_signatures_work_in_the_query_or_as_bearer_token() {
     const KEY: &str = "e12c46f2612d5106e2034781ab261ca3";
     let srv = Server::start(&format!("[apps.live]\nplay_key = \"{KEY}\"\n"));

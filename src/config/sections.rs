@@ -112,6 +112,21 @@ pub struct WebrtcConfig {
     pub vp8_transcode_kbps: u32,
     /// WHIP: browsers send keyframes only when asked; livegate asks this often so players start at once.
     pub whip_keyframe_interval_secs: f64,
+    /// WHEP admission: a fan-out flush whose oldest packet waited this long since ingest means the machine is
+    /// behind, and new viewers get `503 overloaded` (0: never refused).
+    #[serde(default = "default_overload_late_secs")]
+    pub overload_late_secs: f64,
+    /// For how long after the last late flush new WHEP viewers are refused (their Retry-After).
+    #[serde(default = "default_overload_hold_secs")]
+    pub overload_hold_secs: f64,
+}
+
+fn default_overload_late_secs() -> f64 {
+    1.0
+}
+
+fn default_overload_hold_secs() -> f64 {
+    2.0
 }
 
 impl WebrtcConfig {
@@ -180,6 +195,18 @@ impl WebrtcConfig {
             return Err(ConfigError::invalid(
                 "webrtc.connect_timeout_secs",
                 format!("{} is outside 1..=300", self.connect_timeout_secs),
+            ));
+        }
+        if !(self.overload_late_secs.is_finite() && (0.0..=60.0).contains(&self.overload_late_secs)) {
+            return Err(ConfigError::invalid(
+                "webrtc.overload_late_secs",
+                format!("{} is outside 0..=60", self.overload_late_secs),
+            ));
+        }
+        if !(self.overload_hold_secs.is_finite() && (0.1..=600.0).contains(&self.overload_hold_secs)) {
+            return Err(ConfigError::invalid(
+                "webrtc.overload_hold_secs",
+                format!("{} is outside 0.1..=600", self.overload_hold_secs),
             ));
         }
         Ok(())

@@ -133,6 +133,7 @@ async fn play(state: &Arc<HttpState>, addr: SocketAddr, key: StreamKey, req: Req
         Err(e @ WhepError::NoCodec) => error(StatusCode::NOT_ACCEPTABLE, "no_usable_codec", &e.to_string()),
         Err(e @ WhepError::Internal(_)) => error(StatusCode::INTERNAL_SERVER_ERROR, "webrtc_error", &e.to_string()),
         Err(WhepError::Overloaded(o)) => {
+            crate::metrics::global().whep_overloaded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let mut r = error(StatusCode::SERVICE_UNAVAILABLE, "overloaded", &o.to_string());
             r.headers_mut().insert(hyper::header::RETRY_AFTER, o.retry_after.as_secs().max(1).into());
             r

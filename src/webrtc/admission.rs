@@ -3,22 +3,37 @@
 //! finish in time (at 3.7x overload 105 of 500 new viewers timed out after their answer took 5 s), and its
 //! media takes CPU from viewers that are still watching. A refused one gets a 503 with Retry-After at once.
 //!
-//! The signal is the stream fan-out's own lateness: how far behind live a parked viewer's flush found it. Time
-//! is passed in, so the rule is tested without clocks.
+//! The signal is the stream fan-out's own lateness: how long the oldest packet a parked viewer's flush sends
+//! had waited since ingest handed it to the hub. Wall-clock waiting, not the media time the backlog spans: a
+//! publisher that bursts (a reconnect flushing its buffer, a file pushed faster than real time) brings seconds
+//! of media at once without the machine being behind. Time is passed in, so the rule is tested without clocks.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// A flush this far behind live means the machine is behind: twice the rtc cache policy's max_cache, so a
-/// viewer's own skip (at 0.5 s) does not count, only a machine that stays behind after skipping.
-pub const LATE: Duration = Duration::from_secs(1);
-/// New viewers are refused for this long after the last late flush (and told to retry after it).
-pub const HOLD: Duration = Duration::from_secs(2);
+use crate::config::WebrtcConfig;
+
+/// When the machine counts as behind, and for how long that closes the door.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// A flush whose oldest packet waited this long means the machine is behind (zero: never refuse).
+    pub late: Duration,
+    /// New viewers are refused for this long after the last late flush (and told to retry after it).
+    pub hold: Duration,
+}
+
+impl Policy {
+    pub fn of(cfg: &WebrtcConfig) -> Self {
+        Self {
+            late: Duration::from_secs_f64(cfg.overload_late_secs),
+            hold: Duration::from_secs_f64(cfg.overload_hold_secs),
+        }
+    }
+}
 
 /// Refused: the machine is behind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("the server is overloaded: its WebRTC viewers were getting media {late_ms} ms late {ago_ms} ms ago")]
+#[error("the server is overloaded: its WebRTC viewers' media waited {late_ms} ms to be sent {ago_ms} ms ago")]
 pub struct Overloaded {
     pub late_ms: u64,
     pub ago_ms: u64,
@@ -26,9 +41,10 @@ pub struct Overloaded {
     pub retry_after: Duration,
 }
 
-/// The last late flush, for all streams of the process.
+/// The last late flush, for all streams of the server.
 #[derive(Debug)]
 pub struct Admission {
+    policy: Policy,
     base: Instant,
     /// Milliseconds after `base` of the last late flush, plus one (0: none yet).
     last_late: AtomicU64,
@@ -36,18 +52,18 @@ pub struct Admission {
 }
 
 impl Admission {
-    pub fn new(base: Instant) -> Self {
-        Self { base, last_late: AtomicU64::new(0), late_ms: AtomicU64::new(0) }
+    pub fn new(policy: Policy, base: Instant) -> Self {
+        Self { policy, base, last_late: AtomicU64::new(0), late_ms: AtomicU64::new(0) }
     }
 
     fn ms(&self, t: Instant) -> u64 {
         u64::try_from(t.saturating_duration_since(self.base).as_millis()).unwrap_or(u64::MAX - 1)
     }
 
-    /// A flush at `now` found a viewer `behind` live.
-    pub fn flushed(&self, behind: Duration, now: Instant) {
-        if behind >= LATE {
-            self.late_ms.store(u64::try_from(behind.as_millis()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    /// A flush at `now` sent a viewer a packet that had `waited` since ingest.
+    pub fn flushed(&self, waited: Duration, now: Instant) {
+        if !self.policy.late.is_zero() && waited >= self.policy.late {
+            self.late_ms.store(u64::try_from(waited.as_millis()).unwrap_or(u64::MAX), Ordering::Relaxed);
             self.last_late.store(self.ms(now) + 1, Ordering::Relaxed);
         }
     }
@@ -59,7 +75,7 @@ impl Admission {
             return Ok(());
         }
         let ago_ms = self.ms(now).saturating_sub(last - 1);
-        let hold = HOLD.as_millis() as u64;
+        let hold = u64::try_from(self.policy.hold.as_millis()).unwrap_or(u64::MAX);
         if ago_ms >= hold {
             return Ok(());
         }
@@ -71,22 +87,20 @@ impl Admission {
     }
 }
 
-/// The process's admission state.
-pub fn global() -> &'static Admission {
-    static A: OnceLock<Admission> = OnceLock::new();
-    A.get_or_init(|| Admission::new(Instant::now()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const LATE: Duration = Duration::from_secs(1);
+    const HOLD: Duration = Duration::from_secs(2);
+    const POLICY: Policy = Policy { late: LATE, hold: HOLD };
+
     #[test]
     fn admits_until_a_flush_is_late_then_refuses_for_the_hold() {
         let t0 = Instant::now();
-        let a = Admission::new(t0);
+        let a = Admission::new(POLICY, t0);
         assert_eq!(a.admit(t0), Ok(()));
-        // Behind by less than LATE: a viewer's own skip, not the machine.
+        // Waited less than LATE: a flush merged or scheduled late, not a machine behind.
         a.flushed(Duration::from_millis(900), t0 + Duration::from_millis(100));
         assert_eq!(a.admit(t0 + Duration::from_millis(200)), Ok(()));
         a.flushed(Duration::from_millis(1500), t0 + Duration::from_millis(1000));
@@ -101,9 +115,22 @@ mod tests {
     #[test]
     fn a_late_flush_at_the_start_counts() {
         let t0 = Instant::now();
-        let a = Admission::new(t0);
+        let a = Admission::new(POLICY, t0);
         a.flushed(LATE, t0);
         assert!(a.admit(t0).is_err());
         assert!(a.admit(t0 + HOLD).is_ok());
+    }
+
+    #[test]
+    fn a_zero_late_threshold_never_refuses() {
+        let t0 = Instant::now();
+        let a = Admission::new(Policy { late: Duration::ZERO, hold: HOLD }, t0);
+        a.flushed(Duration::from_secs(30), t0);
+        assert_eq!(a.admit(t0), Ok(()));
+    }
+
+    #[test]
+    fn the_default_policy_is_a_second_late_and_two_held() {
+        assert_eq!(Policy::of(&crate::config::Config::default_config().webrtc), POLICY);
     }
 }

@@ -23,6 +23,7 @@ use rtc::rtp::codec::vp8::Vp8Payloader;
 use rtc::rtp::packetizer::Payloader;
 use tokio::sync::Notify;
 
+use super::admission::Admission;
 use super::media_out::{Datagrams, MediaOutError, TrackOut};
 use super::{udp_batch, MTU};
 use crate::hub::fanout::{Handback, ParkState};
@@ -68,6 +69,8 @@ pub struct Member {
     client: Arc<ClientHandle>,
     /// Its reader's max_cache: a flush that finds it further behind than this hands it back (see `flush`).
     max_behind_ms: i64,
+    /// Told how long a flush's packets waited: new viewers are refused while the machine is behind.
+    admission: Arc<Admission>,
     pos_hint: AtomicU64,
     gone: AtomicBool,
     wake: Notify,
@@ -90,6 +93,7 @@ impl Member {
         media: Media,
         client: Arc<ClientHandle>,
         max_behind: Duration,
+        admission: Arc<Admission>,
     ) -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::new(State {
@@ -103,6 +107,7 @@ impl Member {
             peer: Mutex::new(peer),
             client,
             max_behind_ms: i64::try_from(max_behind.as_millis()).unwrap_or(i64::MAX),
+            admission,
             pos_hint: AtomicU64::new(0),
             gone: AtomicBool::new(false),
             wake: Notify::new(),
@@ -321,10 +326,7 @@ impl ParkedGroup for Group {
             }
             let backlog = &packets[st.park.pos.saturating_sub(start) as usize..];
             let behind = behind_ms(backlog);
-            // A second of backlog is dozens of packets; two packets a second apart are a timestamp jump.
-            if backlog.len() >= LATE_MIN_PACKETS {
-                super::admission::global().flushed(Duration::from_millis(behind.max(0) as u64), now);
-            }
+            m.admission.flushed(waited(backlog, now), now);
             if st.park.pos < start || behind > m.max_behind_ms {
                 // Its packets left the ring, or the machine fell behind (a flush late by more than the viewer's
                 // max_cache: UDP never pushes back, so this is where a backlog shows): its reader takes over
@@ -388,14 +390,17 @@ impl ParkedGroup for Group {
 }
 
 /// How much media time a backlog spans, first packet to newest (ms).
-/// The fewest packets a backlog must hold to count as the machine being late (`admission`).
-const LATE_MIN_PACKETS: usize = 10;
-
 fn behind_ms(backlog: &[Arc<Packet>]) -> i64 {
     match (backlog.first(), backlog.last()) {
         (Some(a), Some(b)) => b.frame.dts - a.frame.dts,
         _ => 0,
     }
+}
+
+/// How long the oldest packet of a backlog had waited since ingest when flushed at `now`: the machine's own
+/// lateness, whatever media time the backlog spans (a bursting publisher brings seconds of media at once).
+fn waited(backlog: &[Arc<Packet>], now: Instant) -> Duration {
+    backlog.first().map_or(Duration::ZERO, |p| now.saturating_duration_since(p.received))
 }
 
 /// A flush sends what it has protected once this much is queued: the buffer stays this size however many
@@ -459,10 +464,33 @@ mod tests {
     use std::time::Duration;
 
     fn opus(dts: i64) -> Arc<Packet> {
+        opus_at(dts, Instant::now())
+    }
+
+    fn opus_at(dts: i64, received: Instant) -> Arc<Packet> {
         let payload = Bytes::from(vec![dts as u8; 60]);
         let frame =
             Frame { kind: MediaKind::Audio, codec: Codec::Opus, dts, cts: 0, keyframe: true, config: false, payload };
-        Packet::new(dts as u64, frame, Instant::now())
+        Packet::new(dts as u64, frame, received)
+    }
+
+    fn admission() -> Arc<Admission> {
+        let policy = super::super::admission::Policy::of(&crate::config::Config::default_config().webrtc);
+        Arc::new(Admission::new(policy, Instant::now()))
+    }
+
+    #[test]
+    fn lateness_is_how_long_the_oldest_packet_waited_not_the_media_it_spans() {
+        let t0 = Instant::now();
+        // A publisher's burst: three seconds of media handed to the hub within 10 ms, flushed at once.
+        let burst: Vec<_> = (0..150).map(|i| opus_at(20 * i, t0 + Duration::from_micros(66 * i as u64))).collect();
+        let now = t0 + Duration::from_millis(12);
+        assert_eq!(behind_ms(&burst), 2980);
+        assert_eq!(waited(&burst, now), Duration::from_millis(12));
+        // A machine behind: a packet that waited 1.2 s for its flush.
+        let late = [opus_at(0, t0), opus_at(20, t0 + Duration::from_millis(20))];
+        assert_eq!(waited(&late, t0 + Duration::from_millis(1200)), Duration::from_millis(1200));
+        assert_eq!(waited(&[], now), Duration::ZERO);
     }
 
     #[test]
@@ -488,7 +516,15 @@ mod tests {
         let out = TrackOut::new(&keying, 7, 111, 48_000, 100).unwrap();
         let hub = crate::hub::Hub::new(Default::default(), crate::events::EventBus::new());
         let client = hub.register_client(Protocol::Whep, None).handle.clone();
-        let m = Member::new(socket, keying.peer_addr, out, Media::Audio { ts_base: 0 }, client, Duration::from_secs(1));
+        let m = Member::new(
+            socket,
+            keying.peer_addr,
+            out,
+            Media::Audio { ts_base: 0 },
+            client,
+            Duration::from_secs(1),
+            admission(),
+        );
         let mut buf = [0u8; 1500];
         assert!(m.deliver(&[opus(20)]).unwrap() > 0);
         let n = a.recv(&mut buf).unwrap();

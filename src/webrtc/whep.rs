@@ -21,6 +21,7 @@ use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::peer_connection::{PeerConnection, RTCPeerConnectionState};
 use webrtc::rtp_transceiver::RtpSender;
 
+use super::admission::{Admission, Overloaded, Policy};
 use super::fanout::{self, Media, Member};
 use super::media_out::{MediaOutError, TrackOut};
 use super::{
@@ -44,7 +45,7 @@ pub enum WhepError {
     #[error("WebRTC failure: {0}")]
     Internal(String),
     #[error(transparent)]
-    Overloaded(#[from] super::admission::Overloaded),
+    Overloaded(#[from] Overloaded),
 }
 
 /// The longest a viewer of a stream started on demand waits for its first media before being answered.
@@ -86,6 +87,7 @@ pub struct Whep {
     transcoders: Arc<crate::transcode::Transcoders>,
     sessions: Mutex<HashMap<String, Session>>,
     peers: Arc<PeerFactory>,
+    admission: Arc<Admission>,
 }
 
 impl Whep {
@@ -95,7 +97,8 @@ impl Whep {
         transcoders: Arc<crate::transcode::Transcoders>,
         peers: Arc<PeerFactory>,
     ) -> Arc<Self> {
-        Arc::new(Self { hub, cfg, transcoders, sessions: Mutex::new(HashMap::new()), peers })
+        let admission = Arc::new(Admission::new(Policy::of(&cfg), std::time::Instant::now()));
+        Arc::new(Self { hub, cfg, transcoders, sessions: Mutex::new(HashMap::new()), peers, admission })
     }
 
     /// Why no WebRTC session can be made at all (the shared UDP port could not be bound): a start-up error.
@@ -124,7 +127,7 @@ impl Whep {
         // Refuse before doing any WebRTC work when the stream does not exist. One started on demand here (an
         // edge's pull) is waited for: which renditions the viewer needs depends on its codecs.
         // A machine too far behind to serve the viewers it has takes no more (`admission`).
-        super::admission::global().admit(std::time::Instant::now())?;
+        self.admission.admit(std::time::Instant::now())?;
         let not_found = || WhepError::NotFound(format!("stream {key} is not being published"));
         let stream = match self.hub.open_stream(key) {
             Ok(Some(s)) => s,
@@ -256,7 +259,9 @@ impl Whep {
                             Some(d) => match negotiated_pt(&sender).await {
                                 Some(pt) => {
                                     let media = Media::Video { vp8, cfg: None, ts_base };
-                                    member(d, ssrc, pt, 90_000, media, guard.handle.clone(), policy.max_cache)
+                                    let track = RtpTrack { ssrc, pt, clock_rate: 90_000 };
+                                    let admission = this.admission.clone();
+                                    member(d, track, media, guard.handle.clone(), policy.max_cache, admission)
                                         .inspect(|m| followers.lock().push(m.clone()))
                                         .map(|m| VideoSink::Direct(m, nack_rx))
                                         .map_err(|e| format!("cannot protect media: {e}"))
@@ -394,11 +399,13 @@ impl Whep {
         reader.set_reports_backlog(false);
         let viewer = guard.handle.clone();
         let followers = followers.clone();
+        let admission = self.admission.clone();
         Some(tokio::spawn(async move {
             let Some(pt) = negotiated_pt(&a.sender).await else { return };
             if let Some(d) = direct {
-                match member(d, a.ssrc, pt, 48_000, Media::Audio { ts_base: rand::random() }, viewer, AUDIO_MAX_BEHIND)
-                {
+                let track = RtpTrack { ssrc: a.ssrc, pt, clock_rate: 48_000 };
+                let media = Media::Audio { ts_base: rand::random() };
+                match member(d, track, media, viewer, AUDIO_MAX_BEHIND, admission) {
                     Ok(m) => {
                         followers.lock().push(m.clone());
                         direct_audio(reader, m).await
@@ -492,18 +499,24 @@ fn follow_path(
     });
 }
 
-/// A viewer's track on the direct path.
-fn member(
-    (socket, keying): DirectPath,
+/// An outgoing RTP track's identity.
+struct RtpTrack {
     ssrc: u32,
     pt: u8,
     clock_rate: u32,
+}
+
+/// A viewer's track on the direct path.
+fn member(
+    (socket, keying): DirectPath,
+    track: RtpTrack,
     media: Media,
     viewer: Arc<ClientHandle>,
     max_behind: Duration,
+    admission: Arc<Admission>,
 ) -> Result<Arc<Member>, MediaOutError> {
-    let out = TrackOut::new(&keying, ssrc, pt, clock_rate, rand::random())?;
-    Ok(Member::new(socket, keying.peer_addr, out, media, viewer, max_behind))
+    let out = TrackOut::new(&keying, track.ssrc, track.pt, track.clock_rate, rand::random())?;
+    Ok(Member::new(socket, keying.peer_addr, out, media, viewer, max_behind, admission))
 }
 
 /// A viewer's audio is never more than this behind live.

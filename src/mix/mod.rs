@@ -127,6 +127,52 @@ impl Status {
     }
 }
 
+impl Slot {
+    /// Puts the input's picture where its place says, shown or not as its status says. The input's task (first
+    /// frame, live, lost) and a re-layout (`Mix::patch`, on another thread) both change what a pad should show:
+    /// each writes its part first and then calls this, which reads both anew while it holds the branch, so the
+    /// last to apply sees every change. Applying a place or a visibility read earlier left a pad at an old
+    /// layout's rectangle, or hidden, until the next re-layout: an anchor that went live while a room's mix
+    /// was re-laid out three times in 30 ms stayed black in its tile.
+    fn show(&self) {
+        let branch = self.video.lock();
+        if let Some(b) = branch.as_ref() {
+            let visible = self.status.lock().visible;
+            MixPipeline::place_video(b, &self.place.lock(), visible);
+        }
+    }
+
+    /// A re-layout keeps this input at a new place: only pad properties change, the output and its timestamps
+    /// carry on untouched.
+    fn relayout(&self, p: &Placed) {
+        *self.place.lock() = p.clone();
+        self.show();
+        if let Some(b) = self.audio.lock().as_ref() {
+            MixPipeline::set_audio(b, p);
+        }
+    }
+
+    /// An input that sends again is shown again. `kind` is the input's place as its task last read it: only
+    /// its kind and image are used, which a slot keeps for its life (a re-layout that changes them makes a new
+    /// slot); where it is drawn is read by `show`.
+    fn mark_live(&self, kind: &Placed, video: bool) {
+        let mut st = self.status.lock();
+        st.last_frame = Some(Instant::now());
+        st.state = "live";
+        // Video frames show the slot; for an audio-only input, its sound shows its placeholder picture.
+        let shows = video || (kind.kind == InputKind::Audio && kind.image.is_some());
+        if video {
+            st.frames += 1;
+        }
+        if shows && !st.visible {
+            st.visible = true;
+            drop(st);
+            self.show();
+            tracing::info!("input live");
+        }
+    }
+}
+
 impl Mixes {
     /// Loads the mix templates and builds each once, so a broken template stops start-up.
     pub fn new(hub: Hub, cfg: MixConfig, pipelines_dir: &str) -> Result<Arc<Self>, MixError> {
@@ -425,9 +471,7 @@ impl Mix {
             Decoded::Error { detail, blank } => {
                 if blank && place.kind.has_video() {
                     slot.status.lock().visible = false;
-                    if let Some(b) = slot.video.lock().as_ref() {
-                        MixPipeline::place_video(b, &place, false);
-                    }
+                    slot.show();
                 }
                 self.input_error(slot, &detail);
             }
@@ -454,10 +498,14 @@ impl Mix {
                 if branch.is_none() {
                     let name = format!("in{}{}", slot.serial, if video { 'v' } else { 'a' });
                     match self.pipe.add_input(&self.templates, video, &name, &caps).and_then(|b| {
+                        // The place now, not `place`: a re-layout since this message was taken found no
+                        // branch to move, and waits for this lock if it comes now (see `Slot::show`).
+                        let now = slot.place.lock().clone();
                         if video {
-                            MixPipeline::place_video(&b, &place, true);
+                            let visible = slot.status.lock().visible;
+                            MixPipeline::place_video(&b, &now, visible);
                         } else {
-                            MixPipeline::set_audio(&b, &place);
+                            MixPipeline::set_audio(&b, &now);
                         }
                         self.pipe.start(&b)?;
                         Ok(b)
@@ -484,31 +532,11 @@ impl Mix {
                     if let Some(at) = received {
                         self.latency.lock().input(rt, at, Instant::now());
                     }
-                    self.mark_live(slot, &place, true);
+                    slot.mark_live(&place, true);
                 } else if place.kind == InputKind::Audio {
-                    self.mark_live(slot, &place, false);
+                    slot.mark_live(&place, false);
                 }
             }
-        }
-    }
-
-    /// An input that sends again is shown again.
-    fn mark_live(&self, slot: &Slot, place: &Placed, video: bool) {
-        let mut st = slot.status.lock();
-        st.last_frame = Some(Instant::now());
-        st.state = "live";
-        // Video frames show the slot; for an audio-only input, its sound shows its placeholder picture.
-        let shows = video || (place.kind == InputKind::Audio && place.image.is_some());
-        if video {
-            st.frames += 1;
-        }
-        if shows && !st.visible {
-            st.visible = true;
-            drop(st);
-            if let Some(b) = slot.video.lock().as_ref() {
-                MixPipeline::place_video(b, place, true);
-            }
-            tracing::info!("input live");
         }
     }
 
@@ -526,9 +554,7 @@ impl Mix {
             st.state = "lost";
             st.visible = false;
             drop(st);
-            if let Some(b) = slot.video.lock().as_ref() {
-                MixPipeline::place_video(b, &slot.place.lock(), false);
-            }
+            slot.show();
             tracing::info!("input lost: its slot shows the background");
         }
     }
@@ -584,15 +610,7 @@ impl Mix {
             };
             match old.iter_mut().find(|s| s.as_ref().is_some_and(same)).and_then(Option::take) {
                 Some(s) => {
-                    // Only pad properties change: the output and its timestamps carry on untouched.
-                    *s.place.lock() = p.clone();
-                    let visible = s.status.lock().visible;
-                    if let Some(b) = s.video.lock().as_ref() {
-                        MixPipeline::place_video(b, p, visible);
-                    }
-                    if let Some(b) = s.audio.lock().as_ref() {
-                        MixPipeline::set_audio(b, p);
-                    }
+                    s.relayout(p);
                     new.push(s);
                 }
                 None => new.push(self.add_slot(p.clone())),
@@ -741,6 +759,59 @@ fn branch_of(path: &str) -> Option<(u64, bool)> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// Where a one-input grid and then a two-input grid put the input "live/b" (second in the latter).
+    fn places() -> (Placed, Placed) {
+        let spec = |s: &str| -> InputSpec { serde_json::from_value(json!({"stream": s, "kind": "av"})).unwrap() };
+        let grid = |inputs: &[InputSpec]| layout::place(Some("grid"), None, inputs, (640, 360), 16).unwrap();
+        let alone = grid(&[spec("live/b")]).inputs[0].clone();
+        let second = grid(&[spec("live/a"), spec("live/b")]).inputs[1].clone();
+        assert_ne!(alone.rect, second.rect);
+        (alone, second)
+    }
+
+    /// A stream input's slot whose video branch is linked to a compositor (nothing runs).
+    fn slot_at(p: &Placed) -> Slot {
+        gst::init().unwrap();
+        let vmix = gst::ElementFactory::make("compositor").build().unwrap();
+        let pad = vmix.request_pad_simple("sink_%u").unwrap();
+        Slot {
+            serial: 1,
+            place: Mutex::new(p.clone()),
+            status: Mutex::new(Status::new("waiting")),
+            video: Mutex::new(Some(Branch { bin: gst::Bin::new(), src: None, pad })),
+            audio: Mutex::new(None),
+            decoder: Mutex::new(None),
+            stop: watch::channel(false).0,
+        }
+    }
+
+    fn drawn(s: &Slot) -> (i32, i32, i32, f64) {
+        let video = s.video.lock();
+        let pad = &video.as_ref().unwrap().pad;
+        (pad.property("xpos"), pad.property("width"), pad.property("height"), pad.property("alpha"))
+    }
+
+    #[test]
+    fn an_input_going_live_during_a_relayout_is_drawn_at_its_new_place() {
+        let (alone, second) = places();
+        let slot = slot_at(&alone);
+        // The input's task takes its first frame while the input is alone in the mix...
+        let taken = slot.place.lock().clone();
+        // ...a re-layout moves it before that frame reaches the compositor...
+        slot.relayout(&second);
+        assert_eq!(drawn(&slot).3, 0.0, "not shown before its first frame");
+        // ...and the frame makes it live: it shows where the re-layout put it, not where it was.
+        slot.mark_live(&taken, true);
+        let r = second.rect.unwrap();
+        assert_eq!(drawn(&slot), (r.x, r.width, r.height, 1.0));
+        // Later re-layouts move it while it stays shown.
+        slot.relayout(&alone);
+        let r = alone.rect.unwrap();
+        assert_eq!(drawn(&slot), (r.x, r.width, r.height, 1.0));
+    }
+
     #[test]
     fn branch_names_lead_back_to_inputs() {
         assert_eq!(super::branch_of("/GstPipeline:pipeline3/GstBin:in12v/avdec_h264:avdec_h264-0"), Some((12, true)));

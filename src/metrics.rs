@@ -22,6 +22,8 @@ pub struct Metrics {
     pub whep_datagrams_refused: AtomicU64,
     /// New WHEP viewers refused with 503 because the machine was behind (`webrtc::admission`).
     pub whep_overloaded: AtomicU64,
+    /// STUN/DTLS/RTCP datagrams of the sessions themselves that a full shared socket buffer dropped.
+    pub webrtc_control_datagrams_dropped: AtomicU64,
     /// RTP/RTCP datagrams in on the shared WebRTC port dropped because their session was behind.
     pub webrtc_datagrams_shed: AtomicU64,
     pub bytes_in: AtomicU64,
@@ -172,6 +174,16 @@ impl Metrics {
         );
         let _ = writeln!(o, "# TYPE livegate_whep_overloaded_total counter");
         let _ = writeln!(o, "livegate_whep_overloaded_total {}", self.whep_overloaded.load(Ordering::Relaxed));
+        let _ = writeln!(
+            o,
+            "# HELP livegate_webrtc_control_datagrams_dropped_total The WebRTC sessions' own STUN, DTLS and RTCP datagrams a full shared socket buffer dropped (their protocols retransmit)."
+        );
+        let _ = writeln!(o, "# TYPE livegate_webrtc_control_datagrams_dropped_total counter");
+        let _ = writeln!(
+            o,
+            "livegate_webrtc_control_datagrams_dropped_total {}",
+            self.webrtc_control_datagrams_dropped.load(Ordering::Relaxed)
+        );
         let _ = writeln!(
             o,
             "# HELP livegate_webrtc_datagrams_shed_total RTP/RTCP datagrams in on the shared WebRTC port dropped because their session was behind (STUN and DTLS are never shed)."

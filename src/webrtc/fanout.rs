@@ -25,6 +25,7 @@ use tokio::sync::Notify;
 
 use super::admission::Admission;
 use super::media_out::{Datagrams, MediaOutError, TrackOut};
+use super::mux_socket::SharedSocket;
 use super::{udp_batch, MTU};
 use crate::hub::fanout::{Handback, ParkState};
 use crate::hub::{ClientHandle, Packet, ParkedGroup, Protocol, Stream};
@@ -63,7 +64,7 @@ const SCRATCH_KEEP_BYTES: usize = 4 * 1024;
 /// One track of one viewer on the direct path.
 pub struct Member {
     state: Mutex<State>,
-    socket: Arc<tokio::net::UdpSocket>,
+    socket: Arc<SharedSocket>,
     /// The selected ICE pair's remote address; it moves if the viewer nominates another pair.
     peer: Mutex<SocketAddr>,
     client: Arc<ClientHandle>,
@@ -87,7 +88,7 @@ impl std::fmt::Debug for Member {
 
 impl Member {
     pub fn new(
-        socket: Arc<tokio::net::UdpSocket>,
+        socket: Arc<SharedSocket>,
         peer: SocketAddr,
         out: TrackOut,
         media: Media,
@@ -410,7 +411,7 @@ const SEND_AT_BYTES: usize = 256 * 1024;
 /// Sends the queued datagrams of `keep`'s members (`owners[i]` is datagram i's, `peers[k]` member k's
 /// address), counts what the socket refused against its viewer, and empties the queue.
 fn send_batch(
-    socket: &tokio::net::UdpSocket,
+    socket: &SharedSocket,
     all: &mut Datagrams,
     peers: &[socket2::SockAddr],
     owners: &mut Vec<usize>,
@@ -503,7 +504,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_member_follows_its_viewer_to_another_path() {
-        let socket = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let socket = Arc::new(SharedSocket::new(std::net::UdpSocket::bind("127.0.0.1:0").unwrap()).unwrap());
         let (a, b) =
             (std::net::UdpSocket::bind("127.0.0.1:0").unwrap(), std::net::UdpSocket::bind("127.0.0.1:0").unwrap());
         let profile = ProtectionProfile::AeadAes128Gcm;

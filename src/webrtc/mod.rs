@@ -6,6 +6,7 @@ pub mod admission;
 pub mod depacketize;
 pub mod fanout;
 pub mod media_out;
+pub mod mux_socket;
 pub mod reorder;
 pub mod rtp_clock;
 pub mod sei_channel;
@@ -305,7 +306,7 @@ pub(crate) enum PeerRole {
 pub(crate) struct Peer {
     pc: Arc<dyn PeerConnection>,
     /// A WHEP viewer on the shared socket: the socket its media goes out of (`media_out`).
-    own_media: Option<std::io::Result<Arc<tokio::net::UdpSocket>>>,
+    own_media: Option<std::io::Result<Arc<mux_socket::SharedSocket>>>,
     /// Set when the session runs on the shared UDP port.
     mux: Option<Arc<udp_mux::MuxRuntime>>,
     gathered: watch::Receiver<bool>,

@@ -75,7 +75,7 @@ fn start_of(ends: &[usize], i: usize) -> usize {
 }
 
 /// Sends `d` to `to` on `socket` with as few system calls as it takes.
-pub fn send(socket: &tokio::net::UdpSocket, to: SocketAddr, d: &Datagrams) -> Sent {
+pub fn send(socket: &impl AsRawFd, to: SocketAddr, d: &Datagrams) -> Sent {
     let mut out = Sent::default();
     for_each_refused(socket, d, &[socket2::SockAddr::from(to)], |_| 0, |_| out.dropped += 1);
     out.sent = d.len() - out.dropped;
@@ -86,7 +86,7 @@ pub fn send(socket: &tokio::net::UdpSocket, to: SocketAddr, d: &Datagrams) -> Se
 /// `sendmmsg` for up to 128 messages, whoever they are for; a message carries up to 64 consecutive datagrams
 /// for one peer with segmentation offload); calls `refused(i)` for each one not sent.
 pub fn for_each_refused(
-    socket: &tokio::net::UdpSocket,
+    socket: &impl AsRawFd,
     d: &Datagrams,
     peers: &[socket2::SockAddr],
     owner: impl Fn(usize) -> usize + Copy,

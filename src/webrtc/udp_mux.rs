@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
+
+use super::mux_socket::SharedSocket;
 use webrtc::runtime::{
     AsyncInterval, AsyncTcpListener, AsyncTcpStream, AsyncUdpSocket, JoinHandle, RecvMeta, Runtime, Transmit,
 };
@@ -135,7 +137,7 @@ struct Routes {
 /// The shared socket and who gets what arrives on it.
 pub struct UdpMux {
     std: Mutex<Option<std::net::UdpSocket>>,
-    socket: OnceLock<Arc<tokio::net::UdpSocket>>,
+    socket: OnceLock<Arc<SharedSocket>>,
     pub addr: SocketAddr,
     routes: Mutex<Routes>,
     /// The control lane: the receive loop and the WHEP sessions' ICE/DTLS drivers (see [`ControlLane`]).
@@ -205,9 +207,9 @@ impl UdpMux {
         }))
     }
 
-    /// The tokio socket, and its receive loop, started on first use. Both belong to the control lane: the
-    /// socket's readiness comes from that thread's reactor, not from the busy media runtime's.
-    fn socket(self: &Arc<Self>) -> io::Result<Arc<tokio::net::UdpSocket>> {
+    /// The registered socket, and its receive loop, started on first use. Both belong to the control lane:
+    /// the socket's readiness comes from that thread's reactor, not from the busy media runtime's.
+    fn socket(self: &Arc<Self>) -> io::Result<Arc<SharedSocket>> {
         if let Some(s) = self.socket.get() {
             return Ok(s.clone());
         }
@@ -216,7 +218,7 @@ impl UdpMux {
         };
         let s = {
             let _lane = self.control.handle.enter();
-            Arc::new(tokio::net::UdpSocket::from_std(std)?)
+            Arc::new(SharedSocket::new(std)?)
         };
         let _ = self.socket.set(s.clone());
         let this = self.clone();
@@ -226,31 +228,26 @@ impl UdpMux {
         }
         self.control.handle.spawn(async move {
             let mut batch = super::udp_recv::RecvBatch::default();
+            let mut batches = 0u32;
             loop {
-                if let Err(e) = rx.readable().await {
-                    tracing::warn!(error = %e, "WebRTC UDP mux socket failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-                // Drain what is queued, a few batches at a time: the sessions' drivers share this thread.
-                for _ in 0..8 {
-                    match rx.try_io(tokio::io::Interest::READABLE, || batch.recv(&*rx)) {
-                        Ok(_) => {
-                            let (now, at) = (std::time::SystemTime::now(), Instant::now());
-                            for d in batch.datagrams(now) {
-                                this.route(d.data, d.from, at.checked_sub(d.waited).unwrap_or(at));
-                            }
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "WebRTC UDP mux socket failed");
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                            break;
+                match rx.read_with(|s| batch.recv(s)).await {
+                    Ok(_) => {
+                        let (now, at) = (std::time::SystemTime::now(), Instant::now());
+                        for d in batch.datagrams(now) {
+                            this.route(d.data, d.from, at.checked_sub(d.waited).unwrap_or(at));
                         }
                     }
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "WebRTC UDP mux socket failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
                 }
-                tokio::task::yield_now().await;
+                // A busy socket is read a few batches at a time: the sessions' drivers share this thread.
+                batches = batches.wrapping_add(1);
+                if batches.is_multiple_of(8) {
+                    tokio::task::yield_now().await;
+                }
             }
         });
         Ok(s)
@@ -294,7 +291,7 @@ impl UdpMux {
 /// One session's view of the shared socket.
 pub struct MuxedSocket {
     mux: Arc<UdpMux>,
-    shared: Arc<tokio::net::UdpSocket>,
+    shared: Arc<SharedSocket>,
     /// The address the session's own (unused) socket had: the session keys its candidate by it.
     nominal: SocketAddr,
     rx: Mutex<Queues>,
@@ -361,8 +358,8 @@ impl AsyncUdpSocket for MuxedSocket {
         Ok(self.nominal)
     }
 
-    fn poll_send(&self, cx: &mut Context<'_>, t: &Transmit<'_>) -> Poll<io::Result<usize>> {
-        self.shared.poll_send_to(cx, t.contents, t.destination)
+    fn poll_send(&self, _cx: &mut Context<'_>, t: &Transmit<'_>) -> Poll<io::Result<usize>> {
+        Poll::Ready(self.shared.send_to(t.contents, t.destination))
     }
 
     fn poll_recv(
@@ -420,7 +417,7 @@ impl MuxRuntime {
     }
 
     /// The shared socket, for a session that sends its media itself.
-    pub fn shared_socket(&self) -> io::Result<Arc<tokio::net::UdpSocket>> {
+    pub fn shared_socket(&self) -> io::Result<Arc<SharedSocket>> {
         self.mux.socket()
     }
 

@@ -24,6 +24,7 @@ use webrtc::rtp_transceiver::RtpSender;
 use super::admission::{Admission, Overloaded, Policy};
 use super::fanout::{self, Media, Member};
 use super::media_out::{MediaOutError, TrackOut};
+use super::mux_socket::SharedSocket;
 use super::{
     answer, h264_codec, has_active_media, opus_codec, rtp_track, sei_channel, vp8_codec, AnswerError, PeerFactory,
     PeerOutputs, WebrtcConfig,
@@ -326,7 +327,7 @@ impl Whep {
             u32,
             watch::Receiver<RTCPeerConnectionState>,
             String,
-            Option<std::io::Result<Arc<tokio::net::UdpSocket>>>,
+            Option<std::io::Result<Arc<SharedSocket>>>,
         ),
         WhepError,
     > {
@@ -443,7 +444,7 @@ impl Whep {
 }
 
 /// The shared socket and this session's SRTP keys: what a viewer's media needs to go out without webrtc-rs.
-pub(crate) type DirectPath = (Arc<tokio::net::UdpSocket>, SrtpLocalKeying);
+pub(crate) type DirectPath = (Arc<SharedSocket>, SrtpLocalKeying);
 
 /// Why a session on the shared socket cannot send its media: its end reason.
 #[derive(Debug, thiserror::Error)]
@@ -458,7 +459,7 @@ enum DirectPathError {
 /// where only webrtc-rs can send).
 async fn direct_path(
     pc: &Arc<dyn PeerConnection>,
-    own_media: Option<std::io::Result<Arc<tokio::net::UdpSocket>>>,
+    own_media: Option<std::io::Result<Arc<SharedSocket>>>,
 ) -> Result<Option<DirectPath>, DirectPathError> {
     match own_media {
         None => Ok(None),

@@ -22,6 +22,10 @@ pub struct Metrics {
     pub whep_datagrams_refused: AtomicU64,
     /// New WHEP viewers refused with 503 because the machine was behind (`webrtc::admission`).
     pub whep_overloaded: AtomicU64,
+    /// WHEP viewers' SRTCP datagrams read by livegate on the shared port, and those refused (failed
+    /// authentication, a replay, malformed).
+    pub whep_rtcp_read: AtomicU64,
+    pub whep_rtcp_refused: AtomicU64,
     /// STUN/DTLS/RTCP datagrams of the sessions themselves that a full shared socket buffer dropped.
     pub webrtc_control_datagrams_dropped: AtomicU64,
     /// RTP/RTCP datagrams in on the shared WebRTC port dropped because their session was behind.
@@ -174,6 +178,18 @@ impl Metrics {
         );
         let _ = writeln!(o, "# TYPE livegate_whep_overloaded_total counter");
         let _ = writeln!(o, "livegate_whep_overloaded_total {}", self.whep_overloaded.load(Ordering::Relaxed));
+        let _ = writeln!(
+            o,
+            "# HELP livegate_whep_rtcp_total WHEP viewers' SRTCP datagrams livegate read on the shared port, and refused (authentication, replay, malformed)."
+        );
+        let _ = writeln!(o, "# TYPE livegate_whep_rtcp_total counter");
+        let _ =
+            writeln!(o, "livegate_whep_rtcp_total{{result=\"read\"}} {}", self.whep_rtcp_read.load(Ordering::Relaxed));
+        let _ = writeln!(
+            o,
+            "livegate_whep_rtcp_total{{result=\"refused\"}} {}",
+            self.whep_rtcp_refused.load(Ordering::Relaxed)
+        );
         let _ = writeln!(
             o,
             "# HELP livegate_webrtc_control_datagrams_dropped_total The WebRTC sessions' own STUN, DTLS and RTCP datagrams a full shared socket buffer dropped (their protocols retransmit)."

@@ -186,6 +186,14 @@ fn a_background_pusher_keeps_every_player_and_comes_back_at_full_rate() {
         "no receiver report in the WHEP viewer's quality: {viewer}"
     );
     assert!(viewer["loss_percent"].as_f64().unwrap() < 2.0, "{viewer}");
+    // Those reports were read by livegate on the shared port's control thread (`rtcp_in`), not by the viewer's
+    // webrtc-rs session, and none was refused.
+    let m = String::from_utf8(srv.api("GET", "/metrics").body).unwrap();
+    let rtcp = |result: &str| -> u64 {
+        let key = format!("livegate_whep_rtcp_total{{result=\"{result}\"}} ");
+        m.lines().find_map(|l| l.strip_prefix(&key)).and_then(|v| v.parse().ok()).expect("RTCP counter")
+    };
+    assert!(rtcp("read") >= 1 && rtcp("refused") == 0, "read {} refused {}", rtcp("read"), rtcp("refused"));
 
     let tags = flv.join().unwrap();
     assert!(rtmp.wait(Duration::from_secs(40)).is_some_and(|s| s.success()), "ffmpeg RTMP reader: {}", rtmp.stderr());

@@ -513,6 +513,8 @@ mod tests {
             master_key: vec![1; profile.key_len()],
             master_salt: vec![2; profile.salt_len()],
             peer_addr: a.local_addr().unwrap(),
+            remote_master_key: vec![3; profile.key_len()],
+            remote_master_salt: vec![4; profile.salt_len()],
         };
         let out = TrackOut::new(&keying, 7, 111, 48_000, 100).unwrap();
         let hub = crate::hub::Hub::new(Default::default(), crate::events::EventBus::new());

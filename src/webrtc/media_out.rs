@@ -248,6 +248,8 @@ mod tests {
             master_key: vec![7; profile.key_len()],
             master_salt: vec![9; profile.salt_len()],
             peer_addr: "127.0.0.1:5000".parse().unwrap(),
+            remote_master_key: vec![3; profile.key_len()],
+            remote_master_salt: vec![4; profile.salt_len()],
         }
     }
 

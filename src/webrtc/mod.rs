@@ -8,6 +8,7 @@ pub mod fanout;
 pub mod media_out;
 pub mod mux_socket;
 pub mod reorder;
+pub mod rtcp_in;
 pub mod rtp_clock;
 pub mod sei_channel;
 pub mod udp_batch;
@@ -305,12 +306,19 @@ pub(crate) enum PeerRole {
 
 pub(crate) struct Peer {
     pc: Arc<dyn PeerConnection>,
-    /// A WHEP viewer on the shared socket: the socket its media goes out of (`media_out`).
-    own_media: Option<std::io::Result<Arc<mux_socket::SharedSocket>>>,
+    /// A WHEP viewer on the shared socket: the socket its media goes out of (`media_out`), and where its
+    /// RTCP reader goes (`rtcp_in`).
+    own_media: Option<std::io::Result<OwnMedia>>,
     /// Set when the session runs on the shared UDP port.
     mux: Option<Arc<udp_mux::MuxRuntime>>,
     gathered: watch::Receiver<bool>,
     state: watch::Receiver<RTCPeerConnectionState>,
+}
+
+/// What a WHEP viewer on the shared socket needs to do its media itself.
+pub(crate) struct OwnMedia {
+    pub socket: Arc<mux_socket::SharedSocket>,
+    pub rtcp: udp_mux::RtcpSlot,
 }
 
 /// Builds ICE-lite PeerConnections bound to ports from the configured range (shared by WHEP and WHIP).
@@ -444,7 +452,7 @@ impl PeerFactory {
                 .await;
             match r {
                 Ok(pc) => {
-                    let own_media = (role == PeerRole::Whep).then(|| mux.as_ref().map(|m| m.shared_socket())).flatten();
+                    let own_media = (role == PeerRole::Whep).then(|| mux.as_ref().map(|m| own_media_of(m))).flatten();
                     return Ok(Peer { pc: Arc::new(pc), mux, gathered: g_rx, state: s_rx, own_media });
                 }
                 Err(e) => last_err = e.to_string(),
@@ -452,6 +460,12 @@ impl PeerFactory {
         }
         Err(PeerError::NoPort(last_err))
     }
+}
+
+fn own_media_of(mux: &udp_mux::MuxRuntime) -> std::io::Result<OwnMedia> {
+    let socket = mux.shared_socket()?;
+    let rtcp = mux.rtcp_slot().ok_or_else(|| std::io::Error::other("the session has no socket on the mux"))?;
+    Ok(OwnMedia { socket, rtcp })
 }
 
 /// Why a session's PeerConnection could not be made.

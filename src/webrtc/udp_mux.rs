@@ -97,7 +97,17 @@ struct Inbound {
     media: mpsc::Sender<Datagram>,
     /// RTP/RTCP older than this is dropped ([`InboundMedia::stale_after`]).
     stale: Option<Duration>,
+    /// Who reads the session's RTCP instead of its webrtc-rs driver, once someone does.
+    rtcp: RtcpSlot,
 }
+
+/// Reads a session's RTCP on the control thread, as it arrives (`rtcp_in`): must not block.
+pub trait RtcpSink: Send + Sync {
+    fn rtcp(&self, datagram: &[u8]);
+}
+
+/// Where a session's RTCP reader is put once its keys are known; shared by every route to the session.
+pub type RtcpSlot = Arc<OnceLock<Arc<dyn RtcpSink>>>;
 
 /// How many RTP/RTCP datagrams a session may have waiting. A viewer's only inbound media is RTCP (receiver
 /// reports, NACKs, PLIs): a few queued is plenty, and hundreds would be stale work for a session that is
@@ -270,6 +280,12 @@ impl UdpMux {
             crate::metrics::global().webrtc_datagrams_shed.fetch_add(1, Ordering::Relaxed);
             return;
         }
+        if lane == Lane::Media && super::rtcp_in::is_rtcp(p) {
+            if let Some(sink) = rx.rtcp.get() {
+                sink.rtcp(p);
+                return;
+            }
+        }
         let d = Datagram { data: p.to_vec(), from, at };
         let r = match lane {
             Lane::Control => rx.control.try_send(d),
@@ -304,7 +320,8 @@ fn session_queues(inbound: InboundMedia) -> (Inbound, Queues) {
     let (control_tx, control) = mpsc::channel(CONTROL_QUEUE);
     let (media_tx, media) = mpsc::channel(inbound.capacity());
     let stale = inbound.stale_after();
-    (Inbound { control: control_tx, media: media_tx, stale }, Queues { control, media, stale })
+    let rtcp = RtcpSlot::default();
+    (Inbound { control: control_tx, media: media_tx, stale, rtcp }, Queues { control, media, stale })
 }
 
 struct Queues {
@@ -419,6 +436,11 @@ impl MuxRuntime {
     /// The shared socket, for a session that sends its media itself.
     pub fn shared_socket(&self) -> io::Result<Arc<SharedSocket>> {
         self.mux.socket()
+    }
+
+    /// Where to put a reader of the session's RTCP (`None` before its socket exists).
+    pub fn rtcp_slot(&self) -> Option<RtcpSlot> {
+        self.socket.lock().as_ref().map(|s| s.tx.rtcp.clone())
     }
 
     /// After the answer: routes the session's datagrams to it and returns the answer with the shared port.

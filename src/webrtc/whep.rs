@@ -25,6 +25,9 @@ use super::admission::{Admission, Overloaded, Policy};
 use super::fanout::{self, Media, Member};
 use super::media_out::{MediaOutError, TrackOut};
 use super::mux_socket::SharedSocket;
+use super::rtcp_in::RtcpIn;
+use super::udp_mux::{RtcpSink, RtcpSlot};
+use super::OwnMedia;
 use super::{
     answer, h264_codec, has_active_media, opus_codec, rtp_track, sei_channel, vp8_codec, AnswerError, PeerFactory,
     PeerOutputs, WebrtcConfig,
@@ -209,29 +212,15 @@ impl Whep {
         let id = format!("{:016x}", rand::random::<u64>());
         let (stop_tx, mut stop_rx) = watch::channel(false);
         self.sessions.lock().insert(id.clone(), Session { pc: pc.clone(), key: key.clone(), stop: stop_tx });
-        // PLI/FIR from the viewer: the stream's publisher makes a keyframe if it can (a transcoder's encoder,
-        // a WHIP browser); a passthrough RTMP source cannot, and the viewer waits for the next GOP.
-        // Receiver reports: the viewer's loss and round trip, for its quality level.
-        // NACKs: the pump retransmits from its history when it sends the media itself.
+        // The viewer's RTCP (`FeedbackTo::apply`), from its webrtc-rs session until livegate reads it itself
+        // on the direct path (`read_rtcp_here`).
         let (nack_tx, nack_rx) = mpsc::channel::<Vec<u16>>(64);
-        let (kf_track, kf_stream, viewer) = (track.clone(), reader.stream().clone(), guard.handle.clone());
+        let feedback = FeedbackTo { stream: reader.stream().clone(), viewer: guard.handle.clone(), nacks: nack_tx };
+        let (kf_track, to) = (track.clone(), feedback.clone());
         tokio::spawn(async move {
             while let Some(ev) = kf_track.poll().await {
                 let TrackLocalEvent::OnRtcpPacket(pkts) = ev else { continue };
-                let f = super::feedback(&pkts, ssrc, super::ntp_mid_now());
-                if f.keyframe {
-                    tracing::debug!(stream = %kf_stream.key, "keyframe requested by a WebRTC viewer");
-                    kf_stream.request_keyframe();
-                }
-                if let Some(l) = f.loss_centi_percent {
-                    viewer.player.loss_centi_percent.store(l, Ordering::Relaxed);
-                }
-                if let Some(r) = f.rtt_ms {
-                    viewer.player.rtt_ms.store(r, Ordering::Relaxed);
-                }
-                if !f.nacks.is_empty() {
-                    let _ = nack_tx.try_send(f.nacks);
-                }
+                to.apply(super::feedback(&pkts, ssrc, super::ntp_mid_now()));
             }
         });
         let this = self.clone();
@@ -244,6 +233,10 @@ impl Whep {
                 None => match direct_path(&pc, own_media).await {
                     Err(e) => e.to_string(),
                     Ok(direct) => {
+                        let direct = direct.map(|(d, slot)| {
+                            read_rtcp_here(&slot, &d.1, ssrc, feedback);
+                            d
+                        });
                         tracing::info!(session = %sid, client = guard.handle.id, audio = opus_key.is_some(),
                             direct = direct.is_some(), "whep connected");
                         // The direct tracks, kept on the viewer's selected path.
@@ -327,7 +320,7 @@ impl Whep {
             u32,
             watch::Receiver<RTCPeerConnectionState>,
             String,
-            Option<std::io::Result<Arc<SharedSocket>>>,
+            Option<std::io::Result<OwnMedia>>,
         ),
         WhepError,
     > {
@@ -443,6 +436,70 @@ impl Whep {
     }
 }
 
+/// Where a viewer's feedback on its video goes.
+#[derive(Clone)]
+struct FeedbackTo {
+    stream: Arc<crate::hub::Stream>,
+    viewer: Arc<ClientHandle>,
+    nacks: mpsc::Sender<Vec<u16>>,
+}
+
+impl FeedbackTo {
+    /// PLI/FIR from the viewer: the stream's publisher makes a keyframe if it can (a transcoder's encoder,
+    /// a WHIP browser); a passthrough RTMP source cannot, and the viewer waits for the next GOP. Receiver
+    /// reports: the viewer's loss and round trip, for its quality level. NACKs: the viewer's track
+    /// retransmits from its history.
+    fn apply(&self, f: super::Feedback) {
+        if f.keyframe {
+            tracing::debug!(stream = %self.stream.key, "keyframe requested by a WebRTC viewer");
+            self.stream.request_keyframe();
+        }
+        if let Some(l) = f.loss_centi_percent {
+            self.viewer.player.loss_centi_percent.store(l, Ordering::Relaxed);
+        }
+        if let Some(r) = f.rtt_ms {
+            self.viewer.player.rtt_ms.store(r, Ordering::Relaxed);
+        }
+        if !f.nacks.is_empty() {
+            let _ = self.nacks.try_send(f.nacks);
+        }
+    }
+}
+
+/// A viewer's SRTCP, read on the mux's control thread instead of by its webrtc-rs session.
+struct ViewerRtcp {
+    rtcp: Mutex<RtcpIn>,
+    ssrc: u32,
+    to: FeedbackTo,
+}
+
+impl RtcpSink for ViewerRtcp {
+    fn rtcp(&self, datagram: &[u8]) {
+        let m = crate::metrics::global();
+        match self.rtcp.lock().read(datagram, self.ssrc, super::ntp_mid_now()) {
+            Ok(f) => {
+                m.whep_rtcp_read.fetch_add(1, Ordering::Relaxed);
+                self.to.apply(f)
+            }
+            Err(e) => {
+                m.whep_rtcp_refused.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(client = self.to.viewer.id, error = %e, "a viewer's RTCP was not read");
+            }
+        }
+    }
+}
+
+/// From now on the viewer's RTCP for its video (`ssrc`) is read by livegate (`rtcp_in`); without the keys
+/// for that, its webrtc-rs session goes on reading it.
+fn read_rtcp_here(slot: &RtcpSlot, keying: &SrtpLocalKeying, ssrc: u32, to: FeedbackTo) {
+    match RtcpIn::new(keying) {
+        Ok(rtcp) => {
+            let _ = slot.set(Arc::new(ViewerRtcp { rtcp: Mutex::new(rtcp), ssrc, to }));
+        }
+        Err(e) => tracing::warn!(client = to.viewer.id, error = %e, "the viewer's RTCP stays with webrtc-rs"),
+    }
+}
+
 /// The shared socket and this session's SRTP keys: what a viewer's media needs to go out without webrtc-rs.
 pub(crate) type DirectPath = (Arc<SharedSocket>, SrtpLocalKeying);
 
@@ -459,12 +516,14 @@ enum DirectPathError {
 /// where only webrtc-rs can send).
 async fn direct_path(
     pc: &Arc<dyn PeerConnection>,
-    own_media: Option<std::io::Result<Arc<SharedSocket>>>,
-) -> Result<Option<DirectPath>, DirectPathError> {
+    own_media: Option<std::io::Result<OwnMedia>>,
+) -> Result<Option<(DirectPath, RtcpSlot)>, DirectPathError> {
     match own_media {
         None => Ok(None),
         Some(Err(e)) => Err(DirectPathError::NoSocket(e)),
-        Some(Ok(socket)) => pc.srtp_local_keying().await.map(|k| Some((socket, k))).ok_or(DirectPathError::NoKeys),
+        Some(Ok(OwnMedia { socket, rtcp })) => {
+            pc.srtp_local_keying().await.map(|k| Some(((socket, k), rtcp))).ok_or(DirectPathError::NoKeys)
+        }
     }
 }
 

@@ -530,6 +530,8 @@ impl<'a> DtlsHandler<'a> {
             master_key: srtp_config.keys.local_master_key.clone(),
             master_salt: srtp_config.keys.local_master_salt.clone(),
             peer_addr: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+            remote_master_key: srtp_config.keys.remote_master_key.clone(),
+            remote_master_salt: srtp_config.keys.remote_master_salt.clone(),
         };
         Ok((local_context, remote_context, keying))
     }

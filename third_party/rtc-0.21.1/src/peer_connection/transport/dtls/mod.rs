@@ -80,6 +80,10 @@ pub struct SrtpLocalKeying {
     pub master_salt: Vec<u8>,
     /// The peer's address on the selected ICE candidate pair.
     pub peer_addr: std::net::SocketAddr,
+    /// The peer's master key: for an application that also reads some of the peer's SRTCP itself.
+    pub remote_master_key: Vec<u8>,
+    /// The peer's master salt.
+    pub remote_master_salt: Vec<u8>,
 }
 
 impl std::fmt::Debug for SrtpLocalKeying {

@@ -112,6 +112,7 @@ fn a_background_pusher_keeps_every_player_and_comes_back_at_full_rate() {
         "[hls]\nsegment_secs = 2.0\n[webrtc]\nudp_port_min = 0\nudp_port_max = 0\n[webhooks]\non_stream_health = []\n",
     );
     let input = background_media();
+    let pushed_at = Instant::now();
     // ffmpeg's muxer would hold video for up to 10 s waiting for the audio that stopped (its interleaving,
     // max_interleave_delta): a live-pusher sends each frame as it is made, so the stand-in must too.
     let _pusher = Proc::spawn(Command::new("ffmpeg").args(["-v", "error", "-re", "-i"]).arg(&input).args([
@@ -150,9 +151,12 @@ fn a_background_pusher_keeps_every_player_and_comes_back_at_full_rate() {
                 text.lines().find_map(|l| l.strip_prefix("#EXT-X-MEDIA-SEQUENCE:")).and_then(|v| v.parse::<u64>().ok());
             seq.unwrap_or(0) + text.lines().filter(|l| l.ends_with(".ts")).count() as u64
         };
-        // Through the background and back (the push ends at 80 s): each new segment within 6 s of the last.
+        // Through the background and back: each new segment within 6 s of the last, for as long as a next
+        // one must come. The push ends at 80 s from its start (not from this thread's, which a loaded machine
+        // starts seconds later), and its last segment closes only with the stream: the last wait starts by
+        // 70 s, when two more segments are still to come.
         let mut seen = vec![segments()];
-        let until = Instant::now() + Duration::from_secs(76);
+        let until = pushed_at + Duration::from_secs(70);
         while !*hls_stop.lock().unwrap() && Instant::now() < until {
             let last = *seen.last().unwrap();
             let mut now = last;

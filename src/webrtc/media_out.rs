@@ -236,22 +236,26 @@ pub fn ntp(wall: SystemTime) -> u64 {
     (secs << 32) | frac
 }
 
+/// A session's keys for tests: fixed local and remote keys of `profile`.
+#[cfg(test)]
+pub(crate) fn test_keying(profile: rtc::srtp::protection_profile::ProtectionProfile) -> SrtpLocalKeying {
+    SrtpLocalKeying {
+        profile,
+        master_key: vec![7; profile.key_len()],
+        master_salt: vec![9; profile.salt_len()],
+        peer_addr: "127.0.0.1:5000".parse().unwrap(),
+        remote_master_key: vec![3; profile.key_len()],
+        remote_master_salt: vec![4; profile.salt_len()],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use rtc::shared::marshal::Unmarshal;
     use rtc::srtp::protection_profile::ProtectionProfile;
 
-    fn keying(profile: ProtectionProfile) -> SrtpLocalKeying {
-        SrtpLocalKeying {
-            profile,
-            master_key: vec![7; profile.key_len()],
-            master_salt: vec![9; profile.salt_len()],
-            peer_addr: "127.0.0.1:5000".parse().unwrap(),
-            remote_master_key: vec![3; profile.key_len()],
-            remote_master_salt: vec![4; profile.salt_len()],
-        }
-    }
+    use super::test_keying as keying;
 
     fn receiver(k: &SrtpLocalKeying) -> Context {
         let provider = rtc::crypto::default_provider().unwrap();

@@ -72,16 +72,7 @@ mod tests {
 
     const VIDEO: u32 = 0x1234;
 
-    fn keying(profile: ProtectionProfile) -> SrtpLocalKeying {
-        SrtpLocalKeying {
-            profile,
-            master_key: vec![7; profile.key_len()],
-            master_salt: vec![9; profile.salt_len()],
-            peer_addr: "127.0.0.1:5000".parse().unwrap(),
-            remote_master_key: vec![3; profile.key_len()],
-            remote_master_salt: vec![4; profile.salt_len()],
-        }
-    }
+    use crate::webrtc::media_out::test_keying as keying;
 
     /// The viewer's end: it protects with what is the remote key on ours.
     fn viewer(k: &SrtpLocalKeying) -> Context {

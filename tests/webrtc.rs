@@ -77,13 +77,7 @@ fn all_sessions_can_share_one_udp_port() {
     srv.wait_live("mux");
     // The answer's only host candidate is the shared port.
     let offer = String::from_utf8(node("make_offer.mjs", &[]).stdout).unwrap();
-    let r = http_request_with_body(
-        srv.http_port,
-        "POST",
-        "/whep/live/mux",
-        &[("Content-Type", "application/sdp"), ("Content-Length", &offer.len().to_string())],
-        &offer,
-    );
+    let r = post_offer(srv.http_port, "/whep/live/mux", &offer);
     assert_eq!(r.status, 201);
     let answer = String::from_utf8_lossy(&r.body).into_owned();
     let ports: Vec<&str> = answer
@@ -140,14 +134,7 @@ fn an_overloaded_server_refuses_new_viewers_with_503_and_keeps_the_ones_it_has()
     let offer = String::from_utf8(node("make_offer.mjs", &[]).stdout).unwrap();
     let mut last = None;
     let refused = wait_until(Duration::from_secs(20), || {
-        let len = offer.len().to_string();
-        let r = http_request_with_body(
-            srv.http_port,
-            "POST",
-            "/whep/live/ov",
-            &[("Content-Type", "application/sdp"), ("Content-Length", &len)],
-            &offer,
-        );
+        let r = post_offer(srv.http_port, "/whep/live/ov", &offer);
         if r.status == 201 {
             // Admitted between two flushes: not this test's viewer.
             let location = r.header("location").unwrap().to_owned();
@@ -367,16 +354,7 @@ fn deleting_an_unconnected_session_releases_it_at_once() {
     ));
     let _pub = push(&media("360p"), &srv.rtmp_url("del"));
     srv.wait_live("del");
-    let post = |path: &str, offer: &str| {
-        let len = offer.len().to_string();
-        http_request_with_body(
-            srv.http_port,
-            "POST",
-            path,
-            &[("Content-Type", "application/sdp"), ("Content-Length", &len)],
-            offer,
-        )
-    };
+    let post = |path: &str, offer: &str| post_offer(srv.http_port, path, offer);
     let whep_readers = || {
         srv.stream_json("del")
             .map_or(0, |s| s["attachments"].as_array().unwrap().iter().filter(|a| a["protocol"] == "whep").count())

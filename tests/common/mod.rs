@@ -427,6 +427,12 @@ pub fn http_request_body(port: u16, method: &str, path: &str, body: &str) -> Htt
     http_request_with_body(port, method, path, &[("Content-Type", "application/json"), ("Content-Length", &len)], body)
 }
 
+/// A WHEP/WHIP offer POSTed as `application/sdp`.
+pub fn post_offer(port: u16, path: &str, sdp: &str) -> HttpResponse {
+    let len = sdp.len().to_string();
+    http_request_with_body(port, "POST", path, &[("Content-Type", "application/sdp"), ("Content-Length", &len)], sdp)
+}
+
 /// A request with a body and the given headers.
 pub fn http_request_with_body(
     port: u16,

@@ -25,6 +25,8 @@ pub struct Received<'a> {
 pub struct RecvBatch {
     bufs: Vec<u8>,
     names: Vec<libc::sockaddr_storage>,
+    /// Bytes of each name the kernel wrote.
+    name_lens: Vec<libc::socklen_t>,
     /// Control messages, in u64s: a control message must be aligned like its header.
     control: Vec<u64>,
     lens: Vec<usize>,
@@ -46,6 +48,7 @@ impl Default for RecvBatch {
             bufs: vec![0; BATCH * SLOT],
             // SAFETY: sockaddr_storage is plain old data; all-zero is valid.
             names: vec![unsafe { std::mem::zeroed() }; BATCH],
+            name_lens: vec![0; BATCH],
             control: vec![0; BATCH * control_words()],
             lens: vec![0; BATCH],
             control_lens: vec![0; BATCH],
@@ -115,6 +118,7 @@ impl RecvBatch {
         self.n = n as usize;
         for (i, h) in hdrs.iter().take(self.n).enumerate() {
             self.lens[i] = h.msg_len as usize;
+            self.name_lens[i] = h.msg_hdr.msg_namelen;
             self.flags[i] = h.msg_hdr.msg_flags;
             // socklen_t-sized on musl, usize on glibc.
             #[allow(clippy::unnecessary_cast)]
@@ -132,7 +136,8 @@ impl RecvBatch {
             if self.flags[i] & libc::MSG_TRUNC != 0 {
                 return None;
             }
-            let from = sockaddr(&self.names[i])?;
+            // SAFETY: the kernel wrote this address and its length; both describe a sockaddr of its family.
+            let from = unsafe { socket2::SockAddr::new(self.names[i], self.name_lens[i]) }.as_socket()?;
             let waited = arrival(&self.control[i * words..][..words], self.control_lens[i])
                 .and_then(|t| now.duration_since(t).ok())
                 .unwrap_or_default();
@@ -160,29 +165,6 @@ fn arrival(control: &[u64], len: usize) -> Option<SystemTime> {
         }
     }
     None
-}
-
-fn sockaddr(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
-    match s.ss_family as libc::c_int {
-        libc::AF_INET => {
-            // SAFETY: the family says this storage holds a sockaddr_in.
-            let a = unsafe { &*(s as *const libc::sockaddr_storage as *const libc::sockaddr_in) };
-            let ip = std::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
-            Some(SocketAddr::new(ip.into(), u16::from_be(a.sin_port)))
-        }
-        libc::AF_INET6 => {
-            // SAFETY: the family says this storage holds a sockaddr_in6.
-            let a = unsafe { &*(s as *const libc::sockaddr_storage as *const libc::sockaddr_in6) };
-            let ip = std::net::Ipv6Addr::from(a.sin6_addr.s6_addr);
-            Some(SocketAddr::V6(std::net::SocketAddrV6::new(
-                ip,
-                u16::from_be(a.sin6_port),
-                a.sin6_flowinfo,
-                a.sin6_scope_id,
-            )))
-        }
-        _ => None,
-    }
 }
 
 #[cfg(test)]

@@ -264,37 +264,41 @@ impl UdpMux {
     }
 
     /// Hands a datagram that arrived at `at` to its session. A viewer's RTCP that already waited too long in
-    /// the socket is dropped here, before any session spends work on it.
+    /// the socket is dropped here, before any session spends work on it; one livegate reads itself is read
+    /// after the routes are let go (reading it may ask the stream for a keyframe).
     fn route(&self, p: &[u8], from: SocketAddr, at: Instant) {
-        let mut routes = self.routes.lock();
-        let rx = match routes.by_addr.get(&from) {
-            Some((_, rx)) => rx,
-            None => {
-                let Some(ufrag) = stun_username(p).and_then(|u| u.split(':').next()) else { return };
-                let Some(rx) = routes.by_ufrag.get(ufrag).cloned() else { return };
-                &routes.by_addr.entry(from).or_insert((ufrag.to_owned(), rx)).1
-            }
-        };
         let lane = Lane::of(p);
-        if lane == Lane::Media && rx.stale.is_some_and(|s| at.elapsed() > s) {
-            crate::metrics::global().webrtc_datagrams_shed.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        if lane == Lane::Media && super::rtcp_in::is_rtcp(p) {
-            if let Some(sink) = rx.rtcp.get() {
-                sink.rtcp(p);
+        let sink = {
+            let mut routes = self.routes.lock();
+            let rx = match routes.by_addr.get(&from) {
+                Some((_, rx)) => rx,
+                None => {
+                    let Some(ufrag) = stun_username(p).and_then(|u| u.split(':').next()) else { return };
+                    let Some(rx) = routes.by_ufrag.get(ufrag).cloned() else { return };
+                    &routes.by_addr.entry(from).or_insert((ufrag.to_owned(), rx)).1
+                }
+            };
+            if lane == Lane::Media && rx.stale.is_some_and(|s| at.elapsed() > s) {
+                crate::metrics::global().webrtc_datagrams_shed.fetch_add(1, Ordering::Relaxed);
                 return;
             }
-        }
-        let d = Datagram { data: p.to_vec(), from, at };
-        let r = match lane {
-            Lane::Control => rx.control.try_send(d),
-            Lane::Media => rx.media.try_send(d),
+            match rx.rtcp.get() {
+                Some(sink) if lane == Lane::Media && super::rtcp_in::is_rtcp(p) => sink.clone(),
+                _ => {
+                    let d = Datagram { data: p.to_vec(), from, at };
+                    let r = match lane {
+                        Lane::Control => rx.control.try_send(d),
+                        Lane::Media => rx.media.try_send(d),
+                    };
+                    // A session that does not keep up loses datagrams, as a full socket buffer would.
+                    if let Err(mpsc::error::TrySendError::Full(_)) = r {
+                        crate::metrics::global().webrtc_datagrams_shed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    return;
+                }
+            }
         };
-        // A session that does not keep up loses datagrams, as a full socket buffer would.
-        if let Err(mpsc::error::TrySendError::Full(_)) = r {
-            crate::metrics::global().webrtc_datagrams_shed.fetch_add(1, Ordering::Relaxed);
-        }
+        sink.rtcp(p);
     }
 
     fn unregister(&self, ufrag: &str) {

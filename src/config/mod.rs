@@ -521,6 +521,17 @@ mod tests {
     }
 
     #[test]
+    fn whep_admission_settings_are_checked() {
+        let c = Config::parse("[webrtc]\noverload_late_secs = 0.0\noverload_hold_secs = 5.0\n").unwrap();
+        assert_eq!((c.webrtc.overload_late_secs, c.webrtc.overload_hold_secs), (0.0, 5.0));
+        for (key, bad) in [("overload_late_secs", "-1.0"), ("overload_late_secs", "nan"), ("overload_hold_secs", "0.0")]
+        {
+            let e = Config::parse(&format!("[webrtc]\n{key} = {bad}\n")).unwrap_err().to_string();
+            assert!(e.contains(&format!("webrtc.{key}")), "{e}");
+        }
+    }
+
+    #[test]
     fn a_forward_must_be_an_rtmp_base() {
         let e = Config::parse("[apps.live]\nforward = [\"http://cdn/live\"]\n").unwrap_err().to_string();
         assert!(e.contains("apps.live.forward") && e.contains("rtmp://"), "{e}");

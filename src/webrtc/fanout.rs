@@ -476,7 +476,7 @@ mod tests {
     }
 
     fn admission() -> Arc<Admission> {
-        let policy = super::super::admission::Policy::of(&crate::config::Config::default_config().webrtc);
+        let policy = crate::webrtc::admission::Policy::of(&crate::config::Config::default_config().webrtc);
         Arc::new(Admission::new(policy, Instant::now()))
     }
 
@@ -507,14 +507,9 @@ mod tests {
         let socket = Arc::new(SharedSocket::new(std::net::UdpSocket::bind("127.0.0.1:0").unwrap()).unwrap());
         let (a, b) =
             (std::net::UdpSocket::bind("127.0.0.1:0").unwrap(), std::net::UdpSocket::bind("127.0.0.1:0").unwrap());
-        let profile = ProtectionProfile::AeadAes128Gcm;
         let keying = rtc::peer_connection::transport::SrtpLocalKeying {
-            profile,
-            master_key: vec![1; profile.key_len()],
-            master_salt: vec![2; profile.salt_len()],
             peer_addr: a.local_addr().unwrap(),
-            remote_master_key: vec![3; profile.key_len()],
-            remote_master_salt: vec![4; profile.salt_len()],
+            ..crate::webrtc::media_out::test_keying(ProtectionProfile::AeadAes128Gcm)
         };
         let out = TrackOut::new(&keying, 7, 111, 48_000, 100).unwrap();
         let hub = crate::hub::Hub::new(Default::default(), crate::events::EventBus::new());

@@ -5,6 +5,7 @@
 pub mod admission;
 pub mod depacketize;
 pub mod fanout;
+pub mod lite;
 pub mod media_out;
 pub mod mux_socket;
 pub mod reorder;

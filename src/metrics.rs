@@ -26,6 +26,9 @@ pub struct Metrics {
     /// authentication, a replay, malformed).
     pub whep_rtcp_read: AtomicU64,
     pub whep_rtcp_refused: AtomicU64,
+    /// STUN requests to livegate's own WHEP sessions refused (wrong USERNAME, MESSAGE-INTEGRITY or
+    /// FINGERPRINT): unanswered, their address not routed.
+    pub whep_stun_refused: AtomicU64,
     /// STUN/DTLS/RTCP datagrams of the sessions themselves that a full shared socket buffer dropped.
     pub webrtc_control_datagrams_dropped: AtomicU64,
     /// RTP/RTCP datagrams in on the shared WebRTC port dropped because their session was behind.
@@ -190,6 +193,12 @@ impl Metrics {
             "livegate_whep_rtcp_total{{result=\"refused\"}} {}",
             self.whep_rtcp_refused.load(Ordering::Relaxed)
         );
+        let _ = writeln!(
+            o,
+            "# HELP livegate_whep_stun_refused_total STUN requests to livegate's own WHEP sessions that failed their checks (USERNAME, MESSAGE-INTEGRITY, FINGERPRINT)."
+        );
+        let _ = writeln!(o, "# TYPE livegate_whep_stun_refused_total counter");
+        let _ = writeln!(o, "livegate_whep_stun_refused_total {}", self.whep_stun_refused.load(Ordering::Relaxed));
         let _ = writeln!(
             o,
             "# HELP livegate_webrtc_control_datagrams_dropped_total The WebRTC sessions' own STUN, DTLS and RTCP datagrams a full shared socket buffer dropped (their protocols retransmit)."

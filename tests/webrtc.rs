@@ -11,7 +11,12 @@ use common::*;
 /// a socket per session (`udp_mux = false`), where webrtc-rs does.
 #[test]
 fn chromium_plays_an_rtmp_stream_over_whep() {
-    for (config, direct) in [("", true), ("[webrtc]\nudp_mux = false\nudp_port_min = 0\nudp_port_max = 0\n", false)] {
+    // livegate's own session (the default), a webrtc-rs session on the shared port, and one on a port of its own.
+    for (config, direct) in [
+        ("", true),
+        ("[webrtc]\nwhep_engine = \"webrtc-rs\"\n", true),
+        ("[webrtc]\nudp_mux = false\nudp_port_min = 0\nudp_port_max = 0\n", false),
+    ] {
         chromium_plays_over_whep(config, direct);
     }
 }
@@ -265,6 +270,15 @@ fn whep_errors_are_precise_and_unconnected_sessions_are_reaped() {
 
     let offer = String::from_utf8(node("make_offer.mjs", &[]).stdout).unwrap();
     assert!(offer.starts_with("v=0"), "{offer}");
+    // An offer that wants to be the DTLS server, or names no certificate, gets the reason.
+    let (s, j) = post("/whep/live/we", "application/sdp", &offer.replace("a=setup:actpass", "a=setup:passive"));
+    assert_eq!((s, j["error"].as_str()), (400, Some("bad_offer")), "{j}");
+    assert!(j["detail"].as_str().unwrap().contains("actpass"), "{j}");
+    let no_fingerprint: String =
+        offer.lines().filter(|l| !l.starts_with("a=fingerprint")).map(|l| format!("{l}\r\n")).collect();
+    let (s, j) = post("/whep/live/we", "application/sdp", &no_fingerprint);
+    assert_eq!((s, j["error"].as_str()), (400, Some("bad_offer")), "{j}");
+    assert!(j["detail"].as_str().unwrap().contains("fingerprint"), "{j}");
     let (s, j) = post("/whep/live/nobody", "application/sdp", &offer);
     assert_eq!((s, j["error"].as_str()), (404, Some("stream_not_found")));
     assert_eq!(http_request(srv.http_port, "DELETE", "/whep/session/0000", &[]).unwrap().status, 404);
@@ -445,4 +459,108 @@ fn an_mp3_stream_reaches_hls_and_whep_and_its_hls_recording() {
     assert_eq!(mp4.2, ["aac", "h264"], "{files:?}");
     let errors = decode_errors(&mp4.1);
     assert!(errors.is_empty(), "{errors}");
+}
+
+/// A page that goes away closes its RTCPeerConnection without a DELETE: Chromium's DTLS close_notify ends
+/// livegate's session at once, not when the viewer's consent checks are missed.
+#[test]
+fn a_viewer_that_closes_its_peer_connection_ends_its_session_at_once() {
+    let (hook_port, hooks) = http_receiver(200);
+    let srv = Server::start(&format!("[webhooks]\non_stop = [\"http://127.0.0.1:{hook_port}/\"]\n"));
+    let _pub = push(&media("360p"), &srv.rtmp_url("bye"));
+    srv.wait_live("bye");
+    let shot = srv.dir.path().join("bye.png");
+    let url = format!("http://127.0.0.1:{}/whep/live/bye", srv.http_port);
+    let j = browser_check("whep_play.mjs", &[&url, shot.to_str().unwrap(), "2", "", "close"]);
+    assert_eq!(j["closed"], true, "{j}");
+    let reason = || {
+        hooks.lock().unwrap().iter().find(|h| h["protocol"] == "whep").map(|h| h["reason"].as_str().unwrap().to_owned())
+    };
+    assert!(wait_until(Duration::from_secs(30), || reason().is_some()), "the session outlived its viewer");
+    assert_eq!(reason().as_deref(), Some("the viewer closed DTLS"));
+}
+
+/// STUN as a viewer's ICE agent sends it (RFC 8489): a binding request with USERNAME, MESSAGE-INTEGRITY
+/// (HMAC-SHA1 keyed with the answer's ice-pwd) and FINGERPRINT.
+fn binding_request(transaction: [u8; 12], username: &str, pwd: &str) -> Vec<u8> {
+    use hmac::Mac;
+    let mut m = vec![0x00, 0x01, 0, 0, 0x21, 0x12, 0xA4, 0x42];
+    m.extend_from_slice(&transaction);
+    m.extend_from_slice(&[0x00, 0x06]);
+    m.extend_from_slice(&(username.len() as u16).to_be_bytes());
+    m.extend_from_slice(username.as_bytes());
+    while m.len() % 4 != 0 {
+        m.push(0);
+    }
+    let set_len = |m: &mut Vec<u8>, end: usize| {
+        let l = ((end - 20) as u16).to_be_bytes();
+        m[2..4].copy_from_slice(&l);
+    };
+    let end = m.len() + 24;
+    set_len(&mut m, end);
+    let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(pwd.as_bytes()).unwrap();
+    mac.update(&m);
+    let tag = mac.finalize().into_bytes();
+    m.extend_from_slice(&[0x00, 0x08, 0, 20]);
+    m.extend_from_slice(&tag);
+    let end = m.len() + 8;
+    set_len(&mut m, end);
+    let crc = crc32fast::hash(&m) ^ 0x5354_554e;
+    m.extend_from_slice(&[0x80, 0x28, 0, 4]);
+    m.extend_from_slice(&crc.to_be_bytes());
+    m
+}
+
+/// livegate's own ICE-lite session answers a check only with the answer's credentials, tells the viewer the
+/// address it saw, and ends the session once the checks stop (RFC 7675 consent), before any DTLS.
+#[test]
+fn a_whep_session_answers_only_its_viewers_checks_and_ends_when_they_stop() {
+    let (hook_port, hooks) = http_receiver(200);
+    let srv = Server::start(&format!(
+        "[webrtc]\nconnect_timeout_secs = 120.0\n[webhooks]\non_stop = [\"http://127.0.0.1:{hook_port}/\"]\n"
+    ));
+    let _pub = push(&media("360p"), &srv.rtmp_url("ice"));
+    srv.wait_live("ice");
+    let offer = String::from_utf8(node("make_offer.mjs", &[]).stdout).unwrap();
+    let r = post_offer(srv.http_port, "/whep/live/ice", &offer);
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let answer = String::from_utf8_lossy(&r.body).into_owned();
+    let attr = |sdp: &str, name: &str| -> String {
+        sdp.lines().find_map(|l| l.strip_prefix(name)).unwrap_or_else(|| panic!("no {name} in {sdp}")).trim().to_owned()
+    };
+    let (ufrag, pwd, their_ufrag) =
+        (attr(&answer, "a=ice-ufrag:"), attr(&answer, "a=ice-pwd:"), attr(&offer, "a=ice-ufrag:"));
+    let candidate = attr(&answer, "a=candidate:");
+    let port: u16 = candidate.split(' ').nth(5).unwrap().parse().unwrap();
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let server = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let username = format!("{ufrag}:{their_ufrag}");
+
+    // A check keyed with another password is not answered: the first answer is to the right one after it.
+    sock.send_to(&binding_request([1; 12], &username, "not-the-answers-password-at-all"), server).unwrap();
+    sock.send_to(&binding_request([2; 12], &username, &pwd), server).unwrap();
+    let mut buf = [0u8; 1500];
+    let (n, from) = sock.recv_from(&mut buf).expect("a binding response");
+    let resp = &buf[..n];
+    assert_eq!((from, &resp[0..2], &resp[8..20]), (server, &[0x01, 0x01][..], &[2u8; 12][..]), "{resp:?}");
+    // XOR-MAPPED-ADDRESS (the first attribute) is this socket's address.
+    let me = sock.local_addr().unwrap();
+    assert_eq!(&resp[20..24], &[0x00, 0x20, 0, 8]);
+    let port_seen = u16::from_be_bytes([resp[26], resp[27]]) ^ 0x2112;
+    let ip_seen: Vec<u8> = resp[28..32].iter().zip([0x21, 0x12, 0xA4, 0x42]).map(|(b, k)| b ^ k).collect();
+    assert_eq!((port_seen, ip_seen), (me.port(), vec![127, 0, 0, 1]));
+    let metric = || {
+        let m = String::from_utf8(srv.api("GET", "/metrics").body).unwrap();
+        m.lines().find_map(|l| l.strip_prefix("livegate_whep_stun_refused_total ")?.parse::<u64>().ok()).unwrap()
+    };
+    assert_eq!(metric(), 1);
+
+    // No more checks: the session ends on consent, long before its 120 s connect timeout.
+    let reason = || {
+        hooks.lock().unwrap().iter().find(|h| h["protocol"] == "whep").map(|h| h["reason"].as_str().unwrap().to_owned())
+    };
+    assert!(wait_until(Duration::from_secs(60), || reason().is_some()), "the session outlived its checks");
+    let reason = reason().unwrap();
+    assert!(reason.contains("consent checks stopped") && reason.contains("before it connected"), "{reason}");
 }

@@ -92,6 +92,11 @@ pub struct WebrtcConfig {
     /// from udp_port_min..=udp_port_max, and webrtc-rs sends the media (several times the CPU per viewer).
     #[serde(default = "super::default_true")]
     pub udp_mux: bool,
+    /// Who runs a WHEP viewer's ICE and DTLS on the shared port: `livegate` (its own ICE-lite and DTLS, the
+    /// default: a fraction of a viewer's memory and of the control thread's time) or `webrtc-rs` (a
+    /// PeerConnection per viewer). Offers with a data channel (SEI) always get webrtc-rs.
+    #[serde(default)]
+    pub whep_engine: WhepEngine,
     /// The shared socket's port; 0 lets the OS pick one (the answer's candidate names it).
     #[serde(default)]
     pub udp_mux_port: u16,
@@ -119,6 +124,15 @@ pub struct WebrtcConfig {
     /// For how long after the last late flush new WHEP viewers are refused (their Retry-After).
     #[serde(default = "default_overload_hold_secs")]
     pub overload_hold_secs: f64,
+}
+
+/// See [`WebrtcConfig::whep_engine`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WhepEngine {
+    #[default]
+    Livegate,
+    WebrtcRs,
 }
 
 fn default_overload_late_secs() -> f64 {

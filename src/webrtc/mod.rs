@@ -328,6 +328,8 @@ pub struct PeerFactory {
     next_port: AtomicU16,
     /// The shared port, when `udp_mux_port` is set (or why it could not be bound).
     mux: Option<Result<Arc<udp_mux::UdpMux>, MuxBindError>>,
+    /// The DTLS certificate of livegate's own WHEP sessions (`lite`), when they run.
+    identity: Option<lite::Identity>,
 }
 
 /// Why the shared WebRTC port could not be bound at start-up: every session is refused with it.
@@ -349,7 +351,23 @@ impl PeerFactory {
                 MuxBindError { addr, source: Arc::new(e) }
             })
         });
-        Self { cfg, next_port: AtomicU16::new(start), mux }
+        let identity = match (&mux, cfg.whep_engine) {
+            (Some(Ok(_)), crate::config::WhepEngine::Livegate) => lite::Identity::generate()
+                .inspect_err(
+                    |e| tracing::error!(error = %e, "no DTLS certificate: WHEP viewers get webrtc-rs sessions"),
+                )
+                .ok(),
+            _ => None,
+        };
+        Self { cfg, next_port: AtomicU16::new(start), mux, identity }
+    }
+
+    /// The shared port and DTLS identity for livegate's own WHEP sessions, when they run.
+    pub(crate) fn lean(&self) -> Option<(&Arc<udp_mux::UdpMux>, &lite::Identity)> {
+        match (&self.mux, &self.identity) {
+            (Some(Ok(mux)), Some(id)) => Some((mux, id)),
+            _ => None,
+        }
     }
 
     /// The shared UDP socket's bind error, if it has one.

@@ -137,11 +137,38 @@ impl InboundMedia {
 /// Send and receive buffer asked for on the shared socket.
 const SOCKET_BUFFER: usize = 8 << 20;
 
+/// A session's STUN and DTLS handled as they arrive, on the control thread (`lite`): must not block.
+pub trait ControlSink: Send + Sync {
+    /// Returns true when the datagram proves `from` is the session's peer (a check with valid credentials):
+    /// the address is routed to the session from then on.
+    fn control(&self, datagram: &[u8], from: SocketAddr) -> bool;
+}
+
+/// Where a session's datagrams go.
+#[derive(Clone)]
+enum Target {
+    /// Into its webrtc-rs session's queues.
+    Queued(Inbound),
+    /// Handled here: STUN and DTLS by the session, RTCP by its reader.
+    Handled { session: Arc<dyn ControlSink>, rtcp: RtcpSlot },
+}
+
 #[derive(Default)]
 struct Routes {
-    by_ufrag: HashMap<String, Inbound>,
-    /// A known peer address: its session's ufrag (to unregister) and queues (no lookup by name per datagram).
-    by_addr: HashMap<SocketAddr, (String, Inbound)>,
+    by_ufrag: HashMap<String, Target>,
+    /// A known peer address: its session's ufrag (to unregister) and target (no lookup by name per datagram).
+    by_addr: HashMap<SocketAddr, (String, Target)>,
+}
+
+/// What to do with a datagram once the routes are let go.
+enum Deliver {
+    Rtcp(Arc<dyn RtcpSink>),
+    /// To a session that handles its own; `new_addr` when the address is not routed yet (the ufrag and
+    /// target to route it to if the session says it is its peer's).
+    Control {
+        session: Arc<dyn ControlSink>,
+        new_addr: Option<(String, Target)>,
+    },
 }
 
 /// The shared socket and who gets what arrives on it.
@@ -265,46 +292,123 @@ impl UdpMux {
 
     /// Hands a datagram that arrived at `at` to its session. A viewer's RTCP that already waited too long in
     /// the socket is dropped here, before any session spends work on it; one livegate reads itself is read
-    /// after the routes are let go (reading it may ask the stream for a keyframe).
+    /// after the routes are let go (reading it may ask the stream for a keyframe), as are STUN and DTLS of a
+    /// session livegate runs itself.
     fn route(&self, p: &[u8], from: SocketAddr, at: Instant) {
         let lane = Lane::of(p);
-        let sink = {
+        let stale = || {
+            crate::metrics::global().webrtc_datagrams_shed.fetch_add(1, Ordering::Relaxed);
+        };
+        let deliver = {
             let mut routes = self.routes.lock();
-            let rx = match routes.by_addr.get(&from) {
-                Some((_, rx)) => rx,
+            let target = match routes.by_addr.get(&from) {
+                Some((_, t)) => t,
                 None => {
                     let Some(ufrag) = stun_username(p).and_then(|u| u.split(':').next()) else { return };
-                    let Some(rx) = routes.by_ufrag.get(ufrag).cloned() else { return };
-                    &routes.by_addr.entry(from).or_insert((ufrag.to_owned(), rx)).1
+                    let Some(t) = routes.by_ufrag.get(ufrag).cloned() else { return };
+                    match t {
+                        // webrtc-rs checks the request itself: the address is routed to it at once.
+                        Target::Queued(_) => &routes.by_addr.entry(from).or_insert((ufrag.to_owned(), t)).1,
+                        Target::Handled { ref session, .. } => {
+                            // Routed only once the session has checked the request's credentials.
+                            let session = session.clone();
+                            let new_addr = Some((ufrag.to_owned(), t));
+                            drop(routes);
+                            return self.deliver(Deliver::Control { session, new_addr }, p, from);
+                        }
+                    }
                 }
             };
-            if lane == Lane::Media && rx.stale.is_some_and(|s| at.elapsed() > s) {
-                crate::metrics::global().webrtc_datagrams_shed.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-            match rx.rtcp.get() {
-                Some(sink) if lane == Lane::Media && super::rtcp_in::is_rtcp(p) => sink.clone(),
-                _ => {
-                    let d = Datagram { data: p.to_vec(), from, at };
-                    let r = match lane {
-                        Lane::Control => rx.control.try_send(d),
-                        Lane::Media => rx.media.try_send(d),
-                    };
-                    // A session that does not keep up loses datagrams, as a full socket buffer would.
-                    if let Err(mpsc::error::TrySendError::Full(_)) = r {
-                        crate::metrics::global().webrtc_datagrams_shed.fetch_add(1, Ordering::Relaxed);
+            match target {
+                Target::Handled { session, rtcp } => match lane {
+                    Lane::Control => Deliver::Control { session: session.clone(), new_addr: None },
+                    Lane::Media if at.elapsed() > MEDIA_STALE => return stale(),
+                    // A viewer sends no RTP; its RTCP before its keys are known has no reader yet.
+                    Lane::Media => match rtcp.get().filter(|_| super::rtcp_in::is_rtcp(p)) {
+                        Some(sink) => Deliver::Rtcp(sink.clone()),
+                        None => return,
+                    },
+                },
+                Target::Queued(rx) => {
+                    if lane == Lane::Media && rx.stale.is_some_and(|s| at.elapsed() > s) {
+                        return stale();
                     }
-                    return;
+                    match rx.rtcp.get() {
+                        Some(sink) if lane == Lane::Media && super::rtcp_in::is_rtcp(p) => Deliver::Rtcp(sink.clone()),
+                        _ => {
+                            let d = Datagram { data: p.to_vec(), from, at };
+                            let r = match lane {
+                                Lane::Control => rx.control.try_send(d),
+                                Lane::Media => rx.media.try_send(d),
+                            };
+                            // A session that does not keep up loses datagrams, as a full socket buffer would.
+                            if let Err(mpsc::error::TrySendError::Full(_)) = r {
+                                stale();
+                            }
+                            return;
+                        }
+                    }
                 }
             }
         };
-        sink.rtcp(p);
+        self.deliver(deliver, p, from);
+    }
+
+    fn deliver(&self, d: Deliver, p: &[u8], from: SocketAddr) {
+        match d {
+            Deliver::Rtcp(sink) => sink.rtcp(p),
+            Deliver::Control { session, new_addr } => {
+                if session.control(p, from) {
+                    if let Some((ufrag, target)) = new_addr {
+                        let mut routes = self.routes.lock();
+                        // Unless the session left meanwhile.
+                        if routes.by_ufrag.contains_key(&ufrag) {
+                            routes.by_addr.insert(from, (ufrag, target));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Routes the datagrams of the session whose local ICE ufrag this is to `session` (STUN, DTLS) and
+    /// `rtcp` (its RTCP reader, once set), until the returned route is dropped.
+    pub fn register_control(
+        self: &Arc<Self>,
+        ufrag: &str,
+        session: Arc<dyn ControlSink>,
+        rtcp: RtcpSlot,
+    ) -> ControlRoute {
+        self.routes.lock().by_ufrag.insert(ufrag.to_owned(), Target::Handled { session, rtcp });
+        ControlRoute { mux: self.clone(), ufrag: ufrag.to_owned() }
+    }
+
+    /// Runs `task` on the control thread.
+    pub fn spawn_control(&self, task: impl Future<Output = ()> + Send + 'static) {
+        self.control.handle.spawn(task);
+    }
+
+    /// The shared socket (its receive loop started).
+    pub fn shared_socket(self: &Arc<Self>) -> io::Result<Arc<SharedSocket>> {
+        self.socket()
     }
 
     fn unregister(&self, ufrag: &str) {
         let mut routes = self.routes.lock();
         routes.by_ufrag.remove(ufrag);
         routes.by_addr.retain(|_, (u, _)| u != ufrag);
+    }
+}
+
+/// A session's place in the routes; dropping it takes the session off the port.
+pub struct ControlRoute {
+    mux: Arc<UdpMux>,
+    ufrag: String,
+}
+
+impl Drop for ControlRoute {
+    fn drop(&mut self) {
+        self.mux.unregister(&self.ufrag);
     }
 }
 
@@ -362,7 +466,7 @@ impl MuxedSocket {
     /// Starts taking the datagrams of the session whose local ICE ufrag this is.
     fn attach(&self, ufrag: &str) {
         *self.ufrag.lock() = Some(ufrag.to_owned());
-        self.mux.routes.lock().by_ufrag.insert(ufrag.to_owned(), self.tx.clone());
+        self.mux.routes.lock().by_ufrag.insert(ufrag.to_owned(), Target::Queued(self.tx.clone()));
     }
 }
 
@@ -561,7 +665,7 @@ mod tests {
     fn one_session(ufrag: &str, inbound: InboundMedia) -> (Arc<UdpMux>, Queues) {
         let mux = UdpMux::bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let (tx, q) = session_queues(inbound);
-        mux.routes.lock().by_ufrag.insert(ufrag.into(), tx);
+        mux.routes.lock().by_ufrag.insert(ufrag.into(), Target::Queued(tx));
         (mux, q)
     }
 

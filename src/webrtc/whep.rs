@@ -23,6 +23,7 @@ use webrtc::rtp_transceiver::RtpSender;
 
 use super::admission::{Admission, Overloaded, Policy};
 use super::fanout::{self, Media, Member};
+use super::lite::Sending;
 use super::media_out::{MediaOutError, TrackOut};
 use super::mux_socket::SharedSocket;
 use super::rtcp_in::RtcpIn;
@@ -78,10 +79,87 @@ fn udp_policy(play: CachePolicy) -> CachePolicy {
 }
 
 struct Session {
-    pc: Arc<dyn PeerConnection>,
+    peer: SessionPeer,
     key: StreamKey,
     /// Set by DELETE: the session's task ends and drops its reader (the viewer's on_stop) at once.
     stop: watch::Sender<bool>,
+}
+
+/// Who runs a session's ICE and DTLS.
+enum SessionPeer {
+    Rtc(Arc<dyn PeerConnection>),
+    Lean(Arc<super::lite::Lean>),
+}
+
+impl SessionPeer {
+    async fn close(&self) {
+        match self {
+            SessionPeer::Rtc(pc) => {
+                let _ = pc.close().await;
+            }
+            SessionPeer::Lean(l) => l.close(),
+        }
+    }
+}
+
+/// An answered offer.
+enum Negotiated {
+    Lean(super::lite::Opened),
+    Rtc(RtcNegotiated),
+}
+
+impl Negotiated {
+    async fn close(self) {
+        match self {
+            Negotiated::Lean(o) => o.session.close(),
+            Negotiated::Rtc(r) => {
+                let _ = r.pc.close().await;
+            }
+        }
+    }
+}
+
+/// A webrtc-rs session's parts.
+struct RtcNegotiated {
+    pc: Arc<dyn PeerConnection>,
+    track: Arc<TrackLocalStaticRTP>,
+    sender: Arc<dyn RtpSender>,
+    audio: Option<AudioOut>,
+    ssrc: u32,
+    state: watch::Receiver<RTCPeerConnectionState>,
+    answer: String,
+    own_media: Option<std::io::Result<OwnMedia>>,
+}
+
+/// What a livegate session's answer sends on.
+struct LeanSending {
+    video: Sending,
+    audio: Option<Sending>,
+}
+
+/// A viewer, whoever runs its session: what its task serves it with.
+struct Viewer {
+    sid: String,
+    /// The stream it asked for.
+    key: StreamKey,
+    reader: crate::hub::Reader,
+    guard: ClientGuard,
+    policy: CachePolicy,
+    vp8: bool,
+    /// The stream's Opus rendition, when the viewer takes Opus and the stream has audio.
+    opus_key: Option<StreamKey>,
+    feedback: FeedbackTo,
+    nacks: mpsc::Receiver<Vec<u16>>,
+    stop: watch::Receiver<bool>,
+}
+
+/// A connected viewer's direct path, and what goes out on it.
+struct Direct {
+    path: DirectPath,
+    video: Sending,
+    audio: Option<Sending>,
+    /// The direct tracks, kept on the viewer's selected address.
+    followers: Arc<Mutex<Vec<Arc<Member>>>>,
 }
 
 /// All WHEP sessions.
@@ -189,8 +267,22 @@ impl Whep {
         } else {
             (None, None)
         };
-        let (pc, track, sender, audio, ssrc, mut state_rx, answer, own_media) =
-            self.negotiate(offer, wants_opus, vp8, dc_tx).await?;
+        // livegate's own session on the shared port, unless the viewer wants a data channel (webrtc-rs' SCTP).
+        let lean = if dc_tx.is_none() { self.peers.lean() } else { None };
+        let negotiated = match lean {
+            Some((mux, identity)) => {
+                let wants = super::lite::sdp::Wants { vp8, audio: wants_opus };
+                match super::lite::open(mux, identity, &offer, wants) {
+                    Ok(o) => Negotiated::Lean(o),
+                    Err(super::lite::OpenError::Offer(super::lite::sdp::OfferError::NoCodec)) => {
+                        return Err(WhepError::NoCodec)
+                    }
+                    Err(super::lite::OpenError::Offer(e)) => return Err(WhepError::BadOffer(e.to_string())),
+                    Err(e) => return Err(WhepError::Internal(e.to_string())),
+                }
+            }
+            None => Negotiated::Rtc(self.negotiate(offer, wants_opus, vp8, dc_tx).await?),
+        };
         let guard = self.hub.register_client(Protocol::Whep, addr);
         if let Some(tag) = tag {
             let _ = guard.handle.tag.set(tag);
@@ -198,11 +290,10 @@ impl Whep {
         // One player per viewer, named by the stream it asked for, whatever rendition its video comes from.
         let audience = Audience::Player { requested: key.clone() };
         let policy = udp_policy(policy);
-        let mut reader = match self.hub.subscribe_as(&video_key, Protocol::Whep, policy, guard.handle.clone(), audience)
-        {
+        let reader = match self.hub.subscribe_as(&video_key, Protocol::Whep, policy, guard.handle.clone(), audience) {
             Ok(r) => r,
             Err(e) => {
-                let _ = pc.close().await;
+                negotiated.close().await;
                 return Err(match e {
                     HubError::NotFound(m) => WhepError::NotFound(m),
                     other => WhepError::Internal(other.to_string()),
@@ -210,83 +301,39 @@ impl Whep {
             }
         };
         let id = format!("{:016x}", rand::random::<u64>());
-        let (stop_tx, mut stop_rx) = watch::channel(false);
-        self.sessions.lock().insert(id.clone(), Session { pc: pc.clone(), key: key.clone(), stop: stop_tx });
-        // The viewer's RTCP (`FeedbackTo::apply`), from its webrtc-rs session until livegate reads it itself
-        // on the direct path (`read_rtcp_here`).
-        let (nack_tx, nack_rx) = mpsc::channel::<Vec<u16>>(64);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        // The viewer's RTCP (`FeedbackTo::apply`), read by livegate on the shared port (`read_rtcp_here`), or
+        // from its webrtc-rs session on a port of its own.
+        let (nack_tx, nacks) = mpsc::channel::<Vec<u16>>(64);
         let feedback = FeedbackTo { stream: reader.stream().clone(), viewer: guard.handle.clone(), nacks: nack_tx };
-        let (kf_track, to) = (track.clone(), feedback.clone());
-        tokio::spawn(async move {
-            while let Some(ev) = kf_track.poll().await {
-                let TrackLocalEvent::OnRtcpPacket(pkts) = ev else { continue };
-                to.apply(super::feedback(&pkts, ssrc, super::ntp_mid_now()));
-            }
-        });
-        let this = self.clone();
-        let sid = id.clone();
-        let key = key.clone();
-        let connect_timeout = Duration::from_secs_f64(self.cfg.connect_timeout_secs);
-        tokio::spawn(async move {
-            let waited = super::await_connected(&mut state_rx, &mut stop_rx, connect_timeout).await;
-            let reason = match waited.end_reason() {
-                None => match direct_path(&pc, own_media).await {
-                    Err(e) => e.to_string(),
-                    Ok(direct) => {
-                        let direct = direct.map(|(d, slot)| {
-                            read_rtcp_here(&slot, &d.1, ssrc, feedback);
-                            d
-                        });
-                        tracing::info!(session = %sid, client = guard.handle.id, audio = opus_key.is_some(),
-                            direct = direct.is_some(), "whep connected");
-                        // The direct tracks, kept on the viewer's selected path.
-                        let followers = Arc::new(Mutex::new(Vec::<Arc<Member>>::new()));
-                        if direct.is_some() {
-                            follow_path(pc.clone(), followers.clone(), state_rx.clone());
-                        }
-                        let audio_task = match (audio, opus_key) {
-                            (Some(a), Some(k)) => this.spawn_audio(k, a, &guard, &key, direct.clone(), &followers),
-                            _ => None,
-                        };
-                        let ts_base: u32 = rand::random();
-                        let sink = match direct {
-                            Some(d) => match negotiated_pt(&sender).await {
-                                Some(pt) => {
-                                    let media = Media::Video { vp8, cfg: None, ts_base };
-                                    let track = RtpTrack { ssrc, pt, clock_rate: 90_000 };
-                                    let admission = this.admission.clone();
-                                    member(d, track, media, guard.handle.clone(), policy.max_cache, admission)
-                                        .inspect(|m| followers.lock().push(m.clone()))
-                                        .map(|m| VideoSink::Direct(m, nack_rx))
-                                        .map_err(|e| format!("cannot protect media: {e}"))
-                                }
-                                None => Err("no negotiated payload type".into()),
-                            },
-                            None => Ok(VideoSink::Track(track.clone())),
-                        };
-                        let r = match sink {
-                            Err(reason) => reason,
-                            Ok(mut sink) => tokio::select! {
-                                r = pump(&mut reader, &mut sink, &sender, VideoRtp { ssrc, ts_base, vp8 }, &mut state_rx, dc_rx) => r,
-                                _ = stop_rx.wait_for(|deleted| *deleted) => "deleted by the client".into(),
-                            },
-                        };
-                        if let Some(t) = audio_task {
-                            t.abort();
-                        }
-                        r
-                    }
-                },
-                Some(reason) => reason,
+        let viewer = Viewer {
+            sid: id.clone(),
+            key: key.clone(),
+            reader,
+            guard,
+            policy,
+            vp8,
+            opus_key,
+            feedback,
+            nacks,
+            stop: stop_rx,
+        };
+        let (answer, peer, task): (_, _, std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>) =
+            match negotiated {
+                Negotiated::Lean(o) => {
+                    let lean = Arc::new(o.session);
+                    let sending = LeanSending { video: o.video, audio: o.audio };
+                    let task = Box::pin(self.clone().run_lean(viewer, lean.clone(), sending, o.state));
+                    (o.answer, SessionPeer::Lean(lean), task)
+                }
+                Negotiated::Rtc(r) => {
+                    let (answer, pc) = (r.answer.clone(), r.pc.clone());
+                    (answer, SessionPeer::Rtc(pc), Box::pin(self.clone().run_rtc(viewer, r, dc_rx)))
+                }
             };
-            tracing::info!(session = %sid, client = guard.handle.id, %reason, "whep session ended");
-            // The reader's drop sends the viewer's on_stop with this reason.
-            reader.set_end_reason(reason);
-            drop(reader);
-            // Our own close fires no Closed event: clean up here.
-            this.sessions.lock().remove(&sid);
-            let _ = pc.close().await;
-        });
+        // Known before its task runs: the task removes it when the session ends.
+        self.sessions.lock().insert(id.clone(), Session { peer, key: key.clone(), stop: stop_tx });
+        tokio::spawn(task);
         Ok((id, answer))
     }
 
@@ -297,33 +344,168 @@ impl Whep {
             Some(s) => {
                 tracing::info!(session = %id, stream = %s.key, "whep session deleted by the client");
                 let _ = s.stop.send(true);
-                let _ = s.pc.close().await;
+                s.peer.close().await;
                 true
             }
             None => false,
         }
     }
 
-    #[allow(clippy::type_complexity)]
+    /// A session of livegate's own (`lite`): connected, its media goes out on the direct path.
+    async fn run_lean(
+        self: Arc<Self>,
+        mut v: Viewer,
+        lean: Arc<super::lite::Lean>,
+        sending: LeanSending,
+        mut state: watch::Receiver<RTCPeerConnectionState>,
+    ) {
+        let timeout = Duration::from_secs_f64(self.cfg.connect_timeout_secs);
+        let mut waited = super::await_connected(&mut state, &mut v.stop, timeout).await;
+        // A DELETE also closes the session: the closing must not pass for the viewer's doing.
+        if *v.stop.borrow() {
+            waited = super::ConnectWait::Deleted;
+        }
+        let why =
+            |s: RTCPeerConnectionState| lean.end().map_or_else(|| format!("peer connection {s:?}"), |e| e.to_string());
+        let reason = match (waited.end_reason(), lean.keying()) {
+            (Some(_), _) if matches!(waited, super::ConnectWait::Failed(_)) => {
+                format!("{} before it connected", why(RTCPeerConnectionState::Failed))
+            }
+            (Some(reason), _) => reason,
+            (None, None) => DirectPathError::NoKeys.to_string(),
+            (None, Some(keying)) => {
+                read_rtcp_here(&lean.rtcp_slot(), &keying, sending.video.ssrc, v.feedback.clone());
+                let followers = Arc::new(Mutex::new(Vec::<Arc<Member>>::new()));
+                follow_peer(lean.peer(), followers.clone());
+                let direct =
+                    Direct { path: (lean.socket(), keying), video: sending.video, audio: sending.audio, followers };
+                self.serve_direct(&mut v, direct, &mut state, None, &why).await
+            }
+        };
+        lean.close();
+        self.finish(v, reason);
+    }
+
+    /// A webrtc-rs session: on the shared socket its media goes out on the direct path, on a port of its own
+    /// through webrtc-rs.
+    async fn run_rtc(
+        self: Arc<Self>,
+        mut v: Viewer,
+        r: RtcNegotiated,
+        dc_rx: Option<mpsc::UnboundedReceiver<Arc<dyn DataChannel>>>,
+    ) {
+        let RtcNegotiated { pc, track, sender, audio, ssrc, mut state, own_media, .. } = r;
+        let (kf_track, to) = (track.clone(), v.feedback.clone());
+        tokio::spawn(async move {
+            while let Some(ev) = kf_track.poll().await {
+                let TrackLocalEvent::OnRtcpPacket(pkts) = ev else { continue };
+                to.apply(super::feedback(&pkts, ssrc, super::ntp_mid_now()));
+            }
+        });
+        let timeout = Duration::from_secs_f64(self.cfg.connect_timeout_secs);
+        let waited = super::await_connected(&mut state, &mut v.stop, timeout).await;
+        let why = |s: RTCPeerConnectionState| format!("peer connection {s:?}");
+        let reason = match waited.end_reason() {
+            Some(reason) => reason,
+            None => match direct_path(&pc, own_media).await {
+                Err(e) => e.to_string(),
+                Ok(Some(((socket, keying), slot))) => {
+                    read_rtcp_here(&slot, &keying, ssrc, v.feedback.clone());
+                    let followers = Arc::new(Mutex::new(Vec::<Arc<Member>>::new()));
+                    follow_path(pc.clone(), followers.clone(), state.clone());
+                    match negotiated_pt(&sender).await {
+                        None => "no negotiated payload type".into(),
+                        Some(pt) => {
+                            let audio = match &audio {
+                                Some(a) => negotiated_pt(&a.sender).await.map(|pt| Sending { ssrc: a.ssrc, pt }),
+                                None => None,
+                            };
+                            let video = Sending { ssrc, pt };
+                            let direct = Direct { path: (socket, keying), video, audio, followers };
+                            self.serve_direct(&mut v, direct, &mut state, dc_rx, &why).await
+                        }
+                    }
+                }
+                Ok(None) => {
+                    tracing::info!(session = %v.sid, client = v.guard.handle.id, audio = v.opus_key.is_some(), direct = false, "whep connected");
+                    let audio_task = match (audio, v.opus_key.clone()) {
+                        (Some(a), Some(k)) => self.spawn_track_audio(k, a, &v.guard, &v.key),
+                        _ => None,
+                    };
+                    let r = match negotiated_pt(&sender).await {
+                        None => "no negotiated payload type".into(),
+                        Some(pt) => {
+                            let rtp = VideoRtp { ssrc, ts_base: rand::random(), vp8: v.vp8, pt };
+                            let mut sink = VideoSink::Track(track.clone());
+                            tokio::select! {
+                                r = pump(&mut v.reader, &mut sink, rtp, &mut state, dc_rx, &why) => r,
+                                _ = v.stop.wait_for(|deleted| *deleted) => "deleted by the client".into(),
+                            }
+                        }
+                    };
+                    if let Some(t) = audio_task {
+                        t.abort();
+                    }
+                    r
+                }
+            },
+        };
+        self.finish(v, reason);
+        let _ = pc.close().await;
+    }
+
+    /// Sends a connected viewer its media on the direct path until it or the stream goes away.
+    async fn serve_direct(
+        &self,
+        v: &mut Viewer,
+        d: Direct,
+        state: &mut watch::Receiver<RTCPeerConnectionState>,
+        dc_rx: Option<mpsc::UnboundedReceiver<Arc<dyn DataChannel>>>,
+        why: &(dyn Fn(RTCPeerConnectionState) -> String + Sync),
+    ) -> String {
+        tracing::info!(session = %v.sid, client = v.guard.handle.id, audio = v.opus_key.is_some(), direct = true, "whep connected");
+        let audio_task = match (d.audio, v.opus_key.clone()) {
+            (Some(a), Some(k)) => self.spawn_direct_audio(k, a, &v.guard, &v.key, d.path.clone(), &d.followers),
+            _ => None,
+        };
+        let ts_base: u32 = rand::random();
+        let media = Media::Video { vp8: v.vp8, cfg: None, ts_base };
+        let track = RtpTrack { ssrc: d.video.ssrc, pt: d.video.pt, clock_rate: 90_000 };
+        let nacks = std::mem::replace(&mut v.nacks, mpsc::channel(1).1);
+        let r = match member(d.path, track, media, v.guard.handle.clone(), v.policy.max_cache, self.admission.clone()) {
+            Err(e) => format!("cannot protect media: {e}"),
+            Ok(m) => {
+                d.followers.lock().push(m.clone());
+                let mut sink = VideoSink::Direct(m, nacks);
+                let rtp = VideoRtp { ssrc: d.video.ssrc, ts_base, vp8: v.vp8, pt: d.video.pt };
+                tokio::select! {
+                    r = pump(&mut v.reader, &mut sink, rtp, state, dc_rx, why) => r,
+                    _ = v.stop.wait_for(|deleted| *deleted) => "deleted by the client".into(),
+                }
+            }
+        };
+        if let Some(t) = audio_task {
+            t.abort();
+        }
+        r
+    }
+
+    /// A session's end: the viewer's on_stop with `reason` (the reader's drop), and its id freed.
+    fn finish(&self, v: Viewer, reason: String) {
+        let Viewer { sid, mut reader, guard, .. } = v;
+        tracing::info!(session = %sid, client = guard.handle.id, %reason, "whep session ended");
+        reader.set_end_reason(reason);
+        drop(reader);
+        self.sessions.lock().remove(&sid);
+    }
+
     async fn negotiate(
         &self,
         offer: String,
         with_audio: bool,
         vp8: bool,
         channels: Option<mpsc::UnboundedSender<Arc<dyn DataChannel>>>,
-    ) -> Result<
-        (
-            Arc<dyn PeerConnection>,
-            Arc<TrackLocalStaticRTP>,
-            Arc<dyn RtpSender>,
-            Option<AudioOut>,
-            u32,
-            watch::Receiver<RTCPeerConnectionState>,
-            String,
-            Option<std::io::Result<OwnMedia>>,
-        ),
-        WhepError,
-    > {
+    ) -> Result<RtcNegotiated, WhepError> {
         let video_codec = if vp8 { vp8_codec() } else { h264_codec() };
         let mut codecs = vec![(102, video_codec.clone(), RtpCodecKind::Video)];
         if with_audio {
@@ -364,7 +546,8 @@ impl Whep {
         if !has_active_media(&sdp, "video") {
             return fail(pc, WhepError::NoCodec).await;
         }
-        Ok((pc, track, sender, audio, ssrc, peer.state, sdp, peer.own_media.take()))
+        let own_media = peer.own_media.take();
+        Ok(RtcNegotiated { pc, track, sender, audio, ssrc, state: peer.state, answer: sdp, own_media })
     }
 }
 
@@ -376,38 +559,53 @@ struct AudioOut {
 }
 
 impl Whep {
-    fn spawn_audio(
+    /// A reader of the stream's Opus rendition for a viewer's audio (the viewer's client, its backlog not
+    /// reported: that is its video's).
+    fn audio_reader(&self, key: &StreamKey, guard: &ClientGuard, viewer_of: &StreamKey) -> Option<crate::hub::Reader> {
+        // Audio follows live closely: start at the newest packet, keep at most half a second of backlog.
+        let policy = CachePolicy::internal(AUDIO_MAX_BEHIND);
+        let audience = Audience::Internal(Purpose::ViewerAudio { viewer_of: viewer_of.to_string() });
+        let mut reader = self.hub.subscribe_as(key, Protocol::Whep, policy, guard.handle.clone(), audience).ok()?;
+        reader.set_reports_backlog(false);
+        Some(reader)
+    }
+
+    /// A viewer's Opus on the direct path.
+    fn spawn_direct_audio(
+        &self,
+        key: StreamKey,
+        a: Sending,
+        guard: &ClientGuard,
+        viewer_of: &StreamKey,
+        direct: DirectPath,
+        followers: &Arc<Mutex<Vec<Arc<Member>>>>,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let reader = self.audio_reader(&key, guard, viewer_of)?;
+        let track = RtpTrack { ssrc: a.ssrc, pt: a.pt, clock_rate: 48_000 };
+        let media = Media::Audio { ts_base: rand::random() };
+        match member(direct, track, media, guard.handle.clone(), AUDIO_MAX_BEHIND, self.admission.clone()) {
+            Ok(m) => {
+                followers.lock().push(m.clone());
+                Some(tokio::spawn(direct_audio(reader, m)))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "no WebRTC audio for this viewer");
+                None
+            }
+        }
+    }
+
+    /// A viewer's Opus through its webrtc-rs track (a session on a port of its own).
+    fn spawn_track_audio(
         &self,
         key: StreamKey,
         a: AudioOut,
         guard: &ClientGuard,
         viewer_of: &StreamKey,
-        direct: Option<DirectPath>,
-        followers: &Arc<Mutex<Vec<Arc<Member>>>>,
     ) -> Option<tokio::task::JoinHandle<()>> {
-        // Audio follows live closely: start at the newest packet, keep at most half a second of backlog.
-        let policy = CachePolicy::internal(AUDIO_MAX_BEHIND);
-        let audience = Audience::Internal(Purpose::ViewerAudio { viewer_of: viewer_of.to_string() });
-        let mut reader = self.hub.subscribe_as(&key, Protocol::Whep, policy, guard.handle.clone(), audience).ok()?;
-        // The viewer's backlog is its video's: this reader shares its client.
-        reader.set_reports_backlog(false);
-        let viewer = guard.handle.clone();
-        let followers = followers.clone();
-        let admission = self.admission.clone();
+        let mut reader = self.audio_reader(&key, guard, viewer_of)?;
         Some(tokio::spawn(async move {
             let Some(pt) = negotiated_pt(&a.sender).await else { return };
-            if let Some(d) = direct {
-                let track = RtpTrack { ssrc: a.ssrc, pt, clock_rate: 48_000 };
-                let media = Media::Audio { ts_base: rand::random() };
-                match member(d, track, media, viewer, AUDIO_MAX_BEHIND, admission) {
-                    Ok(m) => {
-                        followers.lock().push(m.clone());
-                        direct_audio(reader, m).await
-                    }
-                    Err(e) => tracing::warn!(error = %e, "no WebRTC audio for this viewer"),
-                }
-                return;
-            }
             let mut seq: u16 = rand::random();
             let base: u32 = rand::random();
             let mut batch: Vec<Arc<Packet>> = Vec::new();
@@ -559,6 +757,19 @@ fn follow_path(
     });
 }
 
+/// Keeps a livegate session's direct tracks sending to the address its viewer's checks select. Ends with the
+/// session.
+fn follow_peer(mut peer: watch::Receiver<Option<std::net::SocketAddr>>, members: Arc<Mutex<Vec<Arc<Member>>>>) {
+    tokio::spawn(async move {
+        while peer.changed().await.is_ok() {
+            let Some(a) = *peer.borrow_and_update() else { continue };
+            for m in members.lock().iter() {
+                m.set_peer(a);
+            }
+        }
+    });
+}
+
 /// An outgoing RTP track's identity.
 struct RtpTrack {
     ssrc: u32,
@@ -582,12 +793,14 @@ fn member(
 /// A viewer's audio is never more than this behind live.
 const AUDIO_MAX_BEHIND: Duration = Duration::from_millis(500);
 
-/// A viewer's video RTP: its SSRC, the random base of its timestamps, and VP8 (else H.264).
+/// A viewer's video RTP: its SSRC, the random base of its timestamps, VP8 (else H.264), and the payload type
+/// the answer settled on.
 #[derive(Debug, Clone, Copy)]
 struct VideoRtp {
     ssrc: u32,
     ts_base: u32,
     vp8: bool,
+    pt: u8,
 }
 
 /// Where a viewer's video goes.
@@ -686,18 +899,15 @@ async fn next_channel(rx: &mut Option<mpsc::UnboundedReceiver<Arc<dyn DataChanne
 
 /// Sends the stream's video to one viewer until the stream ends, the viewer goes away or a write fails; and
 /// its SEI messages as JSON on the viewer's `sei` data channel, once it opens one.
+/// `why` says why the session ended when its state does.
 async fn pump(
     reader: &mut crate::hub::Reader,
     sink: &mut VideoSink,
-    sender: &Arc<dyn RtpSender>,
-    VideoRtp { ssrc, ts_base, vp8 }: VideoRtp,
+    VideoRtp { ssrc, ts_base, vp8, pt }: VideoRtp,
     state: &mut watch::Receiver<RTCPeerConnectionState>,
     mut channels: Option<mpsc::UnboundedReceiver<Arc<dyn DataChannel>>>,
+    why: &(dyn Fn(RTCPeerConnectionState) -> String + Sync),
 ) -> String {
-    let pt = match negotiated_pt(sender).await {
-        Some(pt) => pt,
-        None => return "no negotiated payload type".into(),
-    };
     let mut cfg: Option<AvcDecoderConfig> = None;
     let mut seq: u16 = rand::random();
     let mut batch: Vec<Arc<Packet>> = Vec::new();
@@ -750,7 +960,7 @@ async fn pump(
             changed = state.changed() => {
                 let s = *state.borrow();
                 if changed.is_err() || matches!(s, RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed | RTCPeerConnectionState::Disconnected) {
-                    return format!("peer connection {s:?}");
+                    return why(s);
                 }
                 continue;
             }

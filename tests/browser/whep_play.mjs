@@ -1,11 +1,12 @@
 #!/usr/bin/env node
 // Plays a stream over WHEP in headless Chromium and checks that video frames are decoded.
 // usage: node tests/browser/whep_play.mjs <whep-url> <screenshot.png> [seconds=4] [video codec to offer alone, e.g. vp8,
-//        or "audio" for an audio-only stream: success is then audio packets and level, not video frames]
+//        or "audio" for an audio-only stream: success is then audio packets and level, not video frames; "" for all]
+//        [end=delete: DELETE the session, or "close": only close the RTCPeerConnection, as a page that goes away]
 // Prints one JSON line {ok, status, framesDecoded, width, height, location, deleteStatus, message}; exit 0 ok, 1 failure.
 import { ANALYSE_AUDIO_JS, launchChromium, startStaticServer, HARD_TIMEOUT_MS } from './lib.mjs';
 
-const [url, shot, secondsArg, onlyCodec] = process.argv.slice(2);
+const [url, shot, secondsArg, onlyCodec, end] = process.argv.slice(2);
 if (!url || !shot) {
   console.error('usage: whep_play.mjs <whep-url> <screenshot.png> [seconds]');
   process.exit(2);
@@ -68,6 +69,7 @@ window.__poll = async () => {
   window.__state.connection = window.__pc.connectionState;
   return window.__state;
 };
+window.__close = () => { window.__pc.close(); return 0; };
 window.__delete = async (base) => {
   const r = await fetch(base + window.__state.location, { method: 'DELETE' });
   return r.status;
@@ -105,7 +107,8 @@ async function main() {
     if (first && Date.now() - first.t >= seconds * 1000 && (audioOnly || s.width > 0)) {
       result.fps = Number(((s.framesDecoded - first.frames) / ((Date.now() - first.t) / 1000)).toFixed(1));
       const origin = new URL(url).origin;
-      result.deleteStatus = await page.evaluate((o) => window.__delete(o), origin);
+      if (end === 'close') result.closed = await page.evaluate(() => window.__close()) === 0;
+      else result.deleteStatus = await page.evaluate((o) => window.__delete(o), origin);
       return done(true);
     }
     await new Promise((r) => setTimeout(r, 250));

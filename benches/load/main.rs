@@ -153,6 +153,10 @@ pub struct Args {
     /// sends the media, instead of the shared socket where livegate sends it: the A/B of the two paths.
     #[arg(long)]
     whep_no_mux: bool,
+    /// --proto whep: who runs the viewers' ICE and DTLS on the shared socket (`[webrtc] whep_engine`):
+    /// livegate or webrtc-rs. Default: livegate's own default.
+    #[arg(long)]
+    whep_engine: Option<String>,
     /// --proto whep: each viewer sends a PLI every this many ms once media flows (0: never), and the report
     /// counts the keyframes viewers received: shows that a keyframe request reaches the stream's encoder.
     #[arg(long, default_value_t = 0)]
@@ -241,6 +245,9 @@ fn config_extra(args: &Args, record_root: Option<&Path>) -> String {
         c.push_str("[webrtc]\nudp_mux_port = 0\nudp_port_min = 0\nudp_port_max = 0\n");
         if args.whep_no_mux {
             c.push_str("udp_mux = false\n");
+        }
+        if let Some(e) = &args.whep_engine {
+            c.push_str(&format!("whep_engine = {e:?}\n"));
         }
         c.push('\n');
     }

@@ -68,6 +68,8 @@ pub struct Offer {
     /// The viewer's certificate's SHA-256 fingerprints, lowercase "aa:bb:…".
     pub fingerprints: Vec<String>,
     pub sections: Vec<Section>,
+    /// The offer bundles its sections (a=group:BUNDLE): they may share one transport.
+    pub bundle: bool,
 }
 
 impl Offer {
@@ -79,6 +81,7 @@ impl Offer {
         }
         let (mut ufrag, mut pwd, mut fingerprints, mut setup) = (None, None, Vec::new(), None);
         let mut other_algorithm = None;
+        let mut bundle = false;
         let mut sections: Vec<Section> = Vec::new();
         for line in sdp.lines().map(str::trim) {
             if let Some(m) = line.strip_prefix("m=") {
@@ -103,6 +106,9 @@ impl Offer {
             }
             let Some(a) = line.strip_prefix("a=") else { continue };
             let (name, value) = a.split_once(':').unwrap_or((a, ""));
+            if name == "group" && sections.is_empty() && value.starts_with("BUNDLE") {
+                bundle = true;
+            }
             // Session-level lines, and the first section's under BUNDLE.
             let first = sections.len() <= 1;
             match name {
@@ -168,7 +174,7 @@ impl Offer {
             None | Some("actpass") | Some("active") => {}
             Some(other) => return Err(OfferError::Setup(other.to_owned())),
         }
-        Ok(Offer { ice_ufrag, ice_pwd, fingerprints, sections })
+        Ok(Offer { ice_ufrag, ice_pwd, fingerprints, sections, bundle })
     }
 }
 
@@ -234,7 +240,8 @@ pub fn plan(offer: &Offer, wants: Wants) -> Result<Plan, OfferError> {
         }
     }
     let video = video.ok_or(OfferError::NoCodec)?;
-    let audio = if wants.audio {
+    // One transport is all this server runs: without BUNDLE only the video section can be on it.
+    let audio = if wants.audio && offer.bundle {
         offer.sections.iter().enumerate().filter(|(_, s)| s.kind == "audio" && takes_media(s) && s.rtcp_mux).find_map(
             |(i, s)| {
                 s.formats
@@ -447,6 +454,9 @@ m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\nc=IN IP4 0.0.0.0\r\na=mid:2\
         );
         let o = Offer::parse(&CHROME.replace("a=rtcp-mux\r\na=rtcp-rsize", "a=rtcp-rsize")).unwrap();
         assert_eq!(plan(&o, Wants { vp8: false, audio: false }), Err(OfferError::NoRtcpMux));
+        // Without BUNDLE each section would need a transport of its own: only video is answered.
+        let o = Offer::parse(&CHROME.replace("a=group:BUNDLE 0 1 2\r\n", "")).unwrap();
+        assert_eq!(plan(&o, Wants { vp8: false, audio: true }), Ok(Plan { video: (1, 108), audio: None }));
         // A viewer that only sends gets nothing from a server that only sends.
         let o = Offer::parse(&CHROME.replace("a=recvonly", "a=sendonly")).unwrap();
         assert_eq!(plan(&o, Wants { vp8: false, audio: true }), Err(OfferError::NoCodec));

@@ -511,7 +511,7 @@ mod tests {
             peer_addr: a.local_addr().unwrap(),
             ..crate::webrtc::media_out::test_keying(ProtectionProfile::AeadAes128Gcm)
         };
-        let out = TrackOut::new(&keying, 7, 111, 48_000, 100).unwrap();
+        let out = TrackOut::new(&keying, 7, 111, 48_000, 100, 0).unwrap();
         let hub = crate::hub::Hub::new(Default::default(), crate::events::EventBus::new());
         let client = hub.register_client(Protocol::Whep, None).handle.clone();
         let m = Member::new(

@@ -115,6 +115,7 @@ impl TrackOut {
         payload_type: u8,
         clock_rate: u32,
         first_seq: u16,
+        history: usize,
     ) -> Result<Self, MediaOutError> {
         let provider = rtc::crypto::default_provider()?;
         let srtp =
@@ -125,7 +126,7 @@ impl TrackOut {
             payload_type,
             clock_rate,
             seq: first_seq,
-            history: vec![None; HISTORY],
+            history: vec![None; history],
             packets: 0,
             octets: 0,
             last: None,
@@ -150,7 +151,10 @@ impl TrackOut {
         let seq = self.seq;
         self.seq = seq.wrapping_add(1);
         self.protect(seq, timestamp, marker, payload, out)?;
-        self.history[usize::from(seq) % HISTORY] = Some(Sent { seq, timestamp, marker, payload: payload.clone() });
+        let slots = self.history.len();
+        if let Some(slot) = self.history.get_mut(usize::from(seq) % slots.max(1)) {
+            *slot = Some(Sent { seq, timestamp, marker, payload: payload.clone() });
+        }
         self.packets = self.packets.wrapping_add(1);
         self.octets = self.octets.wrapping_add(payload.len() as u32);
         self.last = Some((timestamp, now));
@@ -161,7 +165,8 @@ impl TrackOut {
     pub fn resend(&mut self, seqs: &[u16], out: &mut Datagrams) -> Result<usize, MediaOutError> {
         let mut n = 0;
         for &seq in seqs {
-            let Some(s) = self.history[usize::from(seq) % HISTORY].clone().filter(|s| s.seq == seq) else { continue };
+            let slot = usize::from(seq) % self.history.len().max(1);
+            let Some(s) = self.history.get(slot).cloned().flatten().filter(|s| s.seq == seq) else { continue };
             self.protect(s.seq, s.timestamp, s.marker, &s.payload, out)?;
             n += 1;
         }
@@ -266,7 +271,7 @@ mod tests {
     fn a_peer_with_the_keys_reads_the_packets_and_their_retransmissions() {
         for profile in [ProtectionProfile::AeadAes128Gcm, ProtectionProfile::Aes128CmHmacSha1_80] {
             let k = keying(profile);
-            let mut t = TrackOut::new(&k, 0x1234, 102, 90_000, 65_534).unwrap();
+            let mut t = TrackOut::new(&k, 0x1234, 102, 90_000, 65_534, HISTORY).unwrap();
             let mut out = Datagrams::default();
             let now = Instant::now();
             let payloads: Vec<Bytes> = (0..4u8).map(|i| Bytes::from(vec![i; 100 + usize::from(i)])).collect();
@@ -300,7 +305,7 @@ mod tests {
     #[test]
     fn reports_come_once_a_second_with_the_counts_and_extrapolated_rtp_time() {
         let k = keying(ProtectionProfile::AeadAes128Gcm);
-        let mut t = TrackOut::new(&k, 42, 111, 48_000, 1).unwrap();
+        let mut t = TrackOut::new(&k, 42, 111, 48_000, 1, 0).unwrap();
         let mut out = Datagrams::default();
         let t0 = Instant::now();
         let wall = SystemTime::now();
@@ -319,12 +324,16 @@ mod tests {
         assert_eq!((sr.ssrc, sr.packet_count, sr.octet_count), (42, 2, 120));
         assert_eq!(sr.rtp_time, 10_960 + 24_000, "half a second after the last packet at 48 kHz");
         assert_eq!(sr.ntp_time, ntp(wall));
+        // Without a history (audio: no NACK negotiated) a NACK finds nothing to send again.
+        out.clear();
+        assert_eq!(t.resend(&[1, 2], &mut out).unwrap(), 0);
+        assert!(out.is_empty());
     }
 
     #[test]
     fn the_history_forgets_what_was_overwritten() {
         let k = keying(ProtectionProfile::AeadAes128Gcm);
-        let mut t = TrackOut::new(&k, 1, 102, 90_000, 0).unwrap();
+        let mut t = TrackOut::new(&k, 1, 102, 90_000, 0, HISTORY).unwrap();
         let mut out = Datagrams::default();
         let p = Bytes::from_static(&[0; 10]);
         for _ in 0..HISTORY + 3 {

@@ -1,4 +1,6 @@
-//! WHEP playback (draft-ietf-wish-whep) on webrtc-rs 0.21: one PeerConnection per viewer, fed by a hub reader.
+//! WHEP playback (draft-ietf-wish-whep): per viewer, a session of livegate's own (`lite`) on the shared port, or
+//! a webrtc-rs 0.21 PeerConnection (data channels, `whep_engine = "webrtc-rs"`, no shared port), fed by a hub
+//! reader.
 //!
 //! Video passes through: the hub's AVCC access units become Annex-B and are packetized into RTP with the
 //! source's presentation time. A viewer starts at the cached keyframe like any reader, and a slow viewer
@@ -470,7 +472,8 @@ impl Whep {
         };
         let ts_base: u32 = rand::random();
         let media = Media::Video { vp8: v.vp8, cfg: None, ts_base };
-        let track = RtpTrack { ssrc: d.video.ssrc, pt: d.video.pt, clock_rate: 90_000 };
+        let track =
+            RtpTrack { ssrc: d.video.ssrc, pt: d.video.pt, clock_rate: 90_000, history: super::media_out::HISTORY };
         let nacks = std::mem::replace(&mut v.nacks, mpsc::channel(1).1);
         let r = match member(d.path, track, media, v.guard.handle.clone(), v.policy.max_cache, self.admission.clone()) {
             Err(e) => format!("cannot protect media: {e}"),
@@ -581,7 +584,8 @@ impl Whep {
         followers: &Arc<Mutex<Vec<Arc<Member>>>>,
     ) -> Option<tokio::task::JoinHandle<()>> {
         let reader = self.audio_reader(&key, guard, viewer_of)?;
-        let track = RtpTrack { ssrc: a.ssrc, pt: a.pt, clock_rate: 48_000 };
+        // No history: the answer offers no NACK for audio (browsers conceal a lost Opus packet instead).
+        let track = RtpTrack { ssrc: a.ssrc, pt: a.pt, clock_rate: 48_000, history: 0 };
         let media = Media::Audio { ts_base: rand::random() };
         match member(direct, track, media, guard.handle.clone(), AUDIO_MAX_BEHIND, self.admission.clone()) {
             Ok(m) => {
@@ -770,11 +774,12 @@ fn follow_peer(mut peer: watch::Receiver<Option<std::net::SocketAddr>>, members:
     });
 }
 
-/// An outgoing RTP track's identity.
+/// An outgoing RTP track's identity, and how many sent packets it keeps for NACKs.
 struct RtpTrack {
     ssrc: u32,
     pt: u8,
     clock_rate: u32,
+    history: usize,
 }
 
 /// A viewer's track on the direct path.
@@ -786,7 +791,7 @@ fn member(
     max_behind: Duration,
     admission: Arc<Admission>,
 ) -> Result<Arc<Member>, MediaOutError> {
-    let out = TrackOut::new(&keying, track.ssrc, track.pt, track.clock_rate, rand::random())?;
+    let out = TrackOut::new(&keying, track.ssrc, track.pt, track.clock_rate, rand::random(), track.history)?;
     Ok(Member::new(socket, keying.peer_addr, out, media, viewer, max_behind, admission))
 }
 

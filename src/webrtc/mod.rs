@@ -1,6 +1,8 @@
-//! The WebRTC bridge on webrtc-rs 0.21: WHEP playback (`whep`) and WHIP ingest (`whip`), ICE-lite, one
-//! PeerConnection and one UDP port per session. Pure protocol pieces (`depacketize`, `reorder`, `rtp_clock`)
-//! are kept apart from the sockets. See `docs/notes/webrtc-rs-0.21.md` for the library's quirks.
+//! The WebRTC bridge: WHEP playback (`whep`) and WHIP ingest (`whip`), ICE-lite, every session on one shared
+//! UDP port (`udp_mux`). A WHEP viewer's ICE and DTLS are livegate's own (`lite`) and its media goes out
+//! through the stream's fan-out (`fanout`, `media_out`); WHIP publishers and viewers with data channels get a
+//! webrtc-rs 0.21 PeerConnection. Pure protocol pieces (`lite::stun`, `lite::sdp`, `depacketize`, `reorder`,
+//! `rtp_clock`) are kept apart from the sockets. See `docs/notes/webrtc-rs-0.21.md` for the library's quirks.
 
 pub mod admission;
 pub mod depacketize;

@@ -112,7 +112,8 @@ pub const CONSENT_TIMEOUT: Duration = Duration::from_secs(13);
 pub enum Event {
     /// The first valid check arrived: ICE is under way.
     Checking,
-    /// Media goes to this address from now on (the viewer's first valid check, then its nominated pair).
+    /// Media goes to this address from now on: where DTLS completed, then a nominated address that answered a
+    /// check of ours.
     Peer(SocketAddr),
     /// DTLS completed: the keys to protect the viewer's media with, and to read its SRTCP.
     Connected(SrtpLocalKeying),
@@ -160,16 +161,47 @@ enum Phase {
     Ended,
 }
 
+/// DTLS datagrams a viewer may send before its handshake completes: a handshake is a few flights of a few
+/// datagrams, retransmitted on loss. More is a flood (rtc-dtls' reassembly does work per fragment, zero-length
+/// ones uncapped) on the thread every session shares: the session ends instead.
+const HANDSHAKE_DATAGRAMS: u32 = 64;
+const HANDSHAKE_BYTES: usize = 128 * 1024;
+/// After the handshake only a repeated final flight (its Finished lost) or an alert (close_notify) has a use:
+/// this many more reach DTLS, and application data (no SCTP here) none.
+const CONNECTED_DATAGRAMS: u32 = 32;
+const DTLS_APPLICATION_DATA: u8 = 23;
+
+/// How many addresses a session remembers as proven to be the viewer's (its candidates).
+const VERIFIED: usize = 4;
+/// A check of ours is sent again to an address no sooner than this (the viewer's checks trigger them).
+const PROBE_AGAIN: Duration = Duration::from_millis(500);
+
+/// A check livegate sent to an address the viewer's checks came from, awaiting its answer.
+#[derive(Debug, Clone)]
+struct Probe {
+    to: SocketAddr,
+    transaction: [u8; 12],
+    sent: Instant,
+}
+
 /// A viewer's ICE-lite and DTLS state.
 pub struct Link {
     creds: Credentials,
     dtls: Endpoint,
     phase: Phase,
-    /// Where media goes; `nominated` once the viewer's agent has chosen it.
+    /// Where media goes: where DTLS completed, then where the viewer nominates, once that address has answered
+    /// a check of ours. A check alone proves credentials, not that its sender receives at its source address,
+    /// and media must never be pointed at an address on a check's say-so (a viewer could aim its stream at
+    /// anyone).
     selected: Option<SocketAddr>,
-    nominated: bool,
+    /// Addresses shown to be the viewer's: DTLS completed there, or they answered a check of ours.
+    verified: VecDeque<SocketAddr>,
+    probes: VecDeque<Probe>,
+    tiebreaker: u64,
     /// Where the last DTLS datagram came from: its replies go back there.
     dtls_from: Option<SocketAddr>,
+    dtls_in: u32,
+    dtls_bytes: usize,
     last_check: Option<Instant>,
     transmits: VecDeque<(Vec<u8>, SocketAddr)>,
     events: VecDeque<Event>,
@@ -178,9 +210,10 @@ pub struct Link {
 /// What a datagram did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Handled {
-    /// A valid check from this address: it is the viewer's, and may be routed here from now on.
+    /// A valid check from this address: its sender has the session's credentials, and the address may be
+    /// routed here from now on.
     Proven,
-    /// Taken (DTLS), or ignored.
+    /// Taken (DTLS, an answer to a check of ours), or ignored.
     Taken,
     /// A STUN request that failed its checks.
     Refused,
@@ -193,8 +226,12 @@ impl Link {
             dtls: Endpoint::new(DTLS_KEY, rtc::shared::TransportProtocol::UDP, Some(handshake)),
             phase: Phase::New,
             selected: None,
-            nominated: false,
+            verified: VecDeque::new(),
+            probes: VecDeque::new(),
+            tiebreaker: rand::random(),
             dtls_from: None,
+            dtls_in: 0,
+            dtls_bytes: 0,
             last_check: None,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -211,7 +248,11 @@ impl Link {
             return Handled::Taken;
         }
         match p.first() {
-            Some(0..=3) => self.handle_stun(p, from, now),
+            Some(0..=3) if stun::is_request(p) => self.handle_check(p, from, now),
+            Some(0..=3) if stun::is_success_response(p) => {
+                self.handle_answer(p, from, now);
+                Handled::Taken
+            }
             Some(20..=63) => {
                 self.handle_dtls(p, from, now);
                 Handled::Taken
@@ -220,7 +261,7 @@ impl Link {
         }
     }
 
-    fn handle_stun(&mut self, p: &[u8], from: SocketAddr, now: Instant) -> Handled {
+    fn handle_check(&mut self, p: &[u8], from: SocketAddr, now: Instant) -> Handled {
         let req = match stun::read_request(p, &self.creds) {
             Ok(r) => r,
             Err(e) => {
@@ -229,29 +270,76 @@ impl Link {
             }
         };
         self.transmits.push_back((stun::success(&req.transaction, from, &self.creds.local_pwd), from));
-        self.last_check = Some(now);
         if self.phase == Phase::New {
             self.phase = Phase::Checking;
             self.events.push_back(Event::Checking);
         }
-        // The first valid check's address serves until the viewer nominates a pair; a later nomination (its
-        // network changed) moves the media along.
-        let moves = match (self.selected, req.nominates) {
-            (None, _) => true,
-            (Some(s), true) => s != from || !self.nominated,
-            (Some(_), false) => false,
-        };
-        if moves {
-            self.nominated |= req.nominates;
-            if self.selected != Some(from) {
-                self.selected = Some(from);
-                self.events.push_back(Event::Peer(from));
+        // Consent (RFC 7675) is the selected address's; before DTLS has chosen one, any valid check keeps the
+        // attempt alive (its connect timeout still bounds it).
+        if self.selected.is_none_or(|s| s == from) {
+            self.last_check = Some(now);
+        }
+        // A nomination of another address (the viewer's network changed) moves the media there once that
+        // address answers a check of ours.
+        if req.nominates && self.selected.is_some_and(|s| s != from) {
+            if self.verified.contains(&from) {
+                self.select(from, now);
+            } else {
+                self.probe(from, now);
             }
         }
         Handled::Proven
     }
 
+    /// Sends a check of ours to `to`, unless one went there lately.
+    fn probe(&mut self, to: SocketAddr, now: Instant) {
+        if self.probes.iter().any(|p| p.to == to && now < p.sent + PROBE_AGAIN) {
+            return;
+        }
+        let transaction: [u8; 12] = rand::random();
+        self.transmits.push_back((stun::request(&transaction, &self.creds, self.tiebreaker), to));
+        if self.probes.len() == VERIFIED {
+            self.probes.pop_front();
+        }
+        self.probes.push_back(Probe { to, transaction, sent: now });
+    }
+
+    /// The viewer's answer to a check of ours: the address it came from is the viewer's.
+    fn handle_answer(&mut self, p: &[u8], from: SocketAddr, now: Instant) {
+        let Ok(transaction) = stun::read_response(p, &self.creds) else { return };
+        let Some(i) = self.probes.iter().position(|q| q.transaction == transaction && q.to == from) else { return };
+        self.probes.remove(i);
+        self.select(from, now);
+    }
+
+    /// Media goes to `to`, an address shown to be the viewer's.
+    fn select(&mut self, to: SocketAddr, now: Instant) {
+        if !self.verified.contains(&to) {
+            if self.verified.len() == VERIFIED {
+                self.verified.pop_front();
+            }
+            self.verified.push_back(to);
+        }
+        self.last_check = Some(now);
+        if self.selected != Some(to) {
+            self.selected = Some(to);
+            self.events.push_back(Event::Peer(to));
+        }
+    }
+
     fn handle_dtls(&mut self, p: &[u8], from: SocketAddr, now: Instant) {
+        self.dtls_in += 1;
+        self.dtls_bytes += p.len();
+        if self.phase == Phase::Connected {
+            if p[0] == DTLS_APPLICATION_DATA || self.dtls_in > CONNECTED_DATAGRAMS {
+                return;
+            }
+        } else if self.dtls_in > HANDSHAKE_DATAGRAMS || self.dtls_bytes > HANDSHAKE_BYTES {
+            let why =
+                format!("over {HANDSHAKE_DATAGRAMS} datagrams or {HANDSHAKE_BYTES} bytes of DTLS before it completed");
+            self.end(End::Handshake(why));
+            return;
+        }
         self.dtls_from = Some(from);
         let read = self.dtls.read(now, DTLS_KEY, None, BytesMut::from(p));
         let mut ended = None;
@@ -261,7 +349,10 @@ impl Link {
                     match ev {
                         EndpointEvent::HandshakeComplete => match self.keying(from) {
                             Ok(k) => {
+                                // The handshake's round trips went to `from`: the viewer is there.
                                 self.phase = Phase::Connected;
+                                self.dtls_in = 0;
+                                self.select(from, now);
                                 self.events.push_back(Event::Connected(k));
                             }
                             Err(e) => ended = Some(End::Handshake(e.to_string())),
@@ -300,7 +391,7 @@ impl Link {
             profile,
             master_key: k.local_master_key,
             master_salt: k.local_master_salt,
-            peer_addr: self.selected.unwrap_or(from),
+            peer_addr: from,
             remote_master_key: k.remote_master_key,
             remote_master_salt: k.remote_master_salt,
         })
@@ -456,10 +547,12 @@ mod tests {
         assert_eq!(link.handle(&request("srvU:cliU", &c.local_pwd, false), viewer.addr, now), Handled::Proven);
         let (t, e) = drain(&mut link);
         assert_eq!(t.len(), 1);
-        assert_eq!(e, vec![Event::Checking, Event::Peer(viewer.addr)]);
+        // A check proves credentials, not where its sender receives: no media address yet.
+        assert_eq!(e, vec![Event::Checking]);
         assert!(viewer.handshake(&mut link, now), "the viewer's handshake did not complete");
         let (_, e) = drain(&mut link);
-        let Some(Event::Connected(k)) = e.first() else { panic!("{e:?}") };
+        assert_eq!(e.first(), Some(&Event::Peer(viewer.addr)), "media goes where DTLS completed");
+        let Some(Event::Connected(k)) = e.get(1) else { panic!("{e:?}") };
         assert!(matches!(k.profile, ProtectionProfile::Aes128CmHmacSha1_80), "{:?}", k.profile);
         assert_eq!(k.peer_addr, viewer.addr);
         // Both ends derived the same keys: the viewer's remote key is our local one.
@@ -472,9 +565,19 @@ mod tests {
             (cfg.keys.remote_master_key, cfg.keys.local_master_key),
             (k.master_key.clone(), k.remote_master_key.clone())
         );
-        // A nominated check from another address moves the media there.
+        // A nominated check from another address: answered, and a check of ours goes there.
         let moved: SocketAddr = "192.0.2.9:6000".parse().unwrap();
         link.handle(&request("srvU:cliU", &c.local_pwd, true), moved, now);
+        let (t, e) = drain(&mut link);
+        assert!(e.is_empty(), "media moves on no check's say-so: {e:?}");
+        let ours = t.iter().find(|(p, to)| *to == moved && stun::is_request(p)).expect("a check of ours");
+        let transaction: [u8; 12] = ours.0[8..20].try_into().unwrap();
+        // An answer from elsewhere, or keyed with another password, moves nothing.
+        link.handle(&stun::success(&transaction, moved, &c.remote_pwd), viewer.addr, now);
+        link.handle(&stun::success(&transaction, moved, &c.local_pwd), moved, now);
+        assert_eq!(drain(&mut link), (vec![], vec![]));
+        // The viewer's answer from there does.
+        link.handle(&stun::success(&transaction, moved, &c.remote_pwd), moved, now);
         assert_eq!(drain(&mut link).1, vec![Event::Peer(moved)]);
         // A check with the wrong password proves nothing and is not answered.
         assert_eq!(
@@ -495,6 +598,21 @@ mod tests {
         let (_, e) = drain(&mut link);
         assert!(matches!(e.last(), Some(Event::Ended(End::Handshake(_)))), "{e:?}");
         assert!(link.is_ended());
+    }
+
+    #[test]
+    fn a_dtls_flood_before_the_handshake_ends_the_session() {
+        let now = Instant::now();
+        let (mut link, _) = link_for("00");
+        let from: SocketAddr = "192.0.2.9:5000".parse().unwrap();
+        // Handshake records with zero-length fragments, as a flood would send them.
+        let junk = [22u8, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 1, 0, 12, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        for _ in 0..=HANDSHAKE_DATAGRAMS {
+            link.handle(&junk, from, now);
+        }
+        assert!(link.is_ended());
+        let (_, e) = drain(&mut link);
+        assert!(matches!(e.last(), Some(Event::Ended(End::Handshake(w))) if w.contains("datagrams")), "{e:?}");
     }
 
     #[test]

@@ -64,10 +64,12 @@ pub fn open(mux: &Arc<UdpMux>, identity: &Identity, offer: &str, wants: sdp::Wan
     let plan = sdp::plan(&offer, wants)?;
     let socket = mux.shared_socket().map_err(OpenError::Socket)?;
     let mut rng = rand::thread_rng();
+    let (remote_ufrag, remote_pwd) = offer.credentials(&plan);
     let creds = stun::Credentials {
         local_ufrag: Alphanumeric.sample_string(&mut rng, 16),
         local_pwd: Alphanumeric.sample_string(&mut rng, 32),
-        remote_ufrag: offer.ice_ufrag.clone(),
+        remote_ufrag: remote_ufrag.to_owned(),
+        remote_pwd: remote_pwd.to_owned(),
     };
     let handshake = identity.handshake(offer.fingerprints.clone())?;
     let (video_ssrc, audio_ssrc) = (rand::random(), rand::random());

@@ -49,6 +49,9 @@ pub struct Section {
     pub formats: Vec<Format>,
     pub rtcp_mux: bool,
     pub rtcp_rsize: bool,
+    /// The section's own ICE credentials, when it has them (without BUNDLE each section may).
+    pub ice_ufrag: Option<String>,
+    pub ice_pwd: Option<String>,
 }
 
 /// The offerer's media direction for a section.
@@ -79,7 +82,7 @@ impl Offer {
         if !sdp.starts_with("v=0") {
             return Err(OfferError::NotSdp);
         }
-        let (mut ufrag, mut pwd, mut fingerprints, mut setup) = (None, None, Vec::new(), None);
+        let (mut ufrag, mut pwd, mut fingerprints) = (None, None, Vec::new());
         let mut other_algorithm = None;
         let mut bundle = false;
         let mut sections: Vec<Section> = Vec::new();
@@ -101,6 +104,8 @@ impl Offer {
                     formats: Vec::new(),
                     rtcp_mux: false,
                     rtcp_rsize: false,
+                    ice_ufrag: None,
+                    ice_pwd: None,
                 });
                 continue;
             }
@@ -114,7 +119,11 @@ impl Offer {
             match name {
                 "ice-ufrag" if ufrag.is_none() || first => ufrag = Some(value.to_owned()),
                 "ice-pwd" if pwd.is_none() || first => pwd = Some(value.to_owned()),
-                "setup" if setup.is_none() || first => setup = Some(value.to_ascii_lowercase()),
+                // Every section's role is checked: any of them may be the one answered.
+                "setup" => match value.to_ascii_lowercase().as_str() {
+                    "actpass" | "active" => {}
+                    other => return Err(OfferError::Setup(other.to_owned())),
+                },
                 "fingerprint" => {
                     let (alg, fp) = value.split_once(' ').ok_or(OfferError::Missing("fingerprint value"))?;
                     if alg.eq_ignore_ascii_case("sha-256") {
@@ -127,6 +136,8 @@ impl Offer {
             }
             let Some(s) = sections.last_mut() else { continue };
             match name {
+                "ice-ufrag" => s.ice_ufrag = Some(value.to_owned()),
+                "ice-pwd" => s.ice_pwd = Some(value.to_owned()),
                 "mid" => s.mid = Some(value.to_owned()),
                 "sendrecv" => s.direction = Direction::SendRecv,
                 "sendonly" => s.direction = Direction::SendOnly,
@@ -170,11 +181,19 @@ impl Offer {
         if fingerprints.is_empty() {
             return Err(other_algorithm.map_or(OfferError::Missing("a=fingerprint"), OfferError::FingerprintAlgorithm));
         }
-        match setup.as_deref() {
-            None | Some("actpass") | Some("active") => {}
-            Some(other) => return Err(OfferError::Setup(other.to_owned())),
-        }
         Ok(Offer { ice_ufrag, ice_pwd, fingerprints, sections, bundle })
+    }
+}
+
+impl Offer {
+    /// The viewer's ICE credentials for the transport the answer's sections share: the offer's (its first
+    /// section's under BUNDLE), or, without BUNDLE, the answered video section's own.
+    pub fn credentials(&self, plan: &Plan) -> (&str, &str) {
+        let s = &self.sections[plan.video.0];
+        match (&s.ice_ufrag, &s.ice_pwd) {
+            (Some(u), Some(p)) if !self.bundle => (u, p),
+            _ => (&self.ice_ufrag, &self.ice_pwd),
+        }
     }
 }
 
@@ -293,7 +312,8 @@ pub fn answer(offer: &Offer, plan: &Plan, local: &Local<'_>) -> String {
     let family = if ip.is_ipv4() { "IP4" } else { "IP6" };
     let mut sdp = String::with_capacity(2048);
     let _ = write!(sdp, "v=0\r\no=- {} 2 IN {family} {ip}\r\ns=-\r\nt=0 0\r\n", local.session_id);
-    if !bundle.is_empty() {
+    // A bundle only where the offer proposed one (RFC 8843 §7.3).
+    if offer.bundle && !bundle.is_empty() {
         let _ = write!(sdp, "a=group:BUNDLE {}\r\n", bundle.join(" "));
     }
     sdp.push_str("a=ice-lite\r\na=msid-semantic: WMS livegate\r\n");
@@ -454,9 +474,17 @@ m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\nc=IN IP4 0.0.0.0\r\na=mid:2\
         );
         let o = Offer::parse(&CHROME.replace("a=rtcp-mux\r\na=rtcp-rsize", "a=rtcp-rsize")).unwrap();
         assert_eq!(plan(&o, Wants { vp8: false, audio: false }), Err(OfferError::NoRtcpMux));
-        // Without BUNDLE each section would need a transport of its own: only video is answered.
-        let o = Offer::parse(&CHROME.replace("a=group:BUNDLE 0 1 2\r\n", "")).unwrap();
-        assert_eq!(plan(&o, Wants { vp8: false, audio: true }), Ok(Plan { video: (1, 108), audio: None }));
+        // Without BUNDLE each section would need a transport of its own: only video is answered, with the
+        // video section's own credentials, and no bundle in the answer.
+        let unbundled =
+            CHROME.replace("a=group:BUNDLE 0 1 2\r\n", "").replacen("a=ice-ufrag:Cl1U", "a=ice-ufrag:AuD1", 1);
+        let o = Offer::parse(&unbundled).unwrap();
+        let p = plan(&o, Wants { vp8: false, audio: true }).unwrap();
+        assert_eq!(p, Plan { video: (1, 108), audio: None });
+        assert_eq!(o.credentials(&p).0, "Cl1U");
+        assert!(!answer(&o, &p, &local()).contains("a=group"));
+        let o = Offer::parse(CHROME).unwrap();
+        assert_eq!(o.credentials(&plan(&o, Wants { vp8: false, audio: true }).unwrap()).0, "Cl1U");
         // A viewer that only sends gets nothing from a server that only sends.
         let o = Offer::parse(&CHROME.replace("a=recvonly", "a=sendonly")).unwrap();
         assert_eq!(plan(&o, Wants { vp8: false, audio: true }), Err(OfferError::NoCodec));

@@ -16,6 +16,10 @@ const ATTR_USERNAME: u16 = 0x0006;
 const ATTR_MESSAGE_INTEGRITY: u16 = 0x0008;
 const ATTR_XOR_MAPPED_ADDRESS: u16 = 0x0020;
 const ATTR_USE_CANDIDATE: u16 = 0x0025;
+const ATTR_PRIORITY: u16 = 0x0024;
+const ATTR_ICE_CONTROLLED: u16 = 0x8029;
+/// The priority of livegate's one host candidate, as the answer states it (RFC 8445 §5.1.2.1).
+const HOST_PRIORITY: u32 = 2_130_706_431;
 const ATTR_FINGERPRINT: u16 = 0x8028;
 const FINGERPRINT_XOR: u32 = 0x5354_554e;
 const INTEGRITY_LEN: usize = 20;
@@ -29,8 +33,8 @@ pub enum StunError {
     Malformed,
     #[error("no USERNAME")]
     NoUsername,
-    #[error("USERNAME {0:?} is not this session's")]
-    WrongUsername(String),
+    #[error("USERNAME is not this session's")]
+    WrongUsername,
     #[error("no MESSAGE-INTEGRITY")]
     NoIntegrity,
     #[error("MESSAGE-INTEGRITY does not match this session's password")]
@@ -53,12 +57,21 @@ pub struct Credentials {
     pub local_ufrag: String,
     pub local_pwd: String,
     pub remote_ufrag: String,
+    /// The viewer's password: keys the checks livegate sends it, and their answers.
+    pub remote_pwd: String,
 }
 
-/// Reads and authenticates a binding request (RFC 8445 §7.3: USERNAME and MESSAGE-INTEGRITY; FINGERPRINT
-/// when present).
-pub fn read_request(p: &[u8], creds: &Credentials) -> Result<BindingRequest, StunError> {
-    if p.len() < HEADER || p[0..2] != BINDING_REQUEST || p[4..8] != MAGIC_COOKIE {
+/// A STUN message's parts that matter here, its framing and FINGERPRINT checked.
+struct Walked<'a> {
+    transaction: [u8; 12],
+    username: Option<&'a [u8]>,
+    integrity_at: Option<usize>,
+    nominates: bool,
+}
+
+/// Walks a message of type `kind`: bounded by the datagram, FINGERPRINT (if any) last and matching.
+fn walk(p: &[u8], kind: [u8; 2]) -> Result<Walked<'_>, StunError> {
+    if p.len() < HEADER || p[0..2] != kind || p[4..8] != MAGIC_COOKIE {
         return Err(StunError::NotABindingRequest);
     }
     let body = usize::from(u16::from_be_bytes([p[2], p[3]]));
@@ -73,7 +86,8 @@ pub fn read_request(p: &[u8], creds: &Credentials) -> Result<BindingRequest, Stu
         let head = p.get(i..i + 4).ok_or(StunError::Malformed)?;
         let (t, len) = (u16::from_be_bytes([head[0], head[1]]), usize::from(u16::from_be_bytes([head[2], head[3]])));
         let value = p.get(i + 4..i + 4 + len).ok_or(StunError::Malformed)?;
-        // Only FINGERPRINT may follow MESSAGE-INTEGRITY (RFC 8489 §14.5); what else does is ignored.
+        // Nothing may follow FINGERPRINT, and only FINGERPRINT counts after MESSAGE-INTEGRITY (RFC 8489
+        // §14.5): an attribute appended there is not covered by the integrity and is ignored.
         if fingerprint_at.is_some() {
             return Err(StunError::Malformed);
         }
@@ -96,21 +110,90 @@ pub fn read_request(p: &[u8], creds: &Credentials) -> Result<BindingRequest, Stu
             return Err(StunError::BadFingerprint);
         }
     }
-    let username = username.ok_or(StunError::NoUsername)?;
+    Ok(Walked { transaction, username, integrity_at, nominates })
+}
+
+/// Checks MESSAGE-INTEGRITY, keyed with `pwd`, in constant time.
+fn check_integrity(p: &[u8], at: Option<usize>, pwd: &str) -> Result<(), StunError> {
+    let at = at.ok_or(StunError::NoIntegrity)?;
+    let mac = integrity(&p[..at], at + 4 + INTEGRITY_LEN, pwd.as_bytes());
+    if bool::from(subtle::ConstantTimeEq::ct_eq(&mac[..], &p[at + 4..at + 4 + INTEGRITY_LEN])) {
+        Ok(())
+    } else {
+        Err(StunError::BadIntegrity)
+    }
+}
+
+/// Whether a datagram is a STUN request (what [`read_request`] reads), as opposed to a response or an
+/// indication.
+pub fn is_request(p: &[u8]) -> bool {
+    p.len() >= 2 && p[0] & 0x01 == 0 && p[1] & 0x10 == 0
+}
+
+/// Whether a datagram is a binding success response (what [`read_response`] reads).
+pub fn is_success_response(p: &[u8]) -> bool {
+    p.len() >= 2 && p[0..2] == BINDING_SUCCESS
+}
+
+/// Reads and authenticates a binding request (RFC 8445 §7.3: USERNAME and MESSAGE-INTEGRITY; FINGERPRINT
+/// when present).
+pub fn read_request(p: &[u8], creds: &Credentials) -> Result<BindingRequest, StunError> {
+    let w = walk(p, BINDING_REQUEST)?;
+    let username = w.username.ok_or(StunError::NoUsername)?;
     let expected = (creds.local_ufrag.as_bytes(), creds.remote_ufrag.as_bytes());
     let ok = username.len() == expected.0.len() + 1 + expected.1.len()
         && username.starts_with(expected.0)
         && username[expected.0.len()] == b':'
         && username.ends_with(expected.1);
     if !ok {
-        return Err(StunError::WrongUsername(String::from_utf8_lossy(username).into_owned()));
+        return Err(StunError::WrongUsername);
     }
-    let at = integrity_at.ok_or(StunError::NoIntegrity)?;
-    let mac = integrity(&p[..at], at + 4 + INTEGRITY_LEN, creds.local_pwd.as_bytes());
-    if !bool::from(subtle::ConstantTimeEq::ct_eq(&mac[..], &p[at + 4..at + 4 + INTEGRITY_LEN])) {
-        return Err(StunError::BadIntegrity);
+    check_integrity(p, w.integrity_at, &creds.local_pwd)?;
+    Ok(BindingRequest { transaction: w.transaction, nominates: w.nominates })
+}
+
+/// Reads a success response to a request of ours: its transaction id, once its MESSAGE-INTEGRITY, keyed
+/// with the viewer's password, checks.
+pub fn read_response(p: &[u8], creds: &Credentials) -> Result<[u8; 12], StunError> {
+    let w = walk(p, BINDING_SUCCESS)?;
+    check_integrity(p, w.integrity_at, &creds.remote_pwd)?;
+    Ok(w.transaction)
+}
+
+/// A binding request of ours to the viewer (RFC 8445 §7.1): USERNAME "their-ufrag:our-ufrag", PRIORITY of our
+/// host candidate, ICE-CONTROLLED, MESSAGE-INTEGRITY keyed with the viewer's password, FINGERPRINT. Its
+/// answer proves the viewer receives at the address it went to.
+pub fn request(transaction: &[u8; 12], creds: &Credentials, tiebreaker: u64) -> Vec<u8> {
+    let username = format!("{}:{}", creds.remote_ufrag, creds.local_ufrag);
+    let mut m = Vec::with_capacity(HEADER + 4 + username.len() + 3 + 8 + 12 + 24 + 8);
+    m.extend_from_slice(&BINDING_REQUEST);
+    m.extend_from_slice(&[0, 0]);
+    m.extend_from_slice(&MAGIC_COOKIE);
+    m.extend_from_slice(transaction);
+    put_attr_head(&mut m, ATTR_USERNAME, username.len() as u16);
+    m.extend_from_slice(username.as_bytes());
+    while m.len() % 4 != 0 {
+        m.push(0);
     }
-    Ok(BindingRequest { transaction, nominates })
+    put_attr_head(&mut m, ATTR_PRIORITY, 4);
+    m.extend_from_slice(&HOST_PRIORITY.to_be_bytes());
+    put_attr_head(&mut m, ATTR_ICE_CONTROLLED, 8);
+    m.extend_from_slice(&tiebreaker.to_be_bytes());
+    finish(&mut m, &creds.remote_pwd);
+    m
+}
+
+/// Appends MESSAGE-INTEGRITY (keyed with `pwd`) and FINGERPRINT.
+fn finish(m: &mut Vec<u8>, pwd: &str) {
+    let at = m.len();
+    let mac = integrity(m, at + 4 + INTEGRITY_LEN, pwd.as_bytes());
+    put_attr_head(m, ATTR_MESSAGE_INTEGRITY, INTEGRITY_LEN as u16);
+    m.extend_from_slice(&mac);
+    let at = m.len();
+    set_length(m, at + 8);
+    let crc = fingerprint(m);
+    put_attr_head(m, ATTR_FINGERPRINT, 4);
+    m.extend_from_slice(&crc.to_be_bytes());
 }
 
 /// The success response to `transaction`, telling the viewer its address as seen here (`from`).
@@ -122,7 +205,8 @@ pub fn success(transaction: &[u8; 12], from: SocketAddr, local_pwd: &str) -> Vec
     m.extend_from_slice(transaction);
     // XOR-MAPPED-ADDRESS (RFC 8489 §14.2): port and address XORed with the cookie (and the transaction id).
     let port = from.port() ^ 0x2112;
-    match from {
+    // A v4 peer on a dual-stack socket is told its v4 address, not the mapped v6 form.
+    match SocketAddr::new(from.ip().to_canonical(), from.port()) {
         SocketAddr::V4(a) => {
             put_attr_head(&mut m, ATTR_XOR_MAPPED_ADDRESS, 8);
             m.extend_from_slice(&[0, 0x01]);
@@ -137,15 +221,7 @@ pub fn success(transaction: &[u8; 12], from: SocketAddr, local_pwd: &str) -> Vec
             m.extend(a.ip().octets().iter().zip(key).map(|(b, k)| b ^ k));
         }
     }
-    let at = m.len();
-    let mac = integrity(&m, at + 4 + INTEGRITY_LEN, local_pwd.as_bytes());
-    put_attr_head(&mut m, ATTR_MESSAGE_INTEGRITY, INTEGRITY_LEN as u16);
-    m.extend_from_slice(&mac);
-    let at = m.len();
-    set_length(&mut m, at + 8);
-    let crc = fingerprint(&m);
-    put_attr_head(&mut m, ATTR_FINGERPRINT, 4);
-    m.extend_from_slice(&crc.to_be_bytes());
+    finish(&mut m, local_pwd);
     m
 }
 
@@ -192,6 +268,7 @@ pub(crate) mod tests {
             local_ufrag: "srvU".into(),
             local_pwd: "server-password-0123456789".into(),
             remote_ufrag: "cliU".into(),
+            remote_pwd: "client-password-0123456789".into(),
         }
     }
 
@@ -242,14 +319,8 @@ pub(crate) mod tests {
             read_request(&request("srvU:cliU", "another-password-xxxxxxx", false), &c),
             Err(StunError::BadIntegrity)
         );
-        assert!(matches!(
-            read_request(&request("srvU:other", &c.local_pwd, false), &c),
-            Err(StunError::WrongUsername(_))
-        ));
-        assert!(matches!(
-            read_request(&request("srvUx:cliU", &c.local_pwd, false), &c),
-            Err(StunError::WrongUsername(_))
-        ));
+        assert!(matches!(read_request(&request("srvU:other", &c.local_pwd, false), &c), Err(StunError::WrongUsername)));
+        assert!(matches!(read_request(&request("srvUx:cliU", &c.local_pwd, false), &c), Err(StunError::WrongUsername)));
         let mut p = request("srvU:cliU", &c.local_pwd, false);
         p[30] ^= 1; // inside PRIORITY: the fingerprint catches it first
         assert_eq!(read_request(&p, &c), Err(StunError::BadFingerprint));
@@ -280,10 +351,33 @@ pub(crate) mod tests {
         }
     }
 
+    /// Our own check, read back by webrtc-rs' STUN code (as the viewer's agent reads it); the viewer's answer,
+    /// made with the viewer's password, is accepted and one made with another is not.
+    #[test]
+    fn our_check_and_its_answer() {
+        use rtc::stun::message::Message;
+        let c = creds();
+        let bytes = super::request(&[3; 12], &c, 77);
+        assert!(is_request(&bytes) && !is_success_response(&bytes));
+        let mut m = Message::new();
+        m.unmarshal_binary(&bytes).unwrap();
+        let user = rtc::stun::textattrs::TextAttribute::get_from_as(&m, rtc::stun::attributes::ATTR_USERNAME).unwrap();
+        assert_eq!(user.text, "cliU:srvU");
+        let provider = rtc::crypto::default_provider().unwrap();
+        rtc::stun::integrity::MessageIntegrity::check(&mut m, c.remote_pwd.as_bytes(), provider.crypto()).unwrap();
+        rtc::stun::fingerprint::FINGERPRINT.check(&m).unwrap();
+        let from: SocketAddr = "192.0.2.7:40000".parse().unwrap();
+        let answer = success(&[3; 12], from, &c.remote_pwd);
+        assert!(is_success_response(&answer) && !is_request(&answer));
+        assert_eq!(read_response(&answer, &c), Ok([3; 12]));
+        assert_eq!(read_response(&success(&[3; 12], from, &c.local_pwd), &c), Err(StunError::BadIntegrity));
+    }
+
     proptest::proptest! {
         #[test]
         fn never_panics_on_garbage(p in proptest::collection::vec(0u8..=255, 0..200)) {
             let _ = read_request(&p, &creds());
+            let _ = read_response(&p, &creds());
         }
 
         #[test]

@@ -158,6 +158,26 @@ struct Routes {
     by_ufrag: HashMap<String, Target>,
     /// A known peer address: its session's ufrag (to unregister) and target (no lookup by name per datagram).
     by_addr: HashMap<SocketAddr, (String, Target)>,
+    /// How many addresses each session (by ufrag) has in `by_addr`.
+    addrs: HashMap<String, usize>,
+}
+
+/// Addresses routed to one session at most: a viewer's candidates are a handful, and a peer that sends checks
+/// from ever more ports (or forged sources) must not grow the table without bound. Past this, datagrams from
+/// a new address still reach the session by its ufrag when they are STUN, and nothing else does.
+const ADDRS_PER_SESSION: usize = 8;
+
+impl Routes {
+    /// Routes `from` to the session `ufrag`, unless it has its fill of addresses.
+    fn add(&mut self, from: SocketAddr, ufrag: &str, target: Target) -> bool {
+        let n = self.addrs.entry(ufrag.to_owned()).or_default();
+        if *n >= ADDRS_PER_SESSION {
+            return false;
+        }
+        *n += 1;
+        self.by_addr.insert(from, (ufrag.to_owned(), target));
+        true
+    }
 }
 
 /// What to do with a datagram once the routes are let go.
@@ -308,7 +328,14 @@ impl UdpMux {
                     let Some(t) = routes.by_ufrag.get(ufrag).cloned() else { return };
                     match t {
                         // webrtc-rs checks the request itself: the address is routed to it at once.
-                        Target::Queued(_) => &routes.by_addr.entry(from).or_insert((ufrag.to_owned(), t)).1,
+                        Target::Queued(_) => {
+                            let ufrag = ufrag.to_owned();
+                            if !routes.add(from, &ufrag, t.clone()) {
+                                drop(routes);
+                                return self.queue(&t, p, from, at, lane);
+                            }
+                            &routes.by_addr[&from].1
+                        }
                         Target::Handled { ref session, .. } => {
                             // Routed only once the session has checked the request's credentials.
                             let session = session.clone();
@@ -336,22 +363,29 @@ impl UdpMux {
                     match rx.rtcp.get() {
                         Some(sink) if lane == Lane::Media && super::rtcp_in::is_rtcp(p) => Deliver::Rtcp(sink.clone()),
                         _ => {
-                            let d = Datagram { data: p.to_vec(), from, at };
-                            let r = match lane {
-                                Lane::Control => rx.control.try_send(d),
-                                Lane::Media => rx.media.try_send(d),
-                            };
-                            // A session that does not keep up loses datagrams, as a full socket buffer would.
-                            if let Err(mpsc::error::TrySendError::Full(_)) = r {
-                                stale();
-                            }
-                            return;
+                            let target = target.clone();
+                            drop(routes);
+                            return self.queue(&target, p, from, at, lane);
                         }
                     }
                 }
             }
         };
         self.deliver(deliver, p, from);
+    }
+
+    /// Into a webrtc-rs session's queues. A session that does not keep up loses datagrams, as a full socket
+    /// buffer would.
+    fn queue(&self, target: &Target, p: &[u8], from: SocketAddr, at: Instant, lane: Lane) {
+        let Target::Queued(rx) = target else { return };
+        let d = Datagram { data: p.to_vec(), from, at };
+        let r = match lane {
+            Lane::Control => rx.control.try_send(d),
+            Lane::Media => rx.media.try_send(d),
+        };
+        if let Err(mpsc::error::TrySendError::Full(_)) = r {
+            crate::metrics::global().webrtc_datagrams_shed.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     fn deliver(&self, d: Deliver, p: &[u8], from: SocketAddr) {
@@ -361,9 +395,9 @@ impl UdpMux {
                 if session.control(p, from) {
                     if let Some((ufrag, target)) = new_addr {
                         let mut routes = self.routes.lock();
-                        // Unless the session left meanwhile.
-                        if routes.by_ufrag.contains_key(&ufrag) {
-                            routes.by_addr.insert(from, (ufrag, target));
+                        // Unless the session left meanwhile, or the address is routed already.
+                        if routes.by_ufrag.contains_key(&ufrag) && !routes.by_addr.contains_key(&from) {
+                            routes.add(from, &ufrag, target);
                         }
                     }
                 }
@@ -396,6 +430,7 @@ impl UdpMux {
     fn unregister(&self, ufrag: &str) {
         let mut routes = self.routes.lock();
         routes.by_ufrag.remove(ufrag);
+        routes.addrs.remove(ufrag);
         routes.by_addr.retain(|_, (u, _)| u != ufrag);
     }
 }
@@ -690,6 +725,26 @@ mod tests {
         // An address that never sent a binding request for a session gets nothing through.
         mux.route(&RR, "127.0.0.1:5001".parse().unwrap(), now);
         assert!(drain(&mut q).is_empty());
+    }
+
+    #[test]
+    fn a_session_gets_a_bounded_number_of_addresses() {
+        let (mux, mut q) = one_session("srvU", InboundMedia::Feedback);
+        let now = Instant::now();
+        let stun = binding_request("srvU:cliU");
+        for port in 6000..6000 + 2 * ADDRS_PER_SESSION as u16 {
+            let from = SocketAddr::from(([127, 0, 0, 1], port));
+            mux.route(&stun, from, now);
+            mux.route(&DTLS, from, now);
+        }
+        // Every check reached the session; only the first addresses' DTLS did.
+        let got = drain(&mut q);
+        assert_eq!(got.iter().filter(|d| **d == stun).count(), 2 * ADDRS_PER_SESSION);
+        assert_eq!(got.iter().filter(|d| d[..] == DTLS[..]).count(), ADDRS_PER_SESSION);
+        assert_eq!(mux.routes.lock().by_addr.len(), ADDRS_PER_SESSION);
+        mux.unregister("srvU");
+        let r = mux.routes.lock();
+        assert!(r.by_addr.is_empty() && r.addrs.is_empty());
     }
 
     #[test]

@@ -160,8 +160,27 @@ struct Direct {
     path: DirectPath,
     video: Sending,
     audio: Option<Sending>,
-    /// The direct tracks, kept on the viewer's selected address.
-    followers: Arc<Mutex<Vec<Arc<Member>>>>,
+    followers: Followers,
+}
+
+/// The direct tracks of a viewer, kept on its selected address.
+#[derive(Clone, Default)]
+struct Followers {
+    members: Arc<Mutex<Vec<Arc<Member>>>>,
+    /// A livegate session's selected address, as it moves (a webrtc-rs session's is polled, `follow_path`).
+    peer: Option<watch::Receiver<Option<std::net::SocketAddr>>>,
+}
+
+impl Followers {
+    /// Adds a track, sending to the address selected now: a move between the keys' export and this is not
+    /// missed, since the follower task moves every track added before it and this reads after adding.
+    fn add(&self, m: &Arc<Member>) {
+        let mut members = self.members.lock();
+        members.push(m.clone());
+        if let Some(a) = self.peer.as_ref().and_then(|p| *p.borrow()) {
+            m.set_peer(a);
+        }
+    }
 }
 
 /// All WHEP sessions.
@@ -369,6 +388,8 @@ impl Whep {
         }
         let why =
             |s: RTCPeerConnectionState| lean.end().map_or_else(|| format!("peer connection {s:?}"), |e| e.to_string());
+        // Watched from before the keys are read: a move after that is seen by the follower task.
+        let peer = lean.peer();
         let reason = match (waited.end_reason(), lean.keying()) {
             (Some(_), _) if matches!(waited, super::ConnectWait::Failed(_)) => {
                 format!("{} before it connected", why(RTCPeerConnectionState::Failed))
@@ -377,8 +398,8 @@ impl Whep {
             (None, None) => DirectPathError::NoKeys.to_string(),
             (None, Some(keying)) => {
                 read_rtcp_here(&lean.rtcp_slot(), &keying, sending.video.ssrc, v.feedback.clone());
-                let followers = Arc::new(Mutex::new(Vec::<Arc<Member>>::new()));
-                follow_peer(lean.peer(), followers.clone());
+                let followers = Followers { members: Default::default(), peer: Some(lean.peer()) };
+                follow_peer(peer, followers.members.clone());
                 let direct =
                     Direct { path: (lean.socket(), keying), video: sending.video, audio: sending.audio, followers };
                 self.serve_direct(&mut v, direct, &mut state, None, &why).await
@@ -413,8 +434,8 @@ impl Whep {
                 Err(e) => e.to_string(),
                 Ok(Some(((socket, keying), slot))) => {
                     read_rtcp_here(&slot, &keying, ssrc, v.feedback.clone());
-                    let followers = Arc::new(Mutex::new(Vec::<Arc<Member>>::new()));
-                    follow_path(pc.clone(), followers.clone(), state.clone());
+                    let followers = Followers::default();
+                    follow_path(pc.clone(), followers.members.clone(), state.clone());
                     match negotiated_pt(&sender).await {
                         None => "no negotiated payload type".into(),
                         Some(pt) => {
@@ -478,12 +499,15 @@ impl Whep {
         let r = match member(d.path, track, media, v.guard.handle.clone(), v.policy.max_cache, self.admission.clone()) {
             Err(e) => format!("cannot protect media: {e}"),
             Ok(m) => {
-                d.followers.lock().push(m.clone());
+                d.followers.add(&m);
                 let mut sink = VideoSink::Direct(m, nacks);
                 let rtp = VideoRtp { ssrc: d.video.ssrc, ts_base, vp8: v.vp8, pt: d.video.pt };
+                // A DELETE also closes the session: the stop is looked at first, or the closing would be
+                // reported as the session's reason.
                 tokio::select! {
-                    r = pump(&mut v.reader, &mut sink, rtp, state, dc_rx, why) => r,
+                    biased;
                     _ = v.stop.wait_for(|deleted| *deleted) => "deleted by the client".into(),
+                    r = pump(&mut v.reader, &mut sink, rtp, state, dc_rx, why) => r,
                 }
             }
         };
@@ -581,7 +605,7 @@ impl Whep {
         guard: &ClientGuard,
         viewer_of: &StreamKey,
         direct: DirectPath,
-        followers: &Arc<Mutex<Vec<Arc<Member>>>>,
+        followers: &Followers,
     ) -> Option<tokio::task::JoinHandle<()>> {
         let reader = self.audio_reader(&key, guard, viewer_of)?;
         // No history: the answer offers no NACK for audio (browsers conceal a lost Opus packet instead).
@@ -589,7 +613,7 @@ impl Whep {
         let media = Media::Audio { ts_base: rand::random() };
         match member(direct, track, media, guard.handle.clone(), AUDIO_MAX_BEHIND, self.admission.clone()) {
             Ok(m) => {
-                followers.lock().push(m.clone());
+                followers.add(&m);
                 Some(tokio::spawn(direct_audio(reader, m)))
             }
             Err(e) => {

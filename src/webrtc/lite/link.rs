@@ -282,6 +282,7 @@ impl Link {
         // A nomination of another address (the viewer's network changed) moves the media there once that
         // address answers a check of ours.
         if req.nominates && self.selected.is_some_and(|s| s != from) {
+            tracing::debug!(%from, selected = ?self.selected, "another address nominated");
             if self.verified.contains(&from) {
                 self.select(from, now);
             } else {
@@ -322,6 +323,7 @@ impl Link {
         }
         self.last_check = Some(now);
         if self.selected != Some(to) {
+            tracing::debug!(from = ?self.selected, %to, "media address selected");
             self.selected = Some(to);
             self.events.push_back(Event::Peer(to));
         }
@@ -598,6 +600,52 @@ mod tests {
         let (_, e) = drain(&mut link);
         assert!(matches!(e.last(), Some(Event::Ended(End::Handshake(_)))), "{e:?}");
         assert!(link.is_ended());
+    }
+
+    /// The server's last flight is lost (a viewer's full socket buffer at the join burst): the viewer sends
+    /// its own again, and the link answers with its flight again, though it counts itself connected.
+    #[test]
+    fn a_lost_final_flight_is_sent_again() {
+        let now = Instant::now();
+        let id = Identity::generate().unwrap();
+        let mut viewer = Viewer::new(&id.fingerprint, now);
+        let mut link = Link::new(creds(), id.handshake(vec![viewer.fingerprint.clone()]).unwrap());
+        let mut connected = false;
+        for _ in 0..20 {
+            let mut sent = false;
+            while let Some(t) = viewer.dtls.poll_transmit() {
+                link.handle(&t.message, viewer.addr, now);
+                sent = true;
+            }
+            connected |= drain_events(&mut link).iter().any(|e| matches!(e, Event::Connected(_)));
+            // Until the link counts itself connected its datagrams arrive; its last flight is lost.
+            while let Some((p, _)) = link.poll_transmit() {
+                if !connected && p.first().is_some_and(|b| (20..=63).contains(b)) {
+                    let _ = viewer.dtls.read(now, DTLS_KEY, None, BytesMut::from(&p[..]));
+                }
+            }
+            if !sent || connected {
+                break;
+            }
+        }
+        assert!(connected, "the link never completed");
+        // The viewer's retransmission timer fires: its flight again, and the link's answer completes it.
+        let later = viewer.dtls.poll_timeout(&DTLS_KEY).expect("the viewer waits for the link's flight");
+        viewer.dtls.handle_timeout(DTLS_KEY, later).unwrap();
+        let mut done = false;
+        while let Some(t) = viewer.dtls.poll_transmit() {
+            link.handle(&t.message, viewer.addr, later);
+        }
+        while let Some((p, _)) = link.poll_transmit() {
+            let evs = viewer.dtls.read(later, DTLS_KEY, None, BytesMut::from(&p[..])).unwrap_or_default();
+            done |= evs.iter().any(|e| matches!(e, EndpointEvent::HandshakeComplete));
+        }
+        assert!(done, "the viewer never completed after its retransmission");
+        assert!(!link.is_ended());
+    }
+
+    fn drain_events(l: &mut Link) -> Vec<Event> {
+        std::iter::from_fn(|| l.poll_event()).collect()
     }
 
     #[test]

@@ -621,6 +621,8 @@ pub fn print_whep(args: &Args, run: &Run, pub_log: &PubLog, livegate_exit: Optio
 
     let (mut wire, mut vpk, mut apk, mut lost, mut reordered) = (0u64, 0u64, 0u64, 0u64, 0u64);
     let (mut ran, mut closed, mut with_audio, mut no_base, mut no_rtp) = (0usize, 0usize, 0usize, 0usize, 0usize);
+    // Viewers that got no video at all (with Opus a viewer may have audio and no video).
+    let no_video = run.whep.iter().filter(|r| r.video_packets == 0).count();
     let mut errors: BTreeMap<String, usize> = BTreeMap::new();
     let (mut answer, mut first, mut lat) = (Vec::new(), Vec::new(), Vec::new());
     let mut m = Matched::default();
@@ -737,7 +739,7 @@ pub fn print_whep(args: &Args, run: &Run, pub_log: &PubLog, livegate_exit: Optio
     );
     let watched = print_watched(run);
     println!(
-        "  setup              POST->201 p50 {:.1} ms, p95 {:.1} ms, max {:.1} ms; start->first RTP p50 {:.0} ms, p95 {:.0} ms, max {:.0} ms ({no_rtp} viewers without RTP; audio in {with_audio} answers)",
+        "  setup              POST->201 p50 {:.1} ms, p95 {:.1} ms, max {:.1} ms; start->first RTP p50 {:.0} ms, p95 {:.0} ms, max {:.0} ms ({no_rtp} viewers without RTP, {no_video} without video; audio in {with_audio} answers)",
         ms(pct(&answer, 50.0)),
         ms(pct(&answer, 95.0)),
         ms(pct(&answer, 100.0)),
@@ -826,6 +828,7 @@ pub fn print_whep(args: &Args, run: &Run, pub_log: &PubLog, livegate_exit: Optio
         "lost": lost,
         "failed": failed,
         "viewers_without_rtp": no_rtp,
+        "viewers_without_video": no_video,
         "livegate_alive": livegate_exit.is_none(),
         "livegate_exit": livegate_exit,
         "watched": watched,

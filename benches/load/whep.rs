@@ -187,6 +187,10 @@ async fn play(
                     let now = now_ns();
                     if r.first_rtp_ns.is_none() {
                         r.first_rtp_ns = Some(now);
+                    }
+                    // The progress line's count of viewers with video: once per viewer, whether its audio or
+                    // its video came first (it counted only viewers whose first packet was video).
+                    if r.video_packets == 0 {
                         KEYED.fetch_add(1, Ordering::Relaxed);
                     }
                     let n = p.payload.len() as u64 + 12;

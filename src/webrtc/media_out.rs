@@ -23,6 +23,15 @@ use rtc::srtp::context::Context;
 /// jitter buffer anyway). Each entry holds a reference to the stream's shared payload, not a copy.
 pub const HISTORY: usize = 256;
 
+/// A track's first RTP sequence number: random (RFC 3550 §5.1), but below 2^15, as libwebrtc picks it. An SRTP
+/// receiver takes its rollover counter as 0 at the first packet it decrypts (RFC 3711 §3.3.1); a viewer that
+/// misses the first packets (its receivers not ready when the join burst arrives) and first decrypts one after a
+/// wrap is a whole rollover behind, and then authenticates nothing, for good. Below 2^15 a wrap comes after
+/// 32,768 packets at the soonest, long after any viewer is ready.
+pub fn first_sequence_number() -> u16 {
+    rand::random::<u16>() & 0x7fff
+}
+
 /// How often a track sends a sender report (browsers sync audio to video by them).
 pub const REPORT_EVERY: Duration = Duration::from_secs(1);
 
@@ -328,6 +337,14 @@ mod tests {
         out.clear();
         assert_eq!(t.resend(&[1, 2], &mut out).unwrap(), 0);
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn first_sequence_numbers_leave_a_rollover_far_off() {
+        let firsts: Vec<u16> = (0..10_000).map(|_| first_sequence_number()).collect();
+        assert!(firsts.iter().all(|&s| s < 0x8000));
+        // Still random: spread over the range, not a constant.
+        assert!(firsts.iter().any(|&s| s < 0x1000) && firsts.iter().any(|&s| s > 0x7000));
     }
 
     #[test]

@@ -634,7 +634,7 @@ impl Whep {
         let mut reader = self.audio_reader(&key, guard, viewer_of)?;
         Some(tokio::spawn(async move {
             let Some(pt) = negotiated_pt(&a.sender).await else { return };
-            let mut seq: u16 = rand::random();
+            let mut seq = super::media_out::first_sequence_number();
             let base: u32 = rand::random();
             let mut batch: Vec<Arc<Packet>> = Vec::new();
             while reader.next_batch(&mut batch).await.is_ok() {
@@ -815,7 +815,8 @@ fn member(
     max_behind: Duration,
     admission: Arc<Admission>,
 ) -> Result<Arc<Member>, MediaOutError> {
-    let out = TrackOut::new(&keying, track.ssrc, track.pt, track.clock_rate, rand::random(), track.history)?;
+    let first_seq = super::media_out::first_sequence_number();
+    let out = TrackOut::new(&keying, track.ssrc, track.pt, track.clock_rate, first_seq, track.history)?;
     Ok(Member::new(socket, keying.peer_addr, out, media, viewer, max_behind, admission))
 }
 
@@ -938,7 +939,7 @@ async fn pump(
     why: &(dyn Fn(RTCPeerConnectionState) -> String + Sync),
 ) -> String {
     let mut cfg: Option<AvcDecoderConfig> = None;
-    let mut seq: u16 = rand::random();
+    let mut seq = super::media_out::first_sequence_number();
     let mut batch: Vec<Arc<Packet>> = Vec::new();
     let mut sei_dc: Option<Arc<dyn DataChannel>> = None;
     let mut sei_dropped = 0u64;

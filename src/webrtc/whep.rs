@@ -151,7 +151,8 @@ struct Viewer {
     /// The stream's Opus rendition, when the viewer takes Opus and the stream has audio.
     opus_key: Option<StreamKey>,
     feedback: FeedbackTo,
-    nacks: mpsc::Receiver<Vec<u16>>,
+    /// Taken by the direct path, which answers them.
+    nacks: Option<mpsc::Receiver<Vec<u16>>>,
     stop: watch::Receiver<bool>,
 }
 
@@ -336,7 +337,7 @@ impl Whep {
             vp8,
             opus_key,
             feedback,
-            nacks,
+            nacks: Some(nacks),
             stop: stop_rx,
         };
         let (answer, peer, task): (_, _, std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>) =
@@ -495,7 +496,7 @@ impl Whep {
         let media = Media::Video { vp8: v.vp8, cfg: None, ts_base };
         let track =
             RtpTrack { ssrc: d.video.ssrc, pt: d.video.pt, clock_rate: 90_000, history: super::media_out::HISTORY };
-        let nacks = std::mem::replace(&mut v.nacks, mpsc::channel(1).1);
+        let Some(nacks) = v.nacks.take() else { return "the viewer's media is already being served".into() };
         let r = match member(d.path, track, media, v.guard.handle.clone(), v.policy.max_cache, self.admission.clone()) {
             Err(e) => format!("cannot protect media: {e}"),
             Ok(m) => {

@@ -121,6 +121,7 @@ pub enum Event {
     Ended(End),
 }
 
+#[cfg(test)]
 impl PartialEq for Event {
     /// Keys compare by what identifies them (profile and peer): the keys are secrets, and the profile has no `PartialEq`.
     fn eq(&self, other: &Self) -> bool {

@@ -292,13 +292,30 @@ pub struct Local<'a> {
 /// The feedback livegate acts on for video: NACK (it retransmits), PLI and FIR (keyframe requests).
 const VIDEO_FEEDBACK: [&str; 3] = ["nack", "nack pli", "ccm fir"];
 
+/// What an answered section sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Track {
+    Video,
+    Audio,
+}
+
+impl Track {
+    /// Its track id in the answer's msid.
+    fn id(self) -> &'static str {
+        match self {
+            Track::Video => "video",
+            Track::Audio => "audio",
+        }
+    }
+}
+
 /// Writes the answer: the offer's sections in order, `plan`'s sent on and bundled, the rest rejected.
 pub fn answer(offer: &Offer, plan: &Plan, local: &Local<'_>) -> String {
-    let chosen = |i: usize| -> Option<(u8, &str)> {
+    let chosen = |i: usize| -> Option<(u8, Track)> {
         if plan.video.0 == i {
-            Some((plan.video.1, "video"))
+            Some((plan.video.1, Track::Video))
         } else {
-            plan.audio.filter(|a| a.0 == i).map(|(_, pt)| (pt, "audio"))
+            plan.audio.filter(|a| a.0 == i).map(|(_, pt)| (pt, Track::Audio))
         }
     };
     let bundle: Vec<&str> = offer
@@ -352,7 +369,7 @@ pub fn answer(offer: &Offer, plan: &Plan, local: &Local<'_>) -> String {
                 let _ = write!(sdp, "a=rtpmap:{pt} {}/{}\r\n", f.name, f.clock_rate);
             }
         }
-        if track == "video" {
+        if track == Track::Video {
             for fb in VIDEO_FEEDBACK.iter().filter(|fb| f.feedback.iter().any(|o| o == *fb)) {
                 let _ = write!(sdp, "a=rtcp-fb:{pt} {fb}\r\n");
             }
@@ -360,7 +377,11 @@ pub fn answer(offer: &Offer, plan: &Plan, local: &Local<'_>) -> String {
         if let Some(fmtp) = &f.fmtp {
             let _ = write!(sdp, "a=fmtp:{pt} {fmtp}\r\n");
         }
-        let ssrc = if track == "video" { local.video_ssrc } else { local.audio_ssrc };
+        let ssrc = match track {
+            Track::Video => local.video_ssrc,
+            Track::Audio => local.audio_ssrc,
+        };
+        let track = track.id();
         let _ = write!(
             sdp,
             "a=msid:livegate {track}\r\na=ssrc:{ssrc} cname:livegate\r\na=ssrc:{ssrc} msid:livegate {track}\r\n"

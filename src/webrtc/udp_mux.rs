@@ -328,11 +328,10 @@ impl UdpMux {
                     let Some(t) = routes.by_ufrag.get(ufrag).cloned() else { return };
                     match t {
                         // webrtc-rs checks the request itself: the address is routed to it at once.
-                        Target::Queued(_) => {
+                        Target::Queued(ref rx) => {
                             let ufrag = ufrag.to_owned();
                             if !routes.add(from, &ufrag, t.clone()) {
-                                drop(routes);
-                                return self.queue(&t, p, from, at, lane);
+                                return queue(rx, p, from, at, lane);
                             }
                             &routes.by_addr[&from].1
                         }
@@ -362,30 +361,14 @@ impl UdpMux {
                     }
                     match rx.rtcp.get() {
                         Some(sink) if lane == Lane::Media && super::rtcp_in::is_rtcp(p) => Deliver::Rtcp(sink.clone()),
-                        _ => {
-                            let target = target.clone();
-                            drop(routes);
-                            return self.queue(&target, p, from, at, lane);
-                        }
+                        // Queued under the routes lock, which `try_send` never holds long: no clone of the
+                        // session's queues per datagram (a WHIP publisher's media comes this way).
+                        _ => return queue(rx, p, from, at, lane),
                     }
                 }
             }
         };
         self.deliver(deliver, p, from);
-    }
-
-    /// Into a webrtc-rs session's queues. A session that does not keep up loses datagrams, as a full socket
-    /// buffer would.
-    fn queue(&self, target: &Target, p: &[u8], from: SocketAddr, at: Instant, lane: Lane) {
-        let Target::Queued(rx) = target else { return };
-        let d = Datagram { data: p.to_vec(), from, at };
-        let r = match lane {
-            Lane::Control => rx.control.try_send(d),
-            Lane::Media => rx.media.try_send(d),
-        };
-        if let Err(mpsc::error::TrySendError::Full(_)) = r {
-            crate::metrics::global().webrtc_datagrams_shed.fetch_add(1, Ordering::Relaxed);
-        }
     }
 
     fn deliver(&self, d: Deliver, p: &[u8], from: SocketAddr) {
@@ -432,6 +415,19 @@ impl UdpMux {
         routes.by_ufrag.remove(ufrag);
         routes.addrs.remove(ufrag);
         routes.by_addr.retain(|_, (u, _)| u != ufrag);
+    }
+}
+
+/// Into a webrtc-rs session's queues. A session that does not keep up loses datagrams, as a full socket buffer
+/// would.
+fn queue(rx: &Inbound, p: &[u8], from: SocketAddr, at: Instant, lane: Lane) {
+    let d = Datagram { data: p.to_vec(), from, at };
+    let r = match lane {
+        Lane::Control => rx.control.try_send(d),
+        Lane::Media => rx.media.try_send(d),
+    };
+    if let Err(mpsc::error::TrySendError::Full(_)) = r {
+        crate::metrics::global().webrtc_datagrams_shed.fetch_add(1, Ordering::Relaxed);
     }
 }
 

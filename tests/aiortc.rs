@@ -58,6 +58,10 @@ fn aiortc_plays_an_rtmp_stream_over_whep_and_decodes_video_and_audio() {
     // The publisher's AAC arrives as Opus (the shared transcoder), decodes, and is a tone, not silence.
     assert!(j["audioFrames"].as_u64().unwrap() > 200, "{j}");
     assert!(j["audioRms"].as_f64().unwrap() > 0.01, "audio is silent: {j}");
+    // The source is stereo: so is every Opus packet, each 20 ms (transcode.opus_frame_ms, default).
+    assert_eq!(j["opusMonoPackets"], 0, "{j}");
+    assert!(j["opusStereoPackets"].as_u64().unwrap() > 200, "{j}");
+    assert_eq!(j["opusPacketMs"], serde_json::json!([20]), "{j}");
     // Still connected after the window (ICE liveness from consent checks alone), and DELETE ends it.
     assert_eq!(j["connection"], "connected", "{j}");
     assert!(j["location"].as_str().unwrap().contains("/whep/session/"), "{j}");
@@ -66,6 +70,25 @@ fn aiortc_plays_an_rtmp_stream_over_whep_and_decodes_video_and_audio() {
     assert!(log.contains("whep session deleted by the client"), "{log}");
     // Neither session kind dropped it for missed checks.
     assert!(!log.contains("reason=peer connection Disconnected") && !log.contains("consent checks stopped"), "{log}");
+}
+
+/// A mono push reaches WHEP viewers as mono Opus (the encoder's work for one channel, not two), in the packet
+/// duration the config asks for.
+#[test]
+fn a_mono_push_reaches_whep_viewers_as_mono_opus_in_the_configured_packets() {
+    let _g = serial();
+    let srv = Server::start(&format!("{WEBRTC}\n[transcode]\nopus_frame_ms = 40\n"));
+    let _pub = push(&media("mono"), &srv.rtmp_url("mono"));
+    srv.wait_live("mono");
+    let url = format!("http://127.0.0.1:{}/whep/live/mono", srv.http_port);
+    let out = aiortc("whep_play.py", &[&url, "4"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "whep_play.py failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let j = last_json(&stdout);
+    assert!(j["audioRms"].as_f64().unwrap() > 0.01, "audio is silent: {j}");
+    assert_eq!(j["opusStereoPackets"], 0, "{j}");
+    assert!(j["opusMonoPackets"].as_u64().unwrap() > 50, "{j}");
+    assert_eq!(j["opusPacketMs"], serde_json::json!([40]), "{j}");
 }
 
 /// A viewer that loses video packets gets them again. On the shared socket livegate protects and sends WHEP

@@ -339,6 +339,12 @@ impl Config {
                 format!("{} is outside 6000..=510000 bit/s", self.transcode.opus_bitrate),
             );
         }
+        if ![10, 20, 40, 60].contains(&self.transcode.opus_frame_ms) {
+            return bad(
+                "transcode.opus_frame_ms",
+                format!("{} is not one of 10, 20, 40, 60 (ms)", self.transcode.opus_frame_ms),
+            );
+        }
         if !(100..=50_000).contains(&self.transcode.video_kbps) {
             return bad("transcode.video_kbps", format!("{} is outside 100..=50000 kbit/s", self.transcode.video_kbps));
         }
@@ -502,6 +508,14 @@ mod tests {
         assert!(e.contains("play.min_cache"), "{e}");
         let e = Config::parse("[webhooks]\non_publish = [\"ftp://x\"]\n").unwrap_err().to_string();
         assert!(e.contains("webhooks.on_publish"), "{e}");
+    }
+
+    #[test]
+    fn the_opus_packet_duration_is_one_opusenc_makes() {
+        assert_eq!(Config::parse("[transcode]\nopus_frame_ms = 40\n").unwrap().transcode.opus_frame_ms, 40);
+        assert_eq!(Config::default_config().transcode.opus_frame_ms, 20);
+        let e = Config::parse("[transcode]\nopus_frame_ms = 30\n").unwrap_err().to_string();
+        assert!(e.contains("transcode.opus_frame_ms") && e.contains("10, 20, 40, 60"), "{e}");
     }
 
     #[test]

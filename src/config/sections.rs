@@ -234,6 +234,8 @@ pub struct TranscodeConfig {
     pub pipelines_dir: String,
     /// Opus bitrate for WebRTC audio, bit/s.
     pub opus_bitrate: u32,
+    /// Milliseconds of audio in each Opus packet for WebRTC viewers (10, 20, 40 or 60).
+    pub opus_frame_ms: u32,
     /// Bitrate of the H.264 constrained-baseline rendition (for B-frame sources), kbit/s.
     pub video_kbps: u32,
     /// Bitrate of the AAC and MP3 renditions recordings read, kbit/s.

@@ -166,8 +166,8 @@ pub fn audio_rendition(source_audio: Codec, want: crate::config::AudioNeed) -> O
 enum Input {
     /// AAC audio, H.264 or H.265 video, with its decoder configuration.
     Config { codec: Codec, record: Bytes },
-    /// MP3 audio (its frames carry their own headers).
-    Mp3,
+    /// MP3 audio (its frames carry their own headers); `stereo` from the FLV sound byte.
+    Mp3 { stereo: bool },
 }
 
 impl Input {
@@ -175,7 +175,25 @@ impl Input {
     fn accepts(&self, f: &Frame) -> bool {
         match self {
             Input::Config { codec, .. } => f.codec == *codec,
-            Input::Mp3 => f.codec.is_mp3(),
+            Input::Mp3 { .. } => f.codec.is_mp3(),
+        }
+    }
+
+    /// The channels of an audio rendition made from this input: mono stays mono (it costs the Opus encoder a
+    /// quarter less than the same sound as stereo), anything else is stereo (more channels mixed down: WebRTC
+    /// plays at most two). An AAC configuration that defines its channels elsewhere (0) counts as stereo.
+    fn audio_channels(&self) -> u8 {
+        let mono = match self {
+            Input::Config { codec: Codec::Aac, record } => {
+                crate::media::aac::AudioSpecificConfig::parse(record).is_ok_and(|c| c.channels == 1)
+            }
+            Input::Config { .. } => false,
+            Input::Mp3 { stereo } => !stereo,
+        };
+        if mono {
+            1
+        } else {
+            2
         }
     }
 
@@ -198,7 +216,7 @@ impl Input {
                 .field("alignment", "au")
                 .field("codec_data", cd)
                 .build(),
-            Input::Mp3 => gst::Caps::builder("audio/mpeg").field("mpegversion", 1i32).build(),
+            Input::Mp3 { .. } => gst::Caps::builder("audio/mpeg").field("mpegversion", 1i32).build(),
         }
     }
 }
@@ -216,9 +234,22 @@ fn input_config(source: &crate::hub::Stream, kind: Kind) -> Option<Input> {
         .get(track)
         .filter(|p| codecs.contains(&p.frame.codec))
         .map(|p| Input::Config { codec: p.frame.codec, record: p.frame.payload.clone() });
-    let mp3 = (matches!(kind, Kind::Opus | Kind::Aac) && source.audio_codec().is_some_and(|c| c.is_mp3()))
-        .then_some(Input::Mp3);
+    let mp3 = match source.audio_codec() {
+        Some(c @ Codec::OtherAudio { flv_sound_byte }) if c.is_mp3() && matches!(kind, Kind::Opus | Kind::Aac) => {
+            Some(Input::Mp3 { stereo: flv_sound_byte & 1 == 1 })
+        }
+        _ => None,
+    };
     config.or(mp3)
+}
+
+/// The placeholders of the `*_to_opus` templates.
+fn opus_vars(cfg: &TranscodeConfig, channels: u8) -> [(&'static str, String); 3] {
+    [
+        ("bitrate", cfg.opus_bitrate.to_string()),
+        ("frame_ms", cfg.opus_frame_ms.to_string()),
+        ("channels", channels.to_string()),
+    ]
 }
 
 /// Renditions as the hub's on-demand sources: reading `live/a@opus` starts `live/a`'s AAC → Opus transcoder,
@@ -251,10 +282,12 @@ impl Transcoders {
     pub fn new(hub: Hub, cfg: TranscodeConfig) -> Result<Arc<Self>, TranscodeError> {
         gst::init().map_err(|e| TranscodeError::Gst(e.to_string()))?;
         let aac_to_opus = Template::load(Path::new(&cfg.pipelines_dir), "aac_to_opus", AAC_TO_OPUS)?;
-        let (p, _, _) = aac_to_opus.build(&[("bitrate", cfg.opus_bitrate.to_string())])?;
-        let _ = p.set_state(gst::State::Null);
+        for channels in [1, 2] {
+            let (p, _, _) = aac_to_opus.build(&opus_vars(&cfg, channels))?;
+            let _ = p.set_state(gst::State::Null);
+        }
         let mp3_to_opus = Template::load(Path::new(&cfg.pipelines_dir), "mp3_to_opus", MP3_TO_OPUS)?;
-        let (p, _, _) = mp3_to_opus.build(&[("bitrate", cfg.opus_bitrate.to_string())])?;
+        let (p, _, _) = mp3_to_opus.build(&opus_vars(&cfg, 2))?;
         let _ = p.set_state(gst::State::Null);
         let mp3_to_aac = Template::load(Path::new(&cfg.pipelines_dir), "mp3_to_aac", MP3_TO_AAC)?;
         let (p, _, _) = mp3_to_aac.build(&[("bitrate", (cfg.audio_kbps * 1000).to_string())])?;
@@ -331,10 +364,10 @@ impl Transcoders {
         let Some(input) = input_config(&source, kind) else { return Ok(None) };
         let hevc = matches!(input, Input::Config { codec: Codec::H265, .. });
         let (pipeline, src, sink) = match kind {
-            Kind::Opus if matches!(input, Input::Mp3) => {
-                self.mp3_to_opus.build(&[("bitrate", self.cfg.opus_bitrate.to_string())])?
+            Kind::Opus if matches!(input, Input::Mp3 { .. }) => {
+                self.mp3_to_opus.build(&opus_vars(&self.cfg, input.audio_channels()))?
             }
-            Kind::Opus => self.aac_to_opus.build(&[("bitrate", self.cfg.opus_bitrate.to_string())])?,
+            Kind::Opus => self.aac_to_opus.build(&opus_vars(&self.cfg, input.audio_channels()))?,
             Kind::Aac => self.mp3_to_aac.build(&[("bitrate", (self.cfg.audio_kbps * 1000).to_string())])?,
             Kind::Mp3 => self.aac_to_mp3.build(&[("kbps", self.cfg.audio_kbps.to_string())])?,
             Kind::Baseline => {
@@ -348,7 +381,7 @@ impl Transcoders {
         };
         let initial = match &input {
             Input::Config { record, .. } => input.caps(record),
-            Input::Mp3 => input.caps(&[]),
+            Input::Mp3 { .. } => input.caps(&[]),
         };
         src.set_caps(Some(&initial));
         let guard = self.hub.register_client(Protocol::Transcode, None);
@@ -570,4 +603,26 @@ pub(crate) fn read_sample(sample: &gst::Sample) -> Option<Out> {
     let key = !buf.flags().contains(gst::BufferFlags::DELTA_UNIT);
     let map = buf.map_readable().ok()?;
     Some((Bytes::copy_from_slice(map.as_slice()), pts, dts, key, codec_data))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::aac::AudioSpecificConfig;
+
+    #[test]
+    fn a_mono_source_makes_mono_opus_and_anything_else_stereo() {
+        let aac = |channels: u8| Input::Config {
+            codec: Codec::Aac,
+            record: Bytes::from(AudioSpecificConfig::new(2, 44_100, channels).to_bytes()),
+        };
+        assert_eq!(aac(1).audio_channels(), 1);
+        assert_eq!(aac(2).audio_channels(), 2);
+        // 5.1 is mixed down; 0 (channels defined in a program config element) is taken as stereo.
+        assert_eq!(aac(6).audio_channels(), 2);
+        assert_eq!(aac(0).audio_channels(), 2);
+        assert_eq!(Input::Config { codec: Codec::Aac, record: Bytes::from_static(&[0xFF]) }.audio_channels(), 2);
+        assert_eq!(Input::Mp3 { stereo: false }.audio_channels(), 1);
+        assert_eq!(Input::Mp3 { stereo: true }.audio_channels(), 2);
+    }
 }

@@ -5,7 +5,8 @@ usage: whep_play.py <whep-url> [seconds=4] [loss=EVERY]
 Offers recvonly video + audio (all ICE candidates in the offer, as livegate is non-trickle), applies the answer,
 then decodes video (aiortc decodes H.264 with PyAV) and audio (Opus) until `seconds` of video (by its timestamps)
 follow the first decoded frame, and DELETEs the session. Prints one JSON line:
-  {ok, status, location, videoCodec, frames, fps, width, height, audioFrames, audioRms, deleteStatus, message}
+  {ok, status, location, videoCodec, frames, fps, width, height, audioFrames, audioRms, opusMonoPackets,
+   opusStereoPackets, opusPacketMs (the audio durations Opus packets carried), deleteStatus, message}
 Exit 0 when media was decoded, 1 otherwise.
 
 With loss=EVERY, every EVERY-th video RTP packet that arrives is dropped before SRTP, as the network would lose
@@ -23,6 +24,7 @@ import pylibsrtp
 
 from lib import close, die_usage, offer_answer, peer_connection, run, sdp_video_codec
 from aiortc import rtcdtlstransport
+from aiortc.codecs import opus
 from aiortc.mediastreams import MediaStreamError
 
 result: dict = {"ok": False}
@@ -100,6 +102,53 @@ async def consume_video(track, stats: dict) -> None:
             stats["covered"].set()
 
 
+def opus_packet_ms(packet: bytes) -> float | None:
+    """The audio one Opus packet carries (RFC 6716 3.1-3.2: the TOC byte's configuration and frame count)."""
+    if not packet:
+        return None
+    config, code = packet[0] >> 3, packet[0] & 3
+    if config < 12:
+        frame = (10, 20, 40, 60)[config & 3]
+    elif config < 16:
+        frame = (10, 20)[config & 1]
+    else:
+        frame = (2.5, 5, 10, 20)[config & 3]
+    if code == 0:
+        count = 1
+    elif code < 3:
+        count = 2
+    elif len(packet) > 1:
+        count = packet[1] & 0x3F
+    else:
+        return None
+    return frame * count
+
+
+class OpusTap:
+    """Counts the Opus packets aiortc decodes by their TOC byte: mono or stereo, and how much audio each carries."""
+
+    def __init__(self) -> None:
+        self.mono, self.stereo, self.packet_ms = 0, 0, set()
+
+    def install(self) -> None:
+        decode = opus.OpusDecoder.decode
+        tap = self
+
+        def tapped(decoder, encoded_frame):
+            data = encoded_frame.data
+            if data:
+                if data[0] & 0x04:
+                    tap.stereo += 1
+                else:
+                    tap.mono += 1
+                ms = opus_packet_ms(data)
+                if ms is not None:
+                    tap.packet_ms.add(ms)
+            return decode(decoder, encoded_frame)
+
+        opus.OpusDecoder.decode = tapped
+
+
 async def consume_audio(track, stats: dict) -> None:
     while True:
         try:
@@ -120,6 +169,8 @@ async def consume_audio(track, stats: dict) -> None:
 async def main(url: str, seconds: float, loss: Loss | None = None) -> bool:
     if loss:
         loss.install()
+    tap = OpusTap()
+    tap.install()
     pc = peer_connection()
     pc.addTransceiver("video", direction="recvonly")
     pc.addTransceiver("audio", direction="recvonly")
@@ -162,6 +213,9 @@ async def main(url: str, seconds: float, loss: Loss | None = None) -> bool:
             audioFrames=stats["audioFrames"],
             audioRms=round(stats["audioRms"], 4),
             audioSampleRate=stats.get("sampleRate"),
+            opusMonoPackets=tap.mono,
+            opusStereoPackets=tap.stereo,
+            opusPacketMs=sorted(tap.packet_ms),
             connection=pc.connectionState,
         )
         if loss:

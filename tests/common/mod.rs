@@ -270,6 +270,8 @@ pub fn media(kind: &str) -> PathBuf {
     let (size, secs, extra) = match kind {
         "360p" => ("640x360", 30, "-b:v 600k -ac 2"),
         "short" => ("320x240", 6, ""),
+        // Mono AAC, as many phone pushers send.
+        "mono" => ("320x240", 20, "-ac 1"),
         // B-frames, as OBS and many hardware encoders send by default (the later -bf wins).
         "bframes" => ("640x360", 30, "-b:v 600k -bf 2"),
         other => panic!("unknown test media {other}"),

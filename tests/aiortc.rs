@@ -37,18 +37,23 @@ fn last_json(stdout: &str) -> serde_json::Value {
     serde_json::from_str(line).unwrap()
 }
 
+/// Plays `live/{stream}` of `srv` with `whep_play.py` (`args` after the URL); its JSON once it succeeded.
+fn play_whep(srv: &Server, stream: &str, args: &[&str]) -> serde_json::Value {
+    let url = format!("http://127.0.0.1:{}/whep/live/{stream}", srv.http_port);
+    let out = aiortc("whep_play.py", &[&[url.as_str()], args].concat()).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "whep_play.py failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    last_json(&stdout)
+}
+
 #[test]
 fn aiortc_plays_an_rtmp_stream_over_whep_and_decodes_video_and_audio() {
     let _g = serial();
     let srv = Server::start(WEBRTC);
     let _pub = push(&media("360p"), &srv.rtmp_url("aw"));
     srv.wait_live("aw");
-    let url = format!("http://127.0.0.1:{}/whep/live/aw", srv.http_port);
     // 8 s of decoding: longer than the 6 s between two of the client's consent checks.
-    let out = aiortc("whep_play.py", &[&url, "8"]).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "whep_play.py failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let j = last_json(&stdout);
+    let j = play_whep(&srv, "aw", &["8"]);
     assert_eq!(j["status"], 201, "{j}");
     assert_eq!(j["offerCandidates"][0], "127.0.0.1", "the offer carries a loopback host candidate: {j}");
     assert_eq!(j["videoCodec"], "H264", "{j}");
@@ -80,11 +85,7 @@ fn a_mono_push_reaches_whep_viewers_as_mono_opus_in_the_configured_packets() {
     let srv = Server::start(&format!("{WEBRTC}\n[transcode]\nopus_frame_ms = 40\n"));
     let _pub = push(&media("mono"), &srv.rtmp_url("mono"));
     srv.wait_live("mono");
-    let url = format!("http://127.0.0.1:{}/whep/live/mono", srv.http_port);
-    let out = aiortc("whep_play.py", &[&url, "4"]).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "whep_play.py failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let j = last_json(&stdout);
+    let j = play_whep(&srv, "mono", &["4"]);
     assert!(j["audioRms"].as_f64().unwrap() > 0.01, "audio is silent: {j}");
     assert_eq!(j["opusStereoPackets"], 0, "{j}");
     assert!(j["opusMonoPackets"].as_u64().unwrap() > 50, "{j}");
@@ -100,11 +101,7 @@ fn a_whep_viewer_that_loses_packets_gets_them_resent() {
     let srv = Server::start(WEBRTC);
     let _pub = push(&media("360p"), &srv.rtmp_url("nack"));
     srv.wait_live("nack");
-    let url = format!("http://127.0.0.1:{}/whep/live/nack", srv.http_port);
-    let out = aiortc("whep_play.py", &[&url, "6", "loss=10"]).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "whep_play.py failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let j = last_json(&stdout);
+    let j = play_whep(&srv, "nack", &["6", "loss=10"]);
     let (dropped, recovered) = (j["lossDropped"].as_u64().unwrap(), j["lossRecovered"].as_u64().unwrap());
     // 360p at 600 kbit/s is ~70 packets a second: 6 s and more drop 40 or more.
     assert!(dropped >= 40, "{j}");
@@ -122,11 +119,7 @@ fn aiortc_plays_an_hevc_stream_as_h264_over_whep() {
     let srv = Server::start(WEBRTC);
     let _pub = common::enhanced_rtmp::Paced::start(srv.rtmp_port, "hw", common::enhanced_rtmp::Form::Enhanced);
     srv.wait_live("hw");
-    let url = format!("http://127.0.0.1:{}/whep/live/hw", srv.http_port);
-    let out = aiortc("whep_play.py", &[&url, "3"]).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "whep_play.py failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let j = last_json(&stdout);
+    let j = play_whep(&srv, "hw", &["3"]);
     assert_eq!(j["status"], 201, "{j}");
     assert_eq!(j["videoCodec"], "H264", "{j}");
     assert_eq!((j["width"].as_u64(), j["height"].as_u64()), (Some(320), Some(240)), "{j}");

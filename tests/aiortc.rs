@@ -92,6 +92,64 @@ fn a_mono_push_reaches_whep_viewers_as_mono_opus_in_the_configured_packets() {
     assert_eq!(j["opusPacketMs"], serde_json::json!([40]), "{j}");
 }
 
+/// A publisher whose audio turns from mono to stereo in one session (a new AudioSpecificConfig, as a pusher
+/// whose settings change sends) reaches its WHEP viewers in stereo from then on: the Opus encoder's channels
+/// follow the source's, not the first configuration's.
+#[test]
+fn a_push_that_turns_stereo_mid_session_reaches_whep_viewers_in_stereo() {
+    use livegate::media::flv::FlvParser;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let _g = serial();
+    let srv = Server::start(WEBRTC);
+    let mut p = RtmpClient::connect(srv.rtmp_port, false).unwrap();
+    p.connect_app("live");
+    assert_eq!(statuses(&p.publish("turn"))[0].0, "NetStream.Publish.Start");
+    let viewer_hears = std::sync::Arc::new(AtomicBool::new(false));
+    let heard = viewer_hears.clone();
+    let publisher = std::thread::spawn(move || {
+        let start = std::time::Instant::now();
+        let tags = |kind: &str| {
+            let mut parser = FlvParser::new();
+            parser.feed(&std::fs::read(media(kind)).unwrap());
+            std::iter::from_fn(move || parser.next_tag().ok().flatten()).filter(|t| t.tag_type != 18)
+        };
+        // Mono until the viewer has had a second of it, then the stereo medium on the same timeline.
+        let (mut last, mut switch_at) = (0, None);
+        for t in tags("mono") {
+            if switch_at.is_none() && heard.load(Ordering::Acquire) {
+                switch_at = Some(t.timestamp + 1000);
+            }
+            if switch_at.is_some_and(|s| t.timestamp >= s) {
+                break;
+            }
+            pace(start, u64::from(t.timestamp));
+            p.send_raw_message(if t.tag_type == 9 { 6 } else { 4 }, t.tag_type, 1, t.timestamp, &t.body);
+            last = t.timestamp;
+        }
+        assert!(switch_at.is_some(), "the viewer heard nothing of 20 s of mono");
+        for t in tags("360p").take_while(|t| t.timestamp < 8000) {
+            let ts = last + 40 + t.timestamp;
+            pace(start, u64::from(ts));
+            p.send_raw_message(if t.tag_type == 9 { 6 } else { 4 }, t.tag_type, 1, ts, &t.body);
+        }
+    });
+    srv.wait_live("turn");
+    let url = format!("http://127.0.0.1:{}/whep/live/turn", srv.http_port);
+    let viewer = aiortc("whep_play.py", &[&url, "6"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    // The viewer hears the mono Opus once the rendition has sent it something.
+    let sent = || srv.stream_json("turn@opus").is_some_and(|s| s["bytes_out"].as_u64().unwrap_or(0) > 0);
+    assert!(wait_until(Duration::from_secs(30), sent), "no Opus reached the viewer");
+    viewer_hears.store(true, Ordering::Release);
+    let out = viewer.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "whep_play.py failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let j = last_json(&stdout);
+    publisher.join().unwrap();
+    assert!(j["opusMonoPackets"].as_u64().unwrap() > 10, "{j}");
+    assert!(j["opusStereoPackets"].as_u64().unwrap() > 10, "the Opus stayed mono: {j}");
+    assert!(srv.log_text().contains("so does its Opus"), "{}", srv.log_text());
+}
+
 /// A viewer that loses video packets gets them again. On the shared socket livegate protects and sends WHEP
 /// media itself, so it answers NACKs from its own history (webrtc-rs' NACK interceptor is not on that path):
 /// aiortc drops every 10th video packet on arrival, NACKs the holes, and the retransmissions fill them.

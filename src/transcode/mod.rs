@@ -483,6 +483,10 @@ impl Transcoders {
                         if f.config {
                             // A new decoder configuration (the publisher changed resolution): new caps.
                             src.set_caps(Some(&input.caps(&f.payload)));
+                            if kind == Kind::Opus {
+                                let now = Input::Config { codec: f.codec, record: f.payload.clone() };
+                                follow_channels(src, now.audio_channels());
+                            }
                             in_len = in_len.map(|_| nal_len(&f.payload));
                             continue;
                         }
@@ -555,6 +559,26 @@ impl Transcoders {
             }
         }
     }
+}
+
+/// Sets the channels the Opus encoder gets (the template's capsfilter named "channels", if it has one) when
+/// they change: a publisher whose audio turns from mono to stereo mid-session is not kept mono.
+fn follow_channels(src: &gst_app::AppSrc, channels: u8) {
+    let Some(filter) = src.parent().and_then(|p| p.downcast::<gst::Bin>().ok()).and_then(|b| b.by_name("channels"))
+    else {
+        return;
+    };
+    let caps = filter.property::<Option<gst::Caps>>("caps");
+    let Some(mut caps) = caps.filter(|c| c.structure(0).is_some()) else { return };
+    let channels = i32::from(channels);
+    if caps.structure(0).and_then(|s| s.get::<i32>("channels").ok()) == Some(channels) {
+        return;
+    }
+    if let Some(s) = caps.make_mut().structure_mut(0) {
+        s.set("channels", channels);
+    }
+    tracing::info!(channels, "the source's audio changed its channels: so does its Opus");
+    filter.set_property("caps", &caps);
 }
 
 /// Asks the encoder upstream of `sink` for a keyframe (GstForceKeyUnit, which x264enc and every

@@ -329,8 +329,7 @@ impl UdpMux {
                     match t {
                         // webrtc-rs checks the request itself: the address is routed to it at once.
                         Target::Queued(ref rx) => {
-                            let ufrag = ufrag.to_owned();
-                            if !routes.add(from, &ufrag, t.clone()) {
+                            if !routes.add(from, ufrag, t.clone()) {
                                 return queue(rx, p, from, at, lane);
                             }
                             &routes.by_addr[&from].1

@@ -540,12 +540,18 @@ mod tests {
         (Link::new(creds(), hs), id)
     }
 
+    /// A viewer and a link that expects its certificate, as an offer and its answer pair them.
+    fn viewer_and_link(now: Instant) -> (Viewer, Link) {
+        let id = Identity::generate().unwrap();
+        let viewer = Viewer::new(&id.fingerprint, now);
+        let link = Link::new(creds(), id.handshake(vec![viewer.fingerprint.clone()]).unwrap());
+        (viewer, link)
+    }
+
     #[test]
     fn answers_checks_follows_nomination_and_hands_out_keys() {
         let now = Instant::now();
-        let id = Identity::generate().unwrap();
-        let mut viewer = Viewer::new(&id.fingerprint, now);
-        let mut link = Link::new(creds(), id.handshake(vec![viewer.fingerprint.clone()]).unwrap());
+        let (mut viewer, mut link) = viewer_and_link(now);
         let c = creds();
         assert_eq!(link.handle(&request("srvU:cliU", &c.local_pwd, false), viewer.addr, now), Handled::Proven);
         let (t, e) = drain(&mut link);
@@ -608,9 +614,7 @@ mod tests {
     #[test]
     fn a_lost_final_flight_is_sent_again() {
         let now = Instant::now();
-        let id = Identity::generate().unwrap();
-        let mut viewer = Viewer::new(&id.fingerprint, now);
-        let mut link = Link::new(creds(), id.handshake(vec![viewer.fingerprint.clone()]).unwrap());
+        let (mut viewer, mut link) = viewer_and_link(now);
         let mut connected = false;
         for _ in 0..20 {
             let mut sent = false;
